@@ -1,0 +1,200 @@
+"""Run directories: layout, ``run.json`` metadata and atomic parquet writes.
+
+Layout (the one place that decides it)::
+
+    <out>/<YYYYmmdd-HHMMSS>-<command>-<model>/
+        run.json                 command line, options, versions, device, dtype, seed,
+                                 start/end time (ISO 8601, UTC), status
+        <table>.parquet          one file per result table (schemas in docs/results.md)
+
+``status`` is ``running`` while the run is in progress, then ``completed``, ``failed`` or
+``interrupted``. Tables are written to a temporary file in the same directory and renamed, so a
+reader never sees a half-written parquet file.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import platform
+import re
+import shutil
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from qft_cli import __version__
+from qft_cli.errors import QftInputError
+
+RUN_JSON = "run.json"
+
+
+def _utc_now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def slug(text: str, max_len: int = 60) -> str:
+    """File-system-safe short form of a model id or path (``openai-community/gpt2`` -> ``openai-community_gpt2``)."""
+    text = str(text).rstrip("/\\")
+    text = re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("._")
+    return (text or "model")[:max_len]
+
+
+def versions() -> dict[str, str]:
+    """Versions of qft and the libraries that shape its numbers."""
+    import torch
+    import transformers
+
+    out = {"qft": __version__, "python": platform.python_version(), "torch": torch.__version__,
+           "transformers": transformers.__version__}
+    for name in ("datasets", "accelerate", "tokenizers"):
+        try:
+            out[name] = __import__(name).__version__
+        except Exception:  # pragma: no cover - optional
+            pass
+    return out
+
+
+def check_writable(out: Path) -> Path:
+    """Make sure ``out`` exists (creating it) and accepts new files.
+
+    Raises:
+        QftInputError: ``out`` is a file, or cannot be created or written.
+    """
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise QftInputError(f"--out {out} is a file, not a directory: pass a directory path")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=out, prefix=".qft-write-test-"):
+            pass
+    except OSError as err:
+        raise QftInputError(f"--out {out} is not writable ({err.strerror}): pass a directory you can write to") from None
+    return out
+
+
+def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+    """Write ``data`` as indented JSON to ``path`` through a temporary file and a rename."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=2, default=str)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_parquet_atomic(df: pd.DataFrame, path: Path) -> Path:
+    """Write ``df`` to ``path`` as parquet through a temporary file and a rename."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        pq.write_table(pa.Table.from_pandas(df, preserve_index=False), tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def read_run_json(run_dir: Path) -> dict[str, Any]:
+    """Read ``run.json`` of a run directory."""
+    return json.loads((Path(run_dir) / RUN_JSON).read_text())
+
+
+@dataclass
+class Run:
+    """One run directory and its metadata.
+
+    Use as a context manager: ``run.json`` is written with status ``running`` on entry, and with
+    ``completed``/``failed``/``interrupted`` and the end time on exit. A :class:`QftInputError`
+    raised inside removes the directory: bad input leaves nothing written.
+    """
+
+    command: str
+    models: list[str]
+    options: dict[str, Any]
+    out: Path = Path("runs")
+    argv: list[str] = field(default_factory=lambda: list(sys.argv))
+    path: Path | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+    is_main_process: bool = True
+
+    def create(self) -> Path:
+        """Create the run directory (unique name) and return its path."""
+        out = check_writable(self.out) if self.is_main_process else Path(self.out)
+        stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+        model_part = slug(self.models[0]) if self.models else "none"
+        if len(self.models) > 1:
+            model_part += f"-and-{len(self.models) - 1}-more"
+        base = f"{stamp}-{self.command.replace(' ', '-')}-{model_part}"
+        path = out / base
+        i = 1
+        while path.exists():
+            i += 1
+            path = out / f"{base}-{i}"
+        if self.is_main_process:
+            path.mkdir(parents=True)
+        self.path = path
+        return path
+
+    def _write(self) -> None:
+        if self.is_main_process and self.path is not None:
+            write_json_atomic(self.path / RUN_JSON, self.meta)
+
+    def __enter__(self) -> "Run":
+        if self.path is None:
+            self.create()
+        self.meta = {
+            "command": self.command,
+            "argv": self.argv,
+            "models": self.models,
+            "options": self.options,
+            "versions": versions(),
+            "start_time": _utc_now(),
+            "end_time": None,
+            "status": "running",
+            **self.meta,
+        }
+        self._write()
+        return self
+
+    def update(self, **fields: Any) -> None:
+        """Add or replace metadata fields and rewrite ``run.json``."""
+        self.meta.update(fields)
+        self._write()
+
+    def write_table(self, name: str, df: pd.DataFrame) -> Path | None:
+        """Write result table ``name`` (``name.parquet``) atomically; only the main process writes."""
+        if not self.is_main_process:
+            return None
+        assert self.path is not None
+        return write_parquet_atomic(df, self.path / f"{name}.parquet")
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        if exc_type is not None and issubclass(exc_type, QftInputError):
+            if self.is_main_process and self.path is not None:
+                shutil.rmtree(self.path, ignore_errors=True)
+            return False
+        if exc_type is None:
+            status = "completed"
+        elif issubclass(exc_type, KeyboardInterrupt):
+            status = "interrupted"
+        else:
+            status = "failed"
+            self.meta["error"] = f"{exc_type.__name__}: {exc}"
+        self.meta["status"] = status
+        self.meta["end_time"] = _utc_now()
+        self._write()
+        return False
