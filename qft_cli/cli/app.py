@@ -77,5 +77,8 @@ _register()
 
 
 def main() -> None:
-    """Console-script entry point."""
+    """Console-script entry point (also ``python -m qft_cli``)."""
+    import sys
+
+    sys.argv[0] = "qft"
     app(prog_name="qft")

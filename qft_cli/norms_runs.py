@@ -1,0 +1,165 @@
+"""The ``qft norms inputs`` and ``qft norms weights`` workflows: validate, load, measure, write.
+
+Each workflow takes a small dataclass of arguments (validated in ``__post_init__`` before any heavy
+work), writes one run directory (:class:`qft_cli.runs.Run`) and returns the tables it wrote.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import pandas as pd
+
+from qft_cli.device import resolve_device, resolve_dtype
+from qft_cli.errors import QftInputError
+from qft_cli.inputs import hidden_state_norms, num_layers, parse_layers, summarize_inputs
+from qft_cli.models import load_config, load_model, load_tokenizer, resolve_model
+from qft_cli.progress import ProgressFn
+from qft_cli.runs import Run, check_writable
+from qft_cli.weights import summarize_weights, weight_norms
+
+
+@dataclass
+class NormsInputsArgs:
+    """Arguments of ``qft norms inputs`` (see the CLI help for each)."""
+
+    models: list[str]
+    dataset: str = "mmlu"
+    data_file: Optional[Path] = None
+    text_column: Optional[str] = None
+    layers: str = "0,1"
+    max_tokens: int = 512
+    num_samples: Optional[int] = None
+    batch_size: int = 8
+    seed: int = 0
+    device: str = "auto"
+    dtype: str = "float32"
+    device_map: Optional[str] = None
+    trust_remote_code: bool = False
+    out: Path = Path("runs")
+
+    def __post_init__(self) -> None:
+        if not self.models:
+            raise QftInputError("give at least one MODEL (see `qft models`)")
+        if self.max_tokens < 1:
+            raise QftInputError(f"--max-tokens must be at least 1 (got {self.max_tokens})")
+        if self.batch_size == 0 or self.batch_size < -1:
+            raise QftInputError(f"--batch-size must be a positive number or -1 for no limit (got {self.batch_size})")
+        if self.num_samples is not None and self.num_samples < 1:
+            raise QftInputError(f"--num-samples must be at least 1 (got {self.num_samples})")
+        if self.device_map not in (None, "auto"):
+            raise QftInputError(f"--device-map '{self.device_map}' is not supported: use --device-map auto")
+        if self.data_file is not None and not Path(self.data_file).is_file():
+            raise QftInputError(f"--data-file {self.data_file} does not exist: check the path")
+        resolve_dtype(self.dtype)
+        resolve_device(self.device)
+
+
+@dataclass
+class NormsWeightsArgs:
+    """Arguments of ``qft norms weights``."""
+
+    models: list[str]
+    device: str = "auto"
+    dtype: Optional[str] = None
+    out: Path = Path("runs")
+
+    def __post_init__(self) -> None:
+        if not self.models:
+            raise QftInputError("give at least one MODEL (see `qft models`)")
+        if self.dtype is not None:
+            resolve_dtype(self.dtype)
+        resolve_device(self.device)
+
+
+@dataclass
+class NormsResult:
+    """What a norms workflow wrote: the run directory, its tables, a summary, and warnings
+    (one line each, e.g. non-finite hidden states) for the CLI to print."""
+
+    run_dir: Path
+    tables: dict[str, pd.DataFrame]
+    summary: pd.DataFrame
+    warnings: list[str] = field(default_factory=list)
+
+
+def _options(args) -> dict:
+    return {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(args).items()}
+
+
+def run_norms_inputs(args: NormsInputsArgs, progress: Optional[ProgressFn] = None) -> NormsResult:
+    """Measure hidden-state norms of every model in ``args.models`` and write ``norms_inputs.parquet``.
+
+    All models are resolved, and their depth checked against ``--layers``, before any heavy work.
+
+    Raises:
+        QftInputError: bad model names, layers beyond a model's depth, bad data, unwritable out.
+    """
+    sources = [resolve_model(name) for name in args.models]
+    device, dtype = resolve_device(args.device), resolve_dtype(args.dtype)
+    check_writable(args.out)
+    configs = [load_config(s, args.trust_remote_code) for s in sources]
+    layer_lists = [parse_layers(args.layers, num_layers(c)) for c in configs]
+    tables, warnings = [], []
+    with Run("norms inputs", args.models, _options(args), out=Path(args.out)) as run:
+        run.update(device=str(device), dtype=args.dtype)
+        for source, layers in zip(sources, layer_lists):
+            tokenizer = load_tokenizer(source, args.trust_remote_code)
+            model = load_model(source, dtype=dtype, device=device, device_map=args.device_map,
+                               trust_remote_code=args.trust_remote_code)
+            vocab = min(model.config.vocab_size, len(tokenizer))
+            samples = load_samples_for(args, tokenizer, vocab)
+            pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+            result = hidden_state_norms(model, samples.token_ids, layers, batch_size=args.batch_size,
+                                        pad_token_id=pad, progress=progress,
+                                        labels={"dataset": samples.dataset, "model_alias": source.name,
+                                                "model": source.model_id})
+            warnings += [f"non-finite hidden state: model {source.name}, sample {i}, layer {l}"
+                         for i, l in result.nonfinite]
+            tables.append(result.table)
+            del model
+            gc.collect()
+        table = pd.concat(tables, ignore_index=True)
+        run.write_table("norms_inputs", table)
+        run.update(warnings=warnings, num_rows=len(table))
+    return NormsResult(run.path, {"norms_inputs": table}, summarize_inputs(table), warnings)
+
+
+def load_samples_for(args: NormsInputsArgs, tokenizer, vocab_size: int):
+    """:func:`qft_cli.text_data.load_samples` with the options of ``args``."""
+    from qft_cli.text_data import load_samples
+
+    return load_samples(args.dataset, tokenizer, vocab_size=vocab_size, max_tokens=args.max_tokens,
+                        num_samples=args.num_samples, data_file=args.data_file, text_column=args.text_column,
+                        seed=args.seed)
+
+
+def run_norms_weights(args: NormsWeightsArgs, progress: Optional[ProgressFn] = None) -> NormsResult:
+    """Measure every weight matrix of every model and write ``norms_weights.parquet`` and
+    ``norm_vectors.parquet``.
+
+    Raises:
+        QftInputError: bad model names, models without attention matrices, unwritable out.
+    """
+    sources = [resolve_model(name) for name in args.models]
+    device = resolve_device(args.device)
+    dtype = resolve_dtype(args.dtype) if args.dtype else None
+    check_writable(args.out)
+    tables, vectors, warnings = [], [], []
+    with Run("norms weights", args.models, _options(args), out=Path(args.out)) as run:
+        run.update(device=str(device), dtype=args.dtype or "stored")
+        for source in sources:
+            result = weight_norms(source, dtype=dtype, device=device, progress=progress,
+                                  labels={"model_alias": source.name, "model": source.model_id})
+            warnings += [f"non-finite weight: model {source.name}, parameter {p}" for p in result.nonfinite]
+            tables.append(result.table)
+            vectors.append(result.vectors)
+        table = pd.concat(tables, ignore_index=True)
+        run.write_table("norms_weights", table)
+        run.write_table("norm_vectors", pd.concat(vectors, ignore_index=True))
+        run.update(warnings=warnings, num_rows=len(table))
+    return NormsResult(run.path, {"norms_weights": table}, summarize_weights(table), warnings)

@@ -1,0 +1,158 @@
+"""Input samples for ``qft norms inputs``: MMLU questions, random tokens, local text/DNA files.
+
+Sources:
+
+* ``mmlu``: the 1,531 MMLU validation questions (Hendrycks et al., "Measuring Massive Multitask
+  Language Understanding", ICLR 2021), from the hub dataset ``cais/mmlu`` (config ``all``, split
+  ``validation``) or from a local CSV with columns ``subject,question,A,B,C,D,answer``. The text of
+  a sample is its ``question``.
+* ``random``: for each N in 1..max_tokens one sequence of N token ids drawn uniformly (with
+  replacement) from the vocabulary without special tokens, from ``torch.Generator().manual_seed(seed)``.
+  No special tokens are added.
+* a local file: ``.txt`` (one text per non-empty line), ``.csv``/``.tsv``/``.parquet`` (column
+  ``text_column``, default the first of text/question/sequence/seq), ``.fa``/``.fasta`` (one DNA
+  sequence per record).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from qft_cli.errors import QftInputError
+
+TEXT_COLUMNS = ("text", "question", "sequence", "seq")
+FILE_SUFFIXES = (".txt", ".csv", ".tsv", ".parquet", ".fa", ".fasta")
+MMLU_HUB_ID = "cais/mmlu"
+
+
+@dataclass
+class Samples:
+    """Tokenised samples.
+
+    Attributes:
+        dataset: name written in the results (``mmlu``, ``random`` or the file name).
+        token_ids: one list of token ids per sample (already truncated to ``max_tokens``).
+    """
+
+    dataset: str
+    token_ids: list[list[int]]
+
+
+def read_text_file(path: Path, text_column: Optional[str] = None) -> list[str]:
+    """Texts of a local file (see module docstring for the formats).
+
+    Raises:
+        QftInputError: missing or empty file, unknown suffix, or a table without the text column.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise QftInputError(f"data file {path} does not exist: check the path")
+    suffix = path.suffix.lower()
+    if suffix not in FILE_SUFFIXES:
+        raise QftInputError(f"data file {path} has an unknown type '{suffix}': use one of {', '.join(FILE_SUFFIXES)}")
+    if path.stat().st_size == 0:
+        raise QftInputError(f"data file {path} is empty: give a file with at least one text")
+    if suffix == ".txt":
+        texts = [line.rstrip("\r\n") for line in path.read_text(encoding="utf-8").splitlines()]
+        texts = [t for t in texts if t.strip()]
+    elif suffix in (".fa", ".fasta"):
+        texts, current = [], []
+        for line in path.read_text(encoding="utf-8").splitlines():
+            line = line.strip()
+            if line.startswith(">"):
+                if current:
+                    texts.append("".join(current))
+                current = []
+            elif line and not line.startswith(";"):
+                current.append(line.upper())
+        if current:
+            texts.append("".join(current))
+    else:
+        import pandas as pd
+
+        if suffix == ".parquet":
+            frame = pd.read_parquet(path)
+        else:
+            frame = pd.read_csv(path, sep="\t" if suffix == ".tsv" else ",", dtype=str, keep_default_na=False)
+        if text_column is None:
+            text_column = next((c for c in TEXT_COLUMNS if c in frame.columns), None)
+            if text_column is None:
+                raise QftInputError(f"{path} has no text column (looked for {', '.join(TEXT_COLUMNS)}; "
+                                    f"it has {', '.join(map(str, frame.columns))}): pass --text-column")
+        elif text_column not in frame.columns:
+            raise QftInputError(f"{path} has no column '{text_column}' (it has {', '.join(map(str, frame.columns))}): "
+                                "pass --text-column with one of them")
+        texts = [str(t) for t in frame[text_column].tolist() if str(t).strip()]
+    if not texts:
+        raise QftInputError(f"data file {path} holds no text: give a file with at least one text")
+    return texts
+
+
+def mmlu_questions(data_file: Optional[Path] = None) -> list[str]:
+    """The MMLU validation questions, from ``data_file`` (CSV) or the hub (``cais/mmlu``, ``all``, ``validation``).
+
+    Raises:
+        QftInputError: the file lacks a ``question`` column, or the hub is unreachable.
+    """
+    if data_file is not None:
+        return read_text_file(Path(data_file), "question")
+    try:
+        import datasets
+
+        ds = datasets.load_dataset(MMLU_HUB_ID, "all", split="validation")
+    except Exception as err:  # hub unreachable, not cached
+        raise QftInputError(f"could not load MMLU from the Hugging Face Hub ({type(err).__name__}): pass a local CSV "
+                            "with --data-file (columns subject,question,A,B,C,D,answer)") from None
+    return list(ds["question"])
+
+
+def random_token_ids(vocab_size: int, special_ids: set[int], max_tokens: int, seed: int) -> list[list[int]]:
+    """For each N in 1..max_tokens, N token ids uniform over ``range(vocab_size)`` minus ``special_ids``.
+
+    Returns:
+        ``max_tokens`` lists, the i-th of length i + 1.
+    """
+    allowed = torch.tensor([i for i in range(vocab_size) if i not in special_ids], dtype=torch.long)
+    if allowed.numel() == 0:
+        raise QftInputError("the vocabulary has no non-special tokens to draw random samples from")
+    gen = torch.Generator().manual_seed(seed)
+    return [allowed[torch.randint(len(allowed), (n,), generator=gen)].tolist() for n in range(1, max_tokens + 1)]
+
+
+def load_samples(dataset: str, tokenizer, *, vocab_size: int, max_tokens: int, num_samples: Optional[int] = None,
+                 data_file: Optional[Path] = None, text_column: Optional[str] = None, seed: int = 0) -> Samples:
+    """Load and tokenise the samples of ``dataset`` (``mmlu``, ``random`` or a file path).
+
+    Texts are tokenised with the model's own tokenizer, special tokens included, truncated to
+    ``max_tokens``. ``num_samples`` keeps the first samples.
+
+    Raises:
+        QftInputError: unknown dataset, bad file, bad column, bad numbers.
+    """
+    if max_tokens < 1:
+        raise QftInputError(f"--max-tokens must be at least 1 (got {max_tokens})")
+    if num_samples is not None and num_samples < 1:
+        raise QftInputError(f"--num-samples must be at least 1 (got {num_samples})")
+    if dataset == "random":
+        special = set(getattr(tokenizer, "all_special_ids", []) or [])
+        ids = random_token_ids(vocab_size, special, max_tokens, seed)
+        return Samples("random", ids[:num_samples] if num_samples else ids)
+    if dataset == "mmlu":
+        texts, name = mmlu_questions(data_file), "mmlu"
+    else:
+        path = Path(data_file) if data_file is not None and dataset == "file" else Path(dataset)
+        if dataset != "file" and path.suffix.lower() not in FILE_SUFFIXES and not path.exists():
+            raise QftInputError(f"unknown dataset '{dataset}': use mmlu, random, or a path to a "
+                                f"{'/'.join(s.lstrip('.') for s in FILE_SUFFIXES)} file")
+        texts, name = read_text_file(path, text_column), path.name
+    if num_samples:
+        texts = texts[:num_samples]
+    encoded = tokenizer(texts, truncation=True, max_length=max_tokens, add_special_tokens=True)
+    ids = [list(x) for x in encoded["input_ids"]]
+    if any(len(x) == 0 for x in ids):
+        raise QftInputError("a sample tokenised to zero tokens: remove empty texts")
+    return Samples(name, ids)
