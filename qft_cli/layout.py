@@ -60,9 +60,9 @@ _RULES: list[tuple[re.Pattern, str, bool, Optional[str]]] = [
     (re.compile(r"^(?:attention|self_attn|attn)\.dense\.weight$"), "o", False, None),
     (re.compile(r"(?:^|\.)(?:gate_proj)\.weight$"), "ffn_gate", False, None),
     (re.compile(r"^intermediate\.dense\.weight$"), "ffn_up", False, None),
-    (re.compile(r"(?:^|\.)(?:up_proj|fc1|lin1|fc_in|dense_h_to_4h)\.weight$"), "ffn_up", False, None),
+    (re.compile(r"(?:^|\.)(?:up_proj|fc1|lin1|linear1|fc_in|dense_h_to_4h)\.weight$"), "ffn_up", False, None),
     (re.compile(r"^output\.dense\.weight$"), "ffn_down", False, None),
-    (re.compile(r"(?:^|\.)(?:down_proj|fc2|lin2|fc_out|dense_4h_to_h)\.weight$"), "ffn_down", False, None),
+    (re.compile(r"(?:^|\.)(?:down_proj|fc2|lin2|linear2|fc_out|dense_4h_to_h)\.weight$"), "ffn_down", False, None),
 ]
 
 _EMBEDDING_RE = re.compile(
