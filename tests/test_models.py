@@ -1,0 +1,55 @@
+"""Model names, tiny models and the offline behaviour of hub loading."""
+
+import time
+
+import pytest
+import torch
+
+from qft_cli.errors import QftInputError
+from qft_cli.models import ALIASES, build_tiny_model, load_config, resolve_model, tiny_tokenizer
+
+
+def test_aliases_resolve_to_hub_ids():
+    assert resolve_model("gpt2").location == "openai-community/gpt2"
+    assert resolve_model("dnabert").location == "zhihan1996/DNABERT-2-117M"
+    assert resolve_model("mistralai/Mistral-7B-v0.1").kind == "hub"
+    assert len(ALIASES) == 10
+
+
+def test_unknown_alias_suggests_nearest():
+    with pytest.raises(QftInputError, match="unknown model 'robreta'.*did you mean 'roberta'"):
+        resolve_model("robreta")
+
+
+def test_local_directory(tmp_path):
+    assert resolve_model(str(tmp_path)).kind == "local"
+
+
+def test_tiny_models_are_deterministic():
+    a = build_tiny_model("tiny-llama")
+    b = build_tiny_model("tiny-llama")
+    for (na, pa), (nb, pb) in zip(a.named_parameters(), b.named_parameters()):
+        assert na == nb and torch.equal(pa, pb)
+    assert a.config.num_key_value_heads == 2 and a.config.num_attention_heads == 4
+
+
+def test_tiny_tokenizers():
+    bert = tiny_tokenizer(with_bert_specials=True)
+    ids = bert("hé")["input_ids"]
+    assert ids[0] == bert.cls_token_id and ids[-1] == bert.sep_token_id and len(ids) == 2 + 3  # é is 2 bytes
+    gpt = tiny_tokenizer(with_bert_specials=False)
+    assert gpt.pad_token is None and gpt.decode(gpt("qft ok")["input_ids"]) == "qft ok"
+
+
+def test_hub_offline_is_one_clear_line(monkeypatch):
+    import huggingface_hub.constants
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    start = time.time()
+    with pytest.raises(QftInputError) as err:
+        load_config(resolve_model("bert"))
+    message = str(err.value)
+    assert "\n" not in message
+    assert "bert-base-uncased" in message and "HF_HUB_OFFLINE" in message and "minilm" in message
+    assert time.time() - start < 10  # no network retries when offline

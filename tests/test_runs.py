@@ -1,0 +1,50 @@
+"""Run directories: layout, run.json status, atomic writes, cleanup on bad input."""
+
+import json
+
+import pandas as pd
+import pytest
+
+from qft_cli.errors import QftInputError
+from qft_cli.runs import Run, check_writable, read_run_json, slug
+
+
+def test_run_lifecycle(tmp_path):
+    with Run("norms inputs", ["openai-community/gpt2"], {"seed": 1}, out=tmp_path) as run:
+        assert read_run_json(run.path)["status"] == "running"
+        run.write_table("norms_inputs", pd.DataFrame({"x": [1.0]}))
+    meta = read_run_json(run.path)
+    assert meta["status"] == "completed" and meta["end_time"] and meta["versions"]["torch"]
+    assert run.path.name.endswith("-norms-inputs-openai-community_gpt2")
+    assert sorted(p.name for p in run.path.iterdir()) == ["norms_inputs.parquet", "run.json"]
+
+
+def test_failed_and_interrupted_runs_keep_status(tmp_path):
+    for exc, status in ((RuntimeError("boom"), "failed"), (KeyboardInterrupt(), "interrupted")):
+        with pytest.raises(type(exc)):
+            with Run("train", ["m"], {}, out=tmp_path) as run:
+                raise exc
+        meta = json.loads((run.path / "run.json").read_text())
+        assert meta["status"] == status
+    assert "boom" in read_run_json(sorted(tmp_path.iterdir())[0])["error"]
+
+
+def test_bad_input_leaves_nothing(tmp_path):
+    with pytest.raises(QftInputError):
+        with Run("norms weights", ["m"], {}, out=tmp_path):
+            raise QftInputError("bad")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_unique_names_and_slug(tmp_path):
+    a = Run("x", ["a/b"], {}, out=tmp_path).create()
+    b = Run("x", ["a/b"], {}, out=tmp_path).create()
+    assert a != b
+    assert slug("../weird name/<b>") == "weird_name_b"
+
+
+def test_check_writable(tmp_path):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(QftInputError, match="is a file"):
+        check_writable(tmp_path / "file")
+    assert check_writable(tmp_path / "new" / "dir").is_dir()

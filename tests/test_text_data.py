@@ -1,0 +1,99 @@
+"""Samples for `norms inputs`: MMLU, random tokens, local files, and their errors."""
+
+import pandas as pd
+import pytest
+
+from qft_cli.errors import QftInputError
+from qft_cli.inputs import hidden_state_norms
+from qft_cli.models import load_model, load_tokenizer, resolve_model
+from qft_cli.text_data import load_samples, random_token_ids, read_text_file
+
+
+@pytest.fixture(scope="module")
+def bert_tok():
+    return load_tokenizer(resolve_model("tiny-bert"))
+
+
+def test_random_tokens_lengths_no_specials_and_seed():
+    ids = random_token_ids(20, {0, 1, 2}, 30, seed=7)
+    assert [len(x) for x in ids] == list(range(1, 31))
+    assert all(3 <= t < 20 for x in ids for t in x)
+    assert ids == random_token_ids(20, {0, 1, 2}, 30, seed=7)
+    assert ids != random_token_ids(20, {0, 1, 2}, 30, seed=8)
+    # every allowed id shows up: the draw is over the whole vocabulary
+    assert {t for x in ids for t in x} == set(range(3, 20))
+
+
+def test_random_dataset_through_tokenizer(bert_tok):
+    samples = load_samples("random", bert_tok, vocab_size=261, max_tokens=16, num_samples=5, seed=0)
+    assert samples.dataset == "random" and [len(x) for x in samples.token_ids] == [1, 2, 3, 4, 5]
+    assert not {t for x in samples.token_ids for t in x} & set(bert_tok.all_special_ids)
+
+
+@pytest.mark.parametrize("suffix", [".txt", ".csv", ".tsv", ".parquet", ".fasta"])
+def test_file_formats(tmp_path, suffix):
+    texts = ["ACGTTGCA", "GGGCCCAT", "TTTT"]
+    path = tmp_path / f"data{suffix}"
+    if suffix == ".txt":
+        path.write_text("\n".join(texts) + "\n\n")
+    elif suffix == ".fasta":
+        path.write_text(">a\nACGT\nTGCA\n>b\nGGGCCCAT\n>c\ntttt\n")
+    elif suffix == ".parquet":
+        pd.DataFrame({"label": [0, 1, 0], "seq": texts}).to_parquet(path)
+    else:
+        sep = "\t" if suffix == ".tsv" else ","
+        path.write_text(f"sequence{sep}label\n" + "\n".join(f"{t}{sep}1" for t in texts) + "\n")
+    assert read_text_file(path) == texts
+
+
+def test_file_errors(tmp_path):
+    with pytest.raises(QftInputError, match="does not exist"):
+        read_text_file(tmp_path / "missing.txt")
+    (tmp_path / "empty.txt").write_text("")
+    with pytest.raises(QftInputError, match="is empty"):
+        read_text_file(tmp_path / "empty.txt")
+    (tmp_path / "blank.txt").write_text("\n  \n")
+    with pytest.raises(QftInputError, match="holds no text"):
+        read_text_file(tmp_path / "blank.txt")
+    (tmp_path / "t.csv").write_text("a,b\n1,2\n")
+    with pytest.raises(QftInputError, match="no text column.*--text-column"):
+        read_text_file(tmp_path / "t.csv")
+    with pytest.raises(QftInputError, match="no column 'body'"):
+        read_text_file(tmp_path / "t.csv", "body")
+    (tmp_path / "x.json").write_text("{}")
+    with pytest.raises(QftInputError, match="unknown type"):
+        read_text_file(tmp_path / "x.json")
+
+
+def test_unknown_dataset_and_bad_numbers(bert_tok):
+    with pytest.raises(QftInputError, match="unknown dataset 'mmlu2'"):
+        load_samples("mmlu2", bert_tok, vocab_size=261, max_tokens=8)
+    with pytest.raises(QftInputError, match="--max-tokens"):
+        load_samples("random", bert_tok, vocab_size=261, max_tokens=0)
+
+
+def test_mmlu_csv_parsing(shared_data, bert_tok):
+    samples = load_samples("mmlu", bert_tok, vocab_size=261, max_tokens=64,
+                           data_file=shared_data / "mmlu" / "validation.csv")
+    assert len(samples.token_ids) == 1531  # 126 rows have newlines inside quoted fields
+    assert max(len(x) for x in samples.token_ids) == 64
+
+
+@pytest.mark.slow
+def test_mmlu_validation_through_minilm(shared_data, minilm_source):
+    """The 1,531 MMLU validation questions through the real MiniLM: 1,531 x 2 rows, all finite,
+    num_tokens equal to the tokenizer's own count."""
+    tok = load_tokenizer(minilm_source)
+    model = load_model(minilm_source)
+    csv = shared_data / "mmlu" / "validation.csv"
+    samples = load_samples("mmlu", tok, vocab_size=model.config.vocab_size, max_tokens=512, data_file=csv)
+    table = hidden_state_norms(model, samples.token_ids, [0, 1], batch_size=32,
+                               pad_token_id=tok.pad_token_id).table
+    assert len(table) == 1531 * 2 and table["finite"].all()
+    assert table[["frobenius_norm", "spectral_norm", "max_row_norm"]].notna().all().all()
+    questions = pd.read_csv(csv)["question"].tolist()
+    expected = [len(tok(q, truncation=True, max_length=512)["input_ids"]) for q in questions]
+    got = table[table.layer == 0].sort_values("sample_index")["num_tokens"].tolist()
+    assert got == expected
+    assert (table["spectral_norm"] <= table["frobenius_norm"] * (1 + 1e-12)).all()
+    assert (table["max_row_norm"] <= table["spectral_norm"] * (1 + 1e-12)).all()

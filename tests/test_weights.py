@@ -1,0 +1,130 @@
+"""`norms weights` numbers against float64 torch.linalg.matrix_norm of matrices taken from the modules."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from qft_cli.errors import QftInputError
+from qft_cli.models import ModelSource, build_tiny_model, load_model, resolve_model
+from qft_cli.weights import weight_norms
+
+
+def _reference_matrices(model, kind):
+    """(layer, matrix) -> W (d_out, d_in), read from module attributes, independent of layout.py."""
+    ref = {}
+    if kind == "gpt2":
+        d = model.config.n_embd
+        ref[(0, "embedding")] = model.wte.weight
+        for i, block in enumerate(model.h, start=1):
+            c_attn = block.attn.c_attn.weight.T  # Conv1D stores (d_in, d_out)
+            ref[(i, "q")], ref[(i, "k")], ref[(i, "v")] = c_attn[:d], c_attn[d:2 * d], c_attn[2 * d:]
+            ref[(i, "o")] = block.attn.c_proj.weight.T
+            ref[(i, "ffn_up")] = block.mlp.c_fc.weight.T
+            ref[(i, "ffn_down")] = block.mlp.c_proj.weight.T
+    elif kind == "bert":
+        ref[(0, "embedding")] = model.embeddings.word_embeddings.weight
+        for i, layer in enumerate(model.encoder.layer, start=1):
+            ref[(i, "q")] = layer.attention.self.query.weight
+            ref[(i, "k")] = layer.attention.self.key.weight
+            ref[(i, "v")] = layer.attention.self.value.weight
+            ref[(i, "o")] = layer.attention.output.dense.weight
+            ref[(i, "ffn_up")] = layer.intermediate.dense.weight
+            ref[(i, "ffn_down")] = layer.output.dense.weight
+    elif kind == "llama":
+        ref[(0, "embedding")] = model.embed_tokens.weight
+        for i, layer in enumerate(model.layers, start=1):
+            for m in "qkvo":
+                ref[(i, m)] = getattr(layer.self_attn, f"{m}_proj").weight
+            for m in ("gate", "up", "down"):
+                ref[(i, f"ffn_{m}")] = getattr(layer.mlp, f"{m}_proj").weight
+    return {k: v.detach().double() for k, v in ref.items()}
+
+
+def _check(table, ref):
+    assert len(table) == len(ref)
+    for _, row in table.iterrows():
+        w = ref[(row.layer, row.matrix)]
+        assert (row.d_out, row.d_in) == tuple(w.shape)
+        assert row.spectral_norm == pytest.approx(torch.linalg.matrix_norm(w, ord=2).item(), rel=1e-10)
+        assert row.frobenius_norm == pytest.approx(torch.linalg.matrix_norm(w, ord="fro").item(), rel=1e-10)
+        cols = torch.linalg.vector_norm(w, dim=0)
+        rows = torch.linalg.vector_norm(w, dim=1)
+        assert row.column_norm_max == pytest.approx(cols.max().item(), rel=1e-10)
+        assert row.column_norm_var == pytest.approx(cols.var(unbiased=False).item(), rel=1e-8)
+        assert row.row_norm_mean == pytest.approx(rows.mean().item(), rel=1e-10)
+        assert row.finite
+
+
+@pytest.mark.parametrize("name,kind", [("tiny-gpt2", "gpt2"), ("tiny-bert", "bert"), ("tiny-llama", "llama")])
+def test_tiny_models_against_modules(name, kind):
+    result = weight_norms(resolve_model(name))
+    _check(result.table, _reference_matrices(build_tiny_model(name), kind))
+
+
+def test_minilm_against_modules(minilm_source):
+    result = weight_norms(minilm_source, labels={"model_alias": "minilm"})
+    model = load_model(minilm_source)
+    _check(result.table, _reference_matrices(model, "bert"))
+    assert len(result.table) == 1 + 6 * 6
+    emb = result.vectors.query("matrix == 'embedding'")
+    ref = torch.linalg.vector_norm(model.embeddings.word_embeddings.weight.double(), dim=1)
+    assert len(emb) == 30522 and (emb["kind"] == "token_norm").all()
+    torch.testing.assert_close(torch.tensor(emb["value"].to_numpy()), ref, rtol=1e-10, atol=0)
+
+
+def test_norm_vectors_are_column_norms_of_qkv():
+    result = weight_norms(resolve_model("tiny-llama"))
+    model = build_tiny_model("tiny-llama")
+    k2 = result.vectors.query("layer == 2 and matrix == 'k'").sort_values("index")
+    ref = torch.linalg.vector_norm(model.layers[1].self_attn.k_proj.weight.double(), dim=0)
+    assert len(k2) == 64  # columns = d_in
+    torch.testing.assert_close(torch.tensor(k2["value"].to_numpy()), ref, rtol=1e-10, atol=0)
+    assert set(result.vectors["matrix"]) == {"q", "k", "v", "embedding"}
+
+
+def test_streamed_safetensors_and_bin_match_in_memory(tmp_path):
+    model = build_tiny_model("tiny-gpt2")
+    model.save_pretrained(tmp_path / "st")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    torch.save(model.state_dict(), bin_dir / "pytorch_model.bin")
+    (bin_dir / "config.json").write_text(json.dumps(model.config.to_dict()))
+    mem = weight_norms(resolve_model("tiny-gpt2")).table
+    for d in ("st", "bin"):
+        streamed = weight_norms(ModelSource(d, "local", str(tmp_path / d))).table
+        assert list(streamed["matrix"]) == list(mem["matrix"])
+        for col in ("spectral_norm", "frobenius_norm", "row_norm_max"):
+            assert streamed[col].tolist() == pytest.approx(mem[col].tolist(), rel=1e-12)
+
+
+def test_half_and_bfloat16_match_float32_within_precision():
+    ref = weight_norms(resolve_model("tiny-bert"), dtype=torch.float32).table
+    for dtype, tol in ((torch.float16, 2e-3), (torch.bfloat16, 1.6e-2)):
+        low = weight_norms(resolve_model("tiny-bert"), dtype=dtype).table
+        assert low["spectral_norm"].tolist() == pytest.approx(ref["spectral_norm"].tolist(), rel=tol)
+        assert low["frobenius_norm"].tolist() == pytest.approx(ref["frobenius_norm"].tolist(), rel=tol)
+
+
+def test_nonfinite_weight_is_reported_and_rest_kept(tmp_path):
+    model = build_tiny_model("tiny-bert")
+    with torch.no_grad():
+        model.encoder.layer[1].attention.self.key.weight[0, 0] = float("nan")
+    model.save_pretrained(tmp_path)
+    result = weight_norms(ModelSource("broken", "local", str(tmp_path)))
+    assert result.nonfinite == ["encoder.layer.1.attention.self.key.weight"]
+    bad = result.table[~result.table["finite"]]
+    assert list(zip(bad.layer, bad.matrix)) == [(2, "k")] and bad["spectral_norm"].isna().all()
+    assert result.table["finite"].sum() == len(result.table) - 1
+
+
+def test_no_attention_matrices_is_an_error(tmp_path):
+    save_file({"encoder.blocks.0.mixer.weight": torch.zeros(4, 4)}, str(tmp_path / "model.safetensors"))
+    with pytest.raises(QftInputError, match="no attention matrices.*mixer"):
+        weight_norms(ModelSource("odd", "local", str(tmp_path)))
+
+
+def test_directory_without_weights_is_an_error(tmp_path):
+    with pytest.raises(QftInputError, match="no \\*.safetensors"):
+        weight_norms(ModelSource("empty", "local", str(tmp_path)))
