@@ -30,7 +30,7 @@ def _span(frame: pd.DataFrame, norm: str) -> pd.Series:
 
 
 def _finish(result) -> None:
-    console.print(f"results: {result.run_dir}")
+    console.print(f"results: {result.run_dir}", soft_wrap=True, markup=False, highlight=False)
     for line in result.warnings:
         err_console.print(f"warning: {line}", markup=False)
     if result.warnings:

@@ -1,0 +1,147 @@
+"""The `qft` CLI: help, version, `norms inputs`, `norms weights`, and one-line errors with exit 2."""
+
+import pandas as pd
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from qft_cli import __version__
+from qft_cli.cli.app import app
+from qft_cli.models import build_tiny_model
+from qft_cli.runs import read_run_json
+
+runner = CliRunner()
+
+
+def invoke(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+@pytest.mark.parametrize("args", [["--help"], ["norms", "--help"], ["norms", "inputs", "--help"],
+                                  ["norms", "weights", "--help"], ["models", "--help"]])
+def test_help(args):
+    result = invoke(*args)
+    assert result.exit_code == 0, result.output
+    assert "Usage" in result.output
+
+
+def test_version_and_models():
+    assert invoke("--version").stdout.strip() == f"qft {__version__}"
+    out = invoke("models").stdout
+    assert "llama2-7b" in out and "minilm" in out and "tiny-llama" in out
+
+
+def _only_run(out_dir):
+    runs = [p for p in out_dir.iterdir() if p.is_dir()]
+    assert len(runs) == 1
+    return runs[0]
+
+
+def test_norms_weights_writes_run(tmp_path):
+    result = invoke("norms", "weights", "tiny-gpt2", "tiny-llama", "--out", tmp_path, "--quiet")
+    assert result.exit_code == 0, result.output
+    run = _only_run(tmp_path)
+    meta = read_run_json(run)
+    assert meta["status"] == "completed" and meta["command"] == "norms weights"
+    table = pd.read_parquet(run / "norms_weights.parquet")
+    assert set(table["model_alias"]) == {"tiny-gpt2", "tiny-llama"}
+    assert table["spectral_norm"].dtype == "float64"
+    vectors = pd.read_parquet(run / "norm_vectors.parquet")
+    assert set(vectors["kind"]) == {"column_norm", "token_norm"}
+    assert "ffn_gate" in result.stdout and str(run) in result.stdout
+
+
+def test_norms_inputs_random_writes_run(tmp_path):
+    result = invoke("norms", "inputs", "tiny-gpt2", "--dataset", "random", "--max-tokens", 20, "--layers", "all",
+                    "--out", tmp_path, "--quiet")
+    assert result.exit_code == 0, result.output
+    table = pd.read_parquet(_only_run(tmp_path) / "norms_inputs.parquet")
+    assert len(table) == 20 * 3 and sorted(table["num_tokens"].unique()) == list(range(1, 21))
+    assert list(table.columns[:4]) == ["model", "model_alias", "dataset", "sample_index"]
+    assert "b_F" in result.stdout
+
+
+def test_norms_inputs_batch_size_invariance_through_cli(tmp_path, shared_data):
+    csv = shared_data / "mmlu" / "validation.csv"
+    tables = []
+    for bs in (1, 7):
+        out = tmp_path / str(bs)
+        result = invoke("norms", "inputs", "tiny-bert", "--dataset", "mmlu", "--data-file", csv, "--num-samples", 20,
+                        "--batch-size", bs, "--out", out, "-q")
+        assert result.exit_code == 0, result.output
+        tables.append(pd.read_parquet(_only_run(out) / "norms_inputs.parquet"))
+    assert tables[0]["dataset"].iloc[0] == "mmlu"
+    for col in ("spectral_norm", "frobenius_norm"):
+        assert tables[1][col].tolist() == pytest.approx(tables[0][col].tolist(), rel=1e-5)
+
+
+def _assert_bad(result, *needles, out_dir=None):
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: ")
+    for needle in needles:
+        assert needle in lines[0]
+    assert "Traceback" not in result.output
+    if out_dir is not None:
+        assert not out_dir.exists() or not any(p.is_dir() for p in out_dir.iterdir())
+
+
+def test_bad_inputs(tmp_path):
+    out = tmp_path / "runs"
+    _assert_bad(invoke("norms", "weights", "gtp2", "--out", out), "unknown model 'gtp2'", "gpt2", out_dir=out)
+    _assert_bad(invoke("norms", "inputs", "tiny-bert", "--dataset", tmp_path / "missing.csv", "--out", out),
+                "does not exist", out_dir=out)
+    (tmp_path / "empty.txt").write_text("")
+    _assert_bad(invoke("norms", "inputs", "tiny-bert", "--dataset", tmp_path / "empty.txt", "--out", out),
+                "is empty", out_dir=out)
+    (tmp_path / "nocol.csv").write_text("a,b\n1,2\n")
+    _assert_bad(invoke("norms", "inputs", "tiny-bert", "--dataset", tmp_path / "nocol.csv", "--out", out),
+                "--text-column", out_dir=out)
+    _assert_bad(invoke("norms", "inputs", "tiny-bert", "--dataset", "random", "--max-tokens", 0, "--out", out),
+                "--max-tokens", out_dir=out)
+    for bs in (0, -2):
+        _assert_bad(invoke("norms", "inputs", "tiny-bert", "--dataset", "random", "--batch-size", bs, "--out", out),
+                    "--batch-size", out_dir=out)
+    _assert_bad(invoke("norms", "inputs", "tiny-bert", "--dataset", "random", "--layers", "0,5", "--out", out),
+                "2 blocks", "0 (embedding output) to 2", out_dir=out)
+    _assert_bad(invoke("norms", "inputs", "tiny-bert", "--dataset", "random", "--device", "tpu", "--out", out),
+                "unknown device", out_dir=out)
+    (tmp_path / "afile").write_text("x")
+    _assert_bad(invoke("norms", "weights", "tiny-bert", "--out", tmp_path / "afile"), "is a file")
+
+
+def test_unwritable_out(tmp_path):
+    (tmp_path / "afile").write_text("x")  # a path below a file cannot be created, even by root
+    _assert_bad(invoke("norms", "weights", "tiny-bert", "--out", tmp_path / "afile" / "sub"), "not writable")
+
+
+def test_nonfinite_weight_keeps_run_and_exits_2(tmp_path):
+    model = build_tiny_model("tiny-bert")
+    with torch.no_grad():
+        model.encoder.layer[0].intermediate.dense.weight[1, 1] = float("inf")
+    model.save_pretrained(tmp_path / "model")
+    result = invoke("norms", "weights", tmp_path / "model", "--out", tmp_path / "runs", "-q")
+    assert result.exit_code == 2
+    assert "non-finite weight" in result.stderr and "intermediate.dense.weight" in result.stderr
+    run = _only_run(tmp_path / "runs")
+    table = pd.read_parquet(run / "norms_weights.parquet")
+    assert (~table["finite"]).sum() == 1 and read_run_json(run)["status"] == "completed"
+
+
+def test_hub_model_offline_one_line(tmp_path, monkeypatch):
+    import huggingface_hub.constants
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    _assert_bad(invoke("norms", "weights", "llama2-7b", "--out", tmp_path / "r"),
+                "meta-llama/Llama-2-7b-chat-hf", "HF_HUB_OFFLINE", out_dir=tmp_path / "r")
+    _assert_bad(invoke("norms", "inputs", "gpt2", "--dataset", "random", "--out", tmp_path / "r"),
+                "openai-community/gpt2", out_dir=tmp_path / "r")
+
+
+def test_minilm_cli_end_to_end(tmp_path, minilm_source):
+    result = invoke("norms", "inputs", "minilm", "--dataset", "random", "--max-tokens", 32, "--out", tmp_path, "-q")
+    assert result.exit_code == 0, result.output
+    table = pd.read_parquet(_only_run(tmp_path) / "norms_inputs.parquet")
+    assert table["model"].iloc[0] == "sentence-transformers/all-MiniLM-L6-v2" and len(table) == 64
