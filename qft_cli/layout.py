@@ -223,3 +223,33 @@ def module_types(model: torch.nn.Module, limit: int = 12) -> list[str]:
         if name not in seen:
             seen.append(name)
     return seen[:limit]
+
+
+def head_dim(config: Any) -> Optional[int]:
+    """Per-head dimension from a config (``head_dim``, else hidden size / number of heads), or None."""
+    explicit = _config_get(config, "head_dim", "attention_head_size")
+    if explicit:
+        return int(explicit)
+    hidden = _config_get(config, "hidden_size", "n_embd", "d_model", "dim")
+    heads = _config_get(config, "num_attention_heads", "n_head", "encoder_attention_heads", "n_heads")
+    if hidden and heads and hidden % heads == 0:
+        return int(hidden // heads)
+    return None
+
+
+def split_heads(matrix_name: str, w: torch.Tensor, dim: Optional[int]) -> Optional[torch.Tensor]:
+    """Per-head blocks of an oriented attention matrix, stacked as (heads, rows, cols).
+
+    q, k, v (and cross_*): head h owns rows ``h*dim:(h+1)*dim`` of ``(n_heads*dim, d)`` (for GQA,
+    k and v have ``n_kv_heads`` blocks). o: head h owns *columns* ``h*dim:(h+1)*dim`` of
+    ``(d, n_heads*dim)``. Returns None for other matrices or when ``dim`` does not divide the shape.
+    """
+    if dim is None or matrix_name not in ATTENTION_MATRICES:
+        return None
+    if matrix_name.endswith("o"):
+        if w.shape[1] % dim:
+            return None
+        return w.reshape(w.shape[0], w.shape[1] // dim, dim).permute(1, 0, 2)
+    if w.shape[0] % dim:
+        return None
+    return w.reshape(w.shape[0] // dim, dim, w.shape[1])

@@ -139,8 +139,8 @@ def load_samples_for(args: NormsInputsArgs, tokenizer, vocab_size: int):
 
 
 def run_norms_weights(args: NormsWeightsArgs, progress: Optional[ProgressFn] = None) -> NormsResult:
-    """Measure every weight matrix of every model and write ``norms_weights.parquet`` and
-    ``norm_vectors.parquet``.
+    """Measure every weight matrix of every model and write ``norms_weights.parquet``,
+    ``norm_vectors.parquet`` and ``norms_heads.parquet``.
 
     Raises:
         QftInputError: bad model names, models without attention matrices, unwritable out.
@@ -149,7 +149,7 @@ def run_norms_weights(args: NormsWeightsArgs, progress: Optional[ProgressFn] = N
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype) if args.dtype else None
     check_writable(args.out)
-    tables, vectors, warnings = [], [], []
+    tables, vectors, heads, warnings = [], [], [], []
     with Run("norms weights", args.models, _options(args), out=Path(args.out)) as run:
         run.update(device=str(device), dtype=args.dtype or "stored")
         for source in sources:
@@ -158,8 +158,10 @@ def run_norms_weights(args: NormsWeightsArgs, progress: Optional[ProgressFn] = N
             warnings += [f"non-finite weight: model {source.name}, parameter {p}" for p in result.nonfinite]
             tables.append(result.table)
             vectors.append(result.vectors)
+            heads.append(result.heads)
         table = pd.concat(tables, ignore_index=True)
         run.write_table("norms_weights", table)
         run.write_table("norm_vectors", pd.concat(vectors, ignore_index=True))
+        run.write_table("norms_heads", pd.concat(heads, ignore_index=True))
         run.update(warnings=warnings, num_rows=len(table))
     return NormsResult(run.path, {"norms_weights": table}, summarize_weights(table), warnings)

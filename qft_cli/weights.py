@@ -23,9 +23,9 @@ import pandas as pd
 import torch
 
 from qft_cli.errors import QftInputError
-from qft_cli.layout import MatrixSpec, classify
+from qft_cli.layout import MatrixSpec, classify, head_dim, split_heads
 from qft_cli.models import ModelSource, build_tiny_model, hub_snapshot
-from qft_cli.norms import column_norms, matrix_norm_record, row_norms
+from qft_cli.norms import column_norms, frobenius_norm, matrix_norm_record, row_norms, spectral_norm
 from qft_cli.progress import ProgressFn, report
 
 WEIGHT_COLUMNS = ["model", "model_alias", "stack", "layer", "matrix", "parameter", "d_out", "d_in",
@@ -114,12 +114,15 @@ class WeightNormsResult:
         table: one row per matrix, columns :data:`WEIGHT_COLUMNS`.
         vectors: column l2 norms of q/k/v and per-token l2 norms of the embedding (long format:
             stack, layer, matrix, kind, index, value).
+        heads: per-head spectral and Frobenius norms of every attention matrix (stack, layer,
+            matrix, head, spectral_norm, frobenius_norm); see :func:`qft_cli.layout.split_heads`.
         nonfinite: parameters that held NaN/inf.
     """
 
     table: pd.DataFrame
     vectors: pd.DataFrame
     nonfinite: list[str]
+    heads: pd.DataFrame = field(default_factory=pd.DataFrame)
 
 
 def iter_matrices(store: TensorStore, specs: list[MatrixSpec], dtype: Optional[torch.dtype] = None,
@@ -161,7 +164,8 @@ def weight_norms(source: ModelSource, *, dtype: Optional[torch.dtype] = None, de
             sample = ", ".join(list(store.shapes)[:8])
             raise QftInputError(f"found no attention matrices in {source.name} (parameters seen: {sample}, ...): "
                                 "this architecture's parameter names are not known to qft")
-        rows, vectors, nonfinite = [], [], []
+        rows, vectors, heads, nonfinite = [], [], [], []
+        dim = head_dim(store.config)
         for done, (spec, w) in enumerate(iter_matrices(store, specs, dtype, device), start=1):
             finite = bool(torch.isfinite(w).all())
             rec = {"stack": spec.stack, "layer": spec.layer, "matrix": spec.matrix, "parameter": spec.parameter,
@@ -174,6 +178,12 @@ def weight_norms(source: ModelSource, *, dtype: Optional[torch.dtype] = None, de
                     vectors.append(pd.DataFrame({"stack": spec.stack, "layer": spec.layer, "matrix": spec.matrix,
                                                  "kind": kind, "index": range(values.numel()),
                                                  "value": values.cpu().numpy()}))
+                blocks = split_heads(spec.matrix, w, dim)
+                if blocks is not None:
+                    heads.append(pd.DataFrame({"stack": spec.stack, "layer": spec.layer, "matrix": spec.matrix,
+                                               "head": range(blocks.shape[0]),
+                                               "spectral_norm": spectral_norm(blocks).cpu().numpy(),
+                                               "frobenius_norm": frobenius_norm(blocks).cpu().numpy()}))
             else:
                 nonfinite.append(spec.parameter)
             rows.append(rec)
@@ -189,7 +199,12 @@ def weight_norms(source: ModelSource, *, dtype: Optional[torch.dtype] = None, de
     for key, value in (labels or {}).items():
         vec.insert(0, key, value)
     vec = vec.astype({"layer": "int64", "index": "int64", "value": "float64"})
-    return WeightNormsResult(table.astype({"layer": "int64", "d_out": "int64", "d_in": "int64"}), vec, nonfinite)
+    head_table = pd.concat(heads, ignore_index=True) if heads else pd.DataFrame(
+        columns=["stack", "layer", "matrix", "head", "spectral_norm", "frobenius_norm"])
+    for key, value in (labels or {}).items():
+        head_table.insert(0, key, value)
+    return WeightNormsResult(table.astype({"layer": "int64", "d_out": "int64", "d_in": "int64"}), vec, nonfinite,
+                             head_table.astype({"layer": "int64", "head": "int64"}))
 
 
 def summarize_weights(table: pd.DataFrame) -> pd.DataFrame:

@@ -128,3 +128,21 @@ def test_no_attention_matrices_is_an_error(tmp_path):
 def test_directory_without_weights_is_an_error(tmp_path):
     with pytest.raises(QftInputError, match="no \\*.safetensors"):
         weight_norms(ModelSource("empty", "local", str(tmp_path)))
+
+
+def test_per_head_norms_against_module_slices():
+    model = build_tiny_model("tiny-llama")  # 4 query heads, 2 key/value heads, head_dim 16
+    heads = weight_norms(resolve_model("tiny-llama")).heads
+    attn = model.layers[0].self_attn
+    k = heads.query("layer == 1 and matrix == 'k'").sort_values("head")
+    assert len(k) == 2 and len(heads.query("layer == 1 and matrix == 'q'")) == 4
+    w_k = attn.k_proj.weight.detach().double()
+    for h in range(2):
+        block = w_k[h * 16:(h + 1) * 16]
+        assert k.spectral_norm.iloc[h] == pytest.approx(torch.linalg.matrix_norm(block, 2).item(), rel=1e-10)
+    o = heads.query("layer == 1 and matrix == 'o'").sort_values("head")
+    w_o = attn.o_proj.weight.detach().double()
+    assert o.frobenius_norm.iloc[3] == pytest.approx(torch.linalg.matrix_norm(w_o[:, 48:64]).item(), rel=1e-10)
+    # Frobenius norms of the heads add up in squares to that of the whole matrix
+    whole = torch.linalg.matrix_norm(w_o).item()
+    assert (o.frobenius_norm ** 2).sum() == pytest.approx(whole ** 2, rel=1e-10)
