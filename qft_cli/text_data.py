@@ -86,7 +86,7 @@ def read_text_file(path: Path, text_column: Optional[str] = None) -> list[str]:
         elif text_column not in frame.columns:
             raise QftInputError(f"{path} has no column '{text_column}' (it has {', '.join(map(str, frame.columns))}): "
                                 "pass --text-column with one of them")
-        texts = [str(t) for t in frame[text_column].tolist() if str(t).strip()]
+        texts = [str(t) for t in frame[text_column].tolist() if not pd.isna(t) and str(t).strip()]
     if not texts:
         raise QftInputError(f"data file {path} holds no text: give a file with at least one text")
     return texts

@@ -97,3 +97,9 @@ def test_mmlu_validation_through_minilm(shared_data, minilm_source):
     assert got == expected
     assert (table["spectral_norm"] <= table["frobenius_norm"] * (1 + 1e-12)).all()
     assert (table["max_row_norm"] <= table["spectral_norm"] * (1 + 1e-12)).all()
+
+
+def test_parquet_null_texts_are_skipped_not_measured_as_nan(tmp_path):
+    path = tmp_path / "data.parquet"
+    pd.DataFrame({"text": ["hello", None, "world", float("nan")]}).to_parquet(path)
+    assert read_text_file(path) == ["hello", "world"]
