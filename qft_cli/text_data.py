@@ -139,6 +139,9 @@ def load_samples(dataset: str, tokenizer, *, vocab_size: int, max_tokens: int, n
         raise QftInputError(f"--num-samples must be at least 1 (got {num_samples})")
     if dataset == "random":
         special = set(getattr(tokenizer, "all_special_ids", []) or [])
+        # control tokens added as special AddedTokens (chat templates) are not in all_special_ids
+        special |= {i for i, t in (getattr(tokenizer, "added_tokens_decoder", None) or {}).items()
+                    if getattr(t, "special", False)}
         ids = random_token_ids(vocab_size, special, max_tokens, seed)
         return Samples("random", ids[:num_samples] if num_samples else ids)
     if dataset == "mmlu":

@@ -103,3 +103,18 @@ def test_parquet_null_texts_are_skipped_not_measured_as_nan(tmp_path):
     path = tmp_path / "data.parquet"
     pd.DataFrame({"text": ["hello", None, "world", float("nan")]}).to_parquet(path)
     assert read_text_file(path) == ["hello", "world"]
+
+
+def test_random_dataset_skips_added_special_tokens():
+    # chat tokenizers add control tokens as special AddedTokens that all_special_ids does not list
+    from tokenizers import AddedToken
+
+    from qft_cli.models import tiny_tokenizer
+
+    tok = tiny_tokenizer(with_bert_specials=False)
+    tok.add_tokens([AddedToken("<|im_start|>", special=True)])
+    control = tok.convert_tokens_to_ids("<|im_start|>")
+    samples = load_samples("random", tok, vocab_size=len(tok), max_tokens=60, seed=0)
+    drawn = {t for x in samples.token_ids for t in x}
+    assert control not in drawn and tok.eos_token_id not in drawn
+    assert len(drawn) == len(tok) - 2  # every other id can be drawn
