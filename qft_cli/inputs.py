@@ -99,6 +99,24 @@ def find_blocks(model: torch.nn.Module) -> torch.nn.ModuleList:
     return candidates[0][1]
 
 
+def max_positions(model: torch.nn.Module) -> Optional[int]:
+    """Longest sequence a model with a learned position table accepts (``None``: no table, e.g. rotary).
+
+    The table is the ``nn.Embedding`` named ``*position*`` or ``wpe`` (of the encoder for
+    encoder-decoder models); RoBERTa-style tables reserve ``padding_idx + 1`` rows and BART-style
+    ones an ``offset``.
+    """
+    root = model.get_encoder() if getattr(getattr(model, "config", None), "is_encoder_decoder", False) else model
+    for name, module in root.named_modules():
+        last = name.rsplit(".", 1)[-1].lower()
+        if isinstance(module, torch.nn.Embedding) and ("position" in last or last == "wpe"):
+            reserved = int(getattr(module, "offset", 0) or 0)
+            if module.padding_idx is not None:
+                reserved += module.padding_idx + 1
+            return module.num_embeddings - reserved
+    return None
+
+
 def input_device(model: torch.nn.Module) -> torch.device:
     """Device of the input embedding (the right place for input ids, also with ``device_map``)."""
     try:
@@ -172,12 +190,19 @@ def hidden_state_norms(model: torch.nn.Module, token_ids: Sequence[Sequence[int]
         norms, in the units of the hidden states), one row per (sample, layer).
 
     Raises:
-        QftInputError: ``batch_size`` is 0 or < -1; no block list found.
+        QftInputError: ``batch_size`` is 0 or < -1; a sample longer than the model's position
+            table (:func:`max_positions`); no block list found.
     """
     if batch_size == 0 or batch_size < -1:
         raise QftInputError(f"--batch-size must be a positive number or -1 for no limit (got {batch_size})")
     if not token_ids:
         raise QftInputError("no samples to measure")
+    limit = max_positions(model)
+    longest = max(len(x) for x in token_ids)
+    if limit is not None and longest > limit:
+        name = (labels or {}).get("model_alias", "the model")
+        raise QftInputError(f"a sample has {longest} tokens but {name} has {limit} positions: "
+                            f"use --max-tokens {limit} or less")
     blocks = find_blocks(model)
     layers = sorted(set(layers))
     deepest = layers[-1]

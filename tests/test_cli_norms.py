@@ -145,3 +145,9 @@ def test_minilm_cli_end_to_end(tmp_path, minilm_source):
     assert result.exit_code == 0, result.output
     table = pd.read_parquet(_only_run(tmp_path) / "norms_inputs.parquet")
     assert table["model"].iloc[0] == "sentence-transformers/all-MiniLM-L6-v2" and len(table) == 64
+
+
+def test_max_tokens_beyond_the_position_table_is_one_line(tmp_path):
+    out = tmp_path / "runs"
+    _assert_bad(invoke("norms", "inputs", "tiny-gpt2", "--dataset", "random", "--max-tokens", 1025, "--out", out),
+                "1025 tokens", "1024 positions", "--max-tokens 1024", out_dir=out)

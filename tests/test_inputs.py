@@ -151,3 +151,20 @@ def test_summary_fits_exponent():
     row = summarize_inputs(table).iloc[0]
     assert row.frobenius_norm_exponent == pytest.approx(0.5) and row.spectral_norm_exponent == pytest.approx(0.25)
     assert row.frobenius_norm_max == pytest.approx(3 * 50 ** 0.5)
+
+
+def test_samples_longer_than_the_position_table_are_bad_input():
+    from transformers import BartConfig, BartModel, RobertaConfig, RobertaModel
+
+    torch.manual_seed(0)
+    roberta = RobertaModel(RobertaConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                         intermediate_size=32, max_position_embeddings=10)).eval()  # 8 usable
+    bart = BartModel(BartConfig(vocab_size=60, d_model=16, encoder_layers=1, decoder_layers=1,
+                                encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=32,
+                                decoder_ffn_dim=32, max_position_embeddings=8)).eval()
+    gpt2 = build_tiny_model("tiny-gpt2")  # n_positions 1024
+    for model, limit in ((roberta, 8), (bart, 8), (gpt2, 1024)):
+        ok = hidden_state_norms(model, [[5] * limit, [6, 7]], [0, 1], batch_size=-1).table
+        assert ok["num_tokens"].max() == limit and ok["finite"].all()
+        with pytest.raises(QftInputError, match=f"{limit} positions.*--max-tokens {limit}"):
+            hidden_state_norms(model, [[5] * (limit + 1), [6, 7]], [0, 1])
