@@ -125,6 +125,17 @@ def input_device(model: torch.nn.Module) -> torch.device:
         return next(model.parameters()).device
 
 
+def repad(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(batch, tokens, d) from unpadded hidden states (real tokens, d) in row-major order of ``mask``
+    (the layout of ``flash_attn.bert_padding.unpad_input``); padding rows are zero."""
+    flat = mask.flatten().bool()
+    if hidden.shape[0] != int(flat.sum()):
+        raise RuntimeError(f"a block returned {hidden.shape[0]} token rows for {int(flat.sum())} real tokens")
+    full = hidden.new_zeros(flat.numel(), hidden.shape[-1])
+    full[flat] = hidden
+    return full.view(*mask.shape, hidden.shape[-1])
+
+
 @torch.no_grad()
 def masked_norms(hidden: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
     """Norms of each sample's real-token rows.
@@ -248,7 +259,10 @@ def hidden_state_norms(model: torch.nn.Module, token_ids: Sequence[Sequence[int]
             for layer in layers:
                 if layer not in captured:
                     raise RuntimeError(f"layer {layer} was not captured: the model did not run block {layer}")
-                norms = masked_norms(captured[layer], mask.to(captured[layer].device))
+                hidden = captured[layer]
+                if hidden.dim() == 2:  # unpadded (real tokens, d), as DNABERT-2's encoder passes them
+                    hidden = repad(hidden, mask.to(hidden.device))
+                norms = masked_norms(hidden, mask.to(hidden.device))
                 for row, i in enumerate(batch):
                     ok = bool(norms["finite"][row])
                     if not ok:

@@ -168,3 +168,52 @@ def test_samples_longer_than_the_position_table_are_bad_input():
         assert ok["num_tokens"].max() == limit and ok["finite"].all()
         with pytest.raises(QftInputError, match=f"{limit} positions.*--max-tokens {limit}"):
             hidden_state_norms(model, [[5] * (limit + 1), [6, 7]], [0, 1])
+
+
+class _UnpadBlock(torch.nn.Module):
+    """A block that, like DNABERT-2 (MosaicBERT), works on unpadded (real tokens, d) hidden states."""
+
+    def __init__(self, d):
+        super().__init__()
+        self.lin = torch.nn.Linear(d, d)
+
+    def forward(self, hidden_states, cu_seqlens):
+        parts = [hidden_states[a:b] for a, b in zip(cu_seqlens[:-1].tolist(), cu_seqlens[1:].tolist())]
+        return torch.cat([torch.tanh(self.lin(x) + x.mean(0, keepdim=True)) for x in parts])
+
+
+class _UnpadModel(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        from types import SimpleNamespace
+
+        self.config = SimpleNamespace(num_hidden_layers=2, is_encoder_decoder=False)
+        self.emb = torch.nn.Embedding(20, 8)
+        self.layer = torch.nn.ModuleList([_UnpadBlock(8), _UnpadBlock(8)])
+
+    def forward(self, input_ids, attention_mask):
+        h = self.emb(input_ids).flatten(0, 1)[attention_mask.flatten().nonzero().flatten()]
+        cu = torch.nn.functional.pad(attention_mask.sum(1).cumsum(0), (1, 0))
+        for block in self.layer:
+            h = block(h, cu)
+        return h
+
+
+def test_models_that_unpad_hidden_states_between_blocks():
+    torch.manual_seed(0)
+    model = _UnpadModel().eval()
+    ids = [[1, 2, 3, 4, 5], [6, 7], [8, 9, 10]]
+    for batch_size in (1, -1):
+        table = hidden_state_norms(model, ids, [0, 1, 2], batch_size=batch_size).table
+        assert len(table) == 9
+        with torch.no_grad():
+            for i, x in enumerate(ids):
+                h = model.emb(torch.tensor(x))
+                for layer in range(3):
+                    if layer:
+                        h = model.layer[layer - 1](h, torch.tensor([0, len(x)]))
+                    row = table[(table.sample_index == i) & (table.layer == layer)].iloc[0]
+                    s = h.double()
+                    assert row.num_tokens == len(x)
+                    assert row.spectral_norm == pytest.approx(torch.linalg.matrix_norm(s, 2).item(), rel=1e-6)
+                    assert row.frobenius_norm == pytest.approx(torch.linalg.matrix_norm(s).item(), rel=1e-6)
