@@ -101,7 +101,7 @@ def run_norms_inputs(args: NormsInputsArgs, progress: Optional[ProgressFn] = Non
     """
     sources = [resolve_model(name) for name in args.models]
     device, dtype = resolve_device(args.device), resolve_dtype(args.dtype)
-    check_writable(args.out)
+    check_writable(args.out, create=False)
     configs = [load_config(s, args.trust_remote_code) for s in sources]
     layer_lists = [parse_layers(args.layers, num_layers(c)) for c in configs]
     tables, warnings = [], []
@@ -148,7 +148,7 @@ def run_norms_weights(args: NormsWeightsArgs, progress: Optional[ProgressFn] = N
     sources = [resolve_model(name) for name in args.models]
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype) if args.dtype else None
-    check_writable(args.out)
+    check_writable(args.out, create=False)
     tables, vectors, heads, warnings = [], [], [], []
     with Run("norms weights", args.models, _options(args), out=Path(args.out)) as run:
         run.update(device=str(device), dtype=args.dtype or "stored")

@@ -62,8 +62,11 @@ def versions() -> dict[str, str]:
     return out
 
 
-def check_writable(out: Path) -> Path:
+def check_writable(out: Path, create: bool = True) -> Path:
     """Make sure ``out`` exists (creating it) and accepts new files.
+
+    With ``create=False`` nothing is created: a missing ``out`` passes when its nearest existing
+    parent directory accepts new files (bad input found later must leave nothing written).
 
     Raises:
         QftInputError: ``out`` is a file, or cannot be created or written.
@@ -72,12 +75,28 @@ def check_writable(out: Path) -> Path:
     if out.exists() and not out.is_dir():
         raise QftInputError(f"--out {out} is a file, not a directory: pass a directory path")
     try:
-        out.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=out, prefix=".qft-write-test-"):
+        if create:
+            out.mkdir(parents=True, exist_ok=True)
+            target = out
+        else:
+            target = out
+            while not target.exists() and target != target.parent:
+                target = target.parent
+            if not target.is_dir():
+                raise NotADirectoryError(20, "Not a directory")
+        with tempfile.NamedTemporaryFile(dir=target, prefix=".qft-write-test-"):
             pass
     except OSError as err:
         raise QftInputError(f"--out {out} is not writable ({err.strerror}): pass a directory you can write to") from None
     return out
+
+
+def _first_missing(path: Path) -> Path | None:
+    """The outermost directory of ``path`` that does not exist yet (None when ``path`` exists)."""
+    missing = None
+    while not path.exists() and path != path.parent:
+        missing, path = path, path.parent
+    return missing
 
 
 def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
@@ -133,6 +152,7 @@ class Run:
 
     def create(self) -> Path:
         """Create the run directory (unique name) and return its path."""
+        self._created_root = _first_missing(Path(self.out)) if self.is_main_process else None
         out = check_writable(self.out) if self.is_main_process else Path(self.out)
         stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
         model_part = slug(self.models[0]) if self.models else "none"
@@ -148,6 +168,21 @@ class Run:
             path.mkdir(parents=True)
         self.path = path
         return path
+
+    def _remove_created_out(self) -> None:
+        # remove the (now empty) --out directories that create() made, innermost first
+        root = getattr(self, "_created_root", None)
+        if root is None:
+            return
+        d = Path(self.out)
+        while True:
+            try:
+                d.rmdir()
+            except OSError:
+                return
+            if d == root:
+                return
+            d = d.parent
 
     def _write(self) -> None:
         if self.is_main_process and self.path is not None:
@@ -186,6 +221,7 @@ class Run:
         if exc_type is not None and issubclass(exc_type, QftInputError):
             if self.is_main_process and self.path is not None:
                 shutil.rmtree(self.path, ignore_errors=True)
+                self._remove_created_out()
             return False
         if exc_type is None:
             status = "completed"

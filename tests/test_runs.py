@@ -48,3 +48,25 @@ def test_check_writable(tmp_path):
     with pytest.raises(QftInputError, match="is a file"):
         check_writable(tmp_path / "file")
     assert check_writable(tmp_path / "new" / "dir").is_dir()
+
+
+def test_bad_input_removes_out_directories_the_run_created(tmp_path):
+    with pytest.raises(QftInputError):
+        with Run("norms inputs", ["m"], {}, out=tmp_path / "new" / "runs"):
+            raise QftInputError("bad")
+    assert list(tmp_path.iterdir()) == []
+    (tmp_path / "kept").mkdir()
+    with pytest.raises(QftInputError):
+        with Run("norms inputs", ["m"], {}, out=tmp_path / "kept" / "runs"):
+            raise QftInputError("bad")
+    assert [p.name for p in tmp_path.iterdir()] == ["kept"] and list((tmp_path / "kept").iterdir()) == []
+
+
+def test_check_writable_without_creating(tmp_path):
+    assert check_writable(tmp_path / "a" / "b", create=False) == tmp_path / "a" / "b"
+    assert list(tmp_path.iterdir()) == []
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(QftInputError, match="not writable"):
+        check_writable(tmp_path / "file" / "sub", create=False)
+    with pytest.raises(QftInputError, match="is a file"):
+        check_writable(tmp_path / "file", create=False)
