@@ -92,14 +92,15 @@ def read_text_file(path: Path, text_column: Optional[str] = None) -> list[str]:
     return texts
 
 
-def mmlu_questions(data_file: Optional[Path] = None) -> list[str]:
-    """The MMLU validation questions, from ``data_file`` (CSV) or the hub (``cais/mmlu``, ``all``, ``validation``).
+def mmlu_questions(data_file: Optional[Path] = None, text_column: Optional[str] = None) -> list[str]:
+    """The MMLU validation questions, from ``data_file`` (CSV; column ``text_column``, default ``question``)
+    or the hub (``cais/mmlu``, ``all``, ``validation``).
 
     Raises:
         QftInputError: the file lacks a ``question`` column, or the hub is unreachable.
     """
     if data_file is not None:
-        return read_text_file(Path(data_file), "question")
+        return read_text_file(Path(data_file), text_column or "question")
     try:
         import datasets
 
@@ -145,7 +146,7 @@ def load_samples(dataset: str, tokenizer, *, vocab_size: int, max_tokens: int, n
         ids = random_token_ids(vocab_size, special, max_tokens, seed)
         return Samples("random", ids[:num_samples] if num_samples else ids)
     if dataset == "mmlu":
-        texts, name = mmlu_questions(data_file), "mmlu"
+        texts, name = mmlu_questions(data_file, text_column), "mmlu"
     else:
         path = Path(data_file) if data_file is not None and dataset == "file" else Path(dataset)
         if dataset != "file" and path.suffix.lower() not in FILE_SUFFIXES and not path.exists():

@@ -118,3 +118,12 @@ def test_random_dataset_skips_added_special_tokens():
     drawn = {t for x in samples.token_ids for t in x}
     assert control not in drawn and tok.eos_token_id not in drawn
     assert len(drawn) == len(tok) - 2  # every other id can be drawn
+
+
+def test_mmlu_csv_honours_text_column_as_its_error_advises(tmp_path, bert_tok):
+    csv = tmp_path / "mmlu.csv"
+    csv.write_text("subject,prompt,A,B,C,D,answer\nmath,What is 1+1?,1,2,3,4,B\n")
+    with pytest.raises(QftInputError, match="no column 'question'.*--text-column"):
+        load_samples("mmlu", bert_tok, vocab_size=261, max_tokens=64, data_file=csv)
+    samples = load_samples("mmlu", bert_tok, vocab_size=261, max_tokens=64, data_file=csv, text_column="prompt")
+    assert samples.dataset == "mmlu" and samples.token_ids == [bert_tok("What is 1+1?")["input_ids"]]
