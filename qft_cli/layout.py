@@ -14,7 +14,7 @@ This module is the one place that decides the conventions of qft:
   ``cross_q``/``cross_k``/``cross_v``/``cross_o`` for encoder-decoder cross-attention, and
   ``embedding``. ``stack`` is ``encoder``/``decoder`` for encoder-decoder models, else ``""``.
 * **Fused projections** are split into their blocks: GPT-2 ``c_attn`` (Conv1D, split along its
-  output dimension into q, k, v), DNABERT-2 ``Wqkv`` and ``nn.MultiheadAttention``'s
+  output dimension into q, k, v; in cross-attention it holds k, v and q is ``q_attn``), DNABERT-2 ``Wqkv`` and ``nn.MultiheadAttention``'s
   ``in_proj_weight`` (Linear, three equal chunks of rows), Phi-3 style ``qkv_proj`` (chunks of
   sizes ``n_heads*head_dim, n_kv*head_dim, n_kv*head_dim``: grouped-query attention keeps its real
   shapes), GPT-NeoX ``query_key_value`` (rows interleaved per head), and DNABERT-2's gated FFN
@@ -36,7 +36,8 @@ _LAYER_RE = re.compile(r"(?:^|\.)(?:layer|layers|h|blocks|block)\.(\d+)\.(.+)$")
 
 # (regex on the part after "<container>.<index>.", matrix name, transposed Conv1D?, fused split)
 _RULES: list[tuple[re.Pattern, str, bool, Optional[str]]] = [
-    (re.compile(r"^(?:attn|crossattention)\.c_attn\.weight$"), "qkv", True, "thirds"),
+    (re.compile(r"^attn\.c_attn\.weight$"), "qkv", True, "thirds"),
+    (re.compile(r"^crossattention\.c_attn\.weight$"), "kv", True, "kv_halves"),  # q is q_attn
     (re.compile(r"^crossattention\.q_attn\.weight$"), "cross_q", True, None),
     (re.compile(r"^crossattention\.c_proj\.weight$"), "cross_o", True, None),
     (re.compile(r"^attn\.c_proj\.weight$"), "o", True, None),
@@ -144,6 +145,10 @@ def _split_fused(name: str, stack: str, layer: int, base: str, transposed: bool,
         half = d_out // 2
         return [MatrixSpec(name, stack, layer, "ffn_gate", transposed, (0, half, 1)),
                 MatrixSpec(name, stack, layer, "ffn_up", transposed, (half, d_out, 1))]
+    if split == "kv_halves":  # GPT-2 cross-attention c_attn: k | v (q has its own q_attn)
+        half = d_out // 2
+        return [MatrixSpec(name, stack, layer, "cross_k", transposed, (0, half, 1)),
+                MatrixSpec(name, stack, layer, "cross_v", transposed, (half, d_out, 1))]
     prefix = "cross_" if base == "qkv" and "crossattention" in name else ""
     parts = [prefix + m for m in ("q", "k", "v")]
     if split == "thirds":

@@ -126,3 +126,25 @@ def test_lm_head_and_position_embeddings_are_not_listed():
     specs = layout.classify(names)
     assert [s.parameter for s in specs if s.matrix == "embedding"] == ["transformer.wte.weight"]
     assert not any("lm_head" in s.parameter or "wpe" in s.parameter for s in specs)
+
+
+def test_gpt2_cross_attention_c_attn_is_k_and_v():
+    # GPT-2 cross-attention: q from its own q_attn, c_attn = Conv1D(d -> 2d) holding k | v
+    from transformers import GPT2Config, GPT2Model
+
+    d = 12
+    torch.manual_seed(0)
+    model = GPT2Model(GPT2Config(vocab_size=50, n_embd=d, n_layer=1, n_head=2, n_inner=24, add_cross_attention=True,
+                                 bos_token_id=0, eos_token_id=0)).eval()
+    specs = layout.classify_model(model)
+    cross = [(s.matrix, s.parameter.rsplit(".", 2)[-2]) for s in specs if s.matrix.startswith("cross_")]
+    assert sorted(cross) == [("cross_k", "c_attn"), ("cross_o", "c_proj"), ("cross_q", "q_attn"), ("cross_v", "c_attn")]
+    by = _specs_by(specs)
+    ca = model.h[0].crossattention
+    x = torch.randn(3, d, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        k_ref, v_ref = (ca.c_attn(x) - ca.c_attn.bias).split(d, dim=1)
+        for name, ref in (("cross_k", k_ref), ("cross_v", v_ref)):
+            w = by[("", 1, name)].extract(ca.c_attn.weight)
+            assert w.shape == (d, d)
+            torch.testing.assert_close(x @ w.T, ref, rtol=1e-5, atol=1e-6)
