@@ -79,7 +79,7 @@ class NormsWeightsArgs:
 @dataclass
 class NormsResult:
     """What a norms workflow wrote: the run directory, its tables, a summary, and warnings
-    (one line each, e.g. non-finite hidden states) for the CLI to print."""
+    for the CLI to print (at most one line, e.g. non-finite hidden states; run.json lists each)."""
 
     run_dir: Path
     tables: dict[str, pd.DataFrame]
@@ -89,6 +89,19 @@ class NormsResult:
 
 def _options(args) -> dict:
     return {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(args).items()}
+
+
+def one_line(warnings: list[str], shown: int = 3) -> list[str]:
+    """The warnings for the terminal as one line: the count and the first few (run.json keeps them all).
+
+    ``["non-finite weight: a", "non-finite weight: b"]`` -> ``["2 non-finite weights: a; b"]``.
+    """
+    if len(warnings) <= 1:
+        return list(warnings)
+    kind = warnings[0].split(": ", 1)[0]
+    items = [w.split(": ", 1)[-1] for w in warnings]
+    more = f"; ... {len(items) - shown} more in run.json" if len(items) > shown else ""
+    return [f"{len(items)} {kind}s: " + "; ".join(items[:shown]) + more]
 
 
 def run_norms_inputs(args: NormsInputsArgs, progress: Optional[ProgressFn] = None) -> NormsResult:
@@ -126,7 +139,7 @@ def run_norms_inputs(args: NormsInputsArgs, progress: Optional[ProgressFn] = Non
         table = pd.concat(tables, ignore_index=True)
         run.write_table("norms_inputs", table)
         run.update(warnings=warnings, num_rows=len(table))
-    return NormsResult(run.path, {"norms_inputs": table}, summarize_inputs(table), warnings)
+    return NormsResult(run.path, {"norms_inputs": table}, summarize_inputs(table), one_line(warnings))
 
 
 def load_samples_for(args: NormsInputsArgs, tokenizer, vocab_size: int):
@@ -164,4 +177,4 @@ def run_norms_weights(args: NormsWeightsArgs, progress: Optional[ProgressFn] = N
         run.write_table("norm_vectors", pd.concat(vectors, ignore_index=True))
         run.write_table("norms_heads", pd.concat(heads, ignore_index=True))
         run.update(warnings=warnings, num_rows=len(table))
-    return NormsResult(run.path, {"norms_weights": table}, summarize_weights(table), warnings)
+    return NormsResult(run.path, {"norms_weights": table}, summarize_weights(table), one_line(warnings))

@@ -151,3 +151,25 @@ def test_max_tokens_beyond_the_position_table_is_one_line(tmp_path):
     out = tmp_path / "runs"
     _assert_bad(invoke("norms", "inputs", "tiny-gpt2", "--dataset", "random", "--max-tokens", 1025, "--out", out),
                 "1025 tokens", "1024 positions", "--max-tokens 1024", out_dir=out)
+
+
+def test_nonfinite_hidden_states_are_one_warning_line(tmp_path):
+    model = build_tiny_model("tiny-bert")
+    with torch.no_grad():
+        model.embeddings.word_embeddings.weight[2] = float("inf")  # [CLS]: every sample, every layer
+    model.save_pretrained(tmp_path / "model")
+    from qft_cli.models import tiny_tokenizer
+
+    tiny_tokenizer(with_bert_specials=True).save_pretrained(tmp_path / "model")
+    (tmp_path / "t.txt").write_text("one\ntwo\nthree\nfour\n")
+    result = invoke("norms", "inputs", tmp_path / "model", "--dataset", tmp_path / "t.txt", "--out", tmp_path / "runs",
+                    "-q")
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("warning: 8 non-finite hidden states"), result.stderr
+    assert "sample 0, layer 0" in lines[0]
+    run = _only_run(tmp_path / "runs")
+    meta = read_run_json(run)
+    assert meta["status"] == "completed" and len(meta["warnings"]) == 8
+    table = pd.read_parquet(run / "norms_inputs.parquet")
+    assert len(table) == 8 and not table["finite"].any()
