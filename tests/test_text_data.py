@@ -127,3 +127,10 @@ def test_mmlu_csv_honours_text_column_as_its_error_advises(tmp_path, bert_tok):
         load_samples("mmlu", bert_tok, vocab_size=261, max_tokens=64, data_file=csv)
     samples = load_samples("mmlu", bert_tok, vocab_size=261, max_tokens=64, data_file=csv, text_column="prompt")
     assert samples.dataset == "mmlu" and samples.token_ids == [bert_tok("What is 1+1?")["input_ids"]]
+
+
+def test_txt_splits_on_newlines_only(tmp_path):
+    # str.splitlines would also split on form feeds, U+2028, U+0085 ... inside a text
+    path = tmp_path / "t.txt"
+    path.write_bytes("page one\x0cpage two\r\nline\u2028sep\x85end\n".encode("utf-8"))
+    assert read_text_file(path) == ["page one\x0cpage two", "line\u2028sep\x85end"]
