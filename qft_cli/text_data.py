@@ -57,11 +57,11 @@ def read_text_file(path: Path, text_column: Optional[str] = None) -> list[str]:
     if path.stat().st_size == 0:
         raise QftInputError(f"data file {path} is empty: give a file with at least one text")
     if suffix == ".txt":
-        texts = [line.rstrip("\r") for line in path.read_bytes().decode("utf-8").split("\n")]
+        texts = [line.rstrip("\r") for line in path.read_bytes().decode("utf-8-sig").split("\n")]
         texts = [t for t in texts if t.strip()]
     elif suffix in (".fa", ".fasta"):
         texts, current = [], []
-        for line in path.read_text(encoding="utf-8").splitlines():
+        for line in path.read_text(encoding="utf-8-sig").splitlines():
             line = line.strip()
             if line.startswith(">"):
                 if current:

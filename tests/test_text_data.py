@@ -134,3 +134,11 @@ def test_txt_splits_on_newlines_only(tmp_path):
     path = tmp_path / "t.txt"
     path.write_bytes("page one\x0cpage two\r\nline\u2028sep\x85end\n".encode("utf-8"))
     assert read_text_file(path) == ["page one\x0cpage two", "line\u2028sep\x85end"]
+
+
+@pytest.mark.parametrize("suffix", [".txt", ".fasta", ".csv"])
+def test_utf8_byte_order_mark_is_not_text(tmp_path, suffix):
+    path = tmp_path / f"bom{suffix}"
+    body = {".txt": "ACGT\nTTGA\n", ".fasta": ">a\nACGT\n>b\nTTGA\n", ".csv": "text\nACGT\nTTGA\n"}[suffix]
+    path.write_bytes(b"\xef\xbb\xbf" + body.encode("utf-8"))
+    assert read_text_file(path) == ["ACGT", "TTGA"]
