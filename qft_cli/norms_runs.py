@@ -117,6 +117,9 @@ def run_norms_inputs(args: NormsInputsArgs, progress: Optional[ProgressFn] = Non
     check_writable(args.out, create=False)
     configs = [load_config(s, args.trust_remote_code) for s in sources]
     layer_lists = [parse_layers(args.layers, num_layers(c)) for c in configs]
+    from qft_cli.text_data import load_texts
+
+    texts = None if args.dataset == "random" else load_texts(args.dataset, args.data_file, args.text_column)
     tables, warnings = [], []
     with Run("norms inputs", args.models, _options(args), out=Path(args.out)) as run:
         run.update(device=str(device), dtype=args.dtype)
@@ -125,7 +128,7 @@ def run_norms_inputs(args: NormsInputsArgs, progress: Optional[ProgressFn] = Non
             model = load_model(source, dtype=dtype, device=device, device_map=args.device_map,
                                trust_remote_code=args.trust_remote_code)
             vocab = min(model.config.vocab_size, len(tokenizer))
-            samples = load_samples_for(args, tokenizer, vocab)
+            samples = load_samples_for(args, tokenizer, vocab, texts)
             pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
             result = hidden_state_norms(model, samples.token_ids, layers, batch_size=args.batch_size,
                                         pad_token_id=pad, progress=progress,
@@ -142,13 +145,14 @@ def run_norms_inputs(args: NormsInputsArgs, progress: Optional[ProgressFn] = Non
     return NormsResult(run.path, {"norms_inputs": table}, summarize_inputs(table), one_line(warnings))
 
 
-def load_samples_for(args: NormsInputsArgs, tokenizer, vocab_size: int):
-    """:func:`qft_cli.text_data.load_samples` with the options of ``args``."""
+def load_samples_for(args: NormsInputsArgs, tokenizer, vocab_size: int, texts=None):
+    """:func:`qft_cli.text_data.load_samples` with the options of ``args`` (``texts``: from
+    :func:`qft_cli.text_data.load_texts`, read once for all models)."""
     from qft_cli.text_data import load_samples
 
     return load_samples(args.dataset, tokenizer, vocab_size=vocab_size, max_tokens=args.max_tokens,
                         num_samples=args.num_samples, data_file=args.data_file, text_column=args.text_column,
-                        seed=args.seed)
+                        seed=args.seed, loaded=texts)
 
 
 def run_norms_weights(args: NormsWeightsArgs, progress: Optional[ProgressFn] = None) -> NormsResult:

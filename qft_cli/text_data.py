@@ -124,12 +124,31 @@ def random_token_ids(vocab_size: int, special_ids: set[int], max_tokens: int, se
     return [allowed[torch.randint(len(allowed), (n,), generator=gen)].tolist() for n in range(1, max_tokens + 1)]
 
 
+def load_texts(dataset: str, data_file: Optional[Path] = None,
+               text_column: Optional[str] = None) -> tuple[str, list[str]]:
+    """``(name, texts)`` of a text dataset (``mmlu`` or a file path; not ``random``), without a tokenizer,
+    so that bad data is found before any model is loaded.
+
+    Raises:
+        QftInputError: unknown dataset, bad file, bad column.
+    """
+    if dataset == "mmlu":
+        return "mmlu", mmlu_questions(data_file, text_column)
+    path = Path(data_file) if data_file is not None and dataset == "file" else Path(dataset)
+    if dataset != "file" and path.suffix.lower() not in FILE_SUFFIXES and not path.exists():
+        raise QftInputError(f"unknown dataset '{dataset}': use mmlu, random, or a path to a "
+                            f"{'/'.join(s.lstrip('.') for s in FILE_SUFFIXES)} file")
+    return path.name, read_text_file(path, text_column)
+
+
 def load_samples(dataset: str, tokenizer, *, vocab_size: int, max_tokens: int, num_samples: Optional[int] = None,
-                 data_file: Optional[Path] = None, text_column: Optional[str] = None, seed: int = 0) -> Samples:
+                 data_file: Optional[Path] = None, text_column: Optional[str] = None, seed: int = 0,
+                 loaded: Optional[tuple[str, list[str]]] = None) -> Samples:
     """Load and tokenise the samples of ``dataset`` (``mmlu``, ``random`` or a file path).
 
     Texts are tokenised with the model's own tokenizer, special tokens included, truncated to
-    ``max_tokens``. ``num_samples`` keeps the first samples.
+    ``max_tokens``. ``num_samples`` keeps the first samples. ``loaded``: the result of
+    :func:`load_texts` when the caller has already read (and so checked) the texts.
 
     Raises:
         QftInputError: unknown dataset, bad file, bad column, bad numbers.
@@ -145,14 +164,7 @@ def load_samples(dataset: str, tokenizer, *, vocab_size: int, max_tokens: int, n
                     if getattr(t, "special", False)}
         ids = random_token_ids(vocab_size, special, max_tokens, seed)
         return Samples("random", ids[:num_samples] if num_samples else ids)
-    if dataset == "mmlu":
-        texts, name = mmlu_questions(data_file, text_column), "mmlu"
-    else:
-        path = Path(data_file) if data_file is not None and dataset == "file" else Path(dataset)
-        if dataset != "file" and path.suffix.lower() not in FILE_SUFFIXES and not path.exists():
-            raise QftInputError(f"unknown dataset '{dataset}': use mmlu, random, or a path to a "
-                                f"{'/'.join(s.lstrip('.') for s in FILE_SUFFIXES)} file")
-        texts, name = read_text_file(path, text_column), path.name
+    name, texts = loaded if loaded is not None else load_texts(dataset, data_file, text_column)
     if num_samples:
         texts = texts[:num_samples]
     encoded = tokenizer(texts, truncation=True, max_length=max_tokens, add_special_tokens=True)

@@ -173,3 +173,20 @@ def test_nonfinite_hidden_states_are_one_warning_line(tmp_path):
     assert meta["status"] == "completed" and len(meta["warnings"]) == 8
     table = pd.read_parquet(run / "norms_inputs.parquet")
     assert len(table) == 8 and not table["finite"].any()
+
+
+def test_bad_data_file_is_found_before_any_model_is_loaded(tmp_path, monkeypatch):
+    import qft_cli.norms_runs
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("the model was loaded before the data file was checked")
+
+    monkeypatch.setattr(qft_cli.norms_runs, "load_model", no_loading)
+    out = tmp_path / "runs"
+    (tmp_path / "empty.txt").write_text("")
+    _assert_bad(invoke("norms", "inputs", "tiny-bert", "--dataset", tmp_path / "empty.txt", "--out", out),
+                "is empty", out_dir=out)
+    _assert_bad(invoke("norms", "inputs", "tiny-bert", "--dataset", "mmlu2", "--out", out), "unknown dataset", out_dir=out)
+    (tmp_path / "nocol.csv").write_text("a,b\n1,2\n")
+    _assert_bad(invoke("norms", "inputs", "tiny-bert", "--dataset", "mmlu", "--data-file", tmp_path / "nocol.csv",
+                       "--out", out), "no column 'question'", out_dir=out)
