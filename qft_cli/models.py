@@ -116,9 +116,17 @@ def resolve_model(name: str) -> ModelSource:
 
 
 def hub_error(source: ModelSource, err: BaseException) -> QftInputError:
-    """Turn a hub/loading exception into one actionable line."""
+    """Turn a hub/loading exception (also of a local directory or the embedded MiniLM) into one
+    actionable line."""
     label = source.name if source.name == source.location else f"{source.name} ({source.location})"
     text = f"{type(err).__name__}: {err}"
+    if "trust_remote_code" in text:
+        return QftInputError(f"model {label} needs its own Python code from the model repository: pass "
+                             "--trust-remote-code if you trust it")
+    if source.kind != "hub":
+        first = " ".join(str(err).split("\n", 1)[0].split())
+        return QftInputError(f"could not load model {label} from its directory ({type(err).__name__}: {first}): "
+                             "pass a Hugging Face model directory with config.json, weights and tokenizer files")
     if "gated" in text.lower() or "GatedRepo" in text:
         return QftInputError(f"model {label} is gated on the Hugging Face Hub: accept its license on "
                              "the hub and log in (hf auth login), or pass a local directory")
@@ -133,7 +141,7 @@ def hub_error(source: ModelSource, err: BaseException) -> QftInputError:
 
 
 def _hub_call(source: ModelSource, fn, *args, **kwargs):
-    if source.kind != "hub":
+    if source.kind == "tiny":
         return fn(*args, **kwargs)
     try:
         return fn(*args, **kwargs)
@@ -142,7 +150,7 @@ def _hub_call(source: ModelSource, fn, *args, **kwargs):
             raise
         raise hub_error(source, err) from None
     except Exception as err:  # huggingface_hub errors that are not OSError
-        if type(err).__module__.startswith(("huggingface_hub", "requests", "httpx", "urllib3")):
+        if source.kind == "hub" and type(err).__module__.startswith(("huggingface_hub", "requests", "httpx", "urllib3")):
             raise hub_error(source, err) from None
         raise
 

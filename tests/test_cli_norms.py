@@ -190,3 +190,16 @@ def test_bad_data_file_is_found_before_any_model_is_loaded(tmp_path, monkeypatch
     (tmp_path / "nocol.csv").write_text("a,b\n1,2\n")
     _assert_bad(invoke("norms", "inputs", "tiny-bert", "--dataset", "mmlu", "--data-file", tmp_path / "nocol.csv",
                        "--out", out), "no column 'question'", out_dir=out)
+
+
+def test_local_directory_that_is_not_a_model_is_one_line(tmp_path):
+    out = tmp_path / "runs"
+    (tmp_path / "notamodel").mkdir()
+    _assert_bad(invoke("norms", "inputs", tmp_path / "notamodel", "--dataset", "random", "--out", out),
+                "notamodel", out_dir=out)
+    build_tiny_model("tiny-bert").config.save_pretrained(tmp_path / "noweights")  # config.json, no weights
+    from qft_cli.models import tiny_tokenizer
+
+    tiny_tokenizer(with_bert_specials=True).save_pretrained(tmp_path / "noweights")
+    _assert_bad(invoke("norms", "inputs", tmp_path / "noweights", "--dataset", "random", "--out", out),
+                "noweights", out_dir=out)

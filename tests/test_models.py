@@ -53,3 +53,13 @@ def test_hub_offline_is_one_clear_line(monkeypatch):
     assert "\n" not in message
     assert "bert-base-uncased" in message and "HF_HUB_OFFLINE" in message and "minilm" in message
     assert time.time() - start < 10  # no network retries when offline
+
+
+def test_custom_code_error_says_trust_remote_code():
+    from qft_cli.models import hub_error
+
+    err = ValueError("The repository zhihan1996/DNABERT-2-117M contains custom code which must be executed to "
+                     "correctly load the model.\nPlease pass the argument `trust_remote_code=True` to allow custom "
+                     "code to be run.")
+    message = str(hub_error(resolve_model("dnabert"), err))
+    assert "--trust-remote-code" in message and "\n" not in message and "not reachable" not in message
