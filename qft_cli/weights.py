@@ -80,7 +80,12 @@ def _store_from_dir(directory: Path) -> TensorStore:
         raise QftInputError(f"no *.safetensors or pytorch_model*.bin weights in {directory}: "
                             "pass a Hugging Face model directory")
     for f in bins:
-        state = torch.load(str(f), map_location="cpu", mmap=True, weights_only=True)
+        try:
+            state = torch.load(str(f), map_location="cpu", mmap=True, weights_only=True)
+        except RuntimeError as err:  # legacy (pre-zip) format cannot be memory-mapped: read it whole
+            if "mmap" not in str(err):
+                raise
+            state = torch.load(str(f), map_location="cpu", weights_only=True)
         for name, tensor in state.items():
             shapes[name] = tuple(tensor.shape)
             where[name] = state

@@ -146,3 +146,13 @@ def test_per_head_norms_against_module_slices():
     # Frobenius norms of the heads add up in squares to that of the whole matrix
     whole = torch.linalg.matrix_norm(w_o).item()
     assert (o.frobenius_norm ** 2).sum() == pytest.approx(whole ** 2, rel=1e-10)
+
+
+def test_legacy_non_zip_bin_checkpoint(tmp_path):
+    # checkpoints saved before torch 1.6 cannot be memory-mapped; they must still be read
+    model = build_tiny_model("tiny-bert")
+    torch.save(model.state_dict(), tmp_path / "pytorch_model.bin", _use_new_zipfile_serialization=False)
+    (tmp_path / "config.json").write_text(json.dumps(model.config.to_dict()))
+    streamed = weight_norms(ModelSource("legacy", "local", str(tmp_path))).table
+    mem = weight_norms(resolve_model("tiny-bert")).table
+    assert streamed["spectral_norm"].tolist() == pytest.approx(mem["spectral_norm"].tolist(), rel=1e-12)
