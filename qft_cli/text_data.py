@@ -42,11 +42,24 @@ class Samples:
     token_ids: list[list[int]]
 
 
+def _unreadable(path: Path, err: BaseException) -> QftInputError:
+    first = " ".join(str(err).split("\n", 1)[0].split())
+    return QftInputError(f"data file {path} could not be read as {path.suffix.lower()} ({type(err).__name__}: "
+                         f"{first}): check its format (text files must be UTF-8)")
+
+
+def _decode(path: Path) -> str:
+    try:
+        return path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise _unreadable(path, err) from None
+
+
 def read_text_file(path: Path, text_column: Optional[str] = None) -> list[str]:
     """Texts of a local file (see module docstring for the formats).
 
     Raises:
-        QftInputError: missing or empty file, unknown suffix, or a table without the text column.
+        QftInputError: missing, empty or unreadable file, unknown suffix, or a table without the text column.
     """
     path = Path(path)
     if not path.is_file():
@@ -57,11 +70,11 @@ def read_text_file(path: Path, text_column: Optional[str] = None) -> list[str]:
     if path.stat().st_size == 0:
         raise QftInputError(f"data file {path} is empty: give a file with at least one text")
     if suffix == ".txt":
-        texts = [line.rstrip("\r") for line in path.read_bytes().decode("utf-8-sig").split("\n")]
+        texts = [line.rstrip("\r") for line in _decode(path).split("\n")]
         texts = [t for t in texts if t.strip()]
     elif suffix in (".fa", ".fasta"):
         texts, current = [], []
-        for line in path.read_text(encoding="utf-8-sig").splitlines():
+        for line in _decode(path).splitlines():
             line = line.strip()
             if line.startswith(">"):
                 if current:
@@ -74,10 +87,13 @@ def read_text_file(path: Path, text_column: Optional[str] = None) -> list[str]:
     else:
         import pandas as pd
 
-        if suffix == ".parquet":
-            frame = pd.read_parquet(path)
-        else:
-            frame = pd.read_csv(path, sep="\t" if suffix == ".tsv" else ",", dtype=str, keep_default_na=False)
+        try:
+            if suffix == ".parquet":
+                frame = pd.read_parquet(path)
+            else:
+                frame = pd.read_csv(path, sep="\t" if suffix == ".tsv" else ",", dtype=str, keep_default_na=False)
+        except (ValueError, OSError) as err:  # pandas ParserError, pyarrow ArrowInvalid, bad encoding
+            raise _unreadable(path, err) from None
         if text_column is None:
             text_column = next((c for c in TEXT_COLUMNS if c in frame.columns), None)
             if text_column is None:

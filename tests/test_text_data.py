@@ -142,3 +142,12 @@ def test_utf8_byte_order_mark_is_not_text(tmp_path, suffix):
     body = {".txt": "ACGT\nTTGA\n", ".fasta": ">a\nACGT\n>b\nTTGA\n", ".csv": "text\nACGT\nTTGA\n"}[suffix]
     path.write_bytes(b"\xef\xbb\xbf" + body.encode("utf-8"))
     assert read_text_file(path) == ["ACGT", "TTGA"]
+
+
+@pytest.mark.parametrize("name,content", [("bad.parquet", b"text\nnot parquet\n"), ("latin1.txt", "caf\xe9\n".encode("latin-1")),
+                                          ("ragged.csv", b"text,label\na,1\nb,2,3,4\n"), ("bad.fasta", b">a\n\xff\xfe\n")])
+def test_unreadable_data_file_is_bad_input(tmp_path, name, content):
+    path = tmp_path / name
+    path.write_bytes(content)
+    with pytest.raises(QftInputError, match=f"{name} could not be read"):
+        read_text_file(path)
