@@ -59,6 +59,12 @@ def _store_from_module(module: torch.nn.Module) -> TensorStore:
     return TensorStore({n: tuple(p.shape) for n, p in params.items()}, config, lambda n: params[n].detach())
 
 
+def _damaged(path: Path, err: BaseException) -> QftInputError:
+    first = " ".join(str(err).strip().split("\n", 1)[0].split())
+    return QftInputError(f"could not read weights file {path} ({type(err).__name__}: {first}): "
+                         "the file is damaged or not a checkpoint; download it again")
+
+
 def _store_from_dir(directory: Path) -> TensorStore:
     from safetensors import safe_open
 
@@ -70,7 +76,11 @@ def _store_from_dir(directory: Path) -> TensorStore:
     where: dict[str, object] = {}
     if files:
         for f in files:
-            handle = stack.enter_context(safe_open(str(f), framework="pt"))
+            try:
+                handle = stack.enter_context(safe_open(str(f), framework="pt"))
+            except Exception as err:  # SafetensorError: truncated download, not a safetensors file
+                stack.close()
+                raise _damaged(f, err) from None
             for name in handle.keys():
                 shapes[name] = tuple(handle.get_slice(name).get_shape())
                 where[name] = handle
@@ -81,11 +91,14 @@ def _store_from_dir(directory: Path) -> TensorStore:
                             "pass a Hugging Face model directory")
     for f in bins:
         try:
-            state = torch.load(str(f), map_location="cpu", mmap=True, weights_only=True)
-        except RuntimeError as err:  # legacy (pre-zip) format cannot be memory-mapped: read it whole
-            if "mmap" not in str(err):
-                raise
-            state = torch.load(str(f), map_location="cpu", weights_only=True)
+            try:
+                state = torch.load(str(f), map_location="cpu", mmap=True, weights_only=True)
+            except RuntimeError as err:  # legacy (pre-zip) format cannot be memory-mapped: read it whole
+                if "mmap" not in str(err):
+                    raise
+                state = torch.load(str(f), map_location="cpu", weights_only=True)
+        except Exception as err:  # truncated, not a checkpoint, or pickled objects beyond tensors
+            raise _damaged(f, err) from None
         for name, tensor in state.items():
             shapes[name] = tuple(tensor.shape)
             where[name] = state

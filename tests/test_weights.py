@@ -156,3 +156,11 @@ def test_legacy_non_zip_bin_checkpoint(tmp_path):
     streamed = weight_norms(ModelSource("legacy", "local", str(tmp_path))).table
     mem = weight_norms(resolve_model("tiny-bert")).table
     assert streamed["spectral_norm"].tolist() == pytest.approx(mem["spectral_norm"].tolist(), rel=1e-12)
+
+
+@pytest.mark.parametrize("name", ["model.safetensors", "pytorch_model.bin"])
+def test_damaged_weights_file_is_bad_input(tmp_path, name):
+    (tmp_path / name).write_bytes(b"\x00\x01 not a checkpoint " * 8)
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(QftInputError, match=f"could not read weights file .*{name}"):
+        weight_norms(ModelSource("damaged", "local", str(tmp_path)))
