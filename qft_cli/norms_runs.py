@@ -116,7 +116,12 @@ def run_norms_inputs(args: NormsInputsArgs, progress: Optional[ProgressFn] = Non
     device, dtype = resolve_device(args.device), resolve_dtype(args.dtype)
     check_writable(args.out, create=False)
     configs = [load_config(s, args.trust_remote_code) for s in sources]
-    layer_lists = [parse_layers(args.layers, num_layers(c)) for c in configs]
+    layer_lists = []
+    for source, config in zip(sources, configs):
+        try:
+            layer_lists.append(parse_layers(args.layers, num_layers(config)))
+        except QftInputError as err:
+            raise QftInputError(f"model {source.name}: {err}") from None
     from qft_cli.text_data import load_texts
 
     texts = None if args.dataset == "random" else load_texts(args.dataset, args.data_file, args.text_column)

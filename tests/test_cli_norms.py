@@ -203,3 +203,9 @@ def test_local_directory_that_is_not_a_model_is_one_line(tmp_path):
     tiny_tokenizer(with_bert_specials=True).save_pretrained(tmp_path / "noweights")
     _assert_bad(invoke("norms", "inputs", tmp_path / "noweights", "--dataset", "random", "--out", out),
                 "noweights", out_dir=out)
+
+
+def test_layer_beyond_depth_names_the_model_among_several(tmp_path):
+    out = tmp_path / "runs"
+    _assert_bad(invoke("norms", "inputs", "tiny-gpt2", "tiny-bert", "--dataset", "random", "--layers", "0-3",
+                       "--out", out), "tiny-gpt2", "2 blocks", out_dir=out)
