@@ -211,7 +211,10 @@ def weight_norms(source: ModelSource, *, dtype: Optional[torch.dtype] = None, de
     table = pd.DataFrame(rows)
     for key, value in (labels or {}).items():
         table.insert(0, key, value)
-    table = table[[c for c in WEIGHT_COLUMNS if c in table.columns]]
+    # every norm column, also when no matrix was finite (NaN then)
+    table = table.reindex(columns=[c for c in WEIGHT_COLUMNS if c in table.columns or c not in ("model", "model_alias")])
+    norm_columns = [c for c in WEIGHT_COLUMNS[WEIGHT_COLUMNS.index("frobenius_norm"):] if c != "finite"]
+    table = table.astype({c: "float64" for c in norm_columns})
     vec = pd.concat(vectors, ignore_index=True) if vectors else pd.DataFrame(
         columns=["stack", "layer", "matrix", "kind", "index", "value"])
     for key, value in (labels or {}).items():

@@ -164,3 +164,17 @@ def test_damaged_weights_file_is_bad_input(tmp_path, name):
     (tmp_path / "config.json").write_text("{}")
     with pytest.raises(QftInputError, match=f"could not read weights file .*{name}"):
         weight_norms(ModelSource("damaged", "local", str(tmp_path)))
+
+
+def test_all_weights_nonfinite_keeps_the_columns(tmp_path):
+    from qft_cli.weights import WEIGHT_COLUMNS, summarize_weights
+
+    model = build_tiny_model("tiny-bert")
+    with torch.no_grad():
+        for p in model.parameters():
+            p.fill_(float("nan"))
+    model.save_pretrained(tmp_path)
+    result = weight_norms(ModelSource("nan", "local", str(tmp_path)), labels={"model_alias": "nan", "model": "x"})
+    assert list(result.table.columns) == WEIGHT_COLUMNS
+    assert result.table["spectral_norm"].isna().all() and result.table["spectral_norm"].dtype == "float64"
+    assert len(summarize_weights(result.table)) == 7
