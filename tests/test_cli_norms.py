@@ -209,3 +209,18 @@ def test_layer_beyond_depth_names_the_model_among_several(tmp_path):
     out = tmp_path / "runs"
     _assert_bad(invoke("norms", "inputs", "tiny-gpt2", "tiny-bert", "--dataset", "random", "--layers", "0-3",
                        "--out", out), "tiny-gpt2", "2 blocks", out_dir=out)
+
+
+def test_ctrl_c_mid_run_leaves_status_interrupted_and_no_table(tmp_path, monkeypatch):
+    import qft_cli.norms_runs
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(qft_cli.norms_runs, "hidden_state_norms", interrupted)
+    result = invoke("norms", "inputs", "tiny-gpt2", "--dataset", "random", "--max-tokens", 4, "--out", tmp_path, "-q")
+    assert result.exit_code == 130 and result.stderr.strip() == "interrupted"
+    run = _only_run(tmp_path)
+    meta = read_run_json(run)
+    assert meta["status"] == "interrupted" and meta["end_time"] and meta["options"]["seed"] == 0
+    assert [p.name for p in run.iterdir()] == ["run.json"]
