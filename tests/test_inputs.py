@@ -86,9 +86,12 @@ def test_half_and_bfloat16_models_match_float32():
     ids = [tok(t)["input_ids"] for t in TEXTS]
     ref = hidden_state_norms(load_model(source), ids, [0, 1]).table
     for dtype, tol in ((torch.float16, 5e-3), (torch.bfloat16, 3e-2)):
-        low = hidden_state_norms(load_model(source, dtype=dtype), ids, [0, 1]).table
+        model = load_model(source, dtype=dtype)
+        assert next(model.parameters()).dtype == dtype
+        low = hidden_state_norms(model, ids, [0, 1]).table
         assert low["spectral_norm"].tolist() == pytest.approx(ref["spectral_norm"].tolist(), rel=tol)
         assert low["frobenius_norm"].tolist() == pytest.approx(ref["frobenius_norm"].tolist(), rel=tol)
+        assert low["spectral_norm"].tolist() != ref["spectral_norm"].tolist()  # really computed in `dtype`
 
 
 def test_nonfinite_hidden_state_is_reported_and_rest_kept():

@@ -105,6 +105,12 @@ def test_half_and_bfloat16_match_float32_within_precision():
         low = weight_norms(resolve_model("tiny-bert"), dtype=dtype).table
         assert low["spectral_norm"].tolist() == pytest.approx(ref["spectral_norm"].tolist(), rel=tol)
         assert low["frobenius_norm"].tolist() == pytest.approx(ref["frobenius_norm"].tolist(), rel=tol)
+        # the cast really happened: exact against float64 norms of the rounded module matrix
+        # (with the dtype ignored the approx checks above would still pass)
+        w = build_tiny_model("tiny-bert").encoder.layer[0].attention.self.query.weight.detach().to(dtype).double()
+        q1 = low.query("layer == 1 and matrix == 'q'").iloc[0]
+        assert q1.spectral_norm == pytest.approx(torch.linalg.matrix_norm(w, 2).item(), rel=1e-12)
+        assert q1.spectral_norm != ref.query("layer == 1 and matrix == 'q'").iloc[0].spectral_norm
 
 
 def test_nonfinite_weight_is_reported_and_rest_kept(tmp_path):
