@@ -184,7 +184,8 @@ def load_samples(dataset: str, tokenizer, *, vocab_size: int, max_tokens: int, n
     if num_samples:
         texts = texts[:num_samples]
     encoded = tokenizer(texts, truncation=True, max_length=max_tokens, add_special_tokens=True)
-    ids = [list(x) for x in encoded["input_ids"]]
+    # a tokenizer returns the sequence untruncated when max_length cannot even hold its special tokens
+    ids = [list(x)[:max_tokens] for x in encoded["input_ids"]]
     if any(len(x) == 0 for x in ids):
         raise QftInputError("a sample tokenised to zero tokens: remove empty texts")
     return Samples(name, ids)

@@ -151,3 +151,13 @@ def test_unreadable_data_file_is_bad_input(tmp_path, name, content):
     path.write_bytes(content)
     with pytest.raises(QftInputError, match=f"{name} could not be read"):
         read_text_file(path)
+
+
+def test_max_tokens_below_the_special_tokens_still_truncates(tmp_path, bert_tok):
+    # the tokenizer gives up truncating (and returns everything) when max_length cannot hold [CLS] ... [SEP]
+    path = tmp_path / "t.txt"
+    path.write_text("a longer text of many bytes\nxy\n")
+    for max_tokens in (1, 2, 3):
+        samples = load_samples(str(path), bert_tok, vocab_size=261, max_tokens=max_tokens)
+        assert [len(x) for x in samples.token_ids] == [max_tokens, max_tokens]
+        assert samples.token_ids[0][0] == bert_tok.cls_token_id
