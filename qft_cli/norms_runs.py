@@ -51,6 +51,8 @@ class NormsInputsArgs:
             raise QftInputError(f"--batch-size must be a positive number or -1 for no limit (got {self.batch_size})")
         if self.num_samples is not None and self.num_samples < 1:
             raise QftInputError(f"--num-samples must be at least 1 (got {self.num_samples})")
+        if not -(2 ** 63) <= self.seed < 2 ** 64:  # what torch.Generator.manual_seed accepts
+            raise QftInputError(f"--seed must be between -2^63 and 2^64 - 1 (got {self.seed})")
         if self.device_map not in (None, "auto"):
             raise QftInputError(f"--device-map '{self.device_map}' is not supported: use --device-map auto")
         if self.data_file is not None and not Path(self.data_file).is_file():

@@ -224,3 +224,9 @@ def test_ctrl_c_mid_run_leaves_status_interrupted_and_no_table(tmp_path, monkeyp
     meta = read_run_json(run)
     assert meta["status"] == "interrupted" and meta["end_time"] and meta["options"]["seed"] == 0
     assert [p.name for p in run.iterdir()] == ["run.json"]
+
+
+def test_seed_out_of_range_is_one_line(tmp_path):
+    out = tmp_path / "runs"
+    _assert_bad(invoke("norms", "inputs", "tiny-bert", "--dataset", "random", "--seed", 2 ** 64, "--out", out),
+                "--seed", out_dir=out)
