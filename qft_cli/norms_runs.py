@@ -136,7 +136,13 @@ def run_norms_inputs(args: NormsInputsArgs, progress: Optional[ProgressFn] = Non
                                trust_remote_code=args.trust_remote_code)
             vocab = min(model.config.vocab_size, len(tokenizer))
             samples = load_samples_for(args, tokenizer, vocab, texts)
-            pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+            pad = tokenizer.pad_token_id
+            try:
+                rows = model.get_input_embeddings().num_embeddings
+            except Exception:  # custom code without get_input_embeddings
+                rows = None
+            if pad is None or (rows is not None and pad >= rows):  # any valid id pads
+                pad = 0
             result = hidden_state_norms(model, samples.token_ids, layers, batch_size=args.batch_size,
                                         pad_token_id=pad, progress=progress,
                                         labels={"dataset": samples.dataset, "model_alias": source.name,

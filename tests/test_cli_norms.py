@@ -230,3 +230,23 @@ def test_seed_out_of_range_is_one_line(tmp_path):
     out = tmp_path / "runs"
     _assert_bad(invoke("norms", "inputs", "tiny-bert", "--dataset", "random", "--seed", 2 ** 64, "--out", out),
                 "--seed", out_dir=out)
+
+
+def test_tokenizer_pad_id_outside_the_embedding_is_not_used_for_padding(tmp_path):
+    # e.g. a '[PAD]' added to the tokenizer without resizing the model's embedding
+    from qft_cli.models import tiny_tokenizer
+
+    build_tiny_model("tiny-bert").save_pretrained(tmp_path / "model")
+    tok = tiny_tokenizer(with_bert_specials=True)
+    tok.add_special_tokens({"pad_token": "<pad-added>"})
+    assert tok.pad_token_id == 261  # the embedding has rows 0..260
+    tok.save_pretrained(tmp_path / "model")
+    (tmp_path / "t.txt").write_text("a short one\na much longer text than the first one\n")
+    tables = []
+    for bs in (1, 2):
+        out = tmp_path / f"runs{bs}"
+        result = invoke("norms", "inputs", tmp_path / "model", "--dataset", tmp_path / "t.txt", "--batch-size", bs,
+                        "--out", out, "-q")
+        assert result.exit_code == 0, result.output
+        tables.append(pd.read_parquet(_only_run(out) / "norms_inputs.parquet"))
+    assert tables[1]["spectral_norm"].tolist() == pytest.approx(tables[0]["spectral_norm"].tolist(), rel=1e-5)
