@@ -214,6 +214,15 @@ def hidden_state_norms(model: torch.nn.Module, token_ids: Sequence[Sequence[int]
         name = (labels or {}).get("model_alias", "the model")
         raise QftInputError(f"a sample has {longest} tokens but {name} has {limit} positions: "
                             f"use --max-tokens {limit} or less")
+    try:
+        rows = model.get_input_embeddings().num_embeddings
+    except Exception:  # custom code without get_input_embeddings
+        rows = None
+    top = max(max(x) for x in token_ids)
+    if rows is not None and top >= rows:
+        name = (labels or {}).get("model_alias", "the model")
+        raise QftInputError(f"token id {top} has no row in the {rows} rows of the embedding of {name}: "
+                            "the tokenizer does not belong to this model (or the embedding was not resized)")
     blocks = find_blocks(model)
     layers = sorted(set(layers))
     deepest = layers[-1]

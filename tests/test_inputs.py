@@ -220,3 +220,9 @@ def test_models_that_unpad_hidden_states_between_blocks():
                     assert row.num_tokens == len(x)
                     assert row.spectral_norm == pytest.approx(torch.linalg.matrix_norm(s, 2).item(), rel=1e-6)
                     assert row.frobenius_norm == pytest.approx(torch.linalg.matrix_norm(s).item(), rel=1e-6)
+
+
+def test_token_ids_without_an_embedding_row_are_bad_input():
+    model = build_tiny_model("tiny-bert")  # 261 embedding rows
+    with pytest.raises(QftInputError, match="token id 261.*261 rows"):
+        hidden_state_norms(model, [[2, 5, 3], [2, 261, 3]], [0, 1])
