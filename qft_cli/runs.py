@@ -99,6 +99,13 @@ def _first_missing(path: Path) -> Path | None:
     return missing
 
 
+def _file_mode() -> int:
+    """Permissions of a new file under the current umask (mkstemp would leave 0600)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
     """Write ``data`` as indented JSON to ``path`` through a temporary file and a rename."""
     path = Path(path)
@@ -107,6 +114,7 @@ def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
         with os.fdopen(fd, "w") as f:
             json.dump(data, f, indent=2, default=str)
             f.write("\n")
+        os.chmod(tmp, _file_mode())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -120,6 +128,7 @@ def write_parquet_atomic(df: pd.DataFrame, path: Path) -> Path:
     os.close(fd)
     try:
         pq.write_table(pa.Table.from_pandas(df, preserve_index=False), tmp)
+        os.chmod(tmp, _file_mode())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -70,3 +70,17 @@ def test_check_writable_without_creating(tmp_path):
         check_writable(tmp_path / "file" / "sub", create=False)
     with pytest.raises(QftInputError, match="is a file"):
         check_writable(tmp_path / "file", create=False)
+
+
+def test_written_files_follow_the_umask_not_mkstemp_0600(tmp_path):
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        with Run("norms inputs", ["m"], {}, out=tmp_path) as run:
+            run.write_table("norms_inputs", pd.DataFrame({"x": [1.0]}))
+    finally:
+        os.umask(old)
+    for name in ("run.json", "norms_inputs.parquet"):
+        assert stat.S_IMODE((run.path / name).stat().st_mode) == 0o644, name
