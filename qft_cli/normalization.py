@@ -186,6 +186,12 @@ class BlockNormalization(nn.Module):
         return self.max_gamma * torch.sigmoid(self.g)
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        # the norms are computed in the parameter's dtype even under mixed-precision autocast
+        # (torch's power iteration mixes its float32 u/v buffers with W, and fp16 norms overflow)
+        with torch.autocast(device_type=weight.device.type, enabled=False):
+            return self._normalize(weight)
+
+    def _normalize(self, weight: torch.Tensor) -> torch.Tensor:
         oriented = weight.mT if self.transposed else weight
         gamma = self.gamma()
         out = oriented
