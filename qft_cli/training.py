@@ -465,6 +465,7 @@ def train_variant(model, datasets: Mapping[str, Any], config: TrainingConfig, va
             recorder.forget_after(variant, step)
     trainer.train(resume_from_checkpoint=checkpoint)
     test = {"loss": math.nan, "accuracy": math.nan, "f1": math.nan}
+    trainer.remove_callback(EarlyStoppingCallback)  # the test evaluation is not a validation score
     if "test" in datasets:
         out = trainer.evaluate(datasets["test"], metric_key_prefix="test")
         test = {k: float(out.get(f"test_{k}", math.nan)) for k in test}
