@@ -616,6 +616,11 @@ def run_experiment(options: ExperimentOptions, run, *, resume: bool = False,
         collator = DataCollatorForTokenClassification(tokenizer)
     else:
         collator = DataCollatorWithPadding(tokenizer)
+    from qft_cli.device import resolve_device
+
+    run.update(world_size=int(os.environ.get("WORLD_SIZE", "1")), device=str(resolve_device(cfg.device)),
+               data={"source": data.source, "sizes": data.sizes(), "notes": data.notes},
+               tokenizer_size=len(tokenizer), vocab_size=vocab_size)
     recorder = ResultsRecorder(run)
     results = []
     for variant, method in options.variants():
