@@ -61,6 +61,7 @@ def _state(model):
 # ----------------------------------------------------------------------------- metrics
 
 def test_classification_metrics_match_sklearn():
+    pytest.importorskip("sklearn", reason="scikit-learn is the independent reference")
     from sklearn.metrics import accuracy_score, f1_score
 
     rng = np.random.default_rng(0)
@@ -252,3 +253,59 @@ def test_small_real_gue_run_learns_every_variant(tmp_path, shared_data, monkeypa
         reloaded = AutoModelForSequenceClassification.from_pretrained(run.path / "best" / variant).eval()
         assert (qn.normalization_settings(reloaded) or {}).get("method") == (None if variant == "vanilla" else variant)
     assert math.isclose(summary["vanilla"]["accuracy_diff"], 0.0)
+
+
+def test_learned_gammas_recorded_and_bounded(tmp_path):
+    from qft_cli.runs import Run
+
+    config = TrainingConfig(learning_rate=5e-2, num_epochs=2, early_stopping=0, batch_size=16, device="cpu")
+    with Run("train", ["test"], {}, out=tmp_path) as run:
+        model = _model()
+        qn.apply_normalization(model, "frobenius", max_gamma=1.0)
+        train_variant(model, _datasets(), config, "frobenius_subnormalised", output_dir=run.path / "ck",
+                      num_labels=2, data_collator=_collator(), recorder=ResultsRecorder(run))
+    g = pd.read_parquet(run.path / "gammas.parquet")
+    assert list(g.columns) == ["variant", "epoch", "step", "parameter", "layer", "matrix", "gamma"]
+    assert sorted(g["epoch"].unique()) == [0.0, 1.0, 2.0]
+    assert (g[g.epoch == 0]["gamma"] == 0.5).all()  # sigmoid(0) * max_gamma
+    assert (g["gamma"] < 1.0).all() and g[g.epoch == 2]["gamma"].ne(0.5).any()  # learnt, bounded
+    norms = pd.read_parquet(run.path / "norms_during_training.parquet").merge(g, on=["epoch", "step", "parameter", "matrix", "layer", "variant"])
+    # effective Frobenius norm = gamma exactly
+    assert np.allclose(norms["frobenius_norm"], norms["gamma"], rtol=1e-6)
+
+
+def test_cpu_runs_without_mixed_precision(tmp_path):
+    from qft_cli.training import training_arguments
+
+    args = training_arguments(TrainingConfig(device="cpu"), tmp_path, 100)
+    assert not args.fp16 and not args.bf16 and args.metric_for_best_model == "f1" and args.load_best_model_at_end
+    assert args.lr_scheduler_type == "cosine" or str(args.lr_scheduler_type).endswith("COSINE")
+
+
+def test_hub_unreachable_is_one_line(monkeypatch):
+    from qft_cli.errors import QftInputError
+    from qft_cli.tasks import load_task
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(QftInputError, match="--data-dir") as err:
+        load_task("gue", task="prom_core_notata")
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.slow
+def test_conll_pos_tagging_pipeline(tmp_path, shared_data, monkeypatch):
+    """Token classification end to end on a slice of the shared CoNLL-2003 files (byte-level tokenizer)."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    options = ExperimentOptions(
+        dataset="conll2003", data_dir=str(shared_data / "conll2003"), tokenizer="tiny-bert", max_length=48,
+        norm="spectral", d_model=32, num_heads=2, d_ff=64, max_train_samples=300,
+        training=TrainingConfig(learning_rate=3e-3, num_epochs=1, max_steps=10, early_stopping=0, batch_size=32,
+                                eval_batch_size=256, device="cpu"))
+    run = open_run(options, out=tmp_path, argv=["qft", "train"])
+    with run:
+        result = run_experiment(options, run)
+    (row,) = result.summary()
+    assert row["variant"] == "spectral" and 0.0 < row["accuracy"] < 1.0 and 0.0 <= row["f1"] <= 1.0
+    metrics = pd.read_parquet(run.path / "metrics.parquet")
+    assert set(metrics["split"]) == {"train", "validation", "test"}
+    assert result.sizes == {"train": 300, "validation": 3250, "test": 3453}
