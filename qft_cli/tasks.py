@@ -435,8 +435,9 @@ def build_tokenizer(spec: str, data: TaskData, *, text_model: Optional[str] = No
     """The tokenizer for ``data``.
 
     Args:
-        spec: for DNA: ``dnabert2``, ``bpe:V``, ``kmer:K`` or ``char``; for text: a model alias
-            or ``auto`` (then ``text_model``'s tokenizer).
+        spec: for DNA: ``dnabert2``, ``bpe:V``, ``kmer:K``, ``char`` or ``auto`` (``text_model``'s
+            tokenizer when given, else ``dnabert2``); for text: a model alias or ``auto`` (then
+            ``text_model``'s tokenizer).
         text_model: model alias whose tokenizer a text task uses (the embedding's model).
         save_dir: where a trained or built DNA tokenizer is saved (``save_dir/dna_tokenizer``).
 
@@ -456,7 +457,12 @@ def build_tokenizer(spec: str, data: TaskData, *, text_model: Optional[str] = No
         return tokenizer
     spec = str(spec or "").strip().lower()
     if spec in ("auto", ""):
-        spec = "dnabert2" if text_model == "dnabert" else "char"
+        if text_model and text_model != "dnabert":  # the embedding model's own tokenizer (its token ids)
+            tokenizer = load_tokenizer(resolve_model(text_model), trust_remote_code=trust_remote_code)
+            if save_dir is not None:
+                tokenizer.save_pretrained(str(Path(save_dir) / DNA_TOKENIZER_FILE))
+            return tokenizer
+        spec = "dnabert2"  # the research's tokenizer
     if spec == "dnabert2":
         tokenizer = load_tokenizer(resolve_model("dnabert"), trust_remote_code=trust_remote_code)
     elif spec == "char":

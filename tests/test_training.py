@@ -309,3 +309,23 @@ def test_conll_pos_tagging_pipeline(tmp_path, shared_data, monkeypatch):
     metrics = pd.read_parquet(run.path / "metrics.parquet")
     assert set(metrics["split"]) == {"train", "validation", "test"}
     assert result.sizes == {"train": 300, "validation": 3250, "test": 3453}
+
+
+def test_embedding_from_minilm_uses_its_tokenizer(tmp_path, shared_data, minilm_source, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    options = ExperimentOptions(
+        dataset="gue", task="prom_core_notata", data_dir=str(shared_data / "gue"), max_length=40, norm="frobenius",
+        d_model=384, num_heads=6, d_ff=64, embedding_from="minilm", freeze_embedding=True, max_train_samples=64,
+        training=TrainingConfig(num_epochs=1, max_steps=2, early_stopping=0, batch_size=32, eval_strategy="no",
+                                device="cpu"))
+    run = open_run(options, out=tmp_path, argv=["qft", "train"])
+    with run:
+        result = run_experiment(options, run)
+    assert result.vocab_size == 30522
+    from transformers import AutoModelForSequenceClassification
+
+    from qft_cli.modeling_qft import pretrained_embedding
+
+    model = AutoModelForSequenceClassification.from_pretrained(run.path / "best" / "frobenius")
+    # frozen: the trained model still holds MiniLM's embedding exactly
+    assert torch.equal(model.get_input_embeddings().weight, pretrained_embedding("minilm"))
