@@ -430,6 +430,27 @@ def bpe_tokenizer(vocab_size: int, sequences: list[str]):
     return _wrap(tok)
 
 
+def validate_tokenizer_spec(dataset: str, spec: str, text_model: Optional[str]) -> None:
+    """Check ``--tokenizer`` against the dataset before any data is read.
+
+    Raises:
+        QftInputError: a malformed DNA tokenizer spec, or a text task without a text tokenizer.
+    """
+    spec = str(spec or "auto").strip()
+    if dataset == "conll2003":
+        if spec.lower() == "auto" and not text_model:
+            raise QftInputError("conll2003 is a text task: pass --embedding-from MODEL (its tokenizer is used) "
+                                "or --tokenizer MODEL, e.g. minilm")
+        if spec.lower() in ("char", "dnabert2") or re.fullmatch(r"(?:kmer|bpe):\d+", spec.lower()):
+            raise QftInputError(f"--tokenizer {spec} is a DNA tokenizer but conll2003 is a text task: "
+                                "pass a model alias such as minilm")
+        return
+    low = spec.lower()
+    if low not in ("auto", "dnabert2", "char") and not re.fullmatch(r"(?:kmer|bpe):\d+", low):
+        raise QftInputError(f"unknown DNA tokenizer '{spec}': use dnabert2, bpe:V (e.g. bpe:512), kmer:K "
+                            "(e.g. kmer:6) or char")
+
+
 def build_tokenizer(spec: str, data: TaskData, *, text_model: Optional[str] = None,
                     save_dir: Optional[Path] = None, trust_remote_code: bool = False):
     """The tokenizer for ``data``.

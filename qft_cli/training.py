@@ -518,9 +518,10 @@ class ExperimentOptions:
             QftInputError: unknown dataset/task/norm/targets, contradicting options.
         """
         from qft_cli.normalization import parse_targets
-        from qft_cli.tasks import validate_dataset_name
+        from qft_cli.tasks import validate_dataset_name, validate_tokenizer_spec
 
         self.dataset, self.task = validate_dataset_name(self.dataset, self.task)
+        validate_tokenizer_spec(self.dataset, self.tokenizer, self.embedding_from)
         self.variants()
         parse_targets(self.targets)
         self.training.validate()
