@@ -329,3 +329,34 @@ def test_embedding_from_minilm_uses_its_tokenizer(tmp_path, shared_data, minilm_
     model = AutoModelForSequenceClassification.from_pretrained(run.path / "best" / "frobenius")
     # frozen: the trained model still holds MiniLM's embedding exactly
     assert torch.equal(model.get_input_embeddings().weight, pretrained_embedding("minilm"))
+
+
+def test_stock_gpt2_with_fused_conv1d_normalised_trains_and_checkpoint_reloads(tmp_path):
+    """The engine with a stock transformers model (what ``qft finetune`` does): GPT-2's fused Conv1D
+    ``c_attn`` spectral-normalised block by block survives Trainer checkpoints."""
+    from safetensors.torch import load_file
+    from transformers import AutoModelForSequenceClassification
+
+    from qft_cli.models import build_tiny_model
+
+    def fresh():
+        model = build_tiny_model("tiny-gpt2", AutoModelForSequenceClassification, num_labels=2, pad_token_id=0)
+        qn.apply_normalization(model, "spectral", targets="attention")
+        return model
+
+    model = fresh()
+    config = TrainingConfig(learning_rate=1e-3, num_epochs=2, early_stopping=0, batch_size=16, device="cpu")
+    result = train_variant(model, _datasets(vocab=200), config, "spectral", output_dir=tmp_path / "ck", num_labels=2,
+                           data_collator=_collator())
+    assert not math.isnan(result.test["accuracy"])
+    state = load_file(f"{result.best_checkpoint}/model.safetensors")
+    assert any(k.endswith("c_attn.parametrizations.weight.original") for k in state)
+    again = fresh()
+    missing, unexpected = again.load_state_dict(state, strict=False)
+    assert not unexpected and not [k for k in missing if "parametrizations" in k or "spectral" in k], (missing, unexpected)
+    ids = torch.randint(5, 200, (2, 9))
+    model.eval(), again.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(again(input_ids=ids).logits, model(input_ids=ids).logits, rtol=0, atol=0)
+    blocks = [m for m in qn.effective_matrices(model) if m.parameter.endswith("c_attn.weight")]
+    assert [b.matrix for b in blocks] == ["q", "k", "v"] * 2 and all(b.weight.shape == (64, 64) for b in blocks)
