@@ -58,8 +58,11 @@ def fold_parametrizations(model: nn.Module) -> nn.Module:
     finally:
         model.train(was_training)
     folded.eval()
+    from qft_cli.normalization import fold_normalization
+
+    fold_normalization(folded)  # qft's normalisation, and its settings in config.qft_normalization
     with torch.no_grad():
-        for module in list(folded.modules()):
+        for module in list(folded.modules()):  # any other parametrization
             if parametrize.is_parametrized(module):
                 for name in list(module.parametrizations.keys()):
                     parametrize.remove_parametrizations(module, name, leave_parametrized=True)

@@ -130,6 +130,7 @@ def test_export_round_trip_through_the_cli(tmp_path, small_csv):
     assert cls_name == "DnaBert2ForSequenceClassification"
     torch.testing.assert_close(logits, expected, rtol=1e-6, atol=1e-6)
     assert (export / "tokenizer.json").is_file()
+    assert "qft_normalization" not in json.loads((export / "config.json").read_text())
 
 
 def _assert_one_line_exit_2(result):
