@@ -50,6 +50,8 @@ ROLES = ("attention", "ffn")
 #: normalising a model does not change the data order or dropout of the run).
 POWER_ITERATION_SEED = 0
 CONFIG_KEY = "qft_normalization"
+#: Power-iteration steps run once when a spectral parametrization is created (on top of torch's 15).
+INITIAL_POWER_ITERATIONS = 200
 
 
 # ----------------------------------------------------------------------------- parsing helpers
@@ -169,6 +171,10 @@ class BlockNormalization(nn.Module):
             self.spectral = nn.ModuleList(
                 _SpectralNorm(self._block(oriented, i), n_power_iterations=n_power_iterations, dim=0, eps=eps)
                 for i in range(len(self.specs)))
+            # torch starts from 15 iterations; random initial weights have close top singular values,
+            # so iterate further once (cheap: matrix-vector products) to start from sigma_max itself
+            for i, sn in enumerate(self.spectral):
+                sn._power_method(self._block(oriented, i), INITIAL_POWER_ITERATIONS)
         if self.max_gamma is not None:
             logit = math.log(gamma_init / (1.0 - gamma_init))
             self.g = nn.Parameter(torch.full((len(self.specs),), logit, dtype=torch.float32, device=weight.device))
@@ -186,6 +192,15 @@ class BlockNormalization(nn.Module):
         return self.max_gamma * torch.sigmoid(self.g)
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        # the norms are computed in the parameter's dtype even under mixed-precision autocast
+        # (torch's power iteration mixes its float32 u/v buffers with W, and fp16 norms overflow)
+        device_type = weight.device.type
+        if device_type in ("cuda", "cpu", "mps", "xpu") and torch.is_autocast_enabled(device_type):
+            with torch.autocast(device_type=device_type, enabled=False):
+                return self._normalize(weight)
+        return self._normalize(weight)
+
+    def _normalize(self, weight: torch.Tensor) -> torch.Tensor:
         oriented = weight.mT if self.transposed else weight
         gamma = self.gamma()
         out = oriented

@@ -19,7 +19,16 @@ def _matrix_norm(w: torch.Tensor, ord) -> float:
     return float(torch.linalg.matrix_norm(w.detach().double(), ord=ord))
 
 
-def _converge(model: nn.Module, steps: int = 3000) -> None:
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # tiny matrix-vector products: one thread avoids OpenMP spin-waits on a shared CPU
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _converge(model: nn.Module, steps: int = 2000) -> None:
     """Run the power iteration to convergence without changing the weights: train-mode forwards
     of the parametrizations (one step each), then many steps of torch's own power method (random
     64 x 64 matrices have close top singular values, so convergence needs many steps)."""

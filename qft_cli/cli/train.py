@@ -1,0 +1,97 @@
+"""``qft train``: vanilla vs spectral vs Frobenius transformers on genomic and text tasks."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.table import Table
+
+from qft_cli.cli.common import OUT_OPTION, QUIET_OPTION, TRUST_OPTION, argv, cli_errors, console, progress_bar
+
+
+def _fmt(value: float, signed: bool = False) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return f"{value:+.4f}" if signed else f"{value:.4f}"
+
+
+@cli_errors
+def train_command(
+    dataset: str = typer.Option("genomic-bench", "--dataset", help="genomic-bench | gue | conll2003 (POS tagging)."),
+    task: Optional[str] = typer.Option(None, "--task", help="GUE task (default prom_300_notata); gue only."),
+    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Offline data: CSV/TSV train/dev/test (sequence|seq,label) or CoNLL train/valid/test.txt."),
+    tokenizer: str = typer.Option("auto", "--tokenizer", help="DNA: dnabert2 | bpe:V | kmer:K | char (auto = the embedding model's, else dnabert2). Text: a model alias."),
+    max_length: int = typer.Option(512, "--max-length", help="Truncate inputs to this many tokens."),
+    norm: str = typer.Option("all", "--norm", help="none | spectral | frobenius | all (the three variants, same data order and seed)."),
+    targets: str = typer.Option("attention,ffn", "--targets", help="Matrices to normalise: attention, ffn, attention,ffn (or q,k,v,o,ffn_up,ffn_down)."),
+    max_gamma: Optional[float] = typer.Option(None, "--max-gamma", help="Learnable scale gamma = G*sigmoid(g) (effective norm <= G; 1 = sub-normalised)."),
+    d_model: int = typer.Option(768, "--d-model", help="Hidden width."),
+    num_heads: int = typer.Option(12, "--num-heads", help="Attention heads."),
+    d_ff: int = typer.Option(3072, "--d-ff", help="FFN inner width."),
+    num_layers: int = typer.Option(1, "--num-layers", help="Transformer blocks."),
+    dropout: float = typer.Option(0.1, "--dropout", help="Dropout (FFN, attention, classifier)."),
+    embedding_from: Optional[str] = typer.Option(None, "--embedding-from", help="Initialise the token embedding from this model (dnabert = the research's; minilm offline). --d-model must match its width."),
+    freeze_embedding: bool = typer.Option(False, "--freeze-embedding", help="Do not train the pretrained embedding."),
+    max_train_samples: Optional[int] = typer.Option(None, "--max-train-samples", help="Train on a seeded random subset of this size."),
+    learning_rate: float = typer.Option(8e-4, "--learning-rate", help="Peak AdamW learning rate."),
+    num_epochs: float = typer.Option(100, "--num-epochs", help="Epochs (upper bound with early stopping)."),
+    early_stopping: int = typer.Option(10, "--early-stopping", help="Patience in epochs without better validation F1 (0 = off)."),
+    weight_decay: float = typer.Option(0.01, "--weight-decay", help="AdamW weight decay."),
+    lr_scheduler_type: str = typer.Option("cosine", "--lr-scheduler-type", help="cosine | linear | constant | ... (transformers names)."),
+    warmup_ratio: float = typer.Option(0.0, "--warmup-ratio", help="Fraction of steps of linear warmup."),
+    batch_size: int = typer.Option(32, "--batch-size", help="Training batch per device."),
+    eval_batch_size: Optional[int] = typer.Option(None, "--eval-batch-size", help="Evaluation batch (default: --batch-size)."),
+    seed: int = typer.Option(42, "--seed", help="Seed of init, data order, dropout and splits."),
+    max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Stop after this many optimiser steps."),
+    eval_strategy: str = typer.Option("epoch", "--eval-strategy", help="epoch | no (no validation: needs --early-stopping 0)."),
+    mixed_precision: str = typer.Option("auto", "--mixed-precision", help="auto (bf16/fp16 on CUDA only) | no | fp16 | bf16."),
+    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda."),
+    out: Path = OUT_OPTION,
+    resume: Optional[Path] = typer.Option(None, "--resume", help="Continue an interrupted run directory with the options in its run.json (other options are ignored)."),
+    trust_remote_code: bool = TRUST_OPTION,
+    quiet: bool = QUIET_OPTION,
+) -> None:
+    """Train the single-layer transformer vanilla, spectral- and Frobenius-normalised; compare test accuracy and F1."""
+    from qft_cli.runs import read_run_json
+    from qft_cli.training import ExperimentOptions, TrainingConfig, from_jsonable, open_run, run_experiment
+
+    if resume is not None:
+        if not (Path(resume) / "run.json").is_file():
+            from qft_cli.errors import QftInputError
+
+            raise QftInputError(f"--resume {resume} is not a run directory (no run.json): pass the directory of the "
+                                "interrupted qft train run")
+        options = from_jsonable(read_run_json(resume)["options"])
+    else:
+        training = TrainingConfig(
+            learning_rate=learning_rate, num_epochs=num_epochs, early_stopping=early_stopping, weight_decay=weight_decay,
+            lr_scheduler_type=lr_scheduler_type, warmup_ratio=warmup_ratio, batch_size=batch_size,
+            eval_batch_size=eval_batch_size, seed=seed, max_steps=max_steps, eval_strategy=eval_strategy,
+            mixed_precision=mixed_precision, device=device)
+        options = ExperimentOptions(
+            dataset=dataset, task=task, data_dir=str(data_dir) if data_dir else None, tokenizer=tokenizer,
+            max_length=max_length, norm=norm, targets=targets, max_gamma=max_gamma, d_model=d_model,
+            num_heads=num_heads, d_ff=d_ff, num_layers=num_layers, dropout=dropout, embedding_from=embedding_from,
+            freeze_embedding=freeze_embedding, max_train_samples=max_train_samples,
+            trust_remote_code=trust_remote_code, training=training)
+    options.validate()
+    run = open_run(options, out=out, argv=argv(), resume_dir=resume)
+    with progress_bar(quiet or not run.is_main_process) as progress, run:
+        result = run_experiment(options, run, resume=resume is not None, progress=progress)
+    if not run.is_main_process:
+        return
+    title = f"qft train: {options.dataset}{'/' + options.task if options.task else ''}, test split"
+    table = Table(title=title)
+    for col in ("variant", "accuracy", "F1", "accuracy - vanilla", "F1 - vanilla", "epochs"):
+        table.add_column(col, justify="left" if col == "variant" else "right")
+    for row in result.summary():
+        table.add_row(row["variant"], _fmt(row["accuracy"]), _fmt(row["f1"]),
+                      _fmt(row["accuracy_diff"], True) if row["variant"] != "vanilla" else "",
+                      _fmt(row["f1_diff"], True) if row["variant"] != "vanilla" else "", f"{row['epochs']:g}")
+    console.print(table)
+    for note in result.notes:
+        console.print(f"note: {note}")
+    console.print(f"results: {run.path}")

@@ -1,0 +1,508 @@
+"""Datasets and tokenizers of the training experiments: genomic promoters and CoNLL-2003 POS.
+
+Datasets (``--dataset``):
+
+* ``genomic-bench``: Genomic Benchmarks ``human_nontata_promoters`` (Gresova et al., BMC Genomic
+  Data 2023), hub ``katarinagresova/Genomic_Benchmarks_human_nontata_promoters`` (columns
+  ``seq,label``; splits train/test). As in the research, validation and test are the two seeded
+  halves of the test split (the first half of a seeded permutation is validation).
+* ``gue``: DNABERT-2's GUE benchmark (Zhou et al., ICLR 2024), hub ``leannmlindsey/GUE``, task
+  ``--task`` (default ``prom_300_notata``), splits train/dev/test.
+* ``conll2003``: part-of-speech tagging on CoNLL-2003 English (Tjong Kim Sang & De Meulder 2003),
+  hub ``eriktks/conll2003`` read through its parquet conversion (``refs/convert/parquet``),
+  because current ``datasets`` refuses loading scripts. Label ids follow that dataset's
+  ``pos_tags`` class list (:data:`CONLL_POS_TAGS`).
+
+Offline (``--data-dir DIR``): for the DNA datasets CSV or TSV files with a ``sequence`` or ``seq``
+column and a ``label`` column, named ``train``, ``dev``/``valid``/``validation`` and ``test``
+(``.csv``/``.tsv``), in ``DIR`` or in ``DIR/<task>``; for CoNLL, text files ``train.txt``,
+``valid.txt``/``dev.txt``, ``test.txt`` (``word POS chunk NER`` per line, blank lines between
+sentences, ``-DOCSTART-`` lines ignored). A training file is always required: a directory with
+only a test split (like ``shared/data/genomic_benchmarks``) is refused, because training on part of
+the official test split would make the test numbers incomparable with the paper's.
+
+DNA tokenizers (``--tokenizer``): ``dnabert2`` (DNABERT-2's BPE from the hub), ``bpe:V`` (a BPE of
+vocabulary ``V`` trained on the training sequences with the ``tokenizers`` library, saved in the
+run directory), ``kmer:K`` (non-overlapping K-mers, a shorter tail split into single letters) and
+``char``. All put ``[CLS]`` first (the sequence-classification head reads it) and ``[SEP]`` last.
+"""
+
+from __future__ import annotations
+
+import csv
+import difflib
+import itertools
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+
+from qft_cli.errors import QftInputError
+
+DATASETS = ("genomic-bench", "gue", "conll2003")
+GENOMIC_BENCH_HUB = "katarinagresova/Genomic_Benchmarks_human_nontata_promoters"
+GUE_HUB = "leannmlindsey/GUE"
+CONLL_HUB = "eriktks/conll2003"
+DEFAULT_GUE_TASK = "prom_300_notata"
+#: GUE task names (Zhou et al. 2024, table 1).
+GUE_TASKS = (
+    "prom_300_all", "prom_300_notata", "prom_300_tata", "prom_core_all", "prom_core_notata", "prom_core_tata",
+    "tf0", "tf1", "tf2", "tf3", "tf4", "mouse0", "mouse1", "mouse2", "mouse3", "mouse4",
+    "splice_reconstructed", "covid", "H3", "H3K14ac", "H3K36me3", "H3K4me1", "H3K4me2", "H3K4me3",
+    "H3K79me3", "H3K9ac", "H4", "H4ac", "EMP_H3", "EMP_H3K14ac", "EMP_H3K36me3", "EMP_H3K4me1",
+    "EMP_H3K4me2", "EMP_H3K4me3", "EMP_H3K79me3", "EMP_H3K9ac", "EMP_H4", "EMP_H4ac",
+)
+#: The ``pos_tags`` class names of the Hugging Face CoNLL-2003 dataset (label id = index).
+CONLL_POS_TAGS = (
+    '"', "''", "#", "$", "(", ")", ",", ".", ":", "``", "CC", "CD", "DT", "EX", "FW", "IN", "JJ", "JJR",
+    "JJS", "LS", "MD", "NN", "NNP", "NNPS", "NNS", "NN|SYM", "PDT", "POS", "PRP", "PRP$", "RB", "RBR",
+    "RBS", "RP", "SYM", "TO", "UH", "VB", "VBD", "VBG", "VBN", "VBP", "VBZ", "WDT", "WP", "WP$", "WRB",
+)
+SPLITS = ("train", "validation", "test")
+_SPLIT_FILES = {"train": ("train",), "validation": ("dev", "valid", "validation"), "test": ("test",)}
+_DNA_RE = re.compile(r"^[ACGTN]+$")
+SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
+DNA_TOKENIZER_FILE = "dna_tokenizer"
+
+
+@dataclass
+class TaskData:
+    """A dataset loaded into memory, before tokenization.
+
+    Attributes:
+        dataset: ``genomic-bench``, ``gue`` or ``conll2003``.
+        task: GUE task name, else ``None``.
+        kind: ``sequence_classification`` (DNA) or ``token_classification`` (POS).
+        label_names: class names; label ids are indices into it.
+        splits: ``{"train"|"validation"|"test": {"inputs": [...], "labels": [...]}}``. For DNA,
+            inputs are upper-case strings and labels ints; for POS, inputs are lists of words and
+            labels lists of ints (one per word).
+        source: hub id or directory the data came from.
+    """
+
+    dataset: str
+    task: Optional[str]
+    kind: str
+    label_names: list[str]
+    splits: dict[str, dict[str, list]]
+    source: str
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def num_labels(self) -> int:
+        return len(self.label_names)
+
+    def sizes(self) -> dict[str, int]:
+        """Number of examples per split."""
+        return {k: len(v["inputs"]) for k, v in self.splits.items()}
+
+
+# ----------------------------------------------------------------------------- validation
+
+def validate_dataset_name(dataset: str, task: Optional[str]) -> tuple[str, Optional[str]]:
+    """Check ``--dataset``/``--task``; return ``(dataset, task)`` with the GUE default filled in.
+
+    Raises:
+        QftInputError: unknown dataset or GUE task, or ``--task`` with a dataset that has none.
+    """
+    if dataset not in DATASETS:
+        near = difflib.get_close_matches(dataset, DATASETS, n=1, cutoff=0.5)
+        hint = f"did you mean '{near[0]}'? " if near else ""
+        raise QftInputError(f"unknown dataset '{dataset}': {hint}use one of {', '.join(DATASETS)}")
+    if dataset == "gue":
+        task = task or DEFAULT_GUE_TASK
+        if task not in GUE_TASKS:
+            near = difflib.get_close_matches(task, GUE_TASKS, n=1, cutoff=0.5)
+            hint = f"did you mean '{near[0]}'? " if near else ""
+            raise QftInputError(f"unknown GUE task '{task}': {hint}use a GUE task name such as prom_300_notata")
+        return dataset, task
+    if task:
+        raise QftInputError(f"--task {task} applies only to --dataset gue: drop --task for {dataset}")
+    return dataset, None
+
+
+def _check_dna(seqs: list[str], where: str) -> list[str]:
+    out = []
+    for i, s in enumerate(seqs):
+        s = str(s).strip().upper()
+        if not _DNA_RE.match(s):
+            bad = sorted(set(s) - set("ACGTN")) or ["(empty)"]
+            raise QftInputError(f"{where} row {i + 1} has invalid DNA letters {''.join(bad)!r}: sequences may "
+                                "contain only A, C, G, T, N (any case)")
+        out.append(s)
+    return out
+
+
+def _check_labels(raw: list[Any], where: str) -> list[int]:
+    labels = []
+    for i, value in enumerate(raw):
+        try:
+            number = float(value)
+            if number != int(number) or number < 0:
+                raise ValueError
+        except (TypeError, ValueError):
+            raise QftInputError(f"{where} row {i + 1} has label {value!r}: labels must be integers 0, 1, ...") from None
+        labels.append(int(number))
+    return labels
+
+
+def _finish_dna(dataset: str, task: Optional[str], splits: dict[str, dict[str, list]], source: str,
+                seed: int) -> TaskData:
+    notes = []
+    if "validation" not in splits:
+        if "test" not in splits:
+            raise QftInputError(f"{source} has no test split: {dataset} needs train and test")
+        test = splits["test"]
+        order = np.random.default_rng(seed).permutation(len(test["inputs"]))
+        half = len(order) // 2
+        splits["validation"] = {k: [test[k][i] for i in order[:half]] for k in test}
+        splits["test"] = {k: [test[k][i] for i in order[half:]] for k in test}
+        notes.append(f"validation and test are the two halves of the test split permuted with seed {seed}")
+    label_set = sorted(set(splits["train"]["labels"]))
+    if len(label_set) < 2:
+        raise QftInputError(f"the training split of {source} has only label {label_set}: it needs at least two classes")
+    if label_set != list(range(len(label_set))):
+        raise QftInputError(f"training labels of {source} are {label_set}: use consecutive integers 0..K-1")
+    for name in ("validation", "test"):
+        for i, lab in enumerate(splits[name]["labels"]):
+            if lab not in label_set:
+                raise QftInputError(f"label {lab} in the {name} split of {source} (example {i + 1}) is outside "
+                                    f"the training labels {label_set}: fix the labels or the files")
+    return TaskData(dataset, task, "sequence_classification", [str(x) for x in label_set],
+                    {k: splits[k] for k in SPLITS}, source, notes)
+
+
+# ----------------------------------------------------------------------------- offline files
+
+def _find_split_file(directory: Path, split: str, suffixes: tuple[str, ...]) -> Optional[Path]:
+    for stem in _SPLIT_FILES[split]:
+        for suffix in suffixes:
+            path = directory / f"{stem}{suffix}"
+            if path.is_file():
+                return path
+    return None
+
+
+def _read_table(path: Path) -> tuple[list[str], list[Any]]:
+    delimiter = "\t" if path.suffix == ".tsv" else ","
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f, delimiter=delimiter)
+        columns = [c.strip() for c in (reader.fieldnames or [])]
+        seq_col = next((c for c in ("sequence", "seq") if c in columns), None)
+        if seq_col is None or "label" not in columns:
+            raise QftInputError(f"{path} has columns {columns}: it needs a 'sequence' (or 'seq') column and a "
+                                "'label' column")
+        reader.fieldnames = columns
+        seqs, labels = [], []
+        for row in reader:
+            seqs.append(row[seq_col] or "")
+            labels.append(row["label"])
+    return seqs, labels
+
+
+def _dna_from_dir(dataset: str, task: Optional[str], data_dir: Path, seed: int) -> TaskData:
+    data_dir = Path(data_dir)
+    if not data_dir.is_dir():
+        raise QftInputError(f"--data-dir {data_dir} is not a directory: pass the folder with train/dev/test files")
+    candidates = [data_dir / task, data_dir] if task else [data_dir / "human_nontata_promoters", data_dir]
+    directory = next((c for c in candidates if c.is_dir() and _find_split_file(c, "train", (".csv", ".tsv"))), None)
+    if directory is None:
+        where = next((c for c in candidates if c.is_dir() and _find_split_file(c, "test", (".csv", ".tsv"))), None)
+        extra = (f" ({where} holds only a test split; qft does not train on test data)") if where else ""
+        raise QftInputError(f"--data-dir {data_dir} has no train.csv or train.tsv{extra}: pass a directory with "
+                            f"train, dev and test files" + (f" (or a folder holding {task}/)" if task else ""))
+    splits: dict[str, dict[str, list]] = {}
+    for split in SPLITS:
+        path = _find_split_file(directory, split, (".csv", ".tsv"))
+        if path is None:
+            continue
+        seqs, labels = _read_table(path)
+        if not seqs:
+            raise QftInputError(f"{path} has no rows: pass a file with sequences")
+        splits[split] = {"inputs": _check_dna(seqs, str(path)), "labels": _check_labels(labels, str(path))}
+    if "test" not in splits:
+        raise QftInputError(f"--data-dir {directory} has no test.csv or test.tsv: add the test split")
+    return _finish_dna(dataset, task, splits, str(directory), seed)
+
+
+def read_conll(path: Path) -> tuple[list[list[str]], list[list[str]]]:
+    """Read a CoNLL-2003 file: ``word POS chunk NER`` per line, blank lines between sentences,
+    ``-DOCSTART-`` lines skipped.
+
+    Returns:
+        ``(sentences, pos_tags)``: lists of word lists and of POS-tag lists.
+
+    Raises:
+        QftInputError: a line with fewer than two columns.
+    """
+    sentences, tags = [], []
+    words: list[str] = []
+    pos: list[str] = []
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
+            line = line.strip()
+            if not line or line.startswith("-DOCSTART-"):
+                if words:
+                    sentences.append(words)
+                    tags.append(pos)
+                    words, pos = [], []
+                continue
+            parts = line.split()
+            if len(parts) < 2:
+                raise QftInputError(f"{path} line {number} has {len(parts)} column(s): CoNLL lines are 'word POS chunk NER'")
+            words.append(parts[0])
+            pos.append(parts[1])
+    if words:
+        sentences.append(words)
+        tags.append(pos)
+    return sentences, tags
+
+
+def _conll_splits_to_task(raw: dict[str, tuple[list[list[str]], list[list[Any]]]], source: str,
+                          names: tuple[str, ...] = CONLL_POS_TAGS) -> TaskData:
+    index = {t: i for i, t in enumerate(names)}
+    splits = {}
+    for split, (sentences, tags) in raw.items():
+        ids = []
+        for k, sentence_tags in enumerate(tags):
+            row = []
+            for t in sentence_tags:
+                if isinstance(t, str):
+                    if t not in index:
+                        raise QftInputError(f"POS tag {t!r} in sentence {k + 1} of the {split} split of {source} is not "
+                                            "a CoNLL-2003 POS tag: check the file format (word POS chunk NER)")
+                    row.append(index[t])
+                else:
+                    if not 0 <= int(t) < len(names):
+                        raise QftInputError(f"POS label {t} in the {split} split of {source} is outside 0..{len(names) - 1}")
+                    row.append(int(t))
+            ids.append(row)
+        splits[split] = {"inputs": sentences, "labels": ids}
+    return TaskData("conll2003", None, "token_classification", list(names), splits, source)
+
+
+def _conll_from_dir(data_dir: Path) -> TaskData:
+    data_dir = Path(data_dir)
+    raw = {}
+    for split in SPLITS:
+        path = _find_split_file(data_dir, split, (".txt", ".conll", ""))
+        if path is None:
+            raise QftInputError(f"--data-dir {data_dir} has no CoNLL {split} file "
+                                f"({'/'.join(s + '.txt' for s in _SPLIT_FILES[split])}): pass the CoNLL-2003 folder")
+        raw[split] = read_conll(path)
+    return _conll_splits_to_task(raw, str(data_dir))
+
+
+# ----------------------------------------------------------------------------- hub
+
+def _hub_load(repo: str, **kwargs):
+    import datasets
+
+    try:
+        return datasets.load_dataset(repo, **kwargs)
+    except Exception as err:  # hub/network failures of many types
+        raise QftInputError(f"could not load dataset {repo} from the Hugging Face Hub ({type(err).__name__}): "
+                            "check the network, or pass --data-dir with local files") from None
+
+
+def _dna_from_hub(dataset: str, task: Optional[str], seed: int) -> TaskData:
+    if dataset == "genomic-bench":
+        ds, source = _hub_load(GENOMIC_BENCH_HUB), GENOMIC_BENCH_HUB
+    else:
+        ds, source = _hub_load(GUE_HUB, name=task), f"{GUE_HUB}/{task}"
+    splits = {}
+    for hub_split, ours in (("train", "train"), ("dev", "validation"), ("validation", "validation"), ("test", "test")):
+        if hub_split not in ds:
+            continue
+        columns = ds[hub_split].column_names
+        seq_col = next((c for c in ("sequence", "seq") if c in columns), None)
+        if seq_col is None or "label" not in columns:
+            raise QftInputError(f"{source} split {hub_split} has columns {columns}: expected sequence/seq and label")
+        where = f"{source} {hub_split}"
+        splits[ours] = {"inputs": _check_dna(ds[hub_split][seq_col], where),
+                        "labels": _check_labels(ds[hub_split]["label"], where)}
+    if "train" not in splits:
+        raise QftInputError(f"{source} has no train split")
+    return _finish_dna(dataset, task, splits, source, seed)
+
+
+def _conll_from_hub() -> TaskData:
+    ds = _hub_load(CONLL_HUB, revision="refs/convert/parquet")
+    feature = ds["train"].features["pos_tags"].feature
+    names = tuple(getattr(feature, "names", CONLL_POS_TAGS))
+    raw = {}
+    for hub_split, ours in (("train", "train"), ("validation", "validation"), ("test", "test")):
+        raw[ours] = (ds[hub_split]["tokens"], ds[hub_split]["pos_tags"])
+    return _conll_splits_to_task(raw, CONLL_HUB, names)
+
+
+# ----------------------------------------------------------------------------- public loading
+
+def load_task(dataset: str, *, task: Optional[str] = None, data_dir: Optional[Path] = None, seed: int = 42) -> TaskData:
+    """Load ``dataset`` from ``data_dir`` (offline) or the Hugging Face Hub.
+
+    Args:
+        dataset: one of :data:`DATASETS`.
+        task: GUE task (default ``prom_300_notata``); only for ``gue``.
+        data_dir: local files (see module docstring); ``None`` loads from the hub.
+        seed: seed of the validation/test split of ``genomic-bench``.
+
+    Raises:
+        QftInputError: unknown dataset/task, missing files or columns, invalid DNA letters,
+            labels outside the training label set, hub unreachable.
+    """
+    dataset, task = validate_dataset_name(dataset, task)
+    if dataset == "conll2003":
+        return _conll_from_dir(data_dir) if data_dir else _conll_from_hub()
+    if data_dir:
+        return _dna_from_dir(dataset, task, Path(data_dir), seed)
+    return _dna_from_hub(dataset, task, seed)
+
+
+def subsample(data: TaskData, split: str, max_samples: Optional[int], seed: int) -> TaskData:
+    """Keep a seeded random subset of ``max_samples`` examples of ``split`` (in their original
+    order); ``None`` or a larger number keeps all. Returns ``data`` (modified)."""
+    if max_samples is None:
+        return data
+    if max_samples < 1:
+        raise QftInputError(f"--max-{split}-samples {max_samples} must be at least 1")
+    part = data.splits[split]
+    n = len(part["inputs"])
+    if max_samples < n:
+        keep = np.sort(np.random.default_rng(seed).choice(n, size=max_samples, replace=False))
+        data.splits[split] = {k: [v[i] for i in keep] for k, v in part.items()}
+    return data
+
+
+# ----------------------------------------------------------------------------- tokenizers
+
+def _wrap(tok) -> Any:
+    from tokenizers import processors
+    from transformers import PreTrainedTokenizerFast
+
+    cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]", special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]",
+                                   sep_token="[SEP]", mask_token="[MASK]")
+
+
+def kmer_tokenizer(k: int):
+    """Non-overlapping k-mer tokenizer over ``ACGTN`` (``k = 1``: one token per letter).
+
+    Vocabulary: the 5 special tokens, then the ``5**k`` k-mers, then the single letters (for the
+    tail of a sequence whose length is not a multiple of ``k``).
+
+    Raises:
+        QftInputError: ``k`` outside 1..6 (5**6 = 15,625 k-mers).
+    """
+    from tokenizers import Regex, Tokenizer, models, pre_tokenizers
+
+    if not 1 <= k <= 6:
+        raise QftInputError(f"--tokenizer kmer:{k}: K must be between 1 and 6")
+    words = ["".join(p) for p in itertools.product("ACGTN", repeat=k)]
+    if k > 1:
+        words += list("ACGTN")
+    vocab = {t: i for i, t in enumerate([*SPECIAL_TOKENS, *words])}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
+    pattern = f"[ACGTN]{{{k}}}|[ACGTN]" if k > 1 else "[ACGTN]"
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex(pattern), behavior="isolated")
+    return _wrap(tok)
+
+
+def bpe_tokenizer(vocab_size: int, sequences: list[str]):
+    """A byte-pair-encoding tokenizer of ``vocab_size`` tokens trained on ``sequences`` with the
+    ``tokenizers`` library (each sequence is one word, as DNABERT-2 does; Sennrich et al. 2016).
+
+    Raises:
+        QftInputError: ``vocab_size`` below 16.
+    """
+    from tokenizers import Tokenizer, models, trainers
+
+    if vocab_size < 16:
+        raise QftInputError(f"--tokenizer bpe:{vocab_size}: the vocabulary needs at least 16 tokens")
+    tok = Tokenizer(models.BPE(unk_token="[UNK]"))
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS),
+                                  initial_alphabet=list("ACGTN"), show_progress=False)
+    tok.train_from_iterator(sequences, trainer=trainer)
+    return _wrap(tok)
+
+
+def build_tokenizer(spec: str, data: TaskData, *, text_model: Optional[str] = None,
+                    save_dir: Optional[Path] = None, trust_remote_code: bool = False):
+    """The tokenizer for ``data``.
+
+    Args:
+        spec: for DNA: ``dnabert2``, ``bpe:V``, ``kmer:K`` or ``char``; for text: a model alias
+            or ``auto`` (then ``text_model``'s tokenizer).
+        text_model: model alias whose tokenizer a text task uses (the embedding's model).
+        save_dir: where a trained or built DNA tokenizer is saved (``save_dir/dna_tokenizer``).
+
+    Raises:
+        QftInputError: unknown or malformed spec, a text task without a text model.
+    """
+    from qft_cli.models import load_tokenizer, resolve_model
+
+    if data.kind == "token_classification":
+        name = text_model if spec in ("auto", "", None) else spec
+        if not name or name in ("char", "dnabert2") or ":" in str(name):
+            raise QftInputError(f"{data.dataset} is a text task: pass --embedding-from MODEL (its tokenizer is used) "
+                                "or --tokenizer MODEL, e.g. minilm")
+        tokenizer = load_tokenizer(resolve_model(name))
+        if not getattr(tokenizer, "is_fast", False):
+            raise QftInputError(f"the tokenizer of {name} is not a fast tokenizer: POS labels need word ids; use another model")
+        return tokenizer
+    spec = str(spec or "").strip().lower()
+    if spec in ("auto", ""):
+        spec = "dnabert2" if text_model == "dnabert" else "char"
+    if spec == "dnabert2":
+        tokenizer = load_tokenizer(resolve_model("dnabert"), trust_remote_code=trust_remote_code)
+    elif spec == "char":
+        tokenizer = kmer_tokenizer(1)
+    elif re.fullmatch(r"kmer:\d+", spec):
+        tokenizer = kmer_tokenizer(int(spec.split(":")[1]))
+    elif re.fullmatch(r"bpe:\d+", spec):
+        tokenizer = bpe_tokenizer(int(spec.split(":")[1]), data.splits["train"]["inputs"])
+    else:
+        raise QftInputError(f"unknown DNA tokenizer '{spec}': use dnabert2, bpe:V (e.g. bpe:512), kmer:K (e.g. kmer:6) or char")
+    if save_dir is not None:
+        tokenizer.save_pretrained(str(Path(save_dir) / DNA_TOKENIZER_FILE))
+    return tokenizer
+
+
+# ----------------------------------------------------------------------------- encoding
+
+def encode(data: TaskData, tokenizer, max_length: int) -> dict[str, Any]:
+    """Tokenize every split into a ``datasets.Dataset`` with ``input_ids``, ``attention_mask`` and
+    ``labels`` (unpadded; the collator pads per batch).
+
+    Sequence classification: one int label per example. Token classification: the label of a word
+    goes on its first sub-token, ``-100`` (ignored by the loss) on the others and on special tokens.
+
+    Raises:
+        QftInputError: ``max_length`` below 4.
+    """
+    import datasets
+
+    if max_length < 4:
+        raise QftInputError(f"--max-length {max_length} is too short: use at least 4 tokens")
+    out = {}
+    for split, part in data.splits.items():
+        if data.kind == "sequence_classification":
+            enc = tokenizer(part["inputs"], truncation=True, max_length=max_length)
+            columns = {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"], "labels": part["labels"]}
+        else:
+            enc = tokenizer(part["inputs"], is_split_into_words=True, truncation=True, max_length=max_length)
+            labels = []
+            for i, word_labels in enumerate(part["labels"]):
+                previous = None
+                row = []
+                for word in enc.word_ids(i):
+                    row.append(-100 if word is None or word == previous else word_labels[word])
+                    previous = word
+                labels.append(row)
+            columns = {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"], "labels": labels}
+        out[split] = datasets.Dataset.from_dict(columns)
+    return out

@@ -1,0 +1,677 @@
+"""Training engine: Hugging Face ``Trainer`` with early stopping, best-model restoration, per-epoch
+metrics and effective norms, resume, and only-rank-0 writes. Reused by ``qft train`` and ``qft finetune``.
+
+Entry points:
+
+* :func:`train_variant` trains one model (one variant: ``vanilla``, ``spectral``, ...) on given
+  tokenized datasets and returns its test metrics. Anything with a ``PreTrainedModel`` interface
+  works (the qft transformer, a stock BERT with normalised layers, ...).
+* :func:`run_experiment` is the ``qft train`` experiment: load data, build tokenizer and model,
+  and train the requested variants on identical data order and seed into one run directory.
+
+Engine choices (documented once, here):
+
+* evaluation and checkpoints every epoch (every ``min(max_steps, steps per epoch)`` steps with
+  ``max_steps``); early stopping on validation F1 with patience ``early_stopping`` evaluations
+  (transformers ``EarlyStoppingCallback``); ``load_best_model_at_end``: the weights of the best
+  checkpoint are *loaded from disk* into the model, so they are a copy, not live tensors;
+* linear warmup over ``warmup_ratio`` of the steps, then the ``lr_scheduler_type`` schedule
+  (cosine by default), AdamW with decoupled ``weight_decay``;
+* mixed precision (bf16 where supported, else fp16) only on CUDA; float32 elsewhere;
+* checkpoints in ``<run>/checkpoints/<variant>/``; the best model in ``<run>/best/<variant>/``
+  (``save_pretrained`` format, with the tokenizer);
+* metrics: accuracy and F1 (binary F1 of class 1 for two classes, macro F1 over the classes present
+  in labels or predictions otherwise; for token classification, token accuracy over labelled
+  sub-tokens). The train row of an epoch has the mean training loss, the learning rate at the end
+  of the epoch and samples/s; its accuracy and F1 are NaN (the train split is not re-evaluated).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Optional, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+from qft_cli.errors import QftInputError
+from qft_cli.progress import ProgressFn, report
+
+METRICS_TABLE = "metrics"
+NORMS_TABLE = "norms_during_training"
+GAMMAS_TABLE = "gammas"
+NORM_CHOICES = ("none", "spectral", "frobenius", "all")
+SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
+              "inverse_sqrt", "reduce_lr_on_plateau", "cosine_with_min_lr", "warmup_stable_decay")
+MIXED_PRECISION = ("auto", "no", "fp16", "bf16")
+
+
+# ----------------------------------------------------------------------------- configuration
+
+@dataclass
+class TrainingConfig:
+    """Optimisation settings (the research's ``qft train`` defaults).
+
+    Attributes:
+        learning_rate: peak AdamW learning rate.
+        num_epochs: training epochs (upper bound with early stopping).
+        early_stopping: patience in evaluations without a better validation F1; 0 disables.
+        weight_decay: AdamW decoupled weight decay.
+        lr_scheduler_type: transformers scheduler name (``cosine``, ``linear``, ...).
+        warmup_ratio: fraction of the training steps of linear warmup, in [0, 1).
+        batch_size: training batch per device; ``eval_batch_size`` defaults to it.
+        seed: seed of model init, data order and dropout (identical for every variant).
+        max_steps: stop after this many optimiser steps (overrides ``num_epochs``).
+        eval_strategy: ``epoch`` or ``no`` (no validation, no early stopping, last model kept).
+        mixed_precision: ``auto`` (bf16/fp16 on CUDA, none elsewhere), ``no``, ``fp16``, ``bf16``.
+        device: ``auto``, ``cpu`` or ``cuda``.
+    """
+
+    learning_rate: float = 8e-4
+    num_epochs: float = 100
+    early_stopping: int = 10
+    weight_decay: float = 0.01
+    lr_scheduler_type: str = "cosine"
+    warmup_ratio: float = 0.0
+    batch_size: int = 32
+    eval_batch_size: Optional[int] = None
+    seed: int = 42
+    max_steps: Optional[int] = None
+    eval_strategy: str = "epoch"
+    mixed_precision: str = "auto"
+    device: str = "auto"
+    save_total_limit: int = 2
+    dataloader_num_workers: int = 0
+
+    def validate(self) -> "TrainingConfig":
+        """Check every field; returns ``self``.
+
+        Raises:
+            QftInputError: a value out of range, an unknown scheduler, or contradicting options
+                (early stopping without evaluation, mixed precision without CUDA).
+        """
+        if not self.learning_rate > 0:
+            raise QftInputError(f"--learning-rate {self.learning_rate} must be positive")
+        if not self.num_epochs > 0:
+            raise QftInputError(f"--num-epochs {self.num_epochs} must be positive")
+        if self.early_stopping < 0:
+            raise QftInputError(f"--early-stopping {self.early_stopping} must be 0 (off) or a patience >= 1")
+        if self.weight_decay < 0:
+            raise QftInputError(f"--weight-decay {self.weight_decay} must be >= 0")
+        if self.lr_scheduler_type not in SCHEDULERS:
+            raise QftInputError(f"unknown --lr-scheduler-type '{self.lr_scheduler_type}': use one of {', '.join(SCHEDULERS[:6])}")
+        if not 0 <= self.warmup_ratio < 1:
+            raise QftInputError(f"--warmup-ratio {self.warmup_ratio} must lie in [0, 1)")
+        if self.batch_size < 1 or (self.eval_batch_size is not None and self.eval_batch_size < 1):
+            raise QftInputError("--batch-size must be at least 1")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise QftInputError(f"--max-steps {self.max_steps} must be at least 1")
+        if self.eval_strategy not in ("epoch", "no"):
+            raise QftInputError(f"unknown --eval-strategy '{self.eval_strategy}': use epoch or no")
+        if self.eval_strategy == "no" and self.early_stopping > 0:
+            raise QftInputError(f"--early-stopping {self.early_stopping} needs evaluation but --eval-strategy is no: "
+                                "pass --early-stopping 0 or --eval-strategy epoch")
+        if self.mixed_precision not in MIXED_PRECISION:
+            raise QftInputError(f"unknown --mixed-precision '{self.mixed_precision}': use {', '.join(MIXED_PRECISION)}")
+        if self.mixed_precision in ("fp16", "bf16") and not torch.cuda.is_available():
+            raise QftInputError(f"--mixed-precision {self.mixed_precision} needs a CUDA GPU: use auto or no on this machine")
+        from qft_cli.device import resolve_device
+
+        resolve_device(self.device)
+        return self
+
+
+# ----------------------------------------------------------------------------- metrics
+
+def classification_metrics(predictions: np.ndarray, labels: np.ndarray, num_labels: int) -> dict[str, float]:
+    """Accuracy and F1 of integer predictions against labels (entries with label -100 ignored).
+
+    Args:
+        predictions, labels: int arrays of the same shape (any shape; flattened).
+        num_labels: 2 -> binary F1 of class 1; otherwise macro F1 over the classes that occur in
+            labels or predictions (scikit-learn's ``average="macro"`` convention). A class with no
+            true and no predicted positive has F1 0 in the binary case.
+
+    Returns:
+        ``{"accuracy": float, "f1": float}``; both NaN when no label is kept.
+    """
+    y_pred = np.asarray(predictions).reshape(-1)
+    y_true = np.asarray(labels).reshape(-1)
+    keep = y_true != -100
+    y_pred, y_true = y_pred[keep].astype(np.int64), y_true[keep].astype(np.int64)
+    if y_true.size == 0:
+        return {"accuracy": float("nan"), "f1": float("nan")}
+    accuracy = float((y_pred == y_true).mean())
+    size = int(max(num_labels, y_true.max() + 1, y_pred.max() + 1))
+    confusion = np.bincount(y_true * size + y_pred, minlength=size * size).reshape(size, size)
+    tp = np.diag(confusion).astype(np.float64)
+    predicted = confusion.sum(axis=0).astype(np.float64)
+    actual = confusion.sum(axis=1).astype(np.float64)
+    denom = predicted + actual
+    f1 = np.divide(2 * tp, denom, out=np.zeros_like(tp), where=denom > 0)
+    if num_labels == 2:
+        return {"accuracy": accuracy, "f1": float(f1[1])}
+    present = (predicted + actual) > 0
+    return {"accuracy": accuracy, "f1": float(f1[present].mean())}
+
+
+def _argmax_logits(logits, labels):
+    if isinstance(logits, tuple):
+        logits = logits[0]
+    return logits.argmax(dim=-1)
+
+
+def metrics_function(num_labels: int) -> Callable:
+    """``compute_metrics`` for ``Trainer``: accuracy and F1 of :func:`classification_metrics`."""
+
+    def compute(eval_pred) -> dict[str, float]:
+        predictions, labels = eval_pred.predictions, eval_pred.label_ids
+        return classification_metrics(predictions, labels, num_labels)
+
+    return compute
+
+
+# ----------------------------------------------------------------------------- recording
+
+def matrix_norm_rows(model: torch.nn.Module, targets: Sequence[str] = ("attention", "ffn")) -> list[dict[str, Any]]:
+    """Spectral and Frobenius norm (float64, :mod:`qft_cli.norms`) of every tracked matrix.
+
+    A normalised model reports its effective (normalised) matrices; a vanilla model the plain
+    matrices of ``targets`` (roles or matrix names), so variants can be compared.
+
+    Returns:
+        dicts with ``parameter``, ``layer``, ``matrix``, ``spectral_norm``, ``frobenius_norm``.
+    """
+    from qft_cli.layout import classify_model
+    from qft_cli.norms import frobenius_norm, spectral_norm
+    from qft_cli.normalization import effective_matrices, parse_targets
+
+    mats = [(m.parameter, m.layer, m.matrix, m.weight) for m in effective_matrices(model)]
+    if not mats:
+        words = set(parse_targets(targets))
+        params = dict(model.named_parameters())
+        for spec in classify_model(model):
+            if spec.role == "embedding" or not (spec.role in words or spec.matrix in words):
+                continue
+            mats.append((spec.parameter, spec.layer, spec.matrix, spec.extract(params[spec.parameter].detach())))
+    return [{"parameter": p, "layer": int(layer), "matrix": m, "spectral_norm": float(spectral_norm(w)),
+             "frobenius_norm": float(frobenius_norm(w))} for p, layer, m, w in mats]
+
+
+class ResultsRecorder:
+    """Rows of ``metrics``, ``norms_during_training`` and ``gammas`` for every variant of a run,
+    rewritten atomically into the run directory after each addition (main process only).
+
+    Args:
+        run: a :class:`qft_cli.runs.Run` (or ``None``: keep rows in memory only).
+    """
+
+    def __init__(self, run=None):
+        self.run = run
+        self.tables: dict[str, list[dict[str, Any]]] = {METRICS_TABLE: [], NORMS_TABLE: [], GAMMAS_TABLE: []}
+        if run is not None and run.path is not None:
+            for name in self.tables:
+                path = Path(run.path) / f"{name}.parquet"
+                if path.exists():
+                    self.tables[name] = pd.read_parquet(path).to_dict("records")
+
+    def add(self, table: str, rows: list[dict[str, Any]]) -> None:
+        """Append rows to ``table`` and rewrite it."""
+        self.tables[table].extend(rows)
+        self.write(table)
+
+    def write(self, table: str) -> None:
+        if self.run is not None and self.tables[table]:
+            self.run.write_table(table, self.frame(table))
+
+    def frame(self, table: str) -> pd.DataFrame:
+        """The table as a DataFrame (columns in the documented order)."""
+        df = pd.DataFrame(self.tables[table])
+        for col in ("epoch", "loss", "accuracy", "f1", "learning_rate", "samples_per_second", "spectral_norm",
+                    "frobenius_norm", "gamma"):
+            if col in df:
+                df[col] = df[col].astype("float64")
+        for col in ("step", "layer"):
+            if col in df:
+                df[col] = df[col].astype("int64")
+        return df
+
+    def forget_after(self, variant: str, step: int) -> None:
+        """Drop rows of ``variant`` recorded after optimiser step ``step`` (before a resume)."""
+        for name, rows in self.tables.items():
+            self.tables[name] = [r for r in rows if not (r["variant"] == variant and int(r["step"]) > step)]
+            self.write(name)
+
+    def test_row(self, variant: str) -> Optional[dict[str, Any]]:
+        """The recorded test metrics of ``variant``, if it finished."""
+        rows = [r for r in self.tables[METRICS_TABLE] if r["variant"] == variant and r["split"] == "test"]
+        return rows[-1] if rows else None
+
+
+def _recorder_callback_class():
+    from transformers import TrainerCallback
+
+    class RecorderCallback(TrainerCallback):
+        """Records per-epoch train/validation/test metrics, effective norms and gammas."""
+
+        def __init__(self, recorder: ResultsRecorder, variant: str, targets: Sequence[str], num_train: int,
+                     progress: Optional[ProgressFn]):
+            self.recorder, self.variant, self.targets = recorder, variant, targets
+            self.num_train, self.progress = num_train, progress
+            self.epoch_start = time.perf_counter()
+            self.step_at_epoch_start = 0
+            self.batch_per_step = 1
+
+        def _main(self, state) -> bool:
+            return state.is_world_process_zero
+
+        def _record_matrices(self, model, state) -> None:
+            from qft_cli.normalization import gammas
+
+            base = {"variant": self.variant, "epoch": float(state.epoch or 0.0), "step": int(state.global_step)}
+            self.recorder.add(NORMS_TABLE, [{**base, **row} for row in matrix_norm_rows(model, self.targets)])
+            rows = gammas(model)
+            if rows:
+                self.recorder.add(GAMMAS_TABLE, [{**base, **row} for row in rows])
+
+        def on_train_begin(self, args, state, control, model=None, **kwargs):
+            self.batch_per_step = args.per_device_train_batch_size * max(1, args.world_size) * args.gradient_accumulation_steps
+            if self._main(state) and state.global_step == 0 and model is not None:
+                self._record_matrices(model, state)
+            self.epoch_start = time.perf_counter()
+            self.step_at_epoch_start = state.global_step
+
+        def on_epoch_begin(self, args, state, control, **kwargs):
+            self.epoch_start = time.perf_counter()
+            self.step_at_epoch_start = state.global_step
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if self._main(state):
+                report(self.progress, f"train {self.variant}", state.global_step, state.max_steps)
+
+        def on_log(self, args, state, control, logs=None, model=None, **kwargs):
+            if not self._main(state) or not logs:
+                return
+            base = {"variant": self.variant, "epoch": float(logs.get("epoch", state.epoch or 0.0)),
+                    "step": int(state.global_step)}
+            rows = []
+            if "loss" in logs:
+                elapsed = time.perf_counter() - self.epoch_start
+                samples = (state.global_step - self.step_at_epoch_start) * self.batch_per_step
+                samples = min(samples, self.num_train) if state.global_step > self.step_at_epoch_start else samples
+                rows.append({**base, "split": "train", "loss": logs["loss"], "accuracy": math.nan, "f1": math.nan,
+                             "learning_rate": logs.get("learning_rate", math.nan),
+                             "samples_per_second": samples / elapsed if elapsed > 0 else math.nan})
+                self.epoch_start = time.perf_counter()
+                self.step_at_epoch_start = state.global_step
+                if model is not None:
+                    self._record_matrices(model, state)
+            for prefix, split in (("eval", "validation"), ("test", "test")):
+                if f"{prefix}_loss" in logs:
+                    rows.append({**base, "split": split, "loss": logs[f"{prefix}_loss"],
+                                 "accuracy": logs.get(f"{prefix}_accuracy", math.nan),
+                                 "f1": logs.get(f"{prefix}_f1", math.nan), "learning_rate": math.nan,
+                                 "samples_per_second": logs.get(f"{prefix}_samples_per_second", math.nan)})
+            if rows:
+                self.recorder.add(METRICS_TABLE, rows)
+
+    return RecorderCallback
+
+
+# ----------------------------------------------------------------------------- one variant
+
+@dataclass
+class VariantResult:
+    """Outcome of :func:`train_variant`.
+
+    Attributes:
+        variant: name in result tables.
+        test: ``{"loss", "accuracy", "f1"}`` of the best (restored) model on the test split.
+        best_checkpoint: the Trainer checkpoint the best model came from (``None`` without evaluation).
+        best_model_dir: where the best model was saved (``save_pretrained`` format), or ``None``.
+        epochs: epochs trained (fractional with ``max_steps``).
+        steps: optimiser steps trained.
+    """
+
+    variant: str
+    test: dict[str, float]
+    best_checkpoint: Optional[str] = None
+    best_model_dir: Optional[str] = None
+    epochs: float = 0.0
+    steps: int = 0
+
+
+def _precision_flags(config: TrainingConfig, device: torch.device) -> dict[str, bool]:
+    if device.type != "cuda" or config.mixed_precision == "no":
+        return {"bf16": False, "fp16": False}
+    if config.mixed_precision == "auto":
+        bf16 = torch.cuda.is_bf16_supported()
+        return {"bf16": bf16, "fp16": not bf16}
+    return {"bf16": config.mixed_precision == "bf16", "fp16": config.mixed_precision == "fp16"}
+
+
+def training_arguments(config: TrainingConfig, output_dir: Path, num_train: int):
+    """The ``transformers.TrainingArguments`` of :class:`TrainingConfig` (see module docstring)."""
+    from transformers import TrainingArguments
+
+    from qft_cli.device import resolve_device
+
+    device = resolve_device(config.device)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    steps_per_epoch = max(1, math.ceil(num_train / (config.batch_size * world)))
+    evaluate = config.eval_strategy != "no"
+    kwargs: dict[str, Any] = {}
+    if config.max_steps is not None and config.max_steps < steps_per_epoch:
+        every = config.max_steps
+        strategy = {"eval_strategy": "steps" if evaluate else "no", "save_strategy": "steps",
+                    "logging_strategy": "steps", "eval_steps": every, "save_steps": every, "logging_steps": every}
+    else:
+        strategy = {"eval_strategy": "epoch" if evaluate else "no", "save_strategy": "epoch", "logging_strategy": "epoch"}
+    if device.type == "cpu" and world > 1:
+        kwargs["ddp_backend"] = "gloo"
+    return TrainingArguments(
+        output_dir=str(output_dir),
+        per_device_train_batch_size=config.batch_size,
+        per_device_eval_batch_size=config.eval_batch_size or config.batch_size,
+        num_train_epochs=float(config.num_epochs),
+        max_steps=config.max_steps if config.max_steps is not None else -1,
+        learning_rate=config.learning_rate,
+        weight_decay=config.weight_decay,
+        lr_scheduler_type=config.lr_scheduler_type,
+        warmup_steps=config.warmup_ratio,  # a float < 1 is a ratio of the training steps
+        seed=config.seed,
+        data_seed=config.seed,
+        load_best_model_at_end=evaluate,
+        metric_for_best_model="f1" if evaluate else None,
+        greater_is_better=True,
+        save_total_limit=config.save_total_limit,
+        report_to="none",
+        disable_tqdm=True,
+        use_cpu=device.type == "cpu",
+        dataloader_num_workers=config.dataloader_num_workers,
+        remove_unused_columns=False,
+        ddp_find_unused_parameters=False,
+        **_precision_flags(config, device),
+        **strategy,
+        **kwargs,
+    )
+
+
+def train_variant(model, datasets: Mapping[str, Any], config: TrainingConfig, variant: str, *, output_dir: Path,
+                  num_labels: int, recorder: Optional[ResultsRecorder] = None, data_collator=None, tokenizer=None,
+                  targets: Sequence[str] = ("attention", "ffn"), resume: bool = False,
+                  compute_metrics: Optional[Callable] = None, callbacks: Sequence[Any] = (),
+                  best_model_dir: Optional[Path] = None, progress: Optional[ProgressFn] = None) -> VariantResult:
+    """Train one model with the Hugging Face ``Trainer`` and evaluate the best model on test.
+
+    Args:
+        model: a ``PreTrainedModel`` returning ``loss`` and ``logits`` (normalised or not).
+        datasets: ``{"train", "validation", "test"}`` -> ``datasets.Dataset`` with ``input_ids``,
+            ``attention_mask``, ``labels`` (``validation`` may be absent with ``eval_strategy="no"``).
+        config: a validated :class:`TrainingConfig`.
+        variant: name in the result tables (``vanilla``, ``spectral``, ``frobenius_subnormalised``...).
+        output_dir: Trainer checkpoint directory of this variant.
+        num_labels: number of classes (2 -> binary F1).
+        recorder: receives per-epoch metrics, norms and gammas (``None``: a private one).
+        data_collator: pads batches (default: ``DataCollatorWithPadding(tokenizer)``).
+        tokenizer: saved with checkpoints and the best model.
+        targets: matrices tracked for a vanilla model in ``norms_during_training``.
+        resume: continue from the last checkpoint in ``output_dir`` (starts fresh when none).
+        compute_metrics: override of the metric function (tests script validation scores with it).
+        callbacks: extra ``TrainerCallback``s.
+        best_model_dir: where to ``save_pretrained`` the best model (main process only).
+        progress: called as ``progress("train <variant>", step, max_steps)``.
+
+    Returns:
+        :class:`VariantResult` with the test loss, accuracy and F1 (NaN without a test split).
+
+    Raises:
+        QftInputError: ``validation`` missing while evaluation is on, or empty training data.
+    """
+    from transformers import DataCollatorWithPadding, EarlyStoppingCallback, Trainer
+    from transformers.trainer_callback import PrinterCallback
+    from transformers.trainer_utils import get_last_checkpoint
+
+    evaluate = config.eval_strategy != "no"
+    if evaluate and "validation" not in datasets:
+        raise QftInputError("evaluation is on but there is no validation split: pass --eval-strategy no "
+                            "and --early-stopping 0, or add a validation file")
+    if len(datasets["train"]) == 0:
+        raise QftInputError("the training split is empty: check --data-dir / --max-train-samples")
+    recorder = recorder if recorder is not None else ResultsRecorder()
+    output_dir = Path(output_dir)
+    args = training_arguments(config, output_dir, len(datasets["train"]))
+    cbs = [_recorder_callback_class()(recorder, variant, targets, len(datasets["train"]), progress), *callbacks]
+    if evaluate and config.early_stopping > 0:
+        cbs.append(EarlyStoppingCallback(early_stopping_patience=config.early_stopping))
+    trainer = Trainer(
+        model=model, args=args, train_dataset=datasets["train"],
+        eval_dataset=datasets.get("validation") if evaluate else None,
+        data_collator=data_collator or DataCollatorWithPadding(tokenizer),
+        processing_class=tokenizer,
+        compute_metrics=compute_metrics or metrics_function(num_labels),
+        preprocess_logits_for_metrics=_argmax_logits, callbacks=cbs)
+    trainer.remove_callback(PrinterCallback)  # library code never prints; metrics go to the recorder
+    checkpoint = None
+    if resume and output_dir.is_dir():
+        checkpoint = get_last_checkpoint(str(output_dir))
+        if checkpoint is not None:
+            step = int(Path(checkpoint).name.rsplit("-", 1)[1])
+            recorder.forget_after(variant, step)
+    trainer.train(resume_from_checkpoint=checkpoint)
+    test = {"loss": math.nan, "accuracy": math.nan, "f1": math.nan}
+    trainer.remove_callback(EarlyStoppingCallback)  # the test evaluation is not a validation score
+    if "test" in datasets:
+        out = trainer.evaluate(datasets["test"], metric_key_prefix="test")
+        test = {k: float(out.get(f"test_{k}", math.nan)) for k in test}
+    saved = None
+    if best_model_dir is not None:
+        trainer.save_model(str(best_model_dir))
+        saved = str(best_model_dir)
+    return VariantResult(variant, test, trainer.state.best_model_checkpoint, saved, float(trainer.state.epoch or 0.0),
+                         int(trainer.state.global_step))
+
+
+# ----------------------------------------------------------------------------- the experiment
+
+@dataclass
+class ExperimentOptions:
+    """Everything ``qft train`` needs besides the run directory (see ``qft train --help``)."""
+
+    dataset: str = "genomic-bench"
+    task: Optional[str] = None
+    data_dir: Optional[str] = None
+    tokenizer: str = "auto"
+    max_length: int = 512
+    norm: str = "all"
+    targets: str = "attention,ffn"
+    max_gamma: Optional[float] = None
+    d_model: int = 768
+    num_heads: int = 12
+    d_ff: int = 3072
+    num_layers: int = 1
+    dropout: float = 0.1
+    embedding_from: Optional[str] = None
+    freeze_embedding: bool = False
+    max_train_samples: Optional[int] = None
+    trust_remote_code: bool = False
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+
+    def variants(self) -> list[tuple[str, Optional[str]]]:
+        """``(variant name, method)`` pairs in training order: vanilla first."""
+        from qft_cli.normalization import parse_method, variant_name
+
+        if self.norm not in NORM_CHOICES:
+            raise QftInputError(f"unknown --norm '{self.norm}': use none, spectral, frobenius or all")
+        methods = [None, "spectral", "frobenius"] if self.norm == "all" else [parse_method(self.norm)]
+        return [(variant_name(m, self.max_gamma if m else None), m) for m in methods]
+
+    def validate(self) -> "ExperimentOptions":
+        """Check the options before any heavy work.
+
+        Raises:
+            QftInputError: unknown dataset/task/norm/targets, contradicting options.
+        """
+        from qft_cli.normalization import parse_targets
+        from qft_cli.tasks import validate_dataset_name
+
+        self.dataset, self.task = validate_dataset_name(self.dataset, self.task)
+        self.variants()
+        parse_targets(self.targets)
+        self.training.validate()
+        if self.max_gamma is not None and not self.max_gamma > 0:
+            raise QftInputError(f"--max-gamma {self.max_gamma} must be a positive number (1 = sub-normalised)")
+        if self.max_gamma is not None and self.norm == "none":
+            raise QftInputError("--max-gamma scales a normalisation but --norm is none: pass --norm spectral/frobenius/all")
+        if self.freeze_embedding and not self.embedding_from:
+            raise QftInputError("--freeze-embedding freezes a pretrained embedding but no --embedding-from was given")
+        if self.embedding_from and self.tokenizer not in ("auto", ""):
+            own = self.embedding_from == "dnabert" and self.tokenizer == "dnabert2"
+            if not own:
+                raise QftInputError(f"--tokenizer {self.tokenizer} contradicts --embedding-from {self.embedding_from}: "
+                                    "the embedding rows are that model's token ids; drop --tokenizer")
+        if not 0 <= self.dropout < 1:
+            raise QftInputError(f"--dropout {self.dropout} must lie in [0, 1)")
+        return self
+
+
+def to_jsonable(options: ExperimentOptions) -> dict[str, Any]:
+    """The options as a flat dict for ``run.json`` (training settings included)."""
+    out = asdict(options)
+    out.update(out.pop("training"))
+    return out
+
+
+def from_jsonable(values: Mapping[str, Any]) -> ExperimentOptions:
+    """Inverse of :func:`to_jsonable` (unknown keys ignored): used by ``--resume``."""
+    train_fields = set(TrainingConfig.__dataclass_fields__)
+    exp_fields = set(ExperimentOptions.__dataclass_fields__) - {"training"}
+    training = TrainingConfig(**{k: v for k, v in values.items() if k in train_fields})
+    return ExperimentOptions(**{k: v for k, v in values.items() if k in exp_fields}, training=training)
+
+
+@dataclass
+class ExperimentResult:
+    """Test metrics of every variant, vanilla first, and data facts."""
+
+    results: list[VariantResult]
+    sizes: dict[str, int]
+    vocab_size: int
+    notes: list[str]
+
+    def summary(self) -> list[dict[str, Any]]:
+        """Rows ``variant, accuracy, f1, accuracy_diff, f1_diff`` (diffs to vanilla; NaN without vanilla)."""
+        base = next((r.test for r in self.results if r.variant == "vanilla"), None)
+        rows = []
+        for r in self.results:
+            rows.append({"variant": r.variant, "accuracy": r.test["accuracy"], "f1": r.test["f1"],
+                         "accuracy_diff": r.test["accuracy"] - base["accuracy"] if base else math.nan,
+                         "f1_diff": r.test["f1"] - base["f1"] if base else math.nan,
+                         "epochs": r.epochs})
+        return rows
+
+
+def run_experiment(options: ExperimentOptions, run, *, resume: bool = False,
+                   progress: Optional[ProgressFn] = None) -> ExperimentResult:
+    """Train every variant of ``options`` into ``run`` (a :class:`qft_cli.runs.Run` that is entered).
+
+    Each variant starts from the same initial weights (model seed = ``training.seed``; the
+    normalisation is applied on top) and sees the same data order (Trainer ``seed``/``data_seed``).
+    With ``resume``, finished variants (a test row in ``metrics.parquet``) are skipped and the
+    interrupted one continues from its last checkpoint.
+
+    Raises:
+        QftInputError: bad options or data (see :meth:`ExperimentOptions.validate`,
+            :func:`qft_cli.tasks.load_task`).
+    """
+    from transformers import DataCollatorForTokenClassification, DataCollatorWithPadding
+
+    from qft_cli.modeling_qft import QftConfig, build_model, pretrained_embedding
+    from qft_cli.normalization import apply_normalization
+    from qft_cli.tasks import build_tokenizer, encode, load_task, subsample
+
+    options.validate()
+    cfg = options.training
+    run_dir = Path(run.path)
+    data = load_task(options.dataset, task=options.task, data_dir=options.data_dir, seed=cfg.seed)
+    subsample(data, "train", options.max_train_samples, cfg.seed)
+    tokenizer = build_tokenizer(options.tokenizer, data, text_model=options.embedding_from,
+                                save_dir=run_dir if run.is_main_process else None,
+                                trust_remote_code=options.trust_remote_code)
+    encoded = encode(data, tokenizer, options.max_length)
+    embedding = None
+    vocab_size = len(tokenizer)
+    if options.embedding_from:
+        embedding = pretrained_embedding(options.embedding_from, options.trust_remote_code)
+        if vocab_size > embedding.shape[0]:
+            raise QftInputError(f"the tokenizer has {vocab_size} tokens but the {options.embedding_from} embedding "
+                                f"only {embedding.shape[0]} rows: use that model's own tokenizer")
+        vocab_size = embedding.shape[0]
+    if data.kind == "token_classification":
+        collator = DataCollatorForTokenClassification(tokenizer)
+    else:
+        collator = DataCollatorWithPadding(tokenizer)
+    recorder = ResultsRecorder(run)
+    results = []
+    for variant, method in options.variants():
+        done = recorder.test_row(variant) if resume else None
+        if done is not None:
+            results.append(VariantResult(variant, {k: float(done[k]) for k in ("loss", "accuracy", "f1")},
+                                         best_model_dir=str(run_dir / "best" / variant), epochs=float(done["epoch"]),
+                                         steps=int(done["step"])))
+            continue
+        config = QftConfig(vocab_size=vocab_size, d_model=options.d_model, num_heads=options.num_heads,
+                           d_ff=options.d_ff, num_layers=options.num_layers, dropout=options.dropout,
+                           attention_dropout=options.dropout, task=data.kind, num_labels=data.num_labels,
+                           pad_token_id=tokenizer.pad_token_id or 0,
+                           id2label=dict(enumerate(data.label_names)),
+                           label2id={n: i for i, n in enumerate(data.label_names)})
+        model = build_model(config, embedding=embedding, freeze_embedding=options.freeze_embedding, seed=cfg.seed)
+        if method is not None:
+            apply_normalization(model, method, targets=options.targets, max_gamma=options.max_gamma)
+        result = train_variant(model, encoded, cfg, variant, output_dir=run_dir / "checkpoints" / variant,
+                               num_labels=data.num_labels, recorder=recorder, data_collator=collator,
+                               tokenizer=tokenizer, targets=options.targets.split(","), resume=resume,
+                               best_model_dir=run_dir / "best" / variant, progress=progress)
+        results.append(result)
+        run.update(best_models={r.variant: r.best_model_dir for r in results})
+    return ExperimentResult(results, data.sizes(), vocab_size, data.notes)
+
+
+def open_run(options: ExperimentOptions, *, out: Path, argv: list[str], resume_dir: Optional[Path] = None):
+    """The :class:`qft_cli.runs.Run` of an experiment, agreed by every process under torchrun.
+
+    Rank 0 creates the directory (or reuses ``resume_dir``); the path is broadcast to the other
+    ranks, which never write. Returns the Run (not yet entered).
+
+    Raises:
+        QftInputError: ``resume_dir`` is not a qft train run directory.
+    """
+    from qft_cli.runs import RUN_JSON, Run
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    is_main = int(os.environ.get("RANK", "0")) == 0
+    if resume_dir is not None and not (Path(resume_dir) / RUN_JSON).is_file():
+        raise QftInputError(f"--resume {resume_dir} is not a run directory (no run.json): pass the directory "
+                            "of the interrupted qft train run")
+    model_name = options.embedding_from or f"qft-{options.num_layers}layer-d{options.d_model}"
+    run = Run("train", [model_name], to_jsonable(options), out=Path(out), argv=argv, is_main_process=is_main)
+    if resume_dir is not None:
+        run.path = Path(resume_dir)
+        run.meta = {"resumed": True}
+    elif is_main:
+        run.create()
+    if world > 1:
+        from accelerate import PartialState
+        from accelerate.utils import broadcast_object_list
+
+        PartialState(cpu=not torch.cuda.is_available())
+        box = [str(run.path) if is_main else None]
+        broadcast_object_list(box, from_process=0)
+        run.path = Path(box[0])
+    return run

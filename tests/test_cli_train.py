@@ -1,0 +1,137 @@
+"""``qft train`` through the CLI: bad input is one line and exit 2; a tiny run end to end; resume."""
+
+from __future__ import annotations
+
+import csv
+import json
+import random
+
+import pandas as pd
+import pytest
+import typer
+from typer.testing import CliRunner
+
+
+def _app():
+    try:
+        from qft_cli.cli.app import app
+
+        return app, ["train"]
+    except ModuleNotFoundError:  # a branch without the other sub-commands: register train alone
+        from qft_cli.cli.train import train_command
+
+        app = typer.Typer()
+
+        @app.callback()
+        def root() -> None:
+            """qft"""
+
+        app.command("train")(train_command)
+        return app, ["train"]
+
+
+@pytest.fixture(autouse=True)
+def _offline(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+def _invoke(args):
+    app, prefix = _app()
+    return CliRunner().invoke(app, [*prefix, *args])
+
+
+def _dna_dir(tmp_path, n=64, bad_letter=False, bad_label=False):
+    rng = random.Random(0)
+    d = tmp_path / "data"
+    d.mkdir(exist_ok=True)
+    for split, size in (("train", n), ("dev", n // 4), ("test", n // 4)):
+        with open(d / f"{split}.csv", "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["sequence", "label"])
+            for i in range(size):
+                label = i % 2
+                seq = "".join(rng.choice("ACGT") for _ in range(20)) + ("GGGG" if label else "AAAA")
+                w.writerow([seq, label])
+            if split == "test" and bad_letter:
+                w.writerow(["ACGU", 0])
+            if split == "dev" and bad_label:
+                w.writerow(["ACGT", 5])
+    return d
+
+
+TINY = ["--dataset", "gue", "--task", "prom_core_notata", "--tokenizer", "char", "--d-model", "16", "--num-heads", "2",
+        "--d-ff", "32", "--batch-size", "16", "--device", "cpu", "--quiet"]
+
+
+@pytest.mark.parametrize("case, match", [
+    (["--norm", "spectal"], "unknown --norm 'spectal'"),
+    (["--targets", "attention,fnn"], "unknown target 'fnn'"),
+    (["--dataset", "imagenet"], "unknown dataset 'imagenet'"),
+    (["--dataset", "gue", "--task", "prom_400"], "unknown GUE task"),
+    (["--eval-strategy", "no"], "needs evaluation"),
+    (["--freeze-embedding"], "no --embedding-from"),
+    (["--embedding-from", "minilm", "--tokenizer", "char"], "contradicts --embedding-from"),
+    (["--lr-scheduler-type", "cosinus"], "lr-scheduler-type"),
+    (["--max-gamma", "-1"], "max-gamma"),
+])
+def test_bad_options_one_line_exit_2(tmp_path, case, match):
+    result = _invoke([*case, "--out", str(tmp_path / "runs")])
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and match in lines[0], result.stderr
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+@pytest.mark.parametrize("kind, match", [
+    ("empty", "no train.csv"),
+    ("letters", "invalid DNA letters 'U'"),
+    ("label", "outside the training labels"),
+])
+def test_bad_data_one_line_exit_2_and_no_run_dir(tmp_path, kind, match):
+    if kind == "empty":
+        data = tmp_path / "empty"
+        data.mkdir()
+    else:
+        data = _dna_dir(tmp_path, bad_letter=kind == "letters", bad_label=kind == "label")
+    out = tmp_path / "runs"
+    result = _invoke([*TINY, "--data-dir", str(data), "--out", str(out)])
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and match in lines[0], result.stderr
+    assert not any(out.iterdir())  # bad input leaves nothing written
+
+
+def test_tiny_run_end_to_end_then_resume(tmp_path):
+    data = _dna_dir(tmp_path)
+    out = tmp_path / "runs"
+    result = _invoke([*TINY, "--data-dir", str(data), "--out", str(out), "--num-epochs", "2", "--early-stopping", "1",
+                      "--norm", "all", "--learning-rate", "3e-3"])
+    assert result.exit_code == 0, result.output + str(result.exception)
+    for word in ("vanilla", "spectral", "frobenius", "F1 - vanilla"):
+        assert word in result.stdout
+    (run_dir,) = list(out.iterdir())
+    meta = json.loads((run_dir / "run.json").read_text())
+    assert meta["status"] == "completed" and meta["options"]["norm"] == "all"
+    metrics = pd.read_parquet(run_dir / "metrics.parquet")
+    assert set(metrics["variant"]) == {"vanilla", "spectral", "frobenius"}
+    assert (metrics[metrics.split == "test"].groupby("variant").size() == 1).all()
+    for variant in ("vanilla", "spectral", "frobenius"):
+        assert (run_dir / "best" / variant / "model.safetensors").is_file()
+    # resuming a finished run retrains nothing and prints the same table
+    again = _invoke(["--resume", str(run_dir), "--quiet"])
+    assert again.exit_code == 0, again.output + str(again.exception)
+    assert len(pd.read_parquet(run_dir / "metrics.parquet")) == len(metrics)
+    assert result.stdout.split("results:")[0].strip().splitlines()[-3:] == again.stdout.split("results:")[0].strip().splitlines()[-3:]
+
+
+def test_resume_of_a_non_run_dir(tmp_path):
+    result = _invoke(["--resume", str(tmp_path)])
+    assert result.exit_code == 2 and "not a run directory" in result.stderr
+
+
+def test_help_lists_the_research_options():
+    result = _invoke(["--help"])
+    assert result.exit_code == 0
+    for option in ("--learning-rate", "--num-epochs", "--early-stopping", "--weight-decay", "--lr-scheduler-type",
+                   "--norm", "--targets", "--embedding-from", "--resume", "--max-steps"):
+        assert option in result.stdout

@@ -1,0 +1,158 @@
+"""Data loading, validation and tokenizers, offline."""
+
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pytest
+
+from qft_cli import tasks
+from qft_cli.errors import QftInputError
+
+
+def _write_csv(path, header, rows, delimiter=","):
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f, delimiter=delimiter)
+        w.writerow(header)
+        w.writerows(rows)
+
+
+def _dna_dir(tmp_path, train=None, dev=None, test=None, header=("sequence", "label"), suffix=".csv"):
+    train = train if train is not None else [("ACGT", 0), ("acgn", 1), ("TTTT", 0), ("GGGG", 1)]
+    test = test if test is not None else [("AAAA", 0), ("CCCC", 1), ("GGTT", 0), ("TTGG", 1)]
+    delim = "\t" if suffix == ".tsv" else ","
+    _write_csv(tmp_path / f"train{suffix}", header, train, delim)
+    _write_csv(tmp_path / f"test{suffix}", header, test, delim)
+    if dev is not None:
+        _write_csv(tmp_path / f"dev{suffix}", header, dev, delim)
+    return tmp_path
+
+
+def test_conll_sentence_counts_of_shared_files(shared_data):
+    counts = {}
+    for name in ("train", "valid", "test"):
+        sentences, tags = tasks.read_conll(shared_data / "conll2003" / f"{name}.txt")
+        counts[name] = (len(sentences), sum(map(len, sentences)))
+        assert all(len(s) == len(t) for s, t in zip(sentences, tags))
+    # published CoNLL-2003 English statistics (sentences, tokens): PROVENANCE.md
+    assert counts == {"train": (14041, 203621), "valid": (3250, 51362), "test": (3453, 46435)}
+
+
+def test_conll_task_labels_are_hf_pos_ids(shared_data):
+    data = tasks.load_task("conll2003", data_dir=shared_data / "conll2003")
+    assert data.kind == "token_classification" and data.num_labels == 47
+    assert data.sizes() == {"train": 14041, "validation": 3250, "test": 3453}
+    first = data.splits["train"]
+    assert first["inputs"][0] == ["EU", "rejects", "German", "call", "to", "boycott", "British", "lamb", "."]
+    names = [data.label_names[i] for i in first["labels"][0]]
+    assert names == ["NNP", "VBZ", "JJ", "NN", "TO", "VB", "JJ", "NN", "."]
+    # HF conll2003 ids: NNP = 22, '.' = 7
+    assert first["labels"][0][0] == 22 and first["labels"][0][-1] == 7
+
+
+def test_gue_shared_files(shared_data):
+    data = tasks.load_task("gue", task="prom_core_notata", data_dir=shared_data / "gue")
+    assert data.sizes() == {"train": 42452, "validation": 5307, "test": 5307}
+    assert np.bincount(data.splits["train"]["labels"]).tolist() == [21284, 21168]
+    assert all(len(s) == 70 for s in data.splits["test"]["inputs"][:100])
+
+
+def test_genomic_bench_with_only_a_test_split_is_refused(shared_data):
+    with pytest.raises(QftInputError, match="only a test split"):
+        tasks.load_task("genomic-bench", data_dir=shared_data / "genomic_benchmarks")
+
+
+def test_genomic_bench_validation_and_test_are_seeded_halves(tmp_path):
+    test_rows = [("ACGT"[i % 4] * 5, i % 2) for i in range(11)]
+    data = tasks.load_task("genomic-bench", data_dir=_dna_dir(tmp_path, test=test_rows, header=("seq", "label"),
+                                                              suffix=".tsv"), seed=3)
+    val, test = data.splits["validation"], data.splits["test"]
+    assert len(val["inputs"]) == 5 and len(test["inputs"]) == 6
+    order = np.random.default_rng(3).permutation(11)
+    assert val["labels"] == [test_rows[i][1] for i in order[:5]]
+    assert sorted(val["inputs"] + test["inputs"]) == sorted(s for s, _ in test_rows)
+    again = tasks.load_task("genomic-bench", data_dir=tmp_path, seed=3)
+    assert again.splits["validation"] == val
+    assert data.splits["train"]["inputs"][1] == "ACGN"  # upper-cased
+
+
+@pytest.mark.parametrize("case, match", [
+    ("letters", "invalid DNA letters 'X'"),
+    ("label_outside", "outside the training labels"),
+    ("label_text", "labels must be integers"),
+    ("columns", "needs a 'sequence'"),
+    ("no_train", "no train.csv"),
+    ("one_class", "at least two classes"),
+])
+def test_bad_dna_data_one_line(tmp_path, case, match):
+    if case == "letters":
+        _dna_dir(tmp_path, train=[("ACGX", 0), ("ACGT", 1)])
+    elif case == "label_outside":
+        _dna_dir(tmp_path, dev=[("ACGT", 2)])
+    elif case == "label_text":
+        _dna_dir(tmp_path, train=[("ACGT", "yes"), ("ACGT", 1)])
+    elif case == "columns":
+        _dna_dir(tmp_path, header=("dna", "label"))
+    elif case == "one_class":
+        _dna_dir(tmp_path, train=[("ACGT", 0), ("ACGT", 0)])
+    with pytest.raises(QftInputError, match=match) as err:
+        tasks.load_task("gue", task="prom_core_notata", data_dir=tmp_path)
+    assert "\n" not in str(err.value)
+
+
+def test_unknown_dataset_and_task():
+    with pytest.raises(QftInputError, match="did you mean 'gue'"):
+        tasks.load_task("guee")
+    with pytest.raises(QftInputError, match="did you mean 'prom_core_notata'"):
+        tasks.load_task("gue", task="prom_core_nottata")
+    with pytest.raises(QftInputError, match="only to --dataset gue"):
+        tasks.load_task("genomic-bench", task="x")
+
+
+def test_kmer_and_char_tokenizers_against_hand_split(tmp_path):
+    data = tasks.load_task("gue", task="prom_core_notata", data_dir=_dna_dir(tmp_path))
+    tok = tasks.kmer_tokenizer(3)
+    assert len(tok) == 5 + 125 + 5
+    ids = tok("ACGTNAC")["input_ids"]
+    # non-overlapping 3-mers; the 1-letter tail is its own token
+    assert tok.convert_ids_to_tokens(ids) == ["[CLS]", "ACG", "TNA", "C", "[SEP]"]
+    char = tasks.build_tokenizer("char", data)
+    assert char.convert_ids_to_tokens(char("GATC")["input_ids"]) == ["[CLS]", "G", "A", "T", "C", "[SEP]"]
+    with pytest.raises(QftInputError, match="unknown DNA tokenizer"):
+        tasks.build_tokenizer("kmers:3", data)
+    with pytest.raises(QftInputError, match="between 1 and 6"):
+        tasks.build_tokenizer("kmer:9", data)
+
+
+def test_bpe_trained_on_train_split_and_saved(tmp_path):
+    from transformers import AutoTokenizer
+
+    rows = [("ACGTACGTAAAACCCC" * 4, i % 2) for i in range(40)]
+    data = tasks.load_task("gue", task="prom_core_notata", data_dir=_dna_dir(tmp_path, train=rows))
+    tok = tasks.build_tokenizer("bpe:40", data, save_dir=tmp_path / "run")
+    assert len(tok) <= 40
+    enc = tok(rows[0][0])["input_ids"]
+    assert tok.convert_ids_to_tokens(enc)[0] == "[CLS]"
+    assert "".join(tok.convert_ids_to_tokens(enc)[1:-1]) == rows[0][0]
+    assert len(enc) - 2 < len(rows[0][0])  # merges learnt
+    reloaded = AutoTokenizer.from_pretrained(tmp_path / "run" / tasks.DNA_TOKENIZER_FILE)
+    assert reloaded(rows[0][0])["input_ids"] == enc
+
+
+def test_pos_labels_on_first_subtoken_only():
+    from qft_cli.models import tiny_tokenizer
+
+    tok = tiny_tokenizer(with_bert_specials=True)  # byte-level: one token per character
+    data = tasks.TaskData("conll2003", None, "token_classification", list(tasks.CONLL_POS_TAGS),
+                          {"train": {"inputs": [["EU", "rejects", "."]], "labels": [[22, 42, 7]]}}, "mem")
+    enc = tasks.encode(data, tok, 64)["train"][0]
+    # [CLS] E U r e j e c t s . [SEP]  (byte-level BPE without prefix space: one token per character)
+    assert enc["labels"] == [-100, 22, -100, 42, -100, -100, -100, -100, -100, -100, 7, -100]
+    assert len(enc["input_ids"]) == len(enc["labels"])
+
+
+def test_text_task_needs_a_text_tokenizer(shared_data):
+    data = tasks.TaskData("conll2003", None, "token_classification", list(tasks.CONLL_POS_TAGS), {}, "mem")
+    with pytest.raises(QftInputError, match="text task"):
+        tasks.build_tokenizer("char", data)
