@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 from qft_cli.cli.finetune import finetune_command
 from qft_cli.errors import QftInputError
-from qft_cli.finetune import FinetuneSettings, classification_metrics, find_best_checkpoint
+from qft_cli.finetune import FinetuneSettings, find_best_checkpoint
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_export import _stock_logits  # noqa: E402
@@ -31,7 +31,7 @@ def _version() -> None:  # a second command keeps `finetune` a sub-command, as i
 
 
 runner = CliRunner()
-FAST = ["--num-epochs", "1", "--batch-size", "16", "--eval-batch-size", "64", "--warmup-ratio", "0", "-q"]
+FAST = ["--dataset", "gue", "--num-epochs", "1", "--batch-size", "16", "--eval-batch-size", "64", "--warmup-ratio", "0", "-q"]
 
 
 @pytest.fixture(autouse=True)
@@ -80,7 +80,7 @@ def test_layers_1_ffn_touches_exactly_those_matrices(tmp_path, small_csv):
     # the saved best model carries parametrizations on exactly those two parameters
     from safetensors import safe_open
 
-    with safe_open(str(run / "frobenius" / "best" / "model.safetensors"), "pt") as f:
+    with safe_open(str(run / "best" / "frobenius" / "model.safetensors"), "pt") as f:
         keys = list(f.keys())
     parametrized = sorted({k.split(".parametrizations.")[0] for k in keys if ".parametrizations." in k})
     assert parametrized == ["bert.encoder.layer.0.mlp.gated_layers", "bert.encoder.layer.0.mlp.wo"]
@@ -88,7 +88,7 @@ def test_layers_1_ffn_touches_exactly_those_matrices(tmp_path, small_csv):
 
 def test_gammas_stay_below_max_gamma_and_set_the_norm(tmp_path, small_csv):
     out = tmp_path / "runs"
-    result = _run(["tiny-bert", "--data-dir", str(small_csv), "--norm", "frobenius", "--max-gamma", "0.5",
+    result = _run(["tiny-bert", "--dataset", "gue", "--data-dir", str(small_csv), "--norm", "frobenius", "--max-gamma", "0.5",
                    "--learning-rate", "0.05", "--num-epochs", "2", "--batch-size", "16", "--warmup-ratio", "0",
                    "--out", str(out), "-q"])
     assert result.exit_code == 0, result.output
@@ -118,7 +118,7 @@ def test_export_round_trip_through_the_cli(tmp_path, small_csv):
     result = _run(["tiny-dnabert", "--data-dir", str(small_csv), "--norm", "frobenius", "--max-gamma", "1",
                    "--max-steps", "3", "--export", str(export), "--out", str(out), *FAST])
     assert result.exit_code == 0, result.output
-    best = _run_dir(out) / "frobenius_subnormalised" / "best"
+    best = _run_dir(out) / "best" / "frobenius_subnormalised"
     # the normalised best checkpoint, rebuilt and folded in process
     model = load_classifier(ModelSource(str(best), "local", str(best)), 2)
     ids = torch.randint(5, 261, (3, 10))
@@ -168,31 +168,17 @@ def test_train_run_directory_loads_its_best_checkpoint(tmp_path):
     from qft_cli.finetune import load_classifier, resolve_finetune_model
     from qft_cli.models import build_tiny_model
 
-    run_dir = tmp_path / "run"
-    (run_dir / "vanilla").mkdir(parents=True)
+    run_dir = tmp_path / "run"  # the layout of qft_cli.training: best/<variant>/
+    (run_dir / "best").mkdir(parents=True)
     (run_dir / "run.json").write_text(json.dumps({"command": "train"}))
     trained = build_tiny_model("tiny-bert", AutoModelForSequenceClassification, num_labels=2)
-    trained.save_pretrained(run_dir / "vanilla" / "best")
+    trained.save_pretrained(run_dir / "best" / "vanilla")
     source = resolve_finetune_model(str(run_dir))
-    assert Path(source.location) == (run_dir / "vanilla" / "best").resolve()
+    assert Path(source.location) == (run_dir / "best" / "vanilla").resolve()
     model = load_classifier(source, 2)
     assert torch.equal(model.bert.encoder.layer[1].output.dense.weight, trained.bert.encoder.layer[1].output.dense.weight)
-    trained.save_pretrained(run_dir / "frobenius" / "best")
-    assert find_best_checkpoint(run_dir) == run_dir / "vanilla" / "best"
-
-
-def test_classification_metrics_against_sklearn():
-    from sklearn.metrics import accuracy_score, f1_score
-
-    rng = np.random.default_rng(0)
-    for classes in (2, 4):
-        logits = rng.normal(size=(200, classes))
-        labels = rng.integers(0, classes, size=200)
-        got = classification_metrics(logits, labels)
-        pred = logits.argmax(1)
-        assert got["accuracy"] == pytest.approx(accuracy_score(labels, pred), abs=1e-12)
-        expected_f1 = f1_score(labels, pred, average="binary" if classes == 2 else "macro")
-        assert got["f1"] == pytest.approx(expected_f1, abs=1e-12)
+    trained.save_pretrained(run_dir / "best" / "frobenius")
+    assert find_best_checkpoint(run_dir) == run_dir / "best" / "vanilla"
 
 
 def test_settings_defaults_and_variants():

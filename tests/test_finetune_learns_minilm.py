@@ -26,7 +26,7 @@ def gue_core(shared_data) -> Path:
 @pytest.mark.minilm
 def test_minilm_learns_gue_with_frobenius(tmp_path, gue_core, minilm_source):
     out = tmp_path / "runs"
-    result = _run(["minilm", "--data-dir", str(gue_core), "--norm", "frobenius", "--layers", "6",
+    result = _run(["minilm", "--dataset", "gue", "--data-dir", str(gue_core), "--norm", "frobenius", "--layers", "6",
                    "--max-train-samples", "384", "--max-eval-samples", "200", "--num-epochs", "2",
                    "--batch-size", "16", "--learning-rate", "1e-4", "--warmup-ratio", "0", "--out", str(out), "-q"])
     assert result.exit_code == 0, result.output

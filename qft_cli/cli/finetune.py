@@ -2,24 +2,44 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Optional
 
 import typer
 from rich.table import Table
 
+from qft_cli.errors import QftInputError
 from qft_cli.cli.common import (DEVICE_OPTION, DTYPE_OPTION, OUT_OPTION, QUIET_OPTION, TRUST_OPTION, argv, cli_errors,
                                 console, progress_bar)
+
+
+class _ResumedRun:
+    """Context for ``--resume``: like :class:`qft_cli.runs.Run` but bad input marks the run
+    ``failed`` instead of deleting the directory that holds the earlier work."""
+
+    def __init__(self, run):
+        self.run = run
+
+    def __enter__(self):
+        return self.run.__enter__()
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is not None and issubclass(exc_type, QftInputError):
+            self.run.meta["error"] = f"QftInputError: {exc}"
+            return self.run.__exit__(RuntimeError, exc, tb)  # status "failed", directory kept
+        return self.run.__exit__(exc_type, exc, tb)
 
 
 @cli_errors
 def finetune_command(
     model: str = typer.Argument(..., help="Alias (dnabert, minilm, tiny-bert, tiny-dnabert, ...), Hugging Face id, "
                                           "local model directory, or a `qft train` run directory (its best checkpoint)."),
-    dataset: str = typer.Option("gue", "--dataset", help="gue | genomic-bench | csv (csv needs --data-dir)."),
+    dataset: str = typer.Option("genomic-bench", "--dataset", help="genomic-bench | gue | conll2003 (POS tagging)."),
     task: Optional[str] = typer.Option(None, "--task", help="GUE task (default prom_300_notata)."),
-    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Local train/dev/test CSV files (sequence,label)."),
-    tokenizer: Optional[str] = typer.Option(None, "--tokenizer", help="Model whose tokenizer to use (default: MODEL's own)."),
+    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Local files: train/dev/test CSV (sequence,label) or CoNLL text."),
+    tokenizer: Optional[str] = typer.Option(None, "--tokenizer", help="Default: MODEL's own. A model name, or a DNA "
+                                                                      "tokenizer: dnabert2, bpe:V, kmer:K, char."),
     norm: str = typer.Option("none", "--norm", help="none | spectral | frobenius | all (vanilla, normalised, sub-normalised)."),
     targets: str = typer.Option("attention,ffn", "--targets", help="attention | ffn | attention,ffn (or matrix names q,k,v,o,ffn_up,...)."),
     layers: str = typer.Option("all", "--layers", help="all | 1,3 | 1-4 (1-indexed transformer blocks)."),
@@ -38,6 +58,8 @@ def finetune_command(
     max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Stop after this many optimiser steps."),
     max_train_samples: Optional[int] = typer.Option(None, "--max-train-samples", help="Seeded subset of the training split."),
     max_eval_samples: Optional[int] = typer.Option(None, "--max-eval-samples", help="Seeded subsets of validation and test."),
+    mixed_precision: str = typer.Option("auto", "--mixed-precision", help="auto (bf16/fp16 on CUDA) | no | fp16 | bf16."),
+    resume: Optional[Path] = typer.Option(None, "--resume", help="Continue an interrupted finetune run directory."),
     export: Optional[Path] = typer.Option(None, "--export", help="Write the fine-tuned model(s), normalisation folded, "
                                                                  "as safetensors for stock transformers."),
     out: Path = OUT_OPTION,
@@ -48,41 +70,55 @@ def finetune_command(
 ) -> None:
     """Fine-tune MODEL on a classification dataset with spectral/Frobenius-normalised matrices."""
     from qft_cli.device import resolve_device, resolve_dtype
-    from qft_cli.finetune import FinetuneSettings, finetune, is_main_process, summary_rows
-    from qft_cli.runs import Run
+    from qft_cli.finetune import FinetuneSettings, finetune
+    from qft_cli.runs import RUN_JSON, Run
 
     settings = FinetuneSettings(norm=norm, targets=targets, layers=layers, max_gamma=max_gamma, all_method=all_method,
                                 learning_rate=learning_rate, num_epochs=num_epochs, early_stopping=early_stopping,
                                 weight_decay=weight_decay, lr_scheduler_type=lr_scheduler_type,
                                 warmup_ratio=warmup_ratio, batch_size=batch_size, eval_batch_size=eval_batch_size,
                                 seed=seed, max_length=max_length, max_steps=max_steps,
-                                max_train_samples=max_train_samples, max_eval_samples=max_eval_samples)
+                                max_train_samples=max_train_samples, max_eval_samples=max_eval_samples,
+                                mixed_precision=mixed_precision)
     torch_device, torch_dtype = resolve_device(device), resolve_dtype(dtype)
-    options = {**settings.__dict__, "dataset": dataset, "task": task, "data_dir": str(data_dir) if data_dir else None,
-               "tokenizer": tokenizer, "export": str(export) if export else None, "device": device, "dtype": dtype,
+    if resume is not None and not (resume / RUN_JSON).is_file():
+        raise QftInputError(f"--resume {resume} is not a run directory (no run.json): pass the directory of the "
+                            "interrupted qft finetune run")
+    options = {**settings.__dict__, "model": model, "dataset": dataset, "task": task,
+               "data_dir": str(data_dir) if data_dir else None, "tokenizer": tokenizer,
+               "export": str(export) if export else None, "device": device, "dtype": dtype,
                "trust_remote_code": trust_remote_code}
-    main = is_main_process()
-    with Run("finetune", [model], options, out=out, argv=argv(), is_main_process=main) as run:
+    main = int(os.environ.get("RANK", "0")) == 0
+    run = Run("finetune", [model], options, out=out, argv=argv(), is_main_process=main)
+    if resume is not None:
+        run.path, run.meta = resume, {"resumed": True}
+    elif main:
+        run.create()
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # every rank uses rank 0's directory
+        from accelerate import PartialState
+        from accelerate.utils import broadcast_object_list
+
+        PartialState(cpu=torch_device.type == "cpu")
+        box = [str(run.path) if main else None]
+        broadcast_object_list(box, from_process=0)
+        run.path = Path(box[0])
+    with (_ResumedRun(run) if resume is not None else run):
         run.update(device=str(torch_device))
         with progress_bar(quiet or not main) as progress:
-            result = finetune(model, dataset=dataset, settings=settings, run_dir=run.path, data_dir=data_dir, task=task,
-                              tokenizer_name=tokenizer, device=torch_device, dtype=torch_dtype,
-                              trust_remote_code=trust_remote_code, export_dir=export, is_main_process=main,
-                              progress=progress,
-                              on_tables=lambda tables: [run.write_table(n, df) for n, df in tables.items()])
-        summary = summary_rows(result["variants"])
-        run.update(model_id=result["model_id"], data=result["data"], num_labels=result["num_labels"],
-                   max_length=result["max_length"],
-                   results={v["variant"]: {"test": v["test"], "best_checkpoint": v["best_checkpoint"],
-                                           "export_dir": v["export_dir"], "normalised": v["normalised"]}
-                            for v in result["variants"]})
+            result = finetune(model, dataset=dataset, settings=settings, run=run, data_dir=data_dir, task=task,
+                              tokenizer_name=tokenizer, device=torch_device.type, dtype=torch_dtype,
+                              trust_remote_code=trust_remote_code, export_dir=export, resume=resume is not None,
+                              progress=progress)
+        run.update(model_id=result.model_id, data=result.data_source, num_labels=result.num_labels,
+                   task_kind=result.kind, max_length=result.max_length, sizes=result.sizes)
     if not main:
         return
     table = Table(title=f"qft finetune {model}: test results")
     for column in ("variant", "accuracy", "F1", "Δ accuracy", "Δ F1"):
         table.add_column(column)
-    for row in summary:
-        diff = (lambda x: "" if x is None else f"{x:+.4f}")
+    for row in result.summary():
+        def diff(x):
+            return "" if x is None or x != x else f"{x:+.4f}"
         table.add_row(row["variant"], f"{row['accuracy']:.4f}", f"{row['f1']:.4f}", diff(row["accuracy_diff"]),
                       diff(row["f1_diff"]))
     console.print(table)
