@@ -192,3 +192,53 @@ def test_settings_defaults_and_variants():
         FinetuneSettings(norm="frobenius", max_gamma=0.0)
     with pytest.raises(QftInputError):
         FinetuneSettings(norm="spectrall")
+
+
+def test_pos_tagging_runs_with_a_token_classification_head(tmp_path, shared_data):
+    out = tmp_path / "runs"
+    result = _run(["tiny-bert", "--dataset", "conll2003", "--data-dir", str(shared_data / "conll2003"),
+                   "--norm", "spectral", "--targets", "attention", "--max-train-samples", "64",
+                   "--max-eval-samples", "32", "--max-steps", "2", "--num-epochs", "1", "--batch-size", "16",
+                   "--warmup-ratio", "0", "--out", str(out), "-q"])
+    assert result.exit_code == 0, result.output
+    run = _run_dir(out)
+    meta = json.loads((run / "run.json").read_text())
+    assert meta["task_kind"] == "token_classification" and meta["num_labels"] > 40
+    config = json.loads((run / "best" / "spectral" / "config.json").read_text())
+    assert config["architectures"] == ["BertForTokenClassification"]
+    norms = pd.read_parquet(run / "norms_during_training.parquet")
+    assert set(norms.matrix) == {"q", "k", "v", "o"}
+    np.testing.assert_allclose(norms.spectral_norm, 1.0, atol=1e-3)
+
+
+def test_resume_skips_finished_variants_and_continues_the_interrupted_one(tmp_path, small_csv):
+    out = tmp_path / "runs"
+    args = ["tiny-bert", "--data-dir", str(small_csv), "--norm", "all", "--num-epochs", "2", "--out", str(out),
+            *[a for a in FAST if a not in ("--num-epochs", "1")]]
+    assert _run(args).exit_code == 0
+    run = _run_dir(out)
+    before = pd.read_parquet(run / "metrics.parquet")
+    # simulate an interruption of the last variant after its first epoch
+    last = "frobenius_subnormalised"
+    checkpoints = sorted((run / "checkpoints" / last).glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    assert len(checkpoints) == 2
+    import shutil
+
+    shutil.rmtree(checkpoints[-1])
+    shutil.rmtree(run / "best" / last)
+    step = int(checkpoints[0].name.split("-")[1])
+    kept = before[~((before.variant == last) & (before.step > step))]
+    from qft_cli.runs import write_parquet_atomic
+
+    write_parquet_atomic(kept, run / "metrics.parquet")
+    result = _run([*args, "--resume", str(run)])
+    assert result.exit_code == 0, result.output
+    after = pd.read_parquet(run / "metrics.parquet")
+    for variant in ("vanilla", "frobenius"):  # untouched
+        pd.testing.assert_frame_equal(after[after.variant == variant].reset_index(drop=True),
+                                      before[before.variant == variant].reset_index(drop=True))
+    resumed = after[after.variant == last]
+    assert sorted(resumed[resumed.split == "validation"].epoch) == [1.0, 2.0]
+    assert (resumed.split == "test").sum() == 1
+    assert (run / "best" / last / "config.json").is_file()
+    assert json.loads((run / "run.json").read_text())["status"] == "completed"
