@@ -21,7 +21,7 @@ def gue_core(shared_data) -> Path:
 def test_tiny_bert_learns_gue_with_frobenius(tmp_path, gue_core):
     out = tmp_path / "runs"
     result = _run(["tiny-bert", "--dataset", "gue", "--data-dir", str(gue_core), "--norm", "frobenius", "--max-train-samples", "2000",
-                   "--max-eval-samples", "400", "--num-epochs", "4", "--batch-size", "32", "--learning-rate", "1e-3",
+                   "--max-eval-samples", "400", "--num-epochs", "4", "--batch-size", "32", "--learning-rate", "2e-3",
                    "--out", str(out), "-q"])
     assert result.exit_code == 0, result.output
     meta = json.loads((_run_dir(out) / "run.json").read_text())
