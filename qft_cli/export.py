@@ -18,6 +18,9 @@ What "stock transformers loads it" means per model family:
   ``auto_map`` in ``config.json``. Parameter names are the published DNABERT-2 names. Load with
   ``AutoModelForSequenceClassification.from_pretrained(DIR, trust_remote_code=True)``: the code
   that runs is the file in DIR, which the user can read; qft need not be installed.
+* qft's own single-layer transformer (``qft train``, :mod:`qft_cli.modeling_qft`): its code
+  imports qft, so the export is a plain ``save_pretrained`` directory (normalisation folded) that
+  ``transformers`` loads once ``qft_cli.modeling_qft`` is imported (it registers the Auto classes).
 """
 
 from __future__ import annotations
@@ -94,8 +97,7 @@ def export_model(model: nn.Module, directory: Path, tokenizer=None) -> Path:
         ``directory``.
 
     Raises:
-        QftInputError: ``directory`` is a file, or the model is one of qft's own classes whose
-            code depends on qft (it could not be loaded without qft).
+        QftInputError: ``directory`` is a file, or the model is not a ``transformers`` model.
     """
     directory = Path(directory)
     if directory.exists() and not directory.is_dir():
@@ -110,11 +112,8 @@ def export_model(model: nn.Module, directory: Path, tokenizer=None) -> Path:
         shutil.copyfile(inspect.getfile(modeling_dnabert2), directory / REMOTE_CODE_FILE)
         stem = REMOTE_CODE_FILE[:-3]
         folded.config.auto_map = {auto: f"{stem}.{cls}" for auto, cls in _DNABERT2_AUTO_MAP.items()}
-    elif type(folded).__module__.startswith("qft_cli."):
+    elif type(folded).__module__.startswith("qft_cli.") and _self_contained(inspect.getfile(type(folded))):
         source = inspect.getfile(type(folded))
-        if not _self_contained(source):
-            raise QftInputError(f"{type(folded).__name__} is qft's own model class and its code imports qft: "
-                                "an export could not be loaded without qft")
         name = Path(source).name
         shutil.copyfile(source, directory / name)
         folded.config.auto_map = {"AutoConfig": f"{name[:-3]}.{type(folded.config).__name__}",

@@ -150,6 +150,8 @@ class DnaBert2SelfOutput(nn.Module):
 
 
 class DnaBert2Attention(nn.Module):
+    """Self-attention (``self``: fused Wqkv + SDPA) and its output block (``output``)."""
+
     def __init__(self, config: DnaBert2Config):
         super().__init__()
         self.self = DnaBert2SelfAttention(config)
@@ -177,6 +179,8 @@ class DnaBert2GatedMLP(nn.Module):
 
 
 class DnaBert2Layer(nn.Module):
+    """One encoder block: attention then the gated FFN, both post-norm."""
+
     def __init__(self, config: DnaBert2Config):
         super().__init__()
         self.attention = DnaBert2Attention(config)
@@ -187,6 +191,8 @@ class DnaBert2Layer(nn.Module):
 
 
 class DnaBert2Encoder(nn.Module):
+    """The blocks; builds the additive bias (ALiBi + key padding mask, shape (batch, heads, L, L)) once per forward."""
+
     def __init__(self, config: DnaBert2Config):
         super().__init__()
         self.num_heads = config.num_attention_heads

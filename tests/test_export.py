@@ -113,3 +113,25 @@ def test_export_refuses_a_file(tmp_path):
     target.write_text("x")
     with pytest.raises(QftInputError, match="is a file"):
         export_model(model, target)
+
+
+def test_export_of_qft_train_model_folds_and_reloads(tmp_path):
+    from transformers import AutoModelForSequenceClassification
+
+    from qft_cli.modeling_qft import QftConfig, build_model
+    from qft_cli.normalization import apply_normalization
+
+    config = QftConfig(vocab_size=32, d_model=16, num_heads=2, d_ff=32, num_layers=1, num_labels=2,
+                       task="sequence_classification")
+    model = build_model(config, seed=0)
+    apply_normalization(model, "frobenius", max_gamma=1.0)
+    model.eval()
+    x = torch.randint(0, 32, (2, 7))
+    with torch.no_grad():
+        expected = model(input_ids=x).logits
+    out = export_model(model, tmp_path / "qft")
+    assert "qft_normalization" not in json.loads((out / "config.json").read_text())
+    again = AutoModelForSequenceClassification.from_pretrained(out).eval()
+    assert not any(parametrize.is_parametrized(m) for m in again.modules())
+    with torch.no_grad():
+        torch.testing.assert_close(again(input_ids=x).logits, expected, rtol=1e-6, atol=1e-6)
