@@ -193,3 +193,23 @@ def test_save_pretrained_round_trip(tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(again(x).logits, model(x).logits, rtol=0, atol=0)
         torch.testing.assert_close(native(x).logits, model(x).logits, rtol=0, atol=0)
+
+
+def test_dnabert_alias_routes_to_the_native_class(monkeypatch, published_dir):
+    """The hub id resolves to qft's classes without remote code (the hub download is replaced by
+    the local published-style directory)."""
+    import qft_cli.models as models
+    from transformers import AutoModelForSequenceClassification
+
+    calls = []
+
+    def fake_snapshot(source, allow_patterns):
+        calls.append((source.location, tuple(allow_patterns)))
+        return published_dir
+
+    monkeypatch.setattr(models, "hub_snapshot", fake_snapshot)
+    source = models.resolve_model("dnabert")
+    assert source.location == HUB_ID
+    model = load_model(source, auto_class=AutoModelForSequenceClassification, num_labels=2)
+    assert type(model).__name__ == "DnaBert2ForSequenceClassification"
+    assert calls and calls[0][0] == HUB_ID and "pytorch_model.bin" in calls[0][1]

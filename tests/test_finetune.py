@@ -242,3 +242,19 @@ def test_resume_skips_finished_variants_and_continues_the_interrupted_one(tmp_pa
     assert (resumed.split == "test").sum() == 1
     assert (run / "best" / last / "config.json").is_file()
     assert json.loads((run / "run.json").read_text())["status"] == "completed"
+
+
+def test_published_style_dnabert2_directory_fine_tunes_every_matrix(tmp_path, small_csv):
+    from qft_cli.dnabert2 import save_published_style_checkpoint
+
+    checkpoint = save_published_style_checkpoint(tmp_path / "dnabert2", seed=5)
+    out, export = tmp_path / "runs", tmp_path / "export"
+    result = _run([str(checkpoint), "--tokenizer", "tiny-bert", "--data-dir", str(small_csv), "--norm", "frobenius",
+                   "--max-steps", "2", "--export", str(export), "--out", str(out), *FAST])
+    assert result.exit_code == 0, result.output
+    meta = json.loads((_run_dir(out) / "run.json").read_text())
+    normalised = meta["results"]["frobenius"]["normalised"]
+    assert sorted(m.split(":")[1] for m in normalised) == sorted(["q", "k", "v", "o", "ffn_gate", "ffn_up",
+                                                                  "ffn_down"] * 2)
+    config = json.loads((export / "config.json").read_text())
+    assert config["model_type"] == "qft_dnabert2" and "auto_map" in config
