@@ -280,6 +280,12 @@ def apply_normalization(model: nn.Module, method: str, *, targets: str | Sequenc
         The :class:`~qft_cli.layout.MatrixSpec` of every normalised block, in layout order.
         The settings are also stored in ``model.config.qft_normalization`` when the model has a config.
 
+    Parameter names after the call: ``<module>.parametrizations.<name>.original`` (the free
+    weight), ``...parametrizations.<name>.0.g`` (scale logits) and ``...0.spectral.<i>._u``/``_v``
+    (power-iteration buffers, persistent). Note that the Hugging Face Trainer applies weight decay
+    to ``g`` like to any non-bias parameter (pulling gamma towards ``max_gamma / 2``); exclude it
+    from decay in the optimizer if that matters for an experiment.
+
     Raises:
         QftInputError: unknown method or target, ``max_gamma <= 0``, ``gamma_init`` outside (0, 1), a
             layer beyond the depth, no matrix matched, the model is already normalised, or a

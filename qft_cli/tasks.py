@@ -430,13 +430,35 @@ def bpe_tokenizer(vocab_size: int, sequences: list[str]):
     return _wrap(tok)
 
 
+def validate_tokenizer_spec(dataset: str, spec: str, text_model: Optional[str]) -> None:
+    """Check ``--tokenizer`` against the dataset before any data is read.
+
+    Raises:
+        QftInputError: a malformed DNA tokenizer spec, or a text task without a text tokenizer.
+    """
+    spec = str(spec or "auto").strip()
+    if dataset == "conll2003":
+        if spec.lower() == "auto" and not text_model:
+            raise QftInputError("conll2003 is a text task: pass --embedding-from MODEL (its tokenizer is used) "
+                                "or --tokenizer MODEL, e.g. minilm")
+        if spec.lower() in ("char", "dnabert2") or re.fullmatch(r"(?:kmer|bpe):\d+", spec.lower()):
+            raise QftInputError(f"--tokenizer {spec} is a DNA tokenizer but conll2003 is a text task: "
+                                "pass a model alias such as minilm")
+        return
+    low = spec.lower()
+    if low not in ("auto", "dnabert2", "char") and not re.fullmatch(r"(?:kmer|bpe):\d+", low):
+        raise QftInputError(f"unknown DNA tokenizer '{spec}': use dnabert2, bpe:V (e.g. bpe:512), kmer:K "
+                            "(e.g. kmer:6) or char")
+
+
 def build_tokenizer(spec: str, data: TaskData, *, text_model: Optional[str] = None,
                     save_dir: Optional[Path] = None, trust_remote_code: bool = False):
     """The tokenizer for ``data``.
 
     Args:
-        spec: for DNA: ``dnabert2``, ``bpe:V``, ``kmer:K`` or ``char``; for text: a model alias
-            or ``auto`` (then ``text_model``'s tokenizer).
+        spec: for DNA: ``dnabert2``, ``bpe:V``, ``kmer:K``, ``char`` or ``auto`` (``text_model``'s
+            tokenizer when given, else ``dnabert2``); for text: a model alias or ``auto`` (then
+            ``text_model``'s tokenizer).
         text_model: model alias whose tokenizer a text task uses (the embedding's model).
         save_dir: where a trained or built DNA tokenizer is saved (``save_dir/dna_tokenizer``).
 
@@ -456,7 +478,12 @@ def build_tokenizer(spec: str, data: TaskData, *, text_model: Optional[str] = No
         return tokenizer
     spec = str(spec or "").strip().lower()
     if spec in ("auto", ""):
-        spec = "dnabert2" if text_model == "dnabert" else "char"
+        if text_model and text_model != "dnabert":  # the embedding model's own tokenizer (its token ids)
+            tokenizer = load_tokenizer(resolve_model(text_model), trust_remote_code=trust_remote_code)
+            if save_dir is not None:
+                tokenizer.save_pretrained(str(Path(save_dir) / DNA_TOKENIZER_FILE))
+            return tokenizer
+        spec = "dnabert2"  # the research's tokenizer
     if spec == "dnabert2":
         tokenizer = load_tokenizer(resolve_model("dnabert"), trust_remote_code=trust_remote_code)
     elif spec == "char":

@@ -518,9 +518,10 @@ class ExperimentOptions:
             QftInputError: unknown dataset/task/norm/targets, contradicting options.
         """
         from qft_cli.normalization import parse_targets
-        from qft_cli.tasks import validate_dataset_name
+        from qft_cli.tasks import validate_dataset_name, validate_tokenizer_spec
 
         self.dataset, self.task = validate_dataset_name(self.dataset, self.task)
+        validate_tokenizer_spec(self.dataset, self.tokenizer, self.embedding_from)
         self.variants()
         parse_targets(self.targets)
         self.training.validate()
@@ -616,6 +617,11 @@ def run_experiment(options: ExperimentOptions, run, *, resume: bool = False,
         collator = DataCollatorForTokenClassification(tokenizer)
     else:
         collator = DataCollatorWithPadding(tokenizer)
+    from qft_cli.device import resolve_device
+
+    run.update(world_size=int(os.environ.get("WORLD_SIZE", "1")), device=str(resolve_device(cfg.device)),
+               data={"source": data.source, "sizes": data.sizes(), "notes": data.notes},
+               tokenizer_size=len(tokenizer), vocab_size=vocab_size)
     recorder = ResultsRecorder(run)
     results = []
     for variant, method in options.variants():

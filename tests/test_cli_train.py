@@ -73,6 +73,8 @@ TINY = ["--dataset", "gue", "--task", "prom_core_notata", "--tokenizer", "char",
     (["--embedding-from", "minilm", "--tokenizer", "char"], "contradicts --embedding-from"),
     (["--lr-scheduler-type", "cosinus"], "lr-scheduler-type"),
     (["--max-gamma", "-1"], "max-gamma"),
+    (["--dataset", "conll2003"], "text task"),
+    (["--tokenizer", "kmer3"], "unknown DNA tokenizer"),
 ])
 def test_bad_options_one_line_exit_2(tmp_path, case, match):
     result = _invoke([*case, "--out", str(tmp_path / "runs")])

@@ -305,3 +305,55 @@ def test_already_normalised_and_none():
         qn.apply_normalization(model, "spectral")
     assert qn.variant_name("frobenius", 1.0) == "frobenius_subnormalised"
     assert qn.variant_name(None) == "vanilla"
+
+
+def _stack(module_factory, container="layer"):
+    class Model(nn.Module):
+        def __init__(self):
+            super().__init__()
+            setattr(self, container, nn.ModuleList([module_factory(), module_factory()]))
+
+    return Model()
+
+
+def test_dnabert2_gated_ffn_halves_spectral_separately():
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.mlp = nn.Module()
+            self.mlp.gated_layers = nn.Linear(8, 2 * 12, bias=False)
+            self.mlp.wo = nn.Linear(12, 8)
+
+    torch.manual_seed(0)
+    model = _stack(Block)
+    raw = model.layer[0].mlp.gated_layers.weight.detach().clone()
+    specs = qn.apply_normalization(model, "spectral", targets="ffn", layers=[1])
+    assert [s.matrix for s in specs] == ["ffn_gate", "ffn_up", "ffn_down"]
+    par = model.layer[0].mlp.gated_layers.parametrizations.weight[0]
+    assert len(par.spectral) == 2 and par.spectral[0]._u.shape == (12,)  # one power-iteration state per block
+    _converge(model)
+    eff = model.layer[0].mlp.gated_layers.weight.detach()
+    for rows in (slice(0, 12), slice(12, 24)):
+        ref = raw[rows].double()
+        torch.testing.assert_close(eff[rows].double(), ref / torch.linalg.matrix_norm(ref, 2), atol=1e-6, rtol=1e-5)
+
+
+def test_neox_interleaved_qkv_blocks():
+    class Attn(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.attention = nn.Module()
+            self.attention.query_key_value = nn.Linear(8, 24)
+
+    torch.manual_seed(0)
+    model = _stack(Attn, container="layers")
+    model.config = type("Cfg", (), {"num_attention_heads": 2})()
+    raw = model.layers[1].attention.query_key_value.weight.detach().clone()
+    qn.apply_normalization(model, "frobenius", targets="attention", layers=[2])
+    eff = model.layers[1].attention.query_key_value.weight.detach()
+    # rows laid out (heads=2, 3, head_dim=4): q rows are 0-3 and 12-15
+    idx = torch.arange(24).view(2, 3, 4)
+    for part in range(3):
+        rows = idx[:, part, :].reshape(-1)
+        ref = raw[rows].double()
+        torch.testing.assert_close(eff[rows].double(), ref / torch.linalg.matrix_norm(ref, "fro"))
