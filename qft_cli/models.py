@@ -266,7 +266,10 @@ def load_model(source: ModelSource, *, dtype: torch.dtype = torch.float32, devic
     from transformers import AutoModel
 
     auto_class = auto_class or AutoModel
-    if source.kind == "tiny":
+    native = None if trust_remote_code else _native_dnabert2(source, auto_class, dtype, kwargs)
+    if native is not None:
+        model = native
+    elif source.kind == "tiny":
         model = build_tiny_model(source.location, auto_class, **kwargs).to(dtype=dtype)
     else:
         load_kwargs = dict(dtype=dtype, trust_remote_code=trust_remote_code, **kwargs)
@@ -276,6 +279,14 @@ def load_model(source: ModelSource, *, dtype: torch.dtype = torch.float32, devic
     if device is not None and not device_map:
         model = model.to(device)
     return model.eval()
+
+
+def _native_dnabert2(source: ModelSource, auto_class, dtype: torch.dtype, kwargs: dict):
+    """DNABERT-2 (hub id or local directory) in qft's own classes, without remote code
+    (see :mod:`qft_cli.dnabert2`); ``None`` for any other model."""
+    from qft_cli.dnabert2 import load_native_if_dnabert2
+
+    return load_native_if_dnabert2(source, auto_class, dtype=dtype, **kwargs)
 
 
 def hub_snapshot(source: ModelSource, allow_patterns: list[str]) -> Path:

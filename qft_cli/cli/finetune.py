@@ -1,0 +1,125 @@
+"""``qft finetune MODEL``: fine-tune a pretrained model with normalised weight matrices."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.table import Table
+
+from qft_cli.errors import QftInputError
+from qft_cli.cli.common import (DEVICE_OPTION, DTYPE_OPTION, OUT_OPTION, QUIET_OPTION, TRUST_OPTION, argv, cli_errors,
+                                console, progress_bar)
+
+
+class _ResumedRun:
+    """Context for ``--resume``: like :class:`qft_cli.runs.Run` but bad input marks the run
+    ``failed`` instead of deleting the directory that holds the earlier work."""
+
+    def __init__(self, run):
+        self.run = run
+
+    def __enter__(self):
+        return self.run.__enter__()
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is not None and issubclass(exc_type, QftInputError):
+            self.run.meta["error"] = f"QftInputError: {exc}"
+            return self.run.__exit__(RuntimeError, exc, tb)  # status "failed", directory kept
+        return self.run.__exit__(exc_type, exc, tb)
+
+
+@cli_errors
+def finetune_command(
+    model: str = typer.Argument(..., help="Alias (dnabert, minilm, tiny-bert, tiny-dnabert, ...), Hugging Face id, "
+                                          "local model directory, or a `qft train` run directory (its best checkpoint)."),
+    dataset: str = typer.Option("genomic-bench", "--dataset", help="genomic-bench | gue | conll2003 (POS tagging)."),
+    task: Optional[str] = typer.Option(None, "--task", help="GUE task (default prom_300_notata)."),
+    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Local files: train/dev/test CSV (sequence,label) or CoNLL text."),
+    tokenizer: Optional[str] = typer.Option(None, "--tokenizer", help="Default: MODEL's own. A model name, or a DNA "
+                                                                      "tokenizer: dnabert2, bpe:V, kmer:K, char."),
+    norm: str = typer.Option("none", "--norm", help="none | spectral | frobenius | all (vanilla, normalised, sub-normalised)."),
+    targets: str = typer.Option("attention,ffn", "--targets", help="attention | ffn | attention,ffn (or matrix names q,k,v,o,ffn_up,...)."),
+    layers: str = typer.Option("all", "--layers", help="all | 1,3 | 1-4 (1-indexed transformer blocks)."),
+    max_gamma: Optional[float] = typer.Option(None, "--max-gamma", help="Learnable scale, effective norm <= G (1 = sub-normalised)."),
+    all_method: str = typer.Option("frobenius", "--all-method", help="Normalisation used by --norm all."),
+    learning_rate: float = typer.Option(2e-4, "--learning-rate"),
+    num_epochs: int = typer.Option(200, "--num-epochs"),
+    early_stopping: int = typer.Option(25, "--early-stopping", help="Patience in epochs on validation F1 (0 = off)."),
+    weight_decay: float = typer.Option(0.01, "--weight-decay"),
+    lr_scheduler_type: str = typer.Option("cosine", "--lr-scheduler-type"),
+    warmup_ratio: float = typer.Option(0.1, "--warmup-ratio"),
+    batch_size: int = typer.Option(128, "--batch-size"),
+    eval_batch_size: int = typer.Option(256, "--eval-batch-size"),
+    seed: int = typer.Option(42, "--seed"),
+    max_length: Optional[int] = typer.Option(None, "--max-length", help="Token limit (default: the tokenizer's, <= 512)."),
+    max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Stop after this many optimiser steps."),
+    max_train_samples: Optional[int] = typer.Option(None, "--max-train-samples", help="Seeded subset of the training split."),
+    max_eval_samples: Optional[int] = typer.Option(None, "--max-eval-samples", help="Seeded subsets of validation and test."),
+    mixed_precision: str = typer.Option("auto", "--mixed-precision", help="auto (bf16/fp16 on CUDA) | no | fp16 | bf16."),
+    resume: Optional[Path] = typer.Option(None, "--resume", help="Continue an interrupted finetune run directory."),
+    export: Optional[Path] = typer.Option(None, "--export", help="Write the fine-tuned model(s), normalisation folded, "
+                                                                 "as safetensors for stock transformers."),
+    out: Path = OUT_OPTION,
+    device: str = DEVICE_OPTION,
+    dtype: str = DTYPE_OPTION,
+    trust_remote_code: bool = TRUST_OPTION,
+    quiet: bool = QUIET_OPTION,
+) -> None:
+    """Fine-tune MODEL on a classification dataset with spectral/Frobenius-normalised matrices."""
+    from qft_cli.device import resolve_device, resolve_dtype
+    from qft_cli.finetune import FinetuneSettings, finetune
+    from qft_cli.runs import RUN_JSON, Run
+
+    settings = FinetuneSettings(norm=norm, targets=targets, layers=layers, max_gamma=max_gamma, all_method=all_method,
+                                learning_rate=learning_rate, num_epochs=num_epochs, early_stopping=early_stopping,
+                                weight_decay=weight_decay, lr_scheduler_type=lr_scheduler_type,
+                                warmup_ratio=warmup_ratio, batch_size=batch_size, eval_batch_size=eval_batch_size,
+                                seed=seed, max_length=max_length, max_steps=max_steps,
+                                max_train_samples=max_train_samples, max_eval_samples=max_eval_samples,
+                                mixed_precision=mixed_precision)
+    torch_device, torch_dtype = resolve_device(device), resolve_dtype(dtype)
+    if resume is not None and not (resume / RUN_JSON).is_file():
+        raise QftInputError(f"--resume {resume} is not a run directory (no run.json): pass the directory of the "
+                            "interrupted qft finetune run")
+    options = {**settings.__dict__, "model": model, "dataset": dataset, "task": task,
+               "data_dir": str(data_dir) if data_dir else None, "tokenizer": tokenizer,
+               "export": str(export) if export else None, "device": device, "dtype": dtype,
+               "trust_remote_code": trust_remote_code}
+    main = int(os.environ.get("RANK", "0")) == 0
+    run = Run("finetune", [model], options, out=out, argv=argv(), is_main_process=main)
+    if resume is not None:
+        run.path, run.meta = resume, {"resumed": True}
+    elif main:
+        run.create()
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # every rank uses rank 0's directory
+        from accelerate import PartialState
+        from accelerate.utils import broadcast_object_list
+
+        PartialState(cpu=torch_device.type == "cpu")
+        box = [str(run.path) if main else None]
+        broadcast_object_list(box, from_process=0)
+        run.path = Path(box[0])
+    with (_ResumedRun(run) if resume is not None else run):
+        run.update(device=str(torch_device))
+        with progress_bar(quiet or not main) as progress:
+            result = finetune(model, dataset=dataset, settings=settings, run=run, data_dir=data_dir, task=task,
+                              tokenizer_name=tokenizer, device=torch_device.type, dtype=torch_dtype,
+                              trust_remote_code=trust_remote_code, export_dir=export, resume=resume is not None,
+                              progress=progress)
+        run.update(model_id=result.model_id, data=result.data_source, num_labels=result.num_labels,
+                   task_kind=result.kind, max_length=result.max_length, sizes=result.sizes)
+    if not main:
+        return
+    table = Table(title=f"qft finetune {model}: test results")
+    for column in ("variant", "accuracy", "F1", "Δ accuracy", "Δ F1"):
+        table.add_column(column)
+    for row in result.summary():
+        def diff(x):
+            return "" if x is None or x != x else f"{x:+.4f}"
+        table.add_row(row["variant"], f"{row['accuracy']:.4f}", f"{row['f1']:.4f}", diff(row["accuracy_diff"]),
+                      diff(row["f1_diff"]))
+    console.print(table)
+    console.print(f"run directory: {run.path}")

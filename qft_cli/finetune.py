@@ -1,0 +1,410 @@
+"""``qft finetune``: fine-tune a pretrained transformer with normalised weight matrices.
+
+The research fine-tunes pretrained models (DNABERT-2 with every attention and FFN matrix
+Frobenius-normalised, optionally with a learnable scale bounded by 1, "sub-normalised"; its own
+trained single-layer models with one part spectral-normalised) and compares test accuracy and F1
+with the vanilla model on the same data and seed.
+
+Flow (one direction): resolve the model (alias, hub id, local directory, ``qft train`` run
+directory -> its best checkpoint) -> load the task (:mod:`qft_cli.tasks`) and the model's own
+tokenizer -> load the model with a sequence- or token-classification head sized from the dataset
+-> normalise the chosen matrices (:func:`qft_cli.normalization.apply_normalization`) -> train with
+the engine of ``qft train`` (:func:`qft_cli.training.train_variant`: early stopping on validation
+F1, best model restored, per-epoch ``metrics``/``norms_during_training``/``gammas``, resume,
+rank-0 writes) -> optional export with the normalisation folded (:mod:`qft_cli.export`).
+
+Run-directory layout (as ``qft train``): ``checkpoints/<variant>/`` (Trainer checkpoints),
+``best/<variant>/`` (the best model, ``save_pretrained`` format with its parametrizations and
+``config.qft_normalization``, plus the tokenizer).
+
+Library functions never print; long loops report through :data:`qft_cli.progress.ProgressFn`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+
+from qft_cli.errors import QftInputError
+from qft_cli.models import ModelSource
+from qft_cli.normalization import (BlockNormalization, apply_normalization, fold_normalization, parse_layers,
+                                   parse_method, parse_targets, variant_name)
+from qft_cli.progress import ProgressFn
+
+NORM_CHOICES = ("none", "spectral", "frobenius", "all")
+TINY_DNABERT = "tiny-dnabert"
+#: Directory names recognised as (the parent of) the best checkpoint inside a ``qft train`` run.
+BEST_CHECKPOINT_NAMES = ("best", "best_model", "best-model", "best_checkpoint", "best-checkpoint")
+#: ``--tokenizer`` values that build a DNA tokenizer (:func:`qft_cli.tasks.build_tokenizer`).
+_DNA_TOKENIZER_RE = re.compile(r"^(?:dnabert2|char|kmer:\d+|bpe:\d+)$")
+
+
+# ----------------------------------------------------------------------------- settings
+
+@dataclass
+class FinetuneSettings:
+    """Options of one ``qft finetune`` run; the defaults are the research's fine-tuning settings.
+
+    Attributes:
+        norm: ``none``, ``spectral``, ``frobenius`` or ``all`` (vanilla, normalised with
+            ``all_method`` and sub-normalised with ``max_gamma`` or 1, on the same data and seed).
+        targets: ``attention``, ``ffn``, ``attention,ffn`` or matrix names.
+        layers: ``all``, ``1,3`` or ``1-4`` (1-indexed transformer blocks).
+        max_gamma: learnable scale ``gamma = max_gamma * sigmoid(g)``; effective norm <= max_gamma.
+        all_method: the normalisation of ``--norm all``.
+        learning_rate, num_epochs, early_stopping (patience in epochs, 0 = off), weight_decay,
+        lr_scheduler_type, warmup_ratio, batch_size, eval_batch_size, seed: as in the research.
+        max_length: token limit (default: the tokenizer's, at most 512).
+        max_steps: stop after this many optimiser steps (overrides ``num_epochs``).
+        max_train_samples, max_eval_samples: seeded subsets for quick runs.
+        mixed_precision: ``auto`` (bf16/fp16 on CUDA only), ``no``, ``fp16``, ``bf16``.
+    """
+
+    norm: str = "none"
+    targets: str = "attention,ffn"
+    layers: str = "all"
+    max_gamma: Optional[float] = None
+    all_method: str = "frobenius"
+    learning_rate: float = 2e-4
+    num_epochs: int = 200
+    early_stopping: int = 25
+    weight_decay: float = 0.01
+    lr_scheduler_type: str = "cosine"
+    warmup_ratio: float = 0.1
+    batch_size: int = 128
+    eval_batch_size: int = 256
+    seed: int = 42
+    max_length: Optional[int] = None
+    max_steps: Optional[int] = None
+    max_train_samples: Optional[int] = None
+    max_eval_samples: Optional[int] = None
+    mixed_precision: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.norm not in NORM_CHOICES:
+            raise QftInputError(f"unknown --norm '{self.norm}': use one of {', '.join(NORM_CHOICES)}")
+        if self.all_method not in ("spectral", "frobenius"):
+            raise QftInputError(f"--all-method '{self.all_method}' must be spectral or frobenius")
+        parse_targets(self.targets)
+        if self.max_gamma is not None and not (self.max_gamma > 0 and math.isfinite(self.max_gamma)):
+            raise QftInputError(f"--max-gamma {self.max_gamma} must be a positive number (1 = sub-normalised)")
+        if self.max_gamma is not None and self.norm == "none":
+            raise QftInputError("--max-gamma scales normalised matrices: use it with --norm spectral, frobenius or all")
+        if self.max_length is not None and self.max_length < 4:
+            raise QftInputError(f"--max-length {self.max_length} is too short: use at least 4 tokens")
+        for name in ("max_train_samples", "max_eval_samples"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise QftInputError(f"--{name.replace('_', '-')} {value} must be at least 1")
+        self.training_config().validate()
+
+    def training_config(self, device: str = "cpu"):
+        """The :class:`qft_cli.training.TrainingConfig` of these settings on ``device``."""
+        from qft_cli.training import TrainingConfig
+
+        return TrainingConfig(learning_rate=self.learning_rate, num_epochs=self.num_epochs,
+                              early_stopping=self.early_stopping, weight_decay=self.weight_decay,
+                              lr_scheduler_type=self.lr_scheduler_type, warmup_ratio=self.warmup_ratio,
+                              batch_size=self.batch_size, eval_batch_size=self.eval_batch_size, seed=self.seed,
+                              max_steps=self.max_steps, mixed_precision=self.mixed_precision, device=device)
+
+    def variants(self) -> list[tuple[str, Optional[str], Optional[float]]]:
+        """``(variant name, method or None, max_gamma or None)`` of each model to train, in order."""
+        if self.norm == "all":
+            gamma = self.max_gamma if self.max_gamma is not None else 1.0
+            return [("vanilla", None, None), (variant_name(self.all_method), self.all_method, None),
+                    (variant_name(self.all_method, gamma), self.all_method, gamma)]
+        method = parse_method(self.norm)
+        return [(variant_name(method, self.max_gamma), method, self.max_gamma)]
+
+
+# ----------------------------------------------------------------------------- model resolution
+
+def find_best_checkpoint(run_dir: Path) -> Path:
+    """The best checkpoint of a ``qft train`` run directory: a directory with ``config.json`` named
+    like :data:`BEST_CHECKPOINT_NAMES` or inside one (``best/<variant>/``, the layout of
+    :mod:`qft_cli.training`), up to three levels down. With several, the vanilla one is taken.
+
+    Raises:
+        QftInputError: no best checkpoint, or several and none of them vanilla.
+    """
+    run_dir = Path(run_dir)
+    found = sorted({p.parent for pattern in ("config.json", "*/config.json", "*/*/config.json", "*/*/*/config.json")
+                    for p in run_dir.glob(pattern)
+                    if p.parent.name in BEST_CHECKPOINT_NAMES or p.parent.parent.name in BEST_CHECKPOINT_NAMES})
+    if not found:
+        raise QftInputError(f"run directory {run_dir} has no best checkpoint (best/<variant>/config.json): "
+                            "was the run completed? pass the run directory of a finished `qft train`")
+    if len(found) == 1:
+        return found[0]
+    vanilla = [p for p in found if "vanilla" in p.relative_to(run_dir).parts]
+    if len(vanilla) == 1:
+        return vanilla[0]
+    raise QftInputError(f"run directory {run_dir} has several best checkpoints "
+                        f"({', '.join(str(p.relative_to(run_dir)) for p in found)}): pass one of them as MODEL")
+
+
+def resolve_finetune_model(name: str) -> ModelSource:
+    """Resolve MODEL: ``tiny-dnabert``; a ``qft train`` run directory (has ``run.json``) -> its
+    best checkpoint as a local model; else :func:`qft_cli.models.resolve_model`.
+
+    Raises:
+        QftInputError: unknown alias, or a run directory without a checkpoint.
+    """
+    from qft_cli.models import resolve_model
+
+    if name == TINY_DNABERT:
+        return ModelSource(name, "tiny", TINY_DNABERT)
+    path = Path(name).expanduser()
+    if path.is_dir() and (path / "run.json").is_file():
+        return ModelSource(name, "local", str(find_best_checkpoint(path).resolve()))
+    return resolve_model(name)
+
+
+def _local_config(source: ModelSource) -> Optional[dict]:
+    if source.kind != "local":
+        return None
+    path = Path(source.location) / "config.json"
+    if not path.is_file():
+        raise QftInputError(f"{source.location} has no config.json: pass a Hugging Face model directory")
+    return json.loads(path.read_text())
+
+
+def _auto_class(kind: str):
+    from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification
+
+    return AutoModelForTokenClassification if kind == "token_classification" else AutoModelForSequenceClassification
+
+
+def _load_normalised_checkpoint(directory: Path, config_dict: dict, num_labels: int, kind: str, dtype: torch.dtype):
+    """A checkpoint saved with normalisation parametrizations (``config.qft_normalization``):
+    rebuild the architecture, re-apply the normalisation (qft's own models do that themselves),
+    load the state dict strictly, fold the normalisation into plain weights."""
+    from transformers import AutoConfig
+
+    from qft_cli.dnabert2 import read_checkpoint
+
+    config = AutoConfig.from_pretrained(str(directory))
+    if config.num_labels != num_labels:
+        raise QftInputError(f"checkpoint {directory} has a head of {config.num_labels} labels but the dataset has "
+                            f"{num_labels}: fine-tune a checkpoint trained on the same labels")
+    model = _auto_class(kind).from_config(config)
+    if not any(isinstance(m, BlockNormalization) for m in model.modules()):
+        settings = dict(config_dict["qft_normalization"])
+        apply_normalization(model, settings.pop("method"), **settings)
+    result = model.load_state_dict(read_checkpoint(directory), strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise QftInputError(f"checkpoint {directory} does not match its architecture: missing "
+                            f"{result.missing_keys[:5]}, unexpected {result.unexpected_keys[:5]}")
+    fold_normalization(model)
+    return model.to(dtype=dtype)
+
+
+def load_classifier(source: ModelSource, num_labels: int, *, kind: str = "sequence_classification", seed: int = 42,
+                    dtype: torch.dtype = torch.float32, trust_remote_code: bool = False):
+    """Load ``source`` with a sequence- or token-classification head of ``num_labels`` outputs.
+    New heads are initialised from ``seed``, so every variant of a run starts from the same weights.
+    A normalised checkpoint (``config.qft_normalization``) is rebuilt and its normalisation folded.
+
+    Args:
+        kind: ``sequence_classification`` or ``token_classification`` (:class:`qft_cli.tasks.TaskData`).
+
+    Raises:
+        QftInputError: no such classification architecture in ``transformers`` (or in qft's native
+            DNABERT-2 / qft transformer), hub failures, mismatched checkpoints.
+    """
+    import qft_cli.modeling_qft  # noqa: F401  (registers qft train's model with the Auto classes)
+    from qft_cli.dnabert2 import build_tiny_dnabert, is_dnabert2_source
+    from qft_cli.models import load_config, load_model
+
+    auto_class = _auto_class(kind)
+    head = "token" if kind == "token_classification" else "sequence"
+    torch.manual_seed(seed)
+    if source.kind == "tiny" and source.location == TINY_DNABERT:
+        return build_tiny_dnabert(head, seed=seed, num_labels=num_labels).to(dtype=dtype)
+    config_dict = _local_config(source)
+    if config_dict is not None and "qft_normalization" in config_dict:
+        return _load_normalised_checkpoint(Path(source.location), config_dict, num_labels, kind, dtype)
+    if not trust_remote_code and not is_dnabert2_source(source.location, source.kind):
+        config = load_config(source)
+        if type(config) not in auto_class._model_mapping:
+            raise QftInputError(f"model {source.name} ({type(config).__name__}) has no {head}-classification "
+                                "architecture in transformers: pick an encoder or decoder language model")
+    kwargs: dict[str, Any] = {"num_labels": num_labels}
+    if source.kind == "local" and not is_dnabert2_source(source.location, source.kind):
+        kwargs["ignore_mismatched_sizes"] = True
+    return load_model(source, dtype=dtype, trust_remote_code=trust_remote_code, auto_class=auto_class, **kwargs)
+
+
+def load_finetune_tokenizer(source: ModelSource, trust_remote_code: bool = False):
+    """The model's own tokenizer (``tiny-dnabert``: tiny-bert's byte-level tokenizer); a pad token
+    is added from the end-of-sequence token when missing.
+
+    Raises:
+        QftInputError: no tokenizer files (pass ``--tokenizer``), hub failures.
+    """
+    from qft_cli.models import load_tokenizer, tiny_tokenizer
+
+    if source.kind == "tiny" and source.location == TINY_DNABERT:
+        return tiny_tokenizer(with_bert_specials=True)
+    try:
+        tokenizer = load_tokenizer(source, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError, TypeError) as err:
+        if isinstance(err, QftInputError):
+            raise
+        raise QftInputError(f"no tokenizer found for {source.name}: pass --tokenizer with a model whose "
+                            "tokenizer to use") from None
+    if tokenizer.pad_token is None:
+        if tokenizer.eos_token is None:
+            raise QftInputError(f"tokenizer of {source.name} has neither a pad nor an end-of-sequence token")
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def _tokenizer_for(source: ModelSource, tokenizer_name: Optional[str], data, save_dir: Optional[Path],
+                   trust_remote_code: bool):
+    from qft_cli.tasks import build_tokenizer
+
+    if tokenizer_name and _DNA_TOKENIZER_RE.match(tokenizer_name.strip().lower()):
+        if data.kind != "sequence_classification":
+            raise QftInputError(f"--tokenizer {tokenizer_name} is a DNA tokenizer but {data.dataset} is a text task")
+        return build_tokenizer(tokenizer_name, data, save_dir=save_dir, trust_remote_code=trust_remote_code)
+    tok_source = resolve_finetune_model(tokenizer_name) if tokenizer_name else source
+    tokenizer = load_finetune_tokenizer(tok_source, trust_remote_code=trust_remote_code)
+    if data.kind == "token_classification" and not getattr(tokenizer, "is_fast", False):
+        raise QftInputError(f"the tokenizer of {tok_source.name} is not a fast tokenizer: POS labels need word ids")
+    return tokenizer
+
+
+def check_layers(model, settings: FinetuneSettings) -> None:
+    """Validate ``settings.layers`` against the depth of ``model`` before any training.
+
+    Raises:
+        QftInputError: a layer beyond the depth or a malformed list.
+    """
+    from qft_cli.layout import classify_model
+
+    depth = max((s.layer for s in classify_model(model)), default=0)
+    parse_layers(settings.layers, depth)
+
+
+def _check_vocabulary(model, tokenizer, name: str) -> None:
+    embedding = model.get_input_embeddings()
+    if embedding is not None and len(tokenizer) > embedding.num_embeddings:
+        raise QftInputError(f"the tokenizer has {len(tokenizer)} tokens but {name}'s embedding only "
+                            f"{embedding.num_embeddings} rows: use the model's own tokenizer")
+
+
+# ----------------------------------------------------------------------------- the experiment
+
+@dataclass
+class FinetuneResult:
+    """Test metrics of every variant and facts of the run.
+
+    Attributes:
+        variants: per variant ``{"variant", "test": {loss, accuracy, f1}, "best_model_dir",
+            "export_dir", "normalised": ["<parameter>:<matrix>", ...], "epochs", "steps"}``.
+    """
+
+    model_id: str
+    data_source: str
+    num_labels: int
+    kind: str
+    max_length: int
+    sizes: dict[str, int]
+    variants: list[dict[str, Any]] = field(default_factory=list)
+
+    def summary(self) -> list[dict[str, Any]]:
+        """Rows ``variant, accuracy, f1, accuracy_diff, f1_diff`` (differences to vanilla; NaN without it)."""
+        base = next((v["test"] for v in self.variants if v["variant"] == "vanilla"), None)
+        return [{"variant": v["variant"], "accuracy": v["test"]["accuracy"], "f1": v["test"]["f1"],
+                 "accuracy_diff": v["test"]["accuracy"] - base["accuracy"] if base else math.nan,
+                 "f1_diff": v["test"]["f1"] - base["f1"] if base else math.nan} for v in self.variants]
+
+
+def finetune(model_name: str, *, dataset: str, settings: FinetuneSettings, run, data_dir: Optional[Path] = None,
+             task: Optional[str] = None, tokenizer_name: Optional[str] = None, device: str = "auto",
+             dtype: torch.dtype = torch.float32, trust_remote_code: bool = False, export_dir: Optional[Path] = None,
+             resume: bool = False, progress: Optional[ProgressFn] = None) -> FinetuneResult:
+    """Fine-tune every variant of ``settings`` on the same data and seed into ``run``.
+
+    Args:
+        model_name: alias, hub id, local directory, ``qft train`` run directory or ``tiny-dnabert``.
+        dataset: ``genomic-bench``, ``gue`` or ``conll2003`` (:mod:`qft_cli.tasks`).
+        run: an entered :class:`qft_cli.runs.Run`; tables and checkpoints go into ``run.path``.
+        device: ``auto``, ``cpu`` or ``cuda`` (the Trainer places the model).
+        export_dir: write each variant with the normalisation folded, for stock ``transformers``
+            (``export_dir`` for one variant, ``export_dir/<variant>`` for several).
+        resume: skip variants with a test row in ``metrics.parquet``; continue the interrupted one
+            from its last checkpoint.
+
+    Raises:
+        QftInputError: bad model, data, tokenizer, layers, targets or gamma.
+    """
+    from transformers import DataCollatorForTokenClassification, DataCollatorWithPadding
+
+    from qft_cli.export import export_model
+    from qft_cli.tasks import encode, load_task, subsample
+    from qft_cli.training import METRICS_TABLE, ResultsRecorder, train_variant
+
+    run_dir = Path(run.path)
+    source = resolve_finetune_model(model_name)
+    data = load_task(dataset, task=task, data_dir=data_dir, seed=settings.seed)
+    subsample(data, "train", settings.max_train_samples, settings.seed)
+    for split in ("validation", "test"):
+        if split in data.splits:
+            subsample(data, split, settings.max_eval_samples, settings.seed)
+    tokenizer = _tokenizer_for(source, tokenizer_name, data, run_dir if run.is_main_process else None,
+                               trust_remote_code)
+    max_length = settings.max_length or int(min(getattr(tokenizer, "model_max_length", 512) or 512, 512))
+    encoded = encode(data, tokenizer, max_length)
+    collator = (DataCollatorForTokenClassification(tokenizer) if data.kind == "token_classification"
+                else DataCollatorWithPadding(tokenizer))
+    cfg = settings.training_config(device)
+    cfg.validate()
+    recorder = ResultsRecorder(run)
+    result = FinetuneResult(source.model_id, data.source, data.num_labels, data.kind, max_length, data.sizes())
+    variants = settings.variants()
+    for variant, method, max_gamma in variants:
+        done = recorder.test_row(variant) if resume else None
+        if done is not None:
+            result.variants.append({"variant": variant, "test": {k: float(done[k]) for k in ("loss", "accuracy", "f1")},
+                                    "best_model_dir": str(run_dir / "best" / variant), "export_dir": None,
+                                    "normalised": [], "epochs": float(done["epoch"]), "steps": int(done["step"])})
+            continue
+        model = load_classifier(source, data.num_labels, kind=data.kind, seed=settings.seed, dtype=dtype,
+                                trust_remote_code=trust_remote_code)
+        model.config.id2label = dict(enumerate(data.label_names))
+        model.config.label2id = {n: i for i, n in enumerate(data.label_names)}
+        if getattr(model.config, "pad_token_id", None) is None:
+            model.config.pad_token_id = tokenizer.pad_token_id
+        _check_vocabulary(model, tokenizer, source.name)
+        normalised: list[str] = []
+        if method is not None:
+            check_layers(model, settings)  # before any training: a bad --layers fails at once
+            specs = apply_normalization(model, method, targets=settings.targets, layers=settings.layers,
+                                        max_gamma=max_gamma)
+            normalised = [f"{s.parameter}:{s.matrix}" for s in specs]
+        trained = train_variant(model, encoded, cfg, variant, output_dir=run_dir / "checkpoints" / variant,
+                                num_labels=data.num_labels, recorder=recorder, data_collator=collator,
+                                tokenizer=tokenizer, targets=settings.targets.split(","), resume=resume,
+                                best_model_dir=run_dir / "best" / variant if run.is_main_process else None,
+                                progress=progress)
+        exported = None
+        if export_dir is not None and run.is_main_process:
+            exported = str(export_model(model, Path(export_dir) if len(variants) == 1 else Path(export_dir) / variant,
+                                        tokenizer=tokenizer))
+        result.variants.append({"variant": variant, "test": trained.test, "best_model_dir": trained.best_model_dir,
+                                "export_dir": exported, "normalised": normalised, "epochs": trained.epochs,
+                                "steps": trained.steps})
+        run.update(results={v["variant"]: {k: v[k] for k in ("test", "best_model_dir", "export_dir", "normalised")}
+                            for v in result.variants})
+        del model
+    recorder.write(METRICS_TABLE)
+    return result

@@ -1,0 +1,260 @@
+"""``qft finetune``: selection of normalised matrices, bounded gammas, export round trip, learning
+on real GUE data offline, and bad input (one line, exit 2)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import typer
+from typer.testing import CliRunner
+
+from qft_cli.cli.finetune import finetune_command
+from qft_cli.errors import QftInputError
+from qft_cli.finetune import FinetuneSettings, find_best_checkpoint
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_export import _stock_logits  # noqa: E402
+
+app = typer.Typer()
+app.command("finetune")(finetune_command)
+
+
+@app.command("version")
+def _version() -> None:  # a second command keeps `finetune` a sub-command, as in the root app
+    pass
+
+
+runner = CliRunner()
+FAST = ["--dataset", "gue", "--num-epochs", "1", "--batch-size", "16", "--eval-batch-size", "64", "--warmup-ratio", "0", "-q"]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """2 shared cores: one intra-op thread is several times faster than two under contention."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def small_csv(tmp_path_factory, shared_data) -> Path:
+    """200/64/64 real GUE sequences as a --data-dir (fast runs)."""
+    directory = tmp_path_factory.mktemp("gue-small")
+    source = shared_data / "gue" / "prom_core_notata"
+    for split, n in (("train", 200), ("dev", 64), ("test", 64)):
+        pd.read_csv(source / f"{split}.csv").head(n).to_csv(directory / f"{split}.csv", index=False)
+    return directory
+
+
+def _run(args: list[str]):
+    result = runner.invoke(app, ["finetune", *args])
+    return result
+
+
+def _run_dir(out: Path) -> Path:
+    (run,) = [p for p in out.iterdir() if p.is_dir()]
+    return run
+
+
+def test_layers_1_ffn_touches_exactly_those_matrices(tmp_path, small_csv):
+    out = tmp_path / "runs"
+    result = _run(["tiny-dnabert", "--data-dir", str(small_csv), "--norm", "frobenius", "--layers", "1",
+                   "--targets", "ffn", "--max-steps", "2", "--out", str(out), *FAST])
+    assert result.exit_code == 0, result.output
+    run = _run_dir(out)
+    meta = json.loads((run / "run.json").read_text())
+    assert meta["status"] == "completed"
+    assert meta["results"]["frobenius"]["normalised"] == [
+        "bert.encoder.layer.0.mlp.gated_layers.weight:ffn_gate", "bert.encoder.layer.0.mlp.gated_layers.weight:ffn_up",
+        "bert.encoder.layer.0.mlp.wo.weight:ffn_down"]
+    norms = pd.read_parquet(run / "norms_during_training.parquet")
+    assert set(zip(norms.layer, norms.matrix)) == {(1, "ffn_gate"), (1, "ffn_up"), (1, "ffn_down")}
+    np.testing.assert_allclose(norms.frobenius_norm, 1.0, rtol=1e-5)
+    # the saved best model carries parametrizations on exactly those two parameters
+    from safetensors import safe_open
+
+    with safe_open(str(run / "best" / "frobenius" / "model.safetensors"), "pt") as f:
+        keys = list(f.keys())
+    parametrized = sorted({k.split(".parametrizations.")[0] for k in keys if ".parametrizations." in k})
+    assert parametrized == ["bert.encoder.layer.0.mlp.gated_layers", "bert.encoder.layer.0.mlp.wo"]
+
+
+def test_gammas_stay_below_max_gamma_and_set_the_norm(tmp_path, small_csv):
+    out = tmp_path / "runs"
+    result = _run(["tiny-bert", "--dataset", "gue", "--data-dir", str(small_csv), "--norm", "frobenius", "--max-gamma", "0.5",
+                   "--learning-rate", "0.05", "--num-epochs", "2", "--batch-size", "16", "--warmup-ratio", "0",
+                   "--out", str(out), "-q"])
+    assert result.exit_code == 0, result.output
+    run = _run_dir(out)
+    gammas = pd.read_parquet(run / "gammas.parquet")
+    assert list(gammas.columns) == ["variant", "epoch", "step", "parameter", "layer", "matrix", "gamma"]
+    assert set(gammas.variant) == {"frobenius_subnormalised"}
+    assert sorted(gammas.epoch.unique()) == [0.0, 1.0, 2.0]
+    assert len(gammas[gammas.epoch == 0]) == 2 * 6  # q,k,v,o,ffn_up,ffn_down in 2 layers
+    assert (gammas.gamma > 0).all() and (gammas.gamma <= 0.5).all()
+    assert gammas[gammas.epoch == 2].gamma.sub(0.25).abs().max() > 1e-3  # they did learn
+    norms = pd.read_parquet(run / "norms_during_training.parquet")
+    merged = norms.merge(gammas, on=["variant", "epoch", "step", "parameter", "layer", "matrix"])
+    assert len(merged) == len(gammas)
+    # effective ||W||_F == gamma (computed independently from the effective matrix), spectral <= Frobenius
+    np.testing.assert_allclose(merged.frobenius_norm, merged.gamma, rtol=1e-5)
+    assert (merged.spectral_norm <= merged.frobenius_norm + 1e-9).all()
+    metrics = pd.read_parquet(run / "metrics.parquet")
+    assert {"train", "validation", "test"} <= set(metrics.split)
+
+
+def test_export_round_trip_through_the_cli(tmp_path, small_csv):
+    from qft_cli.finetune import load_classifier
+    from qft_cli.models import ModelSource
+
+    out, export = tmp_path / "runs", tmp_path / "export"
+    result = _run(["tiny-dnabert", "--data-dir", str(small_csv), "--norm", "frobenius", "--max-gamma", "1",
+                   "--max-steps", "3", "--export", str(export), "--out", str(out), *FAST])
+    assert result.exit_code == 0, result.output
+    best = _run_dir(out) / "best" / "frobenius_subnormalised"
+    # the normalised best checkpoint, rebuilt and folded in process
+    model = load_classifier(ModelSource(str(best), "local", str(best)), 2)
+    ids = torch.randint(5, 261, (3, 10))
+    mask = torch.ones_like(ids)
+    mask[2, 6:] = 0
+    with torch.no_grad():
+        expected = model.eval()(input_ids=ids, attention_mask=mask).logits
+    logits, cls_name = _stock_logits(export, ids, mask, tmp_path)
+    assert cls_name == "DnaBert2ForSequenceClassification"
+    torch.testing.assert_close(logits, expected, rtol=1e-6, atol=1e-6)
+    assert (export / "tokenizer.json").is_file()
+    assert "qft_normalization" not in json.loads((export / "config.json").read_text())
+
+
+def _assert_one_line_exit_2(result):
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.output
+
+
+def test_bad_inputs_one_line_exit_2(tmp_path, small_csv):
+    out = tmp_path / "runs"
+    common = ["--data-dir", str(small_csv), "--out", str(out), *FAST]
+    vit = tmp_path / "vit"
+    vit.mkdir()
+    (vit / "config.json").write_text(json.dumps({"model_type": "vit", "hidden_size": 32}))
+    result = _run([str(vit), "--tokenizer", "tiny-bert", *common])
+    _assert_one_line_exit_2(result)
+    assert "no sequence-classification architecture" in result.output
+    result = _run(["tiny-bert", "--norm", "frobenius", "--layers", "3", *common])
+    _assert_one_line_exit_2(result)
+    assert "layer 3" in result.output
+    for gamma in ("0", "-1"):
+        _assert_one_line_exit_2(_run(["tiny-bert", "--norm", "frobenius", "--max-gamma", gamma, *common]))
+    run_dir = tmp_path / "train-run"
+    run_dir.mkdir()
+    (run_dir / "run.json").write_text(json.dumps({"command": "train", "status": "failed"}))
+    result = _run([str(run_dir), *common])
+    _assert_one_line_exit_2(result)
+    assert "no best checkpoint" in result.output
+    assert not out.exists() or not any(out.iterdir())  # bad input leaves no run directory
+
+
+def test_train_run_directory_loads_its_best_checkpoint(tmp_path):
+    from transformers import AutoModelForSequenceClassification
+
+    from qft_cli.finetune import load_classifier, resolve_finetune_model
+    from qft_cli.models import build_tiny_model
+
+    run_dir = tmp_path / "run"  # the layout of qft_cli.training: best/<variant>/
+    (run_dir / "best").mkdir(parents=True)
+    (run_dir / "run.json").write_text(json.dumps({"command": "train"}))
+    trained = build_tiny_model("tiny-bert", AutoModelForSequenceClassification, num_labels=2)
+    trained.save_pretrained(run_dir / "best" / "vanilla")
+    source = resolve_finetune_model(str(run_dir))
+    assert Path(source.location) == (run_dir / "best" / "vanilla").resolve()
+    model = load_classifier(source, 2)
+    assert torch.equal(model.bert.encoder.layer[1].output.dense.weight, trained.bert.encoder.layer[1].output.dense.weight)
+    trained.save_pretrained(run_dir / "best" / "frobenius")
+    assert find_best_checkpoint(run_dir) == run_dir / "best" / "vanilla"
+
+
+def test_settings_defaults_and_variants():
+    s = FinetuneSettings()
+    assert (s.learning_rate, s.num_epochs, s.early_stopping, s.weight_decay, s.lr_scheduler_type, s.warmup_ratio,
+            s.batch_size, s.eval_batch_size) == (2e-4, 200, 25, 0.01, "cosine", 0.1, 128, 256)
+    assert FinetuneSettings(norm="all").variants() == [("vanilla", None, None), ("frobenius", "frobenius", None),
+                                                       ("frobenius_subnormalised", "frobenius", 1.0)]
+    assert FinetuneSettings(norm="spectral", max_gamma=2.0).variants() == [("spectral_subnormalised", "spectral", 2.0)]
+    with pytest.raises(QftInputError):
+        FinetuneSettings(norm="frobenius", max_gamma=0.0)
+    with pytest.raises(QftInputError):
+        FinetuneSettings(norm="spectrall")
+
+
+def test_pos_tagging_runs_with_a_token_classification_head(tmp_path, shared_data):
+    out = tmp_path / "runs"
+    result = _run(["tiny-bert", "--dataset", "conll2003", "--data-dir", str(shared_data / "conll2003"),
+                   "--norm", "spectral", "--targets", "attention", "--max-train-samples", "64",
+                   "--max-eval-samples", "32", "--max-steps", "2", "--num-epochs", "1", "--batch-size", "16",
+                   "--warmup-ratio", "0", "--out", str(out), "-q"])
+    assert result.exit_code == 0, result.output
+    run = _run_dir(out)
+    meta = json.loads((run / "run.json").read_text())
+    assert meta["task_kind"] == "token_classification" and meta["num_labels"] > 40
+    config = json.loads((run / "best" / "spectral" / "config.json").read_text())
+    assert config["architectures"] == ["BertForTokenClassification"]
+    norms = pd.read_parquet(run / "norms_during_training.parquet")
+    assert set(norms.matrix) == {"q", "k", "v", "o"}
+    np.testing.assert_allclose(norms.spectral_norm, 1.0, atol=1e-3)
+
+
+def test_resume_skips_finished_variants_and_continues_the_interrupted_one(tmp_path, small_csv):
+    out = tmp_path / "runs"
+    args = ["tiny-bert", "--data-dir", str(small_csv), "--norm", "all", "--num-epochs", "2", "--out", str(out),
+            *[a for a in FAST if a not in ("--num-epochs", "1")]]
+    assert _run(args).exit_code == 0
+    run = _run_dir(out)
+    before = pd.read_parquet(run / "metrics.parquet")
+    # simulate an interruption of the last variant after its first epoch
+    last = "frobenius_subnormalised"
+    checkpoints = sorted((run / "checkpoints" / last).glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    assert len(checkpoints) == 2
+    import shutil
+
+    shutil.rmtree(checkpoints[-1])
+    shutil.rmtree(run / "best" / last)
+    step = int(checkpoints[0].name.split("-")[1])
+    kept = before[~((before.variant == last) & (before.step > step))]
+    from qft_cli.runs import write_parquet_atomic
+
+    write_parquet_atomic(kept, run / "metrics.parquet")
+    result = _run([*args, "--resume", str(run)])
+    assert result.exit_code == 0, result.output
+    after = pd.read_parquet(run / "metrics.parquet")
+    for variant in ("vanilla", "frobenius"):  # untouched
+        pd.testing.assert_frame_equal(after[after.variant == variant].reset_index(drop=True),
+                                      before[before.variant == variant].reset_index(drop=True))
+    resumed = after[after.variant == last]
+    assert sorted(resumed[resumed.split == "validation"].epoch) == [1.0, 2.0]
+    assert (resumed.split == "test").sum() == 1
+    assert (run / "best" / last / "config.json").is_file()
+    assert json.loads((run / "run.json").read_text())["status"] == "completed"
+
+
+def test_published_style_dnabert2_directory_fine_tunes_every_matrix(tmp_path, small_csv):
+    from qft_cli.dnabert2 import save_published_style_checkpoint
+
+    checkpoint = save_published_style_checkpoint(tmp_path / "dnabert2", seed=5)
+    out, export = tmp_path / "runs", tmp_path / "export"
+    result = _run([str(checkpoint), "--tokenizer", "tiny-bert", "--data-dir", str(small_csv), "--norm", "frobenius",
+                   "--max-steps", "2", "--export", str(export), "--out", str(out), *FAST])
+    assert result.exit_code == 0, result.output
+    meta = json.loads((_run_dir(out) / "run.json").read_text())
+    normalised = meta["results"]["frobenius"]["normalised"]
+    assert sorted(m.split(":")[1] for m in normalised) == sorted(["q", "k", "v", "o", "ffn_gate", "ffn_up",
+                                                                  "ffn_down"] * 2)
+    config = json.loads((export / "config.json").read_text())
+    assert config["model_type"] == "qft_dnabert2" and "auto_map" in config
