@@ -433,7 +433,7 @@ def train_variant(model, datasets: Mapping[str, Any], config: TrainingConfig, va
     Raises:
         QftInputError: ``validation`` missing while evaluation is on, or empty training data.
     """
-    from transformers import DataCollatorWithPadding, EarlyStoppingCallback, Trainer
+    from transformers import DataCollatorWithPadding, EarlyStoppingCallback
     from transformers.trainer_callback import PrinterCallback
     from transformers.trainer_utils import get_last_checkpoint
 
@@ -449,7 +449,7 @@ def train_variant(model, datasets: Mapping[str, Any], config: TrainingConfig, va
     cbs = [_recorder_callback_class()(recorder, variant, targets, len(datasets["train"]), progress), *callbacks]
     if evaluate and config.early_stopping > 0:
         cbs.append(EarlyStoppingCallback(early_stopping_patience=config.early_stopping))
-    trainer = Trainer(
+    trainer = trainer_class()(
         model=model, args=args, train_dataset=datasets["train"],
         eval_dataset=datasets.get("validation") if evaluate else None,
         data_collator=data_collator or DataCollatorWithPadding(tokenizer),
@@ -475,6 +475,27 @@ def train_variant(model, datasets: Mapping[str, Any], config: TrainingConfig, va
         saved = str(best_model_dir)
     return VariantResult(variant, test, trainer.state.best_model_checkpoint, saved, float(trainer.state.epoch or 0.0),
                          int(trainer.state.global_step))
+
+
+def trainer_class():
+    """The Hugging Face ``Trainer`` with one change: the logits ``g`` of learnable scales
+    (``gamma = max_gamma * sigmoid(g)``, :mod:`qft_cli.normalization`) get no weight decay.
+
+    Decay on ``g`` would pull it towards 0, i.e. gamma towards ``max_gamma / 2``, whatever the
+    data says; biases and LayerNorm weights are excluded by the Trainer already.
+    """
+    from transformers import Trainer
+
+    class QftTrainer(Trainer):
+        def get_decay_parameter_names(self, model) -> list[str]:
+            return [n for n in super().get_decay_parameter_names(model) if not is_gamma_logit(n)]
+
+    return QftTrainer
+
+
+def is_gamma_logit(parameter_name: str) -> bool:
+    """True for the learnable-scale logits of a normalisation parametrization."""
+    return ".parametrizations." in parameter_name and parameter_name.endswith(".g")
 
 
 # ----------------------------------------------------------------------------- the experiment

@@ -236,6 +236,25 @@ def test_learned_gammas_recorded_and_bounded(tmp_path):
     assert np.allclose(norms["frobenius_norm"], norms["gamma"], rtol=1e-6)
 
 
+def test_gamma_logits_get_no_weight_decay(tmp_path):
+    """Decay on g would drag gamma towards max_gamma / 2 regardless of the data."""
+    from qft_cli.training import trainer_class, training_arguments
+
+    model = _model()
+    qn.apply_normalization(model, "frobenius", max_gamma=1.0)
+    args = training_arguments(TrainingConfig(device="cpu", weight_decay=0.5, eval_strategy="no", early_stopping=0),
+                              tmp_path, 10)
+    trainer = trainer_class()(model=model, args=args)
+    decayed = trainer.get_decay_parameter_names(model)
+    gamma_names = [n for n, _ in model.named_parameters() if n.endswith(".g")]
+    assert gamma_names and not set(gamma_names) & set(decayed)
+    assert any(n.endswith("original") for n in decayed)  # the weights themselves still decay
+    optimizer = trainer.create_optimizer()
+    decay_of = {id(p): group["weight_decay"] for group in optimizer.param_groups for p in group["params"]}
+    params = dict(model.named_parameters())
+    assert all(decay_of[id(params[n])] == 0.0 for n in gamma_names)
+
+
 def test_cpu_runs_without_mixed_precision(tmp_path):
     from qft_cli.training import training_arguments
 
@@ -248,7 +267,12 @@ def test_hub_unreachable_is_one_line(monkeypatch):
     from qft_cli.errors import QftInputError
     from qft_cli.tasks import load_task
 
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    import datasets.config
+    import huggingface_hub.constants
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # read at import time: patch the constants as well
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True, raising=False)
     with pytest.raises(QftInputError, match="--data-dir") as err:
         load_task("gue", task="prom_core_notata")
     assert "\n" not in str(err.value)
