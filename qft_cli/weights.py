@@ -65,13 +65,28 @@ def _damaged(path: Path, err: BaseException) -> QftInputError:
                          "the file is damaged or not a checkpoint; download it again")
 
 
+def checkpoint_files(directory: Path) -> list[Path]:
+    """The safetensors files that make up the Hugging Face checkpoint in ``directory``.
+
+    With ``model.safetensors.index.json``, the shards its ``weight_map`` names; else
+    ``model*.safetensors``; else any ``*.safetensors``. Other copies of the weights in the same
+    repository (e.g. Mistral's ``consolidated.safetensors``, with other parameter names) are
+    ignored, so no parameter is counted twice.
+    """
+    index = directory / "model.safetensors.index.json"
+    if index.is_file():
+        names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        return [directory / n for n in names]
+    return sorted(directory.glob("model*.safetensors")) or sorted(directory.glob("*.safetensors"))
+
+
 def _store_from_dir(directory: Path) -> TensorStore:
     from safetensors import safe_open
 
     config_path = directory / "config.json"
     config = json.loads(config_path.read_text()) if config_path.is_file() else {}
     stack = ExitStack()
-    files = sorted(directory.glob("*.safetensors"))
+    files = checkpoint_files(directory)
     shapes: dict[str, tuple[int, ...]] = {}
     where: dict[str, object] = {}
     if files:
@@ -108,8 +123,9 @@ def _store_from_dir(directory: Path) -> TensorStore:
 def open_weights(source: ModelSource) -> TensorStore:
     """Open the weights of ``source`` for streaming.
 
-    Hub models: only ``*.json`` and ``*.safetensors`` files are fetched (``*.bin`` when the repo
-    has no safetensors).
+    Hub models: only ``*.json`` and ``model*.safetensors`` files are fetched (any ``*.safetensors``
+    when there is no ``model*`` file, ``pytorch_model*.bin`` when there is no safetensors file);
+    see :func:`checkpoint_files` for the files that are read.
 
     Raises:
         QftInputError: the hub is unreachable and the files are not cached; no weight files.
@@ -117,7 +133,9 @@ def open_weights(source: ModelSource) -> TensorStore:
     if source.kind == "tiny":
         return _store_from_module(build_tiny_model(source.location))
     if source.kind == "hub":
-        directory = hub_snapshot(source, ["*.json", "*.safetensors"])
+        directory = hub_snapshot(source, ["*.json", "model*.safetensors"])  # not consolidated.* copies
+        if not list(directory.glob("*.safetensors")):
+            directory = hub_snapshot(source, ["*.json", "*.safetensors"])
         if not list(directory.glob("*.safetensors")):
             directory = hub_snapshot(source, ["*.json", "pytorch_model*.bin"])
         return _store_from_dir(directory)

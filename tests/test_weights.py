@@ -184,3 +184,15 @@ def test_all_weights_nonfinite_keeps_the_columns(tmp_path):
     assert list(result.table.columns) == WEIGHT_COLUMNS
     assert result.table["spectral_norm"].isna().all() and result.table["spectral_norm"].dtype == "float64"
     assert len(summarize_weights(result.table)) == 7
+
+
+def test_sharded_checkpoint_reads_the_index_not_other_copies(tmp_path):
+    model = build_tiny_model("tiny-llama")
+    model.save_pretrained(tmp_path, max_shard_size="100KB")
+    assert (tmp_path / "model.safetensors.index.json").is_file()
+    # a second copy of the weights under other names, as Mistral's consolidated.safetensors
+    save_file({"layers.0.attention.wq.weight": torch.ones(64, 64)}, str(tmp_path / "consolidated.safetensors"))
+    streamed = weight_norms(ModelSource("sharded", "local", str(tmp_path))).table
+    mem = weight_norms(resolve_model("tiny-llama")).table
+    assert len(streamed) == len(mem)
+    assert streamed["spectral_norm"].tolist() == pytest.approx(mem["spectral_norm"].tolist(), rel=1e-12)
