@@ -406,6 +406,30 @@ def _log_axis_if_spread(values: np.ndarray, ratio: float = 20.0) -> str:
     return "log" if v.size and v.max() / v.min() >= ratio else "linear"
 
 
+def _log_ticks(values: np.ndarray) -> dict[str, Any]:
+    """Axis settings for a log axis with ticks at 1-2-5 x 10^k inside the data range (no clutter)."""
+    v = np.asarray(values, dtype=float)
+    v = v[np.isfinite(v) & (v > 0)]
+    if not v.size:
+        return {"type": "log"}
+    lo, hi = math.floor(math.log10(v.min())), math.ceil(math.log10(v.max()))
+    ticks = [m * 10.0 ** k for k in range(lo, hi + 1) for m in (1, 2, 5) if v.min() / 1.5 <= m * 10.0 ** k <= v.max() * 1.5]
+    if len(ticks) < 3:
+        ticks = [m * 10.0 ** k for k in range(lo - 1, hi + 1) for m in (1, 1.5, 2, 3, 5, 7)
+                 if v.min() / 1.3 <= m * 10.0 ** k <= v.max() * 1.3]
+    return {"type": "log", "tickmode": "array", "tickvals": ticks, "ticktext": [f"{t:g}" for t in ticks]}
+
+
+def _short_time(iso: Any) -> str:
+    try:
+        t = _dt.datetime.fromisoformat(str(iso))
+    except (TypeError, ValueError):
+        return str(iso) if iso else "–"
+    if t.tzinfo is not None:
+        t = t.astimezone(_dt.timezone.utc)
+    return t.strftime("%Y-%m-%d %H:%M:%S")
+
+
 def _duration(meta: dict[str, Any]) -> str:
     try:
         start = _dt.datetime.fromisoformat(str(meta["start_time"]))
@@ -470,7 +494,10 @@ class _Page:
         for row in rows:
             cells = []
             for cell in row:
-                if isinstance(cell, _Raw):
+                if isinstance(cell, _Num):
+                    text = "–" if not math.isfinite(cell.value) else format(cell.value, cell.spec)
+                    cells.append(f'<td class="num" data-value="{cell.value!r}">{text.replace("-", "−")}</td>')
+                elif isinstance(cell, _Raw):
                     cells.append(f"<td>{cell.html}</td>")
                 elif isinstance(cell, (float, np.floating, int, np.integer)) and not isinstance(cell, bool):
                     cells.append(f'<td class="num" data-value="{float(cell)!r}">{_fmt(cell)}</td>')
@@ -494,6 +521,14 @@ class _Page:
             f'<script type="text/javascript">{get_plotlyjs()}</script>',
             "</head><body><main>", f"<h1>{_e(title)}</h1>", f'<p class="subtitle">{subtitle}</p>',
             *self.notes, "".join(toc), *self.parts, "</main></body></html>", ""])
+
+
+@dataclass(frozen=True)
+class _Num:
+    """A number shown with a format spec (e.g. ``+.2f``), its full value kept in ``data-value``."""
+
+    value: float
+    spec: str
 
 
 @dataclass(frozen=True)
@@ -549,14 +584,14 @@ def _inputs_section(page: _Page, df: pd.DataFrame) -> None:
         for norm, (norm_name, sub) in NORM_LABELS.items():
             fig = go.Figure()
             thinned_any = False
-            for (label, layer), g in d.groupby(["label", "layer"], sort=True):
+            for t_i, ((label, layer), g) in enumerate(d.groupby(["label", "layer"], sort=True)):
                 g, thinned = _thin(g, MAX_POINTS_PER_TRACE)
                 thinned_any |= thinned
                 g = g.sort_values("num_tokens")
                 fig.add_trace(go.Scatter(
                     x=g["num_tokens"].to_numpy(float), y=g[norm].to_numpy(float), mode="markers",
                     name=f"{_e(label)} · layer {int(layer)}",
-                    marker=dict(size=5, color=_color(labels.index(label)), symbol=_SYMBOLS[int(layer) % len(_SYMBOLS)],
+                    marker=dict(size=5, color=_color(t_i), symbol=_SYMBOLS[labels.index(label) % len(_SYMBOLS)],
                                 opacity=0.75),
                     hovertemplate="N=%{x}<br>‖S‖=%{y:.4g}<extra>%{fullData.name}</extra>"))
             n = d["num_tokens"].to_numpy(float)
@@ -568,12 +603,12 @@ def _inputs_section(page: _Page, df: pd.DataFrame) -> None:
                 fig.add_trace(go.Scatter(x=grid, y=c0 * np.sqrt(grid), mode="lines", name="reference ∝ √N",
                                          line=dict(color="black", dash="dash", width=1.5), hoverinfo="skip"))
             fig.update_layout(
-                title=f"{norm_name} norm ‖S<sub>L</sub>‖<sub>{sub}</sub> vs tokens N, dataset {_e(dataset)} "
-                      "(log-log; hidden-state units)",
-                xaxis=dict(title="number of tokens N", type="log"),
-                yaxis=dict(title=f"‖S<sub>L</sub>‖<sub>{sub}</sub> (hidden-state units)", type="log"),
+                title=f"{norm_name.capitalize()} norm ‖S<sub>L</sub>‖<sub>{sub}</sub> vs number of tokens N, "
+                      f"dataset {_e(dataset)} (log-log; hidden-state units)",
+                xaxis=dict(title="number of tokens N", **_log_ticks(n[ok])),
+                yaxis=dict(title=f"‖S<sub>L</sub>‖<sub>{sub}</sub> (hidden-state units)", **_log_ticks(y[ok])),
                 legend=dict(title="model · layer"))
-            caption = (f"{norm_name} norm of the hidden-state matrix against its number of tokens, one trace per "
+            caption = (f"{norm_name.capitalize()} norm of the hidden-state matrix against its number of tokens, one trace per "
                        "model and layer; the dashed line ∝ √N (slope ½) is anchored at the median of ‖S‖/√N.")
             if thinned_any:
                 caption += (f" Traces with more than {MAX_POINTS_PER_TRACE} samples are thinned to "
@@ -644,7 +679,9 @@ def _weights_section(page: _Page, weights: pd.DataFrame, vectors: pd.DataFrame) 
                     fig.update_xaxes(title_text="layer l (transformer block)", row=1, col=col,
                                      tickmode="array" if len(layers) <= 40 else "auto",
                                      tickvals=layers if len(layers) <= 40 else None)
-                    fig.update_yaxes(title_text="norm (dimensionless)", type=yscale, row=1, col=col)
+                    fig.update_yaxes(title_text="norm (dimensionless)", row=1, col=col,
+                                     **(_log_ticks(blocks[["spectral_norm", "frobenius_norm"]].to_numpy().ravel())
+                                        if yscale == "log" else {}))
                 fig.update_layout(title=f"{_e(label)}: norms of attention and FFN matrices per layer (dimensionless)",
                                   legend=dict(title="matrix"))
                 page.figure(fig, "Spectral (left) and Frobenius (right) norm of each attention (q, k, v, o) and FFN "
@@ -679,7 +716,7 @@ def _qkv_histogram(page: _Page, label: str, v: pd.DataFrame) -> None:
     if v.empty:
         return
     edges = _bins(v["value"].to_numpy(float))
-    centers, width = (edges[:-1] + edges[1:]) / 2, float(edges[1] - edges[0])
+    centers = (edges[:-1] + edges[1:]) / 2
     layers = sorted(v["layer"].unique())
     if "stack" in v.columns and v["stack"].fillna("").astype(str).nunique() > 1:
         v = v.assign(layer_key=v["stack"].fillna("").astype(str) + " " + v["layer"].astype(str))
@@ -692,9 +729,10 @@ def _qkv_histogram(page: _Page, label: str, v: pd.DataFrame) -> None:
     for i, (name, g) in enumerate(options):
         for j, m in enumerate(matrices):
             counts, _ = np.histogram(g.loc[g["matrix"] == m, "value"].to_numpy(float), bins=edges)
-            fig.add_trace(go.Bar(x=centers, y=counts, width=width, name=f"W<sub>{m}</sub>", opacity=0.55,
-                                 marker=dict(color=_color(j), line=dict(width=0)), visible=i == 0,
-                                 hovertemplate="‖column‖=%{x:.3g}<br>%{y} columns<extra>%{fullData.name}</extra>"))
+            fig.add_trace(go.Scatter(x=centers, y=counts, mode="lines", line=dict(shape="hvh", color=_color(j), width=2),
+                                     fill="tozeroy", fillcolor=_rgba(_color(j), 0.12), name=f"W<sub>{m}</sub>",
+                                     visible=i == 0,
+                                     hovertemplate="‖column‖=%{x:.3g}<br>%{y} columns<extra>%{fullData.name}</extra>"))
     buttons = []
     for i, (name, _) in enumerate(options):
         visible = [k // len(matrices) == i for k in range(len(options) * len(matrices))]
@@ -705,14 +743,19 @@ def _qkv_histogram(page: _Page, label: str, v: pd.DataFrame) -> None:
     fig.update_layout(
         title=f"{_e(label)}: column l2 norms of W<sub>q</sub>, W<sub>k</sub>, W<sub>v</sub>, all layers pooled "
               "(dimensionless)",
-        barmode="overlay", bargap=0, xaxis=dict(title="column l2 norm ‖W<sub>:,j</sub>‖<sub>2</sub> (dimensionless)"),
+        xaxis=dict(title="column l2 norm ‖W<sub>:,j</sub>‖<sub>2</sub> (dimensionless)"),
         yaxis=dict(title="number of columns"), legend=dict(title="matrix"),
         updatemenus=[dict(buttons=buttons, direction="down", x=1.0, xanchor="right", y=1.13, yanchor="bottom",
                           showactive=True)],
         margin=dict(t=90))
-    page.figure(fig, f"Histogram ({HISTOGRAM_BINS} bins shared by all choices) of the l2 norms of the columns of "
+    page.figure(fig, f"Histogram (outlines; {HISTOGRAM_BINS} bins shared by all choices) of the l2 norms of the columns of "
                      f"W<sub>q</sub>, W<sub>k</sub> and W<sub>v</sub> (layers {layers[0]}–{layers[-1]}); choose one "
                      "layer or all layers pooled with the menu at the top right.")
+
+
+def _rgba(hex_color: str, alpha: float) -> str:
+    r, g, b = (int(hex_color[i:i + 2], 16) for i in (1, 3, 5))
+    return f"rgba({r},{g},{b},{alpha})"
 
 
 def _embedding_histogram(page: _Page, label: str, v: pd.DataFrame) -> None:
@@ -787,7 +830,8 @@ def _training_section(page: _Page, runs: list[RunRecord]) -> None:
             page.html("<h4>Final test scores</h4>")
             page.table(["variant", "test accuracy", "test F1", "Δ accuracy vs vanilla (pp)", "Δ F1 vs vanilla (pp)",
                         "epoch"],
-                       [[r["variant"], r["accuracy"], r["f1"], r["accuracy_diff_pp"], r["f1_diff_pp"], r["epoch"]]
+                       [[r["variant"], _Num(r["accuracy"], ".4f"), _Num(r["f1"], ".4f"),
+                         _Num(r["accuracy_diff_pp"], "+.2f"), _Num(r["f1_diff_pp"], "+.2f"), _Num(r["epoch"], "g")]
                         for _, r in t.iterrows()], cls="test")
         nd = during[during["run"] == run_name] if not during.empty else pd.DataFrame()
         if len(nd):
@@ -814,7 +858,7 @@ def _effective_norms_figure(page: _Page, nd: pd.DataFrame, what: str) -> None:
 
     variants = sorted(nd["variant"].unique(), key=_variant_rank)
     fig = make_subplots(rows=len(variants), cols=2, horizontal_spacing=0.1, vertical_spacing=0.16 / max(1, len(variants)) + 0.04,
-                        subplot_titles=[f"{_e(v)}: {n}" for v in variants
+                        subplot_titles=[f"variant {_e(v)}: {n}" for v in variants
                                         for n in ("spectral ‖W‖<sub>2</sub>", "Frobenius ‖W‖<sub>F</sub>")])
     keys = sorted({(int(l), m) for l, m in zip(nd["layer"], nd["matrix"])}, key=lambda lm: (lm[0], _matrix_rank(lm[1])))
     for row, variant in enumerate(variants, start=1):
@@ -855,10 +899,12 @@ def _factors_section(page: _Page, inputs: pd.DataFrame, weights: pd.DataFrame) -
     if not weights.empty:
         summary = weight_alpha_summary(weights)
         page.html("<h4>Weights: largest α<sub>W</sub> over layers (dimensionless)</h4>")
-        page.table(["model", "stack", "matrix", "max ‖W‖<sub>2</sub>", "at layer", "max ‖W‖<sub>F</sub>", "at layer",
-                    "layers"],
-                   [[r["label"], r["stack"], r["matrix"], float(r["max_spectral_norm"]), int(r["max_spectral_layer"]),
-                     float(r["max_frobenius_norm"]), int(r["max_frobenius_layer"]), int(r["num_layers"])]
+        has_stack = bool((summary["stack"].astype(str) != "").any())
+        page.table(["model"] + (["stack"] if has_stack else []) + ["matrix", "max ‖W‖<sub>2</sub>", "at layer",
+                                                                   "max ‖W‖<sub>F</sub>", "at layer", "layers"],
+                   [[r["label"]] + ([r["stack"]] if has_stack else [])
+                    + [r["matrix"], float(r["max_spectral_norm"]), int(r["max_spectral_layer"]),
+                       float(r["max_frobenius_norm"]), int(r["max_frobenius_layer"]), int(r["num_layers"])]
                     for _, r in summary.iterrows()], cls="alpha-w")
 
 
@@ -889,7 +935,7 @@ def _metadata_section(page: _Page, runs: list[RunRecord]) -> None:
         rows.append([r.name, r.command, ", ".join(str(m) for m in models) if isinstance(models, list) else str(models),
                      str(opts.get("dataset", meta.get("dataset", "–"))) + (" (synthetic)" if _is_synthetic(meta)
                                                                              and "synthetic" not in str(opts.get("dataset", "")) else ""),
-                     r.status, str(meta.get("start_time", "–")), _duration(meta), f"{device} / {opts.get('dtype', '–')}",
+                     r.status, _short_time(meta.get("start_time")), _duration(meta), f"{device} / {opts.get('dtype', '–')}",
                      ", ".join(f"{k} {v}" for k, v in vers.items() if k in ("qft", "torch", "transformers", "python")),
                      _Raw(f"<code>{_e(cmdline)}</code>")])
     page.table(["run", "command", "models", "dataset", "status", "start (UTC)", "duration", "device / dtype",
