@@ -446,7 +446,7 @@ def _duration(meta: dict[str, Any]) -> str:
 
 def _is_synthetic(meta: dict[str, Any]) -> bool:
     opts = meta.get("options") or {}
-    fields = [meta.get("dataset"), opts.get("dataset"), opts.get("task"), meta.get("data")]
+    fields = [meta.get("dataset"), opts.get("dataset"), opts.get("task"), opts.get("data_dir"), meta.get("data")]
     return bool(meta.get("synthetic")) or any("synthetic" in str(f).lower() for f in fields if f)
 
 
