@@ -413,10 +413,10 @@ def _log_ticks(values: np.ndarray) -> dict[str, Any]:
     if not v.size:
         return {"type": "log"}
     lo, hi = math.floor(math.log10(v.min())), math.ceil(math.log10(v.max()))
-    ticks = [m * 10.0 ** k for k in range(lo, hi + 1) for m in (1, 2, 5) if v.min() / 1.5 <= m * 10.0 ** k <= v.max() * 1.5]
-    if len(ticks) < 3:
-        ticks = [m * 10.0 ** k for k in range(lo - 1, hi + 1) for m in (1, 1.5, 2, 3, 5, 7)
-                 if v.min() / 1.3 <= m * 10.0 ** k <= v.max() * 1.3]
+    decades = math.log10(v.max() / v.min())
+    mantissas = (1, 1.5, 2, 3, 5, 7) if decades < 1.5 else (1, 2, 5) if decades < 4 else (1,)
+    ticks = [m * 10.0 ** k for k in range(lo, hi + 1) for m in mantissas if v.min() <= m * 10.0 ** k <= v.max()]
+    ticks = sorted(set(ticks) | {min(ticks, default=v.min())})
     return {"type": "log", "tickmode": "array", "tickvals": ticks, "ticktext": [f"{t:g}" for t in ticks]}
 
 
@@ -477,7 +477,8 @@ class _Page:
         import plotly.io as pio
 
         self.num_figures += 1
-        fig.update_layout(height=height, template="plotly_white", margin=dict(l=70, r=30, t=70, b=60),
+        fig.update_layout(height=height, template="plotly_white",
+                          margin=dict(l=70, r=30, t=fig.layout.margin.t or 70, b=60),
                           font=dict(size=13), title=dict(x=0.01, xanchor="left"))
         div = pio.to_html(fig, full_html=False, include_plotlyjs=False, div_id=f"fig{self.num_figures}",
                           config={"displaylogo": False, "responsive": True,
@@ -674,18 +675,20 @@ def _weights_section(page: _Page, weights: pd.DataFrame, vectors: pd.DataFrame) 
                             marker=dict(symbol=_SYMBOLS[i % len(_SYMBOLS)], size=7),
                             hovertemplate="layer %{x}<br>%{y:.4g}<extra>%{fullData.name}</extra>"), row=1, col=col)
                 layers = sorted(blocks["layer"].unique())
-                yscale = _log_axis_if_spread(blocks[["spectral_norm", "frobenius_norm"]].to_numpy().ravel())
-                for col in (1, 2):
+                scales = []
+                for col, norm in ((1, "spectral_norm"), (2, "frobenius_norm")):
+                    values = blocks[norm].to_numpy(float)
+                    scales.append(_log_axis_if_spread(values))
                     fig.update_xaxes(title_text="layer l (transformer block)", row=1, col=col,
                                      tickmode="array" if len(layers) <= 40 else "auto",
                                      tickvals=layers if len(layers) <= 40 else None)
                     fig.update_yaxes(title_text="norm (dimensionless)", row=1, col=col,
-                                     **(_log_ticks(blocks[["spectral_norm", "frobenius_norm"]].to_numpy().ravel())
-                                        if yscale == "log" else {}))
+                                     **(_log_ticks(values) if scales[-1] == "log" else {}))
+                yscale = "log" if "log" in scales else "linear"
                 fig.update_layout(title=f"{_e(label)}: norms of attention and FFN matrices per layer (dimensionless)",
                                   legend=dict(title="matrix"))
                 page.figure(fig, "Spectral (left) and Frobenius (right) norm of each attention (q, k, v, o) and FFN "
-                                 "matrix against its layer" + (" (log scale: values span decades)" if yscale == "log"
+                                 "matrix against its layer" + (" (log scale where values span more than a factor 20)" if yscale == "log"
                                                               else "") + ".")
             emb = w[w["matrix"] == "embedding"]
             if len(emb):
@@ -745,9 +748,11 @@ def _qkv_histogram(page: _Page, label: str, v: pd.DataFrame) -> None:
               "(dimensionless)",
         xaxis=dict(title="column l2 norm ‖W<sub>:,j</sub>‖<sub>2</sub> (dimensionless)"),
         yaxis=dict(title="number of columns"), legend=dict(title="matrix"),
-        updatemenus=[dict(buttons=buttons, direction="down", x=1.0, xanchor="right", y=1.13, yanchor="bottom",
-                          showactive=True)],
-        margin=dict(t=90))
+        updatemenus=[dict(buttons=buttons, direction="down", x=1.0, xanchor="right", y=1.01, yanchor="bottom",
+                          showactive=True, pad=dict(r=0, t=0, b=0, l=0))],
+        annotations=[dict(text="show:", x=1.0, xref="paper", xanchor="right", xshift=-150, y=1.035, yref="paper",
+                          yanchor="bottom", showarrow=False)],
+        margin=dict(t=110))
     page.figure(fig, f"Histogram (outlines; {HISTOGRAM_BINS} bins shared by all choices) of the l2 norms of the columns of "
                      f"W<sub>q</sub>, W<sub>k</sub> and W<sub>v</sub> (layers {layers[0]}–{layers[-1]}); choose one "
                      "layer or all layers pooled with the menu at the top right.")
@@ -770,9 +775,10 @@ def _embedding_histogram(page: _Page, label: str, v: pd.DataFrame) -> None:
                            marker=dict(color=_color(4), line=dict(width=0)), name="tokens",
                            hovertemplate="‖e‖=%{x:.3g}<br>%{y} tokens<extra></extra>"))
     yscale = "log" if counts.max() / max(1, counts[counts > 0].min()) >= 100 else "linear"
+    yaxis = dict(title="number of tokens", **(_log_ticks(counts[counts > 0]) if yscale == "log" else {}))
     fig.update_layout(title=f"{_e(label)}: l2 norms of the {len(values):,} token embeddings (dimensionless)",
                       xaxis=dict(title="token embedding l2 norm ‖E<sub>t,:</sub>‖<sub>2</sub> (dimensionless)"),
-                      yaxis=dict(title="number of tokens", type=yscale), bargap=0, showlegend=False)
+                      yaxis=yaxis, bargap=0, showlegend=False)
     page.figure(fig, f"Histogram ({HISTOGRAM_BINS} bins) of the l2 norm of every row of the token embedding matrix"
                      + (" (log count axis)." if yscale == "log" else "."), height=380)
 
