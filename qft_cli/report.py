@@ -60,7 +60,7 @@ NORM_LABELS = {"frobenius_norm": ("Frobenius", "F"), "spectral_norm": ("spectral
 VARIANT_ORDER = ("vanilla", "spectral", "frobenius", "spectral_subnormalised", "frobenius_subnormalised")
 MATRIX_ORDER = ("q", "k", "v", "o", "cross_q", "cross_k", "cross_v", "cross_o", "ffn_gate", "ffn_up", "ffn_down")
 _PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
-            "#bcbd22", "#17becf")
+            "#bcbd22", "#17becf", "#393b79", "#ad494a")
 _SYMBOLS = ("circle", "square", "diamond", "triangle-up", "x", "cross", "star", "triangle-down")
 
 
@@ -671,7 +671,7 @@ def _weights_section(page: _Page, weights: pd.DataFrame, vectors: pd.DataFrame) 
                         fig.add_trace(go.Scatter(
                             x=g["layer"].to_numpy(int), y=g[norm].to_numpy(float), mode="lines+markers",
                             name=_e(name), legendgroup=name, showlegend=col == 1,
-                            line=dict(color=_color(i), dash="dot" if stack == "decoder" else "solid"),
+                            line=dict(color=_color(_matrix_rank(matrix)), dash="dot" if stack == "decoder" else "solid"),
                             marker=dict(symbol=_SYMBOLS[i % len(_SYMBOLS)], size=7),
                             hovertemplate="layer %{x}<br>%{y:.4g}<extra>%{fullData.name}</extra>"), row=1, col=col)
                 layers = sorted(blocks["layer"].unique())
@@ -722,11 +722,11 @@ def _qkv_histogram(page: _Page, label: str, v: pd.DataFrame) -> None:
     centers = (edges[:-1] + edges[1:]) / 2
     layers = sorted(v["layer"].unique())
     if "stack" in v.columns and v["stack"].fillna("").astype(str).nunique() > 1:
-        v = v.assign(layer_key=v["stack"].fillna("").astype(str) + " " + v["layer"].astype(str))
+        v = v.assign(stack_key=v["stack"].fillna("").astype(str))
     else:
-        v = v.assign(layer_key=v["layer"].astype(str))
-    options = [("all layers pooled", v)] + [(f"layer {k}", g) for k, g in
-                                             sorted(v.groupby("layer_key"), key=lambda kg: (len(kg[0]), kg[0]))]
+        v = v.assign(stack_key="")
+    options = [("all layers pooled", v)] + [(f"{stack} layer {int(layer)}".strip(), g) for (stack, layer), g in
+                                             sorted(v.groupby(["stack_key", "layer"]))]
     fig = go.Figure()
     matrices = [m for m in ("q", "k", "v") if m in set(v["matrix"])]
     for i, (name, g) in enumerate(options):

@@ -312,6 +312,7 @@ def chromium_binary() -> str | None:
 
 _CATCH_ERRORS = ("<script>window.__qftErrors=[];function __qftErr(m){window.__qftErrors.push(String(m));"
                  "document.documentElement.setAttribute('data-js-errors',window.__qftErrors.join(' | '));}"
+                 "window.alert=function(m){__qftErr('alert('+m+') was called')};"
                  "window.addEventListener('error',function(e){__qftErr(e.message)});"
                  "window.addEventListener('unhandledrejection',function(e){__qftErr(e.reason)});</script>")
 
@@ -342,3 +343,41 @@ def test_report_renders_in_chromium(report_file, tmp_path):
     assert len(re.findall(r'class="main-svg"', dom)) >= num_figures
     # every chart has axes with tick labels (something was drawn, not an empty frame)
     assert dom.count('class="xtick"') >= num_figures
+
+
+@pytest.mark.browser
+@pytest.mark.skipif(chromium_binary() is None, reason="no chromium binary (apt-get install chromium)")
+def test_report_with_html_in_model_name_runs_no_script(tmp_path):
+    make_weights_run(tmp_path / "runs", EVIL, num_layers=1, name="20261129-200500-norms-weights-evil")
+    make_inputs_run(tmp_path / "runs", models=(EVIL,))
+    result = write_report([tmp_path / "runs"], tmp_path / "r.html")
+    dom, _ = render_dom(result.path, tmp_path)
+    assert 'data-js-errors' not in dom.split(">", 2)[1], "a script ran or failed"
+    assert len(re.findall(r'class="[^"]*\bjs-plotly-plot\b', dom)) == result.num_figures
+
+
+def test_large_inputs_are_thinned_and_page_stays_small(tmp_path):
+    run_dir = tmp_path / "20261129-200600-norms-inputs-big"
+    _run_json(run_dir, "norms inputs", ["big"], {"dataset": "mmlu"})
+    rng = np.random.default_rng(0)
+    n = rng.integers(1, 512, size=40_000)
+    frames = [pd.DataFrame({"model": "big", "model_alias": "big", "dataset": "mmlu", "sample_index": np.arange(n.size),
+                            "layer": layer, "num_tokens": n, "frobenius_norm": 3.0 * n ** 0.5,
+                            "spectral_norm": 2.0 * n ** 0.3, "max_row_norm": 1.0, "finite": True})
+              for layer in (0, 1, 2, 3)]
+    write_parquet_atomic(pd.concat(frames, ignore_index=True), run_dir / "norms_inputs.parquet")
+    result = write_report([run_dir], tmp_path / "r.html")
+    text = result.path.read_text()
+    assert "thinned to 1500 points" in text
+    assert result.size_bytes < 6_000_000
+    fits = power_law_table(combined_table(load_runs([run_dir]), "norms_inputs"))
+    assert (fits["num_points"] == 40_000).all()  # fits use every sample, not the thinned ones
+
+
+def test_damaged_table_is_listed_not_fatal(tmp_path):
+    run_dir = make_weights_run(tmp_path, "m", num_layers=1)
+    (run_dir / "norm_vectors.parquet").write_bytes(b"not parquet")
+    runs = load_runs([run_dir])
+    assert "norms_weights" in runs[0].tables and "norm_vectors" not in runs[0].tables
+    page, _ = build_report_html(runs)
+    assert "norm_vectors.parquet unreadable" in page
