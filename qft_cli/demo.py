@@ -43,7 +43,8 @@ class DemoConfig:
         max_tokens: largest N of the random-token inputs (N = 1..max_tokens).
         synthetic: the synthetic DNA task.
         d_model / num_heads / d_ff / num_layers: the trained transformer (one layer as in the research).
-        num_epochs / batch_size / learning_rate / max_length / tokenizer: training settings.
+        num_epochs / batch_size / learning_rate / max_length / tokenizer: training settings (a BPE of
+            512 tokens learned on the training split picks up the motifs; about 0.8 test accuracy).
     """
 
     out: Path = Path("runs")
@@ -56,11 +57,11 @@ class DemoConfig:
     num_heads: int = 4
     d_ff: int = 128
     num_layers: int = 1
-    num_epochs: int = 6
+    num_epochs: int = 5
     batch_size: int = 32
-    learning_rate: float = 1e-3
+    learning_rate: float = 3e-3
     max_length: int = 64
-    tokenizer: str = "kmer:3"
+    tokenizer: str = "bpe:512"
 
     def __post_init__(self) -> None:
         if self.max_tokens < 1:

@@ -930,6 +930,11 @@ def _metadata_section(page: _Page, runs: list[RunRecord]) -> None:
     if problems:
         page.html('<div class="warn"><b>Tables that could not be read:</b><ul>' + "".join(
             f"<li><code>{_e(r.name)}</code>: {_e(p)}</li>" for r, p in problems) + "</ul></div>")
+    warned = [(r, w) for r in runs if r.meta for w in (r.meta.get("warnings") or [])]
+    if warned:
+        page.html(f'<div class="warn"><b>Warnings recorded by the runs ({len(warned)}):</b><ul>' + "".join(
+            f"<li><code>{_e(r.name)}</code>: {_e(w)}</li>" for r, w in warned[:50]) + "</ul>"
+            + (f"<p>… and {len(warned) - 50} more in the runs' run.json.</p>" if len(warned) > 50 else "") + "</div>")
     rows = []
     for r in runs:
         meta, opts = r.meta, r.meta.get("options") or {}

@@ -18,7 +18,8 @@ Generation (all draws from one ``numpy.random.default_rng(seed)``):
   so that one motif alone does not decide the label).
 * Classes are balanced in every split; rows are shuffled.
 
-A small transformer learns this to well above chance (about 0.85-0.95 accuracy) in a few epochs.
+A one-layer transformer (d = 64, BPE tokens) reaches about 0.8 test accuracy in five epochs
+(chance is 0.5); exact motif counting with a linear rule gets about 0.87.
 """
 
 from __future__ import annotations

@@ -24,13 +24,13 @@ def demo_command(
         result = run_demo(DemoConfig(out=out, seed=seed), progress)
     for step in result.steps:
         where = str(step.run_dir) if step.run_dir else "-"
-        console.print(f"  {step.status:<11} {step.seconds:6.1f} s  {step.name}", markup=False, highlight=False)
-        console.print(f"              run: {where}", markup=False, highlight=False)
+        console.print(f"  {step.status:<11} {step.seconds:6.1f} s  {step.name}", markup=False, highlight=False, soft_wrap=True)
+        console.print(f"              run: {where}", markup=False, highlight=False, soft_wrap=True)
         if step.message:
-            err_console.print(f"  {step.status}: {step.message}", markup=False)
-    console.print(f"synthetic data: {result.data_dir}", markup=False, highlight=False)
+            err_console.print(f"  {step.status}: {step.message}", markup=False, soft_wrap=True)
+    console.print(f"synthetic data: {result.data_dir}", markup=False, highlight=False, soft_wrap=True)
     if result.report:
-        console.print(f"report: {result.report}", markup=False, highlight=False)
+        console.print(f"report: {result.report}", markup=False, highlight=False, soft_wrap=True)
     else:
         err_console.print(f"error: {result.report_message}", markup=False)
     if not result.ok:

@@ -24,10 +24,10 @@ def report_command(
     not_completed = [r for r in result.runs if r.status != "completed"]
     if not quiet:
         for r in result.runs:
-            console.print(f"  {r.status:<11} {r.command:<14} {r.path}", markup=False, highlight=False)
+            console.print(f"  {r.status:<11} {r.command:<14} {r.path}", markup=False, highlight=False, soft_wrap=True)
     for r in not_completed:
         err_console.print(f"warning: run {r.path} is {r.status}"
                           + (f": {r.meta.get('error') or '; '.join(r.problems)}" if (r.meta.get('error') or r.problems)
                              else ""), markup=False)
     console.print(f"report: {result.path} ({len(result.runs)} runs, {result.num_figures} charts, "
-                  f"{result.size_bytes / 1e6:.1f} MB)", markup=False, highlight=False)
+                  f"{result.size_bytes / 1e6:.1f} MB)", markup=False, highlight=False, soft_wrap=True)
