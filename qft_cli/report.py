@@ -420,6 +420,20 @@ def _log_ticks(values: np.ndarray) -> dict[str, Any]:
     return {"type": "log", "tickmode": "array", "tickvals": ticks, "ticktext": [f"{t:g}" for t in ticks]}
 
 
+def _flat_range(values: np.ndarray) -> dict[str, Any]:
+    """A y range of +-5% around the values when they are constant up to rounding (relative spread
+    < 1e-4), so that float noise such as 1 +- 1e-7 is not blown up to fill the axis; else ``{}``."""
+    v = np.asarray(values, dtype=float)
+    v = v[np.isfinite(v)]
+    if not v.size:
+        return {}
+    mid, spread = float(v.mean()), float(v.max() - v.min())
+    if spread > 1e-4 * max(abs(mid), 1e-12):
+        return {}
+    half = 0.05 * abs(mid) if mid else 0.5
+    return {"range": [mid - half, mid + half]}
+
+
 def _short_time(iso: Any) -> str:
     try:
         t = _dt.datetime.fromisoformat(str(iso))
@@ -683,7 +697,7 @@ def _weights_section(page: _Page, weights: pd.DataFrame, vectors: pd.DataFrame) 
                                      tickmode="array" if len(layers) <= 40 else "auto",
                                      tickvals=layers if len(layers) <= 40 else None)
                     fig.update_yaxes(title_text="norm (dimensionless)", row=1, col=col,
-                                     **(_log_ticks(values) if scales[-1] == "log" else {}))
+                                     **(_log_ticks(values) if scales[-1] == "log" else _flat_range(values)))
                 yscale = "log" if "log" in scales else "linear"
                 fig.update_layout(title=f"{_e(label)}: norms of attention and FFN matrices per layer (dimensionless)",
                                   legend=dict(title="matrix"))
@@ -853,7 +867,8 @@ def _training_section(page: _Page, runs: list[RunRecord]) -> None:
                                          mode="lines", name=f"{_e(variant)} · layer {int(layer)} {_e(matrix)}",
                                          line=dict(color=_color(i))))
             fig.update_layout(title=f"Learned scales γ over training, {_e(what)} (dimensionless, ≤ max γ)",
-                              xaxis=dict(title="epoch"), yaxis=dict(title="γ (dimensionless)"),
+                              xaxis=dict(title="epoch"),
+                              yaxis=dict(title="γ (dimensionless)", **_flat_range(ga["gamma"].to_numpy())),
                               legend=dict(title="variant · layer matrix"))
             page.figure(fig, "The learned scale γ = max_γ·sigmoid(g) of each normalised matrix against epoch.")
 
@@ -880,14 +895,16 @@ def _effective_norms_figure(page: _Page, nd: pd.DataFrame, what: str) -> None:
                                          line=dict(color=_color(i)), marker=dict(size=4),
                                          hovertemplate="epoch %{x:.2f}<br>%{y:.4g}<extra>%{fullData.name}</extra>"),
                               row=row, col=col)
-        for col in (1, 2):
-            fig.update_yaxes(title_text="norm (dimensionless)", row=row, col=col)
+        for col, norm in ((1, "spectral_norm"), (2, "frobenius_norm")):
+            fig.update_yaxes(title_text="norm (dimensionless)", row=row, col=col, **_flat_range(g_v[norm].to_numpy()))
     fig.update_xaxes(title_text="epoch", row=len(variants))
-    fig.update_layout(title=f"Effective norms of the normalised matrices over training, {_e(what)} (dimensionless)",
+    fig.update_layout(title=f"Weight norms over training (effective matrices), {_e(what)} (dimensionless)",
                       legend=dict(title="layer matrix"))
-    page.figure(fig, "Spectral (left) and Frobenius (right) norm of each effective weight matrix per epoch, one row "
-                     "per variant. Spectral normalisation keeps ‖W‖<sub>2</sub> ≈ 1, Frobenius keeps "
-                     "‖W‖<sub>F</sub> = 1 (and so ‖W‖<sub>2</sub> ≤ 1).", height=280 * len(variants) + 120)
+    page.figure(fig, "Spectral (left) and Frobenius (right) norm of each weight matrix per epoch (for normalised "
+                     "variants the effective matrix the model uses), one row per variant. Spectral normalisation keeps "
+                     "‖W‖<sub>2</sub> ≈ 1 (power iteration while training), Frobenius keeps ‖W‖<sub>F</sub> = 1 "
+                     "and so ‖W‖<sub>2</sub> ≤ 1. Axes of values constant up to rounding span ±5%.",
+                height=280 * len(variants) + 120)
 
 
 def _factors_section(page: _Page, inputs: pd.DataFrame, weights: pd.DataFrame) -> None:
