@@ -381,3 +381,14 @@ def test_damaged_table_is_listed_not_fatal(tmp_path):
     assert "norms_weights" in runs[0].tables and "norm_vectors" not in runs[0].tables
     page, _ = build_report_html(runs)
     assert "norm_vectors.parquet unreadable" in page
+
+
+def test_root_app_registers_report_and_demo():
+    try:
+        from qft_cli.cli.app import app
+    except ModuleNotFoundError as err:  # the root app needs every sub-command module of the project
+        pytest.skip(f"root app not importable in this build: {err}")
+    res = CliRunner().invoke(app, ["report", "--help"])
+    assert res.exit_code == 0 and "--output" in res.output
+    res = CliRunner().invoke(app, ["demo", "--help"])
+    assert res.exit_code == 0 and "--out" in res.output
