@@ -877,6 +877,9 @@ def _effective_norms_figure(page: _Page, nd: pd.DataFrame, what: str) -> None:
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
+    nd = nd.dropna(subset=["layer", "matrix"])
+    if nd.empty:
+        return
     variants = sorted(nd["variant"].unique(), key=_variant_rank)
     fig = make_subplots(rows=len(variants), cols=2, horizontal_spacing=0.1, vertical_spacing=0.16 / max(1, len(variants)) + 0.04,
                         subplot_titles=[f"variant {_e(v)}: {n}" for v in variants
