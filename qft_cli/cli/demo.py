@@ -15,9 +15,11 @@ def demo_command(
     seed: int = typer.Option(0, "--seed", help="Seed of the random tokens, the synthetic DNA data and training."),
     quiet: bool = QUIET_OPTION,
 ) -> None:
-    """Run the whole pipeline offline: weight norms of minilm and the tiny models, input norms of minilm on
-    random tokens (N up to 256), vanilla/spectral/Frobenius training on a small synthetic DNA task, and the
-    HTML report. Under 5 minutes on 2 CPU cores."""
+    """Run the whole pipeline offline on embedded defaults and write the HTML report (minutes on 2 CPU cores).
+
+    Weight norms of minilm and the tiny models, input norms of minilm on random tokens (N up to 256),
+    vanilla/spectral/Frobenius training on a small synthetic DNA task generated from --seed, then the report.
+    """
     from qft_cli.demo import DemoConfig, run_demo
 
     with progress_bar(quiet) as progress:
