@@ -44,6 +44,7 @@ TABLE_COLUMNS: dict[str, tuple[str, ...]] = {
     "norms_inputs": ("model", "dataset", "layer", "num_tokens", "frobenius_norm", "spectral_norm"),
     "norms_weights": ("model", "layer", "matrix", "frobenius_norm", "spectral_norm"),
     "norm_vectors": ("model", "layer", "matrix", "kind", "value"),
+    "norms_heads": ("model", "layer", "matrix", "head", "spectral_norm", "frobenius_norm"),
     "metrics": ("variant", "epoch", "split", "accuracy", "f1"),
     "norms_during_training": ("variant", "epoch", "layer", "matrix", "spectral_norm", "frobenius_norm"),
     "gammas": ("variant", "epoch", "layer", "matrix", "gamma"),
@@ -654,7 +655,8 @@ def _anchor(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_-]+", "-", str(text)).strip("-").lower() or "x"
 
 
-def _weights_section(page: _Page, weights: pd.DataFrame, vectors: pd.DataFrame) -> None:
+def _weights_section(page: _Page, weights: pd.DataFrame, vectors: pd.DataFrame,
+                     heads: pd.DataFrame = pd.DataFrame()) -> None:
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
@@ -713,10 +715,63 @@ def _weights_section(page: _Page, weights: pd.DataFrame, vectors: pd.DataFrame) 
                             "mean token l2 norm", "max token l2 norm"],
                            [[_Raw(shape), float(r["spectral_norm"]), float(r["frobenius_norm"]),
                              float(r.get("row_norm_mean", math.nan)), float(r.get("row_norm_max", math.nan))]])
+        h = _finite(heads[heads["label"] == label]) if not heads.empty else pd.DataFrame()
+        if len(h):
+            _heads_figure(page, label, h)
         v = vectors[vectors["label"] == label] if not vectors.empty else pd.DataFrame()
         if len(v):
             _qkv_histogram(page, label, v[(v["kind"] == "column_norm") & v["matrix"].isin(["q", "k", "v"])])
             _embedding_histogram(page, label, v[(v["kind"] == "token_norm")])
+
+
+def _heads_figure(page: _Page, label: str, h: pd.DataFrame) -> None:
+    """Heatmaps (layer x head) of per-head norms of q, k, v, o; a menu switches spectral/Frobenius."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    h = h.dropna(subset=["layer", "head"])
+    stack = h["stack"].fillna("").astype(str) if "stack" in h.columns else pd.Series("", index=h.index)
+    h = h.assign(row_key=[f"{s} {int(l)}".strip() for s, l in zip(stack, h["layer"])],
+                 row_order=[(s, int(l)) for s, l in zip(stack, h["layer"])])
+    matrices = [m for m in MATRIX_ORDER if m in set(h["matrix"])][:8]
+    if not matrices:
+        return
+    rows = [k for _, k in sorted({(o, k) for o, k in zip(h["row_order"], h["row_key"])})]
+    fig = make_subplots(rows=1, cols=len(matrices), horizontal_spacing=0.04,
+                        subplot_titles=[f"W<sub>{m}</sub>" if "_" not in m else _e(m) for m in matrices])
+    z_by_norm: dict[str, list] = {"spectral_norm": [], "frobenius_norm": []}
+    for col, m in enumerate(matrices, start=1):
+        g = h[h["matrix"] == m]
+        heads_axis = sorted(int(x) for x in g["head"].unique())
+        for norm in z_by_norm:
+            grid = g.pivot_table(index="row_key", columns="head", values=norm, aggfunc="first")
+            grid = grid.reindex(index=rows, columns=heads_axis)
+            z_by_norm[norm].append(grid.to_numpy(float))
+        fig.add_trace(go.Heatmap(z=z_by_norm["spectral_norm"][-1], x=heads_axis, y=rows, coloraxis="coloraxis",
+                                 hovertemplate="layer %{y}, head %{x}<br>%{z:.4g}<extra>" + f"{m}</extra>"),
+                      row=1, col=col)
+        fig.update_xaxes(title_text="head", row=1, col=col, **({"dtick": 1} if len(heads_axis) <= 16 else {}))
+    fig.update_yaxes(title_text="layer l", type="category", row=1, col=1)
+    for col in range(2, len(matrices) + 1):
+        fig.update_yaxes(type="category", showticklabels=False, row=1, col=col)
+    title = f"{_e(label)}: per-head norms of the attention matrices (dimensionless)"
+    height = max(380, 22 * len(rows) + 220)
+    plot_height = height - 140 - 60
+    buttons = [dict(label=name, method="update", args=[{"z": z_by_norm[norm]}, {"coloraxis.colorbar.title.text": sym}])
+               for name, norm, sym in (("spectral ‖W_h‖₂", "spectral_norm", "‖W<sub>h</sub>‖<sub>2</sub>"),
+                                       ("Frobenius ‖W_h‖_F", "frobenius_norm", "‖W<sub>h</sub>‖<sub>F</sub>"))]
+    fig.update_layout(title=title, coloraxis=dict(colorscale="Viridis", colorbar=dict(title="‖W<sub>h</sub>‖<sub>2</sub>")),
+                      updatemenus=[dict(buttons=buttons, direction="down", x=1.0, xanchor="right",
+                                        y=1 + 30 / plot_height, yanchor="bottom", showactive=True,
+                                        pad=dict(r=0, t=0, b=0, l=0))],
+                      annotations=list(fig.layout.annotations) + [
+                          dict(text="show:", x=1.0, xref="paper", xanchor="right", xshift=-170, y=1.0, yshift=38,
+                               yref="paper", yanchor="bottom", showarrow=False)],
+                      margin=dict(t=140))
+    page.figure(fig, "Norm of each head's block of W<sub>q</sub>, W<sub>k</sub>, W<sub>v</sub> (its rows) and "
+                     "W<sub>o</sub> (its columns) per layer, one colour scale for all panels; the menu at the top right "
+                     "switches between spectral and Frobenius norms. With grouped-query attention k and v have fewer "
+                     "heads.", height=height)
 
 
 def _bins(values: np.ndarray) -> np.ndarray:
@@ -1015,10 +1070,11 @@ def build_report_html(runs: list[RunRecord], title: str = "qft report") -> tuple
     inputs = combined_table(runs, "norms_inputs")
     weights = combined_table(runs, "norms_weights")
     vectors = combined_table(runs, "norm_vectors")
+    heads = combined_table(runs, "norms_heads")
     if not inputs.empty:
         _inputs_section(page, inputs)
     if not weights.empty or not vectors.empty:
-        _weights_section(page, weights, vectors)
+        _weights_section(page, weights, vectors, heads)
     if any(t in r.tables for r in runs for t in ("metrics", "norms_during_training", "gammas")):
         _training_section(page, runs)
     if not inputs.empty or not weights.empty:

@@ -106,6 +106,11 @@ def make_weights_run(root: Path, model: str = "minilm", num_layers: int = 3, d: 
                             for j, c in enumerate(cols)]
     write_parquet_atomic(pd.DataFrame(rows), run_dir / "norms_weights.parquet")
     write_parquet_atomic(pd.DataFrame(vectors), run_dir / "norm_vectors.parquet")
+    heads = [{"model": f"hub/{model}", "model_alias": model, "stack": "", "layer": layer, "matrix": matrix,
+              "head": h, "spectral_norm": 0.3 * layer + 0.01 * h, "frobenius_norm": 0.6 * layer + 0.02 * h}
+             for layer in range(1, num_layers + 1) for matrix, num_heads in (("q", 4), ("k", 2), ("v", 2), ("o", 4))
+             for h in range(num_heads)]
+    write_parquet_atomic(pd.DataFrame(heads), run_dir / "norms_heads.parquet")
     return run_dir
 
 
