@@ -1,0 +1,265 @@
+"""``qft demo``: the whole pipeline offline on embedded defaults, ending in one HTML report.
+
+Steps (each a normal qft run, written under one demo directory ``<out>/<stamp>-demo/``):
+
+1. ``norms weights`` of ``minilm`` (the embedded all-MiniLM-L6-v2) and the tiny random models;
+2. ``norms inputs`` of ``minilm`` on random tokens, N = 1..256;
+3. ``train --norm all`` (vanilla, spectral, Frobenius) on a small *synthetic* DNA task generated
+   from a seed (:mod:`qft_cli.synthetic`), written beside the runs as ``synthetic-dna-seed<seed>/``;
+4. ``report`` of those runs -> ``<demo dir>/report.html``.
+
+Sized to finish in well under 5 minutes on 2 CPU cores. A step that fails is recorded (its run
+directory says ``failed``) and the demo goes on; the report lists it.
+
+The norms and training libraries are called through the three adapter functions
+``_norms_weights_step``, ``_norms_inputs_step`` (``qft_cli.norms_runs``) and ``_train_step``
+(``qft_cli.training``): they are the only places that know those libraries' entry points. Where a
+library is not part of the build, the step is recorded as ``unavailable`` with the reason
+instead of failing the demo.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from qft_cli.errors import QftInputError
+from qft_cli.progress import ProgressFn, report as report_progress
+from qft_cli.runs import check_writable
+from qft_cli.synthetic import SYNTHETIC_DATASET, SyntheticSpec, write_synthetic_promoters
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    """Embedded defaults of the demo (validated on creation).
+
+    Attributes:
+        out: directory that receives the demo directory (``--out``, default ``runs``).
+        seed: seed of the random tokens, the synthetic data and training.
+        weights_models: models whose weight norms are measured.
+        inputs_model: model whose hidden-state norms are measured on random tokens.
+        max_tokens: largest N of the random-token inputs (N = 1..max_tokens).
+        synthetic: the synthetic DNA task.
+        d_model / num_heads / d_ff / num_layers: the trained transformer (one layer as in the research).
+        num_epochs / batch_size / learning_rate / max_length / tokenizer: training settings (a BPE of
+            512 tokens learned on the training split picks up the motifs; about 0.8 test accuracy).
+    """
+
+    out: Path = Path("runs")
+    seed: int = 0
+    weights_models: tuple[str, ...] = ("minilm", "tiny-gpt2", "tiny-bert", "tiny-llama")
+    inputs_model: str = "minilm"
+    max_tokens: int = 256
+    synthetic: SyntheticSpec = SyntheticSpec()
+    d_model: int = 64
+    num_heads: int = 4
+    d_ff: int = 128
+    num_layers: int = 1
+    num_epochs: int = 5
+    batch_size: int = 32
+    learning_rate: float = 3e-3
+    max_length: int = 64
+    tokenizer: str = "bpe:512"
+
+    def __post_init__(self) -> None:
+        if self.max_tokens < 1:
+            raise QftInputError(f"demo max_tokens must be >= 1 (got {self.max_tokens})")
+        if self.synthetic.seed != self.seed:
+            object.__setattr__(self, "synthetic", SyntheticSpec(**{**self.synthetic.__dict__, "seed": self.seed}))
+
+
+@dataclass
+class DemoStep:
+    """One step of the demo.
+
+    Attributes:
+        name: what was run (as a qft command line).
+        status: ``completed``, ``failed``, ``interrupted`` (from the run's run.json) or
+            ``unavailable`` (the library for this step is not part of this build).
+        run_dir: the run directory, when one was created.
+        message: the error or the reason it was unavailable.
+        seconds: wall-clock time of the step.
+    """
+
+    name: str
+    status: str
+    run_dir: Optional[Path] = None
+    message: str = ""
+    seconds: float = 0.0
+
+
+@dataclass
+class DemoResult:
+    """What :func:`run_demo` produced: the demo directory, its steps, the data and the report."""
+
+    directory: Path
+    steps: list[DemoStep] = field(default_factory=list)
+    data_dir: Optional[Path] = None
+    report: Optional[Path] = None
+    report_message: str = ""
+
+    @property
+    def ok(self) -> bool:
+        """True when every step completed and the report was written."""
+        return self.report is not None and all(s.status == "completed" for s in self.steps)
+
+
+class StepUnavailable(Exception):
+    """A demo step's library is not in this build (e.g. a branch not merged yet)."""
+
+
+# ------------------------------------------------------------------------------------------
+# Adapters: the only places that call the norms and training libraries.
+# ------------------------------------------------------------------------------------------
+
+def _import(module: str, *names: str) -> list[Any]:
+    import importlib
+
+    try:
+        mod = importlib.import_module(module)
+    except ModuleNotFoundError as err:
+        if err.name and (err.name == module or module.startswith(err.name + ".")):
+            raise StepUnavailable(f"{module} is not part of this qft build") from None
+        raise
+    missing = [n for n in names if not hasattr(mod, n)]
+    if missing:
+        raise StepUnavailable(f"{module} has no {', '.join(missing)} in this qft build")
+    return [getattr(mod, n) for n in names]
+
+
+def _norms_weights_step(config: DemoConfig, out: Path, progress: Optional[ProgressFn]) -> Path:
+    """``qft norms weights MODELS --out OUT`` through ``qft_cli.norms_runs`` (branch main)."""
+    args_cls, run = _import("qft_cli.norms_runs", "NormsWeightsArgs", "run_norms_weights")
+    result = run(args_cls(models=list(config.weights_models), device="cpu", dtype=None, out=out), progress)
+    return Path(result.run_dir)
+
+
+def _norms_inputs_step(config: DemoConfig, out: Path, progress: Optional[ProgressFn]) -> Path:
+    """``qft norms inputs minilm --dataset random --max-tokens 256 --out OUT`` (branch main)."""
+    args_cls, run = _import("qft_cli.norms_runs", "NormsInputsArgs", "run_norms_inputs")
+    result = run(args_cls(models=[config.inputs_model], dataset="random", data_file=None, text_column=None,
+                          layers="0,1", max_tokens=config.max_tokens, num_samples=None, batch_size=16,
+                          seed=config.seed, device="cpu", dtype="float32", device_map=None,
+                          trust_remote_code=False, out=out), progress)
+    return Path(result.run_dir)
+
+
+def _train_step(config: DemoConfig, data_dir: Path, out: Path, progress: Optional[ProgressFn]) -> Path:
+    """``qft train --dataset synthetic-dna --data-dir DATA --norm all ...`` through ``qft_cli.training``
+    (branch train): ``ExperimentOptions`` + ``open_run`` + ``run_experiment``, as ``qft train`` does.
+
+    Where ``qft_cli.tasks`` does not know the dataset name ``synthetic-dna``, the CSV files are read
+    by its generic ``--data-dir`` DNA reader (registered under ``gue``), and the run's ``run.json``
+    still names the data ``synthetic-dna`` with ``synthetic: true`` and says which reader loaded it.
+    """
+    from qft_cli.synthetic import SYNTHETIC_DATASET as NAME
+
+    options_cls, config_cls, open_run, run_experiment = _import(
+        "qft_cli.training", "ExperimentOptions", "TrainingConfig", "open_run", "run_experiment")
+    (datasets,) = _import("qft_cli.tasks", "DATASETS")
+    known = NAME in datasets
+    training = config_cls(learning_rate=config.learning_rate, num_epochs=config.num_epochs, early_stopping=3,
+                          warmup_ratio=0.1, batch_size=config.batch_size, seed=config.seed, device="cpu",
+                          mixed_precision="no", save_total_limit=1)
+    options = options_cls(dataset=NAME if known else "gue", data_dir=str(data_dir), tokenizer=config.tokenizer,
+                          max_length=config.max_length, norm="all", d_model=config.d_model,
+                          num_heads=config.num_heads, d_ff=config.d_ff, num_layers=config.num_layers,
+                          training=training)
+    options.validate()
+    argv = ["qft", "train", "--dataset", NAME, "--data-dir", str(data_dir), "--norm", "all", "--tokenizer",
+            config.tokenizer, "--max-length", str(config.max_length), "--d-model", str(config.d_model),
+            "--num-heads", str(config.num_heads), "--d-ff", str(config.d_ff), "--num-epochs", str(config.num_epochs),
+            "--early-stopping", "3", "--learning-rate", str(config.learning_rate), "--batch-size",
+            str(config.batch_size), "--seed", str(config.seed), "--device", "cpu", "--out", str(out)]
+    run = open_run(options, out=out, argv=argv)
+    run.meta = {**run.meta, "synthetic": True, "data": f"{config.synthetic.name} (synthetic, generated by qft demo)"}
+    if not known:
+        run.options = {**run.options, "dataset": NAME, "task": None,
+                       "data_reader": "gue --data-dir CSV reader (qft_cli.tasks has no synthetic-dna name yet)"}
+    with run:
+        run_experiment(options, run, progress=progress)
+    return Path(run.path)
+
+
+# ------------------------------------------------------------------------------------------
+
+def _newest_run(out: Path, before: set[Path]) -> Optional[Path]:
+    new = [p for p in out.iterdir() if p.is_dir() and p not in before and (p / "run.json").is_file()]
+    return max(new, key=lambda p: p.stat().st_mtime) if new else None
+
+
+def _run_step(result: DemoResult, name: str, fn: Callable[[], Path]) -> None:
+    import time
+
+    from qft_cli.runs import read_run_json
+
+    before = set(result.directory.iterdir())
+    start = time.perf_counter()
+    step = DemoStep(name=name, status="completed")
+    try:
+        step.run_dir = fn()
+        step.status = read_run_json(step.run_dir).get("status", "completed")
+    except StepUnavailable as err:
+        step.status, step.message = "unavailable", str(err)
+    except KeyboardInterrupt:
+        step.status, step.run_dir = "interrupted", _newest_run(result.directory, before)
+        step.seconds = time.perf_counter() - start
+        result.steps.append(step)
+        raise
+    except Exception as err:  # noqa: BLE001 - the demo records the failure and goes on
+        step.status, step.message = "failed", f"{type(err).__name__}: {err}"
+        step.run_dir = _newest_run(result.directory, before)
+    step.seconds = time.perf_counter() - start
+    result.steps.append(step)
+
+
+def run_demo(config: DemoConfig = DemoConfig(), progress: Optional[ProgressFn] = None) -> DemoResult:
+    """Run the demo pipeline and write its report.
+
+    Args:
+        config: :class:`DemoConfig` (embedded defaults; only ``out`` and ``seed`` are CLI options).
+        progress: optional progress callback (see :mod:`qft_cli.progress`).
+
+    Returns:
+        :class:`DemoResult` with every step's status and run directory, the synthetic data
+        directory and the report path (``None`` when no step produced a run).
+
+    Raises:
+        QftInputError: ``out`` is not a writable directory.
+        KeyboardInterrupt: passed on after recording the interrupted step.
+    """
+    from qft_cli.report import write_report
+
+    out = check_writable(Path(config.out))
+    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    directory = out / f"{stamp}-demo"
+    i = 1
+    while directory.exists():
+        i += 1
+        directory = out / f"{stamp}-demo-{i}"
+    directory.mkdir(parents=True)
+    result = DemoResult(directory=directory)
+    total = 5
+    report_progress(progress, "demo", 0, total)
+    names = " ".join(config.weights_models)
+    _run_step(result, f"qft norms weights {names}", lambda: _norms_weights_step(config, directory, progress))
+    report_progress(progress, "demo", 1, total)
+    _run_step(result, f"qft norms inputs {config.inputs_model} --dataset random --max-tokens {config.max_tokens}",
+              lambda: _norms_inputs_step(config, directory, progress))
+    report_progress(progress, "demo", 2, total)
+    result.data_dir = write_synthetic_promoters(directory / "data", config.synthetic)
+    report_progress(progress, "demo", 3, total)
+    _run_step(result, f"qft train --dataset {SYNTHETIC_DATASET} --data-dir {result.data_dir} --norm all "
+                      f"--d-model {config.d_model} --num-epochs {config.num_epochs}",
+              lambda: _train_step(config, result.data_dir, directory, progress))
+    report_progress(progress, "demo", 4, total)
+    run_dirs = [s.run_dir for s in result.steps if s.run_dir is not None]
+    if run_dirs:
+        written = write_report(run_dirs, directory / "report.html", title="qft demo report")
+        result.report = written.path
+    else:
+        result.report_message = "no step produced a run directory, so there is nothing to report"
+    report_progress(progress, "demo", 5, total)
+    return result

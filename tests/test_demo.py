@@ -1,0 +1,87 @@
+"""``qft demo`` orchestration: steps, synthetic data, report; library steps stubbed where noted.
+
+The real norms/training libraries are exercised by their own tests; here the adapters are
+replaced by writers of synthetic run directories (tests/test_report.py) so the orchestration is
+tested in a second. ``test_demo_end_to_end`` runs the real pipeline where the libraries exist.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+import qft_cli.demo as demo
+from qft_cli.cli.demo import demo_command
+from qft_cli.demo import DemoConfig, StepUnavailable, run_demo
+from test_report import make_inputs_run, make_train_run, make_weights_run
+
+
+@pytest.fixture
+def stubbed(monkeypatch):
+    monkeypatch.setattr(demo, "_norms_weights_step", lambda c, out, p: make_weights_run(out, "minilm", num_layers=2))
+    monkeypatch.setattr(demo, "_norms_inputs_step", lambda c, out, p: make_inputs_run(out, models=("minilm",)))
+
+    def train(config, data_dir, out, progress):
+        assert (data_dir / "train.csv").is_file() and "synthetic-dna" in data_dir.name
+        return make_train_run(out)
+
+    monkeypatch.setattr(demo, "_train_step", train)
+
+
+def test_demo_runs_every_step_and_reports(stubbed, tmp_path):
+    result = run_demo(DemoConfig(out=tmp_path))
+    assert result.ok, result.steps
+    assert [s.status for s in result.steps] == ["completed"] * 3
+    assert result.report == result.directory / "report.html" and result.report.is_file()
+    assert result.directory.parent == tmp_path and result.directory.name.endswith("-demo")
+    text = result.report.read_text()
+    assert "Synthetic data" in text and "qft demo report" in text
+
+
+def test_demo_records_unavailable_and_failed_steps(stubbed, monkeypatch, tmp_path):
+    def unavailable(*_):
+        raise StepUnavailable("qft_cli.training is not part of this qft build")
+
+    def broken(config, out, progress):
+        make_weights_run(out, "minilm", num_layers=1)
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(demo, "_train_step", unavailable)
+    monkeypatch.setattr(demo, "_norms_weights_step", broken)
+    result = run_demo(DemoConfig(out=tmp_path))
+    assert [s.status for s in result.steps] == ["failed", "completed", "unavailable"]
+    assert "boom" in result.steps[0].message and result.steps[0].run_dir is not None
+    assert result.report is not None and not result.ok
+
+
+def test_demo_cli_prints_runs_and_report(stubbed, tmp_path):
+    app = typer.Typer()
+    app.command("demo")(demo_command)
+    app.command("other")(lambda: None)
+    res = CliRunner().invoke(app, ["demo", "--out", str(tmp_path), "--quiet"])
+    assert res.exit_code == 0, res.output
+    assert "report:" in res.output and res.output.count("run:") == 3 and "synthetic-dna-seed0" in res.output
+
+
+def test_demo_bad_out_is_one_line(tmp_path):
+    (tmp_path / "file").write_text("x")
+    app = typer.Typer()
+    app.command("demo")(demo_command)
+    app.command("other")(lambda: None)
+    res = CliRunner().invoke(app, ["demo", "--out", str(tmp_path / "file"), "--quiet"])
+    assert res.exit_code == 2 and len(res.output.strip().splitlines()) == 1
+
+
+@pytest.mark.slow
+@pytest.mark.minilm
+def test_demo_end_to_end(minilm_source, tmp_path):
+    for module in ("qft_cli.norms_runs", "qft_cli.training"):
+        pytest.importorskip(module, reason=f"{module} not in this build yet")
+    start = time.perf_counter()
+    result = run_demo(DemoConfig(out=tmp_path))
+    elapsed = time.perf_counter() - start
+    assert result.ok, [(s.name, s.status, s.message) for s in result.steps]
+    assert elapsed < 300, f"demo took {elapsed:.0f} s"
