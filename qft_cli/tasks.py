@@ -367,7 +367,8 @@ def subsample(data: TaskData, split: str, max_samples: Optional[int], seed: int)
     if max_samples is None:
         return data
     if max_samples < 1:
-        raise QftInputError(f"--max-{split}-samples {max_samples} must be at least 1")
+        option = "--max-train-samples" if split == "train" else "--max-eval-samples"
+        raise QftInputError(f"{option} {max_samples} must be at least 1")
     part = data.splits[split]
     n = len(part["inputs"])
     if max_samples < n:

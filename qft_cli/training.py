@@ -520,6 +520,7 @@ class ExperimentOptions:
     embedding_from: Optional[str] = None
     freeze_embedding: bool = False
     max_train_samples: Optional[int] = None
+    max_eval_samples: Optional[int] = None
     trust_remote_code: bool = False
     training: TrainingConfig = field(default_factory=TrainingConfig)
 
@@ -622,6 +623,9 @@ def run_experiment(options: ExperimentOptions, run, *, resume: bool = False,
     run_dir = Path(run.path)
     data = load_task(options.dataset, task=options.task, data_dir=options.data_dir, seed=cfg.seed)
     subsample(data, "train", options.max_train_samples, cfg.seed)
+    for split in ("validation", "test"):
+        if split in data.splits:
+            subsample(data, split, options.max_eval_samples, cfg.seed)
     tokenizer = build_tokenizer(options.tokenizer, data, text_model=options.embedding_from,
                                 save_dir=run_dir if run.is_main_process else None,
                                 trust_remote_code=options.trust_remote_code)

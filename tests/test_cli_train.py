@@ -137,3 +137,24 @@ def test_help_lists_the_research_options():
     for option in ("--learning-rate", "--num-epochs", "--early-stopping", "--weight-decay", "--lr-scheduler-type",
                    "--norm", "--targets", "--embedding-from", "--resume", "--max-steps"):
         assert option in result.stdout
+
+
+def test_max_eval_samples_subsamples_validation_and_test(tmp_path, monkeypatch):
+    import qft_cli.tasks as tasks
+
+    sizes = {}
+    real = tasks.subsample
+
+    def spy(data, split, max_samples, seed):
+        out = real(data, split, max_samples, seed)
+        sizes[split] = len(out.splits[split]["inputs"])
+        return out
+
+    monkeypatch.setattr(tasks, "subsample", spy)
+    data = _dna_dir(tmp_path, n=64)
+    result = _invoke([*TINY, "--data-dir", str(data), "--out", str(tmp_path / "runs"), "--max-steps", "2",
+                      "--norm", "none", "--max-train-samples", "40", "--max-eval-samples", "5"])
+    assert result.exit_code == 0, result.output + str(result.exception)
+    assert sizes == {"train": 40, "validation": 5, "test": 5}
+    bad = _invoke([*TINY, "--data-dir", str(data), "--out", str(tmp_path / "r2"), "--max-eval-samples", "0"])
+    assert bad.exit_code == 2 and "--max-eval-samples 0 must be at least 1" in bad.stderr

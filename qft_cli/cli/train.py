@@ -36,6 +36,7 @@ def train_command(
     embedding_from: Optional[str] = typer.Option(None, "--embedding-from", help="Initialise the token embedding from this model (dnabert = the research's; minilm offline). --d-model must match its width."),
     freeze_embedding: bool = typer.Option(False, "--freeze-embedding", help="Do not train the pretrained embedding."),
     max_train_samples: Optional[int] = typer.Option(None, "--max-train-samples", help="Train on a seeded random subset of this size."),
+    max_eval_samples: Optional[int] = typer.Option(None, "--max-eval-samples", help="Seeded subsets of validation and test (quick runs)."),
     learning_rate: float = typer.Option(8e-4, "--learning-rate", help="Peak AdamW learning rate."),
     num_epochs: float = typer.Option(100, "--num-epochs", help="Epochs (upper bound with early stopping)."),
     early_stopping: int = typer.Option(10, "--early-stopping", help="Patience in epochs without better validation F1 (0 = off)."),
@@ -76,6 +77,7 @@ def train_command(
             max_length=max_length, norm=norm, targets=targets, max_gamma=max_gamma, d_model=d_model,
             num_heads=num_heads, d_ff=d_ff, num_layers=num_layers, dropout=dropout, embedding_from=embedding_from,
             freeze_embedding=freeze_embedding, max_train_samples=max_train_samples,
+            max_eval_samples=max_eval_samples,
             trust_remote_code=trust_remote_code, training=training)
     options.validate()
     run = open_run(options, out=out, argv=argv(), resume_dir=resume)
