@@ -229,7 +229,7 @@ def load_classifier(source: ModelSource, num_labels: int, *, kind: str = "sequen
     if source.kind == "tiny" and source.location == TINY_DNABERT:
         return build_tiny_dnabert(head, seed=seed, num_labels=num_labels).to(dtype=dtype)
     config_dict = _local_config(source)
-    if config_dict is not None and "qft_normalization" in config_dict:
+    if config_dict is not None and config_dict.get("qft_normalization"):  # null in a vanilla qft model
         return _load_normalised_checkpoint(Path(source.location), config_dict, num_labels, kind, dtype)
     if not trust_remote_code and not is_dnabert2_source(source.location, source.kind):
         config = load_config(source)

@@ -258,3 +258,19 @@ def test_published_style_dnabert2_directory_fine_tunes_every_matrix(tmp_path, sm
                                                                   "ffn_down"] * 2)
     config = json.loads((export / "config.json").read_text())
     assert config["model_type"] == "qft_dnabert2" and "auto_map" in config
+
+
+def test_vanilla_qft_train_checkpoint_loads(tmp_path):
+    """A vanilla `qft train` model saves "qft_normalization": null in its config: a plain checkpoint."""
+    from qft_cli.finetune import load_classifier, resolve_finetune_model
+    from qft_cli.modeling_qft import QftConfig, build_model
+
+    run_dir = tmp_path / "run"
+    (run_dir / "run.json").parent.mkdir(parents=True)
+    (run_dir / "run.json").write_text(json.dumps({"command": "train"}))
+    trained = build_model(QftConfig(vocab_size=30, d_model=16, num_heads=2, d_ff=16, num_labels=2), seed=3)
+    trained.save_pretrained(run_dir / "best" / "vanilla")
+    assert json.loads((run_dir / "best" / "vanilla" / "config.json").read_text())["qft_normalization"] is None
+    model = load_classifier(resolve_finetune_model(str(run_dir)), 2)
+    for (k, a), b in zip(trained.state_dict().items(), model.state_dict().values()):
+        assert torch.equal(a, b), k
