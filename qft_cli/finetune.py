@@ -354,6 +354,8 @@ def finetune(model_name: str, *, dataset: str, settings: FinetuneSettings, run, 
     from qft_cli.training import METRICS_TABLE, ResultsRecorder, train_variant
 
     run_dir = Path(run.path)
+    if export_dir is not None and Path(export_dir).exists() and not Path(export_dir).is_dir():
+        raise QftInputError(f"--export {export_dir} is a file: pass a directory")  # before training, not after
     source = resolve_finetune_model(model_name)
     data = load_task(dataset, task=task, data_dir=data_dir, seed=settings.seed)
     subsample(data, "train", settings.max_train_samples, settings.seed)

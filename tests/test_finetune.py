@@ -274,3 +274,20 @@ def test_vanilla_qft_train_checkpoint_loads(tmp_path):
     model = load_classifier(resolve_finetune_model(str(run_dir)), 2)
     for (k, a), b in zip(trained.state_dict().items(), model.state_dict().values()):
         assert torch.equal(a, b), k
+
+
+def test_export_to_a_file_is_refused_before_any_training(tmp_path, small_csv, monkeypatch):
+    import qft_cli.training
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("trained before checking --export")
+
+    monkeypatch.setattr(qft_cli.training, "train_variant", no_training)
+    target = tmp_path / "export.txt"
+    target.write_text("not a directory")
+    out = tmp_path / "runs"
+    result = _run(["tiny-bert", "--data-dir", str(small_csv), "--norm", "frobenius", "--export", str(target),
+                   "--out", str(out), *FAST])
+    _assert_one_line_exit_2(result)
+    assert "is a file" in result.output
+    assert not out.exists() or not any(out.iterdir())
