@@ -546,7 +546,7 @@ class ExperimentOptions:
         self.variants()
         parse_targets(self.targets)
         self.training.validate()
-        if self.max_gamma is not None and not self.max_gamma > 0:
+        if self.max_gamma is not None and not (self.max_gamma > 0 and math.isfinite(self.max_gamma)):
             raise QftInputError(f"--max-gamma {self.max_gamma} must be a positive number (1 = sub-normalised)")
         if self.max_gamma is not None and self.norm == "none":
             raise QftInputError("--max-gamma scales a normalisation but --norm is none: pass --norm spectral/frobenius/all")

@@ -73,6 +73,7 @@ TINY = ["--dataset", "gue", "--task", "prom_core_notata", "--tokenizer", "char",
     (["--embedding-from", "minilm", "--tokenizer", "char"], "contradicts --embedding-from"),
     (["--lr-scheduler-type", "cosinus"], "lr-scheduler-type"),
     (["--max-gamma", "-1"], "max-gamma"),
+    (["--max-gamma", "inf"], "max-gamma"),  # refused before vanilla trains, not when spectral starts
     (["--dataset", "conll2003"], "text task"),
     (["--tokenizer", "kmer3"], "unknown DNA tokenizer"),
 ])
