@@ -286,12 +286,18 @@ def check_layers(model, settings: FinetuneSettings) -> None:
     """Validate ``settings.layers`` against the depth of ``model`` before any training.
 
     Raises:
-        QftInputError: a layer beyond the depth or a malformed list.
+        QftInputError: a layer beyond the depth, a malformed list, or no matrix of ``settings.targets`` in
+            those layers.
     """
     from qft_cli.layout import classify_model
 
+    from qft_cli.normalization import _select
+
     depth = max((s.layer for s in classify_model(model)), default=0)
-    parse_layers(settings.layers, depth)
+    layers = parse_layers(settings.layers, depth)
+    if not _select(model, parse_targets(settings.targets), layers):
+        raise QftInputError(f"no {settings.targets} matrix found in {type(model).__name__} for layers "
+                            f"{settings.layers}: check --targets and --layers")
 
 
 def _check_vocabulary(model, tokenizer, name: str) -> None:
@@ -388,8 +394,9 @@ def finetune(model_name: str, *, dataset: str, settings: FinetuneSettings, run, 
             model.config.pad_token_id = tokenizer.pad_token_id
         _check_vocabulary(model, tokenizer, source.name)
         normalised: list[str] = []
+        if any(m is not None for _, m, _ in variants):
+            check_layers(model, settings)  # before any training (vanilla included): bad --layers/--targets fail at once
         if method is not None:
-            check_layers(model, settings)  # before any training: a bad --layers fails at once
             specs = apply_normalization(model, method, targets=settings.targets, layers=settings.layers,
                                         max_gamma=max_gamma)
             normalised = [f"{s.parameter}:{s.matrix}" for s in specs]

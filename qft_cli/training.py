@@ -544,7 +544,11 @@ class ExperimentOptions:
         self.dataset, self.task = validate_dataset_name(self.dataset, self.task)
         validate_tokenizer_spec(self.dataset, self.tokenizer, self.embedding_from)
         self.variants()
-        parse_targets(self.targets)
+        qft_matrices = ("attention", "ffn", "q", "k", "v", "o", "ffn_up", "ffn_down")
+        for word in parse_targets(self.targets):
+            if word not in qft_matrices:
+                raise QftInputError(f"--targets {word}: the qft transformer has no such matrix; use attention, ffn "
+                                    "or q,k,v,o,ffn_up,ffn_down")
         self.training.validate()
         if self.max_gamma is not None and not (self.max_gamma > 0 and math.isfinite(self.max_gamma)):
             raise QftInputError(f"--max-gamma {self.max_gamma} must be a positive number (1 = sub-normalised)")

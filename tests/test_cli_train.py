@@ -66,6 +66,7 @@ TINY = ["--dataset", "gue", "--task", "prom_core_notata", "--tokenizer", "char",
 @pytest.mark.parametrize("case, match", [
     (["--norm", "spectal"], "unknown --norm 'spectal'"),
     (["--targets", "attention,fnn"], "unknown target 'fnn'"),
+    (["--targets", "ffn_gate"], "ffn_gate"),  # the qft transformer has none: refused before vanilla trains
     (["--dataset", "imagenet"], "unknown dataset 'imagenet'"),
     (["--dataset", "gue", "--task", "prom_400"], "unknown GUE task"),
     (["--eval-strategy", "no"], "needs evaluation"),

@@ -291,3 +291,17 @@ def test_export_to_a_file_is_refused_before_any_training(tmp_path, small_csv, mo
     _assert_one_line_exit_2(result)
     assert "is a file" in result.output
     assert not out.exists() or not any(out.iterdir())
+
+
+def test_targets_matching_nothing_refused_before_vanilla_trains(tmp_path, small_csv, monkeypatch):
+    import qft_cli.training
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("trained before checking --targets")
+
+    monkeypatch.setattr(qft_cli.training, "train_variant", no_training)
+    out = tmp_path / "runs"
+    result = _run(["tiny-bert", "--data-dir", str(small_csv), "--norm", "all", "--targets", "ffn_gate",
+                   "--out", str(out), *FAST])  # BERT has no gated FFN
+    _assert_one_line_exit_2(result)
+    assert "ffn_gate" in result.output
