@@ -142,7 +142,7 @@ def _check_labels(raw: list[Any], where: str) -> list[int]:
             number = float(value)
             if number != int(number) or number < 0:
                 raise ValueError
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             raise QftInputError(f"{where} row {i + 1} has label {value!r}: labels must be integers 0, 1, ...") from None
         labels.append(int(number))
     return labels

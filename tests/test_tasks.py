@@ -81,6 +81,7 @@ def test_genomic_bench_validation_and_test_are_seeded_halves(tmp_path):
     ("letters", "invalid DNA letters 'X'"),
     ("label_outside", "outside the training labels"),
     ("label_text", "labels must be integers"),
+    ("label_inf", "labels must be integers"),  # int(inf) is an OverflowError, not a ValueError
     ("columns", "needs a 'sequence'"),
     ("no_train", "no train.csv"),
     ("one_class", "at least two classes"),
@@ -92,6 +93,8 @@ def test_bad_dna_data_one_line(tmp_path, case, match):
         _dna_dir(tmp_path, dev=[("ACGT", 2)])
     elif case == "label_text":
         _dna_dir(tmp_path, train=[("ACGT", "yes"), ("ACGT", 1)])
+    elif case == "label_inf":
+        _dna_dir(tmp_path, train=[("ACGT", "inf"), ("ACGT", 1)])
     elif case == "columns":
         _dna_dir(tmp_path, header=("dna", "label"))
     elif case == "one_class":
