@@ -159,3 +159,27 @@ def test_text_task_needs_a_text_tokenizer(shared_data):
     data = tasks.TaskData("conll2003", None, "token_classification", list(tasks.CONLL_POS_TAGS), {}, "mem")
     with pytest.raises(QftInputError, match="text task"):
         tasks.build_tokenizer("char", data)
+
+
+def test_data_files_that_are_not_utf8_are_one_line(tmp_path):
+    dna = tmp_path / "dna"
+    _dna_dir(dna.mkdir() or dna)
+    (dna / "train.csv").write_bytes(b"sequence,label\nACGT,0\n\xff\xfeACGT,1\n")
+    with pytest.raises(QftInputError, match="UTF-8") as err:
+        tasks.load_task("gue", task="prom_core_notata", data_dir=dna)
+    assert "\n" not in str(err.value)
+    conll = tmp_path / "conll"
+    conll.mkdir()
+    for name in ("train", "valid", "test"):
+        (conll / f"{name}.txt").write_text("EU NNP B-NP B-ORG\n")
+    (conll / "valid.txt").write_bytes(b"EU NNP B-NP B-ORG\n\xff NN O O\n")
+    with pytest.raises(QftInputError, match="UTF-8"):
+        tasks.load_task("conll2003", data_dir=conll)
+
+
+def test_csv_with_a_utf8_byte_order_mark_loads(tmp_path):
+    _dna_dir(tmp_path)
+    text = (tmp_path / "train.csv").read_text()
+    (tmp_path / "train.csv").write_bytes(b"\xef\xbb\xbf" + text.encode())  # as Excel saves "CSV UTF-8"
+    data = tasks.load_task("gue", task="prom_core_notata", data_dir=tmp_path)
+    assert data.splits["train"]["inputs"][0] == "ACGT"
