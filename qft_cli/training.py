@@ -458,11 +458,10 @@ def train_variant(model, datasets: Mapping[str, Any], config: TrainingConfig, va
         preprocess_logits_for_metrics=_argmax_logits, callbacks=cbs)
     trainer.remove_callback(PrinterCallback)  # library code never prints; metrics go to the recorder
     checkpoint = None
-    if resume and output_dir.is_dir():
-        checkpoint = get_last_checkpoint(str(output_dir))
-        if checkpoint is not None:
-            step = int(Path(checkpoint).name.rsplit("-", 1)[1])
-            recorder.forget_after(variant, step)
+    if resume:
+        checkpoint = get_last_checkpoint(str(output_dir)) if output_dir.is_dir() else None
+        # rows logged after the checkpoint are recorded again; without one the variant starts over
+        recorder.forget_after(variant, int(Path(checkpoint).name.rsplit("-", 1)[1]) if checkpoint else -1)
     trainer.train(resume_from_checkpoint=checkpoint)
     test = {"loss": math.nan, "accuracy": math.nan, "f1": math.nan}
     trainer.remove_callback(EarlyStoppingCallback)  # the test evaluation is not a validation score

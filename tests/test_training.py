@@ -363,3 +363,27 @@ def test_norm_all_variants_see_identical_data_order_and_initial_weights(tmp_path
         for k in weights:
             assert torch.equal(weights[k], initial[0][k]), k
     assert not all(torch.equal(a, b) for a, b in zip(seen[0][:5], seen[0][5:]))  # reshuffled each epoch
+
+
+def test_resume_before_the_first_checkpoint_records_no_duplicate_rows(tmp_path):
+    from transformers import TrainerCallback
+
+    class StopEarly(TrainerCallback):
+        def on_step_end(self, args, state, control, **kw):
+            if state.global_step == 2:  # before the first checkpoint (end of epoch 1 = step 3)
+                raise KeyboardInterrupt
+
+    config = TrainingConfig(learning_rate=1e-2, num_epochs=2, early_stopping=0, batch_size=16, device="cpu")
+    data = _datasets()
+    recorder = ResultsRecorder()
+    with pytest.raises(KeyboardInterrupt):
+        train_variant(_model("frobenius"), data, config, "frobenius", output_dir=tmp_path / "cut", num_labels=2,
+                      data_collator=_collator(), callbacks=[StopEarly()], recorder=recorder)
+    assert not list((tmp_path / "cut").glob("checkpoint-*"))
+    train_variant(_model("frobenius"), data, config, "frobenius", output_dir=tmp_path / "cut", num_labels=2,
+                  data_collator=_collator(), resume=True, recorder=recorder)
+    norms = pd.DataFrame(recorder.tables["norms_during_training"])
+    assert not norms.duplicated(["step", "parameter", "matrix"]).any()
+    assert sorted(norms["step"].unique()) == [0, 3, 6]
+    metrics = pd.DataFrame(recorder.tables["metrics"])
+    assert not metrics.duplicated(["step", "split"]).any()
