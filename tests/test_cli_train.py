@@ -139,3 +139,20 @@ def test_help_lists_the_research_options():
     for option in ("--learning-rate", "--num-epochs", "--early-stopping", "--weight-decay", "--lr-scheduler-type",
                    "--norm", "--targets", "--embedding-from", "--resume", "--max-steps"):
         assert option in result.stdout
+
+
+def test_resume_with_bad_input_keeps_the_earlier_work(tmp_path):
+    import shutil
+
+    data = _dna_dir(tmp_path)
+    out = tmp_path / "runs"
+    result = _invoke([*TINY, "--data-dir", str(data), "--out", str(out), "--norm", "none", "--max-steps", "1",
+                      "--early-stopping", "0"])
+    assert result.exit_code == 0, result.output + str(result.exception)
+    (run_dir,) = list(out.iterdir())
+    before = sorted(p.relative_to(run_dir) for p in run_dir.rglob("*"))
+    shutil.rmtree(data)  # e.g. the data moved since the interrupted run
+    again = _invoke(["--resume", str(run_dir), "--quiet"])
+    assert again.exit_code == 2 and "not a directory" in again.stderr, again.output
+    assert run_dir.is_dir() and set(before) <= set(p.relative_to(run_dir) for p in run_dir.rglob("*"))
+    assert json.loads((run_dir / "run.json").read_text())["status"] == "failed"

@@ -10,25 +10,8 @@ import typer
 from rich.table import Table
 
 from qft_cli.errors import QftInputError
-from qft_cli.cli.common import (DEVICE_OPTION, DTYPE_OPTION, OUT_OPTION, QUIET_OPTION, TRUST_OPTION, argv, cli_errors,
-                                console, progress_bar)
-
-
-class _ResumedRun:
-    """Context for ``--resume``: like :class:`qft_cli.runs.Run` but bad input marks the run
-    ``failed`` instead of deleting the directory that holds the earlier work."""
-
-    def __init__(self, run):
-        self.run = run
-
-    def __enter__(self):
-        return self.run.__enter__()
-
-    def __exit__(self, exc_type, exc, tb):
-        if exc_type is not None and issubclass(exc_type, QftInputError):
-            self.run.meta["error"] = f"QftInputError: {exc}"
-            return self.run.__exit__(RuntimeError, exc, tb)  # status "failed", directory kept
-        return self.run.__exit__(exc_type, exc, tb)
+from qft_cli.cli.common import (DEVICE_OPTION, DTYPE_OPTION, OUT_OPTION, QUIET_OPTION, TRUST_OPTION, ResumedRun, argv,
+                                cli_errors, console, progress_bar)
 
 
 @cli_errors
@@ -102,7 +85,7 @@ def finetune_command(
         box = [str(run.path) if main else None]
         broadcast_object_list(box, from_process=0)
         run.path = Path(box[0])
-    with (_ResumedRun(run) if resume is not None else run):
+    with (ResumedRun(run) if resume is not None else run):
         run.update(device=str(torch_device))
         with progress_bar(quiet or not main) as progress:
             result = finetune(model, dataset=dataset, settings=settings, run=run, data_dir=data_dir, task=task,

@@ -9,7 +9,8 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from qft_cli.cli.common import OUT_OPTION, QUIET_OPTION, TRUST_OPTION, argv, cli_errors, console, progress_bar
+from qft_cli.cli.common import (OUT_OPTION, QUIET_OPTION, TRUST_OPTION, ResumedRun, argv, cli_errors, console,
+                               progress_bar)
 
 
 def _fmt(value: float, signed: bool = False) -> str:
@@ -79,7 +80,7 @@ def train_command(
             trust_remote_code=trust_remote_code, training=training)
     options.validate()
     run = open_run(options, out=out, argv=argv(), resume_dir=resume)
-    with progress_bar(quiet or not run.is_main_process) as progress, run:
+    with progress_bar(quiet or not run.is_main_process) as progress, (ResumedRun(run) if resume is not None else run):
         result = run_experiment(options, run, resume=resume is not None, progress=progress)
     if not run.is_main_process:
         return
