@@ -156,3 +156,14 @@ def test_resume_with_bad_input_keeps_the_earlier_work(tmp_path):
     assert again.exit_code == 2 and "not a directory" in again.stderr, again.output
     assert run_dir.is_dir() and set(before) <= set(p.relative_to(run_dir) for p in run_dir.rglob("*"))
     assert json.loads((run_dir / "run.json").read_text())["status"] == "failed"
+
+
+@pytest.mark.parametrize("content", ['{"command": "norms", "options": {"models": ["tiny-bert"]}}',
+                                     '{"command": "train"}', '{not json'])
+def test_resume_of_a_run_dir_of_another_command_or_broken_json(tmp_path, content):
+    (tmp_path / "run.json").write_text(content)
+    result = _invoke(["--resume", str(tmp_path), "--quiet"])
+    assert result.exit_code == 2, result.output + repr(result.exception)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and "qft train" in lines[0], result.stderr
+    assert (tmp_path / "run.json").read_text() == content  # left as it was

@@ -60,12 +60,20 @@ def train_command(
     from qft_cli.training import ExperimentOptions, TrainingConfig, from_jsonable, open_run, run_experiment
 
     if resume is not None:
-        if not (Path(resume) / "run.json").is_file():
-            from qft_cli.errors import QftInputError
+        from qft_cli.errors import QftInputError
 
+        if not (Path(resume) / "run.json").is_file():
             raise QftInputError(f"--resume {resume} is not a run directory (no run.json): pass the directory of the "
                                 "interrupted qft train run")
-        options = from_jsonable(read_run_json(resume)["options"])
+        try:
+            meta = read_run_json(resume)
+        except ValueError as err:
+            raise QftInputError(f"--resume {resume}: run.json is not valid JSON ({err}): pass the directory of an "
+                                "interrupted qft train run") from None
+        if not isinstance(meta, dict) or meta.get("command") != "train" or not isinstance(meta.get("options"), dict):
+            raise QftInputError(f"--resume {resume} is not a qft train run (run.json of command "
+                                f"{meta.get('command') if isinstance(meta, dict) else None!r}, or without options)")
+        options = from_jsonable(meta["options"])
     else:
         training = TrainingConfig(
             learning_rate=learning_rate, num_epochs=num_epochs, early_stopping=early_stopping, weight_decay=weight_decay,
