@@ -305,3 +305,14 @@ def test_targets_matching_nothing_refused_before_vanilla_trains(tmp_path, small_
                    "--out", str(out), *FAST])  # BERT has no gated FFN
     _assert_one_line_exit_2(result)
     assert "ffn_gate" in result.output
+
+
+@pytest.mark.parametrize("content", ['{"command": "train", "options": {}}', '{not json'])
+def test_resume_of_a_run_dir_that_is_not_a_finetune_run(tmp_path, small_csv, content):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "run.json").write_text(content)
+    result = _run(["tiny-bert", "--data-dir", str(small_csv), "--resume", str(run_dir), *FAST])
+    _assert_one_line_exit_2(result)
+    assert "qft finetune" in result.output
+    assert (run_dir / "run.json").read_text() == content and sorted(run_dir.iterdir()) == [run_dir / "run.json"]

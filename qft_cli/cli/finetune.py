@@ -67,6 +67,16 @@ def finetune_command(
     if resume is not None and not (resume / RUN_JSON).is_file():
         raise QftInputError(f"--resume {resume} is not a run directory (no run.json): pass the directory of the "
                             "interrupted qft finetune run")
+    if resume is not None:
+        from qft_cli.runs import read_run_json
+
+        try:
+            command = read_run_json(resume).get("command")
+        except (ValueError, AttributeError):
+            command = None
+        if command != "finetune":
+            raise QftInputError(f"--resume {resume} is not a qft finetune run (run.json of command {command!r}): "
+                                "pass the directory of the interrupted qft finetune run")
     options = {**settings.__dict__, "model": model, "dataset": dataset, "task": task,
                "data_dir": str(data_dir) if data_dir else None, "tokenizer": tokenizer,
                "export": str(export) if export else None, "device": device, "dtype": dtype,
