@@ -95,13 +95,13 @@ class TrainingConfig:
             QftInputError: a value out of range, an unknown scheduler, or contradicting options
                 (early stopping without evaluation, mixed precision without CUDA).
         """
-        if not self.learning_rate > 0:
+        if not (self.learning_rate > 0 and math.isfinite(self.learning_rate)):
             raise QftInputError(f"--learning-rate {self.learning_rate} must be positive")
-        if not self.num_epochs > 0:
+        if not (self.num_epochs > 0 and math.isfinite(self.num_epochs)):
             raise QftInputError(f"--num-epochs {self.num_epochs} must be positive")
         if self.early_stopping < 0:
             raise QftInputError(f"--early-stopping {self.early_stopping} must be 0 (off) or a patience >= 1")
-        if self.weight_decay < 0:
+        if not (self.weight_decay >= 0 and math.isfinite(self.weight_decay)):
             raise QftInputError(f"--weight-decay {self.weight_decay} must be >= 0")
         if self.lr_scheduler_type not in SCHEDULERS:
             raise QftInputError(f"unknown --lr-scheduler-type '{self.lr_scheduler_type}': use one of {', '.join(SCHEDULERS[:6])}")

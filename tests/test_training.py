@@ -209,6 +209,9 @@ def test_recorder_writes_documented_schema(tmp_path):
     (dict(lr_scheduler_type="cosin"), "lr-scheduler-type"),
     (dict(warmup_ratio=1.5), "warmup-ratio"),
     (dict(learning_rate=0), "learning-rate"),
+    (dict(learning_rate=float("inf")), "learning-rate"),
+    (dict(weight_decay=float("nan")), "weight-decay"),
+    (dict(num_epochs=float("inf")), "num-epochs"),
 ])
 def test_training_config_rejects(kwargs, match):
     from qft_cli.errors import QftInputError
