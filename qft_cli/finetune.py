@@ -300,6 +300,22 @@ def check_layers(model, settings: FinetuneSettings) -> None:
                             f"{settings.layers}: check --targets and --layers")
 
 
+def _check_positions(model, max_length: int, name: str) -> None:
+    """Learned position embeddings hold at most ``max_position_embeddings`` tokens (RoBERTa-style
+    models start at ``pad_token_id + 1``); ALiBi/rotary models have no such limit."""
+    config = model.config
+    limit = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+    if not limit or getattr(config, "position_embedding_type", "absolute") != "absolute":
+        return
+    if not any(("position" in n and "embed" in n) or n.endswith("wpe.weight") for n, _ in model.named_parameters()):
+        return
+    if getattr(config, "model_type", "") in ("roberta", "xlm-roberta", "camembert", "xlm-roberta-xl"):
+        limit -= (config.pad_token_id or 0) + 1
+    if max_length > limit:
+        raise QftInputError(f"--max-length {max_length} exceeds the {limit} positions of {name}: pass --max-length {limit} "
+                            "or less")
+
+
 def _check_vocabulary(model, tokenizer, name: str) -> None:
     embedding = model.get_input_embeddings()
     if embedding is not None and len(tokenizer) > embedding.num_embeddings:
@@ -393,6 +409,7 @@ def finetune(model_name: str, *, dataset: str, settings: FinetuneSettings, run, 
         if getattr(model.config, "pad_token_id", None) is None:
             model.config.pad_token_id = tokenizer.pad_token_id
         _check_vocabulary(model, tokenizer, source.name)
+        _check_positions(model, max_length, source.name)
         normalised: list[str] = []
         if any(m is not None for _, m, _ in variants):
             check_layers(model, settings)  # before any training (vanilla included): bad --layers/--targets fail at once

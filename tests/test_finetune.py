@@ -316,3 +316,17 @@ def test_resume_of_a_run_dir_that_is_not_a_finetune_run(tmp_path, small_csv, con
     _assert_one_line_exit_2(result)
     assert "qft finetune" in result.output
     assert (run_dir / "run.json").read_text() == content and sorted(run_dir.iterdir()) == [run_dir / "run.json"]
+
+
+def test_max_length_beyond_the_model_positions_is_one_line(tmp_path, small_csv, monkeypatch):
+    import qft_cli.training
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("trained with more tokens than position embeddings")
+
+    monkeypatch.setattr(qft_cli.training, "train_variant", no_training)
+    out = tmp_path / "runs"
+    result = _run(["tiny-bert", "--data-dir", str(small_csv), "--max-length", "2000", "--out", str(out), *FAST])
+    _assert_one_line_exit_2(result)  # tiny-bert has 1024 positions: a RuntimeError mid-training before
+    assert "--max-length 2000" in result.output and "1024" in result.output
+    assert not out.exists() or not any(out.iterdir())
