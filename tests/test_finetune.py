@@ -330,3 +330,37 @@ def test_max_length_beyond_the_model_positions_is_one_line(tmp_path, small_csv, 
     _assert_one_line_exit_2(result)  # tiny-bert has 1024 positions: a RuntimeError mid-training before
     assert "--max-length 2000" in result.output and "1024" in result.output
     assert not out.exists() or not any(out.iterdir())
+
+
+def test_norm_all_variants_start_from_the_same_weights_and_see_the_same_batches(tmp_path, small_csv, monkeypatch):
+    import qft_cli.finetune as ft
+
+    seen, initial = [], []
+    real_load = ft.load_classifier
+
+    def recording_load(*args, **kwargs):
+        model = real_load(*args, **kwargs)
+        batches = []
+        seen.append(batches)
+        initial.append({k: v.detach().clone() for k, v in model.state_dict().items()})
+        real_forward = model.forward
+
+        def forward(input_ids=None, **kw):
+            if model.training:
+                batches.append(input_ids.detach().clone())
+            return real_forward(input_ids=input_ids, **kw)
+
+        model.forward = forward
+        return model
+
+    monkeypatch.setattr(ft, "load_classifier", recording_load)
+    out = tmp_path / "runs"
+    result = _run(["tiny-bert", "--data-dir", str(small_csv), "--norm", "all", "--max-train-samples", "48",
+                   "--max-eval-samples", "16", "--num-epochs", "2", "--batch-size", "16", "--warmup-ratio", "0",
+                   "--out", str(out), "-q"])
+    assert result.exit_code == 0, result.output
+    assert len(seen) == 3 and len(seen[0]) == 6  # 48 / 16 = 3 steps per epoch, 2 epochs
+    for batches, weights in zip(seen[1:], initial[1:]):
+        assert len(batches) == len(seen[0]) and all(torch.equal(a, b) for a, b in zip(seen[0], batches))
+        assert weights.keys() == initial[0].keys()
+        assert all(torch.equal(weights[k], initial[0][k]) for k in weights)  # new classifier head included
