@@ -109,6 +109,8 @@ class TrainingConfig:
             raise QftInputError(f"--warmup-ratio {self.warmup_ratio} must lie in [0, 1)")
         if self.batch_size < 1 or (self.eval_batch_size is not None and self.eval_batch_size < 1):
             raise QftInputError("--batch-size must be at least 1")
+        if not 0 <= self.seed < 2 ** 32:
+            raise QftInputError(f"--seed {self.seed} must lie in 0..{2 ** 32 - 1} (numpy and Trainer seeds)")
         if self.max_steps is not None and self.max_steps < 1:
             raise QftInputError(f"--max-steps {self.max_steps} must be at least 1")
         if self.eval_strategy not in ("epoch", "no"):

@@ -212,6 +212,8 @@ def test_recorder_writes_documented_schema(tmp_path):
     (dict(learning_rate=float("inf")), "learning-rate"),
     (dict(weight_decay=float("nan")), "weight-decay"),
     (dict(num_epochs=float("inf")), "num-epochs"),
+    (dict(seed=-1), "--seed"),  # numpy/torch seeds: ValueError mid-run before
+    (dict(seed=2 ** 32), "--seed"),
 ])
 def test_training_config_rejects(kwargs, match):
     from qft_cli.errors import QftInputError
