@@ -229,7 +229,7 @@ def load_classifier(source: ModelSource, num_labels: int, *, kind: str = "sequen
     if source.kind == "tiny" and source.location == TINY_DNABERT:
         return build_tiny_dnabert(head, seed=seed, num_labels=num_labels).to(dtype=dtype)
     config_dict = _local_config(source)
-    if config_dict is not None and "qft_normalization" in config_dict:
+    if config_dict is not None and config_dict.get("qft_normalization"):  # null in a vanilla qft model
         return _load_normalised_checkpoint(Path(source.location), config_dict, num_labels, kind, dtype)
     if not trust_remote_code and not is_dnabert2_source(source.location, source.kind):
         config = load_config(source)
@@ -286,12 +286,34 @@ def check_layers(model, settings: FinetuneSettings) -> None:
     """Validate ``settings.layers`` against the depth of ``model`` before any training.
 
     Raises:
-        QftInputError: a layer beyond the depth or a malformed list.
+        QftInputError: a layer beyond the depth, a malformed list, or no matrix of ``settings.targets`` in
+            those layers.
     """
     from qft_cli.layout import classify_model
 
+    from qft_cli.normalization import _select
+
     depth = max((s.layer for s in classify_model(model)), default=0)
-    parse_layers(settings.layers, depth)
+    layers = parse_layers(settings.layers, depth)
+    if not _select(model, parse_targets(settings.targets), layers):
+        raise QftInputError(f"no {settings.targets} matrix found in {type(model).__name__} for layers "
+                            f"{settings.layers}: check --targets and --layers")
+
+
+def _check_positions(model, max_length: int, name: str) -> None:
+    """Learned position embeddings hold at most ``max_position_embeddings`` tokens (RoBERTa-style
+    models start at ``pad_token_id + 1``); ALiBi/rotary models have no such limit."""
+    config = model.config
+    limit = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+    if not limit or getattr(config, "position_embedding_type", "absolute") != "absolute":
+        return
+    if not any(("position" in n and "embed" in n) or n.endswith("wpe.weight") for n, _ in model.named_parameters()):
+        return
+    if getattr(config, "model_type", "") in ("roberta", "xlm-roberta", "camembert", "xlm-roberta-xl"):
+        limit -= (config.pad_token_id or 0) + 1
+    if max_length > limit:
+        raise QftInputError(f"--max-length {max_length} exceeds the {limit} positions of {name}: pass --max-length {limit} "
+                            "or less")
 
 
 def _check_vocabulary(model, tokenizer, name: str) -> None:
@@ -354,6 +376,8 @@ def finetune(model_name: str, *, dataset: str, settings: FinetuneSettings, run, 
     from qft_cli.training import METRICS_TABLE, ResultsRecorder, train_variant
 
     run_dir = Path(run.path)
+    if export_dir is not None and Path(export_dir).exists() and not Path(export_dir).is_dir():
+        raise QftInputError(f"--export {export_dir} is a file: pass a directory")  # before training, not after
     source = resolve_finetune_model(model_name)
     data = load_task(dataset, task=task, data_dir=data_dir, seed=settings.seed)
     subsample(data, "train", settings.max_train_samples, settings.seed)
@@ -385,9 +409,11 @@ def finetune(model_name: str, *, dataset: str, settings: FinetuneSettings, run, 
         if getattr(model.config, "pad_token_id", None) is None:
             model.config.pad_token_id = tokenizer.pad_token_id
         _check_vocabulary(model, tokenizer, source.name)
+        _check_positions(model, max_length, source.name)
         normalised: list[str] = []
+        if any(m is not None for _, m, _ in variants):
+            check_layers(model, settings)  # before any training (vanilla included): bad --layers/--targets fail at once
         if method is not None:
-            check_layers(model, settings)  # before any training: a bad --layers fails at once
             specs = apply_normalization(model, method, targets=settings.targets, layers=settings.layers,
                                         max_gamma=max_gamma)
             normalised = [f"{s.parameter}:{s.matrix}" for s in specs]

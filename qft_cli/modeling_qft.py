@@ -78,15 +78,15 @@ class QftConfig(PretrainedConfig):
 
     def validate(self) -> None:
         """Raises :class:`QftInputError` for shapes that cannot work (one line each)."""
+        for name in ("d_model", "num_heads", "d_ff", "num_layers", "vocab_size"):
+            if getattr(self, name) < 1:
+                raise QftInputError(f"--{name.replace('_', '-')} must be at least 1")
         if self.d_model % self.num_heads:
             raise QftInputError(f"--d-model {self.d_model} is not divisible by --num-heads {self.num_heads}: "
                                 "pick a multiple")
         if (self.d_model // self.num_heads) % 2:
             raise QftInputError(f"head width {self.d_model // self.num_heads} is odd: rotary embeddings need an even "
                                 "--d-model / --num-heads")
-        for name in ("d_model", "num_heads", "d_ff", "num_layers", "vocab_size"):
-            if getattr(self, name) < 1:
-                raise QftInputError(f"--{name.replace('_', '-')} must be at least 1")
         if self.task not in TASKS:
             raise QftInputError(f"unknown task '{self.task}': use {' or '.join(TASKS)}")
 

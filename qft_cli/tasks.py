@@ -142,7 +142,7 @@ def _check_labels(raw: list[Any], where: str) -> list[int]:
             number = float(value)
             if number != int(number) or number < 0:
                 raise ValueError
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             raise QftInputError(f"{where} row {i + 1} has label {value!r}: labels must be integers 0, 1, ...") from None
         labels.append(int(number))
     return labels
@@ -185,9 +185,21 @@ def _find_split_file(directory: Path, split: str, suffixes: tuple[str, ...]) -> 
     return None
 
 
+def _not_utf8(path: Path, err: UnicodeDecodeError) -> QftInputError:
+    return QftInputError(f"{path} is not UTF-8 text (byte {err.object[err.start]:#04x} at offset {err.start}): "
+                         "save it as UTF-8 CSV/TSV or CoNLL text")
+
+
 def _read_table(path: Path) -> tuple[list[str], list[Any]]:
+    try:
+        return _read_table_utf8(path)
+    except UnicodeDecodeError as err:
+        raise _not_utf8(path, err) from None
+
+
+def _read_table_utf8(path: Path) -> tuple[list[str], list[Any]]:
     delimiter = "\t" if path.suffix == ".tsv" else ","
-    with open(path, newline="") as f:
+    with open(path, newline="", encoding="utf-8-sig") as f:  # -sig: a BOM (Excel) is not part of the header
         reader = csv.DictReader(f, delimiter=delimiter)
         columns = [c.strip() for c in (reader.fieldnames or [])]
         seq_col = next((c for c in ("sequence", "seq") if c in columns), None)
@@ -291,7 +303,10 @@ def _conll_from_dir(data_dir: Path) -> TaskData:
         if path is None:
             raise QftInputError(f"--data-dir {data_dir} has no CoNLL {split} file "
                                 f"({'/'.join(s + '.txt' for s in _SPLIT_FILES[split])}): pass the CoNLL-2003 folder")
-        raw[split] = read_conll(path)
+        try:
+            raw[split] = read_conll(path)
+        except UnicodeDecodeError as err:
+            raise _not_utf8(path, err) from None
     return _conll_splits_to_task(raw, str(data_dir))
 
 

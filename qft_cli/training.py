@@ -95,13 +95,13 @@ class TrainingConfig:
             QftInputError: a value out of range, an unknown scheduler, or contradicting options
                 (early stopping without evaluation, mixed precision without CUDA).
         """
-        if not self.learning_rate > 0:
+        if not (self.learning_rate > 0 and math.isfinite(self.learning_rate)):
             raise QftInputError(f"--learning-rate {self.learning_rate} must be positive")
-        if not self.num_epochs > 0:
+        if not (self.num_epochs > 0 and math.isfinite(self.num_epochs)):
             raise QftInputError(f"--num-epochs {self.num_epochs} must be positive")
         if self.early_stopping < 0:
             raise QftInputError(f"--early-stopping {self.early_stopping} must be 0 (off) or a patience >= 1")
-        if self.weight_decay < 0:
+        if not (self.weight_decay >= 0 and math.isfinite(self.weight_decay)):
             raise QftInputError(f"--weight-decay {self.weight_decay} must be >= 0")
         if self.lr_scheduler_type not in SCHEDULERS:
             raise QftInputError(f"unknown --lr-scheduler-type '{self.lr_scheduler_type}': use one of {', '.join(SCHEDULERS[:6])}")
@@ -109,6 +109,8 @@ class TrainingConfig:
             raise QftInputError(f"--warmup-ratio {self.warmup_ratio} must lie in [0, 1)")
         if self.batch_size < 1 or (self.eval_batch_size is not None and self.eval_batch_size < 1):
             raise QftInputError("--batch-size must be at least 1")
+        if not 0 <= self.seed < 2 ** 32:
+            raise QftInputError(f"--seed {self.seed} must lie in 0..{2 ** 32 - 1} (numpy and Trainer seeds)")
         if self.max_steps is not None and self.max_steps < 1:
             raise QftInputError(f"--max-steps {self.max_steps} must be at least 1")
         if self.eval_strategy not in ("epoch", "no"):
@@ -458,11 +460,10 @@ def train_variant(model, datasets: Mapping[str, Any], config: TrainingConfig, va
         preprocess_logits_for_metrics=_argmax_logits, callbacks=cbs)
     trainer.remove_callback(PrinterCallback)  # library code never prints; metrics go to the recorder
     checkpoint = None
-    if resume and output_dir.is_dir():
-        checkpoint = get_last_checkpoint(str(output_dir))
-        if checkpoint is not None:
-            step = int(Path(checkpoint).name.rsplit("-", 1)[1])
-            recorder.forget_after(variant, step)
+    if resume:
+        checkpoint = get_last_checkpoint(str(output_dir)) if output_dir.is_dir() else None
+        # rows logged after the checkpoint are recorded again; without one the variant starts over
+        recorder.forget_after(variant, int(Path(checkpoint).name.rsplit("-", 1)[1]) if checkpoint else -1)
     trainer.train(resume_from_checkpoint=checkpoint)
     test = {"loss": math.nan, "accuracy": math.nan, "f1": math.nan}
     trainer.remove_callback(EarlyStoppingCallback)  # the test evaluation is not a validation score
@@ -545,9 +546,13 @@ class ExperimentOptions:
         self.dataset, self.task = validate_dataset_name(self.dataset, self.task)
         validate_tokenizer_spec(self.dataset, self.tokenizer, self.embedding_from)
         self.variants()
-        parse_targets(self.targets)
+        qft_matrices = ("attention", "ffn", "q", "k", "v", "o", "ffn_up", "ffn_down")
+        for word in parse_targets(self.targets):
+            if word not in qft_matrices:
+                raise QftInputError(f"--targets {word}: the qft transformer has no such matrix; use attention, ffn "
+                                    "or q,k,v,o,ffn_up,ffn_down")
         self.training.validate()
-        if self.max_gamma is not None and not self.max_gamma > 0:
+        if self.max_gamma is not None and not (self.max_gamma > 0 and math.isfinite(self.max_gamma)):
             raise QftInputError(f"--max-gamma {self.max_gamma} must be a positive number (1 = sub-normalised)")
         if self.max_gamma is not None and self.norm == "none":
             raise QftInputError("--max-gamma scales a normalisation but --norm is none: pass --norm spectral/frobenius/all")

@@ -66,6 +66,7 @@ TINY = ["--dataset", "gue", "--task", "prom_core_notata", "--tokenizer", "char",
 @pytest.mark.parametrize("case, match", [
     (["--norm", "spectal"], "unknown --norm 'spectal'"),
     (["--targets", "attention,fnn"], "unknown target 'fnn'"),
+    (["--targets", "ffn_gate"], "ffn_gate"),  # the qft transformer has none: refused before vanilla trains
     (["--dataset", "imagenet"], "unknown dataset 'imagenet'"),
     (["--dataset", "gue", "--task", "prom_400"], "unknown GUE task"),
     (["--eval-strategy", "no"], "needs evaluation"),
@@ -73,6 +74,7 @@ TINY = ["--dataset", "gue", "--task", "prom_core_notata", "--tokenizer", "char",
     (["--embedding-from", "minilm", "--tokenizer", "char"], "contradicts --embedding-from"),
     (["--lr-scheduler-type", "cosinus"], "lr-scheduler-type"),
     (["--max-gamma", "-1"], "max-gamma"),
+    (["--max-gamma", "inf"], "max-gamma"),  # refused before vanilla trains, not when spectral starts
     (["--dataset", "conll2003"], "text task"),
     (["--tokenizer", "kmer3"], "unknown DNA tokenizer"),
 ])
@@ -158,3 +160,30 @@ def test_max_eval_samples_subsamples_validation_and_test(tmp_path, monkeypatch):
     assert sizes == {"train": 40, "validation": 5, "test": 5}
     bad = _invoke([*TINY, "--data-dir", str(data), "--out", str(tmp_path / "r2"), "--max-eval-samples", "0"])
     assert bad.exit_code == 2 and "--max-eval-samples 0 must be at least 1" in bad.stderr
+
+def test_resume_with_bad_input_keeps_the_earlier_work(tmp_path):
+    import shutil
+
+    data = _dna_dir(tmp_path)
+    out = tmp_path / "runs"
+    result = _invoke([*TINY, "--data-dir", str(data), "--out", str(out), "--norm", "none", "--max-steps", "1",
+                      "--early-stopping", "0"])
+    assert result.exit_code == 0, result.output + str(result.exception)
+    (run_dir,) = list(out.iterdir())
+    before = sorted(p.relative_to(run_dir) for p in run_dir.rglob("*"))
+    shutil.rmtree(data)  # e.g. the data moved since the interrupted run
+    again = _invoke(["--resume", str(run_dir), "--quiet"])
+    assert again.exit_code == 2 and "not a directory" in again.stderr, again.output
+    assert run_dir.is_dir() and set(before) <= set(p.relative_to(run_dir) for p in run_dir.rglob("*"))
+    assert json.loads((run_dir / "run.json").read_text())["status"] == "failed"
+
+
+@pytest.mark.parametrize("content", ['{"command": "norms", "options": {"models": ["tiny-bert"]}}',
+                                     '{"command": "train"}', '{not json'])
+def test_resume_of_a_run_dir_of_another_command_or_broken_json(tmp_path, content):
+    (tmp_path / "run.json").write_text(content)
+    result = _invoke(["--resume", str(tmp_path), "--quiet"])
+    assert result.exit_code == 2, result.output + repr(result.exception)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and "qft train" in lines[0], result.stderr
+    assert (tmp_path / "run.json").read_text() == content  # left as it was

@@ -258,3 +258,109 @@ def test_published_style_dnabert2_directory_fine_tunes_every_matrix(tmp_path, sm
                                                                   "ffn_down"] * 2)
     config = json.loads((export / "config.json").read_text())
     assert config["model_type"] == "qft_dnabert2" and "auto_map" in config
+
+
+def test_vanilla_qft_train_checkpoint_loads(tmp_path):
+    """A vanilla `qft train` model saves "qft_normalization": null in its config: a plain checkpoint."""
+    from qft_cli.finetune import load_classifier, resolve_finetune_model
+    from qft_cli.modeling_qft import QftConfig, build_model
+
+    run_dir = tmp_path / "run"
+    (run_dir / "run.json").parent.mkdir(parents=True)
+    (run_dir / "run.json").write_text(json.dumps({"command": "train"}))
+    trained = build_model(QftConfig(vocab_size=30, d_model=16, num_heads=2, d_ff=16, num_labels=2), seed=3)
+    trained.save_pretrained(run_dir / "best" / "vanilla")
+    assert json.loads((run_dir / "best" / "vanilla" / "config.json").read_text())["qft_normalization"] is None
+    model = load_classifier(resolve_finetune_model(str(run_dir)), 2)
+    for (k, a), b in zip(trained.state_dict().items(), model.state_dict().values()):
+        assert torch.equal(a, b), k
+
+
+def test_export_to_a_file_is_refused_before_any_training(tmp_path, small_csv, monkeypatch):
+    import qft_cli.training
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("trained before checking --export")
+
+    monkeypatch.setattr(qft_cli.training, "train_variant", no_training)
+    target = tmp_path / "export.txt"
+    target.write_text("not a directory")
+    out = tmp_path / "runs"
+    result = _run(["tiny-bert", "--data-dir", str(small_csv), "--norm", "frobenius", "--export", str(target),
+                   "--out", str(out), *FAST])
+    _assert_one_line_exit_2(result)
+    assert "is a file" in result.output
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_targets_matching_nothing_refused_before_vanilla_trains(tmp_path, small_csv, monkeypatch):
+    import qft_cli.training
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("trained before checking --targets")
+
+    monkeypatch.setattr(qft_cli.training, "train_variant", no_training)
+    out = tmp_path / "runs"
+    result = _run(["tiny-bert", "--data-dir", str(small_csv), "--norm", "all", "--targets", "ffn_gate",
+                   "--out", str(out), *FAST])  # BERT has no gated FFN
+    _assert_one_line_exit_2(result)
+    assert "ffn_gate" in result.output
+
+
+@pytest.mark.parametrize("content", ['{"command": "train", "options": {}}', '{not json'])
+def test_resume_of_a_run_dir_that_is_not_a_finetune_run(tmp_path, small_csv, content):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "run.json").write_text(content)
+    result = _run(["tiny-bert", "--data-dir", str(small_csv), "--resume", str(run_dir), *FAST])
+    _assert_one_line_exit_2(result)
+    assert "qft finetune" in result.output
+    assert (run_dir / "run.json").read_text() == content and sorted(run_dir.iterdir()) == [run_dir / "run.json"]
+
+
+def test_max_length_beyond_the_model_positions_is_one_line(tmp_path, small_csv, monkeypatch):
+    import qft_cli.training
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("trained with more tokens than position embeddings")
+
+    monkeypatch.setattr(qft_cli.training, "train_variant", no_training)
+    out = tmp_path / "runs"
+    result = _run(["tiny-bert", "--data-dir", str(small_csv), "--max-length", "2000", "--out", str(out), *FAST])
+    _assert_one_line_exit_2(result)  # tiny-bert has 1024 positions: a RuntimeError mid-training before
+    assert "--max-length 2000" in result.output and "1024" in result.output
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_norm_all_variants_start_from_the_same_weights_and_see_the_same_batches(tmp_path, small_csv, monkeypatch):
+    import qft_cli.finetune as ft
+
+    seen, initial = [], []
+    real_load = ft.load_classifier
+
+    def recording_load(*args, **kwargs):
+        model = real_load(*args, **kwargs)
+        batches = []
+        seen.append(batches)
+        initial.append({k: v.detach().clone() for k, v in model.state_dict().items()})
+        real_forward = model.forward
+
+        def forward(input_ids=None, **kw):
+            if model.training:
+                batches.append(input_ids.detach().clone())
+            return real_forward(input_ids=input_ids, **kw)
+
+        model.forward = forward
+        return model
+
+    monkeypatch.setattr(ft, "load_classifier", recording_load)
+    out = tmp_path / "runs"
+    result = _run(["tiny-bert", "--data-dir", str(small_csv), "--norm", "all", "--max-train-samples", "48",
+                   "--max-eval-samples", "16", "--num-epochs", "2", "--batch-size", "16", "--warmup-ratio", "0",
+                   "--out", str(out), "-q"])
+    assert result.exit_code == 0, result.output
+    assert len(seen) == 3 and len(seen[0]) == 6  # 48 / 16 = 3 steps per epoch, 2 epochs
+    for batches, weights in zip(seen[1:], initial[1:]):
+        assert len(batches) == len(seen[0]) and all(torch.equal(a, b) for a, b in zip(seen[0], batches))
+        assert weights.keys() == initial[0].keys()
+        assert all(torch.equal(weights[k], initial[0][k]) for k in weights)  # new classifier head included

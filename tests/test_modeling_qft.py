@@ -112,6 +112,8 @@ def test_bad_shapes():
         build_model(_config(d_model=18, num_heads=4))
     with pytest.raises(QftInputError, match="odd"):
         build_model(_config(d_model=12, num_heads=4))
+    with pytest.raises(QftInputError, match="--num-heads must be at least 1"):  # not a ZeroDivisionError
+        build_model(_config(d_model=16, num_heads=0))
 
 
 def test_same_seed_same_weights_and_global_rng_untouched():

@@ -357,3 +357,28 @@ def test_neox_interleaved_qkv_blocks():
         rows = idx[:, part, :].reshape(-1)
         ref = raw[rows].double()
         torch.testing.assert_close(eff[rows].double(), ref / torch.linalg.matrix_norm(ref, "fro"))
+
+
+@pytest.mark.parametrize("name", ["tiny-bert", "tiny-llama", "tiny-gpt2"])
+@pytest.mark.parametrize("method", ["frobenius", "spectral"])
+def test_forward_uses_the_normalised_matrices(name, method):
+    """Independent of qft's helpers: the normalised model's eval forward equals that of a plain copy
+    whose selected weights were divided by float64 torch.linalg norms of their (row-block) matrices."""
+    model = _tiny(name)
+    plain = copy.deepcopy(model).double()
+    specs = qn.apply_normalization(model, method)
+    if method == "spectral":
+        _converge(model)
+    params = dict(plain.named_parameters())
+    with torch.no_grad():
+        for spec in specs:  # the GPT-2 Conv1D stores (d_in, d_out): output rows are its columns
+            w = params[spec.parameter]
+            oriented = w.mT if type(plain.get_submodule(spec.parameter.rsplit(".", 1)[0])).__name__ == "Conv1D" else w
+            rows = torch.arange(oriented.shape[0])
+            rows = rows if spec.rows is None else rows[spec.row_index(len(rows))]
+            block = oriented[rows]
+            oriented[rows] = block / torch.linalg.matrix_norm(block, ord="fro" if method == "frobenius" else 2)
+    ids = torch.randint(5, 200, (2, 7))
+    expected = _eval_out(plain, ids)
+    got = _eval_out(model.double(), ids)
+    torch.testing.assert_close(got, expected, rtol=1e-3 if method == "spectral" else 1e-6, atol=1e-4)

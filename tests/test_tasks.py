@@ -81,6 +81,7 @@ def test_genomic_bench_validation_and_test_are_seeded_halves(tmp_path):
     ("letters", "invalid DNA letters 'X'"),
     ("label_outside", "outside the training labels"),
     ("label_text", "labels must be integers"),
+    ("label_inf", "labels must be integers"),  # int(inf) is an OverflowError, not a ValueError
     ("columns", "needs a 'sequence'"),
     ("no_train", "no train.csv"),
     ("one_class", "at least two classes"),
@@ -92,6 +93,8 @@ def test_bad_dna_data_one_line(tmp_path, case, match):
         _dna_dir(tmp_path, dev=[("ACGT", 2)])
     elif case == "label_text":
         _dna_dir(tmp_path, train=[("ACGT", "yes"), ("ACGT", 1)])
+    elif case == "label_inf":
+        _dna_dir(tmp_path, train=[("ACGT", "inf"), ("ACGT", 1)])
     elif case == "columns":
         _dna_dir(tmp_path, header=("dna", "label"))
     elif case == "one_class":
@@ -156,3 +159,27 @@ def test_text_task_needs_a_text_tokenizer(shared_data):
     data = tasks.TaskData("conll2003", None, "token_classification", list(tasks.CONLL_POS_TAGS), {}, "mem")
     with pytest.raises(QftInputError, match="text task"):
         tasks.build_tokenizer("char", data)
+
+
+def test_data_files_that_are_not_utf8_are_one_line(tmp_path):
+    dna = tmp_path / "dna"
+    _dna_dir(dna.mkdir() or dna)
+    (dna / "train.csv").write_bytes(b"sequence,label\nACGT,0\n\xff\xfeACGT,1\n")
+    with pytest.raises(QftInputError, match="UTF-8") as err:
+        tasks.load_task("gue", task="prom_core_notata", data_dir=dna)
+    assert "\n" not in str(err.value)
+    conll = tmp_path / "conll"
+    conll.mkdir()
+    for name in ("train", "valid", "test"):
+        (conll / f"{name}.txt").write_text("EU NNP B-NP B-ORG\n")
+    (conll / "valid.txt").write_bytes(b"EU NNP B-NP B-ORG\n\xff NN O O\n")
+    with pytest.raises(QftInputError, match="UTF-8"):
+        tasks.load_task("conll2003", data_dir=conll)
+
+
+def test_csv_with_a_utf8_byte_order_mark_loads(tmp_path):
+    _dna_dir(tmp_path)
+    text = (tmp_path / "train.csv").read_text()
+    (tmp_path / "train.csv").write_bytes(b"\xef\xbb\xbf" + text.encode())  # as Excel saves "CSV UTF-8"
+    data = tasks.load_task("gue", task="prom_core_notata", data_dir=tmp_path)
+    assert data.splits["train"]["inputs"][0] == "ACGT"

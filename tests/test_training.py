@@ -209,6 +209,11 @@ def test_recorder_writes_documented_schema(tmp_path):
     (dict(lr_scheduler_type="cosin"), "lr-scheduler-type"),
     (dict(warmup_ratio=1.5), "warmup-ratio"),
     (dict(learning_rate=0), "learning-rate"),
+    (dict(learning_rate=float("inf")), "learning-rate"),
+    (dict(weight_decay=float("nan")), "weight-decay"),
+    (dict(num_epochs=float("inf")), "num-epochs"),
+    (dict(seed=-1), "--seed"),  # numpy/torch seeds: ValueError mid-run before
+    (dict(seed=2 ** 32), "--seed"),
 ])
 def test_training_config_rejects(kwargs, match):
     from qft_cli.errors import QftInputError
@@ -307,3 +312,83 @@ def test_stock_gpt2_with_fused_conv1d_normalised_trains_and_checkpoint_reloads(t
         torch.testing.assert_close(again(input_ids=ids).logits, model(input_ids=ids).logits, rtol=0, atol=0)
     blocks = [m for m in qn.effective_matrices(model) if m.parameter.endswith("c_attn.weight")]
     assert [b.matrix for b in blocks] == ["q", "k", "v"] * 2 and all(b.weight.shape == (64, 64) for b in blocks)
+
+
+# ----------------------------------------------------------------------------- --norm all
+
+def test_norm_all_variants_see_identical_data_order_and_initial_weights(tmp_path, monkeypatch):
+    """The comparison is only fair if every variant starts from the same weights and sees the same batches."""
+    import csv
+    import random
+
+    import qft_cli.modeling_qft as mq
+    from qft_cli.runs import Run
+    from qft_cli.training import ExperimentOptions, run_experiment
+
+    rng = random.Random(0)
+    data = tmp_path / "data"
+    data.mkdir()
+    for split, size in (("train", 40), ("dev", 8), ("test", 8)):
+        with open(data / f"{split}.csv", "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["sequence", "label"])
+            for i in range(size):
+                w.writerow(["".join(rng.choice("ACGT") for _ in range(12 + i % 5)), i % 2])
+    seen, initial = [], []
+    real_build = mq.build_model
+
+    def recording_build(*args, **kwargs):
+        model = real_build(*args, **kwargs)
+        batches = []
+        seen.append(batches)
+        initial.append({k: v.detach().clone() for k, v in model.state_dict().items()})
+        real_forward = model.forward
+
+        def forward(input_ids=None, **kw):
+            if model.training:
+                batches.append(input_ids.detach().clone())
+            return real_forward(input_ids=input_ids, **kw)
+
+        model.forward = forward
+        return model
+
+    monkeypatch.setattr(mq, "build_model", recording_build)
+    training = TrainingConfig(learning_rate=1e-3, num_epochs=2, early_stopping=0, batch_size=8, device="cpu", seed=3)
+    options = ExperimentOptions(dataset="gue", data_dir=str(data), tokenizer="char", max_length=32, norm="all",
+                                d_model=16, num_heads=2, d_ff=16, training=training)
+    with Run("train", ["test"], {}, out=tmp_path / "runs") as run:
+        result = run_experiment(options, run)
+    assert [r.variant for r in result.results] == ["vanilla", "spectral", "frobenius"]
+    assert len(seen) == 3 and len(seen[0]) == 10  # 40 / 8 = 5 steps per epoch, 2 epochs
+    for batches, weights in zip(seen[1:], initial[1:]):
+        assert len(batches) == len(seen[0])
+        for a, b in zip(seen[0], batches):
+            assert torch.equal(a, b)
+        assert weights.keys() == initial[0].keys()
+        for k in weights:
+            assert torch.equal(weights[k], initial[0][k]), k
+    assert not all(torch.equal(a, b) for a, b in zip(seen[0][:5], seen[0][5:]))  # reshuffled each epoch
+
+
+def test_resume_before_the_first_checkpoint_records_no_duplicate_rows(tmp_path):
+    from transformers import TrainerCallback
+
+    class StopEarly(TrainerCallback):
+        def on_step_end(self, args, state, control, **kw):
+            if state.global_step == 2:  # before the first checkpoint (end of epoch 1 = step 3)
+                raise KeyboardInterrupt
+
+    config = TrainingConfig(learning_rate=1e-2, num_epochs=2, early_stopping=0, batch_size=16, device="cpu")
+    data = _datasets()
+    recorder = ResultsRecorder()
+    with pytest.raises(KeyboardInterrupt):
+        train_variant(_model("frobenius"), data, config, "frobenius", output_dir=tmp_path / "cut", num_labels=2,
+                      data_collator=_collator(), callbacks=[StopEarly()], recorder=recorder)
+    assert not list((tmp_path / "cut").glob("checkpoint-*"))
+    train_variant(_model("frobenius"), data, config, "frobenius", output_dir=tmp_path / "cut", num_labels=2,
+                  data_collator=_collator(), resume=True, recorder=recorder)
+    norms = pd.DataFrame(recorder.tables["norms_during_training"])
+    assert not norms.duplicated(["step", "parameter", "matrix"]).any()
+    assert sorted(norms["step"].unique()) == [0, 3, 6]
+    metrics = pd.DataFrame(recorder.tables["metrics"])
+    assert not metrics.duplicated(["step", "split"]).any()

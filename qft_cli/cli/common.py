@@ -26,6 +26,23 @@ def fail(message: str) -> "typer.Exit":
     return typer.Exit(EXIT_BAD_INPUT)
 
 
+class ResumedRun:
+    """Context for ``--resume``: like :class:`qft_cli.runs.Run` but bad input marks the run
+    ``failed`` instead of deleting the directory that holds the earlier work."""
+
+    def __init__(self, run):
+        self.run = run
+
+    def __enter__(self):
+        return self.run.__enter__()
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is not None and issubclass(exc_type, QftInputError):
+            self.run.meta["error"] = f"QftInputError: {exc}"
+            return self.run.__exit__(RuntimeError, exc, tb)  # status "failed", directory kept
+        return self.run.__exit__(exc_type, exc, tb)
+
+
 def cli_errors(fn):
     """Decorator for commands: :class:`QftInputError` -> one stderr line and exit status 2;
     Ctrl-C -> exit 130 with one line. Other exceptions propagate (they are bugs)."""

@@ -10,25 +10,8 @@ import typer
 from rich.table import Table
 
 from qft_cli.errors import QftInputError
-from qft_cli.cli.common import (DEVICE_OPTION, DTYPE_OPTION, OUT_OPTION, QUIET_OPTION, TRUST_OPTION, argv, cli_errors,
-                                console, progress_bar)
-
-
-class _ResumedRun:
-    """Context for ``--resume``: like :class:`qft_cli.runs.Run` but bad input marks the run
-    ``failed`` instead of deleting the directory that holds the earlier work."""
-
-    def __init__(self, run):
-        self.run = run
-
-    def __enter__(self):
-        return self.run.__enter__()
-
-    def __exit__(self, exc_type, exc, tb):
-        if exc_type is not None and issubclass(exc_type, QftInputError):
-            self.run.meta["error"] = f"QftInputError: {exc}"
-            return self.run.__exit__(RuntimeError, exc, tb)  # status "failed", directory kept
-        return self.run.__exit__(exc_type, exc, tb)
+from qft_cli.cli.common import (DEVICE_OPTION, DTYPE_OPTION, OUT_OPTION, QUIET_OPTION, TRUST_OPTION, ResumedRun, argv,
+                                cli_errors, console, progress_bar)
 
 
 @cli_errors
@@ -84,6 +67,16 @@ def finetune_command(
     if resume is not None and not (resume / RUN_JSON).is_file():
         raise QftInputError(f"--resume {resume} is not a run directory (no run.json): pass the directory of the "
                             "interrupted qft finetune run")
+    if resume is not None:
+        from qft_cli.runs import read_run_json
+
+        try:
+            command = read_run_json(resume).get("command")
+        except (ValueError, AttributeError):
+            command = None
+        if command != "finetune":
+            raise QftInputError(f"--resume {resume} is not a qft finetune run (run.json of command {command!r}): "
+                                "pass the directory of the interrupted qft finetune run")
     options = {**settings.__dict__, "model": model, "dataset": dataset, "task": task,
                "data_dir": str(data_dir) if data_dir else None, "tokenizer": tokenizer,
                "export": str(export) if export else None, "device": device, "dtype": dtype,
@@ -102,7 +95,7 @@ def finetune_command(
         box = [str(run.path) if main else None]
         broadcast_object_list(box, from_process=0)
         run.path = Path(box[0])
-    with (_ResumedRun(run) if resume is not None else run):
+    with (ResumedRun(run) if resume is not None else run):
         run.update(device=str(torch_device))
         with progress_bar(quiet or not main) as progress:
             result = finetune(model, dataset=dataset, settings=settings, run=run, data_dir=data_dir, task=task,

@@ -9,7 +9,8 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from qft_cli.cli.common import OUT_OPTION, QUIET_OPTION, TRUST_OPTION, argv, cli_errors, console, progress_bar
+from qft_cli.cli.common import (OUT_OPTION, QUIET_OPTION, TRUST_OPTION, ResumedRun, argv, cli_errors, console,
+                               progress_bar)
 
 
 def _fmt(value: float, signed: bool = False) -> str:
@@ -60,12 +61,20 @@ def train_command(
     from qft_cli.training import ExperimentOptions, TrainingConfig, from_jsonable, open_run, run_experiment
 
     if resume is not None:
-        if not (Path(resume) / "run.json").is_file():
-            from qft_cli.errors import QftInputError
+        from qft_cli.errors import QftInputError
 
+        if not (Path(resume) / "run.json").is_file():
             raise QftInputError(f"--resume {resume} is not a run directory (no run.json): pass the directory of the "
                                 "interrupted qft train run")
-        options = from_jsonable(read_run_json(resume)["options"])
+        try:
+            meta = read_run_json(resume)
+        except ValueError as err:
+            raise QftInputError(f"--resume {resume}: run.json is not valid JSON ({err}): pass the directory of an "
+                                "interrupted qft train run") from None
+        if not isinstance(meta, dict) or meta.get("command") != "train" or not isinstance(meta.get("options"), dict):
+            raise QftInputError(f"--resume {resume} is not a qft train run (run.json of command "
+                                f"{meta.get('command') if isinstance(meta, dict) else None!r}, or without options)")
+        options = from_jsonable(meta["options"])
     else:
         training = TrainingConfig(
             learning_rate=learning_rate, num_epochs=num_epochs, early_stopping=early_stopping, weight_decay=weight_decay,
@@ -81,7 +90,7 @@ def train_command(
             trust_remote_code=trust_remote_code, training=training)
     options.validate()
     run = open_run(options, out=out, argv=argv(), resume_dir=resume)
-    with progress_bar(quiet or not run.is_main_process) as progress, run:
+    with progress_bar(quiet or not run.is_main_process) as progress, (ResumedRun(run) if resume is not None else run):
         result = run_experiment(options, run, resume=resume is not None, progress=progress)
     if not run.is_main_process:
         return
