@@ -44,8 +44,17 @@ def _normalise_every_linear(model: nn.Module) -> int:
 
 
 _RELOAD = r"""
-import importlib.util, json, sys, torch, transformers
-assert importlib.util.find_spec("qft_cli") is None, "qft must not be importable here"
+import sys
+
+
+class HideQft:  # qft may be installed (pip install -e .): make it unimportable in this process
+    def find_spec(self, name, path=None, target=None):
+        if name == "qft_cli" or name.startswith("qft_cli."):
+            raise ImportError("qft is hidden: the export must load with stock transformers alone")
+
+
+sys.meta_path.insert(0, HideQft())
+import json, torch, transformers
 directory, ids_path, out_path, remote = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4] == "1"
 model = transformers.AutoModelForSequenceClassification.from_pretrained(directory, trust_remote_code=remote).eval()
 data = torch.load(ids_path, weights_only=True)
