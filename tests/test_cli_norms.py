@@ -150,7 +150,7 @@ def test_minilm_cli_end_to_end(tmp_path, minilm_source):
 def test_max_tokens_beyond_the_position_table_is_one_line(tmp_path):
     out = tmp_path / "runs"
     _assert_bad(invoke("norms", "inputs", "tiny-gpt2", "--dataset", "random", "--max-tokens", 1025, "--out", out),
-                "1025 tokens", "1024 positions", "--max-tokens 1024", out_dir=out)
+                "1025", "1024 positions", "--max-tokens 1024", out_dir=out)
 
 
 def test_nonfinite_hidden_states_are_one_warning_line(tmp_path):
@@ -250,3 +250,13 @@ def test_tokenizer_pad_id_outside_the_embedding_is_not_used_for_padding(tmp_path
         assert result.exit_code == 0, result.output
         tables.append(pd.read_parquet(_only_run(out) / "norms_inputs.parquet"))
     assert tables[1]["spectral_norm"].tolist() == pytest.approx(tables[0]["spectral_norm"].tolist(), rel=1e-5)
+
+
+def test_huge_max_tokens_for_random_fails_fast(tmp_path):
+    import time
+
+    start = time.time()
+    result = invoke("norms", "inputs", "tiny-gpt2", "--dataset", "random", "--max-tokens", 100000,
+                    "--out", tmp_path / "r")
+    _assert_bad(result, "--max-tokens 100000", "1024 positions", out_dir=tmp_path / "r")
+    assert time.time() - start < 20  # not after drawing 100000 sequences
