@@ -78,7 +78,12 @@ _register()
 
 def main() -> None:
     """Console-script entry point (also ``python -m qft_cli``)."""
+    import signal
     import sys
 
+    def _terminate(signum, frame):  # SIGTERM (timeout, batch schedulers): end like Ctrl-C, so that
+        raise KeyboardInterrupt    # run.json records status "interrupted" and no table is half-written
+
+    signal.signal(signal.SIGTERM, _terminate)
     sys.argv[0] = "qft"
     app(prog_name="qft")
