@@ -67,9 +67,12 @@ def parse_layers(spec: str, depth: int) -> list[int]:
                 layers.add(int(part))
     except ValueError:
         raise QftInputError(f"--layers '{spec}' is not a list of layer indices: use e.g. 0,1 or 0-3 or all") from None
+    if not layers:
+        raise QftInputError(f"--layers {spec} selects no layer (a range is low-high, e.g. 1-3): "
+                            f"layers are 0 (embedding output) to {depth}")
     bad = sorted(x for x in layers if x < 0 or x > depth)
-    if bad or not layers:
-        raise QftInputError(f"--layers {spec}: layer {bad[0] if bad else '?'} does not exist; the model has "
+    if bad:
+        raise QftInputError(f"--layers {spec}: layer {bad[0]} does not exist; the model has "
                             f"{depth} blocks, so layers are 0 (embedding output) to {depth}")
     return sorted(layers)
 

@@ -135,7 +135,8 @@ def hub_error(source: ModelSource, err: BaseException) -> QftInputError:
                              f"or {HUB_HELP}")
     if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
         return QftInputError(f"model {label} is not in the local Hugging Face cache and HF_HUB_OFFLINE is set: "
-                             f"unset it to download, or {HUB_HELP}")
+                             "unset it to download, pass a local model directory, or use the offline "
+                             f"model '{MINILM}'")
     return QftInputError(f"could not load model {label}: the Hugging Face Hub was not reachable "
                          f"and the model is not cached; {HUB_HELP}")
 

@@ -122,6 +122,8 @@ def test_parse_layers():
         parse_layers("7", 6)
     with pytest.raises(QftInputError, match="not a list"):
         parse_layers("one", 6)
+    with pytest.raises(QftInputError, match="selects no layer.*low-high"):
+        parse_layers("3-1", 6)
 
 
 def test_bad_batch_size():
