@@ -41,7 +41,7 @@ ALIASES: dict[str, str] = {
 }
 
 MINILM = "minilm"
-TINY_MODELS = ("tiny-gpt2", "tiny-bert", "tiny-llama")
+TINY_MODELS = ("tiny-gpt2", "tiny-bert", "tiny-llama", "tiny-dnabert")
 TINY_SEED = 0
 
 #: Tiny-model shapes: hidden 64, 2 layers, 4 heads (tiny-llama: 2 key/value heads, i.e. GQA).
@@ -191,6 +191,10 @@ def tiny_config(name: str):
     """The config of a tiny model (hidden 64, 2 layers, 4 heads; tiny-llama uses 2 KV heads)."""
     from transformers import BertConfig, GPT2Config, LlamaConfig
 
+    if name == "tiny-dnabert":  # DNABERT-2's architecture and parameter names (qft_cli.dnabert2)
+        from qft_cli.dnabert2 import tiny_dnabert_config
+
+        return tiny_dnabert_config()
     vocab = 256 + (5 if name == "tiny-bert" else 1)
     if name == "tiny-gpt2":
         return GPT2Config(vocab_size=vocab, n_positions=1024, n_embd=TINY_HIDDEN, n_layer=TINY_LAYERS,
@@ -216,6 +220,14 @@ def build_tiny_model(name: str, auto_class=None, **config_overrides):
     """
     from transformers import AutoModel
 
+    if name == "tiny-dnabert":
+        from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification
+
+        from qft_cli.dnabert2 import build_tiny_dnabert
+
+        task = {AutoModelForSequenceClassification: "sequence", AutoModelForTokenClassification: "token"}.get(
+            auto_class, "base")
+        return build_tiny_dnabert(task, seed=TINY_SEED, **config_overrides)
     config = tiny_config(name)
     for key, value in config_overrides.items():
         setattr(config, key, value)
@@ -235,7 +247,7 @@ def load_tokenizer(source: ModelSource, trust_remote_code: bool = False):
         QftInputError: hub not reachable / model unknown.
     """
     if source.kind == "tiny":
-        return tiny_tokenizer(with_bert_specials=source.location == "tiny-bert")
+        return tiny_tokenizer(with_bert_specials=source.location in ("tiny-bert", "tiny-dnabert"))
     from transformers import AutoTokenizer
 
     return _hub_call(source, AutoTokenizer.from_pretrained, source.location, trust_remote_code=trust_remote_code)

@@ -54,7 +54,7 @@ def test_minilm_all_layers(minilm_source):
     _compare(result.table, _reference(model, ids, range(7)), rel=1e-5)
 
 
-@pytest.mark.parametrize("name", ["tiny-gpt2", "tiny-llama", "tiny-bert"])
+@pytest.mark.parametrize("name", ["tiny-gpt2", "tiny-llama", "tiny-bert", "tiny-dnabert"])
 def test_batch_size_invariance(name):
     source = resolve_model(name)
     model, tok = load_model(source), load_tokenizer(source)

@@ -196,3 +196,19 @@ def test_sharded_checkpoint_reads_the_index_not_other_copies(tmp_path):
     mem = weight_norms(resolve_model("tiny-llama")).table
     assert len(streamed) == len(mem)
     assert streamed["spectral_norm"].tolist() == pytest.approx(mem["spectral_norm"].tolist(), rel=1e-12)
+
+
+def test_tiny_dnabert_fused_wqkv_and_gated_ffn_against_modules():
+    from qft_cli.dnabert2 import build_tiny_dnabert
+
+    table = weight_norms(resolve_model("tiny-dnabert")).table.set_index(["layer", "matrix"])
+    model = build_tiny_dnabert("base")
+    layer = model.encoder.layer[1]
+    d, inter = model.config.hidden_size, model.config.intermediate_size
+    wqkv = layer.attention.self.Wqkv.weight.detach().double()
+    gated = layer.mlp.gated_layers.weight.detach().double()
+    expected = {"q": wqkv[:d], "k": wqkv[d:2 * d], "v": wqkv[2 * d:], "ffn_gate": gated[:inter],
+                "ffn_up": gated[inter:], "ffn_down": layer.mlp.wo.weight.detach().double()}
+    for matrix, w in expected.items():
+        assert table.loc[(2, matrix), "spectral_norm"] == pytest.approx(torch.linalg.matrix_norm(w, 2).item(), rel=1e-10)
+        assert table.loc[(2, matrix), "frobenius_norm"] == pytest.approx(torch.linalg.matrix_norm(w).item(), rel=1e-10)
