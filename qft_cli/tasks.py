@@ -41,7 +41,9 @@ import numpy as np
 
 from qft_cli.errors import QftInputError
 
-DATASETS = ("genomic-bench", "gue", "conll2003")
+DATASETS = ("genomic-bench", "gue", "conll2003", "synthetic-dna")
+#: Datasets that exist only as local files (``synthetic-dna``: written by ``qft demo``, :mod:`qft_cli.synthetic`).
+LOCAL_ONLY = ("synthetic-dna",)
 GENOMIC_BENCH_HUB = "katarinagresova/Genomic_Benchmarks_human_nontata_promoters"
 GUE_HUB = "leannmlindsey/GUE"
 CONLL_HUB = "eriktks/conll2003"
@@ -373,6 +375,9 @@ def load_task(dataset: str, *, task: Optional[str] = None, data_dir: Optional[Pa
         return _conll_from_dir(data_dir) if data_dir else _conll_from_hub()
     if data_dir:
         return _dna_from_dir(dataset, task, Path(data_dir), seed)
+    if dataset in LOCAL_ONLY:
+        raise QftInputError(f"--dataset {dataset} has no hub copy: pass --data-dir with its train/dev/test CSV files "
+                            "(qft demo writes them)")
     return _dna_from_hub(dataset, task, seed)
 
 

@@ -85,3 +85,16 @@ def test_demo_end_to_end(minilm_source, tmp_path):
     elapsed = time.perf_counter() - start
     assert result.ok, [(s.name, s.status, s.message) for s in result.steps]
     assert elapsed < 300, f"demo took {elapsed:.0f} s"
+
+
+def test_printed_train_command_reruns(tmp_path):
+    """The train command the demo prints is a real `qft train` command line."""
+    from qft_cli.cli.app import app
+    from qft_cli.synthetic import SyntheticSpec, write_synthetic_promoters
+
+    config = DemoConfig(out=tmp_path, synthetic=SyntheticSpec(num_train=64, num_dev=16, num_test=16))
+    data_dir = write_synthetic_promoters(tmp_path / "data", config.synthetic)
+    argv = demo.train_argv(config, data_dir, tmp_path / "runs")
+    assert argv[:4] == ["qft", "train", "--dataset", "synthetic-dna"]
+    result = CliRunner().invoke(app, [*argv[1:], "--max-steps", "2", "--tokenizer", "char", "--quiet"])
+    assert result.exit_code == 0, result.output + str(result.exception)
