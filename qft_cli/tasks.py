@@ -506,7 +506,11 @@ def build_tokenizer(spec: str, data: TaskData, *, text_model: Optional[str] = No
             return tokenizer
         spec = "dnabert2"  # the research's tokenizer
     if spec == "dnabert2":
-        tokenizer = load_tokenizer(resolve_model("dnabert"), trust_remote_code=trust_remote_code)
+        try:
+            tokenizer = load_tokenizer(resolve_model("dnabert"), trust_remote_code=trust_remote_code)
+        except QftInputError as err:
+            raise QftInputError(f"the DNA tokenizer dnabert2 (DNABERT-2's BPE, the default) could not be loaded: "
+                                f"{err}; offline, pass --tokenizer bpe:512, kmer:6 or char") from None
     elif spec == "char":
         tokenizer = kmer_tokenizer(1)
     elif re.fullmatch(r"kmer:\d+", spec):

@@ -183,3 +183,18 @@ def test_csv_with_a_utf8_byte_order_mark_loads(tmp_path):
     (tmp_path / "train.csv").write_bytes(b"\xef\xbb\xbf" + text.encode())  # as Excel saves "CSV UTF-8"
     data = tasks.load_task("gue", task="prom_core_notata", data_dir=tmp_path)
     assert data.splits["train"]["inputs"][0] == "ACGT"
+
+
+def test_default_dnabert2_tokenizer_offline_names_the_offline_choices(monkeypatch):
+    import huggingface_hub.constants
+
+    from qft_cli.errors import QftInputError
+    from qft_cli.tasks import build_tokenizer
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    data = tasks.TaskData("gue", "prom_core_notata", "sequence_classification", ["0", "1"],
+                          {"train": {"inputs": ["ACGT"], "labels": [0]}}, "test")
+    with pytest.raises(QftInputError, match="dnabert2.*--tokenizer bpe:512, kmer:6 or char") as err:
+        build_tokenizer("auto", data)
+    assert "\n" not in str(err.value)
