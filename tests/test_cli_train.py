@@ -111,7 +111,7 @@ def test_tiny_run_end_to_end_then_resume(tmp_path):
     result = _invoke([*TINY, "--data-dir", str(data), "--out", str(out), "--num-epochs", "2", "--early-stopping", "1",
                       "--norm", "all", "--learning-rate", "3e-3"])
     assert result.exit_code == 0, result.output + str(result.exception)
-    for word in ("vanilla", "spectral", "frobenius", "F1 - vanilla"):
+    for word in ("vanilla", "spectral", "frobenius", "Δ F1 (pp)"):
         assert word in result.stdout
     (run_dir,) = list(out.iterdir())
     meta = json.loads((run_dir / "run.json").read_text())
@@ -187,3 +187,15 @@ def test_resume_of_a_run_dir_of_another_command_or_broken_json(tmp_path, content
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:") and "qft train" in lines[0], result.stderr
     assert (tmp_path / "run.json").read_text() == content  # left as it was
+
+
+def test_final_table_in_points_and_warns_on_one_class_models(capsys):
+    from qft_cli.cli.common import print_test_table
+
+    rows = [{"variant": "vanilla", "accuracy": 0.8, "f1": 0.75, "accuracy_diff": 0.0, "f1_diff": 0.0, "epochs": 3},
+            {"variant": "spectral", "accuracy": 0.476, "f1": 0.0, "accuracy_diff": -0.324, "f1_diff": -0.75,
+             "epochs": 3}]
+    print_test_table("t", rows, "runs/x")
+    out = capsys.readouterr()
+    assert "-32.40" in out.out and "-75.00" in out.out and "results: runs/x" in out.out
+    assert out.err.count("warning:") == 1 and "spectral has test F1 0.000" in out.err

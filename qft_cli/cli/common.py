@@ -112,3 +112,32 @@ DEVICE_MAP_OPTION = typer.Option(None, "--device-map", help="'auto' shards a mod
 def argv() -> list[str]:
     """The command line as typed."""
     return list(sys.argv)
+
+
+def print_test_table(title: str, rows: list[dict], run_dir) -> None:
+    """The final table of ``train`` and ``finetune``: variant x test accuracy and F1, and their
+    differences to vanilla in percentage points; a warning for variants that learnt (almost)
+    nothing (F1 < 0.05, e.g. one class predicted for every input); then the run directory."""
+    from rich.table import Table
+
+    def num(x) -> str:
+        return "" if x is None or x != x else f"{x:.4f}"
+
+    def points(x) -> str:
+        return "" if x is None or x != x else f"{100 * x:+.2f}"
+
+    table = Table(title=title)
+    for col in ("variant", "accuracy", "F1", "Δ accuracy (pp)", "Δ F1 (pp)", "epochs"):
+        table.add_column(col, justify="left" if col == "variant" else "right")
+    for row in rows:
+        vanilla = row["variant"] == "vanilla"
+        epochs = row.get("epochs")
+        table.add_row(row["variant"], num(row["accuracy"]), num(row["f1"]),
+                      "" if vanilla else points(row["accuracy_diff"]), "" if vanilla else points(row["f1_diff"]),
+                      "" if epochs is None else f"{epochs:.3g}")
+    console.print(table)
+    for row in rows:
+        if row["f1"] == row["f1"] and row["f1"] < 0.05:
+            err_console.print(f"warning: {row['variant']} has test F1 {row['f1']:.3f}: it (almost) always predicts "
+                              "one class; train longer or change the learning rate", markup=False)
+    console.print(f"results: {run_dir}", soft_wrap=True, markup=False, highlight=False)

@@ -7,11 +7,10 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.table import Table
 
 from qft_cli.errors import QftInputError
 from qft_cli.cli.common import (DEVICE_OPTION, DTYPE_OPTION, OUT_OPTION, QUIET_OPTION, TRUST_OPTION, ResumedRun, argv,
-                                cli_errors, console, progress_bar)
+                                cli_errors, console, print_test_table, progress_bar)
 
 
 @cli_errors
@@ -106,13 +105,5 @@ def finetune_command(
                    task_kind=result.kind, max_length=result.max_length, sizes=result.sizes)
     if not main:
         return
-    table = Table(title=f"qft finetune {model}: test results")
-    for column in ("variant", "accuracy", "F1", "Δ accuracy", "Δ F1"):
-        table.add_column(column)
-    for row in result.summary():
-        def diff(x):
-            return "" if x is None or x != x else f"{x:+.4f}"
-        table.add_row(row["variant"], f"{row['accuracy']:.4f}", f"{row['f1']:.4f}", diff(row["accuracy_diff"]),
-                      diff(row["f1_diff"]))
-    console.print(table)
-    console.print(f"run directory: {run.path}")
+    print_test_table(f"qft finetune {model}: test split", result.summary(), run.path)
+

@@ -2,21 +2,13 @@
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.table import Table
 
 from qft_cli.cli.common import (OUT_OPTION, QUIET_OPTION, TRUST_OPTION, ResumedRun, argv, cli_errors, console,
-                               progress_bar)
-
-
-def _fmt(value: float, signed: bool = False) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "-"
-    return f"{value:+.4f}" if signed else f"{value:.4f}"
+                               print_test_table, progress_bar)
 
 
 @cli_errors
@@ -95,14 +87,7 @@ def train_command(
     if not run.is_main_process:
         return
     title = f"qft train: {options.dataset}{'/' + options.task if options.task else ''}, test split"
-    table = Table(title=title)
-    for col in ("variant", "accuracy", "F1", "accuracy - vanilla", "F1 - vanilla", "epochs"):
-        table.add_column(col, justify="left" if col == "variant" else "right")
-    for row in result.summary():
-        table.add_row(row["variant"], _fmt(row["accuracy"]), _fmt(row["f1"]),
-                      _fmt(row["accuracy_diff"], True) if row["variant"] != "vanilla" else "",
-                      _fmt(row["f1_diff"], True) if row["variant"] != "vanilla" else "", f"{row['epochs']:g}")
-    console.print(table)
     for note in result.notes:
         console.print(f"note: {note}")
-    console.print(f"results: {run.path}")
+    print_test_table(title, result.summary(), run.path)
+
