@@ -56,4 +56,4 @@ def test_two_cpu_processes_write_one_run(tmp_path, shared_data):
     assert meta["status"] == "completed" and "frobenius" in meta["results"]
     metrics = pd.read_parquet(runs[0] / "metrics.parquet")
     assert (metrics.split == "test").sum() == 1
-    assert proc.stdout.count("test results") == 1  # only rank 0 prints the table
+    assert proc.stdout.count("test split") == 1  # only rank 0 prints the table
