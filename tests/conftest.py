@@ -35,3 +35,27 @@ def minilm_source():
     from qft_cli.models import resolve_model
 
     return resolve_model("minilm")
+
+
+def recording_factory(factory, seen: list, initial: list):
+    """Wrap a model factory so that each model it builds records its initial state dict (into
+    ``initial``) and the input ids of every training forward pass (a list appended to ``seen``).
+    Used to check that every variant of ``--norm all`` starts from the same weights and sees the
+    same batches."""
+
+    def build(*args, **kwargs):
+        model = factory(*args, **kwargs)
+        batches = []
+        seen.append(batches)
+        initial.append({k: v.detach().clone() for k, v in model.state_dict().items()})
+        real_forward = model.forward
+
+        def forward(input_ids=None, **kw):
+            if model.training:
+                batches.append(input_ids.detach().clone())
+            return real_forward(input_ids=input_ids, **kw)
+
+        model.forward = forward
+        return model
+
+    return build

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import recording_factory
 import torch
 import typer
 from typer.testing import CliRunner
@@ -336,24 +337,7 @@ def test_norm_all_variants_start_from_the_same_weights_and_see_the_same_batches(
     import qft_cli.finetune as ft
 
     seen, initial = [], []
-    real_load = ft.load_classifier
-
-    def recording_load(*args, **kwargs):
-        model = real_load(*args, **kwargs)
-        batches = []
-        seen.append(batches)
-        initial.append({k: v.detach().clone() for k, v in model.state_dict().items()})
-        real_forward = model.forward
-
-        def forward(input_ids=None, **kw):
-            if model.training:
-                batches.append(input_ids.detach().clone())
-            return real_forward(input_ids=input_ids, **kw)
-
-        model.forward = forward
-        return model
-
-    monkeypatch.setattr(ft, "load_classifier", recording_load)
+    monkeypatch.setattr(ft, "load_classifier", recording_factory(ft.load_classifier, seen, initial))
     out = tmp_path / "runs"
     result = _run(["tiny-bert", "--data-dir", str(small_csv), "--norm", "all", "--max-train-samples", "48",
                    "--max-eval-samples", "16", "--num-epochs", "2", "--batch-size", "16", "--warmup-ratio", "0",

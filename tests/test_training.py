@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import recording_factory
 import torch
 
 from qft_cli import normalization as qn
@@ -335,24 +336,7 @@ def test_norm_all_variants_see_identical_data_order_and_initial_weights(tmp_path
             for i in range(size):
                 w.writerow(["".join(rng.choice("ACGT") for _ in range(12 + i % 5)), i % 2])
     seen, initial = [], []
-    real_build = mq.build_model
-
-    def recording_build(*args, **kwargs):
-        model = real_build(*args, **kwargs)
-        batches = []
-        seen.append(batches)
-        initial.append({k: v.detach().clone() for k, v in model.state_dict().items()})
-        real_forward = model.forward
-
-        def forward(input_ids=None, **kw):
-            if model.training:
-                batches.append(input_ids.detach().clone())
-            return real_forward(input_ids=input_ids, **kw)
-
-        model.forward = forward
-        return model
-
-    monkeypatch.setattr(mq, "build_model", recording_build)
+    monkeypatch.setattr(mq, "build_model", recording_factory(mq.build_model, seen, initial))
     training = TrainingConfig(learning_rate=1e-3, num_epochs=2, early_stopping=0, batch_size=8, device="cpu", seed=3)
     options = ExperimentOptions(dataset="gue", data_dir=str(data), tokenizer="char", max_length=32, norm="all",
                                 d_model=16, num_heads=2, d_ff=16, training=training)
