@@ -11,11 +11,9 @@ Steps (each a normal qft run, written under one demo directory ``<out>/<stamp>-d
 Sized to finish in well under 5 minutes on 2 CPU cores. A step that fails is recorded (its run
 directory says ``failed``) and the demo goes on; the report lists it.
 
-The norms and training libraries are called through the three adapter functions
+The norms and training libraries are called by the three step functions
 ``_norms_weights_step``, ``_norms_inputs_step`` (``qft_cli.norms_runs``) and ``_train_step``
-(``qft_cli.training``): they are the only places that know those libraries' entry points. Where a
-library is not part of the build, the step is recorded as ``unavailable`` with the reason
-instead of failing the demo.
+(``qft_cli.training``): they are the only places that know those libraries' entry points.
 """
 
 from __future__ import annotations
@@ -23,7 +21,7 @@ from __future__ import annotations
 import datetime as _dt
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Callable, Optional
 
 from qft_cli.errors import QftInputError
 from qft_cli.progress import ProgressFn, report as report_progress
@@ -76,10 +74,9 @@ class DemoStep:
 
     Attributes:
         name: what was run (as a qft command line).
-        status: ``completed``, ``failed``, ``interrupted`` (from the run's run.json) or
-            ``unavailable`` (the library for this step is not part of this build).
+        status: ``completed``, ``failed`` or ``interrupted`` (from the run's run.json).
         run_dir: the run directory, when one was created.
-        message: the error or the reason it was unavailable.
+        message: the error of a failed step.
         seconds: wall-clock time of the step.
     """
 
@@ -106,40 +103,23 @@ class DemoResult:
         return self.report is not None and all(s.status == "completed" for s in self.steps)
 
 
-class StepUnavailable(Exception):
-    """A demo step's library is not in this build (e.g. a branch not merged yet)."""
-
-
 # ------------------------------------------------------------------------------------------
-# Adapters: the only places that call the norms and training libraries.
+# Steps: the only places that call the norms and training libraries.
 # ------------------------------------------------------------------------------------------
-
-def _import(module: str, *names: str) -> list[Any]:
-    import importlib
-
-    try:
-        mod = importlib.import_module(module)
-    except ModuleNotFoundError as err:
-        if err.name and (err.name == module or module.startswith(err.name + ".")):
-            raise StepUnavailable(f"{module} is not part of this qft build") from None
-        raise
-    missing = [n for n in names if not hasattr(mod, n)]
-    if missing:
-        raise StepUnavailable(f"{module} has no {', '.join(missing)} in this qft build")
-    return [getattr(mod, n) for n in names]
-
 
 def _norms_weights_step(config: DemoConfig, out: Path, progress: Optional[ProgressFn]) -> Path:
-    """``qft norms weights MODELS --out OUT`` through ``qft_cli.norms_runs`` (branch main)."""
-    args_cls, run = _import("qft_cli.norms_runs", "NormsWeightsArgs", "run_norms_weights")
-    result = run(args_cls(models=list(config.weights_models), device="cpu", dtype=None, out=out), progress)
+    """``qft norms weights MODELS --out OUT`` through :mod:`qft_cli.norms_runs`."""
+    from qft_cli.norms_runs import NormsWeightsArgs, run_norms_weights
+
+    result = run_norms_weights(NormsWeightsArgs(models=list(config.weights_models), device="cpu", dtype=None, out=out), progress)
     return Path(result.run_dir)
 
 
 def _norms_inputs_step(config: DemoConfig, out: Path, progress: Optional[ProgressFn]) -> Path:
-    """``qft norms inputs minilm --dataset random --max-tokens 256 --out OUT`` (branch main)."""
-    args_cls, run = _import("qft_cli.norms_runs", "NormsInputsArgs", "run_norms_inputs")
-    result = run(args_cls(models=[config.inputs_model], dataset="random", data_file=None, text_column=None,
+    """``qft norms inputs minilm --dataset random --max-tokens 256 --out OUT``."""
+    from qft_cli.norms_runs import NormsInputsArgs, run_norms_inputs
+
+    result = run_norms_inputs(NormsInputsArgs(models=[config.inputs_model], dataset="random", data_file=None, text_column=None,
                           layers="0,1", max_tokens=config.max_tokens, num_samples=None, batch_size=16,
                           seed=config.seed, device="cpu", dtype="float32", device_map=None,
                           trust_remote_code=False, out=out), progress)
@@ -148,8 +128,6 @@ def _norms_inputs_step(config: DemoConfig, out: Path, progress: Optional[Progres
 
 def train_argv(config: DemoConfig, data_dir: Path, out: Path) -> list[str]:
     """The ``qft train`` command line the demo's training step is equivalent to (re-runnable)."""
-    from qft_cli.synthetic import SYNTHETIC_DATASET
-
     return ["qft", "train", "--dataset", SYNTHETIC_DATASET, "--data-dir", str(data_dir), "--norm", "all",
             "--tokenizer", config.tokenizer, "--max-length", str(config.max_length), "--d-model", str(config.d_model),
             "--num-heads", str(config.num_heads), "--d-ff", str(config.d_ff), "--num-epochs", str(config.num_epochs),
@@ -158,33 +136,20 @@ def train_argv(config: DemoConfig, data_dir: Path, out: Path) -> list[str]:
 
 
 def _train_step(config: DemoConfig, data_dir: Path, out: Path, progress: Optional[ProgressFn]) -> Path:
-    """``qft train --dataset synthetic-dna --data-dir DATA --norm all ...`` through ``qft_cli.training``
-    (branch train): ``ExperimentOptions`` + ``open_run`` + ``run_experiment``, as ``qft train`` does.
+    """``qft train --dataset synthetic-dna --data-dir DATA --norm all ...`` (:func:`train_argv`) through
+    :mod:`qft_cli.training`, as ``qft train`` does; ``run.json`` says ``synthetic: true``."""
+    from qft_cli.training import ExperimentOptions, TrainingConfig, open_run, run_experiment
 
-    Where ``qft_cli.tasks`` does not know the dataset name ``synthetic-dna``, the CSV files are read
-    by its generic ``--data-dir`` DNA reader (registered under ``gue``), and the run's ``run.json``
-    still names the data ``synthetic-dna`` with ``synthetic: true`` and says which reader loaded it.
-    """
-    from qft_cli.synthetic import SYNTHETIC_DATASET as NAME
-
-    options_cls, config_cls, open_run, run_experiment = _import(
-        "qft_cli.training", "ExperimentOptions", "TrainingConfig", "open_run", "run_experiment")
-    (datasets,) = _import("qft_cli.tasks", "DATASETS")
-    known = NAME in datasets
-    training = config_cls(learning_rate=config.learning_rate, num_epochs=config.num_epochs, early_stopping=3,
-                          warmup_ratio=0.1, batch_size=config.batch_size, seed=config.seed, device="cpu",
-                          mixed_precision="no", save_total_limit=1)
-    options = options_cls(dataset=NAME if known else "gue", data_dir=str(data_dir), tokenizer=config.tokenizer,
-                          max_length=config.max_length, norm="all", d_model=config.d_model,
-                          num_heads=config.num_heads, d_ff=config.d_ff, num_layers=config.num_layers,
-                          training=training)
+    training = TrainingConfig(learning_rate=config.learning_rate, num_epochs=config.num_epochs, early_stopping=3,
+                              warmup_ratio=0.1, batch_size=config.batch_size, seed=config.seed, device="cpu",
+                              mixed_precision="no", save_total_limit=1)
+    options = ExperimentOptions(dataset=SYNTHETIC_DATASET, data_dir=str(data_dir), tokenizer=config.tokenizer,
+                                max_length=config.max_length, norm="all", d_model=config.d_model,
+                                num_heads=config.num_heads, d_ff=config.d_ff, num_layers=config.num_layers,
+                                training=training)
     options.validate()
-    argv = train_argv(config, data_dir, out)
-    run = open_run(options, out=out, argv=argv)
+    run = open_run(options, out=out, argv=train_argv(config, data_dir, out))
     run.meta = {**run.meta, "synthetic": True, "data": f"{config.synthetic.name} (synthetic, generated by qft demo)"}
-    if not known:
-        run.options = {**run.options, "dataset": NAME, "task": None,
-                       "data_reader": "gue --data-dir CSV reader (qft_cli.tasks has no synthetic-dna name yet)"}
     with run:
         run_experiment(options, run, progress=progress)
     return Path(run.path)
@@ -208,8 +173,6 @@ def _run_step(result: DemoResult, name: str, fn: Callable[[], Path]) -> None:
     try:
         step.run_dir = fn()
         step.status = read_run_json(step.run_dir).get("status", "completed")
-    except StepUnavailable as err:
-        step.status, step.message = "unavailable", str(err)
     except KeyboardInterrupt:
         step.status, step.run_dir = "interrupted", _newest_run(result.directory, before)
         step.seconds = time.perf_counter() - start

@@ -1,7 +1,6 @@
 """Orientation, layer numbering and fused-projection splits, checked against the modules' own maths."""
 
 import torch
-import pytest
 
 from qft_cli import layout
 from qft_cli.models import build_tiny_model

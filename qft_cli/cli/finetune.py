@@ -10,7 +10,7 @@ import typer
 
 from qft_cli.errors import QftInputError
 from qft_cli.cli.common import (DEVICE_OPTION, DTYPE_OPTION, OUT_OPTION, QUIET_OPTION, TRUST_OPTION, ResumedRun, argv,
-                                cli_errors, console, print_test_table, progress_bar)
+                                cli_errors, print_test_table, progress_bar)
 
 
 @cli_errors
