@@ -169,6 +169,18 @@ def masked_norms(hidden: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Te
     return out
 
 
+def check_num_tokens(model: torch.nn.Module, num_tokens: int, name: str) -> None:
+    """Raise if ``num_tokens`` exceeds the position table of ``model`` (:func:`max_positions`).
+
+    Raises:
+        QftInputError: naming the largest ``--max-tokens`` that fits.
+    """
+    limit = max_positions(model)
+    if limit is not None and num_tokens > limit:
+        raise QftInputError(f"a sample has {num_tokens} tokens but {name} has {limit} positions: "
+                            f"use --max-tokens {limit} or less")
+
+
 @dataclass
 class InputNormsResult:
     """Result of :func:`hidden_state_norms`: the table and the (sample, layer) pairs that were not finite."""
@@ -211,12 +223,7 @@ def hidden_state_norms(model: torch.nn.Module, token_ids: Sequence[Sequence[int]
         raise QftInputError(f"--batch-size must be a positive number or -1 for no limit (got {batch_size})")
     if not token_ids:
         raise QftInputError("no samples to measure")
-    limit = max_positions(model)
-    longest = max(len(x) for x in token_ids)
-    if limit is not None and longest > limit:
-        name = (labels or {}).get("model_alias", "the model")
-        raise QftInputError(f"a sample has {longest} tokens but {name} has {limit} positions: "
-                            f"use --max-tokens {limit} or less")
+    check_num_tokens(model, max(len(x) for x in token_ids), (labels or {}).get("model_alias", "the model"))
     try:
         rows = model.get_input_embeddings().num_embeddings
     except Exception:  # custom code without get_input_embeddings

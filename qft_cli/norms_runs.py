@@ -16,7 +16,7 @@ import pandas as pd
 
 from qft_cli.device import resolve_device, resolve_dtype
 from qft_cli.errors import QftInputError
-from qft_cli.inputs import hidden_state_norms, max_positions, num_layers, parse_layers, summarize_inputs
+from qft_cli.inputs import check_num_tokens, hidden_state_norms, num_layers, parse_layers, summarize_inputs
 from qft_cli.models import load_config, load_model, load_tokenizer, resolve_model
 from qft_cli.progress import ProgressFn
 from qft_cli.runs import Run, check_writable
@@ -135,11 +135,8 @@ def run_norms_inputs(args: NormsInputsArgs, progress: Optional[ProgressFn] = Non
             model = load_model(source, dtype=dtype, device=device, device_map=args.device_map,
                                trust_remote_code=args.trust_remote_code)
             vocab = min(model.config.vocab_size, len(tokenizer))
-            limit = max_positions(model)
-            if args.dataset == "random" and limit is not None and args.max_tokens > limit:
-                # checked before drawing max_tokens sequences of up to max_tokens ids each
-                raise QftInputError(f"--max-tokens {args.max_tokens} is longer than the {limit} positions of "
-                                    f"{source.name}: use --max-tokens {limit} or less")
+            if args.dataset == "random":  # before drawing max_tokens sequences of up to max_tokens ids
+                check_num_tokens(model, args.max_tokens, source.name)
             samples = load_samples_for(args, tokenizer, vocab, texts)
             pad = tokenizer.pad_token_id
             try:
