@@ -27,6 +27,7 @@ import pandas as pd
 import torch
 
 from qft_cli.errors import QftInputError
+from qft_cli.models import max_positions
 from qft_cli.norms import ACCUMULATE, fit_power_law
 from qft_cli.progress import ProgressFn, report
 
@@ -100,24 +101,6 @@ def find_blocks(model: torch.nn.Module) -> torch.nn.ModuleList:
                             f"{', '.join(module_types(model))}): this architecture is not supported")
     candidates.sort(key=lambda nm: ("decoder" in nm[0], nm[0].count(".")))
     return candidates[0][1]
-
-
-def max_positions(model: torch.nn.Module) -> Optional[int]:
-    """Longest sequence a model with a learned position table accepts (``None``: no table, e.g. rotary).
-
-    The table is the ``nn.Embedding`` named ``*position*`` or ``wpe`` (of the encoder for
-    encoder-decoder models); RoBERTa-style tables reserve ``padding_idx + 1`` rows and BART-style
-    ones an ``offset``.
-    """
-    root = model.get_encoder() if getattr(getattr(model, "config", None), "is_encoder_decoder", False) else model
-    for name, module in root.named_modules():
-        last = name.rsplit(".", 1)[-1].lower()
-        if isinstance(module, torch.nn.Embedding) and ("position" in last or last == "wpe"):
-            reserved = int(getattr(module, "offset", 0) or 0)
-            if module.padding_idx is not None:
-                reserved += module.padding_idx + 1
-            return module.num_embeddings - reserved
-    return None
 
 
 def input_device(model: torch.nn.Module) -> torch.device:

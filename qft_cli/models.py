@@ -21,6 +21,7 @@ import difflib
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import torch
 
@@ -311,3 +312,21 @@ def hub_snapshot(source: ModelSource, allow_patterns: list[str]) -> Path:
     from huggingface_hub import snapshot_download
 
     return Path(_hub_call(source, snapshot_download, source.location, allow_patterns=allow_patterns))
+
+
+def max_positions(model: torch.nn.Module) -> Optional[int]:
+    """Longest sequence a model with a learned position table accepts (``None``: no table, e.g. rotary).
+
+    The table is the ``nn.Embedding`` named ``*position*`` or ``wpe`` (of the encoder for
+    encoder-decoder models); RoBERTa-style tables reserve ``padding_idx + 1`` rows and BART-style
+    ones an ``offset``.
+    """
+    root = model.get_encoder() if getattr(getattr(model, "config", None), "is_encoder_decoder", False) else model
+    for name, module in root.named_modules():
+        last = name.rsplit(".", 1)[-1].lower()
+        if isinstance(module, torch.nn.Embedding) and ("position" in last or last == "wpe"):
+            reserved = int(getattr(module, "offset", 0) or 0)
+            if module.padding_idx is not None:
+                reserved += module.padding_idx + 1
+            return module.num_embeddings - reserved
+    return None
