@@ -56,8 +56,21 @@ def cli_errors(fn):
         except KeyboardInterrupt:
             err_console.print("interrupted", markup=False)
             raise typer.Exit(130) from None
+        finally:
+            _close_process_group()
 
     return wrapper
+
+
+def _close_process_group() -> None:
+    """Under torchrun, end the process group the Trainer/accelerate opened: a process that exits
+    with gloo threads alive aborts ("terminate called without an active exception")."""
+    if "torch.distributed" not in sys.modules:
+        return
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 @contextlib.contextmanager
