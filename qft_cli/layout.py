@@ -12,7 +12,7 @@ This module is the one place that decides the conventions of qft:
 * **Matrix names.** ``q``, ``k``, ``v``, ``o`` (attention output), ``ffn_up`` (a.k.a. fc_in,
   intermediate, c_fc, fc1), ``ffn_gate`` (gated FFNs), ``ffn_down`` (fc_out, output, fc2), and
   ``cross_q``/``cross_k``/``cross_v``/``cross_o`` for encoder-decoder cross-attention, and
-  ``embedding``. ``stack`` is ``encoder``/``decoder`` for encoder-decoder models, else ``""``.
+  ``embedding``. ``part`` is ``encoder``/``decoder`` for encoder-decoder models, else ``""``.
 * **Fused projections** are split into their blocks: GPT-2 ``c_attn`` (Conv1D, split along its
   output dimension into q, k, v; in cross-attention it holds k, v and q is ``q_attn``), DNABERT-2 ``Wqkv`` and ``nn.MultiheadAttention``'s
   ``in_proj_weight`` (Linear, three equal chunks of rows), Phi-3 style ``qkv_proj`` (chunks of
@@ -81,7 +81,7 @@ class MatrixSpec:
 
     Attributes:
         parameter: full parameter name in the state dict (e.g. ``h.0.attn.c_attn.weight``).
-        stack: ``encoder``/``decoder`` for encoder-decoder models, else ``""``.
+        part: ``encoder``/``decoder`` for encoder-decoder models, else ``""``.
         layer: 0 for the embedding, ``l`` (1-indexed) for block ``l``.
         matrix: name from :data:`MATRIX_ORDER`.
         transposed: the parameter is stored ``(d_in, d_out)`` (``Conv1D``).
@@ -90,7 +90,7 @@ class MatrixSpec:
     """
 
     parameter: str
-    stack: str
+    part: str
     layer: int
     matrix: str
     transposed: bool = False
@@ -139,23 +139,23 @@ def _config_get(config: Any, *names: str, default=None):
     return default
 
 
-def _split_fused(name: str, stack: str, layer: int, base: str, transposed: bool, split: str,
+def _split_fused(name: str, part: str, layer: int, base: str, transposed: bool, split: str,
                  d_out: int, config: Any) -> list[MatrixSpec]:
     if split == "halves":
         half = d_out // 2
-        return [MatrixSpec(name, stack, layer, "ffn_gate", transposed, (0, half, 1)),
-                MatrixSpec(name, stack, layer, "ffn_up", transposed, (half, d_out, 1))]
+        return [MatrixSpec(name, part, layer, "ffn_gate", transposed, (0, half, 1)),
+                MatrixSpec(name, part, layer, "ffn_up", transposed, (half, d_out, 1))]
     if split == "kv_halves":  # GPT-2 cross-attention c_attn: k | v (q has its own q_attn)
         half = d_out // 2
-        return [MatrixSpec(name, stack, layer, "cross_k", transposed, (0, half, 1)),
-                MatrixSpec(name, stack, layer, "cross_v", transposed, (half, d_out, 1))]
+        return [MatrixSpec(name, part, layer, "cross_k", transposed, (0, half, 1)),
+                MatrixSpec(name, part, layer, "cross_v", transposed, (half, d_out, 1))]
     prefix = "cross_" if base == "qkv" and "crossattention" in name else ""
     parts = [prefix + m for m in ("q", "k", "v")]
     if split == "thirds":
         if d_out % 3:
             raise ValueError(f"fused parameter {name} has {d_out} output rows, not divisible by 3")
         size = d_out // 3
-        return [MatrixSpec(name, stack, layer, p, transposed, (i * size, (i + 1) * size, 1))
+        return [MatrixSpec(name, part, layer, p, transposed, (i * size, (i + 1) * size, 1))
                 for i, p in enumerate(parts)]
     num_heads = _config_get(config, "num_attention_heads", "n_head")
     if split == "gqa":
@@ -163,10 +163,10 @@ def _split_fused(name: str, stack: str, layer: int, base: str, transposed: bool,
         head_dim = _config_get(config, "head_dim", default=None) or d_out // (num_heads + 2 * num_kv)
         q_size, kv_size = num_heads * head_dim, num_kv * head_dim
         bounds = [(0, q_size), (q_size, q_size + kv_size), (q_size + kv_size, q_size + 2 * kv_size)]
-        return [MatrixSpec(name, stack, layer, p, transposed, (a, b, 1)) for p, (a, b) in zip(parts, bounds)]
+        return [MatrixSpec(name, part, layer, p, transposed, (a, b, 1)) for p, (a, b) in zip(parts, bounds)]
     if split == "neox":
         head_dim = d_out // (3 * num_heads)
-        return [MatrixSpec(name, stack, layer, p, transposed, (i, num_heads, head_dim)) for i, p in enumerate(parts)]
+        return [MatrixSpec(name, part, layer, p, transposed, (i, num_heads, head_dim)) for i, p in enumerate(parts)]
     raise ValueError(split)
 
 
@@ -179,7 +179,7 @@ def classify(names_and_shapes: Iterable[tuple[str, tuple[int, ...]]], config: An
         config: the model config (object or dict); needed only for Phi-3/NeoX fused QKV splits.
 
     Returns:
-        Specs sorted by (stack, layer, matrix order). The token embedding appears once (tied or
+        Specs sorted by (part, layer, matrix order). The token embedding appears once (tied or
         shared copies are skipped); LM heads are never listed.
     """
     specs: list[MatrixSpec] = []
@@ -196,21 +196,21 @@ def classify(names_and_shapes: Iterable[tuple[str, tuple[int, ...]]], config: An
             continue
         layer = int(m.group(1)) + 1
         rest = m.group(2)
-        stack = "decoder" if re.search(r"(?:^|\.)decoder\.", name) else (
+        part = "decoder" if re.search(r"(?:^|\.)decoder\.", name) else (
             "encoder" if re.search(r"(?:^|\.)encoder\.", name) else "")
         for pattern, matrix, transposed, split in _RULES:
             if pattern.search(rest):
                 d_out = shape[1] if transposed else shape[0]
                 if split:
-                    specs.extend(_split_fused(name, stack, layer, matrix, transposed, split, d_out, config))
+                    specs.extend(_split_fused(name, part, layer, matrix, transposed, split, d_out, config))
                 else:
-                    specs.append(MatrixSpec(name, stack, layer, matrix, transposed))
+                    specs.append(MatrixSpec(name, part, layer, matrix, transposed))
                 break
-    stacks = {s.stack for s in specs if s.matrix != "embedding"}
-    if "decoder" not in stacks:  # encoder-only or decoder-only: no stack label
+    parts = {s.part for s in specs if s.matrix != "embedding"}
+    if "decoder" not in parts:  # encoder-only or decoder-only: no part label
         specs = [MatrixSpec(s.parameter, "", s.layer, s.matrix, s.transposed, s.rows) for s in specs]
     order = {m: i for i, m in enumerate(MATRIX_ORDER)}
-    specs.sort(key=lambda s: (s.stack != "" and s.stack != "encoder", s.stack, s.layer, order.get(s.matrix, 99)))
+    specs.sort(key=lambda s: (s.part != "" and s.part != "encoder", s.part, s.layer, order.get(s.matrix, 99)))
     return specs
 
 

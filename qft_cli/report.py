@@ -174,6 +174,8 @@ def load_run(run_dir: Path | str) -> RunRecord:
         except Exception as err:  # noqa: BLE001 - any parquet/arrow failure is a damaged file
             record.problems.append(f"{file.name} unreadable: {type(err).__name__}: {err}")
             continue
+        if "stack" in df.columns and "part" not in df.columns:  # runs before qft 0.2 named it `stack`
+            df = df.rename(columns={"stack": "part"})
         missing = [c for c in needed if c not in df.columns]
         if missing:
             record.problems.append(f"{file.name} lacks column(s) {', '.join(missing)}: table skipped")
@@ -294,30 +296,30 @@ def input_alpha_summary(norms_inputs: pd.DataFrame,
 
 
 def weight_alpha_summary(norms_weights: pd.DataFrame) -> pd.DataFrame:
-    """Largest alpha_W over layers per (model, stack, matrix type): spectral and Frobenius.
+    """Largest alpha_W over layers per (model, part, matrix type): spectral and Frobenius.
 
     Returns:
-        Columns ``label, stack, matrix, max_spectral_norm, max_spectral_layer,
+        Columns ``label, part, matrix, max_spectral_norm, max_spectral_layer,
         max_frobenius_norm, max_frobenius_layer, num_layers`` (dimensionless).
     """
     df = _with_label(norms_weights)
     if df.empty:
         return pd.DataFrame()
     df = _finite(df)
-    if "stack" not in df.columns:
-        df["stack"] = ""
+    if "part" not in df.columns:
+        df["part"] = ""
     rows = []
-    for (label, stack, matrix), g in df.groupby(["label", df["stack"].fillna(""), "matrix"], sort=False):
+    for (label, part, matrix), g in df.groupby(["label", df["part"].fillna(""), "matrix"], sort=False):
         i_s = g["spectral_norm"].idxmax()
         i_f = g["frobenius_norm"].idxmax()
-        rows.append({"label": label, "stack": stack, "matrix": matrix,
+        rows.append({"label": label, "part": part, "matrix": matrix,
                      "max_spectral_norm": float(g.loc[i_s, "spectral_norm"]), "max_spectral_layer": int(g.loc[i_s, "layer"]),
                      "max_frobenius_norm": float(g.loc[i_f, "frobenius_norm"]),
                      "max_frobenius_layer": int(g.loc[i_f, "layer"]), "num_layers": int(g["layer"].nunique())})
     out = pd.DataFrame(rows)
     out["_order"] = out["matrix"].map(lambda m: (("embedding",) + MATRIX_ORDER).index(m)
                                       if m in ("embedding",) + MATRIX_ORDER else 99)
-    return out.sort_values(["label", "stack", "_order"]).drop(columns="_order").reset_index(drop=True)
+    return out.sort_values(["label", "part", "_order"]).drop(columns="_order").reset_index(drop=True)
 
 
 def final_test_table(metrics: pd.DataFrame) -> pd.DataFrame:
@@ -672,22 +674,22 @@ def _weights_section(page: _Page, weights: pd.DataFrame, vectors: pd.DataFrame,
         w = _finite(weights[weights["label"] == label]) if not weights.empty else pd.DataFrame()
         if len(w):
             blocks = w[w["matrix"] != "embedding"].copy()
-            if "stack" not in blocks.columns:
-                blocks["stack"] = ""
-            blocks["stack"] = blocks["stack"].fillna("").astype(str)
+            if "part" not in blocks.columns:
+                blocks["part"] = ""
+            blocks["part"] = blocks["part"].fillna("").astype(str)
             if len(blocks):
                 fig = make_subplots(rows=1, cols=2, horizontal_spacing=0.1,
                                     subplot_titles=("spectral norm ‖W‖<sub>2</sub>", "Frobenius norm ‖W‖<sub>F</sub>"))
-                keys = sorted({(s, m) for s, m in zip(blocks["stack"], blocks["matrix"])},
+                keys = sorted({(s, m) for s, m in zip(blocks["part"], blocks["matrix"])},
                               key=lambda sm: (sm[0], _matrix_rank(sm[1])))
-                for i, (stack, matrix) in enumerate(keys):
-                    g = blocks[(blocks["stack"] == stack) & (blocks["matrix"] == matrix)].sort_values("layer")
-                    name = f"{stack} {matrix}".strip()
+                for i, (part, matrix) in enumerate(keys):
+                    g = blocks[(blocks["part"] == part) & (blocks["matrix"] == matrix)].sort_values("layer")
+                    name = f"{part} {matrix}".strip()
                     for col, norm in ((1, "spectral_norm"), (2, "frobenius_norm")):
                         fig.add_trace(go.Scatter(
                             x=g["layer"].to_numpy(int), y=g[norm].to_numpy(float), mode="lines+markers",
                             name=_e(name), legendgroup=name, showlegend=col == 1,
-                            line=dict(color=_color(_matrix_rank(matrix)), dash="dot" if stack == "decoder" else "solid"),
+                            line=dict(color=_color(_matrix_rank(matrix)), dash="dot" if part == "decoder" else "solid"),
                             marker=dict(symbol=_SYMBOLS[i % len(_SYMBOLS)], size=7),
                             hovertemplate="layer %{x}<br>%{y:.4g}<extra>%{fullData.name}</extra>"), row=1, col=col)
                 layers = sorted(blocks["layer"].unique())
@@ -730,9 +732,9 @@ def _heads_figure(page: _Page, label: str, h: pd.DataFrame) -> None:
     from plotly.subplots import make_subplots
 
     h = h.dropna(subset=["layer", "head"])
-    stack = h["stack"].fillna("").astype(str) if "stack" in h.columns else pd.Series("", index=h.index)
-    h = h.assign(row_key=[f"{s} {int(l)}".strip() for s, l in zip(stack, h["layer"])],
-                 row_order=[(s, int(l)) for s, l in zip(stack, h["layer"])])
+    part = h["part"].fillna("").astype(str) if "part" in h.columns else pd.Series("", index=h.index)
+    h = h.assign(row_key=[f"{s} {int(l)}".strip() for s, l in zip(part, h["layer"])],
+                 row_order=[(s, int(l)) for s, l in zip(part, h["layer"])])
     matrices = [m for m in MATRIX_ORDER if m in set(h["matrix"])][:8]
     if not matrices:
         return
@@ -790,12 +792,12 @@ def _qkv_histogram(page: _Page, label: str, v: pd.DataFrame) -> None:
     edges = _bins(v["value"].to_numpy(float))
     centers = (edges[:-1] + edges[1:]) / 2
     layers = sorted(v["layer"].unique())
-    if "stack" in v.columns and v["stack"].fillna("").astype(str).nunique() > 1:
-        v = v.assign(stack_key=v["stack"].fillna("").astype(str))
+    if "part" in v.columns and v["part"].fillna("").astype(str).nunique() > 1:
+        v = v.assign(part_key=v["part"].fillna("").astype(str))
     else:
-        v = v.assign(stack_key="")
-    options = [("all layers pooled", v)] + [(f"{stack} layer {int(layer)}".strip(), g) for (stack, layer), g in
-                                             sorted(v.groupby(["stack_key", "layer"]))]
+        v = v.assign(part_key="")
+    options = [("all layers pooled", v)] + [(f"{part} layer {int(layer)}".strip(), g) for (part, layer), g in
+                                             sorted(v.groupby(["part_key", "layer"]))]
     fig = go.Figure()
     matrices = [m for m in ("q", "k", "v") if m in set(v["matrix"])]
     for i, (name, g) in enumerate(options):
@@ -980,10 +982,10 @@ def _factors_section(page: _Page, inputs: pd.DataFrame, weights: pd.DataFrame) -
     if not weights.empty:
         summary = weight_alpha_summary(weights)
         page.html("<h4>Weights: largest α<sub>W</sub> over layers (dimensionless)</h4>")
-        has_stack = bool((summary["stack"].astype(str) != "").any())
-        page.table(["model"] + (["stack"] if has_stack else []) + ["matrix", "max ‖W‖<sub>2</sub>", "at layer",
+        has_stack = bool((summary["part"].astype(str) != "").any())
+        page.table(["model"] + (["part"] if has_stack else []) + ["matrix", "max ‖W‖<sub>2</sub>", "at layer",
                                                                    "max ‖W‖<sub>F</sub>", "at layer", "layers"],
-                   [[r["label"]] + ([r["stack"]] if has_stack else [])
+                   [[r["label"]] + ([r["part"]] if has_stack else [])
                     + [r["matrix"], float(r["max_spectral_norm"]), int(r["max_spectral_layer"]),
                        float(r["max_frobenius_norm"]), int(r["max_frobenius_layer"]), int(r["num_layers"])]
                     for _, r in summary.iterrows()], cls="alpha-w")

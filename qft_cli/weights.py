@@ -28,7 +28,7 @@ from qft_cli.models import ModelSource, build_tiny_model, hub_snapshot
 from qft_cli.norms import column_norms, frobenius_norm, matrix_norm_record, row_norms, spectral_norm
 from qft_cli.progress import ProgressFn, report
 
-WEIGHT_COLUMNS = ["model", "model_alias", "stack", "layer", "matrix", "parameter", "d_out", "d_in",
+WEIGHT_COLUMNS = ["model", "model_alias", "part", "layer", "matrix", "parameter", "d_out", "d_in",
                   "frobenius_norm", "spectral_norm", "column_norm_mean", "column_norm_var", "column_norm_max",
                   "row_norm_mean", "row_norm_var", "row_norm_max", "finite"]
 VECTOR_MATRICES = ("q", "k", "v", "embedding")
@@ -149,8 +149,8 @@ class WeightNormsResult:
     Attributes:
         table: one row per matrix, columns :data:`WEIGHT_COLUMNS`.
         vectors: column l2 norms of q/k/v and per-token l2 norms of the embedding (long format:
-            stack, layer, matrix, kind, index, value).
-        heads: per-head spectral and Frobenius norms of every attention matrix (stack, layer,
+            part, layer, matrix, kind, index, value).
+        heads: per-head spectral and Frobenius norms of every attention matrix (part, layer,
             matrix, head, spectral_norm, frobenius_norm); see :func:`qft_cli.layout.split_heads`.
         nonfinite: parameters that held NaN/inf.
     """
@@ -204,19 +204,19 @@ def weight_norms(source: ModelSource, *, dtype: Optional[torch.dtype] = None, de
         dim = head_dim(store.config)
         for done, (spec, w) in enumerate(iter_matrices(store, specs, dtype, device), start=1):
             finite = bool(torch.isfinite(w).all())
-            rec = {"stack": spec.stack, "layer": spec.layer, "matrix": spec.matrix, "parameter": spec.parameter,
+            rec = {"part": spec.part, "layer": spec.layer, "matrix": spec.matrix, "parameter": spec.parameter,
                    "d_out": int(w.shape[0]), "d_in": int(w.shape[1]), "finite": finite}
             if finite:
                 rec.update(matrix_norm_record(w))
                 if spec.matrix in VECTOR_MATRICES:
                     kind = "token_norm" if spec.matrix == "embedding" else "column_norm"
                     values = row_norms(w) if spec.matrix == "embedding" else column_norms(w)
-                    vectors.append(pd.DataFrame({"stack": spec.stack, "layer": spec.layer, "matrix": spec.matrix,
+                    vectors.append(pd.DataFrame({"part": spec.part, "layer": spec.layer, "matrix": spec.matrix,
                                                  "kind": kind, "index": range(values.numel()),
                                                  "value": values.cpu().numpy()}))
                 blocks = split_heads(spec.matrix, w, dim)
                 if blocks is not None:
-                    heads.append(pd.DataFrame({"stack": spec.stack, "layer": spec.layer, "matrix": spec.matrix,
+                    heads.append(pd.DataFrame({"part": spec.part, "layer": spec.layer, "matrix": spec.matrix,
                                                "head": range(blocks.shape[0]),
                                                "spectral_norm": spectral_norm(blocks).cpu().numpy(),
                                                "frobenius_norm": frobenius_norm(blocks).cpu().numpy()}))
@@ -234,12 +234,12 @@ def weight_norms(source: ModelSource, *, dtype: Optional[torch.dtype] = None, de
     norm_columns = [c for c in WEIGHT_COLUMNS[WEIGHT_COLUMNS.index("frobenius_norm"):] if c != "finite"]
     table = table.astype({c: "float64" for c in norm_columns})
     vec = pd.concat(vectors, ignore_index=True) if vectors else pd.DataFrame(
-        columns=["stack", "layer", "matrix", "kind", "index", "value"])
+        columns=["part", "layer", "matrix", "kind", "index", "value"])
     for key, value in (labels or {}).items():
         vec.insert(0, key, value)
     vec = vec.astype({"layer": "int64", "index": "int64", "value": "float64"})
     head_table = pd.concat(heads, ignore_index=True) if heads else pd.DataFrame(
-        columns=["stack", "layer", "matrix", "head", "spectral_norm", "frobenius_norm"])
+        columns=["part", "layer", "matrix", "head", "spectral_norm", "frobenius_norm"])
     for key, value in (labels or {}).items():
         head_table.insert(0, key, value)
     return WeightNormsResult(table.astype({"layer": "int64", "d_out": "int64", "d_in": "int64"}), vec, nonfinite,

@@ -7,7 +7,7 @@ from qft_cli.models import build_tiny_model
 
 
 def _specs_by(specs):
-    return {(s.stack, s.layer, s.matrix): s for s in specs}
+    return {(s.part, s.layer, s.matrix): s for s in specs}
 
 
 def test_gpt2_conv1d_orientation_and_c_attn_split():
@@ -113,7 +113,7 @@ def test_encoder_decoder_stacks_and_cross_attention():
     cfg = BartConfig(vocab_size=60, d_model=16, encoder_layers=2, decoder_layers=1, encoder_attention_heads=2,
                      decoder_attention_heads=2, encoder_ffn_dim=32, decoder_ffn_dim=32)
     specs = layout.classify_model(BartModel(cfg))
-    keys = {(s.stack, s.layer, s.matrix) for s in specs}
+    keys = {(s.part, s.layer, s.matrix) for s in specs}
     assert ("encoder", 2, "ffn_down") in keys and ("decoder", 1, "cross_q") in keys
     assert ("decoder", 1, "q") in keys and not any(k[0] == "" and k[2] != "embedding" for k in keys)
     assert [s.matrix for s in specs].count("embedding") == 1

@@ -81,32 +81,32 @@ def make_weights_run(root: Path, model: str = "minilm", num_layers: int = 3, d: 
     rows, vectors = [], []
     emb = rng.normal(size=(vocab, d))
     tok = np.linalg.norm(emb, axis=1)
-    rows.append({"model": f"hub/{model}", "model_alias": model, "stack": "", "layer": 0, "matrix": "embedding",
+    rows.append({"model": f"hub/{model}", "model_alias": model, "part": "", "layer": 0, "matrix": "embedding",
                  "parameter": "embeddings.word_embeddings.weight", "d_out": vocab, "d_in": d,
                  "frobenius_norm": float(np.linalg.norm(emb)), "spectral_norm": float(np.linalg.norm(emb, 2)),
                  "column_norm_mean": 1.0, "column_norm_var": 0.1, "column_norm_max": 2.0,
                  "row_norm_mean": float(tok.mean()), "row_norm_var": float(tok.var()), "row_norm_max": float(tok.max()),
                  "finite": True})
-    vectors += [{"model": f"hub/{model}", "model_alias": model, "stack": "", "layer": 0, "matrix": "embedding",
+    vectors += [{"model": f"hub/{model}", "model_alias": model, "part": "", "layer": 0, "matrix": "embedding",
                  "kind": "token_norm", "index": i, "value": float(v)} for i, v in enumerate(tok)]
     for layer in range(1, num_layers + 1):
         for matrix, (d_out, d_in) in (("q", (d, d)), ("k", (d // 2, d)), ("v", (d // 2, d)), ("o", (d, d)),
                                       ("ffn_up", (4 * d, d)), ("ffn_down", (d, 4 * d))):
             w = rng.normal(scale=0.1 * layer, size=(d_out, d_in))
             cols, rws = np.linalg.norm(w, axis=0), np.linalg.norm(w, axis=1)
-            rows.append({"model": f"hub/{model}", "model_alias": model, "stack": "", "layer": layer, "matrix": matrix,
+            rows.append({"model": f"hub/{model}", "model_alias": model, "part": "", "layer": layer, "matrix": matrix,
                          "parameter": f"layer.{layer - 1}.{matrix}.weight", "d_out": d_out, "d_in": d_in,
                          "frobenius_norm": float(np.linalg.norm(w)), "spectral_norm": float(np.linalg.norm(w, 2)),
                          "column_norm_mean": float(cols.mean()), "column_norm_var": float(cols.var()),
                          "column_norm_max": float(cols.max()), "row_norm_mean": float(rws.mean()),
                          "row_norm_var": float(rws.var()), "row_norm_max": float(rws.max()), "finite": True})
             if matrix in ("q", "k", "v"):
-                vectors += [{"model": f"hub/{model}", "model_alias": model, "stack": "", "layer": layer,
+                vectors += [{"model": f"hub/{model}", "model_alias": model, "part": "", "layer": layer,
                              "matrix": matrix, "kind": "column_norm", "index": j, "value": float(c)}
                             for j, c in enumerate(cols)]
     write_parquet_atomic(pd.DataFrame(rows), run_dir / "norms_weights.parquet")
     write_parquet_atomic(pd.DataFrame(vectors), run_dir / "norm_vectors.parquet")
-    heads = [{"model": f"hub/{model}", "model_alias": model, "stack": "", "layer": layer, "matrix": matrix,
+    heads = [{"model": f"hub/{model}", "model_alias": model, "part": "", "layer": layer, "matrix": matrix,
               "head": h, "spectral_norm": 0.3 * layer + 0.01 * h, "frobenius_norm": 0.6 * layer + 0.02 * h}
              for layer in range(1, num_layers + 1) for matrix, num_heads in (("q", 4), ("k", 2), ("v", 2), ("o", 4))
              for h in range(num_heads)]
