@@ -35,6 +35,7 @@ def root(version: Optional[bool] = typer.Option(None, "--version", callback=_ver
 @app.command("models")
 def models_command() -> None:
     """List the model aliases qft knows and what they resolve to."""
+    from qft_cli.gguf_files import SMOLLM2, SMOLLM2_ID
     from qft_cli.models import ALIASES, MINILM, TINY_MODELS
 
     table = Table(title="qft models")
@@ -42,12 +43,13 @@ def models_command() -> None:
     table.add_column("resolves to")
     table.add_column("needs")
     table.add_row(MINILM, "sentence-transformers/all-MiniLM-L6-v2 (embedded)", "offline extra")
+    table.add_row(SMOLLM2, f"{SMOLLM2_ID}, embedded GGUF file (Llama, GQA)", "offline extra")
     for name in TINY_MODELS:
         table.add_row(name, "random model from a small config, seed 0", "nothing")
     for alias, hub_id in ALIASES.items():
         table.add_row(alias, hub_id, "Hugging Face Hub or its cache")
     console.print(table)
-    console.print("Any other Hugging Face id (owner/name) or local model directory works too.")
+    console.print("Any other Hugging Face id (owner/name), local model directory or .gguf file works too.")
 
 
 def _register() -> None:
