@@ -28,6 +28,7 @@ norms qft reports are those of the *dequantised* weights.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -231,6 +232,31 @@ def open_gguf(path: Path) -> GGUFTensors:
 
 # ----------------------------------------------------------------------------- conversion cache
 
+@contextlib.contextmanager
+def _no_tqdm():
+    """Silence the tqdm bar of transformers' legacy GGUF loader (``tqdm.auto.tqdm`` imported into
+    ``modeling_gguf_pytorch_utils``; TQDM_DISABLE is read only at tqdm's import)."""
+    import functools
+
+    from transformers import modeling_gguf_pytorch_utils as legacy
+
+    before = getattr(legacy, "tqdm", None)
+    if before is not None:
+        legacy.tqdm = functools.partial(before, disable=True)
+    try:
+        yield
+    finally:
+        if before is not None:
+            legacy.tqdm = before
+
+
+def _has_tokenizer(path: Path) -> bool:
+    """Whether the GGUF metadata holds a tokenizer (``tokenizer.ggml.model``)."""
+    from gguf import GGUFReader
+
+    return "tokenizer.ggml.model" in GGUFReader(str(path)).fields
+
+
 def _save_plain(model, directory: Path) -> None:
     """``save_pretrained`` of a model loaded from GGUF. transformers marks such a model as quantised
     (``GgufConfig``: not serialisable, not trainable) although its weights are dense float tensors,
@@ -313,12 +339,16 @@ def converted_dir(path: Path) -> Path:
                             "set QFT_CACHE to a writable directory") from None
     try:
         try:
-            model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
-            tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+            with _no_tqdm():  # transformers' GGUF loader draws its own bar; library code prints nothing
+                model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name,
+                                                             dtype=torch.float32)
+                tokenizer = (AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+                             if _has_tokenizer(path) else None)
         except (OSError, ValueError, RuntimeError, KeyError) as err:
             raise _damaged(path, err) from None
         _save_plain(model, tmp)
-        tokenizer.save_pretrained(str(tmp))
+        if tokenizer is not None:
+            tokenizer.save_pretrained(str(tmp))
         import transformers
 
         (tmp / _SOURCE).write_text(json.dumps({"gguf_file": str(path), "sha256": target.name,

@@ -272,7 +272,11 @@ def load_tokenizer(source: ModelSource, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 
     if source.kind == "gguf":  # the tokenizer inside the file, converted once (qft_cli.gguf_files)
-        return _hub_call(source, AutoTokenizer.from_pretrained, str(converted_dir(Path(source.location))))
+        directory = converted_dir(Path(source.location))
+        if not (directory / "tokenizer_config.json").is_file():
+            raise QftInputError(f"GGUF file {source.location} holds no tokenizer (no tokenizer.ggml.* metadata): "
+                                "use a GGUF file written with its tokenizer, as llama.cpp's convert script does")
+        return _hub_call(source, AutoTokenizer.from_pretrained, str(directory))
     return _hub_call(source, AutoTokenizer.from_pretrained, source.location, trust_remote_code=trust_remote_code)
 
 
