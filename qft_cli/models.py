@@ -255,52 +255,28 @@ def load_tokenizer(source: ModelSource, trust_remote_code: bool = False):
 
 
 def load_config(source: ModelSource, trust_remote_code: bool = False):
-    """Load the transformers config of ``source``."""
+    """Load the transformers config of ``source``.
+
+    DNABERT-2 (the hub id or a directory with its published ``config.json``, which has no
+    ``model_type``) gives qft's native :class:`~qft_cli.modeling_dnabert2.DnaBert2Config` unless
+    ``trust_remote_code`` asks for the repository's own code.
+
+    Raises:
+        QftInputError: hub not reachable / model unknown / remote code needed.
+    """
     if source.kind == "tiny":
         return tiny_config(source.location)
     from transformers import AutoConfig
 
+    from qft_cli.dnabert2 import config_from_published, is_dnabert2_source
+
+    if not trust_remote_code and is_dnabert2_source(source.location, source.kind):
+        import json
+
+        directory = Path(source.location) if source.kind != "hub" else hub_snapshot(source, ["config.json"])
+        return config_from_published(json.loads((Path(directory) / "config.json").read_text()))
+
     return _hub_call(source, AutoConfig.from_pretrained, source.location, trust_remote_code=trust_remote_code)
-
-
-def load_model(source: ModelSource, *, dtype: torch.dtype = torch.float32, device: torch.device | None = None,
-               device_map: str | None = None, trust_remote_code: bool = False, auto_class=None, **kwargs):
-    """Load the model of ``source`` in eval mode.
-
-    Args:
-        dtype: parameter dtype.
-        device: where to put it (ignored with ``device_map``).
-        device_map: ``"auto"`` shards a large model across available GPUs/CPU (accelerate).
-        auto_class: transformers Auto class (default ``AutoModel``: the bare model, no head).
-        kwargs: passed to ``from_pretrained`` / set on the tiny config.
-
-    Raises:
-        QftInputError: hub not reachable, gated or unknown model.
-    """
-    from transformers import AutoModel
-
-    auto_class = auto_class or AutoModel
-    native = None if trust_remote_code else _native_dnabert2(source, auto_class, dtype, kwargs)
-    if native is not None:
-        model = native
-    elif source.kind == "tiny":
-        model = build_tiny_model(source.location, auto_class, **kwargs).to(dtype=dtype)
-    else:
-        load_kwargs = dict(dtype=dtype, trust_remote_code=trust_remote_code, **kwargs)
-        if device_map:
-            load_kwargs["device_map"] = device_map
-        model = _hub_call(source, auto_class.from_pretrained, source.location, **load_kwargs)
-    if device is not None and not device_map:
-        model = model.to(device)
-    return model.eval()
-
-
-def _native_dnabert2(source: ModelSource, auto_class, dtype: torch.dtype, kwargs: dict):
-    """DNABERT-2 (hub id or local directory) in qft's own classes, without remote code
-    (see :mod:`qft_cli.dnabert2`); ``None`` for any other model."""
-    from qft_cli.dnabert2 import load_native_if_dnabert2
-
-    return load_native_if_dnabert2(source, auto_class, dtype=dtype, **kwargs)
 
 
 def hub_snapshot(source: ModelSource, allow_patterns: list[str]) -> Path:

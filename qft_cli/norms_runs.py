@@ -17,7 +17,8 @@ import pandas as pd
 from qft_cli.device import resolve_device, resolve_dtype
 from qft_cli.errors import QftInputError
 from qft_cli.inputs import check_num_tokens, hidden_state_norms, num_layers, parse_layers, summarize_inputs
-from qft_cli.models import load_config, load_model, load_tokenizer, resolve_model
+from qft_cli.loading import load_model
+from qft_cli.models import load_config, load_tokenizer, resolve_model
 from qft_cli.progress import ProgressFn
 from qft_cli.runs import Run, check_writable
 from qft_cli.weights import summarize_weights, weight_norms

@@ -10,7 +10,7 @@ import typer
 
 from qft_cli.errors import QftInputError
 from qft_cli.cli.common import (DEVICE_OPTION, DTYPE_OPTION, OUT_OPTION, QUIET_OPTION, TRUST_OPTION, ResumedRun, argv,
-                                cli_errors, print_test_table, progress_bar)
+                                cli_errors, err_console, print_test_table, progress_bar)
 
 
 @cli_errors
@@ -105,5 +105,9 @@ def finetune_command(
                    task_kind=result.kind, max_length=result.max_length, sizes=result.sizes)
     if not main:
         return
+    if result.new_parameters:
+        shown = ", ".join(result.new_parameters[:6]) + (", ..." if len(result.new_parameters) > 6 else "")
+        err_console.print(f"new: {len(result.new_parameters)} parameters not in the checkpoint of {model}, "
+                          f"initialised from seed {seed} (run.json new_parameters): {shown}", markup=False)
     print_test_table(f"qft finetune {model}: test split", result.summary(), run.path)
 
