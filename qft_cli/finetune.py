@@ -278,6 +278,13 @@ def _tokenizer_for(source: ModelSource, tokenizer_name: Optional[str], data, sav
         if data.kind != "sequence_classification":
             raise QftInputError(f"--tokenizer {tokenizer_name} is a DNA tokenizer but {data.dataset} is a text task")
         return build_tokenizer(tokenizer_name, data, save_dir=save_dir, trust_remote_code=trust_remote_code)
+    if tokenizer_name and Path(tokenizer_name).expanduser().is_file():  # a tokenizer.json
+        from qft_cli.tasks import load_tokenizer_path
+
+        tokenizer = load_tokenizer_path(Path(tokenizer_name))
+        if tokenizer.pad_token is None:
+            raise QftInputError(f"--tokenizer {tokenizer_name} has no pad token ([PAD]): pass a tokenizer with one")
+        return tokenizer
     tok_source = resolve_finetune_model(tokenizer_name) if tokenizer_name else source
     tokenizer = load_finetune_tokenizer(tok_source, trust_remote_code=trust_remote_code)
     if data.kind == "token_classification" and not getattr(tokenizer, "is_fast", False):

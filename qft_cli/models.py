@@ -116,6 +116,63 @@ def resolve_model(name: str) -> ModelSource:
                         "a Hugging Face id (owner/name) or an existing local directory")
 
 
+#: Seconds the connectivity probe of :func:`hub_offline_if_unreachable` waits for the hub.
+HUB_PROBE_TIMEOUT_S = 3.0
+_HUB_STATE: dict[str, bool] = {}  # "unreachable": result of the probe, once per process
+
+
+def _offline_env() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
+
+
+def hub_offline_if_unreachable(timeout: float = HUB_PROBE_TIMEOUT_S) -> bool:
+    """Probe the Hugging Face Hub once per process; when unreachable, go offline.
+
+    With ``HF_HUB_OFFLINE`` unset, ``huggingface_hub`` retries every failed request with back-off
+    (``Retrying in 1s [Retry 1/5]`` ... about 30-60 s in all, a log line each). Instead one TCP
+    connection to the hub's host (``HF_ENDPOINT``, default ``huggingface.co:443``) is tried with a
+    ``timeout`` of a few seconds; when it fails (no DNS, no route, blocked), ``huggingface_hub``,
+    ``transformers`` and ``datasets`` are switched to offline mode for this process, as with
+    ``HF_HUB_OFFLINE=1``: cached files are used, and a file that is not cached fails at once with
+    qft's own one line (:func:`hub_error`).
+
+    Returns:
+        True when the hub is unreachable (this process is offline now) or ``HF_HUB_OFFLINE`` is set.
+    """
+    if _offline_env():
+        return True
+    if "unreachable" not in _HUB_STATE:
+        import socket
+        from urllib.parse import urlparse
+
+        from huggingface_hub import constants
+
+        url = urlparse(constants.ENDPOINT or "https://huggingface.co")
+        port = url.port or (443 if url.scheme == "https" else 80)
+        try:
+            socket.create_connection((url.hostname, port), timeout=timeout).close()
+            _HUB_STATE["unreachable"] = False
+        except OSError:
+            _HUB_STATE["unreachable"] = True
+            _go_offline()
+    return _HUB_STATE["unreachable"]
+
+
+def _go_offline() -> None:
+    import sys
+
+    from huggingface_hub import constants
+
+    constants.HF_HUB_OFFLINE = True  # read at call time by huggingface_hub and transformers
+    if "datasets" in sys.modules:  # datasets copies the flag at import
+        import datasets.config
+
+        datasets.config.HF_HUB_OFFLINE = True
+        datasets.config.HF_DATASETS_OFFLINE = True
+    else:
+        os.environ["HF_DATASETS_OFFLINE"] = "1"
+
+
 def hub_error(source: ModelSource, err: BaseException) -> QftInputError:
     """Turn a hub/loading exception (also of a local directory or the embedded MiniLM) into one
     actionable line."""
@@ -134,7 +191,11 @@ def hub_error(source: ModelSource, err: BaseException) -> QftInputError:
     if "RepositoryNotFound" in text or "is not a valid model identifier" in text:
         return QftInputError(f"model {label} was not found on the Hugging Face Hub: check the id, "
                              f"or {HUB_HELP}")
-    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
+    if _HUB_STATE.get("unreachable"):
+        return QftInputError(f"could not load model {label}: the Hugging Face Hub is not reachable "
+                             f"(no connection within {HUB_PROBE_TIMEOUT_S:g} s) and the model is not cached; "
+                             f"{HUB_HELP}")
+    if _offline_env():
         return QftInputError(f"model {label} is not in the local Hugging Face cache and HF_HUB_OFFLINE is set: "
                              "unset it to download, pass a local model directory, or use the offline "
                              f"model '{MINILM}'")
@@ -145,8 +206,16 @@ def hub_error(source: ModelSource, err: BaseException) -> QftInputError:
 def _hub_call(source: ModelSource, fn, *args, **kwargs):
     if source.kind == "tiny":
         return fn(*args, **kwargs)
+    if source.kind == "hub":
+        hub_offline_if_unreachable()
     try:
         return fn(*args, **kwargs)
+    except ImportError as err:  # remote code that needs a package not installed (DNABERT-2's triton)
+        missing = getattr(err, "name", None) or str(err).split("\n", 1)[0]
+        hint = (" (or drop --trust-remote-code: qft's native DNABERT-2 runs without it)"
+                if "triton" in str(err) or "flash_attn" in str(err) else "")
+        raise QftInputError(f"the code of model {source.name} needs a package that is not installed ({missing}): "
+                            f"install it{hint}") from None
     except (OSError, ValueError, RuntimeError) as err:
         if isinstance(err, QftInputError):
             raise
