@@ -41,6 +41,11 @@ def _e(value: Any) -> str:
     return html.escape(str(value), quote=True)
 
 
+def plural(count: int, noun: str) -> str:
+    """``1 run``, ``2 runs`` (English plural by appending ``s``)."""
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
 def _with_label(df: pd.DataFrame) -> pd.DataFrame:
     if df.empty or "label" in df.columns:
         return df
@@ -225,6 +230,7 @@ nav.toc li.l3{margin-left:18px;font-size:0.92em}
 .warn{background:#fff4e5;border-left:4px solid #f0a020;padding:8px 12px}
 .synthetic{background:#eef6ff;border-left:4px solid #3b82f6;padding:8px 12px}
 code{font-size:0.86em;word-break:break-all}.muted{color:#666}
+span.hash{white-space:nowrap;cursor:help}details{margin:8px 0 18px}
 """
 
 
