@@ -34,7 +34,7 @@ from typing import Sequence
 from qft_cli import __version__
 from qft_cli.errors import QftInputError
 from qft_cli.report.factors import SUMMARY_TOKEN_COUNTS, _factors_section, input_alpha_summary, weight_alpha_summary
-from qft_cli.report.inputs import _inputs_section, power_law_table
+from qft_cli.report.inputs import _inputs_section, hidden_state_fits, power_law_table
 from qft_cli.report.metadata import _metadata_section, _mismatch_text, data_file_mismatches, provenance_table
 from qft_cli.report.page import HISTOGRAM_BINS, MAX_POINTS_PER_TRACE, _Page, _e, _is_synthetic, plural
 from qft_cli.report.reading import TABLE_COLUMNS, RunRecord, combined_table, find_run_dirs, load_run, load_runs
@@ -42,7 +42,7 @@ from qft_cli.report.training import final_test_table, _training_section
 from qft_cli.report.weights import _weights_section
 
 __all__ = ["HISTOGRAM_BINS", "MAX_POINTS_PER_TRACE", "SUMMARY_TOKEN_COUNTS", "TABLE_COLUMNS", "ReportResult",
-           "RunRecord", "build_report_html", "combined_table", "final_test_table", "find_run_dirs",
+           "RunRecord", "build_report_html", "combined_table", "final_test_table", "find_run_dirs", "hidden_state_fits",
            "input_alpha_summary", "load_run", "load_runs", "power_law_table", "provenance_table",
            "data_file_mismatches", "weight_alpha_summary", "write_report"]
 
@@ -90,7 +90,7 @@ def build_report_html(runs: list[RunRecord], title: str = "qft report") -> tuple
     vectors = combined_table(runs, "norm_vectors")
     heads = combined_table(runs, "norms_heads")
     if not inputs.empty:
-        _inputs_section(page, inputs)
+        _inputs_section(page, inputs, hidden_state_fits(runs))
     if not weights.empty or not vectors.empty:
         _weights_section(page, weights, vectors, heads)
     if any(t in r.tables for r in runs for t in ("metrics", "norms_during_training", "gammas")):

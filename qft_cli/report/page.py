@@ -21,6 +21,8 @@ HISTOGRAM_BINS = 60
 
 
 NORM_LABELS = {"frobenius_norm": ("Frobenius", "F"), "spectral_norm": ("spectral", "2")}
+#: ``norm`` values of ``fits.parquet`` -> their display names.
+FIT_NORM_NAMES = {"frobenius": "Frobenius", "spectral": "spectral"}
 
 
 VARIANT_ORDER = ("vanilla", "spectral", "frobenius", "spectral_subnormalised", "frobenius_subnormalised")
