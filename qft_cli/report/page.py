@@ -110,6 +110,15 @@ def _log_ticks(values: np.ndarray) -> dict[str, Any]:
     return {"type": "log", "tickmode": "array", "tickvals": ticks, "ticktext": [f"{t:g}" for t in ticks]}
 
 
+def _epoch_axis(epochs: Any) -> dict[str, Any]:
+    """x-axis settings with ticks at whole epochs only (never 0.5): step 1 up to 12 epochs, else a
+    whole step giving about 10 ticks."""
+    e = np.asarray(pd.to_numeric(pd.Series(epochs), errors="coerce"), dtype=float)
+    e = e[np.isfinite(e)]
+    top = math.ceil(e.max()) if e.size else 1
+    return {"tickmode": "linear", "tick0": 0, "dtick": max(1, math.ceil(top / 10)), "tickformat": "d"}
+
+
 def _flat_range(values: np.ndarray) -> dict[str, Any]:
     """A y range of +-5% around the values when they are constant up to rounding (relative spread
     < 1e-4), so that float noise such as 1 +- 1e-7 is not blown up to fill the axis; else ``{}``."""
