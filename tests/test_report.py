@@ -429,3 +429,42 @@ def test_root_app_registers_report_and_demo():
     assert res.exit_code == 0 and "--output" in res.output
     res = CliRunner().invoke(app, ["demo", "--help"])
     assert res.exit_code == 0 and "--out" in res.output
+
+
+# --------------------------------------------------------------------------------------------
+# Reading the charts back out of a page (for tests of the drawn numbers)
+# --------------------------------------------------------------------------------------------
+
+def _decode(value):
+    """plotly >= 6 writes numpy arrays as {"dtype", "bdata"(, "shape")}: back to lists."""
+    import base64
+
+    if isinstance(value, dict) and "bdata" in value and "dtype" in value:
+        arr = np.frombuffer(base64.b64decode(value["bdata"]), dtype=np.dtype(value["dtype"]))
+        if "shape" in value:
+            arr = arr.reshape([int(s) for s in str(value["shape"]).split(",")])
+        return arr.tolist()
+    if isinstance(value, dict):
+        return {k: _decode(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_decode(v) for v in value]
+    return value
+
+
+def plotly_figures(page: str) -> list[dict]:
+    """Every ``Plotly.newPlot`` call of a report page as ``{"id", "data", "layout"}`` (arrays decoded)."""
+    decoder = json.JSONDecoder()
+    out = []
+    for match in re.finditer(r'Plotly\.newPlot\(\s*"(fig\d+)",\s*', page):
+        data, end = decoder.raw_decode(page, match.end())
+        rest = page[end:].lstrip().lstrip(",").lstrip()
+        layout, _ = decoder.raw_decode(rest)
+        out.append({"id": match.group(1), "data": _decode(data), "layout": _decode(layout)})
+    return out
+
+
+def figure_titled(page: str, text: str) -> dict:
+    """The one chart whose title contains ``text``."""
+    found = [f for f in plotly_figures(page) if text in str(f["layout"].get("title", {}).get("text", ""))]
+    assert len(found) == 1, f"{len(found)} charts titled like {text!r}"
+    return found[0]

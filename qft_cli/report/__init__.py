@@ -10,9 +10,10 @@ dataset names, command lines, error messages) goes through :func:`html.escape`, 
 tables and in the plotly labels alike (plotly.js decodes the entities back for display).
 
 Sections, one module each (a chart is found by its section's name): :mod:`~qft_cli.report.inputs`
-(``norms_inputs``), :mod:`~qft_cli.report.weights` (``norms_weights``, ``norms_heads``,
-``norm_vectors``), :mod:`~qft_cli.report.training` (``metrics``, ``norms_during_training``,
-``gammas``), :mod:`~qft_cli.report.factors` (the normalisation-factor summary) and
+(``norms_inputs``, ``fits``), :mod:`~qft_cli.report.weights` (``norms_weights``, ``norms_heads``,
+``norm_vectors``), :mod:`~qft_cli.report.attention` (``norms_attention``, ``fits``),
+:mod:`~qft_cli.report.training` (``metrics``, ``test_summary``, ``predictions``,
+``norms_during_training``, ``gammas``), :mod:`~qft_cli.report.factors` (the normalisation-factor summary) and
 :mod:`~qft_cli.report.metadata` (the run list: failed and interrupted runs are listed, never
 silently skipped). :mod:`~qft_cli.report.reading` finds and reads run directories;
 :mod:`~qft_cli.report.page` holds the shared page and figure helpers.
@@ -33,6 +34,7 @@ from typing import Sequence
 
 from qft_cli import __version__
 from qft_cli.errors import QftInputError
+from qft_cli.report.attention import _attention_section, attention_fits, median_ratios
 from qft_cli.report.factors import SUMMARY_TOKEN_COUNTS, _factors_section, input_alpha_summary, weight_alpha_summary
 from qft_cli.report.inputs import _inputs_section, hidden_state_fits, power_law_table
 from qft_cli.report.metadata import _metadata_section, _mismatch_text, data_file_mismatches, provenance_table
@@ -42,8 +44,8 @@ from qft_cli.report.training import final_test_table, _training_section
 from qft_cli.report.weights import _weights_section
 
 __all__ = ["HISTOGRAM_BINS", "MAX_POINTS_PER_TRACE", "SUMMARY_TOKEN_COUNTS", "TABLE_COLUMNS", "ReportResult",
-           "RunRecord", "build_report_html", "combined_table", "final_test_table", "find_run_dirs", "hidden_state_fits",
-           "input_alpha_summary", "load_run", "load_runs", "power_law_table", "provenance_table",
+           "RunRecord", "attention_fits", "build_report_html", "combined_table", "final_test_table", "find_run_dirs", "hidden_state_fits",
+           "input_alpha_summary", "load_run", "load_runs", "median_ratios", "power_law_table", "provenance_table",
            "data_file_mismatches", "weight_alpha_summary", "write_report"]
 
 
@@ -93,7 +95,10 @@ def build_report_html(runs: list[RunRecord], title: str = "qft report") -> tuple
         _inputs_section(page, inputs, hidden_state_fits(runs))
     if not weights.empty or not vectors.empty:
         _weights_section(page, weights, vectors, heads)
-    if any(t in r.tables for r in runs for t in ("metrics", "norms_during_training", "gammas")):
+    attention = combined_table(runs, "norms_attention")
+    if not attention.empty:
+        _attention_section(page, attention, attention_fits(runs))
+    if any(t in r.tables for r in runs for t in ("metrics", "norms_during_training", "gammas", "test_summary")):
         _training_section(page, runs)
     if not inputs.empty or not weights.empty:
         _factors_section(page, inputs, weights)

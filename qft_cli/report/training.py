@@ -358,7 +358,14 @@ def _layer_small_multiples(page: _Page, df: pd.DataFrame, value: str, title: str
                                          showscale=True, colorbar=dict(title="layer", thickness=14, len=0.6))),
                   row=1, col=1)
     fig.update_xaxes(**_epoch_axis(df["epoch"]))
-    for col in range(1, cols + 1):
-        fig.update_xaxes(title_text="epoch", row=rows, col=col)
+    filled = {(v_i * per_variant + m_i // cols + 1, m_i % cols + 1)
+              for v_i in range(len(variants)) for m_i in range(len(matrices))}
+    for row in range(1, rows + 1):
+        for col in range(1, cols + 1):
+            if (row, col) not in filled:  # the unused end of a variant's last row
+                fig.update_xaxes(visible=False, row=row, col=col)
+                fig.update_yaxes(visible=False, row=row, col=col)
+            elif (row + 1, col) not in filled:  # the lowest panel of its column in its variant's block
+                fig.update_xaxes(title_text="epoch", row=row, col=col)
     fig.update_layout(title=title, showlegend=False)
     page.figure(fig, caption, height=230 * rows + 130)
