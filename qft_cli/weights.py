@@ -27,7 +27,7 @@ from qft_cli.models import ModelSource
 from qft_cli.norms import column_norms, frobenius_norm, matrix_norm_record, row_norms, spectral_norm
 from qft_cli.progress import ProgressFn, report
 
-WEIGHT_COLUMNS = ["model", "model_alias", "part", "layer", "matrix", "parameter", "d_out", "d_in",
+WEIGHT_COLUMNS = ["model", "model_alias", "part", "layer", "matrix", "parameter", "d_out", "d_in", "dtype",
                   "frobenius_norm", "spectral_norm", "column_norm_mean", "column_norm_var", "column_norm_max",
                   "row_norm_mean", "row_norm_var", "row_norm_max", "finite"]
 VECTOR_MATRICES = ("q", "k", "v", "embedding")
@@ -143,7 +143,8 @@ def weight_norms(source: ModelSource, *, dtype: Optional[torch.dtype] = None, de
         for done, (spec, w) in enumerate(iter_matrices(store, specs, dtype, device), start=1):
             finite = bool(torch.isfinite(w).all())
             rec = {"part": spec.part, "layer": spec.layer, "matrix": spec.matrix, "parameter": spec.parameter,
-                   "d_out": int(w.shape[0]), "d_in": int(w.shape[1]), "finite": finite}
+                   "d_out": int(w.shape[0]), "d_in": int(w.shape[1]),
+                   "dtype": str(w.dtype).removeprefix("torch."), "finite": finite}
             if finite:
                 rec.update(matrix_norm_record(w))
                 if spec.matrix in VECTOR_MATRICES:
