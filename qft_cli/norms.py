@@ -245,8 +245,8 @@ def krylov_spectral_norm(matrix: torch.Tensor, *, block_size: int = 32, max_step
     formed) from a seeded Gaussian start block of ``block_size`` columns, with full
     reorthogonalisation and Rayleigh-Ritz on the whole Krylov basis after every step, in float32
     (A_L is cached in float32 when that copy is at most ``cache_bytes``, else converted block by
-    block on every pass). When the top Ritz value changes by less than ``rtol / 100`` relative in
-    one step, the top ``c`` Ritz vectors V (c: the index of the largest relative gap
+    block on every pass). When the top Ritz value changes by less than ``rtol`` relative in
+    one step (and then every second step until certified), the top ``c`` Ritz vectors V (c: the index of the largest relative gap
     theta_c - theta_{c+1} among the top half of the block) are refined in float64: the Rayleigh-Ritz
     values theta_i of V^T G V and the residuals R = G V Y - V Y Theta are computed in float64.
 
@@ -290,14 +290,12 @@ def krylov_spectral_norm(matrix: torch.Tensor, *, block_size: int = 32, max_step
     q, _ = torch.linalg.qr(torch.randn(short, p, generator=gen, dtype=torch.float32).to(device))
     basis, images = [q], [apply(q)]
     small = (images[0].T @ images[0]).to(ACCUMULATE)  # V^T G V = (A V)^T (A V)
-    previous = 0.0
+    previous, next_check = 0.0, 1
     result = KrylovResult(0.0, math.inf, 0, False)
+    if 2 * p > short:  # no room for a second block: caller should use the exact Gram path
+        return result
     for step in range(1, max_steps + 1):
-        z = apply_t(images[-1])
-        v = torch.cat(basis, dim=1)
-        for _ in range(2):  # classical Gram-Schmidt twice: orthogonal to working precision
-            z -= v @ (v.T @ z)
-        q, _ = torch.linalg.qr(z)
+        q = _next_block(apply_t(images[-1]), torch.cat(basis, dim=1), gen)
         aq = apply(q)
         b = torch.cat(images, dim=1)
         k = small.shape[0]
@@ -310,14 +308,40 @@ def krylov_spectral_norm(matrix: torch.Tensor, *, block_size: int = 32, max_step
         basis.append(q)
         images.append(aq)
         theta = float(torch.linalg.eigvalsh(small)[-1])
-        if step < max_steps and abs(theta - previous) > rtol / 100 * abs(theta):
-            previous = theta
-            continue
+        last = step == max_steps or (step + 1) * p + p > short  # the next block would not fit
+        settled = abs(theta - previous) <= rtol * abs(theta)
         previous = theta
+        if not (last or (settled and step >= next_check)):
+            continue
         result = _certify(torch.cat(basis, dim=1), small, apply, apply_t, p, step)
-        if result.bound <= rtol:
+        if result.bound <= rtol or last:
             return result
+        next_check = step + 2  # float64 certification costs about two float32 steps: not after every step
     return result
+
+
+def _next_block(z: torch.Tensor, v: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Orthonormal block spanning the part of ``z`` orthogonal to the orthonormal basis ``v``.
+
+    Classical Gram-Schmidt twice, then QR, then once more against ``v`` (a column that cancelled to
+    rounding noise is noise after normalisation). Columns that cancel completely (the Krylov space
+    is invariant: e.g. a low-rank matrix) are replaced by random directions, so the basis stays
+    orthonormal and Rayleigh-Ritz stays valid."""
+    before = torch.linalg.vector_norm(z, dim=0)
+    for _ in range(2):
+        z = z - v @ (v.T @ z)
+    after = torch.linalg.vector_norm(z, dim=0)
+    lost = after <= 1e-4 * before.clamp_min(torch.finfo(z.dtype).tiny)
+    if bool(lost.any()):
+        fresh = torch.randn(z.shape[0], int(lost.sum()), generator=gen, dtype=torch.float32).to(z)
+        for _ in range(2):
+            fresh = fresh - v @ (v.T @ fresh)
+        z[:, lost] = fresh
+    q, _ = torch.linalg.qr(z)
+    for _ in range(2):
+        q = q - v @ (v.T @ q)
+    q, _ = torch.linalg.qr(q)
+    return q
 
 
 def _certify(v: torch.Tensor, small: torch.Tensor, apply, apply_t, p: int, step: int) -> KrylovResult:
