@@ -10,6 +10,41 @@ from rich.table import Table
 from qft_cli import __version__
 from qft_cli.cli.common import console, quiet_libraries
 
+def _plain_help() -> None:
+    """Make ``--help`` read like other command-line tools.
+
+    This typer prints the value type of every option, so a flag read ``--quiet <bool>`` as if it
+    took a value: on/off options (``--quiet``, ``--version``, ``--help``) are shown as plain flags,
+    options with a value keep their type (``--layers <str>``). Its usage line writes required
+    arguments as ``{models}...``: they are written ``MODELS...`` (``MODEL``; optional ``[PATH]``).
+    Each patch is skipped where a typer version lacks the method it replaces.
+    """
+    from typer import core
+
+    original = getattr(core.TyperOption, "display_type_rich", None)
+    if original is not None and not getattr(original, "qft_plain", False):
+        def display_type_rich(self, ctx):
+            if getattr(self, "is_flag", False) and not getattr(self, "count", False) and self.metavar is None:
+                return None
+            return original(self, ctx)
+
+        display_type_rich.qft_plain = True
+        core.TyperOption.display_type_rich = display_type_rich
+
+    usage = getattr(core.TyperArgument, "_usage_display_name", None)
+    if usage is not None and not getattr(usage, "qft_plain", False):
+        def _usage_display_name(self):
+            name = self.metavar if self.metavar is not None else str(self.name).upper()
+            if self.nargs != 1 and not name.endswith("..."):
+                name += "..."
+            return name if self.required else f"[{name}]"
+
+        _usage_display_name.qft_plain = True
+        core.TyperArgument._usage_display_name = _usage_display_name
+
+
+_plain_help()
+
 app = typer.Typer(
     name="qft",
     help="Numerical experiments on quantum-friendly transformers: block-encoding norms of real models "
