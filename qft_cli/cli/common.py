@@ -183,23 +183,19 @@ def short_model_name(name: str) -> str:
     return Path(text).name or text if local else text
 
 
-def _cell(value) -> str:
-    """A value as shown in a table or markdown cell: floats with 4 significant digits, NaN empty."""
+def _cell(value, spec: str = ".4g") -> str:
+    """A value as shown in a table or markdown cell: floats in format ``spec`` (default 4
+    significant digits), NaN and None empty, anything else as ``str``."""
+    import numbers
+
     if value is None:
         return ""
-    if isinstance(value, float):
-        return "" if value != value else f"{value:.4g}"
-    try:
-        import numpy as np
-
-        if isinstance(value, np.floating):
-            return "" if value != value else f"{float(value):.4g}"
-    except ImportError:  # pragma: no cover
-        pass
+    if isinstance(value, numbers.Real) and not isinstance(value, (bool, numbers.Integral)):
+        return "" if value != value else format(float(value), spec)
     return str(value)
 
 
-def print_frame(frame, title: str, fmt: str = "table") -> None:
+def print_frame(frame, title: str, fmt: str = "table", formats: Optional[dict[str, str]] = None) -> None:
     """Print one result table on stdout in the ``--format`` of the command.
 
     Args:
@@ -211,6 +207,8 @@ def print_frame(frame, title: str, fmt: str = "table") -> None:
         fmt: ``table`` (a rich table; numbers with 4 significant digits, never wrapped at 80
             columns when stdout is not a terminal), ``csv`` (full precision, NaN empty) or
             ``markdown`` (GitHub table via pandas/tabulate, 4 significant digits).
+        formats: column -> Python format spec for its floats in table and markdown (e.g.
+            ``{"Δ F1 (pp)": "+.2f"}``); csv always writes full precision.
 
     Raises:
         QftInputError: unknown ``fmt``.
@@ -229,7 +227,8 @@ def print_frame(frame, title: str, fmt: str = "table") -> None:
         return
     numeric = {c: pd.api.types.is_numeric_dtype(frame[c]) and not pd.api.types.is_bool_dtype(frame[c])
                for c in frame.columns}
-    cells = frame.astype(object).apply(lambda column: column.map(_cell))
+    formats = formats or {}
+    cells = frame.astype(object).apply(lambda column: column.map(lambda v: _cell(v, formats.get(column.name, ".4g"))))
     if fmt == "markdown":
         cells = cells.apply(lambda column: column.str.replace("|", "\\|", regex=False))
         print(f"**{title}**")
@@ -273,7 +272,8 @@ def print_test_table(title: str, rows: list[dict], run_dir, fmt: str = "table") 
                            "epochs": float("nan") if row.get("epochs") is None else row["epochs"]}
                           for row in rows],
                          columns=["variant", "accuracy", "F1", "Δ accuracy (pp)", "Δ F1 (pp)", "epochs"])
-    print_frame(frame, title, fmt)
+    print_frame(frame, title, fmt, formats={"accuracy": ".4f", "F1": ".4f", "Δ accuracy (pp)": "+.2f",
+                                            "Δ F1 (pp)": "+.2f", "epochs": ".3g"})
     for row in rows:
         if row["f1"] == row["f1"] and row["f1"] < 0.05:
             err_console.print(f"warning: {row['variant']} has test F1 {row['f1']:.3f}: it (almost) always predicts "
