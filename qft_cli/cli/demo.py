@@ -43,7 +43,8 @@ def demo_command(
     if result.accuracy is not None:
         print_frame(result.accuracy.rename(columns={
             "num_seeds": "seeds", "f1": "F1", "accuracy_diff_pp": "Δ accuracy (pp)", "f1_diff_pp": "Δ F1 (pp)"}),
-            "synthetic DNA task, test split: accuracy and F1 per variant, differences to vanilla", fmt)
+            "synthetic DNA task, test split: accuracy and F1 per variant, differences to vanilla", fmt,
+            formats={"accuracy": ".4f", "F1": ".4f", "Δ accuracy (pp)": "+.2f", "Δ F1 (pp)": "+.2f"})
     if result.report:
         text.print(f"report: {result.report}", markup=False, highlight=False, soft_wrap=True)
     else:
