@@ -27,7 +27,7 @@ def _print_table(title: str, frame: pd.DataFrame, headers: dict[str, str], fmt: 
 
 def _finish(result, fmt: str = "table") -> None:
     print_run_dir(result.run_dir, fmt)
-    for line in result.warnings:
+    for line in result.warnings + result.notices:
         err_console.print(f"warning: {line}", markup=False)
     if result.warnings:
         raise typer.Exit(EXIT_BAD_INPUT)
