@@ -237,3 +237,21 @@ def test_ctrl_c_in_train_prints_the_resume_command_that_continues_it(tmp_path, m
     assert again.exit_code == 0, again.output + str(again.exception)
     assert read_run_json(run)["status"] == "completed" and len(list(out.iterdir())) == 1
     assert "frobenius" in again.stdout
+
+
+def test_train_table_as_csv_keeps_full_precision_and_moves_the_run_dir_to_stderr(capsys):
+    from qft_cli.cli.common import print_test_table
+
+    rows = [{"variant": "vanilla", "accuracy": 0.8125, "f1": 0.75, "accuracy_diff": 0.0, "f1_diff": 0.0, "epochs": 3},
+            {"variant": "frobenius", "accuracy": 0.8, "f1": 0.7, "accuracy_diff": -0.0125, "f1_diff": -0.05,
+             "epochs": 2.5}]
+    print_test_table("t", rows, "runs/x", "csv")
+    out = capsys.readouterr()
+    ((title, table),) = _csv_tables(out.out)
+    assert title == "t" and "results: runs/x" in out.err
+    assert table["variant"].tolist() == ["vanilla", "frobenius"]
+    assert math.isnan(table["Δ accuracy (pp)"][0]) and table["Δ accuracy (pp)"][1] == pytest.approx(-1.25, rel=1e-12)
+    assert table["Δ F1 (pp)"][1] == pytest.approx(-5.0, rel=1e-12) and table["epochs"].tolist() == [3, 2.5]
+    print_test_table("t", rows, "runs/x", "markdown")
+    out = capsys.readouterr().out
+    assert "| frobenius |     0.8000 |" in out and "-1.25" in out

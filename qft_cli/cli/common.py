@@ -233,7 +233,8 @@ def print_frame(frame, title: str, fmt: str = "table", formats: Optional[dict[st
         cells = cells.apply(lambda column: column.str.replace("|", "\\|", regex=False))
         print(f"**{title}**")
         print()
-        print(cells.to_markdown(index=False, colalign=["right" if numeric[c] else "left" for c in frame.columns]))
+        print(cells.to_markdown(index=False, disable_numparse=True,  # keep our digits and signs
+                                colalign=["right" if numeric[c] else "left" for c in frame.columns]))
         print()
         return
     from rich.table import Table
