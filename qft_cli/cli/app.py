@@ -5,10 +5,9 @@ from __future__ import annotations
 from typing import Optional
 
 import typer
-from rich.table import Table
 
 from qft_cli import __version__
-from qft_cli.cli.common import console, quiet_libraries
+from qft_cli.cli.common import console, print_frame, quiet_libraries
 
 def _plain_help() -> None:
     """Make ``--help`` read like other command-line tools.
@@ -72,16 +71,12 @@ def models_command() -> None:
     """List the model aliases qft knows and what they resolve to."""
     from qft_cli.models import ALIASES, MINILM, TINY_MODELS
 
-    table = Table(title="qft models")
-    table.add_column("alias")
-    table.add_column("resolves to")
-    table.add_column("needs")
-    table.add_row(MINILM, "sentence-transformers/all-MiniLM-L6-v2 (embedded)", "offline extra")
-    for name in TINY_MODELS:
-        table.add_row(name, "random model from a small config, seed 0", "nothing")
-    for alias, hub_id in ALIASES.items():
-        table.add_row(alias, hub_id, "Hugging Face Hub or its cache")
-    console.print(table)
+    import pandas as pd
+
+    rows = [(MINILM, "sentence-transformers/all-MiniLM-L6-v2 (embedded)", "offline extra")]
+    rows += [(name, "random model from a small config, seed 0", "nothing") for name in TINY_MODELS]
+    rows += [(alias, hub_id, "Hugging Face Hub or its cache") for alias, hub_id in ALIASES.items()]
+    print_frame(pd.DataFrame(rows, columns=["alias", "resolves to", "needs"]), "qft models")
     console.print("Any other Hugging Face id (owner/name) or local model directory works too.")
 
 
