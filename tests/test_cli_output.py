@@ -255,3 +255,19 @@ def test_train_table_as_csv_keeps_full_precision_and_moves_the_run_dir_to_stderr
     print_test_table("t", rows, "runs/x", "markdown")
     out = capsys.readouterr().out
     assert "| frobenius |     0.8000 |" in out and "-1.25" in out
+
+
+def test_ctrl_c_in_finetune_prints_the_command_as_typed_with_resume(tmp_path, monkeypatch):
+    import qft_cli.finetune
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(qft_cli.finetune, "finetune", interrupted)
+    argv = ["qft", "finetune", "tiny-bert", "--dataset", "gue", "--norm", "frobenius", "--out", str(tmp_path), "-q"]
+    monkeypatch.setattr("sys.argv", argv)
+    result = runner.invoke(app, argv[1:])
+    assert result.exit_code == 130, result.output
+    run = _only_run(tmp_path)
+    assert result.stderr.splitlines() == [f"interrupted: run directory {run}",
+                                          f"resume with: {' '.join(argv)} --resume {run}"]
