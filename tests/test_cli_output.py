@@ -158,6 +158,8 @@ def test_print_frame_formats(capsys):
     print_frame(frame, "t", "markdown", formats={"value": ".2f"})
     out = capsys.readouterr().out
     assert "| m       |   3 |    0.33 |" in out
+    print_frame(pd.DataFrame({"variant": ["a"], "F1 (%)": ["81.2 ± 1.4"]}), "t", "markdown", align={"F1 (%)": "right"})
+    assert "|:----------|-----------:|" in capsys.readouterr().out
     print_frame(frame.iloc[:0], "empty", "table")  # no rows: headers only, no error
     assert "value" in capsys.readouterr().out
 

@@ -195,7 +195,8 @@ def _cell(value, spec: str = ".4g") -> str:
     return str(value)
 
 
-def print_frame(frame, title: str, fmt: str = "table", formats: Optional[dict[str, str]] = None) -> None:
+def print_frame(frame, title: str, fmt: str = "table", formats: Optional[dict[str, str]] = None,
+                align: Optional[dict[str, str]] = None) -> None:
     """Print one result table on stdout in the ``--format`` of the command.
 
     Args:
@@ -209,6 +210,8 @@ def print_frame(frame, title: str, fmt: str = "table", formats: Optional[dict[st
             ``markdown`` (GitHub table via pandas/tabulate, 4 significant digits).
         formats: column -> Python format spec for its floats in table and markdown (e.g.
             ``{"Δ F1 (pp)": "+.2f"}``); csv always writes full precision.
+        align: column -> ``left``/``right`` in table and markdown (default: numbers right, text
+            left; e.g. right for a column of pre-formatted numbers such as ``"81.2 ± 1.4"``).
 
     Raises:
         QftInputError: unknown ``fmt``.
@@ -227,6 +230,7 @@ def print_frame(frame, title: str, fmt: str = "table", formats: Optional[dict[st
         return
     numeric = {c: pd.api.types.is_numeric_dtype(frame[c]) and not pd.api.types.is_bool_dtype(frame[c])
                for c in frame.columns}
+    numeric.update({c: side == "right" for c, side in (align or {}).items()})
     formats = formats or {}
     cells = frame.astype(object).apply(lambda column: column.map(lambda v: _cell(v, formats.get(column.name, ".4g"))))
     if fmt == "markdown":
