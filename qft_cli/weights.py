@@ -221,3 +221,39 @@ def summarize_weights(table: pd.DataFrame) -> pd.DataFrame:
     return grouped.agg(count=("layer", "size"), spectral_norm_mean=("spectral_norm", "mean"),
                        spectral_norm_max=("spectral_norm", "max"), frobenius_norm_mean=("frobenius_norm", "mean"),
                        frobenius_norm_max=("frobenius_norm", "max")).reset_index()
+
+
+def weights_by_layer(table: pd.DataFrame) -> pd.DataFrame:
+    """Per-layer view of ``norms_weights``: one row per (model, part, layer, norm), one column per
+    attention/FFN matrix type present (``q, k, v, o, cross_*, ffn_gate, ffn_up, ffn_down`` in
+    :data:`qft_cli.layout.MATRIX_ORDER`), values the spectral or Frobenius norm (float64, the
+    weights' units). Layers 1..L only (the embedding, layer 0, is in the summary); a matrix type
+    absent from a layer is NaN. ``part`` is dropped when every row has ``""`` (decoder-only and
+    encoder-only models).
+
+    Raises:
+        ValueError: two matrices of one type in the same model, part and layer (never silently
+            merged; :mod:`qft_cli.layout` names each matrix once per layer).
+    """
+    from qft_cli.layout import MATRIX_ORDER
+
+    keys = [k for k in ("model_alias", "part", "layer") if k in table.columns]
+    blocks = table[(table["layer"] >= 1) & (table["matrix"] != "embedding")]
+    if blocks.duplicated(keys + ["matrix"]).any():
+        raise ValueError("norms_weights has two matrices of one type in one layer: "
+                         + ", ".join(map(str, blocks[blocks.duplicated(keys + ["matrix"])]["parameter"].head(3))))
+    matrices = [m for m in MATRIX_ORDER if m in set(blocks["matrix"])]
+    matrices += sorted(set(blocks["matrix"]) - set(matrices))
+    frames = []
+    for column, label in (("spectral_norm", "spectral"), ("frobenius_norm", "frobenius")):
+        wide = blocks.pivot(index=keys, columns="matrix", values=column).reindex(columns=matrices)
+        wide.columns.name = None
+        frames.append(wide.reset_index().assign(norm=label))
+    out = pd.concat(frames, ignore_index=True)
+    order = {m: i for i, m in enumerate(dict.fromkeys(table["model_alias"]))} if "model_alias" in keys else {}
+    out = out.sort_values(keys + ["norm"], key=lambda s: s.map(order) if s.name == "model_alias"
+                          else (s.map({"spectral": 0, "frobenius": 1}) if s.name == "norm" else s),
+                          kind="stable").reset_index(drop=True)
+    if "part" in out.columns and (out["part"] == "").all():
+        out = out.drop(columns="part")
+    return out[[c for c in keys if c in out.columns] + ["norm"] + matrices]
