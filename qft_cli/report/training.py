@@ -231,6 +231,12 @@ def _test_scores(page: _Page, t: pd.DataFrame, what: str) -> None:
                      *[_pp_interval(r["diff_to_vanilla"], r["diff_ci_low"], r["diff_ci_high"]) if r is not None else "–"
                        for r in (f1,)],
                      str(ref["interval"])])
+    sources = set(t["summary_source"].astype(str))
+    if sources != {"test_summary.parquet"}:
+        page.para("This run has no <code>test_summary.parquet</code>: the intervals are "
+                  + ("computed here from its metrics (qft_cli.stats.test_summary)."
+                     if any(x.startswith("computed") for x in sources) else "not available (final test rows only)."),
+                  "muted")
     page.table(["variant", "seeds", "test accuracy (%) [95% CI]", "Δ accuracy vs vanilla (pp) [95% CI]",
                 "test F1 (%) [95% CI]", "Δ F1 vs vanilla (pp) [95% CI]", "interval"], rows, cls="test")
     fig = make_subplots(rows=1, cols=2, horizontal_spacing=0.1, subplot_titles=("test accuracy", "test F1"))
