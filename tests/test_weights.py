@@ -7,7 +7,8 @@ import torch
 from safetensors.torch import save_file
 
 from qft_cli.errors import QftInputError
-from qft_cli.models import ModelSource, build_tiny_model, load_model, resolve_model
+from qft_cli.loading import load_model
+from qft_cli.models import ModelSource, build_tiny_model, resolve_model
 from qft_cli.weights import weight_norms
 
 
