@@ -29,6 +29,7 @@ from qft_cli.norms import all_finite, frobenius_norm, matrix_stats, spectral_nor
 from qft_cli.progress import ProgressFn, report
 
 WEIGHT_COLUMNS = ["model", "model_alias", "part", "layer", "matrix", "parameter", "d_out", "d_in", "dtype",
+                  "quant_type",
                   "frobenius_norm", "spectral_norm", "column_norm_mean", "column_norm_var", "column_norm_max",
                   "row_norm_mean", "row_norm_var", "row_norm_max", "spectral_norm_error_bound", "finite"]
 VECTOR_MATRICES = ("q", "k", "v", "embedding")
@@ -171,7 +172,8 @@ def weight_norms(source: ModelSource, *, dtype: Optional[torch.dtype] = None, de
             finite = all_finite(w)
             rec = {"part": spec.part, "layer": spec.layer, "matrix": spec.matrix, "parameter": spec.parameter,
                    "d_out": int(w.shape[0]), "d_in": int(w.shape[1]),
-                   "dtype": str(w.dtype).removeprefix("torch."), "finite": finite}
+                   "dtype": str(w.dtype).removeprefix("torch."),
+                   "quant_type": store.quant_types.get(spec.parameter), "finite": finite}
             if finite:
                 stats = matrix_stats(w, exact=exact)
                 rec.update(stats_record(stats), spectral_norm_error_bound=stats.spectral_error_bound)

@@ -69,15 +69,17 @@ def root(version: Optional[bool] = typer.Option(None, "--version", callback=_ver
 @app.command("models")
 def models_command() -> None:
     """List the model aliases qft knows and what they resolve to."""
+    from qft_cli.gguf_files import SMOLLM2, SMOLLM2_ID
     from qft_cli.models import ALIASES, MINILM, TINY_MODELS
 
     import pandas as pd
 
-    rows = [(MINILM, "sentence-transformers/all-MiniLM-L6-v2 (embedded)", "offline extra")]
+    rows = [(MINILM, "sentence-transformers/all-MiniLM-L6-v2 (embedded)", "offline extra"),
+            (SMOLLM2, f"{SMOLLM2_ID}, embedded GGUF file (Llama, GQA)", "offline extra")]
     rows += [(name, "random model from a small config, seed 0", "nothing") for name in TINY_MODELS]
     rows += [(alias, hub_id, "Hugging Face Hub or its cache") for alias, hub_id in ALIASES.items()]
     print_frame(pd.DataFrame(rows, columns=["alias", "resolves to", "needs"]), "qft models")
-    console.print("Any other Hugging Face id (owner/name) or local model directory works too.")
+    console.print("Any other Hugging Face id (owner/name), local model directory or .gguf file works too.")
 
 
 def _register() -> None:
