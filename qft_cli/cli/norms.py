@@ -106,7 +106,7 @@ def attention_command(
                  result.summary,
                  {"model_alias": "model", "dataset": "dataset", "layer": "block", "num_samples": "samples",
                   "q_bound_ratio": "Q", "k_bound_ratio": "K", "v_bound_ratio": "V",
-                  "logits_unmasked_qk_bound_ratio": "L / (|Q||K|)", "logits_unmasked_weight_bound_ratio": "L / (|X|^2|WqWk|)"})
+                  "logits_unmasked_qk_bound_ratio": "L:qk", "logits_unmasked_weight_bound_ratio": "L:weight"})
     _finish(result)
 
 
