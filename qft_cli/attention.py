@@ -321,6 +321,9 @@ class _Capture:
                 raise QftInputError(f"{type(self.model).__name__} has no transformers config: "
                                     "norms attention is not supported for this architecture")
             self.implementation = self.config._attn_implementation or "eager"
+            if self.implementation == "eager" and getattr(self.config, "reorder_and_upcast_attn", False):
+                raise QftInputError("GPT-2's reorder_and_upcast_attn bypasses transformers' AttentionInterface: "
+                                    "norms attention is not supported for this architecture (use sdpa)")
             self.config._attn_implementation = register_recording_attention(self.implementation)
             _ACTIVE.append(self.observe)
         return self
