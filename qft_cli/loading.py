@@ -9,6 +9,7 @@ memory) are read from their parameters.
 from __future__ import annotations
 
 import json
+import re
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,19 +52,64 @@ def _damaged(path: Path, err: BaseException) -> QftInputError:
                          "the file is damaged or not a checkpoint; download it again")
 
 
-def checkpoint_files(directory: Path) -> list[Path]:
-    """The safetensors files that make up the Hugging Face checkpoint in ``directory``.
+_SHARD = re.compile(r"^(?P<stem>model|pytorch_model)-(?P<i>\d+)-of-(?P<n>\d+)\.(?P<ext>safetensors|bin)$")
 
-    With ``model.safetensors.index.json``, the shards its ``weight_map`` names; else
-    ``model*.safetensors``; else any ``*.safetensors``. Other copies of the weights in the same
-    repository (e.g. Mistral's ``consolidated.safetensors``, with other parameter names) are
-    ignored, so no parameter is counted twice.
-    """
-    index = directory / "model.safetensors.index.json"
+
+def _weight_files(directory: Path, stem: str, ext: str) -> list[Path]:
+    """The files of one checkpoint format in ``directory`` by the rule of :func:`checkpoint_files`."""
+    index = directory / f"{stem}.{ext}.index.json"
     if index.is_file():
-        names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        try:
+            names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        except (ValueError, KeyError, TypeError, AttributeError) as err:
+            raise QftInputError(f"{index} is not a checkpoint index ({type(err).__name__}): "
+                                "download it again, or delete it to read the single weights file") from None
+        missing = [n for n in names if not (directory / n).is_file()]
+        if missing:
+            raise QftInputError(f"{index.name} names {len(missing)} shard(s) missing from {directory} "
+                                f"({', '.join(missing[:3])}): download the whole checkpoint")
         return [directory / n for n in names]
-    return sorted(directory.glob("model*.safetensors")) or sorted(directory.glob("*.safetensors"))
+    single = directory / f"{stem}.{ext}"
+    if single.is_file():
+        return [single]
+    shards = sorted(f for f in directory.glob(f"{stem}-*-of-*.{ext}") if _SHARD.match(f.name))
+    if shards:
+        totals = {int(_SHARD.match(f.name)["n"]) for f in shards}
+        if len(totals) != 1 or len(shards) != totals.pop():
+            raise QftInputError(f"incomplete sharded checkpoint in {directory} ({len(shards)} {stem}-*-of-* files "
+                                "and no index): download the whole checkpoint with its index")
+        return shards
+    others = sorted(directory.glob(f"*.{ext}"))
+    if len(others) > 1:
+        raise QftInputError(f"{len(others)} .{ext} files and no {stem}.{ext}.index.json in {directory} "
+                            f"({', '.join(f.name for f in others[:4])}): qft cannot tell which is the model; "
+                            f"keep only its own weights file or add its index")
+    return others
+
+
+def checkpoint_files(directory: Path) -> list[Path]:
+    """The weight files that make up the Hugging Face checkpoint in ``directory``.
+
+    Safetensors first, then ``.bin``; for each format, in order (docs/conventions.md):
+
+    1. ``model.safetensors.index.json`` (``pytorch_model.bin.index.json``): the shards its
+       ``weight_map`` names (all must exist);
+    2. ``model.safetensors`` (``pytorch_model.bin``) alone;
+    3. a complete set of ``model-XXXXX-of-NNNNN.safetensors`` shards;
+    4. the one ``*.safetensors`` (``*.bin``) file there is.
+
+    Other copies of the weights beside a checkpoint (Mistral's ``consolidated.safetensors``, a
+    stray ``model_copy.safetensors``) are never read, so no parameter is counted twice or taken
+    from the wrong file.
+
+    Returns:
+        The files, possibly empty when the directory holds no weights.
+
+    Raises:
+        QftInputError: several candidate files and no rule above picks one; an index naming
+            missing shards; an incomplete shard set.
+    """
+    return _weight_files(directory, "model", "safetensors") or _weight_files(directory, "pytorch_model", "bin")
 
 
 def _store_from_dir(directory: Path) -> TensorStore:
@@ -75,7 +121,10 @@ def _store_from_dir(directory: Path) -> TensorStore:
     files = checkpoint_files(directory)
     shapes: dict[str, tuple[int, ...]] = {}
     where: dict[str, object] = {}
-    if files:
+    if not files:
+        raise QftInputError(f"no *.safetensors or pytorch_model*.bin weights in {directory}: "
+                            "pass a Hugging Face model directory")
+    if files[0].suffix == ".safetensors":
         for f in files:
             try:
                 handle = stack.enter_context(safe_open(str(f), framework="pt"))
@@ -86,11 +135,7 @@ def _store_from_dir(directory: Path) -> TensorStore:
                 shapes[name] = tuple(handle.get_slice(name).get_shape())
                 where[name] = handle
         return TensorStore(shapes, config, lambda n: where[n].get_tensor(n), stack)
-    bins = sorted(directory.glob("pytorch_model*.bin"))
-    if not bins:
-        raise QftInputError(f"no *.safetensors or pytorch_model*.bin weights in {directory}: "
-                            "pass a Hugging Face model directory")
-    for f in bins:
+    for f in files:
         try:
             try:
                 state = torch.load(str(f), map_location="cpu", mmap=True, weights_only=True)
