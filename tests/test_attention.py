@@ -18,7 +18,8 @@ import torch
 from qft_cli.attention import (ATTENTION_COLUMNS, attention_fits, attention_norms, parse_blocks, product_norms,
                                weight_composites)
 from qft_cli.errors import QftInputError
-from qft_cli.models import build_tiny_model, load_model, load_tokenizer, resolve_model
+from qft_cli.loading import load_model
+from qft_cli.models import build_tiny_model, load_tokenizer, resolve_model
 
 TEXTS = ["The quick brown fox jumps over the lazy dog.", "Hi", "Quantum transformers block-encode matrices.",
          "A somewhat longer sentence, so that the batch has samples of quite different lengths in it."]
