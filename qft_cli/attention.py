@@ -363,11 +363,13 @@ def parse_blocks(spec: str, depth: int) -> list[int]:
 
 @dataclass
 class AttentionNormsResult:
-    """Result of :func:`attention_norms`: the table (:data:`ATTENTION_COLUMNS`) and the
-    (sample, layer) pairs whose X, Q, K or V were not finite."""
+    """Result of :func:`attention_norms`: the table (:data:`ATTENTION_COLUMNS`), the
+    (sample, layer) pairs whose X, Q, K or V were not finite, and those whose X was all zero
+    (degenerate: every norm and bound 0, ratios NaN)."""
 
     table: pd.DataFrame
     nonfinite: list[tuple[int, int]] = field(default_factory=list)
+    all_zero: list[tuple[int, int]] = field(default_factory=list)
 
 
 def _ratio(measured: torch.Tensor, bound: torch.Tensor) -> torch.Tensor:
@@ -410,6 +412,7 @@ def attention_norms(model: torch.nn.Module, token_ids: Sequence[Sequence[int]], 
     state: dict = {}
     parts: list[dict[str, np.ndarray]] = []
     nonfinite: set[tuple[int, int]] = set()
+    all_zero: set[tuple[int, int]] = set()
     lengths = [len(x) for x in token_ids]
 
     def observe(module, q, k, v):
@@ -508,6 +511,8 @@ def attention_norms(model: torch.nn.Module, token_ids: Sequence[Sequence[int]], 
         ok = finite.cpu().numpy()
         out["finite"] = np.repeat(ok, heads)
         nonfinite.update((i, layer) for i, good in zip(batch, ok) if not good)
+        zero = (xn["finite"] & (xn["frobenius_norm"] == 0)).numpy()
+        all_zero.update((i, layer) for i, z in zip(batch, zero) if z)
         return out
 
     handles = [stop_after(blocks[layers[-1] - 1])]
@@ -533,7 +538,7 @@ def attention_norms(model: torch.nn.Module, token_ids: Sequence[Sequence[int]], 
     for key, value in reversed(list((labels or {}).items())):
         table.insert(0, key, value)
     table = table[[c for c in ATTENTION_COLUMNS if c in table.columns]]
-    return AttentionNormsResult(table, sorted(nonfinite))
+    return AttentionNormsResult(table, sorted(nonfinite), sorted(all_zero))
 
 
 def attention_fits(table: pd.DataFrame) -> pd.DataFrame:

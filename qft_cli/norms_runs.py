@@ -218,6 +218,8 @@ def run_norms_attention(args: NormsAttentionArgs, progress: Optional[ProgressFn]
                                              "dataset": samples.dataset})
             warnings += [f"non-finite attention input: model {source.name}, sample {i}, layer {l}"
                          for i, l in result.nonfinite]
+            warnings += [f"all-zero attention input: model {source.name}, sample {i}, layer {l}"
+                         for i, l in result.all_zero]
             tables.append(result.table)
             del model  # before the next model is loaded
         table = pd.concat(tables, ignore_index=True)

@@ -364,3 +364,19 @@ def test_fits_use_the_per_sample_maximum_over_heads():
     row = fits[(fits.quantity == "logits_unmasked") & (fits.norm == "spectral")].iloc[0]
     assert row["exponent"] == pytest.approx(ref.slope, rel=1e-9)
     assert row["num_points"] == 4
+
+
+def test_nonfinite_and_all_zero_inputs_are_named():
+    model = build_tiny_model("tiny-bert")
+    with torch.no_grad():
+        model.embeddings.word_embeddings.weight[77] = float("inf")
+    result = attention_norms(model, [[2, 10, 11, 3], [2, 77, 3], [2, 12, 3]], [1], batch_size=-1)
+    assert result.nonfinite == [(1, 1)] and result.all_zero == []
+    bad = result.table[result.table["sample"] == 1]
+    assert not bad["finite"].any() and bad["q_spectral_norm"].isna().all()
+    assert result.table[result.table["sample"] != 1]["q_spectral_norm"].notna().all()
+    zero = build_tiny_model("tiny-llama")
+    with torch.no_grad():
+        zero.embed_tokens.weight.zero_()
+    result = attention_norms(zero, [[1, 2, 3]], [1])
+    assert result.all_zero == [(0, 1)]
