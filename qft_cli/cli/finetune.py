@@ -9,8 +9,9 @@ from typing import Optional
 import typer
 
 from qft_cli.errors import QftInputError
-from qft_cli.cli.common import (DEVICE_OPTION, DTYPE_OPTION, OUT_OPTION, QUIET_OPTION, TRUST_OPTION, ResumedRun, argv,
-                                cli_errors, err_console, print_test_table, progress_bar)
+from qft_cli.cli.common import (DEVICE_OPTION, DTYPE_OPTION, FORMAT_OPTION, OUT_OPTION, QUIET_OPTION, TRUST_OPTION,
+                                ResumedRun, argv, check_format, cli_errors, err_console, print_test_table,
+                                progress_bar, short_model_name)
 
 
 @cli_errors
@@ -48,6 +49,7 @@ def finetune_command(
     device: str = DEVICE_OPTION,
     dtype: str = DTYPE_OPTION,
     trust_remote_code: bool = TRUST_OPTION,
+    fmt: str = FORMAT_OPTION,
     quiet: bool = QUIET_OPTION,
 ) -> None:
     """Fine-tune MODEL on a classification dataset with spectral/Frobenius-normalised matrices."""
@@ -55,6 +57,7 @@ def finetune_command(
     from qft_cli.finetune import FinetuneSettings, finetune
     from qft_cli.runs import RUN_JSON, Run
 
+    check_format(fmt)
     settings = FinetuneSettings(norm=norm, targets=targets, layers=layers, max_gamma=max_gamma, all_method=all_method,
                                 learning_rate=learning_rate, num_epochs=num_epochs, early_stopping=early_stopping,
                                 weight_decay=weight_decay, lr_scheduler_type=lr_scheduler_type,
@@ -109,5 +112,5 @@ def finetune_command(
         shown = ", ".join(result.new_parameters[:6]) + (", ..." if len(result.new_parameters) > 6 else "")
         err_console.print(f"new: {len(result.new_parameters)} parameters not in the checkpoint of {model}, "
                           f"initialised from seed {seed} (run.json new_parameters): {shown}", markup=False)
-    print_test_table(f"qft finetune {model}: test split", result.summary(), run.path)
+    print_test_table(f"qft finetune {short_model_name(model)}: test split", result.summary(), run.path, fmt)
 
