@@ -76,7 +76,7 @@ def inputs_command(
 @app.command("attention")
 @cli_errors
 def attention_command(
-    models: List[str] = typer.Argument(..., help="Model aliases (see `qft models`), hub ids or local dirs."),
+    models: List[str] = MODELS_ARGUMENT,
     dataset: str = typer.Option("mmlu", "--dataset", help="mmlu | random | a .txt/.csv/.tsv/.parquet/.fa file."),
     data_file: Optional[Path] = typer.Option(None, "--data-file", help="Local CSV for mmlu (subject,question,A,B,C,D,answer)."),
     text_column: Optional[str] = typer.Option(None, "--text-column", help="Column with the text (default: first of text/question/sequence/seq)."),
@@ -90,11 +90,13 @@ def attention_command(
     device_map: Optional[str] = DEVICE_MAP_OPTION,
     trust_remote_code: bool = TRUST_OPTION,
     out: Path = OUT_OPTION,
+    fmt: str = FORMAT_OPTION,
     quiet: bool = QUIET_OPTION,
 ) -> None:
     """Per-head norms of queries, keys, values and unmasked logits Q K^T / sqrt(d_head), with their bounds."""
     from qft_cli.norms_runs import NormsAttentionArgs, run_norms_attention
 
+    check_format(fmt)
     args = NormsAttentionArgs(models=models, dataset=dataset, data_file=data_file, text_column=text_column,
                               layers=layers, max_tokens=max_tokens, num_samples=num_samples, batch_size=batch_size,
                               seed=seed, device=device, dtype=dtype, device_map=device_map,
@@ -105,8 +107,8 @@ def attention_command(
                  result.summary,
                  {"model_alias": "model", "dataset": "dataset", "layer": "block", "num_samples": "samples",
                   "q_bound_ratio": "Q", "k_bound_ratio": "K", "v_bound_ratio": "V",
-                  "logits_unmasked_qk_bound_ratio": "L:qk", "logits_unmasked_weight_bound_ratio": "L:weight"})
-    _finish(result)
+                  "logits_unmasked_qk_bound_ratio": "L:qk", "logits_unmasked_weight_bound_ratio": "L:weight"}, fmt)
+    _finish(result, fmt)
 
 
 @app.command("weights")
