@@ -199,6 +199,20 @@ def test_minilm_against_projections_by_hand(minilm_source):
     _assert_bounds_hold(table)
 
 
+@pytest.mark.smollm2
+@pytest.mark.slow
+def test_smollm2_gguf_decoder_against_projections_by_hand(smollm2_source):
+    from qft_cli.loading import load_model as load
+
+    model, tok = load(smollm2_source).double(), load_tokenizer(smollm2_source)  # 9 query, 3 key/value heads
+    ids = [tok(t)["input_ids"] for t in TEXTS[:3]]
+    depth = model.config.num_hidden_layers
+    table = attention_norms(model, ids, [1, depth], batch_size=2, pad_token_id=0).table
+    assert table["kv_head"].tolist()[:9] == [0, 0, 0, 1, 1, 1, 2, 2, 2]
+    _compare(table, model, ids, [1, depth], reference_llama)
+    _assert_bounds_hold(table)
+
+
 def test_training_model_records_directly():
     from qft_cli.modeling_qft import QftConfig, QftModel, apply_rotary, rotary_cos_sin
 
