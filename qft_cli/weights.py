@@ -21,6 +21,7 @@ from typing import Iterator, Optional
 import pandas as pd
 import torch
 
+from qft_cli.attention import composite_head_rows
 from qft_cli.errors import QftInputError
 from qft_cli.layout import _EMBEDDING_RE, MATRIX_ORDER, MatrixSpec, classify, head_dim, split_heads
 from qft_cli.loading import TensorStore, checkpoint_files, open_weights  # noqa: F401 (re-exported)
@@ -45,6 +46,9 @@ class WeightNormsResult:
             part, layer, matrix, kind, index, value).
         heads: per-head spectral and Frobenius norms of every attention matrix (part, layer,
             matrix, head, spectral_norm, frobenius_norm); see :func:`qft_cli.layout.split_heads`.
+            Also the weight-only composites of each block, matrix ``qk`` (W_q,h^T W_k,h, GQA heads
+            paired as the model pairs them) and ``ov`` (W_o,h W_v,h), computed through
+            head_dim x head_dim matrices (:func:`qft_cli.attention.weight_composites`).
         nonfinite: parameters that held NaN/inf.
         unrecognised: 2-D tensors qft does not recognise (:func:`unrecognised_parameters`): not
             measured, reported.
@@ -167,6 +171,7 @@ def weight_norms(source: ModelSource, *, dtype: Optional[torch.dtype] = None, de
         if parameters is not None:
             specs = [s for s in specs if s.parameter in parameters]
         rows, vectors, heads, nonfinite = [], [], [], []
+        pending: dict[tuple[str, int], dict[str, torch.Tensor]] = defaultdict(dict)  # q/k/v/o heads of a layer
         dim = head_dim(store.config)
         for done, (spec, w) in enumerate(iter_matrices(store, specs, dtype, device), start=1):
             finite = all_finite(w)
@@ -190,6 +195,14 @@ def weight_norms(source: ModelSource, *, dtype: Optional[torch.dtype] = None, de
                                                "head": range(blocks.shape[0]),
                                                "spectral_norm": head_spectral.cpu().numpy(),
                                                "frobenius_norm": head_frobenius.cpu().numpy()}))
+                    if spec.matrix in ("q", "k", "v", "o"):  # weight-only composites qk and ov
+                        layer_blocks = pending[(spec.part, spec.layer)]
+                        layer_blocks[spec.matrix] = blocks
+                        composite = composite_head_rows(layer_blocks)
+                        if composite is not None:
+                            heads.append(composite.assign(part=spec.part, layer=spec.layer)[
+                                ["part", "layer", "matrix", "head", "spectral_norm", "frobenius_norm"]])
+                            del pending[(spec.part, spec.layer)]
             else:
                 nonfinite.append(spec.parameter)
             rows.append(rec)

@@ -327,3 +327,39 @@ def test_dtype_column_is_the_stored_or_cast_dtype(tmp_path):
     assert set(stored["dtype"]) == {"bfloat16"}  # as stored: the report shows "as stored (bfloat16)"
     cast = weight_norms(ModelSource("bf16", "local", str(tmp_path)), dtype=torch.float16).table
     assert set(cast["dtype"]) == {"float16"}
+
+
+def _qk_ov_reference(wq, wk, wv, wo, heads, kv_heads, dh):
+    """Per query head: W_q,h^T W_k,g and W_o,h W_v,g (g = h // (heads / kv_heads)) formed as d x d."""
+    rep = heads // kv_heads
+    out = []
+    for h in range(heads):
+        g = h // rep
+        qk = wq[h * dh:(h + 1) * dh].T @ wk[g * dh:(g + 1) * dh]
+        ov = wo[:, h * dh:(h + 1) * dh] @ wv[g * dh:(g + 1) * dh]
+        out.append((qk, ov))
+    return out
+
+
+@pytest.mark.parametrize("name", ["tiny-llama", "tiny-gpt2"])
+def test_qk_and_ov_composites_against_formed_products(name):
+    model = build_tiny_model(name)
+    heads = weight_norms(resolve_model(name)).heads
+    for layer in (1, 2):
+        if name == "tiny-llama":  # GQA: 4 query heads, 2 key/value heads, head_dim 16
+            attn = model.layers[layer - 1].self_attn
+            wq, wk, wv, wo = (lin.weight.detach().double() for lin in (attn.q_proj, attn.k_proj, attn.v_proj,
+                                                                         attn.o_proj))
+            ref = _qk_ov_reference(wq, wk, wv, wo, 4, 2, 16)
+        else:  # fused Conv1D c_attn, stored (d_in, 3 d)
+            attn = model.h[layer - 1].attn
+            w = attn.c_attn.weight.detach().double().T
+            wq, wk, wv = w[:64], w[64:128], w[128:]
+            ref = _qk_ov_reference(wq, wk, wv, attn.c_proj.weight.detach().double().T, 4, 4, 16)
+        for matrix, index in (("qk", 0), ("ov", 1)):
+            rows = heads.query(f"layer == {layer} and matrix == '{matrix}'").sort_values("head")
+            assert rows["head"].tolist() == [0, 1, 2, 3]
+            for h, pair in enumerate(ref):
+                full = pair[index]
+                assert rows.spectral_norm.iloc[h] == pytest.approx(torch.linalg.matrix_norm(full, 2).item(), rel=1e-9)
+                assert rows.frobenius_norm.iloc[h] == pytest.approx(torch.linalg.matrix_norm(full).item(), rel=1e-9)

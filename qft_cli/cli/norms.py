@@ -1,4 +1,4 @@
-"""``qft norms inputs`` and ``qft norms weights``."""
+"""``qft norms inputs``, ``qft norms attention`` and ``qft norms weights``."""
 
 from __future__ import annotations
 
@@ -70,6 +70,44 @@ def inputs_command(
                   "num_samples": "samples", "norm_min": "min", "norm_median": "median", "norm_max": "max",
                   "exponent": "b", "exponent_ci_low": "b 95% low", "exponent_ci_high": "b 95% high",
                   "r_squared": "R²"}, fmt)
+    _finish(result, fmt)
+
+
+@app.command("attention")
+@cli_errors
+def attention_command(
+    models: List[str] = MODELS_ARGUMENT,
+    dataset: str = typer.Option("mmlu", "--dataset", help="mmlu | random | a .txt/.csv/.tsv/.parquet/.fa file."),
+    data_file: Optional[Path] = typer.Option(None, "--data-file", help="Local CSV for mmlu (subject,question,A,B,C,D,answer)."),
+    text_column: Optional[str] = typer.Option(None, "--text-column", help="Column with the text (default: first of text/question/sequence/seq)."),
+    layers: str = typer.Option("all", "--layers", help="Transformer blocks 1..L (the attention of block l); e.g. 1,2 or 1-3 or all."),
+    max_tokens: int = typer.Option(512, "--max-tokens", help="Truncate samples to this many tokens (random: N = 1..max)."),
+    num_samples: Optional[int] = typer.Option(None, "--num-samples", help="Keep only the first samples."),
+    batch_size: int = typer.Option(8, "--batch-size", help="Samples per forward pass; -1 = no limit."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the random-token dataset."),
+    device: str = DEVICE_OPTION,
+    dtype: str = typer.Option("float32", "--dtype", help="Model dtype: float32|bfloat16|float16 (norms always in float64)."),
+    device_map: Optional[str] = DEVICE_MAP_OPTION,
+    trust_remote_code: bool = TRUST_OPTION,
+    out: Path = OUT_OPTION,
+    fmt: str = FORMAT_OPTION,
+    quiet: bool = QUIET_OPTION,
+) -> None:
+    """Per-head norms of queries, keys, values and unmasked logits Q K^T / sqrt(d_head), with their bounds."""
+    from qft_cli.norms_runs import NormsAttentionArgs, run_norms_attention
+
+    check_format(fmt)
+    args = NormsAttentionArgs(models=models, dataset=dataset, data_file=data_file, text_column=text_column,
+                              layers=layers, max_tokens=max_tokens, num_samples=num_samples, batch_size=batch_size,
+                              seed=seed, device=device, dtype=dtype, device_map=device_map,
+                              trust_remote_code=trust_remote_code, out=out)
+    with progress_bar(quiet) as progress:
+        result = run_norms_attention(args, progress)
+    _print_table("median measured / bound per block over samples and heads (L: logits; nan: bound does not apply)",
+                 result.summary,
+                 {"model_alias": "model", "dataset": "dataset", "layer": "block", "num_samples": "samples",
+                  "q_bound_ratio": "Q", "k_bound_ratio": "K", "v_bound_ratio": "V",
+                  "logits_unmasked_qk_bound_ratio": "L:qk", "logits_unmasked_weight_bound_ratio": "L:weight"}, fmt)
     _finish(result, fmt)
 
 
