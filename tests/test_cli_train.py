@@ -189,13 +189,22 @@ def test_resume_of_a_run_dir_of_another_command_or_broken_json(tmp_path, content
     assert (tmp_path / "run.json").read_text() == content  # left as it was
 
 
-def test_final_table_in_points_and_warns_on_one_class_models(capsys):
+def test_final_table_in_points_and_warns_on_one_class_models(capsys, monkeypatch):
+    import pandas as pd
+
+    from qft_cli import stats
+    from qft_cli.cli import common
     from qft_cli.cli.common import print_test_table
 
-    rows = [{"variant": "vanilla", "accuracy": 0.8, "f1": 0.75, "accuracy_diff": 0.0, "f1_diff": 0.0, "epochs": 3},
-            {"variant": "spectral", "accuracy": 0.476, "f1": 0.0, "accuracy_diff": -0.324, "f1_diff": -0.75,
-             "epochs": 3}]
-    print_test_table("t", rows, "runs/x")
+    monkeypatch.setattr(common.console, "width", 200)  # one line per row, whatever the terminal
+
+    metrics = pd.DataFrame([
+        {"variant": v, "seed": seed, "split": "test", "step": 9, "epoch": 3.0, "accuracy": acc, "f1": f1}
+        for v, seed, acc, f1 in (("vanilla", 0, 0.8, 0.75), ("vanilla", 1, 0.82, 0.77),
+                                 ("spectral", 0, 0.476, 0.0), ("spectral", 1, 0.5, 0.0))])
+    print_test_table("t", stats.test_summary(metrics), "runs/x", {"vanilla": 3.0, "spectral": 2.5})
     out = capsys.readouterr()
-    assert "-32.40" in out.out and "-75.00" in out.out and "results: runs/x" in out.out
+    # accuracy 81.00 (mean of 80, 82); spectral - vanilla paired by seed: -32.4 and -32.0 -> -32.20
+    assert "81.00 [" in out.out and "-32.20 [" in out.out and "-76.00 [" in out.out and "results: runs/x" in out.out
+    assert "t over seeds" in out.out and "2.5" in out.out
     assert out.err.count("warning:") == 1 and "spectral has test F1 0.000" in out.err

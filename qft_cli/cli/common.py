@@ -127,30 +127,37 @@ def argv() -> list[str]:
     return list(sys.argv)
 
 
-def print_test_table(title: str, rows: list[dict], run_dir) -> None:
-    """The final table of ``train`` and ``finetune``: variant x test accuracy and F1, and their
-    differences to vanilla in percentage points; a warning for variants that learnt (almost)
-    nothing (F1 < 0.05, e.g. one class predicted for every input); then the run directory."""
+def print_test_table(title: str, summary, run_dir, epochs: Optional[dict] = None) -> None:
+    """The final table of ``train`` and ``finetune`` (:func:`qft_cli.stats.summary_display_table`):
+    per variant the test accuracy and F1 with their 95% interval and the paired difference to
+    vanilla, in percentage points; a warning for variants that learnt (almost) nothing (mean F1 <
+    0.05, e.g. one class predicted for every input); then the run directory.
+
+    Args:
+        summary: :func:`qft_cli.stats.test_summary` of the run.
+        epochs: ``variant -> mean epochs trained``.
+    """
     from rich.table import Table
 
-    def num(x) -> str:
-        return "" if x is None or x != x else f"{x:.4f}"
+    from qft_cli.stats import summary_display_table, summary_interval_note
 
-    def points(x) -> str:
-        return "" if x is None or x != x else f"{100 * x:+.2f}"
-
+    display = summary_display_table(summary, epochs)
     table = Table(title=title)
-    for col in ("variant", "accuracy", "F1", "Δ accuracy (pp)", "Δ F1 (pp)", "epochs"):
-        table.add_column(col, justify="left" if col == "variant" else "right")
-    for row in rows:
-        vanilla = row["variant"] == "vanilla"
-        epochs = row.get("epochs")
-        table.add_row(row["variant"], num(row["accuracy"]), num(row["f1"]),
-                      "" if vanilla else points(row["accuracy_diff"]), "" if vanilla else points(row["f1_diff"]),
-                      "" if epochs is None else f"{epochs:.3g}")
+    for col in display.columns:
+        table.add_column(col, justify="left" if col in ("variant", "interval") else "right")
+    for row in display.itertuples(index=False):
+        table.add_row(*[str(v) for v in row])
     console.print(table)
-    for row in rows:
-        if row["f1"] == row["f1"] and row["f1"] < 0.05:
-            err_console.print(f"warning: {row['variant']} has test F1 {row['f1']:.3f}: it (almost) always predicts "
-                              "one class; train longer or change the learning rate", markup=False)
+    if len(summary):
+        f1 = summary[summary["metric"] == "f1"]
+        for r in f1.itertuples(index=False):
+            if r.mean == r.mean and r.mean < 0.05:
+                err_console.print(f"warning: {r.variant} has test F1 {r.mean:.3f}: it (almost) always predicts "
+                                  "one class; train longer or change the learning rate", markup=False)
+    note = summary_interval_note(summary)
+    if note:
+        console.print(note, soft_wrap=True, markup=False, highlight=False)
+    if len(summary) and (summary["interval"] != "t over seeds").all():
+        console.print("with one seed the intervals cover test-sample noise only: pass --seeds 0,1,2 for "
+                      "seed-to-seed variation", soft_wrap=True, markup=False, highlight=False)
     console.print(f"results: {run_dir}", soft_wrap=True, markup=False, highlight=False)
