@@ -713,6 +713,27 @@ class ExperimentResult:
         """Mean epochs trained per variant (over its seeds)."""
         return mean_epochs(self.results)
 
+    def summary(self) -> list[dict[str, Any]]:
+        """Rows ``variant, accuracy, f1, accuracy_diff, f1_diff, epochs``: means over seeds and the
+        mean paired difference to vanilla (NaN without vanilla), from :attr:`test_summary`."""
+        return summary_rows(self.test_summary, self.epochs())
+
+
+def summary_rows(test_summary: pd.DataFrame, epochs: Mapping[str, float]) -> list[dict[str, Any]]:
+    """Wide rows of a :func:`qft_cli.stats.test_summary` table (one per variant; see
+    :meth:`ExperimentResult.summary`)."""
+    rows = []
+    if test_summary is None or test_summary.empty:
+        return rows
+    for variant, g in test_summary.groupby("variant", sort=False):
+        by = g.set_index("metric")
+        diff = {m: (0.0 if variant == "vanilla" and "vanilla" in set(test_summary["variant"])
+                    else float(by.loc[m, "diff_to_vanilla"])) for m in ("accuracy", "f1")}
+        rows.append({"variant": variant, "accuracy": float(by.loc["accuracy", "mean"]), "f1": float(by.loc["f1", "mean"]),
+                     "accuracy_diff": diff["accuracy"], "f1_diff": diff["f1"],
+                     "epochs": float(epochs.get(variant, math.nan))})
+    return rows
+
 
 def run_experiment(options: ExperimentOptions, run, *, resume: bool = False,
                    progress: Optional[ProgressFn] = None) -> ExperimentResult:
