@@ -77,6 +77,13 @@ TINY = ["--dataset", "gue", "--task", "prom_core_notata", "--tokenizer", "char",
     (["--max-gamma", "inf"], "max-gamma"),  # refused before vanilla trains, not when spectral starts
     (["--dataset", "conll2003"], "text task"),
     (["--tokenizer", "kmer3"], "unknown DNA tokenizer"),
+    (["--seed", "1", "--seeds", "0,1"], "--seed and --seeds are exclusive"),
+    (["--seeds", "0,0"], "repeats a seed"),
+    (["--seeds", "0,x"], "not a list of integers"),
+    (["--seeds", "-1,2"], "must lie in"),
+    (["--norm", "vanilla,none"], "twice"),
+    (["--norm", "none", "--subnormalised"], "--subnormalised"),
+    (["--norm", "vanilla", "--max-gamma", "1"], "max-gamma"),
 ])
 def test_bad_options_one_line_exit_2(tmp_path, case, match):
     result = _invoke([*case, "--out", str(tmp_path / "runs")])
