@@ -12,134 +12,25 @@ of fused projections are decided by :mod:`qft_cli.layout`.
 
 from __future__ import annotations
 
-import json
+import re
 from collections import defaultdict
-from contextlib import ExitStack
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Callable, Iterator, Optional
+from typing import Iterator, Optional
 
 import pandas as pd
 import torch
 
 from qft_cli.errors import QftInputError
-from qft_cli.layout import MatrixSpec, classify, head_dim, split_heads
-from qft_cli.models import ModelSource, build_tiny_model, hub_snapshot
+from qft_cli.layout import _EMBEDDING_RE, MATRIX_ORDER, MatrixSpec, classify, head_dim, split_heads
+from qft_cli.loading import TensorStore, checkpoint_files, open_weights  # noqa: F401 (re-exported)
+from qft_cli.models import ModelSource
 from qft_cli.norms import column_norms, frobenius_norm, matrix_norm_record, row_norms, spectral_norm
 from qft_cli.progress import ProgressFn, report
 
-WEIGHT_COLUMNS = ["model", "model_alias", "part", "layer", "matrix", "parameter", "d_out", "d_in",
+WEIGHT_COLUMNS = ["model", "model_alias", "part", "layer", "matrix", "parameter", "d_out", "d_in", "dtype",
                   "frobenius_norm", "spectral_norm", "column_norm_mean", "column_norm_var", "column_norm_max",
                   "row_norm_mean", "row_norm_var", "row_norm_max", "finite"]
 VECTOR_MATRICES = ("q", "k", "v", "embedding")
-
-
-@dataclass
-class TensorStore:
-    """Read access to named tensors without loading a whole model.
-
-    Attributes:
-        shapes: parameter name -> shape, in checkpoint order.
-        config: the model's ``config.json`` as a dict (may be empty).
-        read: function name -> tensor (on CPU, stored dtype).
-    """
-
-    shapes: dict[str, tuple[int, ...]]
-    config: dict
-    read: Callable[[str], torch.Tensor]
-    _stack: ExitStack = field(default_factory=ExitStack)
-
-    def close(self) -> None:
-        self._stack.close()
-
-
-def _store_from_module(module: torch.nn.Module) -> TensorStore:
-    params = dict(module.named_parameters())
-    config = module.config.to_dict() if hasattr(module, "config") else {}
-    return TensorStore({n: tuple(p.shape) for n, p in params.items()}, config, lambda n: params[n].detach())
-
-
-def _damaged(path: Path, err: BaseException) -> QftInputError:
-    first = " ".join(str(err).strip().split("\n", 1)[0].split())
-    return QftInputError(f"could not read weights file {path} ({type(err).__name__}: {first}): "
-                         "the file is damaged or not a checkpoint; download it again")
-
-
-def checkpoint_files(directory: Path) -> list[Path]:
-    """The safetensors files that make up the Hugging Face checkpoint in ``directory``.
-
-    With ``model.safetensors.index.json``, the shards its ``weight_map`` names; else
-    ``model*.safetensors``; else any ``*.safetensors``. Other copies of the weights in the same
-    repository (e.g. Mistral's ``consolidated.safetensors``, with other parameter names) are
-    ignored, so no parameter is counted twice.
-    """
-    index = directory / "model.safetensors.index.json"
-    if index.is_file():
-        names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        return [directory / n for n in names]
-    return sorted(directory.glob("model*.safetensors")) or sorted(directory.glob("*.safetensors"))
-
-
-def _store_from_dir(directory: Path) -> TensorStore:
-    from safetensors import safe_open
-
-    config_path = directory / "config.json"
-    config = json.loads(config_path.read_text()) if config_path.is_file() else {}
-    stack = ExitStack()
-    files = checkpoint_files(directory)
-    shapes: dict[str, tuple[int, ...]] = {}
-    where: dict[str, object] = {}
-    if files:
-        for f in files:
-            try:
-                handle = stack.enter_context(safe_open(str(f), framework="pt"))
-            except Exception as err:  # SafetensorError: truncated download, not a safetensors file
-                stack.close()
-                raise _damaged(f, err) from None
-            for name in handle.keys():
-                shapes[name] = tuple(handle.get_slice(name).get_shape())
-                where[name] = handle
-        return TensorStore(shapes, config, lambda n: where[n].get_tensor(n), stack)
-    bins = sorted(directory.glob("pytorch_model*.bin"))
-    if not bins:
-        raise QftInputError(f"no *.safetensors or pytorch_model*.bin weights in {directory}: "
-                            "pass a Hugging Face model directory")
-    for f in bins:
-        try:
-            try:
-                state = torch.load(str(f), map_location="cpu", mmap=True, weights_only=True)
-            except RuntimeError as err:  # legacy (pre-zip) format cannot be memory-mapped: read it whole
-                if "mmap" not in str(err):
-                    raise
-                state = torch.load(str(f), map_location="cpu", weights_only=True)
-        except Exception as err:  # truncated, not a checkpoint, or pickled objects beyond tensors
-            raise _damaged(f, err) from None
-        for name, tensor in state.items():
-            shapes[name] = tuple(tensor.shape)
-            where[name] = state
-    return TensorStore(shapes, config, lambda n: where[n][n], stack)
-
-
-def open_weights(source: ModelSource) -> TensorStore:
-    """Open the weights of ``source`` for streaming.
-
-    Hub models: only ``*.json`` and ``model*.safetensors`` files are fetched (any ``*.safetensors``
-    when there is no ``model*`` file, ``pytorch_model*.bin`` when there is no safetensors file);
-    see :func:`checkpoint_files` for the files that are read.
-
-    Raises:
-        QftInputError: the hub is unreachable and the files are not cached; no weight files.
-    """
-    if source.kind == "tiny":
-        return _store_from_module(build_tiny_model(source.location))
-    if source.kind == "hub":
-        directory = hub_snapshot(source, ["*.json", "model*.safetensors"])  # not consolidated.* copies
-        if not list(directory.glob("*.safetensors")):
-            directory = hub_snapshot(source, ["*.json", "*.safetensors"])
-        if not list(directory.glob("*.safetensors")):
-            directory = hub_snapshot(source, ["*.json", "pytorch_model*.bin"])
-        return _store_from_dir(directory)
-    return _store_from_dir(Path(source.location))
 
 
 @dataclass
@@ -153,12 +44,56 @@ class WeightNormsResult:
         heads: per-head spectral and Frobenius norms of every attention matrix (part, layer,
             matrix, head, spectral_norm, frobenius_norm); see :func:`qft_cli.layout.split_heads`.
         nonfinite: parameters that held NaN/inf.
+        unrecognised: 2-D tensors qft does not recognise (:func:`unrecognised_parameters`): not
+            measured, reported.
     """
 
     table: pd.DataFrame
     vectors: pd.DataFrame
     nonfinite: list[str]
     heads: pd.DataFrame = field(default_factory=pd.DataFrame)
+    unrecognised: list[str] = field(default_factory=list)
+
+
+#: 2-D tensors qft knows and does not measure: position and token-type embeddings, tied or shared
+#: copies of the token embedding, poolers and the heads of a task (LM, masked-LM, classifier).
+#: Any other 2-D tensor outside :func:`qft_cli.layout.classify` is *unrecognised*: listed in
+#: ``run.json`` (``unrecognised_parameters``) and in one warning line.
+NOT_MEASURED_RE = re.compile(r"(?:^|\.)(?:position_embeddings|wpe|embed_positions|position_embedding|"
+                             r"token_type_embeddings|pooler|lm_head|cls|embed_out|classifier|score|qa_outputs)(?:\.|$)")
+
+
+def unrecognised_parameters(shapes: dict[str, tuple[int, ...]], specs: list[MatrixSpec]) -> list[str]:
+    """2-D tensors that are neither measured (``specs``) nor known as not measured
+    (:data:`NOT_MEASURED_RE`, copies of the token embedding), in checkpoint order."""
+    measured = {s.parameter for s in specs}
+    return [name for name, shape in shapes.items()
+            if len(shape) == 2 and name not in measured and not NOT_MEASURED_RE.search(name)
+            and not _EMBEDDING_RE.search(name)]
+
+
+def check_complete_blocks(specs: list[MatrixSpec], unrecognised: list[str], name: str) -> None:
+    """Every block of a part must have every matrix its sibling blocks have.
+
+    Raises:
+        QftInputError: naming the first blocks that lack a matrix (and the unrecognised tensors of
+            those blocks, e.g. a renamed key).
+    """
+    by_block: dict[tuple[str, int], set[str]] = defaultdict(set)
+    for spec in specs:
+        if spec.layer > 0:
+            by_block[(spec.part, spec.layer)].add(spec.matrix)
+    gaps = []
+    for (part, layer), matrices in sorted(by_block.items()):
+        union = set().union(*(m for (p, _), m in by_block.items() if p == part))
+        for matrix in sorted(union - matrices, key=MATRIX_ORDER.index):
+            gaps.append(f"{part + ' ' if part else ''}block {layer} has no {matrix}")
+    if gaps:
+        blocks = {g.split(" has no ")[0] for g in gaps}
+        nearby = [u for u in unrecognised if any(f".{int(b.rsplit(' ', 1)[1]) - 1}." in u for b in blocks)]
+        hint = f" (unrecognised tensors there: {', '.join(nearby[:4])})" if nearby else ""
+        raise QftInputError(f"{name}: {len(gaps)} matrices missing that the sibling blocks have: {'; '.join(gaps[:4])}"
+                            f"{hint}: the checkpoint is incomplete or a weight was renamed; fix or re-download it")
 
 
 def iter_matrices(store: TensorStore, specs: list[MatrixSpec], dtype: Optional[torch.dtype] = None,
@@ -191,7 +126,8 @@ def weight_norms(source: ModelSource, *, dtype: Optional[torch.dtype] = None, de
         labels: constant columns to add (e.g. ``model``, ``model_alias``).
 
     Raises:
-        QftInputError: no attention matrices found (the message lists the parameter names seen).
+        QftInputError: no attention matrices found (the message lists the parameter names seen); a
+            block lacking a matrix its sibling blocks have (:func:`check_complete_blocks`).
     """
     store = open_weights(source)
     try:
@@ -200,12 +136,15 @@ def weight_norms(source: ModelSource, *, dtype: Optional[torch.dtype] = None, de
             sample = ", ".join(list(store.shapes)[:8])
             raise QftInputError(f"found no attention matrices in {source.name} (parameters seen: {sample}, ...): "
                                 "this architecture's parameter names are not known to qft")
+        unrecognised = unrecognised_parameters(store.shapes, specs)
+        check_complete_blocks(specs, unrecognised, source.name)
         rows, vectors, heads, nonfinite = [], [], [], []
         dim = head_dim(store.config)
         for done, (spec, w) in enumerate(iter_matrices(store, specs, dtype, device), start=1):
             finite = bool(torch.isfinite(w).all())
             rec = {"part": spec.part, "layer": spec.layer, "matrix": spec.matrix, "parameter": spec.parameter,
-                   "d_out": int(w.shape[0]), "d_in": int(w.shape[1]), "finite": finite}
+                   "d_out": int(w.shape[0]), "d_in": int(w.shape[1]),
+                   "dtype": str(w.dtype).removeprefix("torch."), "finite": finite}
             if finite:
                 rec.update(matrix_norm_record(w))
                 if spec.matrix in VECTOR_MATRICES:
@@ -243,7 +182,7 @@ def weight_norms(source: ModelSource, *, dtype: Optional[torch.dtype] = None, de
     for key, value in (labels or {}).items():
         head_table.insert(0, key, value)
     return WeightNormsResult(table.astype({"layer": "int64", "d_out": "int64", "d_in": "int64"}), vec, nonfinite,
-                             head_table.astype({"layer": "int64", "head": "int64"}))
+                             head_table.astype({"layer": "int64", "head": "int64"}), unrecognised)
 
 
 def summarize_weights(table: pd.DataFrame) -> pd.DataFrame:

@@ -6,7 +6,8 @@ import torch
 
 from qft_cli.errors import QftInputError
 from qft_cli.inputs import find_blocks, hidden_state_norms, masked_norms, parse_layers, summarize_inputs
-from qft_cli.models import build_tiny_model, load_model, load_tokenizer, resolve_model
+from qft_cli.loading import load_model
+from qft_cli.models import build_tiny_model, load_tokenizer, resolve_model
 
 TEXTS = ["The spectral norm of a matrix.", "Hello", "Quantum algorithms load matrices as block encodings, "
          "whose cost grows with a normalisation factor.", "a b c d e f g h i j k l m n o p", "DNA: ACGTACGT"]
@@ -156,6 +157,15 @@ def test_summary_fits_exponent():
     row = summarize_inputs(table).iloc[0]
     assert row.frobenius_norm_exponent == pytest.approx(0.5) and row.spectral_norm_exponent == pytest.approx(0.25)
     assert row.frobenius_norm_max == pytest.approx(3 * 50 ** 0.5)
+
+
+def test_summary_median_is_the_median_not_the_mean():
+    table = pd.DataFrame({"model_alias": "m", "dataset": "d", "layer": 1, "num_tokens": [3, 5, 9],
+                          "frobenius_norm": [1.0, 2.0, 10.0], "spectral_norm": [0.5, 4.0, 1.0]})
+    row = summarize_inputs(table).iloc[0]
+    assert row.frobenius_norm_median == 2.0  # the mean would be 4.33
+    assert row.spectral_norm_median == 1.0
+    assert (row.frobenius_norm_min, row.frobenius_norm_max) == (1.0, 10.0)
 
 
 def test_samples_longer_than_the_position_table_are_bad_input():

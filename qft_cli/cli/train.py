@@ -16,7 +16,7 @@ def train_command(
     dataset: str = typer.Option("genomic-bench", "--dataset", help="genomic-bench | gue | conll2003 (POS tagging)."),
     task: Optional[str] = typer.Option(None, "--task", help="GUE task (default prom_300_notata); gue only."),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Offline data: CSV/TSV train/dev/test (sequence|seq,label) or CoNLL train/valid/test.txt."),
-    tokenizer: str = typer.Option("auto", "--tokenizer", help="DNA: dnabert2 | bpe:V | kmer:K | char (auto = the embedding model's, else dnabert2). Text: a model alias."),
+    tokenizer: str = typer.Option("auto", "--tokenizer", help="DNA: dnabert2 | bpe:V | kmer:K | char | PATH (a tokenizer.json or a directory) (auto = the embedding model's, else dnabert2). Text: a model alias."),
     max_length: int = typer.Option(512, "--max-length", help="Truncate inputs to this many tokens."),
     norm: str = typer.Option("all", "--norm", help="all (= vanilla,spectral,frobenius) | vanilla (none) | spectral | frobenius, or a list like vanilla,frobenius; every variant sees the same data order and initial weights."),
     subnormalised: bool = typer.Option(False, "--subnormalised", help="Also run each normalised variant with a learnable scale gamma <= --max-gamma (default 1): <method>_subnormalised."),
