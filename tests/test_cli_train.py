@@ -144,7 +144,7 @@ def test_help_lists_the_research_options():
     result = _invoke(["--help"])
     assert result.exit_code == 0
     for option in ("--learning-rate", "--num-epochs", "--early-stopping", "--weight-decay", "--lr-scheduler-type",
-                   "--norm", "--targets", "--embedding-from", "--resume", "--max-steps"):
+                   "--norm", "--targets", "--embedding-from", "--resume", "--max-steps", "--seeds", "--subnormalised"):
         assert option in result.stdout
 
 

@@ -370,3 +370,23 @@ def test_norm_all_variants_start_from_the_same_weights_and_see_the_same_batches(
         assert len(batches) == len(seen[0]) and all(torch.equal(a, b) for a, b in zip(seen[0], batches))
         assert weights.keys() == initial[0].keys()
         assert all(torch.equal(weights[k], initial[0][k]) for k in weights)  # new classifier head included
+
+
+def test_help_documents_norm_all_seeds_and_subnormalised():
+    result = runner.invoke(app, ["finetune", "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0
+    for words in ("--seeds", "--subnormalised", "vanilla,spectral,frobenius"):
+        assert words in result.stdout, words
+    assert "--all-method" not in result.stdout
+
+
+@pytest.mark.parametrize("args, match", [
+    (["--seed", "1", "--seeds", "1,2"], "exclusive"),
+    (["--norm", "none", "--subnormalised"], "--subnormalised"),
+    (["--norm", "frobenius,frobenius"], "twice"),
+])
+def test_seed_and_norm_options_one_line_exit_2(tmp_path, small_csv, args, match):
+    result = _run(["tiny-bert", "--data-dir", str(small_csv), "--out", str(tmp_path / "runs"), *args, *FAST])
+    _assert_one_line_exit_2(result)
+    assert match in result.stderr
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
