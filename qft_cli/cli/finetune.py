@@ -110,7 +110,8 @@ def finetune_command(
         return
     if result.new_parameters:
         shown = ", ".join(result.new_parameters[:6]) + (", ..." if len(result.new_parameters) > 6 else "")
+        seed_text = ",".join(map(str, seed_list)) if seed_list else str(seed)
         err_console.print(f"new: {len(result.new_parameters)} parameters not in the checkpoint of {model}, "
-                          f"initialised from seed {','.join(map(str, seed_list)) if seed_list else seed} (run.json new_parameters): {shown}", markup=False)
+                          f"initialised from seed {seed_text} (run.json new_parameters): {shown}", markup=False)
     print_test_table(f"qft finetune {model}: test split", result.test_summary, run.path, result.epochs())
 
