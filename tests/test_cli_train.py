@@ -215,3 +215,36 @@ def test_final_table_in_points_and_warns_on_one_class_models(capsys, monkeypatch
     assert "81.00 [" in out.out and "-32.20 [" in out.out and "-76.00 [" in out.out and "results: runs/x" in out.out
     assert "t over seeds" in out.out and "2.5" in out.out
     assert out.err.count("warning:") == 1 and "spectral has test F1 0.000" in out.err
+
+
+def test_multi_seed_run_resumes_the_unfinished_seed(tmp_path):
+    """--seeds 0,1: seed 0 finished, seed 1 interrupted before its first checkpoint -> the resume
+    keeps seed 0 as it is and trains seed 1 once; the summary is over both seeds."""
+    import shutil
+
+    from qft_cli.runs import write_parquet_atomic
+
+    data = _dna_dir(tmp_path)
+    out = tmp_path / "runs"
+    result = _invoke([*TINY, "--data-dir", str(data), "--out", str(out), "--num-epochs", "1", "--early-stopping", "0",
+                      "--norm", "vanilla", "--seeds", "0,1"])
+    assert result.exit_code == 0, result.output + str(result.exception)
+    (run_dir,) = list(out.iterdir())
+    before = pd.read_parquet(run_dir / "metrics.parquet")
+    assert sorted(before.seed.unique()) == [0, 1]
+    shutil.rmtree(run_dir / "checkpoints" / "vanilla" / "seed-1")
+    shutil.rmtree(run_dir / "best" / "vanilla" / "seed-1")
+    write_parquet_atomic(before[before.seed == 0], run_dir / "metrics.parquet")
+    preds = pd.read_parquet(run_dir / "predictions.parquet")
+    write_parquet_atomic(preds[preds.seed == 0], run_dir / "predictions.parquet")
+    again = _invoke(["--resume", str(run_dir), "--quiet"])
+    assert again.exit_code == 0, again.output + str(again.exception)
+    after = pd.read_parquet(run_dir / "metrics.parquet")
+    pd.testing.assert_frame_equal(after[after.seed == 0].reset_index(drop=True),
+                                  before[before.seed == 0].reset_index(drop=True))
+    assert (after[after.seed == 1].split == "test").sum() == 1
+    pd.testing.assert_frame_equal(after[after.seed == 1].drop(columns="samples_per_second").reset_index(drop=True),
+                                  before[before.seed == 1].drop(columns="samples_per_second").reset_index(drop=True))
+    assert (run_dir / "best" / "vanilla" / "seed-1" / "config.json").is_file()
+    summary = pd.read_parquet(run_dir / "test_summary.parquet")
+    assert set(summary.num_seeds) == {2} and set(summary.interval) == {"t over seeds"}

@@ -265,6 +265,7 @@ def test_resume_skips_finished_variants_and_continues_the_interrupted_one(tmp_pa
     summary = pd.read_parquet(run / "test_summary.parquet")
     assert set(summary.num_seeds) == {2} and set(summary.interval) == {"t over seeds"}
     assert "vanilla" in result.stdout and "t over seeds" in result.stdout
+    assert "epochs" in result.stdout and "2.0" in result.stdout  # the epochs column is filled
 
 
 def test_published_style_dnabert2_directory_fine_tunes_every_matrix(tmp_path, small_csv):
