@@ -16,7 +16,8 @@ import pandas as pd
 
 from qft_cli.device import resolve_device, resolve_dtype
 from qft_cli.errors import QftInputError
-from qft_cli.inputs import check_num_tokens, hidden_state_norms, num_layers, parse_layers, summarize_inputs
+from qft_cli.fits import fit_summary, fit_table
+from qft_cli.inputs import check_num_tokens, hidden_state_norms, num_layers, parse_layers
 from qft_cli.loading import load_model
 from qft_cli.models import load_config, load_tokenizer, resolve_model
 from qft_cli.progress import ProgressFn
@@ -117,8 +118,14 @@ def one_line(warnings: list[str], shown: int = 3) -> list[str]:
     return lines
 
 
+#: Group columns of the power-law fits of ``qft norms inputs`` (one fit per group and norm).
+FIT_GROUPS = ["model", "model_alias", "dataset", "layer"]
+
+
 def run_norms_inputs(args: NormsInputsArgs, progress: Optional[ProgressFn] = None) -> NormsResult:
-    """Measure hidden-state norms of every model in ``args.models`` and write ``norms_inputs.parquet``.
+    """Measure hidden-state norms of every model in ``args.models`` and write ``norms_inputs.parquet``
+    and ``fits.parquet`` (norm ~ c N^b per model, dataset, layer and norm, :func:`qft_cli.fits.fit_table`,
+    quantity ``hidden_states``). The result's ``summary`` is :func:`qft_cli.fits.fit_summary` of them.
 
     All models are resolved, and their depth checked against ``--layers``, before any heavy work.
 
@@ -168,9 +175,12 @@ def run_norms_inputs(args: NormsInputsArgs, progress: Optional[ProgressFn] = Non
             del model
             gc.collect()
         table = pd.concat(tables, ignore_index=True)
+        fits = fit_table(table, FIT_GROUPS, quantity="hidden_states")
         run.write_table("norms_inputs", table)
+        run.write_table("fits", fits)
         run.update(warnings=warnings, num_rows=len(table))
-    return NormsResult(run.path, {"norms_inputs": table}, summarize_inputs(table), one_line(warnings))
+    return NormsResult(run.path, {"norms_inputs": table, "fits": fits}, fit_summary(table, fits, FIT_GROUPS),
+                       one_line(warnings))
 
 
 def load_samples_for(args: NormsInputsArgs, tokenizer, vocab_size: int, texts=None):

@@ -209,7 +209,7 @@ def test_final_table_in_points_and_warns_on_one_class_models(capsys, monkeypatch
         {"variant": v, "seed": seed, "split": "test", "step": 9, "epoch": 3.0, "accuracy": acc, "f1": f1}
         for v, seed, acc, f1 in (("vanilla", 0, 0.8, 0.75), ("vanilla", 1, 0.82, 0.77),
                                  ("spectral", 0, 0.476, 0.0), ("spectral", 1, 0.5, 0.0))])
-    print_test_table("t", stats.test_summary(metrics), "runs/x", {"vanilla": 3.0, "spectral": 2.5})
+    print_test_table("t", stats.test_summary(metrics), "runs/x", epochs={"vanilla": 3.0, "spectral": 2.5})
     out = capsys.readouterr()
     # accuracy 81.00 (mean of 80, 82); spectral - vanilla paired by seed: -32.4 and -32.0 -> -32.20
     assert "81.00 [" in out.out and "-32.20 [" in out.out and "-76.00 [" in out.out and "results: runs/x" in out.out

@@ -268,10 +268,11 @@ def test_resume_skips_finished_variants_and_continues_the_interrupted_one(tmp_pa
     assert "epochs" in result.stdout and "2.0" in result.stdout  # the epochs column is filled
 
 
-def test_published_style_dnabert2_directory_fine_tunes_every_matrix(tmp_path, small_csv):
-    from qft_cli.dnabert2 import save_published_style_checkpoint
+def test_published_style_dnabert2_directory_fine_tunes_every_matrix(tmp_path, small_csv, shared_data):
+    from qft_cli.dnabert2 import TINY_DNABERT, save_published_style_checkpoint
 
-    checkpoint = save_published_style_checkpoint(tmp_path / "dnabert2", seed=5)
+    checkpoint = save_published_style_checkpoint(tmp_path / "dnabert2", seed=5, **TINY_DNABERT,
+                                                 config_json=shared_data / "dnabert2" / "config.json")
     out, export = tmp_path / "runs", tmp_path / "export"
     result = _run([str(checkpoint), "--tokenizer", "tiny-bert", "--data-dir", str(small_csv), "--norm", "frobenius",
                    "--max-steps", "2", "--export", str(export), "--out", str(out), *FAST])

@@ -296,6 +296,30 @@ def test_tiny_dnabert_fused_wqkv_and_gated_ffn_against_modules():
         assert table.loc[(2, matrix), "frobenius_norm"] == pytest.approx(torch.linalg.matrix_norm(w).item(), rel=1e-10)
 
 
+def test_weights_by_layer_is_the_table_pivoted_without_loss():
+    import pandas as pd
+
+    from qft_cli.weights import weights_by_layer
+
+    table = pd.concat([weight_norms(resolve_model(name), labels={"model_alias": name}).table
+                       for name in ("tiny-gpt2", "tiny-llama")],
+                      ignore_index=True)
+    wide = weights_by_layer(table)
+    assert list(wide.columns) == ["model_alias", "layer", "norm", "q", "k", "v", "o", "ffn_gate", "ffn_up", "ffn_down"]
+    assert wide[["model_alias", "layer", "norm"]].values.tolist() == [
+        [m, l, n] for m in ("tiny-gpt2", "tiny-llama") for l in (1, 2) for n in ("spectral", "frobenius")]
+    assert wide[wide["model_alias"] == "tiny-gpt2"]["ffn_gate"].isna().all()  # GPT-2 has no gated FFN
+    blocks = table[table["layer"] >= 1]
+    assert wide[["q", "k", "v", "o", "ffn_gate", "ffn_up", "ffn_down"]].notna().sum().sum() == 2 * len(blocks)
+    for _, r in blocks.iterrows():
+        for norm in ("spectral", "frobenius"):
+            cell = wide[(wide["model_alias"] == r["model_alias"]) & (wide["layer"] == r["layer"])
+                        & (wide["norm"] == norm)][r["matrix"]]
+            assert cell.item() == r[f"{norm}_norm"]
+    with pytest.raises(ValueError, match="two matrices of one type"):
+        weights_by_layer(pd.concat([table, table.iloc[[3]]]))
+
+
 def test_dtype_column_is_the_stored_or_cast_dtype(tmp_path):
     model = build_tiny_model("tiny-bert").to(torch.bfloat16)
     model.save_pretrained(tmp_path)

@@ -9,8 +9,9 @@ from typing import Optional
 import typer
 
 from qft_cli.errors import QftInputError
-from qft_cli.cli.common import (DEVICE_OPTION, DTYPE_OPTION, OUT_OPTION, QUIET_OPTION, TRUST_OPTION, ResumedRun, argv,
-                                cli_errors, err_console, print_test_table, progress_bar)
+from qft_cli.cli.common import (DEVICE_OPTION, DTYPE_OPTION, FORMAT_OPTION, OUT_OPTION, QUIET_OPTION, TRUST_OPTION,
+                                ResumedRun, argv, check_format, cli_errors, err_console, print_test_table,
+                                progress_bar, short_model_name)
 
 
 @cli_errors
@@ -49,6 +50,7 @@ def finetune_command(
     device: str = DEVICE_OPTION,
     dtype: str = DTYPE_OPTION,
     trust_remote_code: bool = TRUST_OPTION,
+    fmt: str = FORMAT_OPTION,
     quiet: bool = QUIET_OPTION,
 ) -> None:
     """Fine-tune MODEL on a classification dataset with spectral/Frobenius-normalised matrices."""
@@ -57,6 +59,7 @@ def finetune_command(
     from qft_cli.runs import RUN_JSON, Run
     from qft_cli.training import parse_seeds
 
+    check_format(fmt)
     seed, seed_list = parse_seeds(seeds, seed)
     settings = FinetuneSettings(norm=norm, targets=targets, layers=layers, max_gamma=max_gamma, subnormalised=subnormalised,
                                 learning_rate=learning_rate, num_epochs=num_epochs, early_stopping=early_stopping,
@@ -113,5 +116,6 @@ def finetune_command(
         seed_text = ",".join(map(str, seed_list)) if seed_list else str(seed)
         err_console.print(f"new: {len(result.new_parameters)} parameters not in the checkpoint of {model}, "
                           f"initialised from seed {seed_text} (run.json new_parameters): {shown}", markup=False)
-    print_test_table(f"qft finetune {model}: test split", result.test_summary, run.path, result.epochs())
+    print_test_table(f"qft finetune {short_model_name(model)}: test split", result.test_summary, run.path, fmt,
+                     result.epochs())
 

@@ -7,8 +7,8 @@ from typing import Optional
 
 import typer
 
-from qft_cli.cli.common import (OUT_OPTION, QUIET_OPTION, TRUST_OPTION, ResumedRun, argv, cli_errors, console,
-                               print_test_table, progress_bar)
+from qft_cli.cli.common import (FORMAT_OPTION, OUT_OPTION, QUIET_OPTION, TRUST_OPTION, ResumedRun, argv, check_format,
+                               cli_errors, console, err_console, print_test_table, progress_bar)
 
 
 @cli_errors
@@ -48,6 +48,7 @@ def train_command(
     out: Path = OUT_OPTION,
     resume: Optional[Path] = typer.Option(None, "--resume", help="Continue an interrupted run directory with the options in its run.json (other options are ignored)."),
     trust_remote_code: bool = TRUST_OPTION,
+    fmt: str = FORMAT_OPTION,
     quiet: bool = QUIET_OPTION,
 ) -> None:
     """Train the single-layer transformer vanilla, spectral- and Frobenius-normalised; compare test accuracy and F1."""
@@ -55,6 +56,7 @@ def train_command(
     from qft_cli.training import (ExperimentOptions, TrainingConfig, from_jsonable, open_run, parse_seeds,
                                   run_experiment)
 
+    check_format(fmt)
     if resume is not None:
         from qft_cli.errors import QftInputError
 
@@ -92,6 +94,6 @@ def train_command(
         return
     title = f"qft train: {options.dataset}{'/' + options.task if options.task else ''}, test split"
     for note in result.notes:
-        console.print(f"note: {note}")
-    print_test_table(title, result.test_summary, run.path, result.epochs())
+        (console if fmt == "table" else err_console).print(f"note: {note}")
+    print_test_table(title, result.test_summary, run.path, fmt, result.epochs())
 
