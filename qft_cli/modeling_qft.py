@@ -111,10 +111,18 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
 
 
 class QftAttention(nn.Module):
-    """Multi-head self-attention with separate q/k/v/o projections and rotary embeddings."""
+    """Multi-head self-attention with separate q/k/v/o projections and rotary embeddings.
+
+    ``qkv_observer``: ``None``, or a function ``(module, q, k, v)`` called with the queries and
+    keys after the rotary embeddings and the values (each (batch, heads, seq, head_dim)), as they
+    enter the dot product; set by ``qft norms attention`` (qft_cli.attention).
+    """
+
+    applies_rotary = True
 
     def __init__(self, config: QftConfig):
         super().__init__()
+        self.qkv_observer = None
         self.num_heads = config.num_heads
         self.head_dim = config.d_model // config.num_heads
         self.theta = config.rope_theta
@@ -134,6 +142,8 @@ class QftAttention(nn.Module):
         q, k, v = heads(self.q_proj(x)), heads(self.k_proj(x)), heads(self.v_proj(x))
         cos, sin = rotary_cos_sin(t, self.head_dim, self.theta, x.device, q.dtype)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        if self.qkv_observer is not None:
+            self.qkv_observer(self, q, k, v)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
                                              dropout_p=self.attention_dropout if self.training else 0.0)
         return self.o_proj(out.transpose(1, 2).reshape(b, t, d))
