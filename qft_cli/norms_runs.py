@@ -21,6 +21,7 @@ from qft_cli.loading import load_model
 from qft_cli.models import load_config, load_tokenizer, resolve_model
 from qft_cli.progress import ProgressFn
 from qft_cli.runs import Run, check_writable
+from qft_cli.threads import configure_threads
 from qft_cli.weights import summarize_weights, weight_norms
 
 
@@ -41,11 +42,14 @@ class NormsInputsArgs:
     dtype: str = "float32"
     device_map: Optional[str] = None
     trust_remote_code: bool = False
+    threads: Optional[int] = None
     out: Path = Path("runs")
 
     def __post_init__(self) -> None:
         if not self.models:
             raise QftInputError("give at least one MODEL (see `qft models`)")
+        if self.threads is not None and self.threads < 1:
+            raise QftInputError(f"--threads must be at least 1 (got {self.threads}); leave it out for the default")
         if self.max_tokens < 1:
             raise QftInputError(f"--max-tokens must be at least 1 (got {self.max_tokens})")
         if self.batch_size == 0 or self.batch_size < -1:
@@ -69,11 +73,15 @@ class NormsWeightsArgs:
     models: list[str]
     device: str = "auto"
     dtype: Optional[str] = None
+    exact: bool = False
+    threads: Optional[int] = None
     out: Path = Path("runs")
 
     def __post_init__(self) -> None:
         if not self.models:
             raise QftInputError("give at least one MODEL (see `qft models`)")
+        if self.threads is not None and self.threads < 1:
+            raise QftInputError(f"--threads must be at least 1 (got {self.threads}); leave it out for the default")
         if self.dtype is not None:
             resolve_dtype(self.dtype)
         resolve_device(self.device)
@@ -140,7 +148,8 @@ def run_norms_inputs(args: NormsInputsArgs, progress: Optional[ProgressFn] = Non
     texts = None if args.dataset == "random" else load_texts(args.dataset, args.data_file, args.text_column)
     tables, warnings = [], []
     with Run("norms inputs", args.models, _options(args), out=Path(args.out)) as run:
-        run.update(device=str(device), dtype=args.dtype)
+        threads = configure_threads(args.threads)
+        run.update(device=str(device), dtype=args.dtype, threads=threads.count, threads_source=threads.source)
         for source, layers in zip(sources, layer_lists):
             tokenizer = load_tokenizer(source, args.trust_remote_code)
             model = load_model(source, dtype=dtype, device=device, device_map=args.device_map,
@@ -196,9 +205,11 @@ def run_norms_weights(args: NormsWeightsArgs, progress: Optional[ProgressFn] = N
     check_writable(args.out, create=False)
     tables, vectors, heads, warnings, notices, unrecognised = [], [], [], [], [], {}
     with Run("norms weights", args.models, _options(args), out=Path(args.out)) as run:
-        run.update(device=str(device), dtype=args.dtype or "stored")
+        threads = configure_threads(args.threads)
+        run.update(device=str(device), dtype=args.dtype or "stored", threads=threads.count,
+                   threads_source=threads.source, spectral_method="exact" if args.exact else "krylov")
         for source in sources:
-            result = weight_norms(source, dtype=dtype, device=device, progress=progress,
+            result = weight_norms(source, dtype=dtype, device=device, progress=progress, exact=args.exact,
                                   labels={"model_alias": source.name, "model": source.model_id})
             warnings += [f"non-finite weight: model {source.name}, parameter {p}" for p in result.nonfinite]
             if result.unrecognised:

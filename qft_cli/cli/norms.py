@@ -9,7 +9,7 @@ import pandas as pd
 import typer
 from rich.table import Table
 
-from qft_cli.cli.common import (DEVICE_MAP_OPTION, DEVICE_OPTION, OUT_OPTION, QUIET_OPTION, TRUST_OPTION,
+from qft_cli.cli.common import (DEVICE_MAP_OPTION, DEVICE_OPTION, OUT_OPTION, QUIET_OPTION, THREADS_OPTION, TRUST_OPTION,
                                 EXIT_BAD_INPUT, cli_errors, console, err_console, progress_bar)
 
 app = typer.Typer(help="Block-encoding normalisation factors: norms of hidden states and of weights.",
@@ -53,6 +53,7 @@ def inputs_command(
     dtype: str = typer.Option("float32", "--dtype", help="Model dtype: float32|bfloat16|float16 (norms always in float64)."),
     device_map: Optional[str] = DEVICE_MAP_OPTION,
     trust_remote_code: bool = TRUST_OPTION,
+    threads: Optional[int] = THREADS_OPTION,
     out: Path = OUT_OPTION,
     quiet: bool = QUIET_OPTION,
 ) -> None:
@@ -62,7 +63,7 @@ def inputs_command(
     args = NormsInputsArgs(models=models, dataset=dataset, data_file=data_file, text_column=text_column,
                            layers=layers, max_tokens=max_tokens, num_samples=num_samples, batch_size=batch_size,
                            seed=seed, device=device, dtype=dtype, device_map=device_map,
-                           trust_remote_code=trust_remote_code, out=out)
+                           trust_remote_code=trust_remote_code, threads=threads, out=out)
     with progress_bar(quiet) as progress:
         result = run_norms_inputs(args, progress)
     summary = result.summary.assign(frobenius=_span(result.summary, "frobenius_norm"),
@@ -80,13 +81,15 @@ def weights_command(
     models: List[str] = typer.Argument(..., help="Model aliases (see `qft models`), hub ids or local dirs."),
     device: str = DEVICE_OPTION,
     dtype: Optional[str] = typer.Option(None, "--dtype", help="Cast weights to float32|bfloat16|float16 first (default: as stored)."),
+    exact: bool = typer.Option(False, "--exact", help="Spectral norms by the float64 Gram matrix + eigvalsh for every matrix (default: block Krylov certified to 1e-6 relative for d > 512)."),
+    threads: Optional[int] = THREADS_OPTION,
     out: Path = OUT_OPTION,
     quiet: bool = QUIET_OPTION,
 ) -> None:
     """Norms of every attention (q, k, v, o) and FFN weight matrix per layer, and of the embedding."""
     from qft_cli.norms_runs import NormsWeightsArgs, run_norms_weights
 
-    args = NormsWeightsArgs(models=models, device=device, dtype=dtype, out=out)
+    args = NormsWeightsArgs(models=models, device=device, dtype=dtype, exact=exact, threads=threads, out=out)
     with progress_bar(quiet) as progress:
         result = run_norms_weights(args, progress)
     _print_table("weight norms per matrix type (mean and max over layers)", result.summary,
