@@ -15,6 +15,7 @@ from typing import Optional
 import pandas as pd
 
 from qft_cli.device import resolve_device, resolve_dtype
+from qft_cli.distributed import balanced_shards, gather_to_main, process_group
 from qft_cli.errors import QftInputError
 from qft_cli.inputs import check_num_tokens, hidden_state_norms, num_layers, parse_layers, summarize_inputs
 from qft_cli.loading import load_model
@@ -22,7 +23,7 @@ from qft_cli.models import load_config, load_tokenizer, resolve_model
 from qft_cli.progress import ProgressFn
 from qft_cli.runs import Run, check_writable
 from qft_cli.threads import configure_threads
-from qft_cli.weights import summarize_weights, weight_norms
+from qft_cli.weights import matrix_parameters, merge_weight_results, summarize_weights, weight_norms
 
 
 @dataclass
@@ -204,13 +205,26 @@ def run_norms_weights(args: NormsWeightsArgs, progress: Optional[ProgressFn] = N
     dtype = resolve_dtype(args.dtype) if args.dtype else None
     check_writable(args.out, create=False)
     tables, vectors, heads, warnings, notices, unrecognised = [], [], [], [], [], {}
-    with Run("norms weights", args.models, _options(args), out=Path(args.out)) as run:
+    rank, world = process_group(device.type)
+    with Run("norms weights", args.models, _options(args), out=Path(args.out), is_main_process=rank == 0) as run:
         threads = configure_threads(args.threads)
         run.update(device=str(device), dtype=args.dtype or "stored", threads=threads.count,
-                   threads_source=threads.source, spectral_method="exact" if args.exact else "krylov")
+                   threads_source=threads.source, spectral_method="exact" if args.exact else "krylov",
+                   world_size=world)
         for source in sources:
-            result = weight_norms(source, dtype=dtype, device=device, progress=progress, exact=args.exact,
-                                  labels={"model_alias": source.name, "model": source.model_id})
+            labels = {"model_alias": source.name, "model": source.model_id}
+            if world == 1:
+                result = weight_norms(source, dtype=dtype, device=device, progress=progress, exact=args.exact,
+                                      labels=labels)
+            else:  # each rank measures a balanced share of the stored tensors; rank 0 merges
+                params = matrix_parameters(source)
+                mine = balanced_shards([n for _, n in params], world)[rank]
+                part = weight_norms(source, dtype=dtype, device=device, progress=progress if rank == 0 else None,
+                                    exact=args.exact, labels=labels, parameters={params[i][0] for i in mine})
+                parts = gather_to_main(part, device.type)
+                if rank != 0:
+                    continue
+                result = merge_weight_results(parts, [p for p, _ in params])
             warnings += [f"non-finite weight: model {source.name}, parameter {p}" for p in result.nonfinite]
             if result.unrecognised:
                 unrecognised[source.name] = result.unrecognised
@@ -220,6 +234,8 @@ def run_norms_weights(args: NormsWeightsArgs, progress: Optional[ProgressFn] = N
             tables.append(result.table)
             vectors.append(result.vectors)
             heads.append(result.heads)
+        if rank != 0:
+            return NormsResult(run.path, {}, pd.DataFrame())
         table = pd.concat(tables, ignore_index=True)
         run.write_table("norms_weights", table)
         run.write_table("norm_vectors", pd.concat(vectors, ignore_index=True))

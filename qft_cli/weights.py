@@ -214,6 +214,41 @@ def weight_norms(source: ModelSource, *, dtype: Optional[torch.dtype] = None, de
                              head_table.astype({"layer": "int64", "head": "int64"}), unrecognised)
 
 
+def matrix_parameters(source: ModelSource) -> list[tuple[str, int]]:
+    """``(parameter, number of elements)`` of every stored tensor that holds a measured matrix, in
+    the order :func:`weight_norms` reads them (the unit of sharding across ranks)."""
+    store = open_weights(source)
+    try:
+        specs = classify(store.shapes.items(), store.config)
+        order = list(dict.fromkeys(s.parameter for s in specs))
+        return [(p, int(torch.Size(store.shapes[p]).numel())) for p in order]
+    finally:
+        store.close()
+
+
+def merge_weight_results(parts: list[WeightNormsResult], parameters: list[str]) -> WeightNormsResult:
+    """The :class:`WeightNormsResult` of one process from the results of ranks that each measured a
+    subset of ``parameters`` (the order of :func:`matrix_parameters`): rows in the single-process
+    order (by parameter, then as measured)."""
+    rank_of = {p: i for i, p in enumerate(parameters)}
+    table = pd.concat([r.table for r in parts], ignore_index=True)
+    table = table.iloc[table["parameter"].map(rank_of).argsort(kind="stable")].reset_index(drop=True)
+    position = {(row.part, row.layer, row.matrix): i for i, row in enumerate(table.itertuples())}
+
+    def ordered(frames: list[pd.DataFrame]) -> pd.DataFrame:
+        filled = [f for f in frames if len(f)]
+        if not filled:
+            return frames[0]
+        frame = pd.concat(filled, ignore_index=True)
+        key = [position[(p, l, m)] for p, l, m in zip(frame["part"], frame["layer"], frame["matrix"])]
+        return frame.iloc[pd.Series(key).argsort(kind="stable").to_numpy()].reset_index(drop=True)
+
+    vectors = ordered([r.vectors for r in parts])
+    heads = ordered([r.heads for r in parts])
+    nonfinite = [p for p in parameters if any(p in r.nonfinite for r in parts)]
+    return WeightNormsResult(table, vectors, nonfinite, heads, parts[0].unrecognised)
+
+
 def summarize_weights(table: pd.DataFrame) -> pd.DataFrame:
     """Per (model, matrix): number of matrices, mean and max spectral and Frobenius norm."""
     keys = [k for k in ("model_alias", "matrix") if k in table.columns]

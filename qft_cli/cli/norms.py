@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import List, Optional
 
@@ -90,8 +91,11 @@ def weights_command(
     from qft_cli.norms_runs import NormsWeightsArgs, run_norms_weights
 
     args = NormsWeightsArgs(models=models, device=device, dtype=dtype, exact=exact, threads=threads, out=out)
-    with progress_bar(quiet) as progress:
+    main = os.environ.get("RANK", "0") == "0"  # under torchrun: progress and output on rank 0 only
+    with progress_bar(quiet or not main) as progress:
         result = run_norms_weights(args, progress)
+    if not result.tables:
+        return
     _print_table("weight norms per matrix type (mean and max over layers)", result.summary,
                  {"model_alias": "model", "matrix": "matrix", "count": "n", "spectral_norm_mean": "||W||_2 mean",
                   "spectral_norm_max": "||W||_2 max", "frobenius_norm_mean": "||W||_F mean",
