@@ -33,6 +33,10 @@ def process_group(device_type: str = "cpu") -> tuple[int, int]:
         return 0, 1
     import torch.distributed as dist
 
+    if device_type == "cuda":  # one GPU per process: cuda means cuda:LOCAL_RANK from here on
+        import torch
+
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo")
     return dist.get_rank(), dist.get_world_size()
@@ -59,9 +63,5 @@ def gather_to_main(obj: Any, device_type: str = "cpu") -> Optional[list[Any]]:
         return [obj]
     rank, size = dist.get_rank(), dist.get_world_size()
     box = [None] * size if rank == 0 else None
-    if device_type == "cuda":  # gather_object over NCCL needs the current CUDA device set
-        import torch
-
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     dist.gather_object(obj, box, dst=0)
     return box

@@ -17,7 +17,8 @@ import pandas as pd
 from qft_cli.device import resolve_device, resolve_dtype
 from qft_cli.distributed import balanced_shards, gather_to_main, process_group
 from qft_cli.errors import QftInputError
-from qft_cli.inputs import check_num_tokens, hidden_state_norms, num_layers, parse_layers, summarize_inputs
+from qft_cli.inputs import (InputNormsResult, check_num_tokens, hidden_state_norms, num_layers, parse_layers,
+                            summarize_inputs)
 from qft_cli.loading import load_model
 from qft_cli.models import load_config, load_tokenizer, resolve_model
 from qft_cli.progress import ProgressFn
@@ -148,9 +149,11 @@ def run_norms_inputs(args: NormsInputsArgs, progress: Optional[ProgressFn] = Non
 
     texts = None if args.dataset == "random" else load_texts(args.dataset, args.data_file, args.text_column)
     tables, warnings = [], []
-    with Run("norms inputs", args.models, _options(args), out=Path(args.out)) as run:
+    rank, world = process_group(device.type)
+    with Run("norms inputs", args.models, _options(args), out=Path(args.out), is_main_process=rank == 0) as run:
         threads = configure_threads(args.threads)
-        run.update(device=str(device), dtype=args.dtype, threads=threads.count, threads_source=threads.source)
+        run.update(device=str(device), dtype=args.dtype, threads=threads.count, threads_source=threads.source,
+                   world_size=world)
         for source, layers in zip(sources, layer_lists):
             tokenizer = load_tokenizer(source, args.trust_remote_code)
             model = load_model(source, dtype=dtype, device=device, device_map=args.device_map,
@@ -166,21 +169,51 @@ def run_norms_inputs(args: NormsInputsArgs, progress: Optional[ProgressFn] = Non
                 rows = None
             if pad is None or (rows is not None and pad >= rows):  # any valid id pads
                 pad = 0
-            result = hidden_state_norms(model, samples.token_ids, layers, batch_size=args.batch_size,
-                                        pad_token_id=pad, progress=progress,
-                                        labels={"dataset": samples.dataset, "model_alias": source.name,
-                                                "model": source.model_id})
+            labels = {"dataset": samples.dataset, "model_alias": source.name, "model": source.model_id}
+            if world == 1:
+                result = hidden_state_norms(model, samples.token_ids, layers, batch_size=args.batch_size,
+                                            pad_token_id=pad, progress=progress, labels=labels)
+            else:  # each rank a balanced share of the samples (by length); rank 0 merges
+                mine = balanced_shards([len(x) for x in samples.token_ids], world)[rank]
+                part = hidden_state_norms(model, [samples.token_ids[i] for i in mine], layers,
+                                          batch_size=args.batch_size, pad_token_id=pad,
+                                          progress=progress if rank == 0 else None, labels=labels) if mine else None
+                parts = gather_to_main((mine, part), device.type)
+                del model
+                gc.collect()
+                if rank != 0:
+                    continue
+                result = merge_input_results(parts)
             warnings += [f"non-finite hidden state: model {source.name}, sample {i}, layer {l}"
                          for i, l in result.nonfinite]
             warnings += [f"all-zero hidden state: model {source.name}, sample {i}, layer {l}"
                          for i, l in result.all_zero]
             tables.append(result.table)
-            del model
+            model = None
             gc.collect()
+        if rank != 0:
+            return NormsResult(run.path, {}, pd.DataFrame())
         table = pd.concat(tables, ignore_index=True)
         run.write_table("norms_inputs", table)
         run.update(warnings=warnings, num_rows=len(table))
     return NormsResult(run.path, {"norms_inputs": table}, summarize_inputs(table), one_line(warnings))
+
+
+def merge_input_results(parts: list) -> InputNormsResult:
+    """One :class:`qft_cli.inputs.InputNormsResult` from the ``(sample indices, result)`` of every
+    rank: local sample indices mapped back to the dataset's, rows sorted as the single-process run
+    (by sample, then layer)."""
+    tables, nonfinite, all_zero = [], [], []
+    for mine, part in parts:
+        if part is None:
+            continue
+        table = part.table.copy()
+        table["sample_index"] = [mine[i] for i in table["sample_index"]]
+        tables.append(table)
+        nonfinite += [(mine[i], layer) for i, layer in part.nonfinite]
+        all_zero += [(mine[i], layer) for i, layer in part.all_zero]
+    table = pd.concat(tables, ignore_index=True).sort_values(["sample_index", "layer"], kind="stable")
+    return InputNormsResult(table.reset_index(drop=True), sorted(nonfinite), sorted(all_zero))
 
 
 def load_samples_for(args: NormsInputsArgs, tokenizer, vocab_size: int, texts=None):

@@ -65,8 +65,11 @@ def inputs_command(
                            layers=layers, max_tokens=max_tokens, num_samples=num_samples, batch_size=batch_size,
                            seed=seed, device=device, dtype=dtype, device_map=device_map,
                            trust_remote_code=trust_remote_code, threads=threads, out=out)
-    with progress_bar(quiet) as progress:
+    main = os.environ.get("RANK", "0") == "0"  # under torchrun: progress and output on rank 0 only
+    with progress_bar(quiet or not main) as progress:
         result = run_norms_inputs(args, progress)
+    if not result.tables:
+        return
     summary = result.summary.assign(frobenius=_span(result.summary, "frobenius_norm"),
                                     spectral=_span(result.summary, "spectral_norm"))
     _print_table("hidden-state norms per layer: min / median / max, and b of norm ~ c N^b", summary,
