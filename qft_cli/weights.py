@@ -21,6 +21,7 @@ from typing import Iterator, Optional
 import pandas as pd
 import torch
 
+from qft_cli.attention import composite_head_rows
 from qft_cli.errors import QftInputError
 from qft_cli.layout import _EMBEDDING_RE, MATRIX_ORDER, MatrixSpec, classify, head_dim, split_heads
 from qft_cli.loading import TensorStore, checkpoint_files, open_weights  # noqa: F401 (re-exported)
@@ -29,6 +30,7 @@ from qft_cli.norms import all_finite, frobenius_norm, matrix_stats, spectral_nor
 from qft_cli.progress import ProgressFn, report
 
 WEIGHT_COLUMNS = ["model", "model_alias", "part", "layer", "matrix", "parameter", "d_out", "d_in", "dtype",
+                  "quant_type",
                   "frobenius_norm", "spectral_norm", "column_norm_mean", "column_norm_var", "column_norm_max",
                   "row_norm_mean", "row_norm_var", "row_norm_max", "spectral_norm_error_bound", "finite"]
 VECTOR_MATRICES = ("q", "k", "v", "embedding")
@@ -44,6 +46,9 @@ class WeightNormsResult:
             part, layer, matrix, kind, index, value).
         heads: per-head spectral and Frobenius norms of every attention matrix (part, layer,
             matrix, head, spectral_norm, frobenius_norm); see :func:`qft_cli.layout.split_heads`.
+            Also the weight-only composites of each block, matrix ``qk`` (W_q,h^T W_k,h, GQA heads
+            paired as the model pairs them) and ``ov`` (W_o,h W_v,h), computed through
+            head_dim x head_dim matrices (:func:`qft_cli.attention.weight_composites`).
         nonfinite: parameters that held NaN/inf.
         unrecognised: 2-D tensors qft does not recognise (:func:`unrecognised_parameters`): not
             measured, reported.
@@ -166,12 +171,14 @@ def weight_norms(source: ModelSource, *, dtype: Optional[torch.dtype] = None, de
         if parameters is not None:
             specs = [s for s in specs if s.parameter in parameters]
         rows, vectors, heads, nonfinite = [], [], [], []
+        pending: dict[tuple[str, int], dict[str, torch.Tensor]] = defaultdict(dict)  # q/k/v/o heads of a layer
         dim = head_dim(store.config)
         for done, (spec, w) in enumerate(iter_matrices(store, specs, dtype, device), start=1):
             finite = all_finite(w)
             rec = {"part": spec.part, "layer": spec.layer, "matrix": spec.matrix, "parameter": spec.parameter,
                    "d_out": int(w.shape[0]), "d_in": int(w.shape[1]),
-                   "dtype": str(w.dtype).removeprefix("torch."), "finite": finite}
+                   "dtype": str(w.dtype).removeprefix("torch."),
+                   "quant_type": store.quant_types.get(spec.parameter), "finite": finite}
             if finite:
                 stats = matrix_stats(w, exact=exact)
                 rec.update(stats_record(stats), spectral_norm_error_bound=stats.spectral_error_bound)
@@ -188,6 +195,14 @@ def weight_norms(source: ModelSource, *, dtype: Optional[torch.dtype] = None, de
                                                "head": range(blocks.shape[0]),
                                                "spectral_norm": head_spectral.cpu().numpy(),
                                                "frobenius_norm": head_frobenius.cpu().numpy()}))
+                    if spec.matrix in ("q", "k", "v", "o"):  # weight-only composites qk and ov
+                        layer_blocks = pending[(spec.part, spec.layer)]
+                        layer_blocks[spec.matrix] = blocks
+                        composite = composite_head_rows(layer_blocks)
+                        if composite is not None:
+                            heads.append(composite.assign(part=spec.part, layer=spec.layer)[
+                                ["part", "layer", "matrix", "head", "spectral_norm", "frobenius_norm"]])
+                            del pending[(spec.part, spec.layer)]
             else:
                 nonfinite.append(spec.parameter)
             rows.append(rec)
@@ -256,3 +271,39 @@ def summarize_weights(table: pd.DataFrame) -> pd.DataFrame:
     return grouped.agg(count=("layer", "size"), spectral_norm_mean=("spectral_norm", "mean"),
                        spectral_norm_max=("spectral_norm", "max"), frobenius_norm_mean=("frobenius_norm", "mean"),
                        frobenius_norm_max=("frobenius_norm", "max")).reset_index()
+
+
+def weights_by_layer(table: pd.DataFrame) -> pd.DataFrame:
+    """Per-layer view of ``norms_weights``: one row per (model, part, layer, norm), one column per
+    attention/FFN matrix type present (``q, k, v, o, cross_*, ffn_gate, ffn_up, ffn_down`` in
+    :data:`qft_cli.layout.MATRIX_ORDER`), values the spectral or Frobenius norm (float64, the
+    weights' units). Layers 1..L only (the embedding, layer 0, is in the summary); a matrix type
+    absent from a layer is NaN. ``part`` is dropped when every row has ``""`` (decoder-only and
+    encoder-only models).
+
+    Raises:
+        ValueError: two matrices of one type in the same model, part and layer (never silently
+            merged; :mod:`qft_cli.layout` names each matrix once per layer).
+    """
+    from qft_cli.layout import MATRIX_ORDER
+
+    keys = [k for k in ("model_alias", "part", "layer") if k in table.columns]
+    blocks = table[(table["layer"] >= 1) & (table["matrix"] != "embedding")]
+    if blocks.duplicated(keys + ["matrix"]).any():
+        raise ValueError("norms_weights has two matrices of one type in one layer: "
+                         + ", ".join(map(str, blocks[blocks.duplicated(keys + ["matrix"])]["parameter"].head(3))))
+    matrices = [m for m in MATRIX_ORDER if m in set(blocks["matrix"])]
+    matrices += sorted(set(blocks["matrix"]) - set(matrices))
+    frames = []
+    for column, label in (("spectral_norm", "spectral"), ("frobenius_norm", "frobenius")):
+        wide = blocks.pivot(index=keys, columns="matrix", values=column).reindex(columns=matrices)
+        wide.columns.name = None
+        frames.append(wide.reset_index().assign(norm=label))
+    out = pd.concat(frames, ignore_index=True)
+    order = {m: i for i, m in enumerate(dict.fromkeys(table["model_alias"]))} if "model_alias" in keys else {}
+    out = out.sort_values(keys + ["norm"], key=lambda s: s.map(order) if s.name == "model_alias"
+                          else (s.map({"spectral": 0, "frobenius": 1}) if s.name == "norm" else s),
+                          kind="stable").reset_index(drop=True)
+    if "part" in out.columns and (out["part"] == "").all():
+        out = out.drop(columns="part")
+    return out[[c for c in keys if c in out.columns] + ["norm"] + matrices]
