@@ -24,7 +24,7 @@ from qft_cli.models import load_config, load_tokenizer, resolve_model
 from qft_cli.progress import ProgressFn
 from qft_cli.runs import Run, check_writable
 from qft_cli.threads import configure_threads
-from qft_cli.weights import matrix_parameters, merge_weight_results, summarize_weights, weight_norms
+from qft_cli.weights import matrix_groups, merge_weight_results, summarize_weights, weight_norms
 
 
 @dataclass
@@ -315,14 +315,15 @@ def run_norms_weights(args: NormsWeightsArgs, progress: Optional[ProgressFn] = N
                 result = weight_norms(source, dtype=dtype, device=device, progress=progress, exact=args.exact,
                                       labels=labels)
             else:  # each rank measures a balanced share of the stored tensors; rank 0 merges
-                params = matrix_parameters(source)
-                mine = balanced_shards([n for _, n in params], world)[rank]
+                groups = matrix_groups(source)
+                mine = balanced_shards([size for _, _, size in groups], world)[rank]
                 part = weight_norms(source, dtype=dtype, device=device, progress=progress if rank == 0 else None,
-                                    exact=args.exact, labels=labels, parameters={params[i][0] for i in mine})
+                                    exact=args.exact, labels=labels,
+                                    parameters={p for i in mine for p in groups[i][1]})
                 parts = gather_to_main(part, device.type)
                 if rank != 0:
                     continue
-                result = merge_weight_results(parts, [p for p, _ in params])
+                result = merge_weight_results(parts, [key for key, _, _ in groups])
             warnings += [f"non-finite weight: model {source.name}, parameter {p}" for p in result.nonfinite]
             if result.unrecognised:
                 unrecognised[source.name] = result.unrecognised
