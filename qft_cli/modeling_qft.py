@@ -306,29 +306,18 @@ def pretrained_embedding(name: str, trust_remote_code: bool = False) -> torch.Te
 
 
 def _embedding_from_files(source) -> Optional[torch.Tensor]:
-    """Read the embedding straight from safetensors/bin files (works for DNABERT-2 without its remote code)."""
-    from pathlib import Path
+    """Read the token embedding straight from the checkpoint through the streaming reader of
+    :func:`qft_cli.loading.open_weights` (works for DNABERT-2 without its remote code); ``None``
+    when no tensor is a token embedding (:func:`qft_cli.layout.classify`)."""
+    from qft_cli.layout import classify
+    from qft_cli.loading import open_weights
 
-    from qft_cli.layout import _EMBEDDING_RE
-    from qft_cli.models import hub_snapshot
-
-    directory = Path(source.location) if source.kind == "local" else hub_snapshot(
-        source, ["*.safetensors", "*.bin", "*.json"])
-    files = sorted(directory.glob("*.safetensors"))
-    if files:
-        from safetensors import safe_open
-
-        for path in files:
-            with safe_open(str(path), framework="pt") as f:
-                for key in f.keys():
-                    if _EMBEDDING_RE.search(key) and "position" not in key:
-                        return f.get_tensor(key).float().clone()
-    for path in sorted(directory.glob("*.bin")):
-        state = torch.load(str(path), map_location="cpu", weights_only=True)
-        for key, value in state.items():
-            if _EMBEDDING_RE.search(key) and "position" not in key and value.ndim == 2:
-                return value.float().clone()
-    return None
+    store = open_weights(source)
+    try:
+        specs = [s for s in classify(store.shapes.items(), store.config) if s.matrix == "embedding"]
+        return store.read(specs[0].parameter).float().clone() if specs else None
+    finally:
+        store.close()
 
 
 def build_model(config: QftConfig, *, embedding: Optional[torch.Tensor] = None, freeze_embedding: bool = False,

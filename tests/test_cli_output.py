@@ -242,21 +242,25 @@ def test_ctrl_c_in_train_prints_the_resume_command_that_continues_it(tmp_path, m
 
 
 def test_train_table_as_csv_keeps_full_precision_and_moves_the_run_dir_to_stderr(capsys):
+    import pandas as pd
+
+    from qft_cli import stats
     from qft_cli.cli.common import print_test_table
 
-    rows = [{"variant": "vanilla", "accuracy": 0.8125, "f1": 0.75, "accuracy_diff": 0.0, "f1_diff": 0.0, "epochs": 3},
-            {"variant": "frobenius", "accuracy": 0.8, "f1": 0.7, "accuracy_diff": -0.0125, "f1_diff": -0.05,
-             "epochs": 2.5}]
-    print_test_table("t", rows, "runs/x", "csv")
+    metrics = pd.DataFrame([{"variant": v, "seed": 0, "split": "test", "step": 9, "epoch": 3.0, "accuracy": acc, "f1": f1}
+                            for v, acc, f1 in (("vanilla", 0.8125, 0.75), ("frobenius", 0.8, 0.7))])
+    summary = stats.test_summary(metrics, dataset="gue", task="prom_core_notata")
+    print_test_table("t", summary, "runs/x", "csv", {"vanilla": 3.0, "frobenius": 2.5})
     out = capsys.readouterr()
     ((title, table),) = _csv_tables(out.out)
     assert title == "t" and "results: runs/x" in out.err
-    assert table["variant"].tolist() == ["vanilla", "frobenius"]
-    assert math.isnan(table["Δ accuracy (pp)"][0]) and table["Δ accuracy (pp)"][1] == pytest.approx(-1.25, rel=1e-12)
-    assert table["Δ F1 (pp)"][1] == pytest.approx(-5.0, rel=1e-12) and table["epochs"].tolist() == [3, 2.5]
-    print_test_table("t", rows, "runs/x", "markdown")
+    assert list(table.columns) == stats.SUMMARY_COLUMNS  # csv: the test_summary rows, fractions
+    acc = table[table.metric == "accuracy"].set_index("variant")
+    assert acc.loc["vanilla", "mean"] == 0.8125 and math.isnan(acc.loc["vanilla", "diff_to_vanilla"])
+    assert acc.loc["frobenius", "diff_to_vanilla"] == pytest.approx(-0.0125, rel=1e-12)
+    print_test_table("t", summary, "runs/x", "markdown", {"vanilla": 3.0, "frobenius": 2.5})
     out = capsys.readouterr().out
-    assert "| frobenius |     0.8000 |" in out and "-1.25" in out
+    assert "| frobenius |" in out and "80.00" in out and "-1.25" in out and "2.5" in out
 
 
 def test_ctrl_c_in_finetune_prints_the_command_as_typed_with_resume(tmp_path, monkeypatch):

@@ -339,21 +339,16 @@ def test_published_layout_finetune(published_with_tokenizer, tmp_path, shared_da
 
 @pytest.mark.slow
 def test_published_config_as_is_full_size(tmp_path_factory, published_config, shared_data, tmp_path):
-    """The published config.json byte for byte (117M parameters, random weights): norms inputs and
-    norms weights run on it."""
-    import pandas as pd
-
+    """The published config.json byte for byte (117M parameters, random weights): the model is
+    built from it and ``norms inputs`` runs (``norms weights`` reads the same keys: the tiny-size
+    tests above cover it)."""
     directory = save_published_style_checkpoint(tmp_path_factory.mktemp("dnabert2-full"), seed=0,
                                                 config_json=published_config)
     assert (directory / "config.json").read_bytes() == published_config.read_bytes()
     _with_tokenizer(directory, shared_data)
-    result = _cli("norms", "inputs", directory, "--dataset", "random", "--max-tokens", 4, "--layers", "0,12",
+    result = _cli("norms", "inputs", directory, "--dataset", "random", "--max-tokens", 3, "--layers", "0,1",
                   "--out", tmp_path / "i", "--quiet")
     assert result.exit_code == 0, result.output
-    result = _cli("norms", "weights", directory, "--out", tmp_path / "w", "--quiet")
-    assert result.exit_code == 0, result.output
-    table = pd.read_parquet(next((tmp_path / "w").iterdir()) / "norms_weights.parquet")
-    assert table.layer.max() == 12 and len(table[table.matrix == "q"]) == 12
 
 
 def test_dnabert2_tokenizer_offline_from_shared_data(monkeypatch, shared_data):

@@ -262,25 +262,36 @@ def print_run_dir(run_dir, fmt: str = "table") -> None:
     target.print(f"results: {run_dir}", soft_wrap=True, markup=False, highlight=False)
 
 
-def print_test_table(title: str, rows: list[dict], run_dir, fmt: str = "table") -> None:
-    """The final table of ``train`` and ``finetune``: variant x test accuracy and F1, and their
-    differences to vanilla in percentage points; a warning for variants that learnt (almost)
-    nothing (F1 < 0.05, e.g. one class predicted for every input); then the run directory."""
-    import pandas as pd
+def print_test_table(title: str, summary, run_dir, fmt: str = "table", epochs: Optional[dict] = None) -> None:
+    """The final table of ``train`` and ``finetune``: per variant the test accuracy and F1 with
+    their 95% interval and the paired difference to vanilla, in percentage points
+    (:func:`qft_cli.stats.summary_display_table`, table and markdown); with ``csv`` the
+    ``test_summary`` rows themselves (fractions, full precision). Then a line saying what the
+    intervals are, a warning for variants that learnt (almost) nothing (mean F1 < 0.05, e.g. one
+    class predicted for every input), and the run directory (notes on stderr for csv/markdown).
 
-    def points(x):
-        return float("nan") if x is None else 100 * x
+    Args:
+        summary: :func:`qft_cli.stats.test_summary` of the run.
+        fmt: ``table``, ``csv`` or ``markdown`` (:func:`print_frame`).
+        epochs: ``variant -> mean epochs trained`` (an ``epochs`` column; not in csv).
+    """
+    from qft_cli.stats import summary_display_table, summary_interval_note
 
-    frame = pd.DataFrame([{"variant": row["variant"], "accuracy": row["accuracy"], "F1": row["f1"],
-                           "Δ accuracy (pp)": float("nan") if row["variant"] == "vanilla" else points(row["accuracy_diff"]),
-                           "Δ F1 (pp)": float("nan") if row["variant"] == "vanilla" else points(row["f1_diff"]),
-                           "epochs": float("nan") if row.get("epochs") is None else row["epochs"]}
-                          for row in rows],
-                         columns=["variant", "accuracy", "F1", "Δ accuracy (pp)", "Δ F1 (pp)", "epochs"])
-    print_frame(frame, title, fmt, formats={"accuracy": ".4f", "F1": ".4f", "Δ accuracy (pp)": "+.2f",
-                                            "Δ F1 (pp)": "+.2f", "epochs": ".3g"})
-    for row in rows:
-        if row["f1"] == row["f1"] and row["f1"] < 0.05:
-            err_console.print(f"warning: {row['variant']} has test F1 {row['f1']:.3f}: it (almost) always predicts "
-                              "one class; train longer or change the learning rate", markup=False)
+    if fmt == "csv":
+        print_frame(summary, title, fmt)
+    else:
+        display = summary_display_table(summary, epochs)
+        print_frame(display, title, fmt, align={c: "right" for c in display.columns if c != "variant"})
+    notes = console if fmt == "table" else err_console
+    note = summary_interval_note(summary)
+    if note:
+        notes.print(note, soft_wrap=True, markup=False, highlight=False)
+    if len(summary) and (summary["interval"] != "t over seeds").all():
+        notes.print("with one seed the intervals cover test-sample noise only: pass --seeds 0,1,2 for "
+                    "seed-to-seed variation", soft_wrap=True, markup=False, highlight=False)
+    if len(summary):
+        for r in summary[summary["metric"] == "f1"].itertuples(index=False):
+            if r.mean == r.mean and r.mean < 0.05:
+                err_console.print(f"warning: {r.variant} has test F1 {r.mean:.3f}: it (almost) always predicts "
+                                  "one class; train longer or change the learning rate", markup=False)
     print_run_dir(run_dir, fmt)
