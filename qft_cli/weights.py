@@ -98,7 +98,8 @@ def check_complete_blocks(specs: list[MatrixSpec], unrecognised: list[str], name
         blocks = {g.split(" has no ")[0] for g in gaps}
         nearby = [u for u in unrecognised if any(f".{int(b.rsplit(' ', 1)[1]) - 1}." in u for b in blocks)]
         hint = f" (unrecognised tensors there: {', '.join(nearby[:4])})" if nearby else ""
-        raise QftInputError(f"{name}: {len(gaps)} matrices missing that the sibling blocks have: {'; '.join(gaps[:4])}"
+        raise QftInputError(f"{name}: missing weight matrices that the sibling blocks have ({len(gaps)}): "
+                            f"{'; '.join(gaps[:4])}"
                             f"{hint}: the checkpoint is incomplete or a weight was renamed; fix or re-download it")
 
 
