@@ -10,18 +10,21 @@ import dataclasses
 import gc
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import pandas as pd
 
 from qft_cli.device import resolve_device, resolve_dtype
+from qft_cli.distributed import balanced_shards, gather_to_main, process_group
 from qft_cli.errors import QftInputError
-from qft_cli.inputs import check_num_tokens, hidden_state_norms, num_layers, parse_layers, summarize_inputs
+from qft_cli.fits import fit_summary, fit_table
+from qft_cli.inputs import InputNormsResult, check_num_tokens, hidden_state_norms, num_layers, parse_layers
 from qft_cli.loading import load_model
 from qft_cli.models import load_config, load_tokenizer, resolve_model
 from qft_cli.progress import ProgressFn
 from qft_cli.runs import Run, check_writable
-from qft_cli.weights import summarize_weights, weight_norms
+from qft_cli.threads import configure_threads
+from qft_cli.weights import matrix_groups, merge_weight_results, summarize_weights, weight_norms
 
 
 @dataclass
@@ -41,11 +44,14 @@ class NormsInputsArgs:
     dtype: str = "float32"
     device_map: Optional[str] = None
     trust_remote_code: bool = False
+    threads: Optional[int] = None
     out: Path = Path("runs")
 
     def __post_init__(self) -> None:
         if not self.models:
             raise QftInputError("give at least one MODEL (see `qft models`)")
+        if self.threads is not None and self.threads < 1:
+            raise QftInputError(f"--threads must be at least 1 (got {self.threads}); leave it out for the default")
         if self.max_tokens < 1:
             raise QftInputError(f"--max-tokens must be at least 1 (got {self.max_tokens})")
         if self.batch_size == 0 or self.batch_size < -1:
@@ -63,17 +69,28 @@ class NormsInputsArgs:
 
 
 @dataclass
+class NormsAttentionArgs(NormsInputsArgs):
+    """Arguments of ``qft norms attention``: those of ``norms inputs``; ``layers`` are blocks 1..L."""
+
+    layers: str = "all"
+
+
+@dataclass
 class NormsWeightsArgs:
     """Arguments of ``qft norms weights``."""
 
     models: list[str]
     device: str = "auto"
     dtype: Optional[str] = None
+    exact: bool = False
+    threads: Optional[int] = None
     out: Path = Path("runs")
 
     def __post_init__(self) -> None:
         if not self.models:
             raise QftInputError("give at least one MODEL (see `qft models`)")
+        if self.threads is not None and self.threads < 1:
+            raise QftInputError(f"--threads must be at least 1 (got {self.threads}); leave it out for the default")
         if self.dtype is not None:
             resolve_dtype(self.dtype)
         resolve_device(self.device)
@@ -117,14 +134,59 @@ def one_line(warnings: list[str], shown: int = 3) -> list[str]:
     return lines
 
 
+#: Group columns of the power-law fits of ``qft norms inputs`` (one fit per group and norm).
+FIT_GROUPS = ["model", "model_alias", "dataset", "layer"]
+
+
 def run_norms_inputs(args: NormsInputsArgs, progress: Optional[ProgressFn] = None) -> NormsResult:
-    """Measure hidden-state norms of every model in ``args.models`` and write ``norms_inputs.parquet``.
+    """Measure hidden-state norms of every model in ``args.models`` and write ``norms_inputs.parquet``
+    and ``fits.parquet`` (norm ~ c N^b per model, dataset, layer and norm, :func:`qft_cli.fits.fit_table`,
+    quantity ``hidden_states``). The result's ``summary`` is :func:`qft_cli.fits.fit_summary` of them.
 
     All models are resolved, and their depth checked against ``--layers``, before any heavy work.
 
     Raises:
         QftInputError: bad model names, layers beyond a model's depth, bad data, unwritable out.
     """
+    prepared = _prepare(args, parse_layers)
+    tables, warnings = [], []
+    rank, world = process_group(prepared["device"].type)
+    with Run("norms inputs", args.models, _options(args), out=Path(args.out), is_main_process=rank == 0) as run:
+        run.update(world_size=world)
+        for source, model, samples, pad, layers in _loaded_models(args, run, prepared):
+            labels = {"dataset": samples.dataset, "model_alias": source.name, "model": source.model_id}
+            if world == 1:
+                result = hidden_state_norms(model, samples.token_ids, layers, batch_size=args.batch_size,
+                                            pad_token_id=pad, progress=progress, labels=labels)
+            else:  # each rank a balanced share of the samples (by length); rank 0 merges
+                mine = balanced_shards([len(x) for x in samples.token_ids], world)[rank]
+                part = hidden_state_norms(model, [samples.token_ids[i] for i in mine], layers,
+                                          batch_size=args.batch_size, pad_token_id=pad,
+                                          progress=progress if rank == 0 else None, labels=labels) if mine else None
+                parts = gather_to_main((mine, part), prepared["device"].type)
+                if rank != 0:
+                    continue
+                result = merge_input_results(parts)
+            warnings += [f"non-finite hidden state: model {source.name}, sample {i}, layer {l}"
+                         for i, l in result.nonfinite]
+            warnings += [f"all-zero hidden state: model {source.name}, sample {i}, layer {l}"
+                         for i, l in result.all_zero]
+            tables.append(result.table)
+            del model  # before the next model is loaded
+        if rank != 0:
+            return NormsResult(run.path, {}, pd.DataFrame())
+        table = pd.concat(tables, ignore_index=True)
+        fits = fit_table(table, FIT_GROUPS, quantity="hidden_states")
+        run.write_table("norms_inputs", table)
+        run.write_table("fits", fits)
+        run.update(warnings=warnings, num_rows=len(table))
+    return NormsResult(run.path, {"norms_inputs": table, "fits": fits}, fit_summary(table, fits, FIT_GROUPS),
+                       one_line(warnings))
+
+
+def _prepare(args: NormsInputsArgs, parse: Callable[[str, int], list[int]]) -> dict:
+    """Shared by ``norms inputs`` and ``norms attention``, before the run directory exists: resolve
+    every model, check ``--layers`` with ``parse`` against each depth, check ``--out``, read the texts."""
     sources = [resolve_model(name) for name in args.models]
     device, dtype = resolve_device(args.device), resolve_dtype(args.dtype)
     check_writable(args.out, create=False)
@@ -132,45 +194,91 @@ def run_norms_inputs(args: NormsInputsArgs, progress: Optional[ProgressFn] = Non
     layer_lists = []
     for source, config in zip(sources, configs):
         try:
-            layer_lists.append(parse_layers(args.layers, num_layers(config)))
+            layer_lists.append(parse(args.layers, num_layers(config)))
         except QftInputError as err:
             raise QftInputError(f"model {source.name}: {err}") from None
     from qft_cli.text_data import load_texts
 
     texts = None if args.dataset == "random" else load_texts(args.dataset, args.data_file, args.text_column)
+    return {"sources": sources, "layer_lists": layer_lists, "texts": texts, "device": device, "dtype": dtype}
+
+
+def _loaded_models(args: NormsInputsArgs, run: Run, prepared: dict):
+    """Yield ``(source, model, samples, pad_token_id, layers)`` one model at a time (each model is
+    dropped before the next is loaded); ``prepared`` from :func:`_prepare`."""
+    sources, layer_lists, texts = prepared["sources"], prepared["layer_lists"], prepared["texts"]
+    device, dtype = prepared["device"], prepared["dtype"]
+    threads = configure_threads(args.threads)
+    run.update(device=str(device), dtype=args.dtype, threads=threads.count, threads_source=threads.source)
+    for source, layers in zip(sources, layer_lists):
+        tokenizer = load_tokenizer(source, args.trust_remote_code)
+        model = load_model(source, dtype=dtype, device=device, device_map=args.device_map,
+                           trust_remote_code=args.trust_remote_code)
+        vocab = min(model.config.vocab_size, len(tokenizer))
+        if args.dataset == "random":  # before drawing max_tokens sequences of up to max_tokens ids
+            check_num_tokens(model, args.max_tokens, source.name)
+        samples = load_samples_for(args, tokenizer, vocab, texts)
+        pad = tokenizer.pad_token_id
+        try:
+            rows = model.get_input_embeddings().num_embeddings
+        except Exception:  # custom code without get_input_embeddings
+            rows = None
+        if pad is None or (rows is not None and pad >= rows):  # any valid id pads
+            pad = 0
+        yield source, model, samples, pad, layers
+        del model
+        gc.collect()
+
+
+def run_norms_attention(args: NormsAttentionArgs, progress: Optional[ProgressFn] = None) -> NormsResult:
+    """Measure per-head norms of X, Q, K, V and the unmasked logits, with their bounds, of every
+    model in ``args.models`` (:func:`qft_cli.attention.attention_norms`); write
+    ``norms_attention.parquet`` and ``fits.parquet`` (:func:`qft_cli.attention.attention_fits`).
+
+    Raises:
+        QftInputError: bad model names, layers outside blocks 1..L, bad data, unwritable out, an
+            architecture whose attention cannot be observed.
+    """
+    from qft_cli.attention import attention_fits, attention_norms, parse_blocks, summarize_attention
+
+    prepared = _prepare(args, parse_blocks)
     tables, warnings = [], []
-    with Run("norms inputs", args.models, _options(args), out=Path(args.out)) as run:
-        run.update(device=str(device), dtype=args.dtype)
-        for source, layers in zip(sources, layer_lists):
-            tokenizer = load_tokenizer(source, args.trust_remote_code)
-            model = load_model(source, dtype=dtype, device=device, device_map=args.device_map,
-                               trust_remote_code=args.trust_remote_code)
-            vocab = min(model.config.vocab_size, len(tokenizer))
-            if args.dataset == "random":  # before drawing max_tokens sequences of up to max_tokens ids
-                check_num_tokens(model, args.max_tokens, source.name)
-            samples = load_samples_for(args, tokenizer, vocab, texts)
-            pad = tokenizer.pad_token_id
-            try:
-                rows = model.get_input_embeddings().num_embeddings
-            except Exception:  # custom code without get_input_embeddings
-                rows = None
-            if pad is None or (rows is not None and pad >= rows):  # any valid id pads
-                pad = 0
-            result = hidden_state_norms(model, samples.token_ids, layers, batch_size=args.batch_size,
-                                        pad_token_id=pad, progress=progress,
-                                        labels={"dataset": samples.dataset, "model_alias": source.name,
-                                                "model": source.model_id})
-            warnings += [f"non-finite hidden state: model {source.name}, sample {i}, layer {l}"
+    with Run("norms attention", args.models, _options(args), out=Path(args.out)) as run:
+        for source, model, samples, pad, layers in _loaded_models(args, run, prepared):
+            result = attention_norms(model, samples.token_ids, layers, batch_size=args.batch_size,
+                                     pad_token_id=pad, progress=progress,
+                                     labels={"model": source.model_id, "model_alias": source.name,
+                                             "dataset": samples.dataset})
+            warnings += [f"non-finite attention input: model {source.name}, sample {i}, layer {l}"
                          for i, l in result.nonfinite]
-            warnings += [f"all-zero hidden state: model {source.name}, sample {i}, layer {l}"
+            warnings += [f"all-zero attention input: model {source.name}, sample {i}, layer {l}"
                          for i, l in result.all_zero]
             tables.append(result.table)
-            del model
-            gc.collect()
+            del model  # before the next model is loaded
         table = pd.concat(tables, ignore_index=True)
-        run.write_table("norms_inputs", table)
+        fits = attention_fits(table)
+        run.write_table("norms_attention", table)
+        run.write_table("fits", fits)
         run.update(warnings=warnings, num_rows=len(table))
-    return NormsResult(run.path, {"norms_inputs": table}, summarize_inputs(table), one_line(warnings))
+    return NormsResult(run.path, {"norms_attention": table, "fits": fits}, summarize_attention(table),
+                       one_line(warnings))
+
+
+def merge_input_results(parts: list) -> InputNormsResult:
+    """One :class:`qft_cli.inputs.InputNormsResult` from the ``(sample indices, result)`` of every
+    rank: local sample indices mapped back to the dataset's, rows sorted as the single-process run
+    (by sample, then layer)."""
+    tables, nonfinite, all_zero = [], [], []
+    for mine, part in parts:
+        if part is None:
+            continue
+        table = part.table.copy()
+        table["sample_index"] = [mine[i] for i in table["sample_index"]]
+        tables.append(table)
+        nonfinite += [(mine[i], layer) for i, layer in part.nonfinite]
+        all_zero += [(mine[i], layer) for i, layer in part.all_zero]
+    table = pd.concat(tables, ignore_index=True).sort_values(["sample_index", "layer"], kind="stable")
+    return InputNormsResult(table.reset_index(drop=True), sorted(nonfinite), sorted(all_zero))
 
 
 def load_samples_for(args: NormsInputsArgs, tokenizer, vocab_size: int, texts=None):
@@ -195,11 +303,27 @@ def run_norms_weights(args: NormsWeightsArgs, progress: Optional[ProgressFn] = N
     dtype = resolve_dtype(args.dtype) if args.dtype else None
     check_writable(args.out, create=False)
     tables, vectors, heads, warnings, notices, unrecognised = [], [], [], [], [], {}
-    with Run("norms weights", args.models, _options(args), out=Path(args.out)) as run:
-        run.update(device=str(device), dtype=args.dtype or "stored")
+    rank, world = process_group(device.type)
+    with Run("norms weights", args.models, _options(args), out=Path(args.out), is_main_process=rank == 0) as run:
+        threads = configure_threads(args.threads)
+        run.update(device=str(device), dtype=args.dtype or "stored", threads=threads.count,
+                   threads_source=threads.source, spectral_method="exact" if args.exact else "krylov",
+                   world_size=world)
         for source in sources:
-            result = weight_norms(source, dtype=dtype, device=device, progress=progress,
-                                  labels={"model_alias": source.name, "model": source.model_id})
+            labels = {"model_alias": source.name, "model": source.model_id}
+            if world == 1:
+                result = weight_norms(source, dtype=dtype, device=device, progress=progress, exact=args.exact,
+                                      labels=labels)
+            else:  # each rank measures a balanced share of the stored tensors; rank 0 merges
+                groups = matrix_groups(source)
+                mine = balanced_shards([size for _, _, size in groups], world)[rank]
+                part = weight_norms(source, dtype=dtype, device=device, progress=progress if rank == 0 else None,
+                                    exact=args.exact, labels=labels,
+                                    parameters={p for i in mine for p in groups[i][1]})
+                parts = gather_to_main(part, device.type)
+                if rank != 0:
+                    continue
+                result = merge_weight_results(parts, [key for key, _, _ in groups])
             warnings += [f"non-finite weight: model {source.name}, parameter {p}" for p in result.nonfinite]
             if result.unrecognised:
                 unrecognised[source.name] = result.unrecognised
@@ -209,6 +333,8 @@ def run_norms_weights(args: NormsWeightsArgs, progress: Optional[ProgressFn] = N
             tables.append(result.table)
             vectors.append(result.vectors)
             heads.append(result.heads)
+        if rank != 0:
+            return NormsResult(run.path, {}, pd.DataFrame())
         table = pd.concat(tables, ignore_index=True)
         run.write_table("norms_weights", table)
         run.write_table("norm_vectors", pd.concat(vectors, ignore_index=True))

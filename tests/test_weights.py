@@ -2,6 +2,7 @@
 
 import json
 
+import pandas as pd
 import pytest
 import torch
 from safetensors.torch import save_file
@@ -296,6 +297,30 @@ def test_tiny_dnabert_fused_wqkv_and_gated_ffn_against_modules():
         assert table.loc[(2, matrix), "frobenius_norm"] == pytest.approx(torch.linalg.matrix_norm(w).item(), rel=1e-10)
 
 
+def test_weights_by_layer_is_the_table_pivoted_without_loss():
+    import pandas as pd
+
+    from qft_cli.weights import weights_by_layer
+
+    table = pd.concat([weight_norms(resolve_model(name), labels={"model_alias": name}).table
+                       for name in ("tiny-gpt2", "tiny-llama")],
+                      ignore_index=True)
+    wide = weights_by_layer(table)
+    assert list(wide.columns) == ["model_alias", "layer", "norm", "q", "k", "v", "o", "ffn_gate", "ffn_up", "ffn_down"]
+    assert wide[["model_alias", "layer", "norm"]].values.tolist() == [
+        [m, l, n] for m in ("tiny-gpt2", "tiny-llama") for l in (1, 2) for n in ("spectral", "frobenius")]
+    assert wide[wide["model_alias"] == "tiny-gpt2"]["ffn_gate"].isna().all()  # GPT-2 has no gated FFN
+    blocks = table[table["layer"] >= 1]
+    assert wide[["q", "k", "v", "o", "ffn_gate", "ffn_up", "ffn_down"]].notna().sum().sum() == 2 * len(blocks)
+    for _, r in blocks.iterrows():
+        for norm in ("spectral", "frobenius"):
+            cell = wide[(wide["model_alias"] == r["model_alias"]) & (wide["layer"] == r["layer"])
+                        & (wide["norm"] == norm)][r["matrix"]]
+            assert cell.item() == r[f"{norm}_norm"]
+    with pytest.raises(ValueError, match="two matrices of one type"):
+        weights_by_layer(pd.concat([table, table.iloc[[3]]]))
+
+
 def test_dtype_column_is_the_stored_or_cast_dtype(tmp_path):
     model = build_tiny_model("tiny-bert").to(torch.bfloat16)
     model.save_pretrained(tmp_path)
@@ -303,3 +328,68 @@ def test_dtype_column_is_the_stored_or_cast_dtype(tmp_path):
     assert set(stored["dtype"]) == {"bfloat16"}  # as stored: the report shows "as stored (bfloat16)"
     cast = weight_norms(ModelSource("bf16", "local", str(tmp_path)), dtype=torch.float16).table
     assert set(cast["dtype"]) == {"float16"}
+
+
+def test_fast_path_equals_exact_path_on_a_checkpoint_wider_than_exact_below(tmp_path):
+    # d = 576 > EXACT_BELOW: the default path is the block Krylov one for every matrix but k/v (GQA: 192 rows)
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from qft_cli.models import resolve_model
+    from qft_cli.norms import EXACT_BELOW
+
+    torch.manual_seed(0)
+    config = LlamaConfig(hidden_size=576, intermediate_size=1024, num_hidden_layers=1, num_attention_heads=9,
+                         num_key_value_heads=3, vocab_size=700, tie_word_embeddings=True)
+    LlamaForCausalLM(config).to(torch.bfloat16).save_pretrained(tmp_path / "m")
+    source = resolve_model(str(tmp_path / "m"))
+    fast, exact = weight_norms(source), weight_norms(source, exact=True)
+    assert 576 > EXACT_BELOW
+    assert (fast.table["spectral_norm_error_bound"] > 0).sum() >= 5  # q, o, gate, up, down, embedding
+    assert (fast.table["spectral_norm_error_bound"] <= 1e-6).all() and (exact.table["spectral_norm_error_bound"] == 0).all()
+    rel = (fast.table["spectral_norm"] - exact.table["spectral_norm"]).abs() / exact.table["spectral_norm"]
+    assert (rel <= 1e-6).all(), rel.max()
+    for name, tensor in LlamaForCausalLM.from_pretrained(tmp_path / "m").state_dict().items():
+        if name == "model.layers.0.mlp.down_proj.weight":  # independent float64 SVD
+            ref = torch.linalg.matrix_norm(tensor.double(), ord=2).item()
+            got = fast.table.loc[fast.table["parameter"] == name, "spectral_norm"].item()
+            assert abs(got - ref) / ref <= 1e-6
+    cols = ["frobenius_norm", "column_norm_mean", "column_norm_var", "column_norm_max", "row_norm_mean",
+            "row_norm_var", "row_norm_max"]
+    pd.testing.assert_frame_equal(fast.table[cols], exact.table[cols])
+    pd.testing.assert_frame_equal(fast.heads, exact.heads)
+
+
+def _qk_ov_reference(wq, wk, wv, wo, heads, kv_heads, dh):
+    """Per query head: W_q,h^T W_k,g and W_o,h W_v,g (g = h // (heads / kv_heads)) formed as d x d."""
+    rep = heads // kv_heads
+    out = []
+    for h in range(heads):
+        g = h // rep
+        qk = wq[h * dh:(h + 1) * dh].T @ wk[g * dh:(g + 1) * dh]
+        ov = wo[:, h * dh:(h + 1) * dh] @ wv[g * dh:(g + 1) * dh]
+        out.append((qk, ov))
+    return out
+
+
+@pytest.mark.parametrize("name", ["tiny-llama", "tiny-gpt2"])
+def test_qk_and_ov_composites_against_formed_products(name):
+    model = build_tiny_model(name)
+    heads = weight_norms(resolve_model(name)).heads
+    for layer in (1, 2):
+        if name == "tiny-llama":  # GQA: 4 query heads, 2 key/value heads, head_dim 16
+            attn = model.layers[layer - 1].self_attn
+            wq, wk, wv, wo = (lin.weight.detach().double() for lin in (attn.q_proj, attn.k_proj, attn.v_proj,
+                                                                         attn.o_proj))
+            ref = _qk_ov_reference(wq, wk, wv, wo, 4, 2, 16)
+        else:  # fused Conv1D c_attn, stored (d_in, 3 d)
+            attn = model.h[layer - 1].attn
+            w = attn.c_attn.weight.detach().double().T
+            wq, wk, wv = w[:64], w[64:128], w[128:]
+            ref = _qk_ov_reference(wq, wk, wv, attn.c_proj.weight.detach().double().T, 4, 4, 16)
+        for matrix, index in (("qk", 0), ("ov", 1)):
+            rows = heads.query(f"layer == {layer} and matrix == '{matrix}'").sort_values("head")
+            assert rows["head"].tolist() == [0, 1, 2, 3]
+            for h, pair in enumerate(ref):
+                full = pair[index]
+                assert rows.spectral_norm.iloc[h] == pytest.approx(torch.linalg.matrix_norm(full, 2).item(), rel=1e-9)
+                assert rows.frobenius_norm.iloc[h] == pytest.approx(torch.linalg.matrix_norm(full).item(), rel=1e-9)
