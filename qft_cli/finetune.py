@@ -341,6 +341,7 @@ class FinetuneResult:
     max_length: int
     sizes: dict[str, int]
     variants: list[dict[str, Any]] = field(default_factory=list)
+    task: Optional[str] = None
 
     def summary(self) -> list[dict[str, Any]]:
         """Rows ``variant, accuracy, f1, accuracy_diff, f1_diff`` (differences to vanilla; NaN without it)."""
@@ -393,7 +394,12 @@ def finetune(model_name: str, *, dataset: str, settings: FinetuneSettings, run, 
     cfg = settings.training_config(device)
     cfg.validate()
     recorder = ResultsRecorder(run)
-    result = FinetuneResult(source.model_id, data.source, data.num_labels, data.kind, max_length, data.sizes())
+    result = FinetuneResult(source.model_id, data.source, data.num_labels, data.kind, max_length, data.sizes(),
+                            task=data.task)
+    from qft_cli.provenance import file_records, model_files_for
+
+    run.update(data={**data.record(), "location": data.source}, data_files=file_records(data.files))
+    model_files_recorded = False
     variants = settings.variants()
     for variant, method, max_gamma in variants:
         done = recorder.test_row(variant) if resume else None
@@ -404,6 +410,9 @@ def finetune(model_name: str, *, dataset: str, settings: FinetuneSettings, run, 
             continue
         model = load_classifier(source, data.num_labels, kind=data.kind, seed=settings.seed, dtype=dtype,
                                 trust_remote_code=trust_remote_code)
+        if not model_files_recorded:  # the weights every variant starts from
+            run.update(model_files=[model_files_for(source, model)])
+            model_files_recorded = True
         model.config.id2label = dict(enumerate(data.label_names))
         model.config.label2id = {n: i for i, n in enumerate(data.label_names)}
         if getattr(model.config, "pad_token_id", None) is None:

@@ -127,13 +127,21 @@ def run_norms_inputs(args: NormsInputsArgs, progress: Optional[ProgressFn] = Non
     from qft_cli.text_data import load_texts
 
     texts = None if args.dataset == "random" else load_texts(args.dataset, args.data_file, args.text_column)
-    tables, warnings = [], []
+    from qft_cli.provenance import data_record, file_records, model_files_for
+
+    if texts is None:
+        data, data_files = data_record("random", source="random"), []
+    else:
+        data, data_files = data_record(texts[0], **texts[1].origin), file_records(texts[1].files)
+    tables, warnings, model_files = [], [], []
     with Run("norms inputs", args.models, _options(args), out=Path(args.out)) as run:
-        run.update(device=str(device), dtype=args.dtype)
+        run.update(device=str(device), dtype=args.dtype, data=data, data_files=data_files)
         for source, layers in zip(sources, layer_lists):
             tokenizer = load_tokenizer(source, args.trust_remote_code)
             model = load_model(source, dtype=dtype, device=device, device_map=args.device_map,
                                trust_remote_code=args.trust_remote_code)
+            model_files.append(model_files_for(source, model))
+            run.update(model_files=model_files)
             vocab = min(model.config.vocab_size, len(tokenizer))
             if args.dataset == "random":  # before drawing max_tokens sequences of up to max_tokens ids
                 check_num_tokens(model, args.max_tokens, source.name)
@@ -181,12 +189,16 @@ def run_norms_weights(args: NormsWeightsArgs, progress: Optional[ProgressFn] = N
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype) if args.dtype else None
     check_writable(args.out, create=False)
-    tables, vectors, heads, warnings = [], [], [], []
+    from qft_cli.provenance import model_files_for
+
+    tables, vectors, heads, warnings, model_files = [], [], [], [], []
     with Run("norms weights", args.models, _options(args), out=Path(args.out)) as run:
         run.update(device=str(device), dtype=args.dtype or "stored")
         for source in sources:
             result = weight_norms(source, dtype=dtype, device=device, progress=progress,
                                   labels={"model_alias": source.name, "model": source.model_id})
+            model_files.append(model_files_for(source))  # after reading: a hub snapshot is in the cache now
+            run.update(model_files=model_files)
             warnings += [f"non-finite weight: model {source.name}, parameter {p}" for p in result.nonfinite]
             tables.append(result.table)
             vectors.append(result.vectors)

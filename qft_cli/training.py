@@ -585,12 +585,13 @@ def from_jsonable(values: Mapping[str, Any]) -> ExperimentOptions:
 
 @dataclass
 class ExperimentResult:
-    """Test metrics of every variant, vanilla first, and data facts."""
+    """Test metrics of every variant, vanilla first, and data facts (``task``: the task actually read)."""
 
     results: list[VariantResult]
     sizes: dict[str, int]
     vocab_size: int
     notes: list[str]
+    task: Optional[str] = None
 
     def summary(self) -> list[dict[str, Any]]:
         """Rows ``variant, accuracy, f1, accuracy_diff, f1_diff`` (diffs to vanilla; NaN without vanilla)."""
@@ -649,9 +650,13 @@ def run_experiment(options: ExperimentOptions, run, *, resume: bool = False,
         collator = DataCollatorWithPadding(tokenizer)
     from qft_cli.device import resolve_device
 
+    from qft_cli.models import resolve_model
+    from qft_cli.provenance import file_records, model_files_for
+
+    model_files = [model_files_for(resolve_model(options.embedding_from))] if options.embedding_from else []
     run.update(world_size=int(os.environ.get("WORLD_SIZE", "1")), device=str(resolve_device(cfg.device)),
-               data={"source": data.source, "sizes": data.sizes(), "notes": data.notes},
-               tokenizer_size=len(tokenizer), vocab_size=vocab_size)
+               data={**data.record(), "location": data.source}, data_files=file_records(data.files),
+               model_files=model_files, tokenizer_size=len(tokenizer), vocab_size=vocab_size)
     recorder = ResultsRecorder(run)
     results = []
     for variant, method in options.variants():
@@ -676,7 +681,7 @@ def run_experiment(options: ExperimentOptions, run, *, resume: bool = False,
                                best_model_dir=run_dir / "best" / variant, progress=progress)
         results.append(result)
         run.update(best_models={r.variant: r.best_model_dir for r in results})
-    return ExperimentResult(results, data.sizes(), vocab_size, data.notes)
+    return ExperimentResult(results, data.sizes(), vocab_size, data.notes, data.task)
 
 
 def open_run(options: ExperimentOptions, *, out: Path, argv: list[str], resume_dir: Optional[Path] = None):

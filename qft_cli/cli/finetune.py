@@ -18,7 +18,7 @@ def finetune_command(
     model: str = typer.Argument(..., help="Alias (dnabert, minilm, tiny-bert, tiny-dnabert, ...), Hugging Face id, "
                                           "local model directory, or a `qft train` run directory (its best checkpoint)."),
     dataset: str = typer.Option("genomic-bench", "--dataset", help="genomic-bench | gue | conll2003 (POS tagging)."),
-    task: Optional[str] = typer.Option(None, "--task", help="GUE task (default prom_300_notata)."),
+    task: Optional[str] = typer.Option(None, "--task", help="GUE task (default: the task folder --data-dir holds or is, else prom_300_notata)."),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Local files: train/dev/test CSV (sequence,label) or CoNLL text."),
     tokenizer: Optional[str] = typer.Option(None, "--tokenizer", help="Default: MODEL's own. A model name, or a DNA "
                                                                       "tokenizer: dnabert2, bpe:V, kmer:K, char."),
@@ -101,9 +101,10 @@ def finetune_command(
                               tokenizer_name=tokenizer, device=torch_device.type, dtype=torch_dtype,
                               trust_remote_code=trust_remote_code, export_dir=export, resume=resume is not None,
                               progress=progress)
-        run.update(model_id=result.model_id, data=result.data_source, num_labels=result.num_labels,
+        run.update(model_id=result.model_id, data_location=result.data_source, num_labels=result.num_labels,
                    task_kind=result.kind, max_length=result.max_length, sizes=result.sizes)
     if not main:
         return
-    print_test_table(f"qft finetune {model}: test split", result.summary(), run.path)
+    what = f"{dataset}{'/' + result.task if result.task else ''}"
+    print_test_table(f"qft finetune {model} on {what}: test split", result.summary(), run.path)
 

@@ -1,0 +1,440 @@
+"""Provenance: which bytes a run used (data files, weight files, hub revisions) and the software.
+
+Everything here is a pure function of the files and the environment; the workflows put the
+results into ``run.json`` (schema in docs/results.md):
+
+* ``data``: ``{"dataset", "task", "source": "local"|"hub"|"random"|"synthetic", "hub_id",
+  "config", "split", "revision"}`` (:func:`data_record`), ``task`` being the task actually read;
+* ``data_files``: ``[{"path", "size_bytes", "sha256"}]`` for every data file read (:func:`file_records`);
+* ``model_files``: ``[{"model", "kind", "revision", "files": [{"path", "size_bytes", "sha256"}]}]``
+  (:func:`model_files_record`): the hub commit hash for hub models, the SHA-256 of every weight
+  file for local directories, GGUF files and the embedded MiniLM;
+* ``software``: library versions, ``torch_threads``, ``device_name``, ``deterministic_algorithms``
+  (:func:`software_info`).
+
+SHA-256 (FIPS 180-4, :mod:`hashlib`) of a file of at least :data:`CACHE_MIN_BYTES` is cached by
+``(absolute path, size, mtime_ns)`` in ``<cache>/sha256.json`` (:func:`cache_dir`), so that a
+13 GB checkpoint is hashed once, not on every run. A file rewritten in place with the same size and
+modification time would be missed by the cache: :func:`verify_run` therefore always rehashes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import re
+from pathlib import Path
+from typing import Any, Iterable, Optional
+
+from qft_cli.errors import QftInputError
+
+#: Files smaller than this are hashed directly (cheap), larger ones through the cache.
+CACHE_MIN_BYTES = 1 << 20
+#: Name of the hash cache file in :func:`cache_dir`.
+CACHE_FILE = "sha256.json"
+#: At most this many entries are kept in the cache (entries of vanished files are dropped first).
+CACHE_MAX_ENTRIES = 2000
+#: Weight files hashed for a local model directory (the checkpoint formats qft and transformers read).
+WEIGHT_PATTERNS = ("*.safetensors", "*.bin", "*.gguf", "*.pt", "*.pth")
+#: ``data.source`` values.
+DATA_SOURCES = ("local", "hub", "random", "synthetic")
+_CHUNK = 1 << 20
+_HEX40 = re.compile(r"^[0-9a-f]{40}$")
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+
+
+# ----------------------------------------------------------------------------- hashing
+
+def sha256_file(path: Path, chunk_size: int = _CHUNK) -> str:
+    """SHA-256 of the bytes of ``path`` as 64 lower-case hex digits (read in ``chunk_size`` blocks).
+
+    Raises:
+        OSError: the file cannot be read.
+    """
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while True:
+            block = f.read(chunk_size)
+            if not block:
+                break
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def cache_dir() -> Path:
+    """qft's cache directory: ``$QFT_CACHE``, else ``$XDG_CACHE_HOME/qft``, else ``~/.cache/qft``."""
+    if os.environ.get("QFT_CACHE"):
+        return Path(os.environ["QFT_CACHE"]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base).expanduser() / "qft"
+
+
+def _read_cache(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):  # missing or damaged cache: start afresh
+        return {}
+
+
+def _write_cache(path: Path, entries: dict[str, Any]) -> None:
+    from qft_cli.runs import write_json_atomic
+
+    if len(entries) > CACHE_MAX_ENTRIES:
+        entries = {k: v for k, v in entries.items() if Path(k).exists()}
+        entries = dict(list(entries.items())[-CACHE_MAX_ENTRIES:])
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(path, entries)
+    except OSError:  # a read-only home: hashing still works, only uncached
+        pass
+
+
+def cached_sha256(path: Path, *, min_bytes: int = CACHE_MIN_BYTES, cache: Optional[Path] = None) -> str:
+    """SHA-256 of ``path``; files of at least ``min_bytes`` are looked up in (and added to) the cache
+    keyed by absolute path, size and ``st_mtime_ns``, so an unchanged file is not read again.
+
+    Args:
+        cache: the cache file (default ``cache_dir() / "sha256.json"``).
+
+    Raises:
+        OSError: the file cannot be read.
+    """
+    path = Path(path).resolve()
+    stat = path.stat()
+    if stat.st_size < min_bytes:
+        return sha256_file(path)
+    cache = Path(cache) if cache is not None else cache_dir() / CACHE_FILE
+    entries = _read_cache(cache)
+    entry = entries.get(str(path))
+    if (isinstance(entry, dict) and entry.get("size") == stat.st_size and entry.get("mtime_ns") == stat.st_mtime_ns
+            and isinstance(entry.get("sha256"), str)):
+        return entry["sha256"]
+    digest = sha256_file(path)
+    entries = _read_cache(cache)  # another process may have added entries meanwhile
+    entries.pop(str(path), None)
+    entries[str(path)] = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": digest}
+    _write_cache(cache, entries)
+    return digest
+
+
+def file_record(path: Path, sha256: Optional[str] = None) -> dict[str, Any]:
+    """``{"path": absolute path, "size_bytes": int, "sha256": hex}`` of one file (``sha256`` given:
+    trusted, e.g. the blob name of a Hugging Face cache file).
+
+    Raises:
+        QftInputError: the file does not exist or cannot be read.
+    """
+    path = Path(path).resolve()
+    try:
+        return {"path": str(path), "size_bytes": path.stat().st_size, "sha256": sha256 or cached_sha256(path)}
+    except OSError as err:
+        raise QftInputError(f"{path} could not be read to record its SHA-256 ({err.strerror}): check the file") from None
+
+
+def file_records(paths: Iterable[Path]) -> list[dict[str, Any]]:
+    """:func:`file_record` of each distinct path, in the given order."""
+    seen, out = set(), []
+    for p in paths:
+        key = str(Path(p).resolve())
+        if key not in seen:
+            seen.add(key)
+            out.append(file_record(Path(p)))
+    return out
+
+
+# ----------------------------------------------------------------------------- data
+
+def data_record(dataset: str, *, task: Optional[str] = None, source: str = "local", hub_id: Optional[str] = None,
+                config: Optional[str] = None, split: Optional[list[str]] = None,
+                revision: Optional[str] = None, **extra: Any) -> dict[str, Any]:
+    """The ``data`` field of ``run.json`` (``extra`` keys such as ``sizes`` or ``notes`` are kept after
+    the schema keys).
+
+    Raises:
+        ValueError: ``source`` is not one of :data:`DATA_SOURCES` (a programming error).
+    """
+    if source not in DATA_SOURCES:
+        raise ValueError(f"data source {source!r} is not one of {DATA_SOURCES}")
+    return {"dataset": dataset, "task": task, "source": source, "hub_id": hub_id, "config": config,
+            "split": list(split) if split is not None else None, "revision": revision, **extra}
+
+
+def hub_dataset_revision(ds: Any) -> Optional[str]:
+    """The resolved commit hash of a dataset loaded by :func:`datasets.load_dataset` from the hub,
+    read from its cache files: ``datasets`` caches a hub dataset under
+    ``<owner>___<name>/<config>/<version>/<commit hash>/``. ``None`` when it cannot be told (an
+    in-memory dataset, a cache layout without a 40-hex directory).
+
+    Args:
+        ds: a ``datasets.Dataset`` or ``DatasetDict`` (anything with ``cache_files``).
+    """
+    files = getattr(ds, "cache_files", None)
+    if isinstance(files, dict):  # DatasetDict: {split: [{"filename": ...}]}
+        files = [f for split_files in files.values() for f in split_files]
+    for f in files or []:
+        name = f.get("filename") if isinstance(f, dict) else None
+        if name:
+            for part in reversed(Path(name).parent.parts):
+                if _HEX40.match(part):
+                    return part
+    return None
+
+
+def hub_dataset_files(ds: Any) -> list[Path]:
+    """The cache files (arrow) a hub dataset was read from."""
+    files = getattr(ds, "cache_files", None)
+    if isinstance(files, dict):
+        files = [f for split_files in files.values() for f in split_files]
+    return [Path(f["filename"]) for f in files or [] if isinstance(f, dict) and f.get("filename")]
+
+
+# ----------------------------------------------------------------------------- models
+
+def _hub_blob_sha256(path: Path) -> Optional[str]:
+    """The SHA-256 of a Hugging Face cache file from its blob name (LFS blobs are named by it)."""
+    if path.is_symlink():
+        name = Path(os.path.realpath(path)).name
+        if _HEX64.match(name):
+            return name
+    return None
+
+
+def weight_files(directory: Path) -> list[Path]:
+    """The weight files of a model directory (:data:`WEIGHT_PATTERNS`, sorted, not recursive)."""
+    directory = Path(directory)
+    found = {p for pattern in WEIGHT_PATTERNS for p in directory.glob(pattern) if p.is_file()}
+    return sorted(found)
+
+
+def hub_model_revision(repo_id: str) -> Optional[tuple[str, Path]]:
+    """``(commit hash, snapshot directory)`` of a hub model in the local Hugging Face cache, from
+    its ``config.json`` (no network); ``None`` when it is not cached."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        found = try_to_load_from_cache(repo_id, "config.json")
+    except Exception:  # invalid id, no huggingface_hub
+        return None
+    if not isinstance(found, str):
+        return None
+    snapshot = Path(found).parent
+    return (snapshot.name, snapshot) if _HEX40.match(snapshot.name) else None
+
+
+def model_files_record(name: str, kind: str, location: str, *, revision: Optional[str] = None) -> dict[str, Any]:
+    """One entry of ``model_files``: the weights a model named ``name`` was read from.
+
+    Args:
+        kind: the :class:`qft_cli.models.ModelSource` kind: ``tiny`` (built from a seed: no files),
+            ``hub`` (``location`` a hub id: the cached revision, and the weight files of that
+            snapshot with the SHA-256 their blob names carry), ``local``/``minilm`` (a directory:
+            SHA-256 of each weight file) or ``gguf`` (a ``.gguf`` file, or a directory holding it).
+        revision: the commit hash when the caller knows it (``model.config._commit_hash``).
+
+    Raises:
+        QftInputError: a weight file cannot be read.
+    """
+    files: list[dict[str, Any]] = []
+    if kind == "hub":
+        cached = hub_model_revision(location)
+        if cached is not None:
+            revision = revision or cached[0]
+            if cached[0] == revision:
+                files = [file_record(p, _hub_blob_sha256(p)) for p in weight_files(cached[1])]
+    elif kind != "tiny":
+        path = Path(location)
+        paths = [path] if path.is_file() else weight_files(path) if path.is_dir() else []
+        files = [file_record(p) for p in paths]
+    return {"model": name, "kind": kind, "revision": revision, "files": files}
+
+
+def model_files_for(source: Any, model: Any = None) -> dict[str, Any]:
+    """:func:`model_files_record` of a :class:`qft_cli.models.ModelSource` (``model``: the loaded
+    model, whose ``config._commit_hash`` names the hub revision it was loaded from)."""
+    revision = getattr(getattr(model, "config", None), "_commit_hash", None) if source.kind == "hub" else None
+    return model_files_record(source.name, source.kind, source.location, revision=revision)
+
+
+# ----------------------------------------------------------------------------- software
+
+def device_name(device: Any = None) -> str:
+    """A human name of ``device`` (``torch.device`` or its string; ``None``/``auto``: CUDA when
+    present, else CPU): the GPU model for CUDA (``torch.cuda.get_device_name``), ``Apple MPS``, or
+    the CPU model (``/proc/cpuinfo`` model name, else :func:`platform.processor`)."""
+    import torch
+
+    text = str(device) if device is not None else "auto"
+    if text == "auto":
+        text = "cuda" if torch.cuda.is_available() else "cpu"
+    if text.startswith("cuda") and torch.cuda.is_available():
+        index = int(text.split(":")[1]) if ":" in text else torch.cuda.current_device()
+        return torch.cuda.get_device_name(index)
+    if text.startswith("mps"):
+        return "Apple MPS"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                return "CPU: " + line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "CPU: " + (platform.processor() or platform.machine() or "unknown")
+
+
+def software_info(device: Any = None) -> dict[str, Any]:
+    """The ``software`` field of ``run.json``: :func:`qft_cli.runs.versions` plus ``torch_threads``
+    (``torch.get_num_threads()``), ``device_name`` (:func:`device_name`) and
+    ``deterministic_algorithms`` (``torch.are_deterministic_algorithms_enabled()``)."""
+    import torch
+
+    from qft_cli.runs import versions
+
+    return {**versions(), "torch_threads": torch.get_num_threads(), "device_name": device_name(device),
+            "deterministic_algorithms": bool(torch.are_deterministic_algorithms_enabled())}
+
+
+# ----------------------------------------------------------------------------- verify
+
+def recorded_files(meta: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """``(what, file entry)`` of every file a ``run.json`` records (``what``: ``data`` or
+    ``model <name>``)."""
+    out = [("data", f) for f in meta.get("data_files") or [] if isinstance(f, dict)]
+    for m in meta.get("model_files") or []:
+        if isinstance(m, dict):
+            out += [(f"model {m.get('model')}", f) for f in m.get("files") or [] if isinstance(f, dict)]
+    return out
+
+
+def verify_files(meta: dict[str, Any]) -> list[dict[str, Any]]:
+    """Rehash (never from the cache) every file recorded in ``meta`` (a ``run.json``).
+
+    Returns:
+        One row per file: ``what, path, status`` (``unchanged``, ``changed`` or ``missing``),
+        ``recorded_sha256``, ``sha256`` (``None`` when missing), ``recorded_size_bytes``, ``size_bytes``.
+    """
+    rows = []
+    for what, entry in recorded_files(meta):
+        path = Path(str(entry.get("path")))
+        row = {"what": what, "path": str(path), "recorded_sha256": entry.get("sha256"),
+               "recorded_size_bytes": entry.get("size_bytes"), "sha256": None, "size_bytes": None}
+        if not path.is_file():
+            row["status"] = "missing"
+        else:
+            row["size_bytes"] = path.stat().st_size
+            try:
+                row["sha256"] = sha256_file(path)
+            except OSError:
+                row["status"] = "missing"
+                rows.append(row)
+                continue
+            row["status"] = "unchanged" if row["sha256"] == entry.get("sha256") else "changed"
+        rows.append(row)
+    return rows
+
+
+def verify_run(run_dir: Path) -> list[dict[str, Any]]:
+    """:func:`verify_files` of the ``run.json`` in ``run_dir``.
+
+    Raises:
+        QftInputError: no readable ``run.json``, or one that records no files.
+    """
+    run_json = Path(run_dir) / "run.json"
+    if not run_json.is_file():
+        raise QftInputError(f"{run_dir} is not a run directory (no run.json): pass a directory written by qft")
+    try:
+        meta = json.loads(run_json.read_text())
+    except ValueError as err:
+        raise QftInputError(f"{run_json} is not valid JSON ({err}): pass a directory written by qft") from None
+    if not isinstance(meta, dict):
+        raise QftInputError(f"{run_json} is not a run.json object: pass a directory written by qft")
+    if not recorded_files(meta):
+        raise QftInputError(f"{run_json} records no data or model files (a run from before qft recorded them, or "
+                            "one without files): nothing to verify")
+    return verify_files(meta)
+
+
+# ----------------------------------------------------------------------------- report helpers
+
+def short_hash(digest: Optional[str], n: int = 12) -> str:
+    """The first ``n`` hex digits of a hash (``–`` for none)."""
+    return str(digest)[:n] if digest else "–"
+
+
+def data_label(meta: dict[str, Any]) -> str:
+    """``dataset/task`` of a run, from the ``data`` record (the task actually read), falling back to
+    the options of older runs."""
+    data = meta.get("data") if isinstance(meta.get("data"), dict) else {}
+    opts = meta.get("options") or {}
+    dataset = data.get("dataset") or opts.get("dataset") or meta.get("dataset") or "?"
+    task = data.get("task") if "task" in data else opts.get("task")
+    return f"{dataset}/{task}" if task else str(dataset)
+
+
+def provenance_rows(metas: dict[str, dict[str, Any]]):
+    """One row per run for the report's provenance table.
+
+    Args:
+        metas: ``{run name: run.json}``.
+
+    Returns:
+        ``pandas.DataFrame`` with columns ``run, data, data_source, data_revision, data_sha256``
+        (short hashes of the data files, joined by spaces), ``data_sha256_full``, ``model``,
+        ``model_revision``, ``model_sha256`` (short), ``model_sha256_full``. ``–`` where unknown.
+    """
+    import pandas as pd
+
+    rows = []
+    for run, meta in metas.items():
+        data = meta.get("data") if isinstance(meta.get("data"), dict) else {}
+        dfiles = [f.get("sha256") for f in meta.get("data_files") or [] if isinstance(f, dict)]
+        models = [m for m in meta.get("model_files") or [] if isinstance(m, dict)]
+        mfiles = [f.get("sha256") for m in models for f in m.get("files") or [] if isinstance(f, dict)]
+        rows.append({
+            "run": run, "data": data_label(meta), "data_source": data.get("source") or "–",
+            "data_revision": short_hash(data.get("revision")),
+            "data_sha256": " ".join(short_hash(h) for h in dfiles) or "–",
+            "data_sha256_full": " ".join(str(h) for h in dfiles) or "–",
+            "model": ", ".join(str(m.get("model")) for m in models) or ", ".join(map(str, meta.get("models") or [])) or "–",
+            "model_revision": ", ".join(short_hash(m.get("revision")) for m in models if m.get("revision")) or "–",
+            "model_sha256": " ".join(short_hash(h) for h in mfiles) or "–",
+            "model_sha256_full": " ".join(str(h) for h in mfiles) or "–",
+        })
+    columns = ["run", "data", "data_source", "data_revision", "data_sha256", "data_sha256_full", "model",
+               "model_revision", "model_sha256", "model_sha256_full"]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def _data_fingerprint(meta: dict[str, Any]) -> Optional[tuple]:
+    data = meta.get("data") if isinstance(meta.get("data"), dict) else {}
+    files = sorted(str(f.get("sha256")) for f in meta.get("data_files") or [] if isinstance(f, dict))
+    if files:
+        return tuple(files)
+    if data.get("revision"):
+        return (data.get("hub_id"), data.get("config"), data.get("revision"))
+    return None
+
+
+def conflicting_data(metas: dict[str, dict[str, Any]]) -> list[str]:
+    """Warnings for runs compared in one chart that name the same data (:func:`data_label`) but
+    used different bytes (data-file hashes, or hub revisions).
+
+    Args:
+        metas: ``{run name: run.json}`` of the runs in one chart.
+
+    Returns:
+        One sentence per conflicting data name (empty when consistent or unknown).
+    """
+    groups: dict[str, dict[tuple, list[str]]] = {}
+    for run, meta in metas.items():
+        fingerprint = _data_fingerprint(meta)
+        if fingerprint is not None:
+            groups.setdefault(data_label(meta), {}).setdefault(fingerprint, []).append(run)
+    out = []
+    for label, by_print in groups.items():
+        if len(by_print) > 1:
+            parts = "; ".join(f"{', '.join(runs)} ({short_hash(fp[-1] if len(fp) == 3 else fp[0])})"
+                              for fp, runs in by_print.items())
+            out.append(f"runs named {label} used different data files: {parts}")
+    return out
