@@ -285,3 +285,41 @@ def test_cli_runs_verify(tmp_path):
     assert "0 unchanged, 1 changed" in result.output and "changed since run" in result.output
     result = CliRunner().invoke(app, ["runs", "verify", str(tmp_path / "nowhere")])
     assert result.exit_code == 2 and "Traceback" not in result.output
+
+
+def test_norms_runs_record_model_and_data_files(tmp_path):
+    """norms weights/inputs on a local model directory and a local data file: run.json names the
+    weight file and the data file with hashlib's SHA-256, and a tiny model with no files."""
+    from transformers import AutoModel
+
+    from qft_cli.models import build_tiny_model, tiny_tokenizer
+    from qft_cli.norms_runs import NormsInputsArgs, NormsWeightsArgs, run_norms_inputs, run_norms_weights
+    from qft_cli.runs import read_run_json
+
+    model_dir = tmp_path / "bert-dir"
+    build_tiny_model("tiny-bert", AutoModel).save_pretrained(model_dir)
+    tiny_tokenizer(True).save_pretrained(model_dir)
+    weights = model_dir / "model.safetensors"
+    result = run_norms_weights(NormsWeightsArgs(models=[str(model_dir), "tiny-gpt2"], device="cpu", out=tmp_path / "w"))
+    meta = read_run_json(result.run_dir)
+    local, tiny = meta["model_files"]
+    assert (local["model"], local["kind"], local["revision"]) == (str(model_dir), "local", None)
+    assert local["files"] == [{"path": str(weights.resolve()), "size_bytes": weights.stat().st_size,
+                               "sha256": _hashlib(weights)}]
+    assert tiny == {"model": "tiny-gpt2", "kind": "tiny", "revision": None, "files": []}
+    assert "data_files" not in meta
+
+    texts = tmp_path / "texts.txt"
+    texts.write_text("first text\nsecond one\n")
+    result = run_norms_inputs(NormsInputsArgs(models=[str(model_dir)], dataset=str(texts), layers="0", device="cpu",
+                                              out=tmp_path / "i"))
+    meta = read_run_json(result.run_dir)
+    assert meta["data"]["dataset"] == "texts.txt" and meta["data"]["source"] == "local"
+    assert meta["data_files"] == [provenance.file_record(texts)]
+    assert meta["data_files"][0]["sha256"] == _hashlib(texts)
+    assert meta["model_files"][0]["files"][0]["sha256"] == _hashlib(weights)
+    assert [r["status"] for r in provenance.verify_run(result.run_dir)] == ["unchanged", "unchanged"]
+    result = run_norms_inputs(NormsInputsArgs(models=["tiny-gpt2"], dataset="random", max_tokens=3, layers="0",
+                                              device="cpu", out=tmp_path / "r"))
+    meta = read_run_json(result.run_dir)
+    assert meta["data"]["source"] == "random" and meta["data_files"] == []
