@@ -12,19 +12,17 @@ of fused projections are decided by :mod:`qft_cli.layout`.
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
-from contextlib import ExitStack
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Callable, Iterator, Optional
+from typing import Iterator, Optional
 
 import pandas as pd
 import torch
 
 from qft_cli.errors import QftInputError
 from qft_cli.layout import MatrixSpec, classify, head_dim, split_heads
-from qft_cli.models import ModelSource, build_tiny_model, hub_snapshot
+from qft_cli.loading import TensorStore, checkpoint_files, open_weights  # noqa: F401 (re-exported)
+from qft_cli.models import ModelSource
 from qft_cli.norms import column_norms, frobenius_norm, matrix_norm_record, row_norms, spectral_norm
 from qft_cli.progress import ProgressFn, report
 
@@ -32,114 +30,6 @@ WEIGHT_COLUMNS = ["model", "model_alias", "part", "layer", "matrix", "parameter"
                   "frobenius_norm", "spectral_norm", "column_norm_mean", "column_norm_var", "column_norm_max",
                   "row_norm_mean", "row_norm_var", "row_norm_max", "finite"]
 VECTOR_MATRICES = ("q", "k", "v", "embedding")
-
-
-@dataclass
-class TensorStore:
-    """Read access to named tensors without loading a whole model.
-
-    Attributes:
-        shapes: parameter name -> shape, in checkpoint order.
-        config: the model's ``config.json`` as a dict (may be empty).
-        read: function name -> tensor (on CPU, stored dtype).
-    """
-
-    shapes: dict[str, tuple[int, ...]]
-    config: dict
-    read: Callable[[str], torch.Tensor]
-    _stack: ExitStack = field(default_factory=ExitStack)
-
-    def close(self) -> None:
-        self._stack.close()
-
-
-def _store_from_module(module: torch.nn.Module) -> TensorStore:
-    params = dict(module.named_parameters())
-    config = module.config.to_dict() if hasattr(module, "config") else {}
-    return TensorStore({n: tuple(p.shape) for n, p in params.items()}, config, lambda n: params[n].detach())
-
-
-def _damaged(path: Path, err: BaseException) -> QftInputError:
-    first = " ".join(str(err).strip().split("\n", 1)[0].split())
-    return QftInputError(f"could not read weights file {path} ({type(err).__name__}: {first}): "
-                         "the file is damaged or not a checkpoint; download it again")
-
-
-def checkpoint_files(directory: Path) -> list[Path]:
-    """The safetensors files that make up the Hugging Face checkpoint in ``directory``.
-
-    With ``model.safetensors.index.json``, the shards its ``weight_map`` names; else
-    ``model*.safetensors``; else any ``*.safetensors``. Other copies of the weights in the same
-    repository (e.g. Mistral's ``consolidated.safetensors``, with other parameter names) are
-    ignored, so no parameter is counted twice.
-    """
-    index = directory / "model.safetensors.index.json"
-    if index.is_file():
-        names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        return [directory / n for n in names]
-    return sorted(directory.glob("model*.safetensors")) or sorted(directory.glob("*.safetensors"))
-
-
-def _store_from_dir(directory: Path) -> TensorStore:
-    from safetensors import safe_open
-
-    config_path = directory / "config.json"
-    config = json.loads(config_path.read_text()) if config_path.is_file() else {}
-    stack = ExitStack()
-    files = checkpoint_files(directory)
-    shapes: dict[str, tuple[int, ...]] = {}
-    where: dict[str, object] = {}
-    if files:
-        for f in files:
-            try:
-                handle = stack.enter_context(safe_open(str(f), framework="pt"))
-            except Exception as err:  # SafetensorError: truncated download, not a safetensors file
-                stack.close()
-                raise _damaged(f, err) from None
-            for name in handle.keys():
-                shapes[name] = tuple(handle.get_slice(name).get_shape())
-                where[name] = handle
-        return TensorStore(shapes, config, lambda n: where[n].get_tensor(n), stack)
-    bins = sorted(directory.glob("pytorch_model*.bin"))
-    if not bins:
-        raise QftInputError(f"no *.safetensors or pytorch_model*.bin weights in {directory}: "
-                            "pass a Hugging Face model directory")
-    for f in bins:
-        try:
-            try:
-                state = torch.load(str(f), map_location="cpu", mmap=True, weights_only=True)
-            except RuntimeError as err:  # legacy (pre-zip) format cannot be memory-mapped: read it whole
-                if "mmap" not in str(err):
-                    raise
-                state = torch.load(str(f), map_location="cpu", weights_only=True)
-        except Exception as err:  # truncated, not a checkpoint, or pickled objects beyond tensors
-            raise _damaged(f, err) from None
-        for name, tensor in state.items():
-            shapes[name] = tuple(tensor.shape)
-            where[name] = state
-    return TensorStore(shapes, config, lambda n: where[n][n], stack)
-
-
-def open_weights(source: ModelSource) -> TensorStore:
-    """Open the weights of ``source`` for streaming.
-
-    Hub models: only ``*.json`` and ``model*.safetensors`` files are fetched (any ``*.safetensors``
-    when there is no ``model*`` file, ``pytorch_model*.bin`` when there is no safetensors file);
-    see :func:`checkpoint_files` for the files that are read.
-
-    Raises:
-        QftInputError: the hub is unreachable and the files are not cached; no weight files.
-    """
-    if source.kind == "tiny":
-        return _store_from_module(build_tiny_model(source.location))
-    if source.kind == "hub":
-        directory = hub_snapshot(source, ["*.json", "model*.safetensors"])  # not consolidated.* copies
-        if not list(directory.glob("*.safetensors")):
-            directory = hub_snapshot(source, ["*.json", "*.safetensors"])
-        if not list(directory.glob("*.safetensors")):
-            directory = hub_snapshot(source, ["*.json", "pytorch_model*.bin"])
-        return _store_from_dir(directory)
-    return _store_from_dir(Path(source.location))
 
 
 @dataclass

@@ -158,6 +158,15 @@ def test_summary_fits_exponent():
     assert row.frobenius_norm_max == pytest.approx(3 * 50 ** 0.5)
 
 
+def test_summary_median_is_the_median_not_the_mean():
+    table = pd.DataFrame({"model_alias": "m", "dataset": "d", "layer": 1, "num_tokens": [3, 5, 9],
+                          "frobenius_norm": [1.0, 2.0, 10.0], "spectral_norm": [0.5, 4.0, 1.0]})
+    row = summarize_inputs(table).iloc[0]
+    assert row.frobenius_norm_median == 2.0  # the mean would be 4.33
+    assert row.spectral_norm_median == 1.0
+    assert (row.frobenius_norm_min, row.frobenius_norm_max) == (1.0, 10.0)
+
+
 def test_samples_longer_than_the_position_table_are_bad_input():
     from transformers import BartConfig, BartModel, RobertaConfig, RobertaModel
 

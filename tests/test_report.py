@@ -232,6 +232,17 @@ def test_final_test_table_differences(runs_root):
     np.testing.assert_allclose(train["f1_diff_pp"], [0.0, -2.0, -4.0], atol=1e-9)
 
 
+def test_final_test_table_takes_the_last_test_row_of_each_variant():
+    rows = [{"run": "r", "variant": "vanilla", "split": "test", "step": 20, "epoch": 2.0, "accuracy": 0.8, "f1": 0.8},
+            {"run": "r", "variant": "frobenius", "split": "test", "step": 20, "epoch": 2.0, "accuracy": 0.9,
+             "f1": 0.85},
+            {"run": "r", "variant": "frobenius", "split": "test", "step": 10, "epoch": 1.0, "accuracy": 0.5,
+             "f1": 0.4}]
+    t = final_test_table(pd.DataFrame(rows)).set_index("variant")
+    assert t.loc["frobenius", "accuracy"] == 0.9 and t.loc["frobenius", "f1"] == 0.85
+    assert t.loc["frobenius", "accuracy_diff_pp"] == pytest.approx(10.0)
+
+
 def test_report_page_content(report_file, runs_root):
     path, num_figures = report_file
     text = path.read_text()

@@ -154,6 +154,87 @@ def test_per_head_norms_against_module_slices():
     assert (o.frobenius_norm ** 2).sum() == pytest.approx(whole ** 2, rel=1e-10)
 
 
+def test_cross_attention_output_heads_are_column_slices(tmp_path):
+    # BART's encoder_attn.out_proj (cross_o) maps the concatenated heads to d: head h owns columns
+    from transformers import BartConfig, BartModel
+
+    config = BartConfig(vocab_size=64, d_model=32, encoder_layers=1, decoder_layers=1, encoder_attention_heads=4,
+                        decoder_attention_heads=4, encoder_ffn_dim=64, decoder_ffn_dim=64, max_position_embeddings=64)
+    torch.manual_seed(0)
+    model = BartModel(config)
+    with torch.no_grad():  # make the head slices differ in scale, so rows and columns give other norms
+        model.decoder.layers[0].encoder_attn.out_proj.weight.mul_(torch.linspace(0.5, 4.0, 32))
+    model.save_pretrained(tmp_path)
+    heads = weight_norms(ModelSource("bart", "local", str(tmp_path))).heads
+    cross_o = heads.query("part == 'decoder' and layer == 1 and matrix == 'cross_o'").sort_values("head")
+    w = model.decoder.layers[0].encoder_attn.out_proj.weight.detach().double()
+    assert len(cross_o) == 4
+    for h in range(4):
+        block = w[:, h * 8:(h + 1) * 8]
+        assert cross_o.spectral_norm.iloc[h] == pytest.approx(torch.linalg.matrix_norm(block, 2).item(), rel=1e-10)
+        assert cross_o.frobenius_norm.iloc[h] == pytest.approx(torch.linalg.matrix_norm(block).item(), rel=1e-10)
+    cross_q = heads.query("part == 'decoder' and layer == 1 and matrix == 'cross_q'").sort_values("head")
+    w_q = model.decoder.layers[0].encoder_attn.q_proj.weight.detach().double()
+    assert cross_q.spectral_norm.iloc[2] == pytest.approx(torch.linalg.matrix_norm(w_q[16:24], 2).item(), rel=1e-10)
+
+
+def test_explicit_head_dim_differs_from_hidden_over_heads(tmp_path):
+    # Mistral-Nemo and Gemma: head_dim != hidden_size / num_attention_heads; q_proj is (heads*head_dim, d)
+    from transformers import LlamaConfig, LlamaModel
+
+    config = LlamaConfig(vocab_size=64, hidden_size=64, num_hidden_layers=1, num_attention_heads=4,
+                         num_key_value_heads=2, head_dim=32, intermediate_size=96, max_position_embeddings=64)
+    torch.manual_seed(0)
+    model = LlamaModel(config)
+    model.save_pretrained(tmp_path)
+    result = weight_norms(ModelSource("llama-hd32", "local", str(tmp_path)))
+    q_row = result.table.query("layer == 1 and matrix == 'q'").iloc[0]
+    assert (q_row.d_out, q_row.d_in) == (128, 64)
+    attn = model.layers[0].self_attn
+    for matrix, weight, count in (("q", attn.q_proj.weight, 4), ("k", attn.k_proj.weight, 2)):
+        got = result.heads.query(f"layer == 1 and matrix == '{matrix}'").sort_values("head")
+        assert len(got) == count
+        w = weight.detach().double()
+        for h in range(count):
+            block = w[h * 32:(h + 1) * 32]
+            assert got.spectral_norm.iloc[h] == pytest.approx(torch.linalg.matrix_norm(block, 2).item(), rel=1e-10)
+    o = result.heads.query("layer == 1 and matrix == 'o'").sort_values("head")
+    w_o = attn.o_proj.weight.detach().double()  # (64, 128): head h owns columns h*32:(h+1)*32
+    assert len(o) == 4
+    assert o.frobenius_norm.iloc[1] == pytest.approx(torch.linalg.matrix_norm(w_o[:, 32:64]).item(), rel=1e-10)
+
+
+def test_stray_safetensors_copy_without_index_is_not_read(tmp_path):
+    model = build_tiny_model("tiny-llama")
+    model.save_pretrained(tmp_path)
+    state = {k: v.detach() * 10 for k, v in model.state_dict().items()}
+    for stray in ("zz_copy.safetensors", "model_copy.safetensors"):  # same names, weights x10
+        save_file(state, str(tmp_path / stray))
+    got = weight_norms(ModelSource("stray", "local", str(tmp_path))).table
+    w_q = model.layers[0].self_attn.q_proj.weight.detach().double()
+    q = got.query("layer == 1 and matrix == 'q'").iloc[0]
+    assert q.spectral_norm == pytest.approx(torch.linalg.matrix_norm(w_q, 2).item(), rel=1e-10)
+    assert len(got) == len(weight_norms(resolve_model("tiny-llama")).table)
+
+
+def test_several_safetensors_without_model_file_or_index_is_an_error(tmp_path):
+    model = build_tiny_model("tiny-llama")
+    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(tmp_path / "a.safetensors"))
+    save_file(state, str(tmp_path / "b.safetensors"))
+    with pytest.raises(QftInputError, match=r"2 \.safetensors files .*a\.safetensors, b\.safetensors"):
+        weight_norms(ModelSource("two", "local", str(tmp_path)))
+
+
+def test_incomplete_shards_without_index_are_an_error(tmp_path):
+    model = build_tiny_model("tiny-llama")
+    model.save_pretrained(tmp_path, max_shard_size="100KB")
+    (tmp_path / "model.safetensors.index.json").unlink()
+    sorted(tmp_path.glob("model-*-of-*.safetensors"))[-1].unlink()
+    with pytest.raises(QftInputError, match="incomplete sharded checkpoint"):
+        weight_norms(ModelSource("part", "local", str(tmp_path)))
+
+
 def test_legacy_non_zip_bin_checkpoint(tmp_path):
     # checkpoints saved before torch 1.6 cannot be memory-mapped; they must still be read
     model = build_tiny_model("tiny-bert")

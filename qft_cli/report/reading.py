@@ -1,0 +1,181 @@
+"""Reading run directories for the report: discovery, ``run.json`` and the parquet tables."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import pandas as pd
+
+from qft_cli.errors import QftInputError
+from qft_cli.runs import RUN_JSON
+
+
+#: Result tables the report reads, with the columns each needs (docs/results.md).
+TABLE_COLUMNS: dict[str, tuple[str, ...]] = {
+    "norms_inputs": ("model", "dataset", "layer", "num_tokens", "frobenius_norm", "spectral_norm"),
+    "norms_weights": ("model", "layer", "matrix", "frobenius_norm", "spectral_norm"),
+    "norm_vectors": ("model", "layer", "matrix", "kind", "value"),
+    "norms_heads": ("model", "layer", "matrix", "head", "spectral_norm", "frobenius_norm"),
+    "metrics": ("variant", "epoch", "split", "accuracy", "f1"),
+    "norms_during_training": ("variant", "epoch", "layer", "matrix", "spectral_norm", "frobenius_norm"),
+    "gammas": ("variant", "epoch", "layer", "matrix", "gamma"),
+}
+
+
+@dataclass
+class RunRecord:
+    """One run directory as the report sees it.
+
+    Attributes:
+        path: the run directory.
+        meta: the parsed ``run.json`` (empty when unreadable).
+        tables: result tables found and readable, by name (``norms_inputs``, ...).
+        problems: one line per thing that could not be read (shown in the report).
+    """
+
+    path: Path
+    meta: dict[str, Any]
+    tables: dict[str, pd.DataFrame] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        """Directory name of the run (unique within a report in practice)."""
+        return self.path.name
+
+    @property
+    def command(self) -> str:
+        """``norms inputs``, ``norms weights``, ``train``, ``finetune`` or ``demo``."""
+        return str(self.meta.get("command", "?"))
+
+    @property
+    def status(self) -> str:
+        """``completed``, ``failed``, ``interrupted``, ``running`` or ``unreadable``."""
+        return str(self.meta.get("status", "unreadable"))
+
+
+def _is_qft_meta(meta: Any) -> bool:
+    return isinstance(meta, dict) and "command" in meta and "status" in meta
+
+
+def find_run_dirs(paths: Sequence[Path | str]) -> list[Path]:
+    """Run directories named by ``paths``.
+
+    Args:
+        paths: each a run directory (it holds ``run.json``), its ``run.json``, or a directory of
+            run directories (searched two levels deep; hidden directories are skipped).
+
+    Returns:
+        The run directories, each once, in the order given (children sorted by name).
+
+    Raises:
+        QftInputError: no path given, a path does not exist, or a path holds no run directory.
+    """
+    if not paths:
+        raise QftInputError("no PATH given: pass a run directory or a directory of run directories")
+    found: list[Path] = []
+    for raw in paths:
+        path = Path(raw)
+        if not path.exists():
+            raise QftInputError(f"{path} does not exist: pass a run directory or a directory of run directories")
+        if path.is_file():
+            if path.name != RUN_JSON:
+                raise QftInputError(f"{path} is a file, not a run directory: pass the directory that holds run.json")
+            path = path.parent
+        here: list[Path] = []
+        if (path / RUN_JSON).is_file():
+            here.append(path)
+        else:
+            for child in sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith(".")):
+                if (child / RUN_JSON).is_file():
+                    here.append(child)
+                    continue
+                here.extend(sorted(g for g in child.iterdir()
+                                   if g.is_dir() and not g.name.startswith(".") and (g / RUN_JSON).is_file()))
+        if not here:
+            raise QftInputError(f"no qft run directories in {path} (a run directory holds run.json): "
+                                "pass a directory written by qft norms, train, finetune or demo")
+        for run_dir in here:
+            if run_dir.resolve() not in {f.resolve() for f in found}:
+                found.append(run_dir)
+    return found
+
+
+def load_run(run_dir: Path | str) -> RunRecord:
+    """Read ``run.json`` and every known parquet table of one run directory.
+
+    Never raises for a damaged run: what cannot be read is recorded in ``problems``.
+    Tables missing a needed column are dropped with a problem line.
+    """
+    run_dir = Path(run_dir)
+    record = RunRecord(path=run_dir, meta={})
+    try:
+        meta = json.loads((run_dir / RUN_JSON).read_text())
+    except (OSError, ValueError) as err:
+        record.problems.append(f"run.json unreadable: {err}")
+        return record
+    if not _is_qft_meta(meta):
+        record.problems.append("run.json has no 'command'/'status': not written by qft")
+        return record
+    record.meta = meta
+    for name, needed in TABLE_COLUMNS.items():
+        file = run_dir / f"{name}.parquet"
+        if not file.is_file():
+            continue
+        try:
+            df = pd.read_parquet(file)
+        except Exception as err:  # noqa: BLE001 - any parquet/arrow failure is a damaged file
+            record.problems.append(f"{file.name} unreadable: {type(err).__name__}: {err}")
+            continue
+        if "stack" in df.columns and "part" not in df.columns:  # runs before qft 0.2 named it `stack`
+            df = df.rename(columns={"stack": "part"})
+        missing = [c for c in needed if c not in df.columns]
+        if missing:
+            record.problems.append(f"{file.name} lacks column(s) {', '.join(missing)}: table skipped")
+            continue
+        record.tables[name] = df
+    return record
+
+
+def load_runs(paths: Sequence[Path | str]) -> list[RunRecord]:
+    """Find (:func:`find_run_dirs`) and read (:func:`load_run`) every run under ``paths``.
+
+    Raises:
+        QftInputError: as :func:`find_run_dirs`, or when none of the run.json files was written by
+            qft (a foreign directory).
+    """
+    runs = [load_run(p) for p in find_run_dirs(paths)]
+    if not any(r.meta for r in runs):
+        where = ", ".join(str(p) for p in paths)
+        raise QftInputError(f"no readable qft run.json in {where}: {runs[0].problems[0]}")
+    return runs
+
+
+def combined_table(runs: Iterable[RunRecord], name: str) -> pd.DataFrame:
+    """Concatenate table ``name`` of all runs, with a ``run`` column (the run's directory name).
+
+    Returns an empty frame when no run has the table. Adds ``model_alias`` (= ``model``) where
+    absent and a ``label`` column naming the model (suffixed with the run where the same model
+    appears in several runs of this table).
+    """
+    frames = []
+    for r in runs:
+        if name in r.tables:
+            df = r.tables[name].copy()
+            df.insert(0, "run", r.name)
+            frames.append(df)
+    if not frames:
+        return pd.DataFrame()
+    df = pd.concat(frames, ignore_index=True)
+    if "model" in df.columns:
+        if "model_alias" not in df.columns:
+            df["model_alias"] = df["model"]
+        df["model_alias"] = df["model_alias"].fillna(df["model"]).astype(str)
+        df.loc[df["model_alias"] == "", "model_alias"] = df["model"].astype(str)
+        runs_per_model = df.groupby("model_alias")["run"].nunique()
+        shared = set(runs_per_model[runs_per_model > 1].index)
+        df["label"] = [f"{m} [{r}]" if m in shared else m for m, r in zip(df["model_alias"], df["run"])]
+    return df
