@@ -203,8 +203,18 @@ def _hub_blob_sha256(path: Path) -> Optional[str]:
 
 
 def weight_files(directory: Path) -> list[Path]:
-    """The weight files of a model directory (:data:`WEIGHT_PATTERNS`, sorted, not recursive)."""
+    """The weight files of a model directory: those qft reads (:func:`qft_cli.loading.checkpoint_files`:
+    the index's shards, ``model.safetensors``, ...); where that rule finds none or cannot choose,
+    every file matching :data:`WEIGHT_PATTERNS` (sorted, not recursive)."""
+    from qft_cli.loading import checkpoint_files
+
     directory = Path(directory)
+    try:
+        files = checkpoint_files(directory)
+    except QftInputError:
+        files = []
+    if files:
+        return sorted(files)
     found = {p for pattern in WEIGHT_PATTERNS for p in directory.glob(pattern) if p.is_file()}
     return sorted(found)
 
@@ -362,14 +372,14 @@ def short_hash(digest: Optional[str], n: int = 12) -> str:
     return str(digest)[:n] if digest else "–"
 
 
-def data_label(meta: dict[str, Any]) -> str:
+def data_label(meta: dict[str, Any], sep: str = "/") -> str:
     """``dataset/task`` of a run, from the ``data`` record (the task actually read), falling back to
-    the options of older runs."""
+    the options of older runs (``sep`` joins dataset and task)."""
     data = meta.get("data") if isinstance(meta.get("data"), dict) else {}
     opts = meta.get("options") or {}
     dataset = data.get("dataset") or opts.get("dataset") or meta.get("dataset") or "?"
     task = data.get("task") if "task" in data else opts.get("task")
-    return f"{dataset}/{task}" if task else str(dataset)
+    return f"{dataset}{sep}{task}" if task else str(dataset)
 
 
 def provenance_rows(metas: dict[str, dict[str, Any]]):

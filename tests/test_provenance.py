@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -161,10 +162,13 @@ def test_model_files_local_dir_and_tiny(tmp_path):
     (d / "pytorch_model.bin").write_bytes(os.urandom(100))
     rec = provenance.model_files_record("mine", "local", str(d))
     assert rec["model"] == "mine" and rec["kind"] == "local" and rec["revision"] is None
-    assert [f["path"] for f in rec["files"]] == [str(p.resolve()) for p in sorted(
-        [d / "model-00001-of-00002.safetensors", d / "model-00002-of-00002.safetensors", d / "pytorch_model.bin"])]
+    assert [f["path"] for f in rec["files"]] == [str(p.resolve()) for p in sorted(  # the files read: not the .bin
+        [d / "model-00001-of-00002.safetensors", d / "model-00002-of-00002.safetensors"])]
     for f in rec["files"]:
         assert f["sha256"] == hashlib.sha256(open(f["path"], "rb").read()).hexdigest()
+    (d / "model-00002-of-00002.safetensors").unlink()  # an incomplete shard set: every weight file there
+    assert [Path(f["path"]).name for f in provenance.model_files_record("mine", "local", str(d))["files"]] == [
+        "model-00001-of-00002.safetensors", "pytorch_model.bin"]
     gguf = tmp_path / "m.gguf"
     gguf.write_bytes(b"GGUF" + os.urandom(50))
     rec = provenance.model_files_record("m.gguf", "gguf", str(gguf))

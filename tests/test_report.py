@@ -408,3 +408,35 @@ def test_root_app_registers_report_and_demo():
     assert res.exit_code == 0 and "--output" in res.output
     res = CliRunner().invoke(app, ["demo", "--help"])
     assert res.exit_code == 0 and "--out" in res.output
+
+
+def _with_provenance(run_dir: Path, task: str, sha: str, weights_sha: str = "e" * 64) -> None:
+    meta = json.loads((run_dir / "run.json").read_text())
+    meta["options"]["dataset"], meta["options"]["task"] = "gue", None
+    meta["data"] = {"dataset": "gue", "task": task, "source": "local", "hub_id": None, "config": None, "split": None,
+                    "revision": None}
+    meta["data_files"] = [{"path": f"/data/{task}/train.csv", "size_bytes": 10, "sha256": sha}]
+    meta["model_files"] = [{"model": "minilm", "kind": "minilm", "revision": None,
+                            "files": [{"path": "/m/model.safetensors", "size_bytes": 5, "sha256": weights_sha}]}]
+    write_json_atomic(run_dir / "run.json", meta)
+
+
+def test_report_shows_provenance_and_warns_on_different_data_under_one_name(tmp_path):
+    """Issue 12: per run the data (the task actually read) and the weights, short hashes with the full
+    ones in a tooltip; a warning when two compared runs used different files under one name."""
+    a = make_train_run(tmp_path, name="20261129-200200-train-a")
+    b = make_train_run(tmp_path, name="20261129-200210-train-b")
+    _with_provenance(a, "prom_core_tata", "a" * 64)
+    _with_provenance(b, "prom_core_tata", "b" * 64)
+    page, _ = build_report_html(load_runs([tmp_path]))
+    assert "gue / prom_core_tata" in page and "prom_300_notata" not in page  # headings: the task read
+    assert f'<code title="{"a" * 64}">{"a" * 12}</code>' in page
+    assert f'<code title="{"e" * 64}">{"e" * 12}</code>' in page
+    warning = page.split("Different data under one name", 1)[1].split("</p>", 1)[0]
+    assert "gue/prom_core_tata" in warning and "20261129-200200-train-a" in warning and "b" * 12 in warning
+    _with_provenance(b, "prom_core_tata", "a" * 64)  # the same bytes: no warning
+    page, _ = build_report_html(load_runs([tmp_path]))
+    assert "Different data under one name" not in page
+    _with_provenance(b, "prom_300_notata", "b" * 64)  # other names: no warning either
+    page, _ = build_report_html(load_runs([tmp_path]))
+    assert "Different data under one name" not in page and "gue / prom_300_notata" in page

@@ -6,6 +6,7 @@ import datetime as _dt
 import shlex
 from typing import Any
 
+from qft_cli.provenance import provenance_rows
 from qft_cli.report.page import _Page, _Raw, _e, _is_synthetic
 from qft_cli.report.reading import RunRecord
 
@@ -71,3 +72,30 @@ def _metadata_section(page: _Page, runs: list[RunRecord]) -> None:
                      _Raw(f"<code>{_e(cmdline)}</code>")])
     page.table(["run", "command", "models", "dataset", "status", "start (UTC)", "duration", "device / dtype",
                 "versions", "command line"], rows, cls="runs")
+    _provenance_table(page, runs)
+
+
+def _hashes(short: str, full: str) -> Any:
+    """Short hashes with the full ones in a tooltip (``title``)."""
+    if short == "–":
+        return "–"
+    return _Raw(f'<code title="{_e(full)}">{_e(short)}</code>')
+
+
+def _provenance_table(page: _Page, runs: list[RunRecord]) -> None:
+    """Per run: the data (the task actually read, source, hub revision, SHA-256 of each data file)
+    and the weights (hub revision, SHA-256 of each weight file) it came from (``run.json`` fields
+    ``data``, ``data_files``, ``model_files``; docs/results.md)."""
+    metas = {r.name: r.meta for r in runs if r.meta}
+    if not metas:
+        return
+    frame = provenance_rows(metas)
+    page.heading(3, "Provenance: data and weights of each run", "provenance")
+    page.para("Short SHA-256 hashes (first 12 hex digits; hover for the full hash) of the files each run read, "
+              "and the resolved Hugging Face revisions. <code>qft runs verify RUN_DIR</code> rehashes the files "
+              "a run recorded and says which changed.")
+    rows = [[r["run"], r["data"], r["data_source"], r["data_revision"],
+             _hashes(r["data_sha256"], r["data_sha256_full"]), r["model"], r["model_revision"],
+             _hashes(r["model_sha256"], r["model_sha256_full"])] for _, r in frame.iterrows()]
+    page.table(["run", "data", "data source", "data revision", "data files (sha256)", "models", "model revision",
+                "weight files (sha256)"], rows, cls="runs provenance")

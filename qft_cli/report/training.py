@@ -9,6 +9,7 @@ import pandas as pd
 
 from qft_cli.report.page import (_Num, _Page, _anchor, _color, _e, _flat_range, _is_synthetic, _matrix_rank,
                                  _variant_color, _variant_rank)
+from qft_cli.provenance import data_label
 from qft_cli.report.reading import RunRecord, combined_table
 
 
@@ -59,9 +60,7 @@ def _training_section(page: _Page, runs: list[RunRecord]) -> None:
     for run_name in run_names:
         meta = by_name[run_name].meta
         opts = meta.get("options") or {}
-        dataset = opts.get("dataset", meta.get("dataset", "?"))
-        task = opts.get("task")
-        what = f"{dataset}" + (f" / {task}" if task else "")
+        what = data_label(meta, " / ")  # the task actually read (run.json data), not an unused default
         page.heading(3, f"{_e(meta.get('command', 'train'))}: {_e(what)} ({_e(run_name)})",
                      f"training-{_anchor(run_name)}")
         if _is_synthetic(meta):
