@@ -327,3 +327,20 @@ def test_norms_runs_record_model_and_data_files(tmp_path):
                                               device="cpu", out=tmp_path / "r"))
     meta = read_run_json(result.run_dir)
     assert meta["data"]["source"] == "random" and meta["data_files"] == []
+
+
+def test_model_files_for_takes_the_loaded_hub_revision(monkeypatch):
+    """A hub model's revision is the commit its config was loaded from (``config._commit_hash``),
+    even where the cache's snapshot for the default branch is another one."""
+    from types import SimpleNamespace
+
+    import huggingface_hub
+
+    from qft_cli.models import ModelSource
+
+    monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", lambda *a, **k: None)
+    model = SimpleNamespace(config=SimpleNamespace(_commit_hash=REV))
+    rec = provenance.model_files_for(ModelSource("bert", "hub", "bert-base-uncased"), model)
+    assert rec == {"model": "bert", "kind": "hub", "revision": REV, "files": []}
+    local = provenance.model_files_for(ModelSource("tiny-bert", "tiny", "tiny-bert"), model)
+    assert local["revision"] is None  # only hub models have revisions
