@@ -30,7 +30,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from qft_cli.inputs import hidden_state_norms  # noqa: E402
-from qft_cli.models import load_model, load_tokenizer, resolve_model  # noqa: E402
+from qft_cli.loading import load_model  # noqa: E402
+from qft_cli.models import load_tokenizer, resolve_model  # noqa: E402
 from qft_cli.text_data import mmlu_questions  # noqa: E402
 
 
@@ -74,7 +75,8 @@ _PEAK = """
 import sys, json
 sys.path.insert(0, {root!r})
 import torch
-from qft_cli.models import resolve_model, load_model
+from qft_cli.loading import load_model
+from qft_cli.models import resolve_model
 from qft_cli.weights import weight_norms
 from qft_cli.norms import matrix_norm_record
 from qft_cli.layout import classify_model

@@ -188,7 +188,7 @@ def _load_normalised_checkpoint(directory: Path, config_dict: dict, num_labels: 
     load the state dict strictly, fold the normalisation into plain weights."""
     from transformers import AutoConfig
 
-    from qft_cli.dnabert2 import read_checkpoint
+    from qft_cli.loading import check_keys, read_state_dict
 
     config = AutoConfig.from_pretrained(str(directory))
     if config.num_labels != num_labels:
@@ -198,10 +198,9 @@ def _load_normalised_checkpoint(directory: Path, config_dict: dict, num_labels: 
     if not any(isinstance(m, BlockNormalization) for m in model.modules()):
         settings = dict(config_dict["qft_normalization"])
         apply_normalization(model, settings.pop("method"), **settings)
-    result = model.load_state_dict(read_checkpoint(directory), strict=False)
-    if result.missing_keys or result.unexpected_keys:
-        raise QftInputError(f"checkpoint {directory} does not match its architecture: missing "
-                            f"{result.missing_keys[:5]}, unexpected {result.unexpected_keys[:5]}")
+    result = model.load_state_dict(read_state_dict(directory), strict=False)
+    check_keys(model, missing=result.missing_keys, unexpected=result.unexpected_keys, name=str(directory),
+               allow_new=False)  # a qft checkpoint carries its head: nothing may be new
     fold_normalization(model)
     return model.to(dtype=dtype)
 
@@ -209,8 +208,10 @@ def _load_normalised_checkpoint(directory: Path, config_dict: dict, num_labels: 
 def load_classifier(source: ModelSource, num_labels: int, *, kind: str = "sequence_classification", seed: int = 42,
                     dtype: torch.dtype = torch.float32, trust_remote_code: bool = False):
     """Load ``source`` with a sequence- or token-classification head of ``num_labels`` outputs.
-    New heads are initialised from ``seed``, so every variant of a run starts from the same weights.
-    A normalised checkpoint (``config.qft_normalization``) is rebuilt and its normalisation folded.
+    New heads are initialised from ``seed``, so every variant of a run starts from the same weights;
+    they are listed by :func:`qft_cli.loading.load_report` (``new``). Every other key must match
+    (:func:`qft_cli.loading.check_keys`). A normalised checkpoint (``config.qft_normalization``) is
+    rebuilt and its normalisation folded.
 
     Args:
         kind: ``sequence_classification`` or ``token_classification`` (:class:`qft_cli.tasks.TaskData`).
@@ -221,7 +222,8 @@ def load_classifier(source: ModelSource, num_labels: int, *, kind: str = "sequen
     """
     import qft_cli.modeling_qft  # noqa: F401  (registers qft train's model with the Auto classes)
     from qft_cli.dnabert2 import build_tiny_dnabert, is_dnabert2_source
-    from qft_cli.models import load_config, load_model
+    from qft_cli.loading import load_model
+    from qft_cli.models import load_config
 
     auto_class = _auto_class(kind)
     head = "token" if kind == "token_classification" else "sequence"
@@ -239,7 +241,8 @@ def load_classifier(source: ModelSource, num_labels: int, *, kind: str = "sequen
     kwargs: dict[str, Any] = {"num_labels": num_labels}
     if source.kind == "local" and not is_dnabert2_source(source.location, source.kind):
         kwargs["ignore_mismatched_sizes"] = True
-    return load_model(source, dtype=dtype, trust_remote_code=trust_remote_code, auto_class=auto_class, **kwargs)
+    return load_model(source, dtype=dtype, trust_remote_code=trust_remote_code, auto_class=auto_class, seed=seed,
+                      **kwargs)
 
 
 def load_finetune_tokenizer(source: ModelSource, trust_remote_code: bool = False):
@@ -275,6 +278,13 @@ def _tokenizer_for(source: ModelSource, tokenizer_name: Optional[str], data, sav
         if data.kind != "sequence_classification":
             raise QftInputError(f"--tokenizer {tokenizer_name} is a DNA tokenizer but {data.dataset} is a text task")
         return build_tokenizer(tokenizer_name, data, save_dir=save_dir, trust_remote_code=trust_remote_code)
+    if tokenizer_name and Path(tokenizer_name).expanduser().is_file():  # a tokenizer.json
+        from qft_cli.tasks import load_tokenizer_path
+
+        tokenizer = load_tokenizer_path(Path(tokenizer_name))
+        if tokenizer.pad_token is None:
+            raise QftInputError(f"--tokenizer {tokenizer_name} has no pad token ([PAD]): pass a tokenizer with one")
+        return tokenizer
     tok_source = resolve_finetune_model(tokenizer_name) if tokenizer_name else source
     tokenizer = load_finetune_tokenizer(tok_source, trust_remote_code=trust_remote_code)
     if data.kind == "token_classification" and not getattr(tokenizer, "is_fast", False):
@@ -332,6 +342,8 @@ class FinetuneResult:
     Attributes:
         variants: per variant ``{"variant", "test": {loss, accuracy, f1}, "best_model_dir",
             "export_dir", "normalised": ["<parameter>:<matrix>", ...], "epochs", "steps"}``.
+        new_parameters: parameters not in the checkpoint, initialised from the seed (the new
+            classification head; :data:`qft_cli.loading.LOADING_EXCEPTIONS`), also in ``run.json``.
     """
 
     model_id: str
@@ -342,6 +354,7 @@ class FinetuneResult:
     sizes: dict[str, int]
     variants: list[dict[str, Any]] = field(default_factory=list)
     task: Optional[str] = None
+    new_parameters: list[str] = field(default_factory=list)
 
     def summary(self) -> list[dict[str, Any]]:
         """Rows ``variant, accuracy, f1, accuracy_diff, f1_diff`` (differences to vanilla; NaN without it)."""
@@ -373,6 +386,7 @@ def finetune(model_name: str, *, dataset: str, settings: FinetuneSettings, run, 
     from transformers import DataCollatorForTokenClassification, DataCollatorWithPadding
 
     from qft_cli.export import export_model
+    from qft_cli.loading import load_report
     from qft_cli.tasks import encode, load_task, subsample
     from qft_cli.training import METRICS_TABLE, ResultsRecorder, train_variant
 
@@ -413,6 +427,10 @@ def finetune(model_name: str, *, dataset: str, settings: FinetuneSettings, run, 
         if not model_files_recorded:  # the weights every variant starts from
             run.update(model_files=[model_files_for(source, model)])
             model_files_recorded = True
+        new_parameters = load_report(model).new
+        if new_parameters != result.new_parameters:
+            result.new_parameters = new_parameters
+            run.update(new_parameters=new_parameters)
         model.config.id2label = dict(enumerate(data.label_names))
         model.config.label2id = {n: i for i, n in enumerate(data.label_names)}
         if getattr(model.config, "pad_token_id", None) is None:

@@ -32,7 +32,7 @@ from qft_cli.norms import ACCUMULATE, fit_power_law
 from qft_cli.progress import ProgressFn, report
 
 INPUT_COLUMNS = ["model", "model_alias", "dataset", "sample_index", "layer", "num_tokens",
-                 "frobenius_norm", "spectral_norm", "max_row_norm", "finite"]
+                 "frobenius_norm", "spectral_norm", "max_row_norm", "finite", "all_zero"]
 
 
 class _StopForward(Exception):
@@ -132,7 +132,9 @@ def masked_norms(hidden: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Te
 
     Returns:
         dict of float64 tensors of shape (batch,): ``frobenius_norm``, ``spectral_norm``,
-        ``max_row_norm``, and bool ``finite``. Non-finite samples get NaN norms.
+        ``max_row_norm``, and bool ``finite`` and ``all_zero``. Non-finite samples get NaN norms;
+        an all-zero S (every real-token row zero: a degenerate model, e.g. zeroed embeddings) is
+        finite with norms 0 and ``all_zero`` True.
     """
     device = hidden.device if hidden.device.type != "mps" else torch.device("cpu")  # MPS has no float64
     s = hidden.to(device=device, dtype=ACCUMULATE)
@@ -149,6 +151,7 @@ def masked_norms(hidden: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Te
     out = {"frobenius_norm": frob, "spectral_norm": spec, "max_row_norm": rows.max(dim=1).values}
     out = {k: torch.where(finite, v, nan).cpu() for k, v in out.items()}
     out["finite"] = finite.cpu()
+    out["all_zero"] = (finite & (frob == 0)).cpu()
     return out
 
 
@@ -166,10 +169,12 @@ def check_num_tokens(model: torch.nn.Module, num_tokens: int, name: str) -> None
 
 @dataclass
 class InputNormsResult:
-    """Result of :func:`hidden_state_norms`: the table and the (sample, layer) pairs that were not finite."""
+    """Result of :func:`hidden_state_norms`: the table and the (sample, layer) pairs that were not
+    finite, or all zero (degenerate: both are warnings, exit status 2)."""
 
     table: pd.DataFrame
     nonfinite: list[tuple[int, int]] = field(default_factory=list)
+    all_zero: list[tuple[int, int]] = field(default_factory=list)
 
 
 def _batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
@@ -244,6 +249,7 @@ def hidden_state_norms(model: torch.nn.Module, token_ids: Sequence[Sequence[int]
     lengths = [len(x) for x in token_ids]
     rows: list[dict] = []
     nonfinite: list[tuple[int, int]] = []
+    all_zero: list[tuple[int, int]] = []
     batches = _batches(lengths, batch_size)
     try:
         for b, batch in enumerate(batches):
@@ -267,12 +273,16 @@ def hidden_state_norms(model: torch.nn.Module, token_ids: Sequence[Sequence[int]
                 norms = masked_norms(hidden, mask.to(hidden.device))
                 for row, i in enumerate(batch):
                     ok = bool(norms["finite"][row])
+                    zero = bool(norms["all_zero"][row])
                     if not ok:
                         nonfinite.append((i, layer))
+                    if zero:
+                        all_zero.append((i, layer))
                     rows.append({"sample_index": i, "layer": layer, "num_tokens": lengths[i],
                                  "frobenius_norm": float(norms["frobenius_norm"][row]),
                                  "spectral_norm": float(norms["spectral_norm"][row]),
-                                 "max_row_norm": float(norms["max_row_norm"][row]), "finite": ok})
+                                 "max_row_norm": float(norms["max_row_norm"][row]), "finite": ok,
+                                 "all_zero": zero})
             report(progress, "hidden states", b + 1, len(batches))
     finally:
         for h in handles:
@@ -281,7 +291,7 @@ def hidden_state_norms(model: torch.nn.Module, token_ids: Sequence[Sequence[int]
     for key, value in (labels or {}).items():
         table.insert(0, key, value)
     table = table.astype({"sample_index": "int64", "layer": "int64", "num_tokens": "int64"})
-    return InputNormsResult(table, sorted(nonfinite))
+    return InputNormsResult(table, sorted(nonfinite), sorted(all_zero))
 
 
 def summarize_inputs(table: pd.DataFrame) -> pd.DataFrame:

@@ -1,9 +1,19 @@
-"""Loading model weights: one module for every command.
+"""Loading model weights: one module for every command, with one strict-key check.
 
-The streaming reader (:class:`TensorStore`, :func:`open_weights`) reads named tensors one at a time
-from safetensors shards or ``pytorch_model*.bin`` files (``torch.load(mmap=True,
-weights_only=True)``), so peak memory stays near the largest single tensor; tiny models (built in
-memory) are read from their parameters.
+* The streaming reader (:class:`TensorStore`, :func:`open_weights`, used by ``norms weights``)
+  reads named tensors one at a time from safetensors shards or ``pytorch_model*.bin`` files
+  (``torch.load(mmap=True, weights_only=True)``), so peak memory stays near the largest single
+  tensor; tiny models (built in memory) are read from their parameters.
+* :func:`load_model` (``norms inputs``, ``finetune``, ``train --embedding-from``) loads a whole
+  model: ``from_pretrained(output_loading_info=True)``, qft's native DNABERT-2
+  (:func:`load_dnabert2`), or a tiny model.
+* :func:`check_keys` is the one strict-key check of both: a weight the architecture expects but the
+  checkpoint lacks, or a checkpoint tensor the architecture does not use, is a
+  :class:`~qft_cli.errors.QftInputError` naming the keys, except the cases listed in
+  :data:`LOADING_EXCEPTIONS`.
+
+Dispatch is on :attr:`qft_cli.models.ModelSource.kind` (``tiny``, ``minilm``, ``hub``, ``local``;
+other kinds, e.g. GGUF files, hook in here).
 """
 
 from __future__ import annotations
@@ -13,12 +23,13 @@ import re
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Optional
 
 import torch
 
 from qft_cli.errors import QftInputError
-from qft_cli.models import ModelSource, build_tiny_model, hub_snapshot
+from qft_cli import models as _models
+from qft_cli.models import ModelSource, build_tiny_model
 
 
 @dataclass
@@ -164,10 +175,277 @@ def open_weights(source: ModelSource) -> TensorStore:
     if source.kind == "tiny":
         return _store_from_module(build_tiny_model(source.location))
     if source.kind == "hub":
-        directory = hub_snapshot(source, ["*.json", "model*.safetensors"])  # not consolidated.* copies
+        directory = _models.hub_snapshot(source, ["*.json", "model*.safetensors"])  # not consolidated.* copies
         if not list(directory.glob("*.safetensors")):
-            directory = hub_snapshot(source, ["*.json", "*.safetensors"])
+            directory = _models.hub_snapshot(source, ["*.json", "*.safetensors"])
         if not list(directory.glob("*.safetensors")):
-            directory = hub_snapshot(source, ["*.json", "pytorch_model*.bin"])
+            directory = _models.hub_snapshot(source, ["*.json", "pytorch_model*.bin"])
         return _store_from_dir(directory)
     return _store_from_dir(Path(source.location))
+
+
+# ----------------------------------------------------------------------------- the strict-key rule
+
+#: The only legitimate differences between a checkpoint and the architecture it is loaded into
+#: (every other missing, unexpected or wrongly shaped key is a :class:`QftInputError`):
+#:
+#: * ``tied``: a parameter the checkpoint lacks because it is tied to another one (an output
+#:   embedding tied to the input embedding, the model's ``all_tied_weights_keys``); not reported;
+#: * ``buffer``: a checkpoint tensor that names a buffer of the model (non-persistent buffers such
+#:   as ``embeddings.position_ids`` that older checkpoints saved); not reported;
+#: * ``unused``: a checkpoint tensor of a head outside the loaded architecture (the masked-LM head
+#:   ``cls.*`` or ``lm_head.*`` when the bare model or a classifier is loaded); dropped, listed in
+#:   :attr:`LoadReport.unused`;
+#: * ``new``: a parameter of the loaded model's own head (``classifier.*``, ``score.*``, any child
+#:   of the task model outside its base model) or of a pooler (``*.pooler.*``), absent from the
+#:   checkpoint or of another shape (a head fine-tuned on another number of labels): initialised
+#:   from the seed and reported as new (:attr:`LoadReport.new`; ``finetune`` prints a line and
+#:   writes ``new_parameters`` to ``run.json``). Where ``allow_new`` is false (a qft checkpoint
+#:   that must be complete) it is an error too.
+LOADING_EXCEPTIONS = ("tied", "buffer", "unused", "new")
+
+
+@dataclass
+class LoadReport:
+    """What :func:`check_keys` let through.
+
+    Attributes:
+        new: parameters initialised fresh (the task head, a pooler), sorted.
+        unused: checkpoint tensors of another task's head that the model does not use, sorted.
+    """
+
+    new: list[str] = field(default_factory=list)
+    unused: list[str] = field(default_factory=list)
+
+
+def _short_list(names: list[str], limit: int = 5) -> str:
+    shown = ", ".join(names[:limit])
+    return f"{len(names)} ({shown}{', ...' if len(names) > limit else ''})"
+
+
+def _base_model(model: torch.nn.Module) -> tuple[str, torch.nn.Module]:
+    """(prefix, base model): the bare transformer inside a task model, or the model itself."""
+    prefix = getattr(model, "base_model_prefix", "") or ""
+    base = getattr(model, prefix, None) if prefix else None
+    if isinstance(base, torch.nn.Module) and base is not model:
+        return prefix, base
+    return prefix, model
+
+
+def key_status(model: torch.nn.Module, key: str, problem: str) -> str:
+    """Where a key that does not match falls under :data:`LOADING_EXCEPTIONS`.
+
+    Args:
+        model: the model being loaded (a bare model or a task model with a head).
+        key: a parameter/tensor name, with or without the base model's prefix (``bert.``).
+        problem: ``missing`` (the model expects it, the checkpoint lacks it), ``unexpected`` (in
+            the checkpoint, not in the model) or ``mismatched`` (shapes differ).
+
+    Returns:
+        ``tied``, ``buffer``, ``unused``, ``new`` or ``error``.
+    """
+    prefix, base = _base_model(model)
+    parts = key.split(".")
+    stripped = parts[1:] if prefix and parts[0] == prefix else parts
+    if problem == "missing" and key in (getattr(model, "all_tied_weights_keys", None) or {}):
+        return "tied"
+    if problem == "unexpected":
+        buffers = {n for n, _ in model.named_buffers()} | {n for n, _ in base.named_buffers()}
+        if key in buffers or ".".join(stripped) in buffers:
+            return "buffer"
+    base_children = {n for n, _ in base.named_children()}
+    head_children = {n for n, _ in model.named_children()} - {prefix} if base is not model else set()
+    in_base = (parts[0] == prefix and base is not model) or (stripped[0] in base_children and parts[0] not in head_children)
+    if problem == "unexpected":
+        return "error" if in_base or parts[0] in head_children else "unused"
+    if "pooler" in stripped or (not in_base and parts[0] in head_children):
+        return "new"
+    return "error"
+
+
+def check_keys(model: torch.nn.Module, *, missing, unexpected, mismatched=(), name: str,
+               allow_new: bool = True) -> LoadReport:
+    """The one strict-key check of every loader (:data:`LOADING_EXCEPTIONS`).
+
+    Args:
+        missing: parameter names the model expects and the checkpoint lacks.
+        unexpected: checkpoint tensor names the model does not have.
+        mismatched: names (or ``(name, shape_in_checkpoint, shape_in_model)`` tuples, as
+            transformers' ``mismatched_keys``) whose shapes differ.
+        name: the model as the user named it (for the message).
+        allow_new: whether a missing head/pooler is new (``True``) or an error.
+
+    Returns:
+        :class:`LoadReport` of the new and unused keys.
+
+    Raises:
+        QftInputError: any other key, naming the first few of each kind and their count.
+    """
+    report = LoadReport()
+    errors: dict[str, list[str]] = {"missing": [], "unexpected": [], "mismatched": []}
+    for problem, keys in (("missing", missing), ("unexpected", unexpected), ("mismatched", mismatched)):
+        for key in keys:
+            label = key
+            if isinstance(key, (tuple, list)):
+                key, label = key[0], f"{key[0]} {tuple(key[1])} != {tuple(key[2])}"
+            status = key_status(model, key, problem)
+            if status == "new" and allow_new:
+                report.new.append(key)
+            elif status == "unused":
+                report.unused.append(key)
+            elif status in ("error", "new"):
+                errors[problem].append(label)
+    if any(errors.values()):
+        parts = [f"{what} {_short_list(sorted(keys))}" for what, keys in
+                 (("missing from the checkpoint:", errors["missing"]),
+                  ("unexpected in the checkpoint:", errors["unexpected"]),
+                  ("of another shape:", errors["mismatched"])) if keys]
+        raise QftInputError(f"checkpoint of {name} does not match its architecture {type(model).__name__}: "
+                            + "; ".join(parts) + ": fix or re-download the checkpoint (a renamed or missing "
+                            "weight would be initialised at random)")
+    report.new.sort()
+    report.unused.sort()
+    return report
+
+
+# ----------------------------------------------------------------------------- whole models
+
+def read_state_dict(directory: Path) -> dict[str, torch.Tensor]:
+    """Every tensor of the checkpoint in ``directory`` (safetensors shards or ``pytorch_model*.bin``
+    read with ``weights_only=True``), on CPU, through the reader of :func:`open_weights`.
+
+    Raises:
+        QftInputError: no weight files; a damaged file.
+    """
+    store = _store_from_dir(Path(directory))
+    try:
+        return {name: store.read(name) for name in store.shapes}
+    finally:
+        store.close()
+
+
+def model_directory(source: ModelSource, allow_patterns: list[str]) -> Path:
+    """The directory of a local/minilm model, or the hub files matching ``allow_patterns``."""
+    if source.kind == "hub":
+        return Path(_models.hub_snapshot(source, allow_patterns))
+    return Path(source.location)
+
+
+def attach_report(model: torch.nn.Module, report: LoadReport) -> torch.nn.Module:
+    """Keep ``report`` on ``model`` as ``model.qft_load_report`` (read with :func:`load_report`)."""
+    object.__setattr__(model, "qft_load_report", report)
+    return model
+
+
+def load_report(model: torch.nn.Module) -> LoadReport:
+    """The :class:`LoadReport` of a model loaded by :func:`load_model` (empty for others)."""
+    return getattr(model, "qft_load_report", None) or LoadReport()
+
+
+def load_dnabert2(path_or_hub_id, num_labels: Optional[int] = None, task: str = "sequence", *,
+                  dtype: torch.dtype = torch.float32, seed: int = 0, name: Optional[str] = None,
+                  **config_overrides):
+    """Load a DNABERT-2 checkpoint into qft's native classes (no remote code).
+
+    Args:
+        path_or_hub_id: a directory with ``config.json`` (the published one, or a qft save) and
+            ``model.safetensors`` or ``pytorch_model.bin`` (MaskedLM or SequenceClassification key
+            names), or a hub id such as :data:`qft_cli.dnabert2.HUB_ID`.
+        num_labels: size of the classification head; ``None`` keeps the checkpoint's.
+        task: ``sequence``, ``token`` or ``base`` (encoder + pooler, no head).
+        dtype: parameter dtype.
+        seed: seed of the initialisation of the new parameters (pooler, classifier).
+        name: the model as the user named it (for messages).
+        config_overrides: config attributes to set (e.g. ``hidden_dropout_prob=0.0``).
+
+    Returns:
+        The model in eval mode, with its :class:`LoadReport` (:func:`load_report`).
+
+    Raises:
+        QftInputError: not a DNABERT-2 config; no weights; any key outside
+            :data:`LOADING_EXCEPTIONS` (:func:`check_keys`); hub unreachable.
+    """
+    from qft_cli import dnabert2
+
+    if task not in dnabert2.TASKS:
+        raise QftInputError(f"unknown DNABERT-2 task '{task}': use one of {', '.join(dnabert2.TASKS)}")
+    path = Path(str(path_or_hub_id)).expanduser()
+    source = (ModelSource(str(path_or_hub_id), "local", str(path)) if path.is_dir()
+              else ModelSource(str(path_or_hub_id), "hub", str(path_or_hub_id)))
+    directory = model_directory(source, ["config.json", "*.safetensors", "pytorch_model.bin"])
+    config_path = directory / "config.json"
+    if not config_path.is_file():
+        raise QftInputError(f"{directory} has no config.json: pass a DNABERT-2 model directory")
+    raw = json.loads(config_path.read_text())
+    if not dnabert2.is_dnabert2_config(raw):
+        raise QftInputError(f"{directory} is not a DNABERT-2 model (config.json has neither model_type "
+                            f"'{dnabert2.MODEL_TYPE}' nor DNABERT-2's auto_map/alibi_starting_size)")
+    overrides = dict(config_overrides)
+    if num_labels is not None:
+        overrides["num_labels"] = num_labels
+    config = dnabert2.config_from_published(raw, **overrides)
+    state_dict = dnabert2.map_names(read_state_dict(directory), task)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = dnabert2.TASKS[task](config)
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in expected]
+    mismatched = [(k, tuple(v.shape), tuple(expected[k].shape)) for k, v in state_dict.items()
+                  if k in expected and tuple(v.shape) != tuple(expected[k].shape)]
+    report = check_keys(model, missing=missing, unexpected=unexpected, mismatched=mismatched,
+                        name=name or str(path_or_hub_id))
+    # a classifier of another size (fine-tuned on other labels) is new, not loaded
+    loadable = {k: v for k, v in state_dict.items() if k in expected and tuple(v.shape) == tuple(expected[k].shape)}
+    model.load_state_dict(loadable, strict=False)
+    return attach_report(model.to(dtype=dtype).eval(), report)
+
+
+def load_model(source: ModelSource, *, dtype: torch.dtype = torch.float32, device: Optional[torch.device] = None,
+               device_map: Optional[str] = None, trust_remote_code: bool = False, auto_class=None,
+               seed: Optional[int] = None, allow_new: bool = True, **kwargs):
+    """Load the model of ``source`` in eval mode, with the strict-key check (:func:`check_keys`).
+
+    Args:
+        dtype: parameter dtype.
+        device: where to put it (ignored with ``device_map``).
+        device_map: ``"auto"`` shards a large model across available GPUs/CPU (accelerate).
+        trust_remote_code: run the model repository's own code (only when the user asks).
+        auto_class: transformers Auto class (default ``AutoModel``: the bare model, no head).
+        seed: seed of the new parameters (a classification head); ``None`` leaves the global RNG.
+        allow_new: whether missing head/pooler parameters are new (see :data:`LOADING_EXCEPTIONS`).
+        kwargs: passed to ``from_pretrained`` / set on the tiny config (e.g. ``num_labels``).
+
+    Returns:
+        The model; :func:`load_report` gives its new and unused parameters.
+
+    Raises:
+        QftInputError: hub not reachable, gated or unknown model; a checkpoint that does not match
+            its architecture; remote code needing a package that is not installed.
+    """
+    from transformers import AutoModel
+
+    from qft_cli.dnabert2 import is_dnabert2_source, task_of_auto_class
+
+    auto_class = auto_class or AutoModel
+    if source.kind == "tiny":
+        model = build_tiny_model(source.location, auto_class, **kwargs).to(dtype=dtype)
+    elif not trust_remote_code and is_dnabert2_source(source.location, source.kind):
+        options = {k: v for k, v in kwargs.items() if k not in ("ignore_mismatched_sizes",)}
+        num_labels = options.pop("num_labels", None)
+        model = load_dnabert2(source.location, num_labels=num_labels, task=task_of_auto_class(auto_class),
+                              dtype=dtype, seed=0 if seed is None else seed, name=source.name, **options)
+    else:
+        load_kwargs = dict(dtype=dtype, trust_remote_code=trust_remote_code, output_loading_info=True, **kwargs)
+        if device_map:
+            load_kwargs["device_map"] = device_map
+        with torch.random.fork_rng(devices=[], enabled=seed is not None):
+            if seed is not None:
+                torch.manual_seed(seed)
+            model, info = _models._hub_call(source, auto_class.from_pretrained, source.location, **load_kwargs)
+        report = check_keys(model, missing=info.get("missing_keys", ()), unexpected=info.get("unexpected_keys", ()),
+                            mismatched=info.get("mismatched_keys", ()), name=source.name, allow_new=allow_new)
+        attach_report(model, report)
+    if device is not None and not device_map:
+        model = model.to(device)
+    return model.eval()

@@ -46,7 +46,7 @@ class DnaBert2Config(PretrainedConfig):
                  hidden_dropout_prob: float = 0.1, attention_probs_dropout_prob: float = 0.0,
                  type_vocab_size: int = 2, layer_norm_eps: float = 1e-12, initializer_range: float = 0.02,
                  classifier_dropout: Optional[float] = None, alibi_starting_size: int = 512,
-                 pad_token_id: int = 0, **kwargs):
+                 pad_token_id: Optional[int] = None, **kwargs):
         super().__init__(pad_token_id=pad_token_id, **kwargs)
         if hidden_size % num_attention_heads:
             raise ValueError(f"hidden_size {hidden_size} is not a multiple of num_attention_heads {num_attention_heads}")
@@ -103,7 +103,8 @@ class DnaBert2Embeddings(nn.Module):
 
     def __init__(self, config: DnaBert2Config):
         super().__init__()
-        self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size, padding_idx=config.pad_token_id)
+        # no padding_idx, as published: id 0 is [UNK] and its row is trained like any other
+        self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size)
         self.token_type_embeddings = nn.Embedding(config.type_vocab_size, config.hidden_size)
         self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)

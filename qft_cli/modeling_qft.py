@@ -280,7 +280,8 @@ def pretrained_embedding(name: str, trust_remote_code: bool = False) -> torch.Te
         QftInputError: unknown model, hub unreachable, or no token embedding found.
     """
     from qft_cli.layout import classify
-    from qft_cli.models import load_model, resolve_model
+    from qft_cli.loading import load_model
+    from qft_cli.models import resolve_model
 
     source = resolve_model(name)
     if source.kind in ("hub", "local") and not trust_remote_code:

@@ -116,6 +116,63 @@ def resolve_model(name: str) -> ModelSource:
                         "a Hugging Face id (owner/name) or an existing local directory")
 
 
+#: Seconds the connectivity probe of :func:`hub_offline_if_unreachable` waits for the hub.
+HUB_PROBE_TIMEOUT_S = 3.0
+_HUB_STATE: dict[str, bool] = {}  # "unreachable": result of the probe, once per process
+
+
+def _offline_env() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
+
+
+def hub_offline_if_unreachable(timeout: float = HUB_PROBE_TIMEOUT_S) -> bool:
+    """Probe the Hugging Face Hub once per process; when unreachable, go offline.
+
+    With ``HF_HUB_OFFLINE`` unset, ``huggingface_hub`` retries every failed request with back-off
+    (``Retrying in 1s [Retry 1/5]`` ... about 30-60 s in all, a log line each). Instead one TCP
+    connection to the hub's host (``HF_ENDPOINT``, default ``huggingface.co:443``) is tried with a
+    ``timeout`` of a few seconds; when it fails (no DNS, no route, blocked), ``huggingface_hub``,
+    ``transformers`` and ``datasets`` are switched to offline mode for this process, as with
+    ``HF_HUB_OFFLINE=1``: cached files are used, and a file that is not cached fails at once with
+    qft's own one line (:func:`hub_error`).
+
+    Returns:
+        True when the hub is unreachable (this process is offline now) or ``HF_HUB_OFFLINE`` is set.
+    """
+    if _offline_env():
+        return True
+    if "unreachable" not in _HUB_STATE:
+        import socket
+        from urllib.parse import urlparse
+
+        from huggingface_hub import constants
+
+        url = urlparse(constants.ENDPOINT or "https://huggingface.co")
+        port = url.port or (443 if url.scheme == "https" else 80)
+        try:
+            socket.create_connection((url.hostname, port), timeout=timeout).close()
+            _HUB_STATE["unreachable"] = False
+        except OSError:
+            _HUB_STATE["unreachable"] = True
+            _go_offline()
+    return _HUB_STATE["unreachable"]
+
+
+def _go_offline() -> None:
+    import sys
+
+    from huggingface_hub import constants
+
+    constants.HF_HUB_OFFLINE = True  # read at call time by huggingface_hub and transformers
+    if "datasets" in sys.modules:  # datasets copies the flag at import
+        import datasets.config
+
+        datasets.config.HF_HUB_OFFLINE = True
+        datasets.config.HF_DATASETS_OFFLINE = True
+    else:
+        os.environ["HF_DATASETS_OFFLINE"] = "1"
+
+
 def hub_error(source: ModelSource, err: BaseException) -> QftInputError:
     """Turn a hub/loading exception (also of a local directory or the embedded MiniLM) into one
     actionable line."""
@@ -134,7 +191,11 @@ def hub_error(source: ModelSource, err: BaseException) -> QftInputError:
     if "RepositoryNotFound" in text or "is not a valid model identifier" in text:
         return QftInputError(f"model {label} was not found on the Hugging Face Hub: check the id, "
                              f"or {HUB_HELP}")
-    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
+    if _HUB_STATE.get("unreachable"):
+        return QftInputError(f"could not load model {label}: the Hugging Face Hub is not reachable "
+                             f"(no connection within {HUB_PROBE_TIMEOUT_S:g} s) and the model is not cached; "
+                             f"{HUB_HELP}")
+    if _offline_env():
         return QftInputError(f"model {label} is not in the local Hugging Face cache and HF_HUB_OFFLINE is set: "
                              "unset it to download, pass a local model directory, or use the offline "
                              f"model '{MINILM}'")
@@ -145,8 +206,16 @@ def hub_error(source: ModelSource, err: BaseException) -> QftInputError:
 def _hub_call(source: ModelSource, fn, *args, **kwargs):
     if source.kind == "tiny":
         return fn(*args, **kwargs)
+    if source.kind == "hub":
+        hub_offline_if_unreachable()
     try:
         return fn(*args, **kwargs)
+    except ImportError as err:  # remote code that needs a package not installed (DNABERT-2's triton)
+        missing = getattr(err, "name", None) or str(err).split("\n", 1)[0]
+        hint = (" (or drop --trust-remote-code: qft's native DNABERT-2 runs without it)"
+                if "triton" in str(err) or "flash_attn" in str(err) else "")
+        raise QftInputError(f"the code of model {source.name} needs a package that is not installed ({missing}): "
+                            f"install it{hint}") from None
     except (OSError, ValueError, RuntimeError) as err:
         if isinstance(err, QftInputError):
             raise
@@ -255,52 +324,28 @@ def load_tokenizer(source: ModelSource, trust_remote_code: bool = False):
 
 
 def load_config(source: ModelSource, trust_remote_code: bool = False):
-    """Load the transformers config of ``source``."""
+    """Load the transformers config of ``source``.
+
+    DNABERT-2 (the hub id or a directory with its published ``config.json``, which has no
+    ``model_type``) gives qft's native :class:`~qft_cli.modeling_dnabert2.DnaBert2Config` unless
+    ``trust_remote_code`` asks for the repository's own code.
+
+    Raises:
+        QftInputError: hub not reachable / model unknown / remote code needed.
+    """
     if source.kind == "tiny":
         return tiny_config(source.location)
     from transformers import AutoConfig
 
+    from qft_cli.dnabert2 import config_from_published, is_dnabert2_source
+
+    if not trust_remote_code and is_dnabert2_source(source.location, source.kind):
+        import json
+
+        directory = Path(source.location) if source.kind != "hub" else hub_snapshot(source, ["config.json"])
+        return config_from_published(json.loads((Path(directory) / "config.json").read_text()))
+
     return _hub_call(source, AutoConfig.from_pretrained, source.location, trust_remote_code=trust_remote_code)
-
-
-def load_model(source: ModelSource, *, dtype: torch.dtype = torch.float32, device: torch.device | None = None,
-               device_map: str | None = None, trust_remote_code: bool = False, auto_class=None, **kwargs):
-    """Load the model of ``source`` in eval mode.
-
-    Args:
-        dtype: parameter dtype.
-        device: where to put it (ignored with ``device_map``).
-        device_map: ``"auto"`` shards a large model across available GPUs/CPU (accelerate).
-        auto_class: transformers Auto class (default ``AutoModel``: the bare model, no head).
-        kwargs: passed to ``from_pretrained`` / set on the tiny config.
-
-    Raises:
-        QftInputError: hub not reachable, gated or unknown model.
-    """
-    from transformers import AutoModel
-
-    auto_class = auto_class or AutoModel
-    native = None if trust_remote_code else _native_dnabert2(source, auto_class, dtype, kwargs)
-    if native is not None:
-        model = native
-    elif source.kind == "tiny":
-        model = build_tiny_model(source.location, auto_class, **kwargs).to(dtype=dtype)
-    else:
-        load_kwargs = dict(dtype=dtype, trust_remote_code=trust_remote_code, **kwargs)
-        if device_map:
-            load_kwargs["device_map"] = device_map
-        model = _hub_call(source, auto_class.from_pretrained, source.location, **load_kwargs)
-    if device is not None and not device_map:
-        model = model.to(device)
-    return model.eval()
-
-
-def _native_dnabert2(source: ModelSource, auto_class, dtype: torch.dtype, kwargs: dict):
-    """DNABERT-2 (hub id or local directory) in qft's own classes, without remote code
-    (see :mod:`qft_cli.dnabert2`); ``None`` for any other model."""
-    from qft_cli.dnabert2 import load_native_if_dnabert2
-
-    return load_native_if_dnabert2(source, auto_class, dtype=dtype, **kwargs)
 
 
 def hub_snapshot(source: ModelSource, allow_patterns: list[str]) -> Path:

@@ -17,7 +17,8 @@ import pandas as pd
 from qft_cli.device import resolve_device, resolve_dtype
 from qft_cli.errors import QftInputError
 from qft_cli.inputs import check_num_tokens, hidden_state_norms, num_layers, parse_layers, summarize_inputs
-from qft_cli.models import load_config, load_model, load_tokenizer, resolve_model
+from qft_cli.loading import load_model
+from qft_cli.models import load_config, load_tokenizer, resolve_model
 from qft_cli.progress import ProgressFn
 from qft_cli.runs import Run, check_writable
 from qft_cli.weights import summarize_weights, weight_norms
@@ -81,12 +82,15 @@ class NormsWeightsArgs:
 @dataclass
 class NormsResult:
     """What a norms workflow wrote: the run directory, its tables, a summary, and warnings
-    for the CLI to print (at most one line, e.g. non-finite hidden states; run.json lists each)."""
+    for the CLI to print (one line per kind, e.g. non-finite hidden states; run.json lists each):
+    ``warnings`` are degenerate results (exit status 2), ``notices`` change no number (exit 0,
+    e.g. unrecognised 2-D tensors that were not measured)."""
 
     run_dir: Path
     tables: dict[str, pd.DataFrame]
     summary: pd.DataFrame
     warnings: list[str] = field(default_factory=list)
+    notices: list[str] = field(default_factory=list)
 
 
 def _options(args) -> dict:
@@ -97,13 +101,20 @@ def one_line(warnings: list[str], shown: int = 3) -> list[str]:
     """The warnings for the terminal as one line: the count and the first few (run.json keeps them all).
 
     ``["non-finite weight: a", "non-finite weight: b"]`` -> ``["2 non-finite weights: a; b"]``.
+    Warnings of different kinds (the text before the first ``": "``) give one line per kind.
     """
-    if len(warnings) <= 1:
-        return list(warnings)
-    kind = warnings[0].split(": ", 1)[0]
-    items = [w.split(": ", 1)[-1] for w in warnings]
-    more = f"; ... {len(items) - shown} more in run.json" if len(items) > shown else ""
-    return [f"{len(items)} {kind}s: " + "; ".join(items[:shown]) + more]
+    kinds: dict[str, list[str]] = {}
+    for w in warnings:
+        kinds.setdefault(w.split(": ", 1)[0], []).append(w)
+    lines = []
+    for kind, group in kinds.items():
+        if len(group) == 1:
+            lines.append(group[0])
+            continue
+        items = [w.split(": ", 1)[-1] for w in group]
+        more = f"; ... {len(items) - shown} more in run.json" if len(items) > shown else ""
+        lines.append(f"{len(items)} {kind}s: " + "; ".join(items[:shown]) + more)
+    return lines
 
 
 def run_norms_inputs(args: NormsInputsArgs, progress: Optional[ProgressFn] = None) -> NormsResult:
@@ -159,6 +170,8 @@ def run_norms_inputs(args: NormsInputsArgs, progress: Optional[ProgressFn] = Non
                                                 "model": source.model_id})
             warnings += [f"non-finite hidden state: model {source.name}, sample {i}, layer {l}"
                          for i, l in result.nonfinite]
+            warnings += [f"all-zero hidden state: model {source.name}, sample {i}, layer {l}"
+                         for i, l in result.all_zero]
             tables.append(result.table)
             del model
             gc.collect()
@@ -191,7 +204,7 @@ def run_norms_weights(args: NormsWeightsArgs, progress: Optional[ProgressFn] = N
     check_writable(args.out, create=False)
     from qft_cli.provenance import model_files_for
 
-    tables, vectors, heads, warnings, model_files = [], [], [], [], []
+    tables, vectors, heads, warnings, notices, unrecognised, model_files = [], [], [], [], [], {}, []
     with Run("norms weights", args.models, _options(args), out=Path(args.out)) as run:
         run.update(device=str(device), dtype=args.dtype or "stored")
         for source in sources:
@@ -200,6 +213,11 @@ def run_norms_weights(args: NormsWeightsArgs, progress: Optional[ProgressFn] = N
             model_files.append(model_files_for(source))  # after reading: a hub snapshot is in the cache now
             run.update(model_files=model_files)
             warnings += [f"non-finite weight: model {source.name}, parameter {p}" for p in result.nonfinite]
+            if result.unrecognised:
+                unrecognised[source.name] = result.unrecognised
+                shown = ", ".join(result.unrecognised[:3]) + (", ..." if len(result.unrecognised) > 3 else "")
+                notices.append(f"unrecognised 2-D tensors (not measured, listed in run.json "
+                                f"unrecognised_parameters): model {source.name}, {len(result.unrecognised)}: {shown}")
             tables.append(result.table)
             vectors.append(result.vectors)
             heads.append(result.heads)
@@ -207,5 +225,6 @@ def run_norms_weights(args: NormsWeightsArgs, progress: Optional[ProgressFn] = N
         run.write_table("norms_weights", table)
         run.write_table("norm_vectors", pd.concat(vectors, ignore_index=True))
         run.write_table("norms_heads", pd.concat(heads, ignore_index=True))
-        run.update(warnings=warnings, num_rows=len(table))
-    return NormsResult(run.path, {"norms_weights": table}, summarize_weights(table), one_line(warnings))
+        run.update(warnings=warnings + notices, num_rows=len(table), unrecognised_parameters=unrecognised)
+    return NormsResult(run.path, {"norms_weights": table}, summarize_weights(table), one_line(warnings),
+                       one_line(notices))

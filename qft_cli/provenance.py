@@ -365,86 +365,8 @@ def verify_run(run_dir: Path) -> list[dict[str, Any]]:
     return verify_files(meta)
 
 
-# ----------------------------------------------------------------------------- report helpers
+# ----------------------------------------------------------------------------- display
 
 def short_hash(digest: Optional[str], n: int = 12) -> str:
     """The first ``n`` hex digits of a hash (``–`` for none)."""
     return str(digest)[:n] if digest else "–"
-
-
-def data_label(meta: dict[str, Any], sep: str = "/") -> str:
-    """``dataset/task`` of a run, from the ``data`` record (the task actually read), falling back to
-    the options of older runs (``sep`` joins dataset and task)."""
-    data = meta.get("data") if isinstance(meta.get("data"), dict) else {}
-    opts = meta.get("options") or {}
-    dataset = data.get("dataset") or opts.get("dataset") or meta.get("dataset") or "?"
-    task = data.get("task") if "task" in data else opts.get("task")
-    return f"{dataset}{sep}{task}" if task else str(dataset)
-
-
-def provenance_rows(metas: dict[str, dict[str, Any]]):
-    """One row per run for the report's provenance table.
-
-    Args:
-        metas: ``{run name: run.json}``.
-
-    Returns:
-        ``pandas.DataFrame`` with columns ``run, data, data_source, data_revision, data_sha256``
-        (short hashes of the data files, joined by spaces), ``data_sha256_full``, ``model``,
-        ``model_revision``, ``model_sha256`` (short), ``model_sha256_full``. ``–`` where unknown.
-    """
-    import pandas as pd
-
-    rows = []
-    for run, meta in metas.items():
-        data = meta.get("data") if isinstance(meta.get("data"), dict) else {}
-        dfiles = [f.get("sha256") for f in meta.get("data_files") or [] if isinstance(f, dict)]
-        models = [m for m in meta.get("model_files") or [] if isinstance(m, dict)]
-        mfiles = [f.get("sha256") for m in models for f in m.get("files") or [] if isinstance(f, dict)]
-        rows.append({
-            "run": run, "data": data_label(meta), "data_source": data.get("source") or "–",
-            "data_revision": short_hash(data.get("revision")),
-            "data_sha256": " ".join(short_hash(h) for h in dfiles) or "–",
-            "data_sha256_full": " ".join(str(h) for h in dfiles) or "–",
-            "model": ", ".join(str(m.get("model")) for m in models) or ", ".join(map(str, meta.get("models") or [])) or "–",
-            "model_revision": ", ".join(short_hash(m.get("revision")) for m in models if m.get("revision")) or "–",
-            "model_sha256": " ".join(short_hash(h) for h in mfiles) or "–",
-            "model_sha256_full": " ".join(str(h) for h in mfiles) or "–",
-        })
-    columns = ["run", "data", "data_source", "data_revision", "data_sha256", "data_sha256_full", "model",
-               "model_revision", "model_sha256", "model_sha256_full"]
-    return pd.DataFrame(rows, columns=columns)
-
-
-def _data_fingerprint(meta: dict[str, Any]) -> Optional[tuple]:
-    data = meta.get("data") if isinstance(meta.get("data"), dict) else {}
-    files = sorted(str(f.get("sha256")) for f in meta.get("data_files") or [] if isinstance(f, dict))
-    if files:
-        return tuple(files)
-    if data.get("revision"):
-        return (data.get("hub_id"), data.get("config"), data.get("revision"))
-    return None
-
-
-def conflicting_data(metas: dict[str, dict[str, Any]]) -> list[str]:
-    """Warnings for runs compared in one chart that name the same data (:func:`data_label`) but
-    used different bytes (data-file hashes, or hub revisions).
-
-    Args:
-        metas: ``{run name: run.json}`` of the runs in one chart.
-
-    Returns:
-        One sentence per conflicting data name (empty when consistent or unknown).
-    """
-    groups: dict[str, dict[tuple, list[str]]] = {}
-    for run, meta in metas.items():
-        fingerprint = _data_fingerprint(meta)
-        if fingerprint is not None:
-            groups.setdefault(data_label(meta), {}).setdefault(fingerprint, []).append(run)
-    out = []
-    for label, by_print in groups.items():
-        if len(by_print) > 1:
-            parts = "; ".join(f"{', '.join(runs)} ({short_hash(fp[-1] if len(fp) == 3 else fp[0])})"
-                              for fp, runs in by_print.items())
-            out.append(f"runs named {label} used different data files: {parts}")
-    return out

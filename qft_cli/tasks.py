@@ -22,7 +22,9 @@ sentences, ``-DOCSTART-`` lines ignored). A training file is always required: a 
 only a test split (like ``shared/data/genomic_benchmarks``) is refused, because training on part of
 the official test split would make the test numbers incomparable with the paper's.
 
-DNA tokenizers (``--tokenizer``): ``dnabert2`` (DNABERT-2's BPE from the hub), ``bpe:V`` (a BPE of
+DNA tokenizers (``--tokenizer``): ``dnabert2`` (DNABERT-2's BPE: from the hub or its cache, else the
+published ``tokenizer.json`` found in the shared data directory ``$QFT_SHARED_DATA/dnabert2/``,
+see :func:`shared_data_dir`), a path (a ``tokenizer.json`` file or a tokenizer directory), ``bpe:V`` (a BPE of
 vocabulary ``V`` trained on the training sequences with the ``tokenizers`` library, saved in the
 run directory), ``kmer:K`` (non-overlapping K-mers, a shorter tail split into single letters) and
 ``char``. All put ``[CLS]`` first (the sequence-classification head reads it) and ``[SEP]`` last.
@@ -406,12 +408,16 @@ def _conll_from_dir(data_dir: Path) -> TaskData:
 # ----------------------------------------------------------------------------- hub
 
 def _hub_load(repo: str, **kwargs):
+    from qft_cli.models import hub_offline_if_unreachable
+
+    unreachable = hub_offline_if_unreachable()  # before datasets' retries: use the cache or fail at once
     import datasets
 
     try:
         return datasets.load_dataset(repo, **kwargs)
     except Exception as err:  # hub/network failures of many types
-        raise QftInputError(f"could not load dataset {repo} from the Hugging Face Hub ({type(err).__name__}): "
+        why = "hub not reachable or HF_HUB_OFFLINE set, and not cached" if unreachable else type(err).__name__
+        raise QftInputError(f"could not load dataset {repo} from the Hugging Face Hub ({why}): "
                             "check the network, or pass --data-dir with local files") from None
 
 
@@ -522,6 +528,78 @@ def _wrap(tok) -> Any:
                                    sep_token="[SEP]", mask_token="[MASK]")
 
 
+def shared_data_dir() -> Optional[Path]:
+    """The shared data directory: ``$QFT_SHARED_DATA`` when set, else ``shared/data`` beside the
+    project checkout (``<checkout>/../shared/data``, the layout of qft's development and CI
+    machines); ``None`` when neither exists."""
+    import os
+
+    env = os.environ.get("QFT_SHARED_DATA")
+    candidates = [Path(env).expanduser()] if env else [Path(__file__).resolve().parents[2] / "shared" / "data"]
+    return next((p for p in candidates if p.is_dir()), None)
+
+
+def load_tokenizer_path(path: Path):
+    """A fast tokenizer from a ``tokenizer.json`` file (special tokens from a
+    ``tokenizer_config.json`` beside it, else ``[PAD] [UNK] [CLS] [SEP] [MASK]`` where the vocabulary
+    has them) or from a tokenizer directory (``AutoTokenizer``, no remote code).
+
+    Raises:
+        QftInputError: the path does not exist or holds no readable tokenizer.
+    """
+    import json
+
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    path = Path(path).expanduser()
+    try:
+        if path.is_dir():
+            return AutoTokenizer.from_pretrained(str(path))
+        if path.is_file():
+            config_path = path.parent / "tokenizer_config.json"
+            config = json.loads(config_path.read_text()) if config_path.is_file() else {}
+            tok = PreTrainedTokenizerFast(tokenizer_file=str(path))
+            specials = {key: config.get(key, default) for key, default in
+                        (("pad_token", "[PAD]"), ("unk_token", "[UNK]"), ("cls_token", "[CLS]"),
+                         ("sep_token", "[SEP]"), ("mask_token", "[MASK]"))}
+            vocab = tok.get_vocab()
+            tok.add_special_tokens({k: v for k, v in specials.items() if isinstance(v, str) and v in vocab})
+            return tok
+    except Exception as err:  # unreadable JSON, not a tokenizer, missing files
+        raise QftInputError(f"--tokenizer {path} is not a tokenizer ({type(err).__name__}): pass a tokenizer.json "
+                            "file or a directory with tokenizer files") from None
+    raise QftInputError(f"--tokenizer {path} does not exist: pass a tokenizer.json file, a tokenizer directory, "
+                        "dnabert2, bpe:V, kmer:K or char")
+
+
+def is_tokenizer_path(spec: Optional[str]) -> bool:
+    """True when ``--tokenizer`` names an existing file or directory (or ends in ``.json``)."""
+    if not spec:
+        return False
+    return str(spec).endswith(".json") or Path(str(spec)).expanduser().exists()
+
+
+def dnabert2_tokenizer(trust_remote_code: bool = False):
+    """DNABERT-2's BPE tokenizer: from the hub (or its cache), else the published
+    ``tokenizer.json`` in ``shared_data_dir()/dnabert2/`` (:func:`shared_data_dir`).
+
+    Raises:
+        QftInputError: neither is available.
+    """
+    from qft_cli.models import load_tokenizer, resolve_model
+
+    try:
+        return load_tokenizer(resolve_model("dnabert"), trust_remote_code=trust_remote_code)
+    except QftInputError as err:
+        shared = shared_data_dir()
+        local = shared / "dnabert2" / "tokenizer.json" if shared else None
+        if local is not None and local.is_file():
+            return load_tokenizer_path(local)
+        raise QftInputError(f"the DNA tokenizer dnabert2 (DNABERT-2's BPE, the default) could not be loaded: "
+                            f"{err}; no copy in $QFT_SHARED_DATA/dnabert2/tokenizer.json either; offline, pass "
+                            "--tokenizer PATH (a tokenizer.json), bpe:512, kmer:6 or char") from None
+
+
 def kmer_tokenizer(k: int):
     """Non-overlapping k-mer tokenizer over ``ACGTN`` (``k = 1``: one token per letter).
 
@@ -579,6 +657,10 @@ def validate_tokenizer_spec(dataset: str, spec: str, text_model: Optional[str]) 
                                 "pass a model alias such as minilm")
         return
     low = spec.lower()
+    if is_tokenizer_path(spec):
+        if not Path(spec).expanduser().exists():
+            raise QftInputError(f"--tokenizer {spec} does not exist: pass a tokenizer.json file or a tokenizer directory")
+        return
     if low not in ("auto", "dnabert2", "char") and not re.fullmatch(r"(?:kmer|bpe):\d+", low):
         raise QftInputError(f"unknown DNA tokenizer '{spec}': use dnabert2, bpe:V (e.g. bpe:512), kmer:K "
                             "(e.g. kmer:6) or char")
@@ -605,11 +687,13 @@ def build_tokenizer(spec: str, data: TaskData, *, text_model: Optional[str] = No
         if not name or name in ("char", "dnabert2") or ":" in str(name):
             raise QftInputError(f"{data.dataset} is a text task: pass --embedding-from MODEL (its tokenizer is used) "
                                 "or --tokenizer MODEL, e.g. minilm")
-        tokenizer = load_tokenizer(resolve_model(name))
+        tokenizer = load_tokenizer_path(Path(name)) if is_tokenizer_path(name) and not Path(name).is_dir() \
+            else load_tokenizer(resolve_model(name))
         if not getattr(tokenizer, "is_fast", False):
             raise QftInputError(f"the tokenizer of {name} is not a fast tokenizer: POS labels need word ids; use another model")
         return tokenizer
-    spec = str(spec or "").strip().lower()
+    raw_spec = str(spec or "").strip()
+    spec = raw_spec.lower()
     if spec in ("auto", ""):
         if text_model and text_model != "dnabert":  # the embedding model's own tokenizer (its token ids)
             tokenizer = load_tokenizer(resolve_model(text_model), trust_remote_code=trust_remote_code)
@@ -618,11 +702,9 @@ def build_tokenizer(spec: str, data: TaskData, *, text_model: Optional[str] = No
             return tokenizer
         spec = "dnabert2"  # the research's tokenizer
     if spec == "dnabert2":
-        try:
-            tokenizer = load_tokenizer(resolve_model("dnabert"), trust_remote_code=trust_remote_code)
-        except QftInputError as err:
-            raise QftInputError(f"the DNA tokenizer dnabert2 (DNABERT-2's BPE, the default) could not be loaded: "
-                                f"{err}; offline, pass --tokenizer bpe:512, kmer:6 or char") from None
+        tokenizer = dnabert2_tokenizer(trust_remote_code)
+    elif is_tokenizer_path(raw_spec):
+        tokenizer = load_tokenizer_path(Path(raw_spec))
     elif spec == "char":
         tokenizer = kmer_tokenizer(1)
     elif re.fullmatch(r"kmer:\d+", spec):

@@ -12,6 +12,7 @@ of fused projections are decided by :mod:`qft_cli.layout`.
 
 from __future__ import annotations
 
+import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Iterator, Optional
@@ -20,13 +21,13 @@ import pandas as pd
 import torch
 
 from qft_cli.errors import QftInputError
-from qft_cli.layout import MatrixSpec, classify, head_dim, split_heads
+from qft_cli.layout import _EMBEDDING_RE, MATRIX_ORDER, MatrixSpec, classify, head_dim, split_heads
 from qft_cli.loading import TensorStore, checkpoint_files, open_weights  # noqa: F401 (re-exported)
 from qft_cli.models import ModelSource
 from qft_cli.norms import column_norms, frobenius_norm, matrix_norm_record, row_norms, spectral_norm
 from qft_cli.progress import ProgressFn, report
 
-WEIGHT_COLUMNS = ["model", "model_alias", "part", "layer", "matrix", "parameter", "d_out", "d_in",
+WEIGHT_COLUMNS = ["model", "model_alias", "part", "layer", "matrix", "parameter", "d_out", "d_in", "dtype",
                   "frobenius_norm", "spectral_norm", "column_norm_mean", "column_norm_var", "column_norm_max",
                   "row_norm_mean", "row_norm_var", "row_norm_max", "finite"]
 VECTOR_MATRICES = ("q", "k", "v", "embedding")
@@ -43,12 +44,56 @@ class WeightNormsResult:
         heads: per-head spectral and Frobenius norms of every attention matrix (part, layer,
             matrix, head, spectral_norm, frobenius_norm); see :func:`qft_cli.layout.split_heads`.
         nonfinite: parameters that held NaN/inf.
+        unrecognised: 2-D tensors qft does not recognise (:func:`unrecognised_parameters`): not
+            measured, reported.
     """
 
     table: pd.DataFrame
     vectors: pd.DataFrame
     nonfinite: list[str]
     heads: pd.DataFrame = field(default_factory=pd.DataFrame)
+    unrecognised: list[str] = field(default_factory=list)
+
+
+#: 2-D tensors qft knows and does not measure: position and token-type embeddings, tied or shared
+#: copies of the token embedding, poolers and the heads of a task (LM, masked-LM, classifier).
+#: Any other 2-D tensor outside :func:`qft_cli.layout.classify` is *unrecognised*: listed in
+#: ``run.json`` (``unrecognised_parameters``) and in one warning line.
+NOT_MEASURED_RE = re.compile(r"(?:^|\.)(?:position_embeddings|wpe|embed_positions|position_embedding|"
+                             r"token_type_embeddings|pooler|lm_head|cls|embed_out|classifier|score|qa_outputs)(?:\.|$)")
+
+
+def unrecognised_parameters(shapes: dict[str, tuple[int, ...]], specs: list[MatrixSpec]) -> list[str]:
+    """2-D tensors that are neither measured (``specs``) nor known as not measured
+    (:data:`NOT_MEASURED_RE`, copies of the token embedding), in checkpoint order."""
+    measured = {s.parameter for s in specs}
+    return [name for name, shape in shapes.items()
+            if len(shape) == 2 and name not in measured and not NOT_MEASURED_RE.search(name)
+            and not _EMBEDDING_RE.search(name)]
+
+
+def check_complete_blocks(specs: list[MatrixSpec], unrecognised: list[str], name: str) -> None:
+    """Every block of a part must have every matrix its sibling blocks have.
+
+    Raises:
+        QftInputError: naming the first blocks that lack a matrix (and the unrecognised tensors of
+            those blocks, e.g. a renamed key).
+    """
+    by_block: dict[tuple[str, int], set[str]] = defaultdict(set)
+    for spec in specs:
+        if spec.layer > 0:
+            by_block[(spec.part, spec.layer)].add(spec.matrix)
+    gaps = []
+    for (part, layer), matrices in sorted(by_block.items()):
+        union = set().union(*(m for (p, _), m in by_block.items() if p == part))
+        for matrix in sorted(union - matrices, key=MATRIX_ORDER.index):
+            gaps.append(f"{part + ' ' if part else ''}block {layer} has no {matrix}")
+    if gaps:
+        blocks = {g.split(" has no ")[0] for g in gaps}
+        nearby = [u for u in unrecognised if any(f".{int(b.rsplit(' ', 1)[1]) - 1}." in u for b in blocks)]
+        hint = f" (unrecognised tensors there: {', '.join(nearby[:4])})" if nearby else ""
+        raise QftInputError(f"{name}: {len(gaps)} matrices missing that the sibling blocks have: {'; '.join(gaps[:4])}"
+                            f"{hint}: the checkpoint is incomplete or a weight was renamed; fix or re-download it")
 
 
 def iter_matrices(store: TensorStore, specs: list[MatrixSpec], dtype: Optional[torch.dtype] = None,
@@ -81,7 +126,8 @@ def weight_norms(source: ModelSource, *, dtype: Optional[torch.dtype] = None, de
         labels: constant columns to add (e.g. ``model``, ``model_alias``).
 
     Raises:
-        QftInputError: no attention matrices found (the message lists the parameter names seen).
+        QftInputError: no attention matrices found (the message lists the parameter names seen); a
+            block lacking a matrix its sibling blocks have (:func:`check_complete_blocks`).
     """
     store = open_weights(source)
     try:
@@ -90,12 +136,15 @@ def weight_norms(source: ModelSource, *, dtype: Optional[torch.dtype] = None, de
             sample = ", ".join(list(store.shapes)[:8])
             raise QftInputError(f"found no attention matrices in {source.name} (parameters seen: {sample}, ...): "
                                 "this architecture's parameter names are not known to qft")
+        unrecognised = unrecognised_parameters(store.shapes, specs)
+        check_complete_blocks(specs, unrecognised, source.name)
         rows, vectors, heads, nonfinite = [], [], [], []
         dim = head_dim(store.config)
         for done, (spec, w) in enumerate(iter_matrices(store, specs, dtype, device), start=1):
             finite = bool(torch.isfinite(w).all())
             rec = {"part": spec.part, "layer": spec.layer, "matrix": spec.matrix, "parameter": spec.parameter,
-                   "d_out": int(w.shape[0]), "d_in": int(w.shape[1]), "finite": finite}
+                   "d_out": int(w.shape[0]), "d_in": int(w.shape[1]),
+                   "dtype": str(w.dtype).removeprefix("torch."), "finite": finite}
             if finite:
                 rec.update(matrix_norm_record(w))
                 if spec.matrix in VECTOR_MATRICES:
@@ -133,7 +182,7 @@ def weight_norms(source: ModelSource, *, dtype: Optional[torch.dtype] = None, de
     for key, value in (labels or {}).items():
         head_table.insert(0, key, value)
     return WeightNormsResult(table.astype({"layer": "int64", "d_out": "int64", "d_in": "int64"}), vec, nonfinite,
-                             head_table.astype({"layer": "int64", "head": "int64"}))
+                             head_table.astype({"layer": "int64", "head": "int64"}), unrecognised)
 
 
 def summarize_weights(table: pd.DataFrame) -> pd.DataFrame:

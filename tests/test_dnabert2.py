@@ -11,10 +11,12 @@ import torch
 import torch.nn.functional as F
 
 from qft_cli.dnabert2 import (HUB_ID, alibi_bias, alibi_head_slopes, build_tiny_dnabert, is_dnabert2_source,
-                              load_dnabert2, read_checkpoint, save_published_style_checkpoint)
+                              save_published_style_checkpoint)
 from qft_cli.errors import QftInputError
 from qft_cli.layout import classify_model
-from qft_cli.models import ModelSource, load_model
+from qft_cli.loading import load_dnabert2, load_model
+from qft_cli.loading import read_state_dict as read_checkpoint
+from qft_cli.models import ModelSource
 
 
 @pytest.fixture(scope="module")
@@ -54,8 +56,8 @@ def test_renamed_key_is_an_error_listing_it(tmp_path, published_dir):
         load_dnabert2(tmp_path, num_labels=2)
     message = str(err.value)
     assert "\n" not in message
-    assert "missing keys: bert.encoder.layer.1.attention.self.Wqkv.weight" in message
-    assert "unexpected keys: bert.encoder.layer.1.attention.self.qkv.weight" in message
+    assert "missing from the checkpoint: 1 (bert.encoder.layer.1.attention.self.Wqkv.weight)" in message
+    assert "unexpected in the checkpoint: 1 (bert.encoder.layer.1.attention.self.qkv.weight)" in message
 
 
 def test_wrong_shape_and_non_dnabert_config_are_errors(tmp_path, published_dir):
@@ -63,7 +65,7 @@ def test_wrong_shape_and_non_dnabert_config_are_errors(tmp_path, published_dir):
     raw["bert.encoder.layer.0.mlp.wo.weight"] = torch.zeros(3, 3)
     (tmp_path / "config.json").write_text((published_dir / "config.json").read_text())
     torch.save(raw, tmp_path / "pytorch_model.bin")
-    with pytest.raises(QftInputError, match="shape mismatches: bert.encoder.layer.0.mlp.wo.weight"):
+    with pytest.raises(QftInputError, match=r"of another shape: 1 \(bert.encoder.layer.0.mlp.wo.weight \(3, 3\) != \(64, 128\)\)"):
         load_dnabert2(tmp_path, num_labels=2)
     other = tmp_path / "bert"
     other.mkdir()

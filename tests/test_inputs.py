@@ -6,7 +6,8 @@ import torch
 
 from qft_cli.errors import QftInputError
 from qft_cli.inputs import find_blocks, hidden_state_norms, masked_norms, parse_layers, summarize_inputs
-from qft_cli.models import build_tiny_model, load_model, load_tokenizer, resolve_model
+from qft_cli.loading import load_model
+from qft_cli.models import build_tiny_model, load_tokenizer, resolve_model
 
 TEXTS = ["The spectral norm of a matrix.", "Hello", "Quantum algorithms load matrices as block encodings, "
          "whose cost grows with a normalisation factor.", "a b c d e f g h i j k l m n o p", "DNA: ACGTACGT"]

@@ -218,31 +218,6 @@ def test_run_json_has_software(tmp_path):
     assert set(sw) >= {"qft", "torch", "transformers", "torch_threads", "device_name", "deterministic_algorithms"}
 
 
-def _meta(data_files, task="prom_core_tata", revision=None):
-    return {"options": {"dataset": "gue"}, "data": {"dataset": "gue", "task": task, "source": "local",
-                                                    "revision": revision},
-            "data_files": [{"path": f"/d/{i}", "size_bytes": 1, "sha256": h} for i, h in enumerate(data_files)],
-            "model_files": [{"model": "m", "kind": "local", "revision": None,
-                             "files": [{"path": "/m/w", "size_bytes": 2, "sha256": "f" * 64}]}]}
-
-
-def test_report_helpers():
-    metas = {"a": _meta(["1" * 64, "2" * 64]), "b": _meta(["2" * 64, "1" * 64]), "c": _meta(["3" * 64]),
-             "d": _meta(["9" * 64], task="prom_300_notata"), "old": {"options": {"dataset": "gue", "task": "x"}}}
-    rows = provenance.provenance_rows(metas)
-    assert list(rows["run"]) == list(metas)
-    a = rows.iloc[0]
-    assert a["data"] == "gue/prom_core_tata" and a["data_sha256"] == "111111111111 222222222222"
-    assert a["data_sha256_full"] == "1" * 64 + " " + "2" * 64 and a["model_sha256"] == "f" * 12
-    assert rows.iloc[-1]["data"] == "gue/x" and rows.iloc[-1]["data_sha256"] == "–"
-    warnings = provenance.conflicting_data(metas)
-    assert len(warnings) == 1 and "gue/prom_core_tata" in warnings[0] and "c (333333333333)" in warnings[0]
-    assert "a, b" in warnings[0]  # the same files in another order are the same data
-    assert provenance.conflicting_data({"a": metas["a"], "b": metas["b"], "d": metas["d"]}) == []
-    hub = {"x": _meta([], revision="a" * 40), "y": _meta([], revision="b" * 40)}
-    assert len(provenance.conflicting_data(hub)) == 1
-
-
 def _run_dir(tmp_path, files):
     run = tmp_path / "run"
     run.mkdir()

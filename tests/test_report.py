@@ -195,17 +195,38 @@ def test_discovery_mixed_kinds(runs_root):
 def test_exact_power_law_exponent_is_one_half(tmp_path):
     run_dir = make_inputs_run(tmp_path, models=("exact",), exact=True)
     fits = power_law_table(combined_table(load_runs([run_dir]), "norms_inputs"))
-    fro = fits[(fits["norm"] == "frobenius_norm")]
+    fro = fits[(fits["norm"] == "frobenius")]
     assert len(fro) == 4  # 2 datasets x 2 layers, apart
     assert set(fro["dataset"]) == {"random", "mmlu"}
     np.testing.assert_allclose(fro["exponent"], 0.5, atol=1e-12)
     np.testing.assert_allclose(fro["coefficient"], 3.0, rtol=1e-10)
-    np.testing.assert_allclose(fits[fits["norm"] == "spectral_norm"]["exponent"], 0.25, atol=1e-12)
+    np.testing.assert_allclose(fits[fits["norm"] == "spectral"]["exponent"], 0.25, atol=1e-12)
     assert (fro["exponent_ci_low"] <= 0.5 + 1e-9).all() and (fro["exponent_ci_high"] >= 0.5 - 1e-9).all()
     # ... and the page's table carries the value
     page, _ = build_report_html(load_runs([run_dir]))
     fits_html = page[page.index('class="fits"'):]
     assert 'data-value="0.5' in fits_html.split("</table>")[0] or 'data-value="0.49999' in fits_html
+
+
+def test_fits_parquet_is_read_and_older_runs_are_fitted_with_fit_table(tmp_path):
+    from qft_cli.fits import fit_table
+    from qft_cli.report import hidden_state_fits
+
+    old = make_inputs_run(tmp_path, name="20261129-200000-old", models=("exact",), exact=True)
+    new = make_inputs_run(tmp_path, name="20261129-200001-new", models=("other",))
+    table = pd.read_parquet(new / "norms_inputs.parquet")
+    written = fit_table(table, ["model", "model_alias", "dataset", "layer"], quantity="hidden_states")
+    written["exponent"] = 0.777  # a value no fit of this data gives: the report must show the file's numbers
+    write_parquet_atomic(written, new / "fits.parquet")
+    fits = hidden_state_fits(load_runs([tmp_path]))
+    from_file = fits[fits["run"] == new.name]
+    assert (from_file["exponent"] == 0.777).all() and (from_file["fit_source"] == "fits.parquet").all()
+    fitted = fits[fits["run"] == old.name]
+    assert (fitted["fit_source"] == "fitted by qft report").all() and len(fitted) == 8  # 2 datasets x 2 layers x 2 norms
+    np.testing.assert_allclose(fitted[fitted["norm"] == "frobenius"]["exponent"], 0.5, atol=1e-12)
+    page, _ = build_report_html(load_runs([tmp_path]))
+    fits_html = page[page.index("inputs-fits"):]
+    assert 'data-value="0.777"' in fits_html and "fitted here with the same function" in fits_html
 
 
 def test_alpha_summaries(tmp_path):
@@ -410,6 +431,45 @@ def test_root_app_registers_report_and_demo():
     assert res.exit_code == 0 and "--out" in res.output
 
 
+# --------------------------------------------------------------------------------------------
+# Reading the charts back out of a page (for tests of the drawn numbers)
+# --------------------------------------------------------------------------------------------
+
+def _decode(value):
+    """plotly >= 6 writes numpy arrays as {"dtype", "bdata"(, "shape")}: back to lists."""
+    import base64
+
+    if isinstance(value, dict) and "bdata" in value and "dtype" in value:
+        arr = np.frombuffer(base64.b64decode(value["bdata"]), dtype=np.dtype(value["dtype"]))
+        if "shape" in value:
+            arr = arr.reshape([int(s) for s in str(value["shape"]).split(",")])
+        return arr.tolist()
+    if isinstance(value, dict):
+        return {k: _decode(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_decode(v) for v in value]
+    return value
+
+
+def plotly_figures(page: str) -> list[dict]:
+    """Every ``Plotly.newPlot`` call of a report page as ``{"id", "data", "layout"}`` (arrays decoded)."""
+    decoder = json.JSONDecoder()
+    out = []
+    for match in re.finditer(r'Plotly\.newPlot\(\s*"(fig\d+)",\s*', page):
+        data, end = decoder.raw_decode(page, match.end())
+        rest = page[end:].lstrip().lstrip(",").lstrip()
+        layout, _ = decoder.raw_decode(rest)
+        out.append({"id": match.group(1), "data": _decode(data), "layout": _decode(layout)})
+    return out
+
+
+def figure_titled(page: str, text: str) -> dict:
+    """The one chart whose title contains ``text``."""
+    found = [f for f in plotly_figures(page) if text in str(f["layout"].get("title", {}).get("text", ""))]
+    assert len(found) == 1, f"{len(found)} charts titled like {text!r}"
+    return found[0]
+
+
 def _with_provenance(run_dir: Path, task: str, sha: str, weights_sha: str = "e" * 64) -> None:
     meta = json.loads((run_dir / "run.json").read_text())
     meta["options"]["dataset"], meta["options"]["task"] = "gue", None
@@ -430,10 +490,10 @@ def test_report_shows_provenance_and_warns_on_different_data_under_one_name(tmp_
     _with_provenance(b, "prom_core_tata", "b" * 64)
     page, _ = build_report_html(load_runs([tmp_path]))
     assert "gue / prom_core_tata" in page and "prom_300_notata" not in page  # headings: the task read
-    assert f'<code title="{"a" * 64}">{"a" * 12}</code>' in page
-    assert f'<code title="{"e" * 64}">{"e" * 12}</code>' in page
-    warning = page.split("Different data under one name", 1)[1].split("</p>", 1)[0]
-    assert "gue/prom_core_tata" in warning and "20261129-200200-train-a" in warning and "b" * 12 in warning
+    for full in ("a" * 64, "e" * 64):  # short hashes shown, full ones in the tooltip and the file table
+        assert f"sha256 {full}" in page and f"<code>{full[:10]}</code>" in page and f"<code>{full}</code>" in page
+    warning = page.split("Different data under one name", 1)[1].split("</div>", 1)[0]
+    assert "gue/prom_core_tata" in warning and "20261129-200200-train-a" in warning
     _with_provenance(b, "prom_core_tata", "a" * 64)  # the same bytes: no warning
     page, _ = build_report_html(load_runs([tmp_path]))
     assert "Different data under one name" not in page

@@ -5,7 +5,8 @@ import pytest
 
 from qft_cli.errors import QftInputError
 from qft_cli.inputs import hidden_state_norms
-from qft_cli.models import load_model, load_tokenizer, resolve_model
+from qft_cli.loading import load_model
+from qft_cli.models import load_tokenizer, resolve_model
 from qft_cli.text_data import load_samples, random_token_ids, read_text_file
 
 

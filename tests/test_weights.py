@@ -7,7 +7,8 @@ import torch
 from safetensors.torch import save_file
 
 from qft_cli.errors import QftInputError
-from qft_cli.models import ModelSource, build_tiny_model, load_model, resolve_model
+from qft_cli.loading import load_model
+from qft_cli.models import ModelSource, build_tiny_model, resolve_model
 from qft_cli.weights import weight_norms
 
 
@@ -293,3 +294,12 @@ def test_tiny_dnabert_fused_wqkv_and_gated_ffn_against_modules():
     for matrix, w in expected.items():
         assert table.loc[(2, matrix), "spectral_norm"] == pytest.approx(torch.linalg.matrix_norm(w, 2).item(), rel=1e-10)
         assert table.loc[(2, matrix), "frobenius_norm"] == pytest.approx(torch.linalg.matrix_norm(w).item(), rel=1e-10)
+
+
+def test_dtype_column_is_the_stored_or_cast_dtype(tmp_path):
+    model = build_tiny_model("tiny-bert").to(torch.bfloat16)
+    model.save_pretrained(tmp_path)
+    stored = weight_norms(ModelSource("bf16", "local", str(tmp_path))).table
+    assert set(stored["dtype"]) == {"bfloat16"}  # as stored: the report shows "as stored (bfloat16)"
+    cast = weight_norms(ModelSource("bf16", "local", str(tmp_path)), dtype=torch.float16).table
+    assert set(cast["dtype"]) == {"float16"}

@@ -10,7 +10,7 @@ import typer
 
 from qft_cli.errors import QftInputError
 from qft_cli.cli.common import (DEVICE_OPTION, DTYPE_OPTION, OUT_OPTION, QUIET_OPTION, TRUST_OPTION, ResumedRun, argv,
-                                cli_errors, print_test_table, progress_bar)
+                                cli_errors, err_console, print_test_table, progress_bar)
 
 
 @cli_errors
@@ -20,8 +20,8 @@ def finetune_command(
     dataset: str = typer.Option("genomic-bench", "--dataset", help="genomic-bench | gue | conll2003 (POS tagging)."),
     task: Optional[str] = typer.Option(None, "--task", help="GUE task (default: the task folder --data-dir holds or is, else prom_300_notata)."),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Local files: train/dev/test CSV (sequence,label) or CoNLL text."),
-    tokenizer: Optional[str] = typer.Option(None, "--tokenizer", help="Default: MODEL's own. A model name, or a DNA "
-                                                                      "tokenizer: dnabert2, bpe:V, kmer:K, char."),
+    tokenizer: Optional[str] = typer.Option(None, "--tokenizer", help="Default: MODEL's own. A model name, a path "
+                                                                      "(tokenizer.json or a directory), or a DNA tokenizer: dnabert2, bpe:V, kmer:K, char."),
     norm: str = typer.Option("none", "--norm", help="none | spectral | frobenius | all (vanilla, normalised, sub-normalised)."),
     targets: str = typer.Option("attention,ffn", "--targets", help="attention | ffn | attention,ffn (or matrix names q,k,v,o,ffn_up,...)."),
     layers: str = typer.Option("all", "--layers", help="all | 1,3 | 1-4 (1-indexed transformer blocks)."),
@@ -105,6 +105,10 @@ def finetune_command(
                    task_kind=result.kind, max_length=result.max_length, sizes=result.sizes)
     if not main:
         return
+    if result.new_parameters:
+        shown = ", ".join(result.new_parameters[:6]) + (", ..." if len(result.new_parameters) > 6 else "")
+        err_console.print(f"new: {len(result.new_parameters)} parameters not in the checkpoint of {model}, "
+                          f"initialised from seed {seed} (run.json new_parameters): {shown}", markup=False)
     what = f"{dataset}{'/' + result.task if result.task else ''}"
     print_test_table(f"qft finetune {model} on {what}: test split", result.summary(), run.path)
 

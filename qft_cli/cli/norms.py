@@ -31,7 +31,7 @@ def _span(frame: pd.DataFrame, norm: str) -> pd.Series:
 
 def _finish(result) -> None:
     console.print(f"results: {result.run_dir}", soft_wrap=True, markup=False, highlight=False)
-    for line in result.warnings:
+    for line in result.warnings + result.notices:
         err_console.print(f"warning: {line}", markup=False)
     if result.warnings:
         raise typer.Exit(EXIT_BAD_INPUT)

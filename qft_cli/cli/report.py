@@ -19,6 +19,7 @@ def report_command(
 ) -> None:
     """Write one self-contained HTML page of charts (plotly, works offline) from the runs' parquet tables."""
     from qft_cli.report import write_report
+    from qft_cli.report.page import plural
 
     result = write_report(paths, output)
     not_completed = [r for r in result.runs if r.status != "completed"]
@@ -29,5 +30,5 @@ def report_command(
         err_console.print(f"warning: run {r.path} is {r.status}"
                           + (f": {r.meta.get('error') or '; '.join(r.problems)}" if (r.meta.get('error') or r.problems)
                              else ""), markup=False)
-    console.print(f"report: {result.path} ({len(result.runs)} runs, {result.num_figures} charts, "
+    console.print(f"report: {result.path} ({plural(len(result.runs), 'run')}, {plural(result.num_figures, 'chart')}, "
                   f"{result.size_bytes / 1e6:.1f} MB)", markup=False, highlight=False, soft_wrap=True)

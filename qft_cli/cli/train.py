@@ -16,7 +16,7 @@ def train_command(
     dataset: str = typer.Option("genomic-bench", "--dataset", help="genomic-bench | gue | conll2003 (POS tagging)."),
     task: Optional[str] = typer.Option(None, "--task", help="GUE task (default: the task folder --data-dir holds or is, else prom_300_notata); gue only."),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Offline data: CSV/TSV train/dev/test (sequence|seq,label) or CoNLL train/valid/test.txt."),
-    tokenizer: str = typer.Option("auto", "--tokenizer", help="DNA: dnabert2 | bpe:V | kmer:K | char (auto = the embedding model's, else dnabert2). Text: a model alias."),
+    tokenizer: str = typer.Option("auto", "--tokenizer", help="DNA: dnabert2 | bpe:V | kmer:K | char | PATH (a tokenizer.json or a directory) (auto = the embedding model's, else dnabert2). Text: a model alias."),
     max_length: int = typer.Option(512, "--max-length", help="Truncate inputs to this many tokens."),
     norm: str = typer.Option("all", "--norm", help="none | spectral | frobenius | all (the three variants, same data order and seed)."),
     targets: str = typer.Option("attention,ffn", "--targets", help="Matrices to normalise: attention, ffn, attention,ffn (or q,k,v,o,ffn_up,ffn_down)."),

@@ -7,43 +7,48 @@ import math
 import numpy as np
 import pandas as pd
 
-from qft_cli.norms import fit_power_law
-from qft_cli.report.page import (MAX_POINTS_PER_TRACE, NORM_LABELS, _SYMBOLS, _Page, _Raw, _anchor, _color, _e, _finite,
+from qft_cli.fits import fit_table
+from qft_cli.report.reading import RunRecord, run_fits
+from qft_cli.report.page import (FIT_NORM_NAMES, MAX_POINTS_PER_TRACE, NORM_LABELS, _SYMBOLS, _Page, _Raw, _anchor, _color, _e, _finite,
                                  _fmt, _log_ticks, _thin, _with_label)
 
 
+#: Group columns of the hidden-state fits (as ``qft norms inputs`` writes them to ``fits.parquet``).
+FIT_GROUPS = ("model", "model_alias", "dataset", "layer")
+
+
 def power_law_table(norms_inputs: pd.DataFrame) -> pd.DataFrame:
-    """Fitted exponents b of norm ~ c N^b per (model, dataset, layer, norm).
+    """Fitted exponents b of ||S|| ~ c N^b per (model, dataset, layer, norm), as ``fits.parquet``.
 
     Args:
         norms_inputs: rows of ``norms_inputs.parquet`` (with ``label`` from :func:`combined_table`,
             or ``model_alias``/``model``); non-finite rows are ignored.
 
     Returns:
-        Columns ``label, dataset, layer, norm`` (``frobenius_norm``/``spectral_norm``),
-        ``exponent, exponent_ci_low, exponent_ci_high`` (95% CI), ``coefficient`` (c, in
-        hidden-state units), ``r_squared``, ``num_points``, ``min_tokens, max_tokens``. Fits come
-        from :func:`qft_cli.norms.fit_power_law` on all points (never the thinned plot data).
+        :func:`qft_cli.fits.fit_table` grouped by ``label, dataset, layer`` with quantity
+        ``hidden_states``: ``norm`` (``frobenius``/``spectral``), ``exponent``, its 95% Student-t
+        interval ``exponent_ci_low/high``, ``coefficient`` (c, hidden-state units), ``r_squared``,
+        ``num_points``, ``num_tokens_min/max``. All points are used (never the thinned plot data).
     """
     df = _with_label(norms_inputs)
-    rows = []
     if df.empty:
-        return pd.DataFrame(columns=["label", "dataset", "layer", "norm", "exponent", "exponent_ci_low",
-                                     "exponent_ci_high", "coefficient", "r_squared", "num_points",
-                                     "min_tokens", "max_tokens"])
-    df = _finite(df)
-    for (label, dataset, layer), g in df.groupby(["label", "dataset", "layer"], sort=True):
-        for norm in NORM_LABELS:
-            fit = fit_power_law(g["num_tokens"].to_numpy(), g[norm].to_numpy())
-            rows.append({"label": label, "dataset": dataset, "layer": int(layer), "norm": norm,
-                         "exponent": fit.exponent, "exponent_ci_low": fit.exponent_ci_low,
-                         "exponent_ci_high": fit.exponent_ci_high, "coefficient": fit.coefficient,
-                         "r_squared": fit.r_squared, "num_points": fit.num_points,
-                         "min_tokens": int(g["num_tokens"].min()), "max_tokens": int(g["num_tokens"].max())})
-    return pd.DataFrame(rows)
+        return fit_table(pd.DataFrame(columns=["label", "dataset", "layer", "num_tokens", *NORM_LABELS]),
+                         ["label", "dataset", "layer"], quantity="hidden_states")
+    return fit_table(df, ["label", "dataset", "layer"], quantity="hidden_states")
 
 
-def _inputs_section(page: _Page, df: pd.DataFrame) -> None:
+def hidden_state_fits(runs: list[RunRecord]) -> pd.DataFrame:
+    """The hidden-state fits of every ``norms inputs`` run: its ``fits.parquet`` where present, else
+    fitted here with :func:`qft_cli.fits.fit_table` (:func:`qft_cli.report.reading.run_fits`)."""
+    def fit(table: pd.DataFrame) -> pd.DataFrame:
+        table = table.assign(model_alias=table["model_alias"].fillna(table["model"])) if "model_alias" in table \
+            else table.assign(model_alias=table["model"])
+        return fit_table(table, list(FIT_GROUPS), quantity="hidden_states")
+
+    return run_fits(runs, "norms_inputs", ["hidden_states"], fit)
+
+
+def _inputs_section(page: _Page, df: pd.DataFrame, fits: pd.DataFrame) -> None:
     import plotly.graph_objects as go
 
     page.heading(2, "Input norms ‖S‖ against sequence length N", "inputs")
@@ -91,20 +96,23 @@ def _inputs_section(page: _Page, df: pd.DataFrame) -> None:
                 caption += (f" Traces with more than {MAX_POINTS_PER_TRACE} samples are thinned to "
                             f"{MAX_POINTS_PER_TRACE} points evenly spaced in N for display; fits use all samples.")
             page.figure(fig, caption, height=520)
-    fits = power_law_table(finite)
     page.heading(3, "Fitted exponents b of ‖S‖ ≈ c·N<sup>b</sup>", "inputs-fits")
     page.para("Ordinary least squares on (log N, log ‖S‖) over all finite samples; 95% confidence interval "
               "of b from Student's t with n − 2 degrees of freedom. b = ½ is the √N growth of the reference "
               "line. Each dataset has its own table.")
+    sources = sorted(set(fits["fit_source"])) if len(fits) else []
+    if "fitted by qft report" in sources:
+        page.para("Runs written before <code>fits.parquet</code> existed are fitted here with the same function "
+                  "(<code>qft_cli.fits.fit_table</code>); the others show the fits their run wrote.", "muted")
     for dataset in datasets:
-        f = fits[fits["dataset"].astype(str) == dataset]
+        f = fits[fits["dataset"].astype(str) == dataset].sort_values(["label", "layer", "norm"]) if len(fits) else fits
         page.html(f"<h4>Dataset: {_e(dataset)}</h4>")
         rows = []
         for _, r in f.iterrows():
             ci = (f"[{_fmt(r['exponent_ci_low'])}, {_fmt(r['exponent_ci_high'])}]"
                   if math.isfinite(r["exponent_ci_low"]) else "–")
-            rows.append([r["label"], r["layer"], NORM_LABELS[r["norm"]][0], float(r["exponent"]), _Raw(ci),
-                         float(r["coefficient"]), float(r["r_squared"]), int(r["num_points"]),
-                         _Raw(f"{int(r['min_tokens'])}–{int(r['max_tokens'])}")])
+            rows.append([r["label"], int(r["layer"]), FIT_NORM_NAMES.get(r["norm"], r["norm"]), float(r["exponent"]),
+                         _Raw(ci), float(r["coefficient"]), float(r["r_squared"]), int(r["num_points"]),
+                         _Raw(f"{int(r['num_tokens_min'])}–{int(r['num_tokens_max'])}")])
         page.table(["model", "layer L", "norm", "exponent b", "95% CI of b", "c (hidden-state units)", "R²",
                     "samples", "N range"], rows, cls="fits")

@@ -21,6 +21,8 @@ HISTOGRAM_BINS = 60
 
 
 NORM_LABELS = {"frobenius_norm": ("Frobenius", "F"), "spectral_norm": ("spectral", "2")}
+#: ``norm`` values of ``fits.parquet`` -> their display names.
+FIT_NORM_NAMES = {"frobenius": "Frobenius", "spectral": "spectral"}
 
 
 VARIANT_ORDER = ("vanilla", "spectral", "frobenius", "spectral_subnormalised", "frobenius_subnormalised")
@@ -39,6 +41,11 @@ _SYMBOLS = ("circle", "square", "diamond", "triangle-up", "x", "cross", "star", 
 def _e(value: Any) -> str:
     """Escape a user string for HTML (and for plotly labels, which decode entities)."""
     return html.escape(str(value), quote=True)
+
+
+def plural(count: int, noun: str) -> str:
+    """``1 run``, ``2 runs`` (English plural by appending ``s``)."""
+    return f"{count} {noun}{'' if count == 1 else 's'}"
 
 
 def _with_label(df: pd.DataFrame) -> pd.DataFrame:
@@ -101,6 +108,15 @@ def _log_ticks(values: np.ndarray) -> dict[str, Any]:
     ticks = [m * 10.0 ** k for k in range(lo, hi + 1) for m in mantissas if v.min() <= m * 10.0 ** k <= v.max()]
     ticks = sorted(set(ticks) | {min(ticks, default=v.min())})
     return {"type": "log", "tickmode": "array", "tickvals": ticks, "ticktext": [f"{t:g}" for t in ticks]}
+
+
+def _epoch_axis(epochs: Any) -> dict[str, Any]:
+    """x-axis settings with ticks at whole epochs only (never 0.5): step 1 up to 12 epochs, else a
+    whole step giving about 10 ticks."""
+    e = np.asarray(pd.to_numeric(pd.Series(epochs), errors="coerce"), dtype=float)
+    e = e[np.isfinite(e)]
+    top = math.ceil(e.max()) if e.size else 1
+    return {"tickmode": "linear", "tick0": 0, "dtick": max(1, math.ceil(top / 10)), "tickformat": "d"}
 
 
 def _flat_range(values: np.ndarray) -> dict[str, Any]:
@@ -225,6 +241,7 @@ nav.toc li.l3{margin-left:18px;font-size:0.92em}
 .warn{background:#fff4e5;border-left:4px solid #f0a020;padding:8px 12px}
 .synthetic{background:#eef6ff;border-left:4px solid #3b82f6;padding:8px 12px}
 code{font-size:0.86em;word-break:break-all}.muted{color:#666}
+span.hash{white-space:nowrap;cursor:help}details{margin:8px 0 18px}
 """
 
 

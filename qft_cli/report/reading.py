@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import pandas as pd
 
@@ -22,6 +22,12 @@ TABLE_COLUMNS: dict[str, tuple[str, ...]] = {
     "metrics": ("variant", "epoch", "split", "accuracy", "f1"),
     "norms_during_training": ("variant", "epoch", "layer", "matrix", "spectral_norm", "frobenius_norm"),
     "gammas": ("variant", "epoch", "layer", "matrix", "gamma"),
+    "fits": ("dataset", "layer", "norm", "exponent", "exponent_ci_low", "exponent_ci_high", "coefficient"),
+    "norms_attention": ("model", "dataset", "sample", "layer", "head", "num_tokens", "q_spectral_norm",
+                        "k_spectral_norm", "v_spectral_norm", "logits_unmasked_spectral_norm"),
+    "test_summary": ("variant", "metric", "mean", "ci_low", "ci_high", "diff_to_vanilla", "diff_ci_low",
+                     "diff_ci_high"),
+    "predictions": ("variant", "sample", "label", "prediction"),
 }
 
 
@@ -178,4 +184,46 @@ def combined_table(runs: Iterable[RunRecord], name: str) -> pd.DataFrame:
         runs_per_model = df.groupby("model_alias")["run"].nunique()
         shared = set(runs_per_model[runs_per_model > 1].index)
         df["label"] = [f"{m} [{r}]" if m in shared else m for m, r in zip(df["model_alias"], df["run"])]
+    return df
+
+
+def run_fits(runs: Iterable[RunRecord], measured: str, quantities: Sequence[str],
+             fit: Callable[[pd.DataFrame], pd.DataFrame]) -> pd.DataFrame:
+    """Power-law fits (``fits.parquet`` schema, :mod:`qft_cli.fits`) of every run that has table ``measured``.
+
+    A run's own ``fits.parquet`` rows of the given ``quantities`` are used where present (the
+    numbers the run printed); runs written before that file existed are fitted here with ``fit``
+    (which must call :func:`qft_cli.fits.fit_table`) on the run's ``measured`` table.
+
+    Returns:
+        The fits of all runs with ``run`` first, ``model_alias`` filled from ``model`` where absent,
+        ``fit_source`` (``fits.parquet`` or ``fitted by qft report``) and ``label`` as
+        :func:`combined_table` labels the ``measured`` table. Empty when no run has ``measured``.
+    """
+    runs = list(runs)
+    frames = []
+    for r in runs:
+        if measured not in r.tables:
+            continue
+        f = r.tables.get("fits")
+        if f is not None:
+            f = f[f["quantity"].isin(list(quantities))] if "quantity" in f.columns else (
+                f if list(quantities) == ["hidden_states"] else None)  # fits before `quantity`: norms inputs only
+        source = "fits.parquet"
+        if f is None or f.empty:
+            f, source = fit(r.tables[measured]), "fitted by qft report"
+        f = f.copy()
+        f.insert(0, "run", r.name)
+        f["fit_source"] = source
+        frames.append(f)
+    if not frames:
+        return pd.DataFrame()
+    df = pd.concat(frames, ignore_index=True)
+    if "model_alias" not in df.columns:
+        df["model_alias"] = df["model"]
+    df["model_alias"] = df["model_alias"].fillna(df["model"]).astype(str)
+    reference = combined_table(runs, measured)
+    labels = {(run, alias): label for run, alias, label in
+              zip(reference["run"], reference["model_alias"], reference["label"])} if len(reference) else {}
+    df["label"] = [labels.get((run, alias), alias) for run, alias in zip(df["run"], df["model_alias"])]
     return df

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pandas as pd
 
-from qft_cli.report.page import (_Num, _Page, _anchor, _color, _e, _flat_range, _is_synthetic, _matrix_rank,
+from qft_cli.errors import QftInputError
+from qft_cli.report.page import (_epoch_axis, _Page, _anchor, _e, _flat_range, _is_synthetic, _matrix_rank,
                                  _variant_color, _variant_rank)
-from qft_cli.provenance import data_label
 from qft_cli.report.reading import RunRecord, combined_table
 
 
@@ -43,6 +44,102 @@ def final_test_table(metrics: pd.DataFrame) -> pd.DataFrame:
     return out.sort_values(["run", "_order"]).drop(columns="_order").reset_index(drop=True)
 
 
+#: Columns of the report's test summary (those of ``test_summary.parquet``, docs/results.md) plus
+#: ``run`` and ``summary_source``.
+SUMMARY_COLUMNS = ["run", "dataset", "task", "variant", "metric", "num_seeds", "mean", "ci_low", "ci_high",
+                   "diff_to_vanilla", "diff_ci_low", "diff_ci_high", "interval", "summary_source"]
+
+
+def _dataset_task(meta: dict) -> tuple[str, str]:
+    data = meta.get("data") if isinstance(meta.get("data"), dict) else {}
+    opts = meta.get("options") or {}
+    return (str(data.get("dataset") or opts.get("dataset") or meta.get("dataset") or ""),
+            str(data.get("task") or opts.get("task") or ""))
+
+
+def run_test_summary(run: RunRecord) -> pd.DataFrame:
+    """Final test scores of one run with their 95% intervals and paired differences to vanilla.
+
+    Reads the run's ``test_summary.parquet`` where present; for older runs computes it with
+    :func:`qft_cli.stats.test_summary` from ``metrics`` (and ``predictions`` for the one-seed
+    bootstrap). Without :mod:`qft_cli.stats` the final scores come from :func:`final_test_table`
+    with NaN intervals (``interval`` says so).
+
+    Returns:
+        :data:`SUMMARY_COLUMNS`; values are fractions in [0, 1]. Empty when the run has no test rows.
+
+    Raises:
+        QftInputError: from :func:`qft_cli.stats.test_summary` (inconsistent predictions).
+    """
+    dataset, task = _dataset_task(run.meta)
+    if "test_summary" in run.tables:
+        df, source = run.tables["test_summary"].copy(), "test_summary.parquet"
+    else:
+        metrics = run.tables.get("metrics")
+        if metrics is None or "split" not in metrics.columns or not (metrics["split"] == "test").any():
+            return pd.DataFrame(columns=SUMMARY_COLUMNS)
+        try:
+            from qft_cli.stats import test_summary
+        except ImportError:  # a build without qft_cli.stats: scores without intervals, said so
+            test_summary = None
+        if test_summary is not None:
+            df = test_summary(metrics, run.tables.get("predictions"), dataset=dataset, task=task)
+            source = "computed by qft report (qft_cli.stats.test_summary)"
+        else:
+            t = final_test_table(metrics.assign(run=run.name))
+            rows = []
+            for _, r in t.iterrows():
+                for metric in ("accuracy", "f1"):
+                    diff = r[f"{metric}_diff_pp"] / 100
+                    rows.append({"variant": r["variant"], "metric": metric, "num_seeds": 1, "mean": r[metric],
+                                 "ci_low": math.nan, "ci_high": math.nan,
+                                 "diff_to_vanilla": math.nan if r["variant"] == "vanilla" else diff,
+                                 "diff_ci_low": math.nan, "diff_ci_high": math.nan,
+                                 "interval": "none (qft_cli.stats not available)"})
+            df, source = pd.DataFrame(rows), "final test rows (no intervals)"
+    df = df.drop(columns=[c for c in ("run",) if c in df.columns])
+    for col, value in (("dataset", dataset), ("task", task)):
+        if col not in df.columns:
+            df[col] = value
+        df[col] = df[col].fillna(value).astype(str)
+    df.insert(0, "run", run.name)
+    df["summary_source"] = source
+    return df.reindex(columns=SUMMARY_COLUMNS)
+
+
+def _seed_mean(df: pd.DataFrame, keys: list[str], values: list[str]) -> tuple[pd.DataFrame, int]:
+    """Mean over seeds per ``keys`` (one line per variant, never seeds mixed into one line)."""
+    if "seed" not in df.columns:
+        return df, 1
+    num_seeds = int(df["seed"].nunique(dropna=True)) or 1
+    if num_seeds == 1:
+        return df, 1
+    return df.groupby(keys, as_index=False, sort=False)[values].mean(), num_seeds
+
+
+def _seed_note(num_seeds: int) -> str:
+    return f" Mean over {num_seeds} seeds." if num_seeds > 1 else ""
+
+
+def _pct_interval(mean: float, low: float, high: float) -> str:
+    """``85.0 [83.2, 86.8]`` in percent (or percentage points) from fractions."""
+    if not math.isfinite(mean):
+        return "–"
+    text = f"{100 * mean:.1f}"
+    if math.isfinite(low) and math.isfinite(high):
+        text += f" [{100 * low:.1f}, {100 * high:.1f}]"
+    return text.replace("-", "−")
+
+
+def _pp_interval(diff: float, low: float, high: float) -> str:
+    if not math.isfinite(diff):
+        return "–"
+    text = f"{100 * diff:+.1f}"
+    if math.isfinite(low) and math.isfinite(high):
+        text += f" [{100 * low:+.1f}, {100 * high:+.1f}]"
+    return text.replace("-", "−")
+
+
 def _training_section(page: _Page, runs: list[RunRecord]) -> None:
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
@@ -51,16 +148,26 @@ def _training_section(page: _Page, runs: list[RunRecord]) -> None:
     during = combined_table(runs, "norms_during_training")
     gammas = combined_table(runs, "gammas")
     page.heading(2, "Training: vanilla vs spectral vs Frobenius", "training")
-    page.para("Accuracy and F1 are fractions in [0, 1] (binary F1 for two classes, macro F1 for POS tagging); "
-              "differences to vanilla are in percentage points. Effective norms are those of the normalised "
-              "matrices the model actually uses.")
-    test = final_test_table(metrics) if not metrics.empty else pd.DataFrame()
+    page.para("Accuracy and F1 are shown in percent (binary F1 for two classes, macro F1 for POS tagging); "
+              "differences to vanilla are in percentage points (pp). Intervals are 95%: Student t over seeds, "
+              "or, with one seed, a percentile bootstrap over the test samples (the interval column says which); "
+              "the difference to vanilla is paired (same seed, same test samples). Effective norms are those of "
+              "the normalised matrices the model actually uses.")
     by_name = {r.name: r for r in runs}
-    run_names = [r.name for r in runs if any(t in r.tables for t in ("metrics", "norms_during_training", "gammas"))]
+    run_names = [r.name for r in runs if any(t in r.tables for t in ("metrics", "norms_during_training", "gammas",
+                                                                       "test_summary"))]
+    summaries = []
+    for run_name in run_names:
+        try:
+            summaries.append(run_test_summary(by_name[run_name]))
+        except QftInputError as err:
+            page.para(f"Run <code>{_e(run_name)}</code>: no test summary ({_e(err)}).", "warn")
+    summary = pd.concat(summaries, ignore_index=True) if summaries else pd.DataFrame(columns=SUMMARY_COLUMNS)
+    _forest_plot(page, summary)
     for run_name in run_names:
         meta = by_name[run_name].meta
-        opts = meta.get("options") or {}
-        what = data_label(meta, " / ")  # the task actually read (run.json data), not an unused default
+        dataset, task = _dataset_task(meta)
+        what = (dataset or "?") + (f" / {task}" if task else "")
         page.heading(3, f"{_e(meta.get('command', 'train'))}: {_e(what)} ({_e(run_name)})",
                      f"training-{_anchor(run_name)}")
         if _is_synthetic(meta):
@@ -68,82 +175,197 @@ def _training_section(page: _Page, runs: list[RunRecord]) -> None:
         m = metrics[metrics["run"] == run_name] if not metrics.empty else pd.DataFrame()
         val = m[m["split"] == "validation"] if len(m) else m
         if len(val):
+            val, num_seeds = _seed_mean(val, ["variant", "epoch"], ["accuracy", "f1"])
             fig = make_subplots(rows=1, cols=2, horizontal_spacing=0.1,
                                 subplot_titles=("validation accuracy", "validation F1"))
             for variant, g in sorted(val.groupby("variant"), key=lambda vg: _variant_rank(vg[0])):
                 g = g.sort_values("epoch")
                 for col, metric in ((1, "accuracy"), (2, "f1")):
-                    fig.add_trace(go.Scatter(x=g["epoch"].to_numpy(float), y=g[metric].to_numpy(float),
+                    fig.add_trace(go.Scatter(x=g["epoch"].to_numpy(float), y=100 * g[metric].to_numpy(float),
                                              mode="lines+markers", name=_e(variant), legendgroup=str(variant),
                                              showlegend=col == 1, line=dict(color=_variant_color(variant)),
-                                             hovertemplate="epoch %{x:.2f}<br>%{y:.4f}<extra>%{fullData.name}</extra>"),
+                                             hovertemplate="epoch %{x:.2f}<br>%{y:.2f}%<extra>%{fullData.name}</extra>"),
                                   row=1, col=col)
-            fig.update_xaxes(title_text="epoch")
-            fig.update_yaxes(title_text="accuracy (fraction)", row=1, col=1)
-            fig.update_yaxes(title_text="F1 (fraction)", row=1, col=2)
-            fig.update_layout(title=f"Validation accuracy and F1 per epoch, {_e(what)} (fractions)",
+            fig.update_xaxes(title_text="epoch", **_epoch_axis(val["epoch"]))
+            fig.update_yaxes(title_text="accuracy (%)", row=1, col=1)
+            fig.update_yaxes(title_text="F1 (%)", row=1, col=2)
+            fig.update_layout(title=f"Validation accuracy and F1 per epoch, {_e(what)} (%)",
                               legend=dict(title="variant"))
-            page.figure(fig, "Validation accuracy (left) and F1 (right) after each epoch, one line per variant.")
-        t = test[test["run"] == run_name] if len(test) else test
+            page.figure(fig, "Validation accuracy (left) and F1 (right) after each epoch, one line per variant."
+                        + _seed_note(num_seeds))
+        t = summary[summary["run"] == run_name] if len(summary) else summary
         if len(t):
-            page.html("<h4>Final test scores</h4>")
-            page.table(["variant", "test accuracy", "test F1", "Δ accuracy vs vanilla (pp)", "Δ F1 vs vanilla (pp)",
-                        "epoch"],
-                       [[r["variant"], _Num(r["accuracy"], ".4f"), _Num(r["f1"], ".4f"),
-                         _Num(r["accuracy_diff_pp"], "+.2f"), _Num(r["f1_diff_pp"], "+.2f"), _Num(r["epoch"], "g")]
-                        for _, r in t.iterrows()], cls="test")
+            _test_scores(page, t, what)
         nd = during[during["run"] == run_name] if not during.empty else pd.DataFrame()
         if len(nd):
             _effective_norms_figure(page, nd, what)
         ga = gammas[gammas["run"] == run_name] if not gammas.empty else pd.DataFrame()
         if len(ga):
-            fig = go.Figure()
-            for i, ((variant, layer, matrix), g) in enumerate(
-                    sorted(ga.groupby(["variant", "layer", "matrix"]),
-                           key=lambda kg: (_variant_rank(kg[0][0]), kg[0][1], _matrix_rank(kg[0][2])))):
-                g = g.sort_values("epoch")
-                fig.add_trace(go.Scatter(x=g["epoch"].to_numpy(float), y=g["gamma"].to_numpy(float),
-                                         mode="lines", name=f"{_e(variant)} · layer {int(layer)} {_e(matrix)}",
-                                         line=dict(color=_color(i))))
-            fig.update_layout(title=f"Learned scales γ over training, {_e(what)} (dimensionless, ≤ max γ)",
-                              xaxis=dict(title="epoch"),
-                              yaxis=dict(title="γ (dimensionless)", **_flat_range(ga["gamma"].to_numpy())),
-                              legend=dict(title="variant · layer matrix"))
-            page.figure(fig, "The learned scale γ = max_γ·sigmoid(g) of each normalised matrix against epoch.")
+            ga, num_seeds = _seed_mean(ga.dropna(subset=["layer", "matrix"]), ["variant", "epoch", "layer", "matrix"],
+                                       ["gamma"])
+            _layer_small_multiples(
+                page, ga, "gamma", f"Learned scales γ over training, {_e(what)} (dimensionless, ≤ max γ)",
+                "γ (dimensionless)",
+                "The learned scale γ = max_γ·sigmoid(g) of each normalised matrix against epoch: one panel per variant "
+                "and matrix type, one line per layer, coloured by layer (colour bar)." + _seed_note(num_seeds))
 
 
-def _effective_norms_figure(page: _Page, nd: pd.DataFrame, what: str) -> None:
+def _test_scores(page: _Page, t: pd.DataFrame, what: str) -> None:
+    """Table and error-bar chart of the final test scores of one run (``t``: its summary rows)."""
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
+    variants = sorted(t["variant"].unique(), key=_variant_rank)
+    by = {(r["variant"], r["metric"]): r for _, r in t.iterrows()}
+    page.html("<h4>Final test scores (95% intervals)</h4>")
+    rows = []
+    for v in variants:
+        acc, f1 = by.get((v, "accuracy")), by.get((v, "f1"))
+        ref = acc if acc is not None else f1
+        rows.append([v, int(ref["num_seeds"]) if pd.notna(ref["num_seeds"]) else "–",
+                     *[_pct_interval(r["mean"], r["ci_low"], r["ci_high"]) if r is not None else "–"
+                       for r in (acc,)],
+                     *[_pp_interval(r["diff_to_vanilla"], r["diff_ci_low"], r["diff_ci_high"]) if r is not None else "–"
+                       for r in (acc,)],
+                     *[_pct_interval(r["mean"], r["ci_low"], r["ci_high"]) if r is not None else "–" for r in (f1,)],
+                     *[_pp_interval(r["diff_to_vanilla"], r["diff_ci_low"], r["diff_ci_high"]) if r is not None else "–"
+                       for r in (f1,)],
+                     str(ref["interval"])])
+    page.table(["variant", "seeds", "test accuracy (%) [95% CI]", "Δ accuracy vs vanilla (pp) [95% CI]",
+                "test F1 (%) [95% CI]", "Δ F1 vs vanilla (pp) [95% CI]", "interval"], rows, cls="test")
+    fig = make_subplots(rows=1, cols=2, horizontal_spacing=0.1, subplot_titles=("test accuracy", "test F1"))
+    for col, metric in ((1, "accuracy"), (2, "f1")):
+        for v in variants:
+            r = by.get((v, metric))
+            if r is None or not math.isfinite(r["mean"]):
+                continue
+            has_ci = math.isfinite(r["ci_low"]) and math.isfinite(r["ci_high"])
+            fig.add_trace(go.Scatter(
+                x=[_e(v)], y=[100 * r["mean"]], mode="markers", name=_e(v), legendgroup=str(v), showlegend=False,
+                marker=dict(size=10, color=_variant_color(v)),
+                error_y=dict(type="data", symmetric=False, array=[100 * (r["ci_high"] - r["mean"])],
+                             arrayminus=[100 * (r["mean"] - r["ci_low"])], visible=has_ci, thickness=2, width=8),
+                hovertemplate=(f"{_e(v)}<br>%{{y:.2f}}%" + (f" [{100 * r['ci_low']:.2f}, {100 * r['ci_high']:.2f}]"
+                                                            if has_ci else "") + "<extra></extra>")),
+                row=1, col=col)
+    fig.update_yaxes(title_text="accuracy (%)", row=1, col=1)
+    fig.update_yaxes(title_text="F1 (%)", row=1, col=2)
+    fig.update_xaxes(title_text="variant", type="category")
+    fig.update_layout(title=f"Final test accuracy and F1 with 95% intervals, {_e(what)} (%)")
+    page.figure(fig, "Mean final test score per variant with its 95% interval (error bar; "
+                     f"{_e(', '.join(sorted(set(t['interval'].astype(str)))))}).", height=400)
+
+
+def _forest_plot(page: _Page, summary: pd.DataFrame) -> None:
+    """Paired differences to vanilla with their 95% intervals, one row per (dataset/task, variant, run)."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    d = summary[summary["variant"] != "vanilla"] if len(summary) else summary
+    d = d[pd.to_numeric(d["diff_to_vanilla"], errors="coerce").notna()] if len(d) else d
+    if d.empty:
+        return
+    d = d.assign(name=[f"{ds}/{tk}".strip("/") for ds, tk in zip(d["dataset"], d["task"])])
+    names_runs = d.groupby("name")["run"].nunique()
+    d = d.assign(row=[f"{n} · {v}" + (f" [{r}]" if names_runs[n] > 1 else "")
+                      for n, v, r in zip(d["name"], d["variant"], d["run"])],
+                 order=[(n, _variant_rank(v), r) for n, v, r in zip(d["name"], d["variant"], d["run"])])
+    rows = [k for _, k in sorted({(o, k) for o, k in zip(d["order"], d["row"])}, reverse=True)]
+    page.heading(3, "Cost of normalisation: paired difference to vanilla", "training-forest")
+    fig = make_subplots(rows=1, cols=2, horizontal_spacing=0.06, shared_yaxes=True,
+                        subplot_titles=("Δ test accuracy (pp)", "Δ test F1 (pp)"))
+    for col, metric in ((1, "accuracy"), (2, "f1")):
+        g = d[d["metric"] == metric]
+        for variant, gv in g.groupby("variant", sort=False):
+            low = (gv["diff_to_vanilla"] - gv["diff_ci_low"]).to_numpy(float)
+            high = (gv["diff_ci_high"] - gv["diff_to_vanilla"]).to_numpy(float)
+            fig.add_trace(go.Scatter(
+                x=100 * gv["diff_to_vanilla"].to_numpy(float), y=[_e(x) for x in gv["row"]], mode="markers",
+                name=_e(variant), legendgroup=str(variant), showlegend=col == 1,
+                marker=dict(size=10, symbol="square", color=_variant_color(variant)),
+                error_x=dict(type="data", symmetric=False, array=100 * high, arrayminus=100 * low, thickness=2, width=6),
+                customdata=np.stack([100 * gv["diff_ci_low"].to_numpy(float), 100 * gv["diff_ci_high"].to_numpy(float),
+                                     gv["num_seeds"].to_numpy(float)], axis=1),
+                hovertemplate="%{y}<br>Δ = %{x:+.2f} pp [%{customdata[0]:+.2f}, %{customdata[1]:+.2f}]"
+                              "<br>%{customdata[2]:.0f} seed(s)<extra></extra>"), row=1, col=col)
+        fig.add_vline(x=0, line=dict(color="#444", dash="dash", width=1), row=1, col=col)
+        fig.update_xaxes(title_text="variant − vanilla (pp)", zeroline=False, row=1, col=col)
+    fig.update_yaxes(type="category", categoryorder="array", categoryarray=[_e(r) for r in rows])
+    fig.update_layout(title="Paired difference to vanilla of the final test scores, 95% intervals (pp)",
+                      legend=dict(title="variant"), margin=dict(l=260))
+    page.figure(fig, "Forest plot: each normalised variant's final test score minus vanilla's (same seeds, same test "
+                     "samples), in percentage points, with its 95% interval; left of the dashed line the variant "
+                     "is worse than vanilla.", height=max(320, 34 * len(rows) + 200))
+
+
+def _effective_norms_figure(page: _Page, nd: pd.DataFrame, what: str) -> None:
     nd = nd.dropna(subset=["layer", "matrix"])
     if nd.empty:
         return
-    variants = sorted(nd["variant"].unique(), key=_variant_rank)
-    fig = make_subplots(rows=len(variants), cols=2, horizontal_spacing=0.1, vertical_spacing=0.16 / max(1, len(variants)) + 0.04,
-                        subplot_titles=[f"variant {_e(v)}: {n}" for v in variants
-                                        for n in ("spectral ‖W‖<sub>2</sub>", "Frobenius ‖W‖<sub>F</sub>")])
-    keys = sorted({(int(l), m) for l, m in zip(nd["layer"], nd["matrix"])}, key=lambda lm: (lm[0], _matrix_rank(lm[1])))
-    for row, variant in enumerate(variants, start=1):
-        g_v = nd[nd["variant"] == variant]
-        for i, (layer, matrix) in enumerate(keys):
-            g = g_v[(g_v["layer"] == layer) & (g_v["matrix"] == matrix)].sort_values("epoch")
-            if g.empty:
-                continue
-            name = f"layer {layer} {matrix}"
-            for col, norm in ((1, "spectral_norm"), (2, "frobenius_norm")):
-                fig.add_trace(go.Scatter(x=g["epoch"].to_numpy(float), y=g[norm].to_numpy(float), mode="lines+markers",
-                                         name=_e(name), legendgroup=name, showlegend=row == 1 and col == 1,
-                                         line=dict(color=_color(i)), marker=dict(size=4),
-                                         hovertemplate="epoch %{x:.2f}<br>%{y:.4g}<extra>%{fullData.name}</extra>"),
-                              row=row, col=col)
-        for col, norm in ((1, "spectral_norm"), (2, "frobenius_norm")):
-            fig.update_yaxes(title_text="norm (dimensionless)", row=row, col=col, **_flat_range(g_v[norm].to_numpy()))
-    fig.update_xaxes(title_text="epoch", row=len(variants))
-    fig.update_layout(title=f"Weight norms over training (effective matrices), {_e(what)} (dimensionless)",
-                      legend=dict(title="layer matrix"))
-    page.figure(fig, "Spectral (left) and Frobenius (right) norm of each weight matrix per epoch (for normalised "
-                     "variants the effective matrix the model uses), one row per variant. Spectral normalisation keeps "
-                     "‖W‖<sub>2</sub> ≈ 1 (power iteration while training), Frobenius keeps ‖W‖<sub>F</sub> = 1 "
-                     "and so ‖W‖<sub>2</sub> ≤ 1. Axes of values constant up to rounding span ±5%.",
-                height=280 * len(variants) + 120)
+    nd, num_seeds = _seed_mean(nd, ["variant", "epoch", "layer", "matrix"], ["spectral_norm", "frobenius_norm"])
+    for norm, sym, name in (("spectral_norm", "2", "Spectral"), ("frobenius_norm", "F", "Frobenius")):
+        _layer_small_multiples(
+            page, nd, norm,
+            f"{name} norm ‖W‖<sub>{sym}</sub> over training (effective matrices), {_e(what)} (dimensionless)",
+            f"‖W‖<sub>{sym}</sub>",
+            f"{name} norm of each weight matrix per epoch (for normalised variants the effective matrix the model "
+            "uses): one panel per variant and matrix type, one line per layer, coloured by layer (colour bar). "
+            "Spectral normalisation keeps ‖W‖<sub>2</sub> ≈ 1 (power iteration while training), Frobenius keeps "
+            "‖W‖<sub>F</sub> = 1 and so ‖W‖<sub>2</sub> ≤ 1. Axes of values constant up to rounding span ±5%."
+            + _seed_note(num_seeds))
+
+
+def _layer_small_multiples(page: _Page, df: pd.DataFrame, value: str, title: str, y_title: str,
+                           caption: str) -> None:
+    """Small multiples over training: a panel per (variant, matrix type), a line per layer on a sequential
+    colour scale (Viridis, colour bar = layer), integer epoch ticks. Readable at 50+ layers."""
+    import plotly.graph_objects as go
+    from plotly.colors import sample_colorscale
+    from plotly.subplots import make_subplots
+
+    variants = sorted(df["variant"].unique(), key=_variant_rank)
+    matrices = sorted(df["matrix"].unique(), key=_matrix_rank)
+    layers = sorted(int(x) for x in df["layer"].unique())
+    lo, hi = layers[0], layers[-1]
+    cols = min(len(matrices), 4)
+    per_variant = -(-len(matrices) // cols)
+    rows = len(variants) * per_variant
+    titles = []
+    for v in variants:
+        names = [f"{_e(v)} · W<sub>{_e(m)}</sub>" for m in matrices]
+        titles += names + [""] * (per_variant * cols - len(names))
+    fig = make_subplots(rows=rows, cols=cols, subplot_titles=titles, horizontal_spacing=0.05,
+                        vertical_spacing=min(0.12, 0.5 / max(rows, 1)))
+    colors = dict(zip(layers, sample_colorscale("Viridis", [(l - lo) / (hi - lo) if hi > lo else 0.5 for l in layers])))
+    for v_i, v in enumerate(variants):
+        g_v = df[df["variant"] == v]
+        for m_i, m in enumerate(matrices):
+            row, col = v_i * per_variant + m_i // cols + 1, m_i % cols + 1
+            g_m = g_v[g_v["matrix"] == m]
+            for layer, g in g_m.groupby("layer", sort=True):
+                g = g.sort_values("epoch")
+                fig.add_trace(go.Scatter(
+                    x=g["epoch"].to_numpy(float), y=g[value].to_numpy(float), mode="lines+markers" if len(g) <= 12
+                    else "lines", line=dict(color=colors[int(layer)], width=1.5), marker=dict(size=4),
+                    showlegend=False, name=f"layer {int(layer)}",
+                    hovertemplate=f"{_e(v)} · {_e(m)} · layer {int(layer)}<br>epoch %{{x:.2f}}<br>%{{y:.4g}}"
+                                  "<extra></extra>"), row=row, col=col)
+            fig.update_yaxes(row=row, col=col, **_flat_range(g_m[value].to_numpy(float)))
+            if col == 1:
+                fig.update_yaxes(title_text=y_title, row=row, col=col)
+    fig.add_trace(go.Scatter(x=[None], y=[None], mode="markers", showlegend=False, hoverinfo="skip",
+                             marker=dict(colorscale="Viridis", cmin=lo, cmax=hi if hi > lo else lo + 1, color=[lo],
+                                         showscale=True, colorbar=dict(title="layer", thickness=14, len=0.6))),
+                  row=1, col=1)
+    fig.update_xaxes(**_epoch_axis(df["epoch"]))
+    filled = {(v_i * per_variant + m_i // cols + 1, m_i % cols + 1)
+              for v_i in range(len(variants)) for m_i in range(len(matrices))}
+    for row in range(1, rows + 1):
+        for col in range(1, cols + 1):
+            if (row, col) not in filled:  # the unused end of a variant's last row
+                fig.update_xaxes(visible=False, row=row, col=col)
+                fig.update_yaxes(visible=False, row=row, col=col)
+            elif (row + 1, col) not in filled:  # the lowest panel of its column in its variant's block
+                fig.update_xaxes(title_text="epoch", row=row, col=col)
+    fig.update_layout(title=title, showlegend=False)
+    page.figure(fig, caption, height=230 * rows + 130)

@@ -74,14 +74,21 @@ def _weights_section(page: _Page, weights: pd.DataFrame, vectors: pd.DataFrame,
         h = _finite(heads[heads["label"] == label]) if not heads.empty else pd.DataFrame()
         if len(h):
             _heads_figure(page, label, h)
+            _heads_figure(page, label, h, composites=True)
         v = vectors[vectors["label"] == label] if not vectors.empty else pd.DataFrame()
         if len(v):
             _qkv_histogram(page, label, v[(v["kind"] == "column_norm") & v["matrix"].isin(["q", "k", "v"])])
             _embedding_histogram(page, label, v[(v["kind"] == "token_norm")])
 
 
-def _heads_figure(page: _Page, label: str, h: pd.DataFrame) -> None:
-    """Heatmaps (layer x head) of per-head norms of q, k, v, o; a menu switches spectral/Frobenius."""
+#: Per-head composites of ``norms_heads`` (issue 11): matrix -> panel title. ``qk`` is the bilinear
+#: form W_q,h^T W_k,h of the logits, ``ov`` the value-output map W_o,h W_v,h.
+HEAD_COMPOSITES = {"qk": "W<sub>q,h</sub><sup>T</sup>W<sub>k,h</sub>", "ov": "W<sub>o,h</sub>W<sub>v,h</sub>"}
+
+
+def _heads_figure(page: _Page, label: str, h: pd.DataFrame, composites: bool = False) -> None:
+    """Heatmaps (layer x head) of per-head norms of q, k, v, o (or, with ``composites``, of the
+    products qk and ov, on their own colour scale); a menu switches spectral/Frobenius."""
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
@@ -89,12 +96,14 @@ def _heads_figure(page: _Page, label: str, h: pd.DataFrame) -> None:
     part = h["part"].fillna("").astype(str) if "part" in h.columns else pd.Series("", index=h.index)
     h = h.assign(row_key=[f"{s} {int(l)}".strip() for s, l in zip(part, h["layer"])],
                  row_order=[(s, int(l)) for s, l in zip(part, h["layer"])])
-    matrices = [m for m in MATRIX_ORDER if m in set(h["matrix"])][:8]
+    order = list(HEAD_COMPOSITES) if composites else list(MATRIX_ORDER)
+    matrices = [m for m in order if m in set(h["matrix"])][:8]
     if not matrices:
         return
     rows = [k for _, k in sorted({(o, k) for o, k in zip(h["row_order"], h["row_key"])})]
     fig = make_subplots(rows=1, cols=len(matrices), horizontal_spacing=0.04,
-                        subplot_titles=[f"W<sub>{m}</sub>" if "_" not in m else _e(m) for m in matrices])
+                        subplot_titles=[HEAD_COMPOSITES[m] if composites else f"W<sub>{m}</sub>" if "_" not in m
+                                        else _e(m) for m in matrices])
     z_by_norm: dict[str, list] = {"spectral_norm": [], "frobenius_norm": []}
     for col, m in enumerate(matrices, start=1):
         g = h[h["matrix"] == m]
@@ -110,7 +119,8 @@ def _heads_figure(page: _Page, label: str, h: pd.DataFrame) -> None:
     fig.update_yaxes(title_text="layer l", type="category", row=1, col=1)
     for col in range(2, len(matrices) + 1):
         fig.update_yaxes(type="category", showticklabels=False, row=1, col=col)
-    title = f"{_e(label)}: per-head norms of the attention matrices (dimensionless)"
+    title = (f"{_e(label)}: per-head norms of W<sub>q,h</sub><sup>T</sup>W<sub>k,h</sub> and W<sub>o,h</sub>W<sub>v,h</sub> "
+             "(dimensionless)" if composites else f"{_e(label)}: per-head norms of the attention matrices (dimensionless)")
     height = max(380, 22 * len(rows) + 220)
     plot_height = height - 140 - 60
     buttons = [dict(label=name, method="update", args=[{"z": z_by_norm[norm]}, {"coloraxis.colorbar.title.text": sym}])
@@ -124,10 +134,18 @@ def _heads_figure(page: _Page, label: str, h: pd.DataFrame) -> None:
                           dict(text="show:", x=1.0, xref="paper", xanchor="right", xshift=-170, y=1.0, yshift=38,
                                yref="paper", yanchor="bottom", showarrow=False)],
                       margin=dict(t=140))
-    page.figure(fig, "Norm of each head's block of W<sub>q</sub>, W<sub>k</sub>, W<sub>v</sub> (its rows) and "
-                     "W<sub>o</sub> (its columns) per layer, one colour scale for all panels; the menu at the top right "
-                     "switches between spectral and Frobenius norms. With grouped-query attention k and v have fewer "
-                     "heads.", height=height)
+    if composites:
+        caption = ("Norm of each head's W<sub>q,h</sub><sup>T</sup>W<sub>k,h</sub> (the bilinear form of the logits; "
+                   "grouped key/value heads paired as the model pairs them) and W<sub>o,h</sub>W<sub>v,h</sub> (the "
+                   "value-output map) per layer, computed through d<sub>head</sub> × d<sub>head</sub> matrices; one "
+                   "colour scale for both panels; the menu at the top right switches between spectral and Frobenius "
+                   "norms.")
+    else:
+        caption = ("Norm of each head's block of W<sub>q</sub>, W<sub>k</sub>, W<sub>v</sub> (its rows) and "
+                   "W<sub>o</sub> (its columns) per layer, one colour scale for all panels; the menu at the top right "
+                   "switches between spectral and Frobenius norms. With grouped-query attention k and v have fewer "
+                   "heads.")
+    page.figure(fig, caption, height=height)
 
 
 def _qkv_histogram(page: _Page, label: str, v: pd.DataFrame) -> None:
