@@ -425,7 +425,7 @@ def finetune(model_name: str, *, dataset: str, settings: FinetuneSettings, run, 
         model = load_classifier(source, data.num_labels, kind=data.kind, seed=settings.seed, dtype=dtype,
                                 trust_remote_code=trust_remote_code)
         if not model_files_recorded:  # the weights every variant starts from
-            run.update(model_files=[model_files_for(source, model)])
+            run.update(model_files=[model_files_for(source, model, progress)])
             model_files_recorded = True
         new_parameters = load_report(model).new
         if new_parameters != result.new_parameters:

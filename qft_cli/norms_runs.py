@@ -151,7 +151,7 @@ def run_norms_inputs(args: NormsInputsArgs, progress: Optional[ProgressFn] = Non
             tokenizer = load_tokenizer(source, args.trust_remote_code)
             model = load_model(source, dtype=dtype, device=device, device_map=args.device_map,
                                trust_remote_code=args.trust_remote_code)
-            model_files.append(model_files_for(source, model))
+            model_files.append(model_files_for(source, model, progress))
             run.update(model_files=model_files)
             vocab = min(model.config.vocab_size, len(tokenizer))
             if args.dataset == "random":  # before drawing max_tokens sequences of up to max_tokens ids
@@ -210,7 +210,7 @@ def run_norms_weights(args: NormsWeightsArgs, progress: Optional[ProgressFn] = N
         for source in sources:
             result = weight_norms(source, dtype=dtype, device=device, progress=progress,
                                   labels={"model_alias": source.name, "model": source.model_id})
-            model_files.append(model_files_for(source))  # after reading: a hub snapshot is in the cache now
+            model_files.append(model_files_for(source, progress=progress))  # after reading: a hub snapshot is in the cache now
             run.update(model_files=model_files)
             warnings += [f"non-finite weight: model {source.name}, parameter {p}" for p in result.nonfinite]
             if result.unrecognised:

@@ -29,9 +29,12 @@ from pathlib import Path
 from typing import Any, Iterable, Optional
 
 from qft_cli.errors import QftInputError
+from qft_cli.progress import ProgressFn, report
 
 #: Files smaller than this are hashed directly (cheap), larger ones through the cache.
 CACHE_MIN_BYTES = 1 << 20
+#: Hashing a file at least this large reports progress.
+PROGRESS_MIN_BYTES = 256 << 20
 #: Name of the hash cache file in :func:`cache_dir`.
 CACHE_FILE = "sha256.json"
 #: At most this many entries are kept in the cache (entries of vanished files are dropped first).
@@ -47,19 +50,31 @@ _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
 # ----------------------------------------------------------------------------- hashing
 
-def sha256_file(path: Path, chunk_size: int = _CHUNK) -> str:
+def sha256_file(path: Path, chunk_size: int = _CHUNK, progress: Optional[ProgressFn] = None) -> str:
     """SHA-256 of the bytes of ``path`` as 64 lower-case hex digits (read in ``chunk_size`` blocks).
+
+    ``progress`` is told ``("sha256 <name> (MiB)", MiB read, MiB total)`` for files of at least
+    :data:`PROGRESS_MIN_BYTES` (a first hash of a 13 GB checkpoint takes about a minute).
 
     Raises:
         OSError: the file cannot be read.
     """
     digest = hashlib.sha256()
+    path = Path(path)
+    total = path.stat().st_size if progress is not None else 0
+    show = progress is not None and total >= PROGRESS_MIN_BYTES
+    label, done, blocks = f"sha256 {path.name} (MiB)", 0, 0
     with open(path, "rb") as f:
         while True:
             block = f.read(chunk_size)
             if not block:
                 break
             digest.update(block)
+            done, blocks = done + len(block), blocks + 1
+            if show and blocks % 64 == 0:
+                report(progress, label, done >> 20, total >> 20)
+    if show:
+        report(progress, label, total >> 20, total >> 20)
     return digest.hexdigest()
 
 
@@ -92,12 +107,14 @@ def _write_cache(path: Path, entries: dict[str, Any]) -> None:
         pass
 
 
-def cached_sha256(path: Path, *, min_bytes: int = CACHE_MIN_BYTES, cache: Optional[Path] = None) -> str:
+def cached_sha256(path: Path, *, min_bytes: int = CACHE_MIN_BYTES, cache: Optional[Path] = None,
+                  progress: Optional[ProgressFn] = None) -> str:
     """SHA-256 of ``path``; files of at least ``min_bytes`` are looked up in (and added to) the cache
     keyed by absolute path, size and ``st_mtime_ns``, so an unchanged file is not read again.
 
     Args:
         cache: the cache file (default ``cache_dir() / "sha256.json"``).
+        progress: see :func:`sha256_file` (called only when the file is actually read).
 
     Raises:
         OSError: the file cannot be read.
@@ -112,7 +129,7 @@ def cached_sha256(path: Path, *, min_bytes: int = CACHE_MIN_BYTES, cache: Option
     if (isinstance(entry, dict) and entry.get("size") == stat.st_size and entry.get("mtime_ns") == stat.st_mtime_ns
             and isinstance(entry.get("sha256"), str)):
         return entry["sha256"]
-    digest = sha256_file(path)
+    digest = sha256_file(path, progress=progress)
     entries = _read_cache(cache)  # another process may have added entries meanwhile
     entries.pop(str(path), None)
     entries[str(path)] = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": digest}
@@ -120,7 +137,7 @@ def cached_sha256(path: Path, *, min_bytes: int = CACHE_MIN_BYTES, cache: Option
     return digest
 
 
-def file_record(path: Path, sha256: Optional[str] = None) -> dict[str, Any]:
+def file_record(path: Path, sha256: Optional[str] = None, progress: Optional[ProgressFn] = None) -> dict[str, Any]:
     """``{"path": absolute path, "size_bytes": int, "sha256": hex}`` of one file (``sha256`` given:
     trusted, e.g. the blob name of a Hugging Face cache file).
 
@@ -129,7 +146,8 @@ def file_record(path: Path, sha256: Optional[str] = None) -> dict[str, Any]:
     """
     path = Path(path).resolve()
     try:
-        return {"path": str(path), "size_bytes": path.stat().st_size, "sha256": sha256 or cached_sha256(path)}
+        return {"path": str(path), "size_bytes": path.stat().st_size,
+                "sha256": sha256 or cached_sha256(path, progress=progress)}
     except OSError as err:
         raise QftInputError(f"{path} could not be read to record its SHA-256 ({err.strerror}): check the file") from None
 
@@ -234,7 +252,8 @@ def hub_model_revision(repo_id: str) -> Optional[tuple[str, Path]]:
     return (snapshot.name, snapshot) if _HEX40.match(snapshot.name) else None
 
 
-def model_files_record(name: str, kind: str, location: str, *, revision: Optional[str] = None) -> dict[str, Any]:
+def model_files_record(name: str, kind: str, location: str, *, revision: Optional[str] = None,
+                       progress: Optional[ProgressFn] = None) -> dict[str, Any]:
     """One entry of ``model_files``: the weights a model named ``name`` was read from.
 
     Args:
@@ -243,6 +262,7 @@ def model_files_record(name: str, kind: str, location: str, *, revision: Optiona
             snapshot with the SHA-256 their blob names carry), ``local``/``minilm`` (a directory:
             SHA-256 of each weight file) or ``gguf`` (a ``.gguf`` file, or a directory holding it).
         revision: the commit hash when the caller knows it (``model.config._commit_hash``).
+        progress: reports the hashing of large files (:func:`sha256_file`).
 
     Raises:
         QftInputError: a weight file cannot be read.
@@ -257,15 +277,15 @@ def model_files_record(name: str, kind: str, location: str, *, revision: Optiona
     elif kind != "tiny":
         path = Path(location)
         paths = [path] if path.is_file() else weight_files(path) if path.is_dir() else []
-        files = [file_record(p) for p in paths]
+        files = [file_record(p, progress=progress) for p in paths]
     return {"model": name, "kind": kind, "revision": revision, "files": files}
 
 
-def model_files_for(source: Any, model: Any = None) -> dict[str, Any]:
+def model_files_for(source: Any, model: Any = None, progress: Optional[ProgressFn] = None) -> dict[str, Any]:
     """:func:`model_files_record` of a :class:`qft_cli.models.ModelSource` (``model``: the loaded
     model, whose ``config._commit_hash`` names the hub revision it was loaded from)."""
     revision = getattr(getattr(model, "config", None), "_commit_hash", None) if source.kind == "hub" else None
-    return model_files_record(source.name, source.kind, source.location, revision=revision)
+    return model_files_record(source.name, source.kind, source.location, revision=revision, progress=progress)
 
 
 # ----------------------------------------------------------------------------- software

@@ -653,7 +653,8 @@ def run_experiment(options: ExperimentOptions, run, *, resume: bool = False,
     from qft_cli.models import resolve_model
     from qft_cli.provenance import file_records, model_files_for
 
-    model_files = [model_files_for(resolve_model(options.embedding_from))] if options.embedding_from else []
+    model_files = ([model_files_for(resolve_model(options.embedding_from), progress=progress)]
+                   if options.embedding_from else [])
     run.update(world_size=int(os.environ.get("WORLD_SIZE", "1")), device=str(resolve_device(cfg.device)),
                data={**data.record(), "location": data.source}, data_files=file_records(data.files),
                model_files=model_files, tokenizer_size=len(tokenizer), vocab_size=vocab_size)

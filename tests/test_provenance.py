@@ -319,3 +319,20 @@ def test_model_files_for_takes_the_loaded_hub_revision(monkeypatch):
     assert rec == {"model": "bert", "kind": "hub", "revision": REV, "files": []}
     local = provenance.model_files_for(ModelSource("tiny-bert", "tiny", "tiny-bert"), model)
     assert local["revision"] is None  # only hub models have revisions
+
+
+def test_hashing_a_large_file_reports_progress(tmp_path, monkeypatch):
+    monkeypatch.setattr(provenance, "PROGRESS_MIN_BYTES", 1 << 20)
+    f = tmp_path / "big.safetensors"
+    f.write_bytes(os.urandom(3 << 20))
+    calls = []
+    digest = provenance.sha256_file(f, chunk_size=1 << 14, progress=lambda d, c, t: calls.append((d, c, t)))
+    assert digest == _hashlib(f)
+    assert calls[-1] == ("sha256 big.safetensors (MiB)", 3, 3) and all(t == 3 for _, _, t in calls)
+    assert [c for _, c, _ in calls] == sorted(c for _, c, _ in calls) and len(calls) > 2
+    calls.clear()
+    provenance.sha256_file(f, progress=None)
+    small = tmp_path / "small.csv"
+    small.write_bytes(b"x")
+    provenance.sha256_file(small, progress=lambda *a: calls.append(a))
+    assert calls == []  # small files: no bar
