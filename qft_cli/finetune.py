@@ -410,9 +410,11 @@ def finetune(model_name: str, *, dataset: str, settings: FinetuneSettings, run, 
     recorder = ResultsRecorder(run)
     result = FinetuneResult(source.model_id, data.source, data.num_labels, data.kind, max_length, data.sizes(),
                             task=data.task)
-    from qft_cli.provenance import file_records, model_files_for
+    from qft_cli.provenance import check_resumed_data, file_records, model_files_for
 
-    run.update(data={**data.record(), "location": data.source}, data_files=file_records(data.files))
+    data_files = file_records(data.files)
+    check_resumed_data(run.meta, data_files)
+    run.update(data={**data.record(), "location": data.source}, data_files=data_files)
     model_files_recorded = False
     variants = settings.variants()
     for variant, method, max_gamma in variants:

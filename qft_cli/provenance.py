@@ -325,6 +325,47 @@ def software_info(device: Any = None) -> dict[str, Any]:
             "deterministic_algorithms": bool(torch.are_deterministic_algorithms_enabled())}
 
 
+# ----------------------------------------------------------------------------- resume
+
+#: ``run.json`` key holding the data files a resumed run recorded before it was interrupted.
+RESUMED_KEY = "data_files_before_resume"
+
+
+def resume_meta(run_dir: Path) -> dict[str, Any]:
+    """The starting metadata of a resumed run: ``{"resumed": True}`` and, when the interrupted
+    run recorded them, its data files under :data:`RESUMED_KEY` (checked by :func:`check_resumed_data`)."""
+    meta: dict[str, Any] = {"resumed": True}
+    try:
+        before = json.loads((Path(run_dir) / "run.json").read_text())
+    except (OSError, ValueError):
+        return meta
+    if isinstance(before, dict) and isinstance(before.get("data_files"), list):
+        meta[RESUMED_KEY] = before[RESUMED_KEY] if isinstance(before.get(RESUMED_KEY), list) else before["data_files"]
+    return meta
+
+
+def check_resumed_data(meta: dict[str, Any], data_files: list[dict[str, Any]]) -> None:
+    """Refuse to resume a run on other data than it started with.
+
+    Args:
+        meta: the run's metadata (``run.meta``; see :func:`resume_meta`).
+        data_files: the :func:`file_records` of the data just read.
+
+    Raises:
+        QftInputError: the set of data-file hashes differs from the one recorded before the interruption.
+    """
+    before = meta.get(RESUMED_KEY)
+    if not isinstance(before, list):
+        return
+    old = {str(f.get("sha256")): f.get("path") for f in before if isinstance(f, dict)}
+    new = {str(f.get("sha256")): f.get("path") for f in data_files}
+    if set(old) != set(new):
+        changed = sorted({str(p) for h, p in {**old, **new}.items() if (h in old) != (h in new)})
+        raise QftInputError(f"--resume: the data files differ from those the run started with "
+                            f"({', '.join(Path(p).name for p in changed[:3])}{' ...' if len(changed) > 3 else ''} "
+                            "changed sha256): resume with the same data, or start a new run")
+
+
 # ----------------------------------------------------------------------------- verify
 
 def recorded_files(meta: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:

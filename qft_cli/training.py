@@ -651,12 +651,15 @@ def run_experiment(options: ExperimentOptions, run, *, resume: bool = False,
     from qft_cli.device import resolve_device
 
     from qft_cli.models import resolve_model
-    from qft_cli.provenance import file_records, model_files_for
+    from qft_cli.provenance import check_resumed_data, file_records, model_files_for
+
+    data_files = file_records(data.files)
+    check_resumed_data(run.meta, data_files)
 
     model_files = ([model_files_for(resolve_model(options.embedding_from), progress=progress)]
                    if options.embedding_from else [])
     run.update(world_size=int(os.environ.get("WORLD_SIZE", "1")), device=str(resolve_device(cfg.device)),
-               data={**data.record(), "location": data.source}, data_files=file_records(data.files),
+               data={**data.record(), "location": data.source}, data_files=data_files,
                model_files=model_files, tokenizer_size=len(tokenizer), vocab_size=vocab_size)
     recorder = ResultsRecorder(run)
     results = []
@@ -704,8 +707,10 @@ def open_run(options: ExperimentOptions, *, out: Path, argv: list[str], resume_d
     model_name = options.embedding_from or f"qft-{options.num_layers}layer-d{options.d_model}"
     run = Run("train", [model_name], to_jsonable(options), out=Path(out), argv=argv, is_main_process=is_main)
     if resume_dir is not None:
+        from qft_cli.provenance import resume_meta
+
         run.path = Path(resume_dir)
-        run.meta = {"resumed": True}
+        run.meta = resume_meta(resume_dir)
     elif is_main:
         run.create()
     if world > 1:

@@ -234,6 +234,11 @@ def test_data_dir_of_one_task_is_named_by_it_and_verifiable(tmp_path):
         f.write("ACGTACGT,1\n")
     bad = runner.invoke(app, ["runs", "verify", str(run_dir)])
     assert bad.exit_code == 2 and "dev.csv changed" in bad.stderr.replace("\n", "")
+    # resuming on changed data is refused (the run is marked failed, its directory kept)
+    resumed = _invoke(["--resume", str(run_dir), "--quiet"])
+    assert resumed.exit_code == 2 and "data files differ from those the run started with (dev.csv" in resumed.stderr
+    meta = json.loads((run_dir / "run.json").read_text())
+    assert meta["status"] == "failed" and meta["data_files_before_resume"][0]["sha256"]
     # a --task that disagrees with the folder's task is one line, exit 2, nothing written
     out2 = tmp_path / "runs2"
     result = _invoke([*args, "--task", "prom_300_notata", "--data-dir", str(data), "--out", str(out2)])

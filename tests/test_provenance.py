@@ -336,3 +336,17 @@ def test_hashing_a_large_file_reports_progress(tmp_path, monkeypatch):
     small.write_bytes(b"x")
     provenance.sha256_file(small, progress=lambda *a: calls.append(a))
     assert calls == []  # small files: no bar
+
+
+def test_resume_keeps_and_checks_the_data_files(tmp_path):
+    a = tmp_path / "train.csv"
+    a.write_text("sequence,label\nACGT,0\n")
+    run = _run_dir(tmp_path, [a])
+    meta = provenance.resume_meta(run)
+    assert meta["resumed"] is True and meta[provenance.RESUMED_KEY] == provenance.file_records([a])
+    provenance.check_resumed_data(meta, provenance.file_records([a]))  # same bytes: fine
+    a.write_text("sequence,label\nACGA,0\n")
+    with pytest.raises(QftInputError, match=r"differ from those the run started with \(train.csv"):
+        provenance.check_resumed_data(meta, provenance.file_records([a]))
+    provenance.check_resumed_data({"resumed": True}, provenance.file_records([a]))  # older runs: nothing to check
+    assert provenance.resume_meta(tmp_path / "nowhere") == {"resumed": True}

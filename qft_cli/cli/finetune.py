@@ -83,7 +83,9 @@ def finetune_command(
     main = int(os.environ.get("RANK", "0")) == 0
     run = Run("finetune", [model], options, out=out, argv=argv(), is_main_process=main)
     if resume is not None:
-        run.path, run.meta = resume, {"resumed": True}
+        from qft_cli.provenance import resume_meta
+
+        run.path, run.meta = resume, resume_meta(resume)
     elif main:
         run.create()
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # every rank uses rank 0's directory
