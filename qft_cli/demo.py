@@ -21,12 +21,15 @@ from __future__ import annotations
 import datetime as _dt
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
+from typing import TYPE_CHECKING, Callable, Optional
 
 from qft_cli.errors import QftInputError
 from qft_cli.progress import ProgressFn, report as report_progress
 from qft_cli.runs import check_writable
 from qft_cli.synthetic import SYNTHETIC_DATASET, SyntheticSpec, write_synthetic_promoters
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 @dataclass(frozen=True)
@@ -89,13 +92,17 @@ class DemoStep:
 
 @dataclass
 class DemoResult:
-    """What :func:`run_demo` produced: the demo directory, its steps, the data and the report."""
+    """What :func:`run_demo` produced: the demo directory, its steps, the data, the report, and the
+    headline numbers (:func:`headline_fits`, :func:`headline_accuracy`; None where the step that
+    makes them did not complete)."""
 
     directory: Path
     steps: list[DemoStep] = field(default_factory=list)
     data_dir: Optional[Path] = None
     report: Optional[Path] = None
     report_message: str = ""
+    fits: Optional["pd.DataFrame"] = None
+    accuracy: Optional["pd.DataFrame"] = None
 
     @property
     def ok(self) -> bool:
@@ -158,6 +165,46 @@ def _train_step(config: DemoConfig, data_dir: Path, out: Path, progress: Optiona
 
 # ------------------------------------------------------------------------------------------
 
+def headline_fits(run_dir: Path) -> "pd.DataFrame":
+    """The fitted exponents of a ``norms inputs`` run: ``fits.parquet`` (or, for a run written
+    before it existed, :func:`qft_cli.fits.fit_table` of ``norms_inputs.parquet``), columns
+    ``model_alias, dataset, layer, norm, exponent, exponent_ci_low, exponent_ci_high, r_squared,
+    num_points``."""
+    import pandas as pd
+
+    from qft_cli.fits import fit_table
+    from qft_cli.norms_runs import FIT_GROUPS
+
+    path = Path(run_dir) / "fits.parquet"
+    if path.is_file():
+        fits = pd.read_parquet(path)
+    else:
+        fits = fit_table(pd.read_parquet(Path(run_dir) / "norms_inputs.parquet"), FIT_GROUPS, quantity="hidden_states")
+    return fits[["model_alias", "dataset", "layer", "norm", "exponent", "exponent_ci_low", "exponent_ci_high",
+                 "r_squared", "num_points"]].reset_index(drop=True)
+
+
+def headline_accuracy(run_dir: Path) -> "pd.DataFrame":
+    """Test accuracy and F1 per variant of a ``train`` run (``metrics.parquet``, split ``test``;
+    the mean over seeds where there are several), and the differences to vanilla in percentage
+    points (NaN for vanilla itself and without a vanilla variant). Columns ``variant, num_seeds,
+    accuracy, f1, accuracy_diff_pp, f1_diff_pp``; accuracy and F1 are fractions in [0, 1]."""
+    import pandas as pd
+
+    metrics = pd.read_parquet(Path(run_dir) / "metrics.parquet")
+    test = metrics[metrics["split"] == "test"]
+    order = list(dict.fromkeys(test["variant"]))
+    table = (test.groupby("variant", sort=False)
+             .agg(num_seeds=("accuracy", "size"), accuracy=("accuracy", "mean"), f1=("f1", "mean"))
+             .reindex(order).reset_index())
+    vanilla = table[table["variant"] == "vanilla"]
+    for metric in ("accuracy", "f1"):
+        base = vanilla[metric].iloc[0] if len(vanilla) else float("nan")
+        diff = 100 * (table[metric] - base)
+        table[f"{metric}_diff_pp"] = diff.where(table["variant"] != "vanilla")
+    return table
+
+
 def _newest_run(out: Path, before: set[Path]) -> Optional[Path]:
     new = [p for p in out.iterdir() if p.is_dir() and p not in before and (p / "run.json").is_file()]
     return max(new, key=lambda p: p.stat().st_mtime) if new else None
@@ -186,6 +233,17 @@ def _run_step(result: DemoResult, name: str, fn: Callable[[], Path]) -> None:
     result.steps.append(step)
 
 
+def _headlines(result: DemoResult) -> None:
+    """Fill ``result.fits`` / ``result.accuracy`` from the completed norms inputs / train steps."""
+    for step in result.steps:
+        if step.status != "completed" or step.run_dir is None:
+            continue
+        if step.name.startswith("qft norms inputs"):
+            result.fits = headline_fits(step.run_dir)
+        elif step.name.startswith("qft train"):
+            result.accuracy = headline_accuracy(step.run_dir)
+
+
 def run_demo(config: DemoConfig = DemoConfig(), progress: Optional[ProgressFn] = None) -> DemoResult:
     """Run the demo pipeline and write its report.
 
@@ -195,7 +253,8 @@ def run_demo(config: DemoConfig = DemoConfig(), progress: Optional[ProgressFn] =
 
     Returns:
         :class:`DemoResult` with every step's status and run directory, the synthetic data
-        directory and the report path (``None`` when no step produced a run).
+        directory, the report path (``None`` when no step produced a run) and the headline
+        numbers (the fitted exponents of ``norms inputs``, the test accuracy table of ``train``).
 
     Raises:
         QftInputError: ``out`` is not a writable directory.
@@ -225,6 +284,7 @@ def run_demo(config: DemoConfig = DemoConfig(), progress: Optional[ProgressFn] =
     _run_step(result, " ".join(train_argv(config, result.data_dir, directory)),
               lambda: _train_step(config, result.data_dir, directory, progress))
     report_progress(progress, "demo", 4, total)
+    _headlines(result)
     run_dirs = [s.run_dir for s in result.steps if s.run_dir is not None]
     if run_dirs:
         written = write_report(run_dirs, directory / "report.html", title="qft demo report")

@@ -123,7 +123,9 @@ def save_published_style_checkpoint(directory: Path, seed: int = 0, safetensors:
 
     Args:
         config_json: the published ``config.json`` (e.g. ``shared/data/dnabert2/config.json``),
-            copied byte for byte; the weights get its (full) sizes. ``None``: a tiny config
+            copied byte for byte, the weights with its (full) sizes; with ``overrides`` (e.g.
+            :data:`TINY_DNABERT`) those values replace the published ones and every other key
+            stays as published. ``None``: a tiny config
             (:data:`TINY_DNABERT` plus ``overrides``) written like the published one: an
             ``auto_map`` to ``bert_layers``, no ``model_type``, no ``architectures``, no
             ``pad_token_id``.
@@ -136,6 +138,9 @@ def save_published_style_checkpoint(directory: Path, seed: int = 0, safetensors:
     directory.mkdir(parents=True, exist_ok=True)
     if config_json is not None:
         text = Path(config_json).read_text()
+        if overrides:  # same keys as published, other sizes (e.g. tiny ones for fast tests)
+            raw = {**json.loads(text), **overrides}
+            text = json.dumps(raw, indent=2)
         config = config_from_published(json.loads(text))
     else:
         config = tiny_dnabert_config(**overrides)

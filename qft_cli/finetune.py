@@ -33,14 +33,14 @@ import torch
 
 from qft_cli.errors import QftInputError
 from qft_cli.models import ModelSource
-from qft_cli.normalization import (BlockNormalization, apply_normalization, fold_normalization, parse_layers,
-                                   parse_method, parse_targets, variant_name)
+from qft_cli.normalization import (BlockNormalization, apply_normalization, fold_normalization, norm_variants,
+                                   parse_layers, parse_targets)
 from qft_cli.progress import ProgressFn
 
-NORM_CHOICES = ("none", "spectral", "frobenius", "all")
 TINY_DNABERT = "tiny-dnabert"
 #: Directory names recognised as (the parent of) the best checkpoint inside a ``qft train`` run.
 BEST_CHECKPOINT_NAMES = ("best", "best_model", "best-model", "best_checkpoint", "best-checkpoint")
+BEST_CHECKPOINT_NAMES_SET = set(BEST_CHECKPOINT_NAMES)
 #: ``--tokenizer`` values that build a DNA tokenizer (:func:`qft_cli.tasks.build_tokenizer`).
 _DNA_TOKENIZER_RE = re.compile(r"^(?:dnabert2|char|kmer:\d+|bpe:\d+)$")
 
@@ -52,14 +52,17 @@ class FinetuneSettings:
     """Options of one ``qft finetune`` run; the defaults are the research's fine-tuning settings.
 
     Attributes:
-        norm: ``none``, ``spectral``, ``frobenius`` or ``all`` (vanilla, normalised with
-            ``all_method`` and sub-normalised with ``max_gamma`` or 1, on the same data and seed).
+        norm: ``all`` (vanilla, spectral, frobenius, as ``qft train``), ``none``/``vanilla``,
+            ``spectral``, ``frobenius`` or a list like ``vanilla,frobenius``
+            (:func:`qft_cli.normalization.norm_variants`); same data and seed for every variant.
         targets: ``attention``, ``ffn``, ``attention,ffn`` or matrix names.
         layers: ``all``, ``1,3`` or ``1-4`` (1-indexed transformer blocks).
         max_gamma: learnable scale ``gamma = max_gamma * sigmoid(g)``; effective norm <= max_gamma.
-        all_method: the normalisation of ``--norm all``.
+        subnormalised: also run each normalised variant with a learnable scale bounded by
+            ``max_gamma`` (default 1): the research's ``frobenius_subnormalised``.
         learning_rate, num_epochs, early_stopping (patience in epochs, 0 = off), weight_decay,
         lr_scheduler_type, warmup_ratio, batch_size, eval_batch_size, seed: as in the research.
+        seeds: several seeds (each variant runs once per seed); ``seed`` is then the first.
         max_length: token limit (default: the tokenizer's, at most 512).
         max_steps: stop after this many optimiser steps (overrides ``num_epochs``).
         max_train_samples, max_eval_samples: seeded subsets for quick runs.
@@ -70,7 +73,7 @@ class FinetuneSettings:
     targets: str = "attention,ffn"
     layers: str = "all"
     max_gamma: Optional[float] = None
-    all_method: str = "frobenius"
+    subnormalised: bool = False
     learning_rate: float = 2e-4
     num_epochs: int = 200
     early_stopping: int = 25
@@ -85,17 +88,18 @@ class FinetuneSettings:
     max_train_samples: Optional[int] = None
     max_eval_samples: Optional[int] = None
     mixed_precision: str = "auto"
+    seeds: Optional[list[int]] = None
 
     def __post_init__(self) -> None:
-        if self.norm not in NORM_CHOICES:
-            raise QftInputError(f"unknown --norm '{self.norm}': use one of {', '.join(NORM_CHOICES)}")
-        if self.all_method not in ("spectral", "frobenius"):
-            raise QftInputError(f"--all-method '{self.all_method}' must be spectral or frobenius")
+        from qft_cli.training import check_seeds
+
         parse_targets(self.targets)
         if self.max_gamma is not None and not (self.max_gamma > 0 and math.isfinite(self.max_gamma)):
             raise QftInputError(f"--max-gamma {self.max_gamma} must be a positive number (1 = sub-normalised)")
-        if self.max_gamma is not None and self.norm == "none":
-            raise QftInputError("--max-gamma scales normalised matrices: use it with --norm spectral, frobenius or all")
+        self.variants()
+        if self.seeds:
+            self.seeds = check_seeds(self.seeds)
+            self.seed = self.seeds[0]
         if self.max_length is not None and self.max_length < 4:
             raise QftInputError(f"--max-length {self.max_length} is too short: use at least 4 tokens")
         for name in ("max_train_samples", "max_eval_samples"):
@@ -115,13 +119,13 @@ class FinetuneSettings:
                               max_steps=self.max_steps, mixed_precision=self.mixed_precision, device=device)
 
     def variants(self) -> list[tuple[str, Optional[str], Optional[float]]]:
-        """``(variant name, method or None, max_gamma or None)`` of each model to train, in order."""
-        if self.norm == "all":
-            gamma = self.max_gamma if self.max_gamma is not None else 1.0
-            return [("vanilla", None, None), (variant_name(self.all_method), self.all_method, None),
-                    (variant_name(self.all_method, gamma), self.all_method, gamma)]
-        method = parse_method(self.norm)
-        return [(variant_name(method, self.max_gamma), method, self.max_gamma)]
+        """``(variant name, method or None, max_gamma or None)`` of each model to train, in order
+        (:func:`qft_cli.normalization.norm_variants`)."""
+        return norm_variants(self.norm, max_gamma=self.max_gamma, subnormalised=self.subnormalised)
+
+    def seed_list(self) -> list[int]:
+        """The seeds to run (``seeds``, else ``[seed]``)."""
+        return list(self.seeds) if self.seeds else [self.seed]
 
 
 # ----------------------------------------------------------------------------- model resolution
@@ -137,7 +141,7 @@ def find_best_checkpoint(run_dir: Path) -> Path:
     run_dir = Path(run_dir)
     found = sorted({p.parent for pattern in ("config.json", "*/config.json", "*/*/config.json", "*/*/*/config.json")
                     for p in run_dir.glob(pattern)
-                    if p.parent.name in BEST_CHECKPOINT_NAMES or p.parent.parent.name in BEST_CHECKPOINT_NAMES})
+                    if BEST_CHECKPOINT_NAMES_SET & {p.parent.name, p.parent.parent.name, p.parent.parent.parent.name}})
     if not found:
         raise QftInputError(f"run directory {run_dir} has no best checkpoint (best/<variant>/config.json): "
                             "was the run completed? pass the run directory of a finished `qft train`")
@@ -340,8 +344,9 @@ class FinetuneResult:
     """Test metrics of every variant and facts of the run.
 
     Attributes:
-        variants: per variant ``{"variant", "test": {loss, accuracy, f1}, "best_model_dir",
-            "export_dir", "normalised": ["<parameter>:<matrix>", ...], "epochs", "steps"}``.
+        variants: per variant and seed ``{"variant", "seed", "test": {loss, accuracy, f1},
+            "best_model_dir", "export_dir", "normalised": ["<parameter>:<matrix>", ...], "epochs", "steps"}``.
+        test_summary: :func:`qft_cli.stats.test_summary` of the run (``test_summary.parquet``).
         new_parameters: parameters not in the checkpoint, initialised from the seed (the new
             classification head; :data:`qft_cli.loading.LOADING_EXCEPTIONS`), also in ``run.json``.
     """
@@ -354,21 +359,32 @@ class FinetuneResult:
     sizes: dict[str, int]
     variants: list[dict[str, Any]] = field(default_factory=list)
     task: Optional[str] = None
+    test_summary: Any = None
     new_parameters: list[str] = field(default_factory=list)
 
+    def epochs(self) -> dict[str, float]:
+        """Mean epochs trained per variant (over its seeds)."""
+        from qft_cli.training import mean_epochs
+
+        return mean_epochs(self.variants)
+
     def summary(self) -> list[dict[str, Any]]:
-        """Rows ``variant, accuracy, f1, accuracy_diff, f1_diff`` (differences to vanilla; NaN without it)."""
-        base = next((v["test"] for v in self.variants if v["variant"] == "vanilla"), None)
-        return [{"variant": v["variant"], "accuracy": v["test"]["accuracy"], "f1": v["test"]["f1"],
-                 "accuracy_diff": v["test"]["accuracy"] - base["accuracy"] if base else math.nan,
-                 "f1_diff": v["test"]["f1"] - base["f1"] if base else math.nan} for v in self.variants]
+        """Rows ``variant, accuracy, f1, accuracy_diff, f1_diff, epochs``: means over seeds, mean
+        paired differences to vanilla (NaN without it), mean epochs trained."""
+        from qft_cli.training import summary_rows
+
+        return summary_rows(self.test_summary, self.epochs())
 
 
 def finetune(model_name: str, *, dataset: str, settings: FinetuneSettings, run, data_dir: Optional[Path] = None,
              task: Optional[str] = None, tokenizer_name: Optional[str] = None, device: str = "auto",
              dtype: torch.dtype = torch.float32, trust_remote_code: bool = False, export_dir: Optional[Path] = None,
              resume: bool = False, progress: Optional[ProgressFn] = None) -> FinetuneResult:
-    """Fine-tune every variant of ``settings`` on the same data and seed into ``run``.
+    """Fine-tune every variant of ``settings`` once per seed, on the same data, into ``run``.
+
+    Per seed every variant starts from the same weights (new heads seeded) and sees the same data
+    order; the data subsets are drawn once with the first seed. With several seeds, checkpoints,
+    best models and exports go to ``<variant>/seed-<s>/``. Ends by writing ``test_summary.parquet``.
 
     Args:
         model_name: alias, hub id, local directory, ``qft train`` run directory or ``tiny-dnabert``.
@@ -376,9 +392,9 @@ def finetune(model_name: str, *, dataset: str, settings: FinetuneSettings, run, 
         run: an entered :class:`qft_cli.runs.Run`; tables and checkpoints go into ``run.path``.
         device: ``auto``, ``cpu`` or ``cuda`` (the Trainer places the model).
         export_dir: write each variant with the normalisation folded, for stock ``transformers``
-            (``export_dir`` for one variant, ``export_dir/<variant>`` for several).
-        resume: skip variants with a test row in ``metrics.parquet``; continue the interrupted one
-            from its last checkpoint.
+            (``export_dir`` for one variant and seed, ``export_dir/<variant>[/seed-<s>]`` for several).
+        resume: skip (variant, seed) pairs with a test row in ``metrics.parquet``; continue the
+            interrupted one from its last checkpoint.
 
     Raises:
         QftInputError: bad model, data, tokenizer, layers, targets or gamma.
@@ -388,7 +404,9 @@ def finetune(model_name: str, *, dataset: str, settings: FinetuneSettings, run, 
     from qft_cli.export import export_model
     from qft_cli.loading import load_report
     from qft_cli.tasks import encode, load_task, subsample
-    from qft_cli.training import METRICS_TABLE, ResultsRecorder, train_variant
+    from dataclasses import replace
+
+    from qft_cli.training import METRICS_TABLE, ResultsRecorder, seed_subdir, train_variant, write_test_summary
 
     run_dir = Path(run.path)
     if export_dir is not None and Path(export_dir).exists() and not Path(export_dir).is_dir():
@@ -407,7 +425,7 @@ def finetune(model_name: str, *, dataset: str, settings: FinetuneSettings, run, 
                 else DataCollatorWithPadding(tokenizer))
     cfg = settings.training_config(device)
     cfg.validate()
-    recorder = ResultsRecorder(run)
+    recorder = ResultsRecorder(run, default_seed=settings.seed)
     result = FinetuneResult(source.model_id, data.source, data.num_labels, data.kind, max_length, data.sizes(),
                             task=data.task)
     from qft_cli.provenance import check_resumed_data, file_records, model_files_for
@@ -417,14 +435,18 @@ def finetune(model_name: str, *, dataset: str, settings: FinetuneSettings, run, 
     run.update(data={**data.record(), "location": data.source}, data_files=data_files)
     model_files_recorded = False
     variants = settings.variants()
-    for variant, method, max_gamma in variants:
-        done = recorder.test_row(variant) if resume else None
+    seeds = settings.seed_list()
+    several = len(seeds) > 1
+    for seed, (variant, method, max_gamma) in ((s, v) for s in seeds for v in variants):
+        best_dir = seed_subdir(run_dir / "best", variant, seed, several)
+        done = recorder.test_row(variant, seed) if resume else None
         if done is not None:
-            result.variants.append({"variant": variant, "test": {k: float(done[k]) for k in ("loss", "accuracy", "f1")},
-                                    "best_model_dir": str(run_dir / "best" / variant), "export_dir": None,
+            result.variants.append({"variant": variant, "seed": seed,
+                                    "test": {k: float(done[k]) for k in ("loss", "accuracy", "f1")},
+                                    "best_model_dir": str(best_dir), "export_dir": None,
                                     "normalised": [], "epochs": float(done["epoch"]), "steps": int(done["step"])})
             continue
-        model = load_classifier(source, data.num_labels, kind=data.kind, seed=settings.seed, dtype=dtype,
+        model = load_classifier(source, data.num_labels, kind=data.kind, seed=seed, dtype=dtype,
                                 trust_remote_code=trust_remote_code)
         if not model_files_recorded:  # the weights every variant starts from
             run.update(model_files=[model_files_for(source, model, progress)])
@@ -446,20 +468,24 @@ def finetune(model_name: str, *, dataset: str, settings: FinetuneSettings, run, 
             specs = apply_normalization(model, method, targets=settings.targets, layers=settings.layers,
                                         max_gamma=max_gamma)
             normalised = [f"{s.parameter}:{s.matrix}" for s in specs]
-        trained = train_variant(model, encoded, cfg, variant, output_dir=run_dir / "checkpoints" / variant,
+        trained = train_variant(model, encoded, replace(cfg, seed=seed), variant,
+                                output_dir=seed_subdir(run_dir / "checkpoints", variant, seed, several),
                                 num_labels=data.num_labels, recorder=recorder, data_collator=collator,
                                 tokenizer=tokenizer, targets=settings.targets.split(","), resume=resume,
-                                best_model_dir=run_dir / "best" / variant if run.is_main_process else None,
-                                progress=progress)
+                                best_model_dir=best_dir if run.is_main_process else None,
+                                progress=progress, progress_label=f"train {variant}" + (f" seed {seed}" if several else ""))
         exported = None
         if export_dir is not None and run.is_main_process:
-            exported = str(export_model(model, Path(export_dir) if len(variants) == 1 else Path(export_dir) / variant,
-                                        tokenizer=tokenizer))
-        result.variants.append({"variant": variant, "test": trained.test, "best_model_dir": trained.best_model_dir,
-                                "export_dir": exported, "normalised": normalised, "epochs": trained.epochs,
-                                "steps": trained.steps})
-        run.update(results={v["variant"]: {k: v[k] for k in ("test", "best_model_dir", "export_dir", "normalised")}
+            target = Path(export_dir) if len(variants) == 1 and not several else Path(export_dir) / variant
+            exported = str(export_model(model, target / f"seed-{seed}" if several else target, tokenizer=tokenizer))
+        result.variants.append({"variant": variant, "seed": seed, "test": trained.test,
+                                "best_model_dir": trained.best_model_dir, "export_dir": exported,
+                                "normalised": normalised, "epochs": trained.epochs, "steps": trained.steps})
+        run.update(results={(f"{v['variant']}/seed-{v['seed']}" if several else v["variant"]):
+                            {k: v[k] for k in ("test", "best_model_dir", "export_dir", "normalised")}
                             for v in result.variants})
         del model
     recorder.write(METRICS_TABLE)
+    result.test_summary = write_test_summary(run, recorder, dataset=data.dataset, task=data.task,
+                                             num_labels=data.num_labels)
     return result

@@ -71,3 +71,36 @@ def fit_table(table: pd.DataFrame, group_columns: Sequence[str], norm_columns: d
     return out.astype({"num_points": "int64", "num_tokens_min": "int64", "num_tokens_max": "int64",
                        "exponent": "float64", "exponent_ci_low": "float64", "exponent_ci_high": "float64",
                        "coefficient": "float64", "r_squared": "float64"})
+
+
+def fit_summary(table: pd.DataFrame, fits: pd.DataFrame, group_columns: Sequence[str],
+                norm_columns: dict[str, str] | None = None) -> pd.DataFrame:
+    """The rows of ``fits`` (from :func:`fit_table`) with the spread of the measured norms beside them.
+
+    Args:
+        table: the measured table given to :func:`fit_table`.
+        fits: its :func:`fit_table` result over the same ``group_columns`` and ``norm_columns``.
+        group_columns / norm_columns: as for :func:`fit_table`.
+
+    Returns:
+        ``fits`` with ``num_samples`` (rows of the group, all of them), and ``norm_min``,
+        ``norm_median``, ``norm_max`` over the finite, positive values the fit used (the norm's
+        units; NaN where none), inserted before ``exponent``; same row order as ``fits``.
+    """
+    norm_columns = dict(NORMS if norm_columns is None else norm_columns)
+    group_columns = list(group_columns)
+    rows = []
+    for key, g in table.groupby(group_columns, sort=True, dropna=False):
+        key = key if isinstance(key, tuple) else (key,)
+        used = g[g["finite"].astype(bool)] if "finite" in g.columns else g
+        for column, label in norm_columns.items():
+            y = used[column].to_numpy(dtype=np.float64)
+            y = y[np.isfinite(y) & (y > 0) & (used["num_tokens"].to_numpy() > 0)]
+            rows.append({**dict(zip(group_columns, key)), "norm": label, "num_samples": len(g),
+                         "norm_min": y.min() if y.size else np.nan,
+                         "norm_median": float(np.median(y)) if y.size else np.nan,
+                         "norm_max": y.max() if y.size else np.nan})
+    spread = pd.DataFrame(rows, columns=group_columns + ["norm", "num_samples", "norm_min", "norm_median", "norm_max"])
+    out = fits.merge(spread, on=group_columns + ["norm"], how="left", sort=False)
+    lead = [c for c in fits.columns if c not in FIT_COLUMNS] + ["norm"]
+    return out[lead + ["num_samples", "norm_min", "norm_median", "norm_max"] + FIT_COLUMNS[1:]]

@@ -21,7 +21,7 @@ How it is computed:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional, Sequence
+from typing import Iterator, Optional, Sequence
 
 import pandas as pd
 import torch
@@ -184,6 +184,68 @@ def _batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
     return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
 
 
+def check_samples(model: torch.nn.Module, token_ids: Sequence[Sequence[int]], batch_size: int,
+                  name: str = "the model") -> None:
+    """Validate samples and ``batch_size`` before any forward pass (shared by ``norms inputs``
+    and ``norms attention``).
+
+    Raises:
+        QftInputError: ``batch_size`` is 0 or < -1; no samples; a sample longer than the model's
+            position table (:func:`max_positions`); a token id without an embedding row.
+    """
+    if batch_size == 0 or batch_size < -1:
+        raise QftInputError(f"--batch-size must be a positive number or -1 for no limit (got {batch_size})")
+    if not token_ids:
+        raise QftInputError("no samples to measure")
+    check_num_tokens(model, max(len(x) for x in token_ids), name)
+    try:
+        rows = model.get_input_embeddings().num_embeddings
+    except Exception:  # custom code without get_input_embeddings
+        rows = None
+    top = max(max(x) for x in token_ids)
+    if rows is not None and top >= rows:
+        raise QftInputError(f"token id {top} has no row in the {rows} rows of the embedding of {name}: "
+                            "the tokenizer does not belong to this model (or the embedding was not resized)")
+
+
+def padded_batches(token_ids: Sequence[Sequence[int]], batch_size: int,
+                   pad_token_id: int = 0) -> Iterator[tuple[list[int], torch.Tensor, torch.Tensor]]:
+    """Yield ``(sample indices, input_ids, attention_mask)`` per batch, on CPU.
+
+    Samples are sorted by length (longest first), right-padded with ``pad_token_id`` to the longest
+    sample of the batch; ``attention_mask`` (batch, width) int64 is 1 on real tokens.
+    ``batch_size`` -1 puts every sample in one batch.
+    """
+    lengths = [len(x) for x in token_ids]
+    for batch in _batches(lengths, batch_size):
+        width = max(lengths[i] for i in batch)
+        ids = torch.full((len(batch), width), pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for row, i in enumerate(batch):
+            ids[row, :lengths[i]] = torch.as_tensor(token_ids[i], dtype=torch.long)
+            mask[row, :lengths[i]] = 1
+        yield batch, ids, mask
+
+
+def stop_after(block: torch.nn.Module):
+    """Forward hook on ``block`` that ends the forward pass after it (blocks after it never run);
+    returns the hook handle. Use with :func:`forward_encoder`."""
+    def hook(_module, _args, _output):
+        raise _StopForward
+    return block.register_forward_hook(hook)
+
+
+def forward_encoder(model: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor) -> None:
+    """Run the model (its encoder for encoder-decoder models) on one padded batch, moved to the
+    input device, until a :func:`stop_after` hook (or the end); outputs are discarded (hooks capture)."""
+    encoder = model.get_encoder() if getattr(model.config, "is_encoder_decoder", False) else model
+    device = input_device(model)
+    try:
+        encoder(input_ids=ids.to(device), attention_mask=mask.to(device))
+    except _StopForward:
+        pass
+
+
 @torch.no_grad()
 def hidden_state_norms(model: torch.nn.Module, token_ids: Sequence[Sequence[int]], layers: Sequence[int], *,
                        batch_size: int = 8, pad_token_id: int = 0, progress: Optional[ProgressFn] = None,
@@ -207,20 +269,7 @@ def hidden_state_norms(model: torch.nn.Module, token_ids: Sequence[Sequence[int]
         QftInputError: ``batch_size`` is 0 or < -1; a sample longer than the model's position
             table (:func:`max_positions`); no block list found.
     """
-    if batch_size == 0 or batch_size < -1:
-        raise QftInputError(f"--batch-size must be a positive number or -1 for no limit (got {batch_size})")
-    if not token_ids:
-        raise QftInputError("no samples to measure")
-    check_num_tokens(model, max(len(x) for x in token_ids), (labels or {}).get("model_alias", "the model"))
-    try:
-        rows = model.get_input_embeddings().num_embeddings
-    except Exception:  # custom code without get_input_embeddings
-        rows = None
-    top = max(max(x) for x in token_ids)
-    if rows is not None and top >= rows:
-        name = (labels or {}).get("model_alias", "the model")
-        raise QftInputError(f"token id {top} has no row in the {rows} rows of the embedding of {name}: "
-                            "the tokenizer does not belong to this model (or the embedding was not resized)")
+    check_samples(model, token_ids, batch_size, (labels or {}).get("model_alias", "the model"))
     blocks = find_blocks(model)
     layers = sorted(set(layers))
     deepest = layers[-1]
@@ -234,8 +283,6 @@ def hidden_state_norms(model: torch.nn.Module, token_ids: Sequence[Sequence[int]
     def make_hook(layer: int):
         def hook(_module, _args, output):
             captured[layer] = output[0] if isinstance(output, (tuple, list)) else output
-            if layer == deepest:
-                raise _StopForward
         return hook
 
     handles = []
@@ -244,26 +291,17 @@ def hidden_state_norms(model: torch.nn.Module, token_ids: Sequence[Sequence[int]
     for layer in layers:
         if layer > 0:
             handles.append(blocks[layer - 1].register_forward_hook(make_hook(layer)))
-    encoder = model.get_encoder() if getattr(model.config, "is_encoder_decoder", False) else model
-    device = input_device(model)
+    if deepest > 0:
+        handles.append(stop_after(blocks[deepest - 1]))
     lengths = [len(x) for x in token_ids]
     rows: list[dict] = []
     nonfinite: list[tuple[int, int]] = []
     all_zero: list[tuple[int, int]] = []
-    batches = _batches(lengths, batch_size)
+    num_batches = len(_batches(lengths, batch_size))
     try:
-        for b, batch in enumerate(batches):
-            width = max(lengths[i] for i in batch)
-            ids = torch.full((len(batch), width), pad_token_id, dtype=torch.long)
-            mask = torch.zeros((len(batch), width), dtype=torch.long)
-            for row, i in enumerate(batch):
-                ids[row, :lengths[i]] = torch.as_tensor(token_ids[i], dtype=torch.long)
-                mask[row, :lengths[i]] = 1
+        for b, (batch, ids, mask) in enumerate(padded_batches(token_ids, batch_size, pad_token_id)):
             captured.clear()
-            try:
-                encoder(input_ids=ids.to(device), attention_mask=mask.to(device))
-            except _StopForward:
-                pass
+            forward_encoder(model, ids, mask)
             for layer in layers:
                 if layer not in captured:
                     raise RuntimeError(f"layer {layer} was not captured: the model did not run block {layer}")
@@ -283,7 +321,7 @@ def hidden_state_norms(model: torch.nn.Module, token_ids: Sequence[Sequence[int]
                                  "spectral_norm": float(norms["spectral_norm"][row]),
                                  "max_row_norm": float(norms["max_row_norm"][row]), "finite": ok,
                                  "all_zero": zero})
-            report(progress, "hidden states", b + 1, len(batches))
+            report(progress, "hidden states", b + 1, num_batches)
     finally:
         for h in handles:
             h.remove()

@@ -12,8 +12,15 @@
   :class:`~qft_cli.errors.QftInputError` naming the keys, except the cases listed in
   :data:`LOADING_EXCEPTIONS`.
 
-Dispatch is on :attr:`qft_cli.models.ModelSource.kind` (``tiny``, ``minilm``, ``hub``, ``local``;
-other kinds, e.g. GGUF files, hook in here).
+Dispatch is on :attr:`qft_cli.models.ModelSource.kind` (``tiny``, ``minilm``, ``hub``, ``local``,
+``gguf``). GGUF files (llama.cpp) are streamed through :func:`qft_cli.gguf_files.open_gguf` (one
+tensor dequantised to float32 at a time, under Hugging Face parameter names); :func:`load_model`
+loads the safetensors copy transformers' ``gguf_file=`` loader converts once
+(:func:`qft_cli.gguf_files.converted_dir`).
+
+Every store records the storage type of each tensor (:attr:`TensorStore.quant_types`): the ggml
+quantisation type for GGUF (``Q4_1``, ``Q8_0``, ``F16``, ``F32``, ...), else the stored dtype in
+safetensors' spelling (``F32``, ``F16``, ``BF16``, ...).
 """
 
 from __future__ import annotations
@@ -39,22 +46,45 @@ class TensorStore:
     Attributes:
         shapes: parameter name -> shape, in checkpoint order.
         config: the model's ``config.json`` as a dict (may be empty).
-        read: function name -> tensor (on CPU, stored dtype).
+        read: function name -> tensor (on CPU, stored dtype; float32 for dequantised GGUF tensors).
+        quant_types: name -> storage type (see module docstring); a name may be absent.
     """
 
     shapes: dict[str, tuple[int, ...]]
     config: dict
     read: Callable[[str], torch.Tensor]
     _stack: ExitStack = field(default_factory=ExitStack)
+    quant_types: dict[str, str] = field(default_factory=dict)
 
     def close(self) -> None:
         self._stack.close()
 
 
+#: torch dtype -> the dtype names of the safetensors header (F32, BF16, ...), used as ``quant_type``.
+_DTYPE_NAMES = {torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
+                torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
+                torch.bool: "BOOL"}
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """The safetensors spelling of a torch dtype (``torch.float32`` -> ``F32``)."""
+    return _DTYPE_NAMES.get(dtype, str(dtype).removeprefix("torch."))
+
+
 def _store_from_module(module: torch.nn.Module) -> TensorStore:
     params = dict(module.named_parameters())
     config = module.config.to_dict() if hasattr(module, "config") else {}
-    return TensorStore({n: tuple(p.shape) for n, p in params.items()}, config, lambda n: params[n].detach())
+    return TensorStore({n: tuple(p.shape) for n, p in params.items()}, config, lambda n: params[n].detach(),
+                       quant_types={n: dtype_name(p.dtype) for n, p in params.items()})
+
+
+def _store_from_gguf(path: Path) -> TensorStore:
+    from qft_cli.gguf_files import open_gguf
+
+    tensors = open_gguf(path)
+    stack = ExitStack()
+    stack.callback(tensors.close)
+    return TensorStore(tensors.shapes, tensors.config, tensors.read, stack, quant_types=tensors.quant_types)
 
 
 def _damaged(path: Path, err: BaseException) -> QftInputError:
@@ -131,6 +161,7 @@ def _store_from_dir(directory: Path) -> TensorStore:
     stack = ExitStack()
     files = checkpoint_files(directory)
     shapes: dict[str, tuple[int, ...]] = {}
+    types: dict[str, str] = {}
     where: dict[str, object] = {}
     if not files:
         raise QftInputError(f"no *.safetensors or pytorch_model*.bin weights in {directory}: "
@@ -143,9 +174,11 @@ def _store_from_dir(directory: Path) -> TensorStore:
                 stack.close()
                 raise _damaged(f, err) from None
             for name in handle.keys():
-                shapes[name] = tuple(handle.get_slice(name).get_shape())
+                tensor_slice = handle.get_slice(name)
+                shapes[name] = tuple(tensor_slice.get_shape())
+                types[name] = tensor_slice.get_dtype()
                 where[name] = handle
-        return TensorStore(shapes, config, lambda n: where[n].get_tensor(n), stack)
+        return TensorStore(shapes, config, lambda n: where[n].get_tensor(n), stack, quant_types=types)
     for f in files:
         try:
             try:
@@ -158,8 +191,9 @@ def _store_from_dir(directory: Path) -> TensorStore:
             raise _damaged(f, err) from None
         for name, tensor in state.items():
             shapes[name] = tuple(tensor.shape)
+            types[name] = dtype_name(tensor.dtype)
             where[name] = state
-    return TensorStore(shapes, config, lambda n: where[n][n], stack)
+    return TensorStore(shapes, config, lambda n: where[n][n], stack, quant_types=types)
 
 
 def open_weights(source: ModelSource) -> TensorStore:
@@ -167,13 +201,16 @@ def open_weights(source: ModelSource) -> TensorStore:
 
     Hub models: only ``*.json`` and ``model*.safetensors`` files are fetched (any ``*.safetensors``
     when there is no ``model*`` file, ``pytorch_model*.bin`` when there is no safetensors file);
-    see :func:`checkpoint_files` for the files that are read.
+    see :func:`checkpoint_files` for the files that are read. GGUF files: see
+    :func:`qft_cli.gguf_files.open_gguf`.
 
     Raises:
         QftInputError: the hub is unreachable and the files are not cached; no weight files.
     """
     if source.kind == "tiny":
         return _store_from_module(build_tiny_model(source.location))
+    if source.kind == "gguf":
+        return _store_from_gguf(Path(source.location))
     if source.kind == "hub":
         directory = _models.hub_snapshot(source, ["*.json", "model*.safetensors"])  # not consolidated.* copies
         if not list(directory.glob("*.safetensors")):
@@ -442,7 +479,12 @@ def load_model(source: ModelSource, *, dtype: torch.dtype = torch.float32, devic
         with torch.random.fork_rng(devices=[], enabled=seed is not None):
             if seed is not None:
                 torch.manual_seed(seed)
-            model, info = _models._hub_call(source, auto_class.from_pretrained, source.location, **load_kwargs)
+            location = source.location
+            if source.kind == "gguf":  # transformers' gguf_file= conversion, cached (qft_cli.gguf_files)
+                from qft_cli.gguf_files import converted_dir
+
+                location = str(converted_dir(Path(source.location)))
+            model, info = _models._hub_call(source, auto_class.from_pretrained, location, **load_kwargs)
         report = check_keys(model, missing=info.get("missing_keys", ()), unexpected=info.get("unexpected_keys", ()),
                             mismatched=info.get("mismatched_keys", ()), name=source.name, allow_new=allow_new)
         attach_report(model, report)

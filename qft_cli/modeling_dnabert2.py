@@ -119,10 +119,18 @@ class DnaBert2Embeddings(nn.Module):
 
 
 class DnaBert2SelfAttention(nn.Module):
-    """Fused ``Wqkv`` projection and multi-head scaled dot-product attention with an additive bias."""
+    """Fused ``Wqkv`` projection and multi-head scaled dot-product attention with an additive bias.
+
+    ``qkv_observer``: ``None``, or a function ``(module, q, k, v)`` called with the queries, keys
+    and values (each (batch, heads, length, head_dim)) as they enter the dot product; set by
+    ``qft norms attention`` (qft_cli.attention), never saved.
+    """
+
+    applies_rotary = False
 
     def __init__(self, config: DnaBert2Config):
         super().__init__()
+        self.qkv_observer = None
         self.num_heads = config.num_attention_heads
         self.head_dim = config.hidden_size // config.num_attention_heads
         self.dropout_prob = config.attention_probs_dropout_prob
@@ -132,6 +140,8 @@ class DnaBert2SelfAttention(nn.Module):
         batch, length, width = hidden.shape
         qkv = self.Wqkv(hidden).view(batch, length, 3, self.num_heads, self.head_dim)
         q, k, v = qkv.permute(2, 0, 3, 1, 4)  # each (batch, heads, length, head_dim)
+        if self.qkv_observer is not None:
+            self.qkv_observer(self, q, k, v)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias,
                                              dropout_p=self.dropout_prob if self.training else 0.0)
         return out.transpose(1, 2).reshape(batch, length, width)

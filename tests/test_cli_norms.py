@@ -18,7 +18,8 @@ def invoke(*args):
 
 
 @pytest.mark.parametrize("args", [["--help"], ["norms", "--help"], ["norms", "inputs", "--help"],
-                                  ["norms", "weights", "--help"], ["models", "--help"]])
+                                  ["norms", "weights", "--help"], ["norms", "attention", "--help"],
+                                  ["models", "--help"]])
 def test_help(args):
     result = invoke(*args)
     assert result.exit_code == 0, result.output
@@ -58,7 +59,7 @@ def test_norms_inputs_random_writes_run(tmp_path):
     table = pd.read_parquet(_only_run(tmp_path) / "norms_inputs.parquet")
     assert len(table) == 20 * 3 and sorted(table["num_tokens"].unique()) == list(range(1, 21))
     assert list(table.columns[:4]) == ["model", "model_alias", "dataset", "sample_index"]
-    assert "b_F" in result.stdout
+    assert "b 95% low" in result.stdout and (_only_run(tmp_path) / "fits.parquet").is_file()
 
 
 def test_norms_inputs_batch_size_invariance_through_cli(tmp_path, shared_data):
@@ -219,8 +220,8 @@ def test_ctrl_c_mid_run_leaves_status_interrupted_and_no_table(tmp_path, monkeyp
 
     monkeypatch.setattr(qft_cli.norms_runs, "hidden_state_norms", interrupted)
     result = invoke("norms", "inputs", "tiny-gpt2", "--dataset", "random", "--max-tokens", 4, "--out", tmp_path, "-q")
-    assert result.exit_code == 130 and result.stderr.strip() == "interrupted"
     run = _only_run(tmp_path)
+    assert result.exit_code == 130 and result.stderr.splitlines()[0].startswith(f"interrupted: run directory {run}")
     meta = read_run_json(run)
     assert meta["status"] == "interrupted" and meta["end_time"] and meta["options"]["seed"] == 0
     assert [p.name for p in run.iterdir()] == ["run.json"]
@@ -260,3 +261,33 @@ def test_huge_max_tokens_for_random_fails_fast(tmp_path):
                     "--out", tmp_path / "r")
     _assert_bad(result, "100000 tokens", "1024 positions", "--max-tokens 1024", out_dir=tmp_path / "r")
     assert time.time() - start < 20  # not after drawing 100000 sequences
+
+
+def test_norms_attention_writes_both_tables(tmp_path):
+    from qft_cli.attention import ATTENTION_COLUMNS
+    from qft_cli.fits import FIT_COLUMNS
+
+    result = invoke("norms", "attention", "tiny-llama", "tiny-dnabert", "--dataset", "random", "--max-tokens", 12,
+                    "--batch-size", 5, "--out", tmp_path, "--quiet")
+    assert result.exit_code == 0, result.output
+    run = _only_run(tmp_path)
+    table = pd.read_parquet(run / "norms_attention.parquet")
+    assert list(table.columns) == ATTENTION_COLUMNS
+    assert len(table) == 2 * 12 * 2 * 4  # models x samples x blocks x heads
+    assert set(table["layer"]) == {1, 2} and table["finite"].all()
+    for col in [c for c in ATTENTION_COLUMNS if c.endswith("_ratio")]:
+        assert (table[col].dropna() <= 1 + 1e-9).all(), col
+    fits = pd.read_parquet(run / "fits.parquet")
+    assert list(fits.columns) == ["model", "model_alias", "dataset", "layer", "quantity"] + FIT_COLUMNS
+    assert len(fits) == 2 * 2 * 4 * 2  # models x blocks x quantities x norms
+    assert fits["num_points"].eq(12).all() and fits["exponent"].notna().all()
+    assert read_run_json(run)["status"] == "completed"
+    assert "L:qk" in result.stdout
+
+
+def test_norms_attention_bad_layers_are_one_line(tmp_path):
+    out = tmp_path / "runs"
+    _assert_bad(invoke("norms", "attention", "tiny-bert", "--dataset", "random", "--layers", "0,1", "--out", out),
+                "layer 0 is the embedding", out_dir=out)
+    _assert_bad(invoke("norms", "attention", "tiny-bert", "--dataset", "random", "--layers", "3", "--out", out),
+                "does not exist", out_dir=out)

@@ -30,3 +30,8 @@ def test_sigterm_marks_run_interrupted(tmp_path):
     assert meta["status"] == "interrupted" and meta["end_time"]
     assert not list(run_json.parent.glob("*.parquet"))
     assert proc.returncode != 0
+    # stderr names the run directory and the exact command to run it again (norms have no --resume)
+    err = proc.stderr.read().decode().splitlines()
+    assert f"interrupted: run directory {run_json.parent} (status interrupted; this command has no --resume)" in err
+    assert (f"re-run with: qft norms inputs tiny-llama --dataset random --max-tokens 1000 --batch-size 1 "
+            f"--layers all --out {out} -q") in err

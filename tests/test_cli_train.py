@@ -77,6 +77,13 @@ TINY = ["--dataset", "gue", "--task", "prom_core_notata", "--tokenizer", "char",
     (["--max-gamma", "inf"], "max-gamma"),  # refused before vanilla trains, not when spectral starts
     (["--dataset", "conll2003"], "text task"),
     (["--tokenizer", "kmer3"], "unknown DNA tokenizer"),
+    (["--seed", "1", "--seeds", "0,1"], "--seed and --seeds are exclusive"),
+    (["--seeds", "0,0"], "repeats a seed"),
+    (["--seeds", "0,x"], "not a list of integers"),
+    (["--seeds", "-1,2"], "must lie in"),
+    (["--norm", "vanilla,none"], "twice"),
+    (["--norm", "none", "--subnormalised"], "--subnormalised"),
+    (["--norm", "vanilla", "--max-gamma", "1"], "max-gamma"),
 ])
 def test_bad_options_one_line_exit_2(tmp_path, case, match):
     result = _invoke([*case, "--out", str(tmp_path / "runs")])
@@ -137,7 +144,7 @@ def test_help_lists_the_research_options():
     result = _invoke(["--help"])
     assert result.exit_code == 0
     for option in ("--learning-rate", "--num-epochs", "--early-stopping", "--weight-decay", "--lr-scheduler-type",
-                   "--norm", "--targets", "--embedding-from", "--resume", "--max-steps"):
+                   "--norm", "--targets", "--embedding-from", "--resume", "--max-steps", "--seeds", "--subnormalised"):
         assert option in result.stdout
 
 
@@ -189,15 +196,24 @@ def test_resume_of_a_run_dir_of_another_command_or_broken_json(tmp_path, content
     assert (tmp_path / "run.json").read_text() == content  # left as it was
 
 
-def test_final_table_in_points_and_warns_on_one_class_models(capsys):
+def test_final_table_in_points_and_warns_on_one_class_models(capsys, monkeypatch):
+    import pandas as pd
+
+    from qft_cli import stats
+    from qft_cli.cli import common
     from qft_cli.cli.common import print_test_table
 
-    rows = [{"variant": "vanilla", "accuracy": 0.8, "f1": 0.75, "accuracy_diff": 0.0, "f1_diff": 0.0, "epochs": 3},
-            {"variant": "spectral", "accuracy": 0.476, "f1": 0.0, "accuracy_diff": -0.324, "f1_diff": -0.75,
-             "epochs": 3}]
-    print_test_table("t", rows, "runs/x")
+    monkeypatch.setattr(common.console, "width", 200)  # one line per row, whatever the terminal
+
+    metrics = pd.DataFrame([
+        {"variant": v, "seed": seed, "split": "test", "step": 9, "epoch": 3.0, "accuracy": acc, "f1": f1}
+        for v, seed, acc, f1 in (("vanilla", 0, 0.8, 0.75), ("vanilla", 1, 0.82, 0.77),
+                                 ("spectral", 0, 0.476, 0.0), ("spectral", 1, 0.5, 0.0))])
+    print_test_table("t", stats.test_summary(metrics), "runs/x", epochs={"vanilla": 3.0, "spectral": 2.5})
     out = capsys.readouterr()
-    assert "-32.40" in out.out and "-75.00" in out.out and "results: runs/x" in out.out
+    # accuracy 81.00 (mean of 80, 82); spectral - vanilla paired by seed: -32.4 and -32.0 -> -32.20
+    assert "81.00 [" in out.out and "-32.20 [" in out.out and "-76.00 [" in out.out and "results: runs/x" in out.out
+    assert "t over seeds" in out.out and "2.5" in out.out
     assert out.err.count("warning:") == 1 and "spectral has test F1 0.000" in out.err
 
 
@@ -246,3 +262,36 @@ def test_data_dir_of_one_task_is_named_by_it_and_verifiable(tmp_path):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "holds the files of GUE task prom_core_tata" in lines[0]
     assert not out2.exists() or not any(out2.iterdir())
+
+
+def test_multi_seed_run_resumes_the_unfinished_seed(tmp_path):
+    """--seeds 0,1: seed 0 finished, seed 1 interrupted before its first checkpoint -> the resume
+    keeps seed 0 as it is and trains seed 1 once; the summary is over both seeds."""
+    import shutil
+
+    from qft_cli.runs import write_parquet_atomic
+
+    data = _dna_dir(tmp_path)
+    out = tmp_path / "runs"
+    result = _invoke([*TINY, "--data-dir", str(data), "--out", str(out), "--num-epochs", "1", "--early-stopping", "0",
+                      "--norm", "vanilla", "--seeds", "0,1"])
+    assert result.exit_code == 0, result.output + str(result.exception)
+    (run_dir,) = list(out.iterdir())
+    before = pd.read_parquet(run_dir / "metrics.parquet")
+    assert sorted(before.seed.unique()) == [0, 1]
+    shutil.rmtree(run_dir / "checkpoints" / "vanilla" / "seed-1")
+    shutil.rmtree(run_dir / "best" / "vanilla" / "seed-1")
+    write_parquet_atomic(before[before.seed == 0], run_dir / "metrics.parquet")
+    preds = pd.read_parquet(run_dir / "predictions.parquet")
+    write_parquet_atomic(preds[preds.seed == 0], run_dir / "predictions.parquet")
+    again = _invoke(["--resume", str(run_dir), "--quiet"])
+    assert again.exit_code == 0, again.output + str(again.exception)
+    after = pd.read_parquet(run_dir / "metrics.parquet")
+    pd.testing.assert_frame_equal(after[after.seed == 0].reset_index(drop=True),
+                                  before[before.seed == 0].reset_index(drop=True))
+    assert (after[after.seed == 1].split == "test").sum() == 1
+    pd.testing.assert_frame_equal(after[after.seed == 1].drop(columns="samples_per_second").reset_index(drop=True),
+                                  before[before.seed == 1].drop(columns="samples_per_second").reset_index(drop=True))
+    assert (run_dir / "best" / "vanilla" / "seed-1" / "config.json").is_file()
+    summary = pd.read_parquet(run_dir / "test_summary.parquet")
+    assert set(summary.num_seeds) == {2} and set(summary.interval) == {"t over seeds"}

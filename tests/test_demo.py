@@ -98,3 +98,37 @@ def test_printed_train_command_reruns(tmp_path):
     (run_dir,) = [p for p in (tmp_path / "runs").iterdir() if p.is_dir()]
     data = json.loads((run_dir / "run.json").read_text())["data"]
     assert data["dataset"] == "synthetic-dna" and data["source"] == "synthetic" and data["task"] is None
+
+
+def test_demo_ends_with_the_headline_numbers(stubbed, tmp_path):
+    """The fitted exponents (with their intervals) and the accuracy table, not only paths."""
+    import io
+
+    import pandas as pd
+
+    from qft_cli.fits import fit_table
+
+    result = run_demo(DemoConfig(out=tmp_path))
+    inputs_dir = result.steps[1].run_dir
+    expected = fit_table(pd.read_parquet(inputs_dir / "norms_inputs.parquet"),
+                         ["model", "model_alias", "dataset", "layer"], quantity="hidden_states")
+    assert result.fits["exponent"].tolist() == expected["exponent"].tolist()
+    assert result.fits["exponent_ci_high"].tolist() == expected["exponent_ci_high"].tolist()
+    acc = result.accuracy.set_index("variant")  # scripted: accuracy 0.85 - 0.01 i, F1 0.84 - 0.02 i
+    assert list(acc.index) == ["vanilla", "spectral", "frobenius"]
+    assert acc["accuracy_diff_pp"].tolist()[1:] == pytest.approx([-1.0, -2.0])
+    assert acc["f1_diff_pp"].tolist()[1:] == pytest.approx([-2.0, -4.0])
+    assert acc["accuracy_diff_pp"].isna().tolist() == [True, False, False] and (acc["num_seeds"] == 1).all()
+
+    app = typer.Typer()
+    app.command("demo")(demo_command)
+    app.command("other")(lambda: None)
+    res = CliRunner().invoke(app, ["demo", "--out", str(tmp_path / "cli"), "--quiet"])
+    assert res.exit_code == 0, res.output
+    tail = res.stdout[res.stdout.index("synthetic data:"):]
+    assert "N^b" in tail and "-2.00" in tail and "-4.00" in tail and "b 95% low" in tail
+    res = CliRunner().invoke(app, ["demo", "--out", str(tmp_path / "csv"), "--quiet", "--format", "csv"])
+    blocks = res.stdout.strip().split("\n\n")
+    assert len(blocks) == 2 and "report:" in res.stderr
+    fits = pd.read_csv(io.StringIO(blocks[0]), comment="#")
+    assert fits["b"].tolist() == pytest.approx(expected["exponent"].tolist(), rel=1e-12)

@@ -70,3 +70,10 @@ def test_two_process_gloo_run_writes_once(tmp_path):
     assert (metrics.split == "test").sum() == 1  # written once, by rank 0
     assert metrics["step"].max() == 4  # 64 samples / (8 per device x 2 processes) = 4 steps per epoch
     assert proc.stdout.count("qft train:") == 1  # one table, from rank 0
+    # test predictions gathered from both ranks: each test sample once, in order, matching the test row
+    preds = pd.read_parquet(runs[0] / "predictions.parquet")
+    test = pd.read_csv(data / "test.csv")
+    assert preds["sample"].tolist() == list(range(len(test)))
+    assert preds["label"].tolist() == test["label"].tolist()
+    test_row = metrics[metrics.split == "test"].iloc[0]
+    assert test_row["accuracy"] == pytest.approx(float((preds.label == preds.prediction).mean()))

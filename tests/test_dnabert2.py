@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from qft_cli.dnabert2 import (HUB_ID, alibi_bias, alibi_head_slopes, build_tiny_dnabert, is_dnabert2_source,
+from qft_cli.dnabert2 import (HUB_ID, TINY_DNABERT, alibi_bias, alibi_head_slopes, build_tiny_dnabert, is_dnabert2_source,
                               save_published_style_checkpoint)
 from qft_cli.errors import QftInputError
 from qft_cli.layout import classify_model
@@ -20,8 +20,20 @@ from qft_cli.models import ModelSource
 
 
 @pytest.fixture(scope="module")
-def published_dir(tmp_path_factory):
-    return save_published_style_checkpoint(tmp_path_factory.mktemp("dnabert2-hub"), seed=3)
+def published_config(shared_data):
+    """The published ``config.json`` of zhihan1996/DNABERT-2-117M (no model_type, architectures or
+    pad_token_id)."""
+    path = shared_data / "dnabert2" / "config.json"
+    raw = json.loads(path.read_text())
+    assert not {"model_type", "architectures", "pad_token_id"} & set(raw)
+    return path
+
+
+@pytest.fixture(scope="module")
+def published_dir(tmp_path_factory, published_config):
+    """The published config with tiny sizes (every other key as published) and random weights."""
+    return save_published_style_checkpoint(tmp_path_factory.mktemp("dnabert2-hub"), seed=3,
+                                           config_json=published_config, **TINY_DNABERT)
 
 
 def test_published_checkpoint_loads_with_every_key(published_dir):
@@ -40,8 +52,9 @@ def test_published_checkpoint_loads_with_every_key(published_dir):
                                              "classifier.bias", "classifier.weight"]
 
 
-def test_safetensors_checkpoint_and_base_model(tmp_path):
-    directory = save_published_style_checkpoint(tmp_path, seed=1, safetensors=True)
+def test_safetensors_checkpoint_and_base_model(tmp_path, published_config):
+    directory = save_published_style_checkpoint(tmp_path, seed=1, safetensors=True, config_json=published_config,
+                                                **TINY_DNABERT)
     model = load_dnabert2(directory, task="base")
     raw = read_checkpoint(directory)
     assert torch.equal(model.encoder.layer[1].mlp.wo.weight, raw["bert.encoder.layer.1.mlp.wo.weight"])
@@ -215,3 +228,152 @@ def test_dnabert_alias_routes_to_the_native_class(monkeypatch, published_dir):
     model = load_model(source, auto_class=AutoModelForSequenceClassification, num_labels=2)
     assert type(model).__name__ == "DnaBert2ForSequenceClassification"
     assert calls and calls[0][0] == HUB_ID and "pytorch_model.bin" in calls[0][1]
+
+
+# ----------------------------------------------------------------------------- issue 8: as published
+
+def test_unk_row_gets_a_gradient():
+    """The published embedding has no padding index: id 0 ([UNK]) is trained like any other id."""
+    model = build_tiny_dnabert("sequence", num_labels=2).train()
+    assert model.bert.embeddings.word_embeddings.padding_idx is None
+    ids = torch.tensor([[1, 0, 7, 0, 2]])
+    out = model(input_ids=ids, attention_mask=torch.ones_like(ids), labels=torch.tensor([1]))
+    out.loss.backward()
+    grad = model.bert.embeddings.word_embeddings.weight.grad
+    assert grad[0].abs().sum() > 0 and grad[5].abs().sum() == 0  # [UNK] used, id 5 not
+
+
+def test_finetune_seed_seeds_the_new_head(published_dir):
+    from qft_cli.finetune import load_classifier
+
+    source = ModelSource(str(published_dir), "local", str(published_dir))
+    a, b, c = (load_classifier(source, 2, seed=s) for s in (1, 1, 2))
+    assert torch.equal(a.classifier.weight, b.classifier.weight)
+    assert torch.equal(a.bert.pooler.dense.weight, b.bert.pooler.dense.weight)
+    assert not torch.equal(a.classifier.weight, c.classifier.weight)
+    assert torch.equal(a.bert.encoder.layer[0].mlp.wo.weight, c.bert.encoder.layer[0].mlp.wo.weight)  # loaded
+
+
+def _with_tokenizer(directory, shared_data):
+    import shutil
+
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(shared_data / "dnabert2" / name, directory / name)
+    return directory
+
+
+VARIANTS = [pytest.param((False, "masked_lm"), id="bin-MaskedLM"),
+            pytest.param((True, "sequence"), id="safetensors-SeqCls")]
+
+
+@pytest.fixture(scope="module", params=VARIANTS)
+def published_with_tokenizer(request, tmp_path_factory, published_config, shared_data):
+    """The published layout (config.json with tiny sizes and the published vocabulary of 4096, its
+    tokenizer files, weights as .bin/MaskedLM or safetensors/SequenceClassification)."""
+    safetensors, head = request.param
+    directory = save_published_style_checkpoint(tmp_path_factory.mktemp("dnabert2-pub"), seed=4, safetensors=safetensors,
+                                                head=head, config_json=published_config,
+                                                **{**TINY_DNABERT, "vocab_size": 4096})
+    return _with_tokenizer(directory, shared_data)
+
+
+def _cli(*args):
+    from typer.testing import CliRunner
+
+    from qft_cli.cli.app import app
+
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def test_published_layout_norms_inputs(published_with_tokenizer, tmp_path):
+    import pandas as pd
+
+    result = _cli("norms", "inputs", published_with_tokenizer, "--dataset", "random", "--max-tokens", 6,
+                  "--layers", "all", "--out", tmp_path, "--quiet")
+    assert result.exit_code == 0, result.output
+    table = pd.read_parquet(next(tmp_path.iterdir()) / "norms_inputs.parquet")
+    assert sorted(table.layer.unique()) == [0, 1, 2] and table.finite.all() and not table.all_zero.any()
+    from qft_cli.models import load_tokenizer
+
+    tok = load_tokenizer(ModelSource("d", "local", str(published_with_tokenizer)))
+    assert len(tok) == 4096 and tok.convert_ids_to_tokens(0) == "[UNK]"
+
+
+def test_published_layout_norms_weights(published_with_tokenizer, tmp_path):
+    import pandas as pd
+
+    result = _cli("norms", "weights", published_with_tokenizer, "--out", tmp_path, "--quiet")
+    assert result.exit_code == 0, result.output
+    table = pd.read_parquet(next(tmp_path.iterdir()) / "norms_weights.parquet")
+    raw = read_checkpoint(published_with_tokenizer)
+    wo = raw["bert.encoder.layer.1.mlp.wo.weight"].double()
+    got = table[(table.layer == 2) & (table.matrix == "ffn_down")].spectral_norm.item()
+    assert got == pytest.approx(torch.linalg.matrix_norm(wo, ord=2).item(), rel=1e-9)
+    assert sorted(table[table.layer == 1].matrix) == sorted(["q", "k", "v", "o", "ffn_gate", "ffn_up", "ffn_down"])
+
+
+def test_published_layout_finetune(published_with_tokenizer, tmp_path, shared_data):
+    import pandas as pd
+    import typer
+    from typer.testing import CliRunner
+
+    from qft_cli.cli.finetune import finetune_command
+
+    data = tmp_path / "data"
+    data.mkdir()
+    for split, n in (("train", 16), ("dev", 8), ("test", 8)):
+        pd.read_csv(shared_data / "gue" / "prom_core_notata" / f"{split}.csv").head(n).to_csv(data / f"{split}.csv",
+                                                                                            index=False)
+    ft = typer.Typer()
+    ft.command("finetune")(finetune_command)
+    ft.command("version")(lambda: None)
+    result = CliRunner().invoke(ft, ["finetune", str(published_with_tokenizer), "--data-dir", str(data), "--out",
+                                     str(tmp_path / "o"), "--max-steps", "1", "--batch-size", "4",
+                                     "--eval-batch-size", "8", "--warmup-ratio", "0", "-q"])
+    assert result.exit_code == 0, result.output
+    meta = json.loads((next((tmp_path / "o").iterdir()) / "run.json").read_text())
+    expected_new = [] if "classifier.weight" in read_checkpoint(published_with_tokenizer) else [
+        "bert.pooler.dense.bias", "bert.pooler.dense.weight", "classifier.bias", "classifier.weight"]
+    assert meta.get("new_parameters", []) == expected_new
+
+
+@pytest.mark.slow
+def test_published_config_as_is_full_size(tmp_path_factory, published_config, shared_data, tmp_path):
+    """The published config.json byte for byte (117M parameters, random weights): the model is
+    built from it and ``norms inputs`` runs (``norms weights`` reads the same keys: the tiny-size
+    tests above cover it)."""
+    directory = save_published_style_checkpoint(tmp_path_factory.mktemp("dnabert2-full"), seed=0,
+                                                config_json=published_config)
+    assert (directory / "config.json").read_bytes() == published_config.read_bytes()
+    _with_tokenizer(directory, shared_data)
+    result = _cli("norms", "inputs", directory, "--dataset", "random", "--max-tokens", 3, "--layers", "0,1",
+                  "--out", tmp_path / "i", "--quiet")
+    assert result.exit_code == 0, result.output
+
+
+def test_dnabert2_tokenizer_offline_from_shared_data(monkeypatch, shared_data):
+    from qft_cli.tasks import build_tokenizer, validate_tokenizer_spec
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("QFT_SHARED_DATA", str(shared_data))
+    import qft_cli.models as models
+
+    def not_cached(*args, **kwargs):
+        raise QftInputError("model dnabert is not in the local Hugging Face cache")
+
+    monkeypatch.setattr(models, "load_tokenizer", not_cached)
+    data = type("D", (), {"kind": "sequence_classification", "dataset": "gue", "splits": {}})()
+    tok = build_tokenizer("dnabert2", data)
+    assert len(tok) == 4096 and tok.pad_token == "[PAD]" and tok.pad_token_id == 3 and tok.unk_token_id == 0
+    ids = tok("ACGTACGTAC")["input_ids"]
+    assert ids[0] == tok.cls_token_id == 1 and ids[-1] == tok.sep_token_id == 2
+    # --tokenizer PATH: a tokenizer.json or its directory give the same ids
+    path = shared_data / "dnabert2" / "tokenizer.json"
+    validate_tokenizer_spec("gue", str(path), None)
+    assert build_tokenizer(str(path), data)("ACGTACGTAC")["input_ids"] == ids
+    assert build_tokenizer(str(path.parent), data)("ACGTACGTAC")["input_ids"] == ids
+    with pytest.raises(QftInputError, match="does not exist"):
+        validate_tokenizer_spec("gue", str(shared_data / "nope" / "tokenizer.json"), None)
+    monkeypatch.setenv("QFT_SHARED_DATA", str(shared_data / "nope"))
+    with pytest.raises(QftInputError, match="--tokenizer PATH"):
+        build_tokenizer("dnabert2", data)

@@ -95,7 +95,7 @@ def test_gammas_stay_below_max_gamma_and_set_the_norm(tmp_path, small_csv):
     assert result.exit_code == 0, result.output
     run = _run_dir(out)
     gammas = pd.read_parquet(run / "gammas.parquet")
-    assert list(gammas.columns) == ["variant", "epoch", "step", "parameter", "layer", "matrix", "gamma"]
+    assert list(gammas.columns) == ["variant", "seed", "epoch", "step", "parameter", "layer", "matrix", "gamma"]
     assert set(gammas.variant) == {"frobenius_subnormalised"}
     assert sorted(gammas.epoch.unique()) == [0.0, 1.0, 2.0]
     assert len(gammas[gammas.epoch == 0]) == 2 * 6  # q,k,v,o,ffn_up,ffn_down in 2 layers
@@ -186,13 +186,23 @@ def test_settings_defaults_and_variants():
     s = FinetuneSettings()
     assert (s.learning_rate, s.num_epochs, s.early_stopping, s.weight_decay, s.lr_scheduler_type, s.warmup_ratio,
             s.batch_size, s.eval_batch_size) == (2e-4, 200, 25, 0.01, "cosine", 0.1, 128, 256)
-    assert FinetuneSettings(norm="all").variants() == [("vanilla", None, None), ("frobenius", "frobenius", None),
-                                                       ("frobenius_subnormalised", "frobenius", 1.0)]
+    # one meaning of --norm all (as qft train); the sub-normalised variants by their own flag
+    assert FinetuneSettings(norm="all").variants() == [("vanilla", None, None), ("spectral", "spectral", None),
+                                                       ("frobenius", "frobenius", None)]
+    assert FinetuneSettings(norm="vanilla,frobenius", subnormalised=True).variants() == [
+        ("vanilla", None, None), ("frobenius", "frobenius", None), ("frobenius_subnormalised", "frobenius", 1.0)]
+    assert FinetuneSettings(norm="all", subnormalised=True, max_gamma=0.5).variants()[-2:] == [
+        ("spectral_subnormalised", "spectral", 0.5), ("frobenius_subnormalised", "frobenius", 0.5)]
+    assert FinetuneSettings(seeds=[3, 1]).seed == 3
     assert FinetuneSettings(norm="spectral", max_gamma=2.0).variants() == [("spectral_subnormalised", "spectral", 2.0)]
     with pytest.raises(QftInputError):
         FinetuneSettings(norm="frobenius", max_gamma=0.0)
     with pytest.raises(QftInputError):
         FinetuneSettings(norm="spectrall")
+    with pytest.raises(QftInputError):
+        FinetuneSettings(norm="none", subnormalised=True)
+    with pytest.raises(QftInputError):
+        FinetuneSettings(seeds=[1, 1])
 
 
 def test_pos_tagging_runs_with_a_token_classification_head(tmp_path, shared_data):
@@ -213,42 +223,56 @@ def test_pos_tagging_runs_with_a_token_classification_head(tmp_path, shared_data
 
 
 def test_resume_skips_finished_variants_and_continues_the_interrupted_one(tmp_path, small_csv):
+    """A multi-seed run: every (variant, seed) finished before the interruption is kept as is, the
+    interrupted one (frobenius, seed 1) continues from its checkpoint."""
     out = tmp_path / "runs"
-    args = ["tiny-bert", "--data-dir", str(small_csv), "--norm", "all", "--num-epochs", "2", "--out", str(out),
-            *[a for a in FAST if a not in ("--num-epochs", "1")]]
+    args = ["tiny-bert", "--data-dir", str(small_csv), "--norm", "vanilla,frobenius", "--seeds", "0,1",
+            "--num-epochs", "2", "--out", str(out), *[a for a in FAST if a not in ("--num-epochs", "1")]]
     assert _run(args).exit_code == 0
     run = _run_dir(out)
     before = pd.read_parquet(run / "metrics.parquet")
-    # simulate an interruption of the last variant after its first epoch
-    last = "frobenius_subnormalised"
-    checkpoints = sorted((run / "checkpoints" / last).glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    assert set(zip(before.variant, before.seed)) == {("vanilla", 0), ("frobenius", 0), ("vanilla", 1), ("frobenius", 1)}
+    # simulate an interruption of the last (variant, seed) after its first epoch
+    last, seed = "frobenius", 1
+    checkpoints = sorted((run / "checkpoints" / last / f"seed-{seed}").glob("checkpoint-*"),
+                         key=lambda p: int(p.name.split("-")[1]))
     assert len(checkpoints) == 2
     import shutil
 
     shutil.rmtree(checkpoints[-1])
-    shutil.rmtree(run / "best" / last)
+    shutil.rmtree(run / "best" / last / f"seed-{seed}")
     step = int(checkpoints[0].name.split("-")[1])
-    kept = before[~((before.variant == last) & (before.step > step))]
+    mine = (before.variant == last) & (before.seed == seed)
+    kept = before[~(mine & (before.step > step))]
     from qft_cli.runs import write_parquet_atomic
 
     write_parquet_atomic(kept, run / "metrics.parquet")
+    (run / "test_summary.parquet").unlink()
     result = _run([*args, "--resume", str(run)])
     assert result.exit_code == 0, result.output
     after = pd.read_parquet(run / "metrics.parquet")
-    for variant in ("vanilla", "frobenius"):  # untouched
-        pd.testing.assert_frame_equal(after[after.variant == variant].reset_index(drop=True),
-                                      before[before.variant == variant].reset_index(drop=True))
-    resumed = after[after.variant == last]
+    for variant, s in (("vanilla", 0), ("frobenius", 0), ("vanilla", 1)):  # untouched
+        pick = lambda df: df[(df.variant == variant) & (df.seed == s)].reset_index(drop=True)  # noqa: E731
+        pd.testing.assert_frame_equal(pick(after), pick(before))
+    resumed = after[(after.variant == last) & (after.seed == seed)]
     assert sorted(resumed[resumed.split == "validation"].epoch) == [1.0, 2.0]
     assert (resumed.split == "test").sum() == 1
-    assert (run / "best" / last / "config.json").is_file()
+    assert (run / "best" / last / f"seed-{seed}" / "config.json").is_file()
     assert json.loads((run / "run.json").read_text())["status"] == "completed"
+    predictions = pd.read_parquet(run / "predictions.parquet")
+    assert not predictions.duplicated(["variant", "seed", "sample"]).any()
+    assert predictions.groupby(["variant", "seed"]).size().nunique() == 1  # every pair scored on the same test set
+    summary = pd.read_parquet(run / "test_summary.parquet")
+    assert set(summary.num_seeds) == {2} and set(summary.interval) == {"t over seeds"}
+    assert "vanilla" in result.stdout and "t over seeds" in result.stdout
+    assert "epochs" in result.stdout and "2.0" in result.stdout  # the epochs column is filled
 
 
-def test_published_style_dnabert2_directory_fine_tunes_every_matrix(tmp_path, small_csv):
-    from qft_cli.dnabert2 import save_published_style_checkpoint
+def test_published_style_dnabert2_directory_fine_tunes_every_matrix(tmp_path, small_csv, shared_data):
+    from qft_cli.dnabert2 import TINY_DNABERT, save_published_style_checkpoint
 
-    checkpoint = save_published_style_checkpoint(tmp_path / "dnabert2", seed=5)
+    checkpoint = save_published_style_checkpoint(tmp_path / "dnabert2", seed=5, **TINY_DNABERT,
+                                                 config_json=shared_data / "dnabert2" / "config.json")
     out, export = tmp_path / "runs", tmp_path / "export"
     result = _run([str(checkpoint), "--tokenizer", "tiny-bert", "--data-dir", str(small_csv), "--norm", "frobenius",
                    "--max-steps", "2", "--export", str(export), "--out", str(out), *FAST])
@@ -361,3 +385,23 @@ def test_norm_all_variants_start_from_the_same_weights_and_see_the_same_batches(
         assert len(batches) == len(seen[0]) and all(torch.equal(a, b) for a, b in zip(seen[0], batches))
         assert weights.keys() == initial[0].keys()
         assert all(torch.equal(weights[k], initial[0][k]) for k in weights)  # new classifier head included
+
+
+def test_help_documents_norm_all_seeds_and_subnormalised():
+    result = runner.invoke(app, ["finetune", "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0
+    for words in ("--seeds", "--subnormalised", "vanilla,spectral,frobenius"):
+        assert words in result.stdout, words
+    assert "--all-method" not in result.stdout
+
+
+@pytest.mark.parametrize("args, match", [
+    (["--seed", "1", "--seeds", "1,2"], "exclusive"),
+    (["--norm", "none", "--subnormalised"], "--subnormalised"),
+    (["--norm", "frobenius,frobenius"], "twice"),
+])
+def test_seed_and_norm_options_one_line_exit_2(tmp_path, small_csv, args, match):
+    result = _run(["tiny-bert", "--data-dir", str(small_csv), "--out", str(tmp_path / "runs"), *args, *FAST])
+    _assert_one_line_exit_2(result)
+    assert match in result.stderr
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())

@@ -56,3 +56,19 @@ def test_fit_table_quantity_column_and_degenerate_group():
 def test_fit_table_empty_has_schema():
     fits = fit_table(pd.DataFrame(columns=["layer", "num_tokens", "frobenius_norm", "spectral_norm"]), ["layer"])
     assert fits.empty and list(fits.columns) == ["layer", *FIT_COLUMNS]
+
+
+def test_fit_summary_adds_the_spread_of_the_fitted_values():
+    from qft_cli.fits import fit_summary
+
+    table = _table()
+    fits = fit_table(table, ["model", "dataset", "layer"])
+    out = fit_summary(table, fits, ["model", "dataset", "layer"])
+    assert list(out.columns) == ["model", "dataset", "layer", "norm", "num_samples", "norm_min", "norm_median",
+                                 "norm_max", *FIT_COLUMNS[1:]]
+    pd.testing.assert_frame_equal(out[fits.columns], fits)  # same rows, same order, fit values untouched
+    for _, row in out.iterrows():
+        g = table[table["layer"] == row["layer"]]
+        used = g[g["finite"]][f"{row['norm']}_norm"].to_numpy()  # the non-finite row is left out
+        assert row["num_samples"] == len(g) == (19 if row["layer"] == 1 else 18)
+        assert (row["norm_min"], row["norm_median"], row["norm_max"]) == (used.min(), np.median(used), used.max())

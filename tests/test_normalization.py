@@ -382,3 +382,20 @@ def test_forward_uses_the_normalised_matrices(name, method):
     expected = _eval_out(plain, ids)
     got = _eval_out(model.double(), ids)
     torch.testing.assert_close(got, expected, rtol=1e-3 if method == "spectral" else 1e-6, atol=1e-4)
+
+
+def test_norm_variants_one_meaning_of_all():
+    from qft_cli.errors import QftInputError
+
+    assert qn.norm_variants("all") == [("vanilla", None, None), ("spectral", "spectral", None),
+                                       ("frobenius", "frobenius", None)]
+    assert qn.norm_variants("frobenius,vanilla") == [("vanilla", None, None), ("frobenius", "frobenius", None)]
+    assert qn.norm_variants("none") == [("vanilla", None, None)]
+    assert qn.norm_variants("frobenius", max_gamma=0.5) == [("frobenius_subnormalised", "frobenius", 0.5)]
+    assert qn.norm_variants("all", subnormalised=True) == [
+        ("vanilla", None, None), ("spectral", "spectral", None), ("frobenius", "frobenius", None),
+        ("spectral_subnormalised", "spectral", 1.0), ("frobenius_subnormalised", "frobenius", 1.0)]
+    for bad, kwargs in (("spectal", {}), ("all,vanilla", {}), ("", {}), ("vanilla", {"subnormalised": True}),
+                        ("none", {"max_gamma": 1.0})):
+        with pytest.raises(QftInputError):
+            qn.norm_variants(bad, **kwargs)

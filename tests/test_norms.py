@@ -96,3 +96,99 @@ def test_power_law_degenerate():
     assert math.isnan(fit_power_law([5, 5, 5], [1, 2, 3]).exponent)
     fit = fit_power_law([1, 2, 0, 4], [1, 2, 5, float("nan")])  # drops N=0 and NaN
     assert fit.num_points == 2 and fit.exponent == pytest.approx(1.0) and math.isnan(fit.exponent_ci_low)
+
+
+# --- blocked statistics and the fast (block Krylov) spectral norm ----------------------------------
+
+from qft_cli.norms import (LongSideBlocks, all_finite, blocked_gram, krylov_spectral_norm,  # noqa: E402
+                           matrix_stats, stats_record)
+
+
+def _with_spectrum(m, n, s, seed):
+    """U diag(s) V^T (float64) with Haar-random orthonormal U (m, k), V (n, k)."""
+    gen = torch.Generator().manual_seed(seed)
+    u, _ = torch.linalg.qr(torch.randn(m, len(s), generator=gen, dtype=torch.float64))
+    v, _ = torch.linalg.qr(torch.randn(n, len(s), generator=gen, dtype=torch.float64))
+    return u @ torch.diag(torch.as_tensor(s, dtype=torch.float64)) @ v.T
+
+
+@pytest.mark.parametrize("shape", [(37, 11), (11, 37), (64, 64)])
+def test_blocked_accumulation_equals_whole_tensor(shape):
+    gen = torch.Generator().manual_seed(5)
+    a = torch.randn(*shape, generator=gen).to(torch.bfloat16)
+    whole = a.double()
+    tiny_blocks = 8 * min(shape) * 3  # three rows (or columns) of the long side per block
+    gram = blocked_gram(a, block_bytes=tiny_blocks)
+    expected = whole.T @ whole if shape[0] >= shape[1] else whole @ whole.T
+    torch.testing.assert_close(gram, expected, rtol=1e-13, atol=1e-12)
+    stats = matrix_stats(a, exact=True, block_bytes=tiny_blocks)
+    torch.testing.assert_close(stats.row_norms, torch.linalg.vector_norm(whole, dim=1), rtol=1e-13, atol=0)
+    torch.testing.assert_close(stats.column_norms, torch.linalg.vector_norm(whole, dim=0), rtol=1e-13, atol=0)
+    assert stats.frobenius_norm == pytest.approx(torch.linalg.matrix_norm(whole, ord="fro").item(), rel=1e-13)
+    assert stats.spectral_norm == pytest.approx(torch.linalg.matrix_norm(whole, ord=2).item(), rel=1e-12)
+    assert stats.method == "gram"
+    rec = stats_record(stats)
+    assert rec["row_norm_max"] == pytest.approx(float(torch.linalg.vector_norm(whole, dim=1).max()), rel=1e-13)
+    assert LongSideBlocks(a, tiny_blocks).block == 3
+
+
+def test_gram_is_of_the_short_side(monkeypatch):
+    seen = []
+    real = torch.linalg.eigvalsh
+    monkeypatch.setattr(torch.linalg, "eigvalsh", lambda g: seen.append(tuple(g.shape)) or real(g))
+    gen = torch.Generator().manual_seed(6)
+    for a in (torch.randn(5000, 8, generator=gen), torch.randn(8, 5000, generator=gen)):
+        stats = matrix_stats(a, exact=True)
+        assert stats.spectral_norm == pytest.approx(torch.linalg.matrix_norm(a.double(), ord=2).item(), rel=1e-12)
+    assert seen == [(8, 8), (8, 8)]
+
+
+@pytest.mark.parametrize("shape,cache", [((700, 400), 2 ** 30), ((400, 700), 0), ((600, 600), 0)])
+def test_fast_path_within_its_bound_on_clustered_top_singular_values(shape, cache):
+    # s1 and s2 differ by 1e-9 relative, then a slow decay: the top vector is ill-defined, the value is not
+    k = min(shape)
+    s = [5.0, 5.0 * (1 - 1e-9), 4.99] + list(np.linspace(4.9, 0.1, k - 3))
+    a = _with_spectrum(*shape, s, seed=7)
+    reference = torch.linalg.matrix_norm(a, ord=2).item()  # float64 SVD
+    for matrix in (a, a.float()):
+        ref = torch.linalg.matrix_norm(matrix.double(), ord=2).item()
+        fast = krylov_spectral_norm(matrix, cache_bytes=cache, block_bytes=8 * k * 50)
+        assert fast.converged and fast.bound <= 1e-6
+        assert abs(fast.sigma - ref) / ref <= fast.bound + 1e-14
+        assert fast.sigma <= ref * (1 + 1e-13)  # a Rayleigh quotient never overestimates
+    stats = matrix_stats(a, exact_below=0, cache_bytes=cache)
+    assert stats.method == "krylov" and stats.iterations > 0
+    assert stats.spectral_norm == pytest.approx(reference, rel=1e-6)
+    assert stats.spectral_error_bound <= 1e-6
+
+
+def test_fast_path_on_a_random_bfloat16_matrix_within_1e6_of_float64_svd():
+    gen = torch.Generator().manual_seed(8)
+    a = (torch.randn(900, 600, generator=gen) * 0.02).to(torch.bfloat16)  # Marchenko-Pastur edge: small gaps
+    ref = torch.linalg.matrix_norm(a.double(), ord=2).item()
+    stats = matrix_stats(a, cache_bytes=0)
+    assert stats.method == "krylov"
+    assert abs(stats.spectral_norm - ref) / ref <= max(stats.spectral_error_bound, 1e-12) <= 1e-6
+
+
+def test_fast_path_falls_back_to_the_exact_path_when_it_cannot_certify():
+    gen = torch.Generator().manual_seed(9)
+    a = torch.randn(300, 200, generator=gen)
+    stats = matrix_stats(a, exact_below=0, rtol=1e-30)
+    assert stats.method == "gram-fallback" and stats.spectral_error_bound == 0.0
+    assert stats.spectral_norm == pytest.approx(torch.linalg.matrix_norm(a.double(), ord=2).item(), rel=1e-12)
+
+
+def test_rank_one_and_zero_matrices():
+    a = torch.outer(torch.arange(1.0, 701.0), torch.ones(600))
+    expected = torch.linalg.matrix_norm(a.double(), ord=2).item()
+    assert matrix_stats(a).spectral_norm == pytest.approx(expected, rel=1e-6)
+    z = matrix_stats(torch.zeros(700, 600))
+    assert z.spectral_norm == 0.0 and z.frobenius_norm == 0.0
+
+
+def test_all_finite_blockwise():
+    a = torch.zeros(1000, 20)
+    assert all_finite(a, block_bytes=8 * 20)
+    a[999, 3] = float("nan")
+    assert not all_finite(a, block_bytes=8 * 20)

@@ -60,7 +60,7 @@ def test_provenance_short_hashes_with_full_ones_in_tooltip_and_table(tmp_path):
     assert table.loc[0, "sha256"] == hashlib.sha256(b"a,b\n").hexdigest()
     assert table.loc[2, "sha256"] == "revision " + "a" * 40
     page, _ = build_report_html(runs)
-    runs_html = page.split('class="runs"')[1].split("</table>")[0]
+    runs_html = page.split('class="provenance-short"')[1].split("</table>")[0]
     full = _sha("a,b\n")
     assert f"<code>{full[:10]}</code>" in runs_html and f"sha256 {full}" in runs_html  # short shown, full in title
     assert full not in runs_html.replace(f"sha256 {full}", "")  # the full hash only in the tooltip

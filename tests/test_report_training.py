@@ -88,7 +88,7 @@ def test_test_summary_parquet_is_read_as_written(tmp_path):
     assert (s["summary_source"] == "test_summary.parquet").all()
     page, _ = build_report_html([run])
     assert "81.1 [79.9, 82.3]" in page and "−4.6 [−7.9, −1.2]" in page
-    bars = figure_titled(page, "Final test accuracy and F1")
+    bars = figure_titled(page, "Final test scores with 95% intervals")
     van = [t for t in bars["data"] if t["x"] == ["vanilla"]][0]
     assert van["y"] == pytest.approx([81.11]) and van["error_y"]["array"] == pytest.approx([1.23])
 

@@ -192,6 +192,7 @@ def test_summary_display_table_in_percentage_points():
     acc = out[(out["variant"] == "frobenius") & (out["metric"] == "accuracy")].iloc[0]
     want = f"{100 * acc['mean']:.2f} [{100 * acc['ci_low']:.2f}, {100 * acc['ci_high']:.2f}]"
     assert table.loc[1, "accuracy (%)"] == want
-    assert table.loc[1, "Δ accuracy vs vanilla (pp)"].startswith("-3.00 [")
-    assert table.loc[0, "Δ accuracy vs vanilla (pp)"] == ""
+    assert table.loc[1, "Δ accuracy (pp)"].startswith("-3.00 [")
+    assert table.loc[0, "Δ accuracy (pp)"] == ""
     assert list(table["epochs"]) == ["2.0", "3.0"]
+    assert stats.summary_interval_note(out).startswith("[95% interval: t over seeds;")

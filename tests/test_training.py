@@ -174,19 +174,33 @@ def test_resume_after_interruption_matches_uninterrupted_run(tmp_path):
 def test_recorder_writes_documented_schema(tmp_path):
     from qft_cli.runs import Run
 
-    config = TrainingConfig(learning_rate=1e-3, num_epochs=2, early_stopping=0, batch_size=16, device="cpu")
+    config = TrainingConfig(learning_rate=1e-3, num_epochs=2, early_stopping=0, batch_size=16, device="cpu", seed=7)
+    data = _datasets()
     with Run("train", ["test"], {}, out=tmp_path) as run:
         recorder = ResultsRecorder(run)
         model = _model("spectral")
-        result = train_variant(model, _datasets(), config, "spectral", output_dir=run.path / "ck", num_labels=2,
+        result = train_variant(model, data, config, "spectral", output_dir=run.path / "ck", num_labels=2,
                                data_collator=_collator(), recorder=recorder)
     metrics = pd.read_parquet(run.path / "metrics.parquet")
-    assert list(metrics.columns) == ["variant", "epoch", "step", "split", "loss", "accuracy", "f1", "learning_rate",
-                                     "samples_per_second"]
+    assert list(metrics.columns) == ["variant", "seed", "epoch", "step", "split", "loss", "accuracy", "f1",
+                                     "learning_rate", "samples_per_second"]
+    assert set(metrics["seed"]) == {7} and metrics["seed"].dtype == np.int64
+    # predictions.parquet: the restored best model's argmax on each test sample, in test-split order
+    preds = pd.read_parquet(run.path / "predictions.parquet")
+    assert list(preds.columns) == ["variant", "seed", "sample", "label", "prediction", "num_labels"]
+    assert preds["sample"].tolist() == list(range(len(data["test"])))
+    assert preds["label"].tolist() == data["test"]["labels"]
+    model.eval()
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor(data["test"]["input_ids"]),
+                       attention_mask=torch.tensor(data["test"]["attention_mask"])).logits
+    assert preds["prediction"].tolist() == logits.argmax(-1).tolist()
+    test_row = metrics[metrics.split == "test"].iloc[0]
+    assert test_row["accuracy"] == pytest.approx(float((preds["label"] == preds["prediction"]).mean()))
     assert metrics["split"].tolist() == ["train", "validation", "train", "validation", "test"]
     assert metrics["step"].dtype == np.int64 and metrics["loss"].dtype == np.float64
     norms = pd.read_parquet(run.path / "norms_during_training.parquet")
-    assert list(norms.columns) == ["variant", "epoch", "step", "parameter", "layer", "matrix", "spectral_norm",
+    assert list(norms.columns) == ["variant", "seed", "epoch", "step", "parameter", "layer", "matrix", "spectral_norm",
                                    "frobenius_norm"]
     assert sorted(norms["epoch"].unique()) == [0.0, 1.0, 2.0]
     assert set(norms["matrix"]) == {"q", "k", "v", "o", "ffn_up", "ffn_down"}
@@ -233,7 +247,7 @@ def test_learned_gammas_recorded_and_bounded(tmp_path):
         train_variant(model, _datasets(), config, "frobenius_subnormalised", output_dir=run.path / "ck",
                       num_labels=2, data_collator=_collator(), recorder=ResultsRecorder(run))
     g = pd.read_parquet(run.path / "gammas.parquet")
-    assert list(g.columns) == ["variant", "epoch", "step", "parameter", "layer", "matrix", "gamma"]
+    assert list(g.columns) == ["variant", "seed", "epoch", "step", "parameter", "layer", "matrix", "gamma"]
     assert sorted(g["epoch"].unique()) == [0.0, 1.0, 2.0]
     assert (g[g.epoch == 0]["gamma"] == 0.5).all()  # sigmoid(0) * max_gamma
     assert (g["gamma"] < 1.0).all() and g[g.epoch == 2]["gamma"].ne(0.5).any()  # learnt, bounded
@@ -318,7 +332,8 @@ def test_stock_gpt2_with_fused_conv1d_normalised_trains_and_checkpoint_reloads(t
 # ----------------------------------------------------------------------------- --norm all
 
 def test_norm_all_variants_see_identical_data_order_and_initial_weights(tmp_path, monkeypatch):
-    """The comparison is only fair if every variant starts from the same weights and sees the same batches."""
+    """The comparison is only fair if every variant starts from the same weights and sees the same batches;
+    with --seeds, per seed (and another seed gives other weights and another order)."""
     import csv
     import random
 
@@ -337,21 +352,35 @@ def test_norm_all_variants_see_identical_data_order_and_initial_weights(tmp_path
                 w.writerow(["".join(rng.choice("ACGT") for _ in range(12 + i % 5)), i % 2])
     seen, initial = [], []
     monkeypatch.setattr(mq, "build_model", recording_factory(mq.build_model, seen, initial))
-    training = TrainingConfig(learning_rate=1e-3, num_epochs=2, early_stopping=0, batch_size=8, device="cpu", seed=3)
+    training = TrainingConfig(learning_rate=1e-3, num_epochs=2, early_stopping=0, batch_size=8, device="cpu")
     options = ExperimentOptions(dataset="gue", data_dir=str(data), tokenizer="char", max_length=32, norm="all",
-                                d_model=16, num_heads=2, d_ff=16, training=training)
+                                d_model=16, num_heads=2, d_ff=16, seeds=[3, 4], training=training)
     with Run("train", ["test"], {}, out=tmp_path / "runs") as run:
         result = run_experiment(options, run)
-    assert [r.variant for r in result.results] == ["vanilla", "spectral", "frobenius"]
-    assert len(seen) == 3 and len(seen[0]) == 10  # 40 / 8 = 5 steps per epoch, 2 epochs
-    for batches, weights in zip(seen[1:], initial[1:]):
-        assert len(batches) == len(seen[0])
-        for a, b in zip(seen[0], batches):
-            assert torch.equal(a, b)
-        assert weights.keys() == initial[0].keys()
-        for k in weights:
-            assert torch.equal(weights[k], initial[0][k]), k
+    assert [(r.variant, r.seed) for r in result.results] == [
+        ("vanilla", 3), ("spectral", 3), ("frobenius", 3), ("vanilla", 4), ("spectral", 4), ("frobenius", 4)]
+    assert len(seen) == 6 and len(seen[0]) == 10  # 40 / 8 = 5 steps per epoch, 2 epochs
+    for first in (0, 3):  # per seed: identical batches and initial weights for every variant
+        for batches, weights in zip(seen[first + 1:first + 3], initial[first + 1:first + 3]):
+            assert len(batches) == len(seen[first])
+            for a, b in zip(seen[first], batches):
+                assert torch.equal(a, b)
+            assert weights.keys() == initial[first].keys()
+            for k in weights:
+                assert torch.equal(weights[k], initial[first][k]), k
     assert not all(torch.equal(a, b) for a, b in zip(seen[0][:5], seen[0][5:]))  # reshuffled each epoch
+    # another seed: other initial weights and another data order, but the same training samples
+    assert not all(torch.equal(initial[0][k], initial[3][k]) for k in initial[0])
+    assert not all(torch.equal(a, b) for a, b in zip(seen[0], seen[3]))
+    assert sum(len(b) for b in seen[0][:5]) == sum(len(b) for b in seen[3][:5]) == 40  # one epoch each
+    metrics = pd.read_parquet(run.path / "metrics.parquet")
+    assert set(zip(metrics.variant, metrics.seed)) == {(v, s) for v in ("vanilla", "spectral", "frobenius") for s in (3, 4)}
+    for v in ("vanilla", "spectral", "frobenius"):
+        for s in (3, 4):
+            assert (run.path / "best" / v / f"seed-{s}" / "config.json").is_file()
+    summary = pd.read_parquet(run.path / "test_summary.parquet")
+    assert list(summary.variant.unique()) == ["vanilla", "spectral", "frobenius"]
+    assert set(summary.num_seeds) == {2} and set(summary.interval) == {"t over seeds"}
 
 
 def test_resume_before_the_first_checkpoint_records_no_duplicate_rows(tmp_path):

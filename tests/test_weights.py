@@ -296,6 +296,30 @@ def test_tiny_dnabert_fused_wqkv_and_gated_ffn_against_modules():
         assert table.loc[(2, matrix), "frobenius_norm"] == pytest.approx(torch.linalg.matrix_norm(w).item(), rel=1e-10)
 
 
+def test_weights_by_layer_is_the_table_pivoted_without_loss():
+    import pandas as pd
+
+    from qft_cli.weights import weights_by_layer
+
+    table = pd.concat([weight_norms(resolve_model(name), labels={"model_alias": name}).table
+                       for name in ("tiny-gpt2", "tiny-llama")],
+                      ignore_index=True)
+    wide = weights_by_layer(table)
+    assert list(wide.columns) == ["model_alias", "layer", "norm", "q", "k", "v", "o", "ffn_gate", "ffn_up", "ffn_down"]
+    assert wide[["model_alias", "layer", "norm"]].values.tolist() == [
+        [m, l, n] for m in ("tiny-gpt2", "tiny-llama") for l in (1, 2) for n in ("spectral", "frobenius")]
+    assert wide[wide["model_alias"] == "tiny-gpt2"]["ffn_gate"].isna().all()  # GPT-2 has no gated FFN
+    blocks = table[table["layer"] >= 1]
+    assert wide[["q", "k", "v", "o", "ffn_gate", "ffn_up", "ffn_down"]].notna().sum().sum() == 2 * len(blocks)
+    for _, r in blocks.iterrows():
+        for norm in ("spectral", "frobenius"):
+            cell = wide[(wide["model_alias"] == r["model_alias"]) & (wide["layer"] == r["layer"])
+                        & (wide["norm"] == norm)][r["matrix"]]
+            assert cell.item() == r[f"{norm}_norm"]
+    with pytest.raises(ValueError, match="two matrices of one type"):
+        weights_by_layer(pd.concat([table, table.iloc[[3]]]))
+
+
 def test_dtype_column_is_the_stored_or_cast_dtype(tmp_path):
     model = build_tiny_model("tiny-bert").to(torch.bfloat16)
     model.save_pretrained(tmp_path)
@@ -303,3 +327,39 @@ def test_dtype_column_is_the_stored_or_cast_dtype(tmp_path):
     assert set(stored["dtype"]) == {"bfloat16"}  # as stored: the report shows "as stored (bfloat16)"
     cast = weight_norms(ModelSource("bf16", "local", str(tmp_path)), dtype=torch.float16).table
     assert set(cast["dtype"]) == {"float16"}
+
+
+def _qk_ov_reference(wq, wk, wv, wo, heads, kv_heads, dh):
+    """Per query head: W_q,h^T W_k,g and W_o,h W_v,g (g = h // (heads / kv_heads)) formed as d x d."""
+    rep = heads // kv_heads
+    out = []
+    for h in range(heads):
+        g = h // rep
+        qk = wq[h * dh:(h + 1) * dh].T @ wk[g * dh:(g + 1) * dh]
+        ov = wo[:, h * dh:(h + 1) * dh] @ wv[g * dh:(g + 1) * dh]
+        out.append((qk, ov))
+    return out
+
+
+@pytest.mark.parametrize("name", ["tiny-llama", "tiny-gpt2"])
+def test_qk_and_ov_composites_against_formed_products(name):
+    model = build_tiny_model(name)
+    heads = weight_norms(resolve_model(name)).heads
+    for layer in (1, 2):
+        if name == "tiny-llama":  # GQA: 4 query heads, 2 key/value heads, head_dim 16
+            attn = model.layers[layer - 1].self_attn
+            wq, wk, wv, wo = (lin.weight.detach().double() for lin in (attn.q_proj, attn.k_proj, attn.v_proj,
+                                                                         attn.o_proj))
+            ref = _qk_ov_reference(wq, wk, wv, wo, 4, 2, 16)
+        else:  # fused Conv1D c_attn, stored (d_in, 3 d)
+            attn = model.h[layer - 1].attn
+            w = attn.c_attn.weight.detach().double().T
+            wq, wk, wv = w[:64], w[64:128], w[128:]
+            ref = _qk_ov_reference(wq, wk, wv, attn.c_proj.weight.detach().double().T, 4, 4, 16)
+        for matrix, index in (("qk", 0), ("ov", 1)):
+            rows = heads.query(f"layer == {layer} and matrix == '{matrix}'").sort_values("head")
+            assert rows["head"].tolist() == [0, 1, 2, 3]
+            for h, pair in enumerate(ref):
+                full = pair[index]
+                assert rows.spectral_norm.iloc[h] == pytest.approx(torch.linalg.matrix_norm(full, 2).item(), rel=1e-9)
+                assert rows.frobenius_norm.iloc[h] == pytest.approx(torch.linalg.matrix_norm(full).item(), rel=1e-9)

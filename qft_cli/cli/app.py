@@ -5,10 +5,44 @@ from __future__ import annotations
 from typing import Optional
 
 import typer
-from rich.table import Table
 
 from qft_cli import __version__
-from qft_cli.cli.common import console, quiet_libraries
+from qft_cli.cli.common import console, print_frame, quiet_libraries
+
+def _plain_help() -> None:
+    """Make ``--help`` read like other command-line tools.
+
+    This typer prints the value type of every option, so a flag read ``--quiet <bool>`` as if it
+    took a value: on/off options (``--quiet``, ``--version``, ``--help``) are shown as plain flags,
+    options with a value keep their type (``--layers <str>``). Its usage line writes required
+    arguments as ``{models}...``: they are written ``MODELS...`` (``MODEL``; optional ``[PATH]``).
+    Each patch is skipped where a typer version lacks the method it replaces.
+    """
+    from typer import core
+
+    original = getattr(core.TyperOption, "display_type_rich", None)
+    if original is not None and not getattr(original, "qft_plain", False):
+        def display_type_rich(self, ctx):
+            if getattr(self, "is_flag", False) and not getattr(self, "count", False) and self.metavar is None:
+                return None
+            return original(self, ctx)
+
+        display_type_rich.qft_plain = True
+        core.TyperOption.display_type_rich = display_type_rich
+
+    usage = getattr(core.TyperArgument, "_usage_display_name", None)
+    if usage is not None and not getattr(usage, "qft_plain", False):
+        def _usage_display_name(self):
+            name = self.metavar if self.metavar is not None else str(self.name).upper()
+            if self.nargs != 1 and not name.endswith("..."):
+                name += "..."
+            return name if self.required else f"[{name}]"
+
+        _usage_display_name.qft_plain = True
+        core.TyperArgument._usage_display_name = _usage_display_name
+
+
+_plain_help()
 
 app = typer.Typer(
     name="qft",
@@ -35,19 +69,17 @@ def root(version: Optional[bool] = typer.Option(None, "--version", callback=_ver
 @app.command("models")
 def models_command() -> None:
     """List the model aliases qft knows and what they resolve to."""
+    from qft_cli.gguf_files import SMOLLM2, SMOLLM2_ID
     from qft_cli.models import ALIASES, MINILM, TINY_MODELS
 
-    table = Table(title="qft models")
-    table.add_column("alias")
-    table.add_column("resolves to")
-    table.add_column("needs")
-    table.add_row(MINILM, "sentence-transformers/all-MiniLM-L6-v2 (embedded)", "offline extra")
-    for name in TINY_MODELS:
-        table.add_row(name, "random model from a small config, seed 0", "nothing")
-    for alias, hub_id in ALIASES.items():
-        table.add_row(alias, hub_id, "Hugging Face Hub or its cache")
-    console.print(table)
-    console.print("Any other Hugging Face id (owner/name) or local model directory works too.")
+    import pandas as pd
+
+    rows = [(MINILM, "sentence-transformers/all-MiniLM-L6-v2 (embedded)", "offline extra"),
+            (SMOLLM2, f"{SMOLLM2_ID}, embedded GGUF file (Llama, GQA)", "offline extra")]
+    rows += [(name, "random model from a small config, seed 0", "nothing") for name in TINY_MODELS]
+    rows += [(alias, hub_id, "Hugging Face Hub or its cache") for alias, hub_id in ALIASES.items()]
+    print_frame(pd.DataFrame(rows, columns=["alias", "resolves to", "needs"]), "qft models")
+    console.print("Any other Hugging Face id (owner/name), local model directory or .gguf file works too.")
 
 
 def _register() -> None:

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import inspect
+import shlex
 import sys
-from typing import Iterator, Optional
+from pathlib import Path
+from typing import Iterator, Optional, Sequence
 
 import typer
 from rich.console import Console
@@ -14,7 +17,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from qft_cli.errors import QftInputError
 from qft_cli.progress import ProgressFn
 
-console = Console()
+console = Console()  # stdout; tables printed through print_frame are never wrapped at 80 columns when piped
 err_console = Console(stderr=True, soft_wrap=True, highlight=False)
 
 EXIT_BAD_INPUT = 2
@@ -53,13 +56,41 @@ def cli_errors(fn):
             return fn(*args, **kwargs)
         except QftInputError as err:
             raise fail(str(err)) from None
-        except KeyboardInterrupt:
-            err_console.print("interrupted", markup=False)
+        except KeyboardInterrupt as exc:
+            for line in interrupted_lines(getattr(exc, "qft_run_dir", None), argv(), resumable):
+                err_console.print(line, markup=False, highlight=False, soft_wrap=True)
             raise typer.Exit(130) from None
         finally:
             _close_process_group()
 
+    resumable = "resume" in inspect.signature(fn).parameters
     return wrapper
+
+
+def interrupted_lines(run_dir: Optional[Path], command: Sequence[str], resumable: bool) -> list[str]:
+    """What Ctrl-C (or SIGTERM) prints on stderr: the run directory (``qft_run_dir``, set on the
+    exception by :meth:`qft_cli.runs.Run.__exit__`) and the exact command to continue it.
+
+    Commands with a ``--resume`` option get the typed ``command`` with ``--resume RUN_DIR`` (any
+    earlier ``--resume`` replaced); the others (norms, demo) the command to re-run. Without a run
+    directory (stopped before one was created): ``interrupted`` only.
+    """
+    if run_dir is None:
+        return ["interrupted"]
+    words = list(command)
+    if resumable:
+        kept, skip = [], False
+        for word in words:
+            if skip:
+                skip = False
+            elif word == "--resume":
+                skip = True
+            elif not word.startswith("--resume="):
+                kept.append(word)
+        return [f"interrupted: run directory {run_dir}",
+                f"resume with: {shlex.join(kept + ['--resume', str(run_dir)])}"]
+    return [f"interrupted: run directory {run_dir} (status interrupted; this command has no --resume)",
+            f"re-run with: {shlex.join(words)}"]
 
 
 def _close_process_group() -> None:
@@ -127,30 +158,140 @@ def argv() -> list[str]:
     return list(sys.argv)
 
 
-def print_test_table(title: str, rows: list[dict], run_dir) -> None:
-    """The final table of ``train`` and ``finetune``: variant x test accuracy and F1, and their
-    differences to vanilla in percentage points; a warning for variants that learnt (almost)
-    nothing (F1 < 0.05, e.g. one class predicted for every input); then the run directory."""
+TABLE_FORMATS = ("table", "csv", "markdown")
+FORMAT_OPTION = typer.Option("table", "--format", help="How result tables are printed: table | csv | markdown "
+                                                      "(csv and markdown: only the tables on stdout).")
+
+
+def check_format(fmt: str) -> str:
+    """Validate ``--format`` before any work.
+
+    Raises:
+        QftInputError: not one of :data:`TABLE_FORMATS`.
+    """
+    if fmt not in TABLE_FORMATS:
+        raise QftInputError(f"--format '{fmt}' is not known: use table, csv or markdown")
+    return fmt
+
+
+def short_model_name(name: str) -> str:
+    """The model as shown in printed tables: an alias or hub id (``owner/name``) as given, a local
+    path by its last component (``/data/models/llama-7b/`` -> ``llama-7b``)."""
+    text = str(name).rstrip("/\\")
+    local = (text.startswith((".", "/", "~")) or "\\" in text or text.count("/") != 1
+             or Path(text).expanduser().is_dir())
+    return Path(text).name or text if local else text
+
+
+def _cell(value, spec: str = ".4g") -> str:
+    """A value as shown in a table or markdown cell: floats in format ``spec`` (default 4
+    significant digits), NaN and None empty, anything else as ``str``."""
+    import numbers
+
+    if value is None:
+        return ""
+    if isinstance(value, numbers.Real) and not isinstance(value, (bool, numbers.Integral)):
+        return "" if value != value else format(float(value), spec)
+    return str(value)
+
+
+def print_frame(frame, title: str, fmt: str = "table", formats: Optional[dict[str, str]] = None,
+                align: Optional[dict[str, str]] = None) -> None:
+    """Print one result table on stdout in the ``--format`` of the command.
+
+    Args:
+        frame: pandas DataFrame; its column names are the headers (units in the names), its values
+            raw numbers or strings. A ``model`` or ``model_alias`` column is shown through
+            :func:`short_model_name`.
+        title: one line saying what the table is (rich title, ``# title`` line in csv,
+            ``**title**`` line in markdown).
+        fmt: ``table`` (a rich table; numbers with 4 significant digits, never wrapped at 80
+            columns when stdout is not a terminal), ``csv`` (full precision, NaN empty) or
+            ``markdown`` (GitHub table via pandas/tabulate, 4 significant digits).
+        formats: column -> Python format spec for its floats in table and markdown (e.g.
+            ``{"Δ F1 (pp)": "+.2f"}``); csv always writes full precision.
+        align: column -> ``left``/``right`` in table and markdown (default: numbers right, text
+            left; e.g. right for a column of pre-formatted numbers such as ``"81.2 ± 1.4"``).
+
+    Raises:
+        QftInputError: unknown ``fmt``.
+    """
+    import pandas as pd
+
+    check_format(fmt)
+    frame = frame.copy()
+    for col in frame.columns:
+        if col in ("model", "model_alias"):
+            frame[col] = frame[col].map(short_model_name)
+    if fmt == "csv":
+        print(f"# {title}")
+        sys.stdout.write(frame.to_csv(index=False, lineterminator="\n"))
+        print()
+        return
+    numeric = {c: pd.api.types.is_numeric_dtype(frame[c]) and not pd.api.types.is_bool_dtype(frame[c])
+               for c in frame.columns}
+    numeric.update({c: side == "right" for c, side in (align or {}).items()})
+    formats = formats or {}
+    cells = frame.astype(object).apply(lambda column: column.map(lambda v: _cell(v, formats.get(column.name, ".4g"))))
+    if fmt == "markdown":
+        cells = cells.apply(lambda column: column.str.replace("|", "\\|", regex=False))
+        print(f"**{title}**")
+        print()
+        print(cells.to_markdown(index=False, disable_numparse=True,  # keep our digits and signs
+                                colalign=["right" if numeric[c] else "left" for c in frame.columns]))
+        print()
+        return
     from rich.table import Table
 
-    def num(x) -> str:
-        return "" if x is None or x != x else f"{x:.4f}"
-
-    def points(x) -> str:
-        return "" if x is None or x != x else f"{100 * x:+.2f}"
-
     table = Table(title=title)
-    for col in ("variant", "accuracy", "F1", "Δ accuracy (pp)", "Δ F1 (pp)", "epochs"):
-        table.add_column(col, justify="left" if col == "variant" else "right")
-    for row in rows:
-        vanilla = row["variant"] == "vanilla"
-        epochs = row.get("epochs")
-        table.add_row(row["variant"], num(row["accuracy"]), num(row["f1"]),
-                      "" if vanilla else points(row["accuracy_diff"]), "" if vanilla else points(row["f1_diff"]),
-                      "" if epochs is None else f"{epochs:.3g}")
-    console.print(table)
-    for row in rows:
-        if row["f1"] == row["f1"] and row["f1"] < 0.05:
-            err_console.print(f"warning: {row['variant']} has test F1 {row['f1']:.3f}: it (almost) always predicts "
-                              "one class; train longer or change the learning rate", markup=False)
-    console.print(f"results: {run_dir}", soft_wrap=True, markup=False, highlight=False)
+    for col in frame.columns:
+        table.add_column(str(col), justify="right" if numeric[col] else "left", overflow="fold")
+    for row in cells.itertuples(index=False):
+        table.add_row(*row)
+    target = console
+    if not console.is_terminal:  # rich assumes 80 columns without a terminal: use the table's own width
+        width = console.measure(table, options=console.options.update_width(100_000)).maximum
+        target = Console(width=max(width, console.width))
+    target.print(table)
+
+
+def print_run_dir(run_dir, fmt: str = "table") -> None:
+    """``results: RUN_DIR`` after the tables: on stdout for ``table``, on stderr for csv/markdown
+    (so that stdout holds only the tables)."""
+    target = console if fmt == "table" else err_console
+    target.print(f"results: {run_dir}", soft_wrap=True, markup=False, highlight=False)
+
+
+def print_test_table(title: str, summary, run_dir, fmt: str = "table", epochs: Optional[dict] = None) -> None:
+    """The final table of ``train`` and ``finetune``: per variant the test accuracy and F1 with
+    their 95% interval and the paired difference to vanilla, in percentage points
+    (:func:`qft_cli.stats.summary_display_table`, table and markdown); with ``csv`` the
+    ``test_summary`` rows themselves (fractions, full precision). Then a line saying what the
+    intervals are, a warning for variants that learnt (almost) nothing (mean F1 < 0.05, e.g. one
+    class predicted for every input), and the run directory (notes on stderr for csv/markdown).
+
+    Args:
+        summary: :func:`qft_cli.stats.test_summary` of the run.
+        fmt: ``table``, ``csv`` or ``markdown`` (:func:`print_frame`).
+        epochs: ``variant -> mean epochs trained`` (an ``epochs`` column; not in csv).
+    """
+    from qft_cli.stats import summary_display_table, summary_interval_note
+
+    if fmt == "csv":
+        print_frame(summary, title, fmt)
+    else:
+        display = summary_display_table(summary, epochs)
+        print_frame(display, title, fmt, align={c: "right" for c in display.columns if c != "variant"})
+    notes = console if fmt == "table" else err_console
+    note = summary_interval_note(summary)
+    if note:
+        notes.print(note, soft_wrap=True, markup=False, highlight=False)
+    if len(summary) and (summary["interval"] != "t over seeds").all():
+        notes.print("with one seed the intervals cover test-sample noise only: pass --seeds 0,1,2 for "
+                    "seed-to-seed variation", soft_wrap=True, markup=False, highlight=False)
+    if len(summary):
+        for r in summary[summary["metric"] == "f1"].itertuples(index=False):
+            if r.mean == r.mean and r.mean < 0.05:
+                err_console.print(f"warning: {r.variant} has test F1 {r.mean:.3f}: it (almost) always predicts "
+                                  "one class; train longer or change the learning rate", markup=False)
+    print_run_dir(run_dir, fmt)

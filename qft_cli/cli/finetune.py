@@ -9,8 +9,9 @@ from typing import Optional
 import typer
 
 from qft_cli.errors import QftInputError
-from qft_cli.cli.common import (DEVICE_OPTION, DTYPE_OPTION, OUT_OPTION, QUIET_OPTION, TRUST_OPTION, ResumedRun, argv,
-                                cli_errors, err_console, print_test_table, progress_bar)
+from qft_cli.cli.common import (DEVICE_OPTION, DTYPE_OPTION, FORMAT_OPTION, OUT_OPTION, QUIET_OPTION, TRUST_OPTION,
+                                ResumedRun, argv, check_format, cli_errors, err_console, print_test_table,
+                                progress_bar, short_model_name)
 
 
 @cli_errors
@@ -22,11 +23,11 @@ def finetune_command(
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Local files: train/dev/test CSV (sequence,label) or CoNLL text."),
     tokenizer: Optional[str] = typer.Option(None, "--tokenizer", help="Default: MODEL's own. A model name, a path "
                                                                       "(tokenizer.json or a directory), or a DNA tokenizer: dnabert2, bpe:V, kmer:K, char."),
-    norm: str = typer.Option("none", "--norm", help="none | spectral | frobenius | all (vanilla, normalised, sub-normalised)."),
+    norm: str = typer.Option("none", "--norm", help="none (vanilla) | spectral | frobenius | all (= vanilla,spectral,frobenius), or a list like vanilla,frobenius; every variant starts from the same weights and data order."),
+    subnormalised: bool = typer.Option(False, "--subnormalised", help="Also run each normalised variant with a learnable scale gamma <= --max-gamma (default 1): <method>_subnormalised."),
     targets: str = typer.Option("attention,ffn", "--targets", help="attention | ffn | attention,ffn (or matrix names q,k,v,o,ffn_up,...)."),
     layers: str = typer.Option("all", "--layers", help="all | 1,3 | 1-4 (1-indexed transformer blocks)."),
     max_gamma: Optional[float] = typer.Option(None, "--max-gamma", help="Learnable scale, effective norm <= G (1 = sub-normalised)."),
-    all_method: str = typer.Option("frobenius", "--all-method", help="Normalisation used by --norm all."),
     learning_rate: float = typer.Option(2e-4, "--learning-rate"),
     num_epochs: int = typer.Option(200, "--num-epochs"),
     early_stopping: int = typer.Option(25, "--early-stopping", help="Patience in epochs on validation F1 (0 = off)."),
@@ -35,7 +36,8 @@ def finetune_command(
     warmup_ratio: float = typer.Option(0.1, "--warmup-ratio"),
     batch_size: int = typer.Option(128, "--batch-size"),
     eval_batch_size: int = typer.Option(256, "--eval-batch-size"),
-    seed: int = typer.Option(42, "--seed"),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Seed of the new head, data order and dropout (default 42)."),
+    seeds: Optional[str] = typer.Option(None, "--seeds", help="Several seeds, e.g. 0,1,2: every variant runs once per seed; the table shows mean and 95% t interval (not with --seed)."),
     max_length: Optional[int] = typer.Option(None, "--max-length", help="Token limit (default: the tokenizer's, <= 512)."),
     max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Stop after this many optimiser steps."),
     max_train_samples: Optional[int] = typer.Option(None, "--max-train-samples", help="Seeded subset of the training split."),
@@ -48,20 +50,24 @@ def finetune_command(
     device: str = DEVICE_OPTION,
     dtype: str = DTYPE_OPTION,
     trust_remote_code: bool = TRUST_OPTION,
+    fmt: str = FORMAT_OPTION,
     quiet: bool = QUIET_OPTION,
 ) -> None:
     """Fine-tune MODEL on a classification dataset with spectral/Frobenius-normalised matrices."""
     from qft_cli.device import resolve_device, resolve_dtype
     from qft_cli.finetune import FinetuneSettings, finetune
     from qft_cli.runs import RUN_JSON, Run
+    from qft_cli.training import parse_seeds
 
-    settings = FinetuneSettings(norm=norm, targets=targets, layers=layers, max_gamma=max_gamma, all_method=all_method,
+    check_format(fmt)
+    seed, seed_list = parse_seeds(seeds, seed)
+    settings = FinetuneSettings(norm=norm, targets=targets, layers=layers, max_gamma=max_gamma, subnormalised=subnormalised,
                                 learning_rate=learning_rate, num_epochs=num_epochs, early_stopping=early_stopping,
                                 weight_decay=weight_decay, lr_scheduler_type=lr_scheduler_type,
                                 warmup_ratio=warmup_ratio, batch_size=batch_size, eval_batch_size=eval_batch_size,
                                 seed=seed, max_length=max_length, max_steps=max_steps,
                                 max_train_samples=max_train_samples, max_eval_samples=max_eval_samples,
-                                mixed_precision=mixed_precision)
+                                mixed_precision=mixed_precision, seeds=seed_list)
     torch_device, torch_dtype = resolve_device(device), resolve_dtype(dtype)
     if resume is not None and not (resume / RUN_JSON).is_file():
         raise QftInputError(f"--resume {resume} is not a run directory (no run.json): pass the directory of the "
@@ -109,8 +115,10 @@ def finetune_command(
         return
     if result.new_parameters:
         shown = ", ".join(result.new_parameters[:6]) + (", ..." if len(result.new_parameters) > 6 else "")
+        seed_text = ",".join(map(str, seed_list)) if seed_list else str(seed)
         err_console.print(f"new: {len(result.new_parameters)} parameters not in the checkpoint of {model}, "
-                          f"initialised from seed {seed} (run.json new_parameters): {shown}", markup=False)
+                          f"initialised from seed {seed_text} (run.json new_parameters): {shown}", markup=False)
     what = f"{dataset}{'/' + result.task if result.task else ''}"
-    print_test_table(f"qft finetune {model} on {what}: test split", result.summary(), run.path)
+    print_test_table(f"qft finetune {short_model_name(model)} on {what}: test split", result.test_summary, run.path, fmt,
+                     result.epochs())
 

@@ -1,4 +1,4 @@
-"""``qft norms inputs`` and ``qft norms weights``."""
+"""``qft norms inputs``, ``qft norms attention`` and ``qft norms weights``."""
 
 from __future__ import annotations
 
@@ -7,30 +7,26 @@ from typing import List, Optional
 
 import pandas as pd
 import typer
-from rich.table import Table
 
-from qft_cli.cli.common import (DEVICE_MAP_OPTION, DEVICE_OPTION, OUT_OPTION, QUIET_OPTION, TRUST_OPTION,
-                                EXIT_BAD_INPUT, cli_errors, console, err_console, progress_bar)
+from qft_cli.cli.common import (DEVICE_MAP_OPTION, DEVICE_OPTION, FORMAT_OPTION, OUT_OPTION, QUIET_OPTION,
+                                TRUST_OPTION, EXIT_BAD_INPUT, check_format, cli_errors, err_console, print_frame,
+                                print_run_dir, progress_bar)
 
 app = typer.Typer(help="Block-encoding normalisation factors: norms of hidden states and of weights.",
                   no_args_is_help=True)
 
 
-def _print_table(title: str, frame: pd.DataFrame, headers: dict[str, str]) -> None:
-    table = Table(title=title)
-    for col in headers.values():
-        table.add_column(col, justify="left" if col in ("model", "dataset", "matrix") else "right", overflow="fold")
-    for _, row in frame.iterrows():
-        table.add_row(*[f"{row[c]:.4g}" if isinstance(row[c], float) else str(row[c]) for c in headers])
-    console.print(table)
+MODELS_ARGUMENT = typer.Argument(..., metavar="MODELS...",
+                                 help="Model aliases (see `qft models`), hub ids or local dirs.")
 
 
-def _span(frame: pd.DataFrame, norm: str) -> pd.Series:
-    return frame.apply(lambda r: f"{r[norm + '_min']:.3g} / {r[norm + '_median']:.3g} / {r[norm + '_max']:.3g}", axis=1)
+def _print_table(title: str, frame: pd.DataFrame, headers: dict[str, str], fmt: str = "table") -> None:
+    """Print the ``headers`` columns of ``frame`` (column -> header) through :func:`print_frame`."""
+    print_frame(frame[list(headers)].rename(columns=headers), title, fmt)
 
 
-def _finish(result) -> None:
-    console.print(f"results: {result.run_dir}", soft_wrap=True, markup=False, highlight=False)
+def _finish(result, fmt: str = "table") -> None:
+    print_run_dir(result.run_dir, fmt)
     for line in result.warnings + result.notices:
         err_console.print(f"warning: {line}", markup=False)
     if result.warnings:
@@ -40,7 +36,7 @@ def _finish(result) -> None:
 @app.command("inputs")
 @cli_errors
 def inputs_command(
-    models: List[str] = typer.Argument(..., help="Model aliases (see `qft models`), hub ids or local dirs."),
+    models: List[str] = MODELS_ARGUMENT,
     dataset: str = typer.Option("mmlu", "--dataset", help="mmlu | random | a .txt/.csv/.tsv/.parquet/.fa file."),
     data_file: Optional[Path] = typer.Option(None, "--data-file", help="Local CSV for mmlu (subject,question,A,B,C,D,answer)."),
     text_column: Optional[str] = typer.Option(None, "--text-column", help="Column with the text (default: first of text/question/sequence/seq)."),
@@ -54,43 +50,90 @@ def inputs_command(
     device_map: Optional[str] = DEVICE_MAP_OPTION,
     trust_remote_code: bool = TRUST_OPTION,
     out: Path = OUT_OPTION,
+    fmt: str = FORMAT_OPTION,
     quiet: bool = QUIET_OPTION,
 ) -> None:
-    """Norms of the hidden-state matrices S (num_tokens x d) per sample and layer."""
+    """Norms of the hidden-state matrices S (num_tokens x d) per sample and layer, and the power-law fit
+    norm ~ c N^b per layer with the 95% interval of b (norms_inputs.parquet, fits.parquet)."""
     from qft_cli.norms_runs import NormsInputsArgs, run_norms_inputs
 
+    check_format(fmt)
     args = NormsInputsArgs(models=models, dataset=dataset, data_file=data_file, text_column=text_column,
                            layers=layers, max_tokens=max_tokens, num_samples=num_samples, batch_size=batch_size,
                            seed=seed, device=device, dtype=dtype, device_map=device_map,
                            trust_remote_code=trust_remote_code, out=out)
     with progress_bar(quiet) as progress:
         result = run_norms_inputs(args, progress)
-    summary = result.summary.assign(frobenius=_span(result.summary, "frobenius_norm"),
-                                    spectral=_span(result.summary, "spectral_norm"))
-    _print_table("hidden-state norms per layer: min / median / max, and b of norm ~ c N^b", summary,
-                 {"model_alias": "model", "dataset": "dataset", "layer": "layer", "num_samples": "samples",
-                  "frobenius": "||S||_F", "frobenius_norm_exponent": "b_F",
-                  "spectral": "||S||_2", "spectral_norm_exponent": "b_2"})
-    _finish(result)
+    _print_table("hidden-state norms ||S|| per layer: min / median / max over samples, and the fit ||S|| ~ c N^b "
+                 "(b with its 95% Student-t interval, R² in log-log space)", result.summary,
+                 {"model_alias": "model", "dataset": "dataset", "layer": "layer", "norm": "norm",
+                  "num_samples": "samples", "norm_min": "min", "norm_median": "median", "norm_max": "max",
+                  "exponent": "b", "exponent_ci_low": "b 95% low", "exponent_ci_high": "b 95% high",
+                  "r_squared": "R²"}, fmt)
+    _finish(result, fmt)
+
+
+@app.command("attention")
+@cli_errors
+def attention_command(
+    models: List[str] = MODELS_ARGUMENT,
+    dataset: str = typer.Option("mmlu", "--dataset", help="mmlu | random | a .txt/.csv/.tsv/.parquet/.fa file."),
+    data_file: Optional[Path] = typer.Option(None, "--data-file", help="Local CSV for mmlu (subject,question,A,B,C,D,answer)."),
+    text_column: Optional[str] = typer.Option(None, "--text-column", help="Column with the text (default: first of text/question/sequence/seq)."),
+    layers: str = typer.Option("all", "--layers", help="Transformer blocks 1..L (the attention of block l); e.g. 1,2 or 1-3 or all."),
+    max_tokens: int = typer.Option(512, "--max-tokens", help="Truncate samples to this many tokens (random: N = 1..max)."),
+    num_samples: Optional[int] = typer.Option(None, "--num-samples", help="Keep only the first samples."),
+    batch_size: int = typer.Option(8, "--batch-size", help="Samples per forward pass; -1 = no limit."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the random-token dataset."),
+    device: str = DEVICE_OPTION,
+    dtype: str = typer.Option("float32", "--dtype", help="Model dtype: float32|bfloat16|float16 (norms always in float64)."),
+    device_map: Optional[str] = DEVICE_MAP_OPTION,
+    trust_remote_code: bool = TRUST_OPTION,
+    out: Path = OUT_OPTION,
+    fmt: str = FORMAT_OPTION,
+    quiet: bool = QUIET_OPTION,
+) -> None:
+    """Per-head norms of queries, keys, values and unmasked logits Q K^T / sqrt(d_head), with their bounds."""
+    from qft_cli.norms_runs import NormsAttentionArgs, run_norms_attention
+
+    check_format(fmt)
+    args = NormsAttentionArgs(models=models, dataset=dataset, data_file=data_file, text_column=text_column,
+                              layers=layers, max_tokens=max_tokens, num_samples=num_samples, batch_size=batch_size,
+                              seed=seed, device=device, dtype=dtype, device_map=device_map,
+                              trust_remote_code=trust_remote_code, out=out)
+    with progress_bar(quiet) as progress:
+        result = run_norms_attention(args, progress)
+    _print_table("median measured / bound per block over samples and heads (L: logits; nan: bound does not apply)",
+                 result.summary,
+                 {"model_alias": "model", "dataset": "dataset", "layer": "block", "num_samples": "samples",
+                  "q_bound_ratio": "Q", "k_bound_ratio": "K", "v_bound_ratio": "V",
+                  "logits_unmasked_qk_bound_ratio": "L:qk", "logits_unmasked_weight_bound_ratio": "L:weight"}, fmt)
+    _finish(result, fmt)
 
 
 @app.command("weights")
 @cli_errors
 def weights_command(
-    models: List[str] = typer.Argument(..., help="Model aliases (see `qft models`), hub ids or local dirs."),
+    models: List[str] = MODELS_ARGUMENT,
     device: str = DEVICE_OPTION,
     dtype: Optional[str] = typer.Option(None, "--dtype", help="Cast weights to float32|bfloat16|float16 first (default: as stored)."),
     out: Path = OUT_OPTION,
+    fmt: str = FORMAT_OPTION,
     quiet: bool = QUIET_OPTION,
 ) -> None:
     """Norms of every attention (q, k, v, o) and FFN weight matrix per layer, and of the embedding."""
     from qft_cli.norms_runs import NormsWeightsArgs, run_norms_weights
+    from qft_cli.weights import weights_by_layer
 
+    check_format(fmt)
     args = NormsWeightsArgs(models=models, device=device, dtype=dtype, out=out)
     with progress_bar(quiet) as progress:
         result = run_norms_weights(args, progress)
+    by_layer = weights_by_layer(result.tables["norms_weights"]).rename(columns={"model_alias": "model"})
+    print_frame(by_layer, "weight norms per layer (layer = transformer block; spectral ||W||_2 and Frobenius "
+                          "||W||_F, W as d_out x d_in)", fmt)
     _print_table("weight norms per matrix type (mean and max over layers)", result.summary,
                  {"model_alias": "model", "matrix": "matrix", "count": "n", "spectral_norm_mean": "||W||_2 mean",
                   "spectral_norm_max": "||W||_2 max", "frobenius_norm_mean": "||W||_F mean",
-                  "frobenius_norm_max": "||W||_F max"})
-    _finish(result)
+                  "frobenius_norm_max": "||W||_F max"}, fmt)
+    _finish(result, fmt)

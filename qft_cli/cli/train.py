@@ -7,8 +7,8 @@ from typing import Optional
 
 import typer
 
-from qft_cli.cli.common import (OUT_OPTION, QUIET_OPTION, TRUST_OPTION, ResumedRun, argv, cli_errors, console,
-                               print_test_table, progress_bar)
+from qft_cli.cli.common import (FORMAT_OPTION, OUT_OPTION, QUIET_OPTION, TRUST_OPTION, ResumedRun, argv, check_format,
+                               cli_errors, console, err_console, print_test_table, progress_bar)
 
 
 @cli_errors
@@ -18,7 +18,8 @@ def train_command(
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Offline data: CSV/TSV train/dev/test (sequence|seq,label) or CoNLL train/valid/test.txt."),
     tokenizer: str = typer.Option("auto", "--tokenizer", help="DNA: dnabert2 | bpe:V | kmer:K | char | PATH (a tokenizer.json or a directory) (auto = the embedding model's, else dnabert2). Text: a model alias."),
     max_length: int = typer.Option(512, "--max-length", help="Truncate inputs to this many tokens."),
-    norm: str = typer.Option("all", "--norm", help="none | spectral | frobenius | all (the three variants, same data order and seed)."),
+    norm: str = typer.Option("all", "--norm", help="all (= vanilla,spectral,frobenius) | vanilla (none) | spectral | frobenius, or a list like vanilla,frobenius; every variant sees the same data order and initial weights."),
+    subnormalised: bool = typer.Option(False, "--subnormalised", help="Also run each normalised variant with a learnable scale gamma <= --max-gamma (default 1): <method>_subnormalised."),
     targets: str = typer.Option("attention,ffn", "--targets", help="Matrices to normalise: attention, ffn, attention,ffn (or q,k,v,o,ffn_up,ffn_down)."),
     max_gamma: Optional[float] = typer.Option(None, "--max-gamma", help="Learnable scale gamma = G*sigmoid(g) (effective norm <= G; 1 = sub-normalised)."),
     d_model: int = typer.Option(768, "--d-model", help="Hidden width."),
@@ -38,7 +39,8 @@ def train_command(
     warmup_ratio: float = typer.Option(0.0, "--warmup-ratio", help="Fraction of steps of linear warmup."),
     batch_size: int = typer.Option(32, "--batch-size", help="Training batch per device."),
     eval_batch_size: Optional[int] = typer.Option(None, "--eval-batch-size", help="Evaluation batch (default: --batch-size)."),
-    seed: int = typer.Option(42, "--seed", help="Seed of init, data order, dropout and splits."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Seed of init, data order, dropout and splits (default 42)."),
+    seeds: Optional[str] = typer.Option(None, "--seeds", help="Several seeds, e.g. 0,1,2: every variant runs once per seed; the table shows mean and 95% t interval (not with --seed)."),
     max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Stop after this many optimiser steps."),
     eval_strategy: str = typer.Option("epoch", "--eval-strategy", help="epoch | no (no validation: needs --early-stopping 0)."),
     mixed_precision: str = typer.Option("auto", "--mixed-precision", help="auto (bf16/fp16 on CUDA only) | no | fp16 | bf16."),
@@ -46,12 +48,15 @@ def train_command(
     out: Path = OUT_OPTION,
     resume: Optional[Path] = typer.Option(None, "--resume", help="Continue an interrupted run directory with the options in its run.json (other options are ignored)."),
     trust_remote_code: bool = TRUST_OPTION,
+    fmt: str = FORMAT_OPTION,
     quiet: bool = QUIET_OPTION,
 ) -> None:
     """Train the single-layer transformer vanilla, spectral- and Frobenius-normalised; compare test accuracy and F1."""
     from qft_cli.runs import read_run_json
-    from qft_cli.training import ExperimentOptions, TrainingConfig, from_jsonable, open_run, run_experiment
+    from qft_cli.training import (ExperimentOptions, TrainingConfig, from_jsonable, open_run, parse_seeds,
+                                  run_experiment)
 
+    check_format(fmt)
     if resume is not None:
         from qft_cli.errors import QftInputError
 
@@ -68,6 +73,7 @@ def train_command(
                                 f"{meta.get('command') if isinstance(meta, dict) else None!r}, or without options)")
         options = from_jsonable(meta["options"])
     else:
+        seed, seed_list = parse_seeds(seeds, seed)
         training = TrainingConfig(
             learning_rate=learning_rate, num_epochs=num_epochs, early_stopping=early_stopping, weight_decay=weight_decay,
             lr_scheduler_type=lr_scheduler_type, warmup_ratio=warmup_ratio, batch_size=batch_size,
@@ -79,7 +85,7 @@ def train_command(
             num_heads=num_heads, d_ff=d_ff, num_layers=num_layers, dropout=dropout, embedding_from=embedding_from,
             freeze_embedding=freeze_embedding, max_train_samples=max_train_samples,
             max_eval_samples=max_eval_samples,
-            trust_remote_code=trust_remote_code, training=training)
+            trust_remote_code=trust_remote_code, subnormalised=subnormalised, seeds=seed_list, training=training)
     options.validate()
     run = open_run(options, out=out, argv=argv(), resume_dir=resume)
     with progress_bar(quiet or not run.is_main_process) as progress, (ResumedRun(run) if resume is not None else run):
@@ -88,6 +94,6 @@ def train_command(
         return
     title = f"qft train: {options.dataset}{'/' + result.task if result.task else ''}, test split"
     for note in result.notes:
-        console.print(f"note: {note}")
-    print_test_table(title, result.summary(), run.path)
+        (console if fmt == "table" else err_console).print(f"note: {note}")
+    print_test_table(title, result.test_summary, run.path, fmt, result.epochs())
 

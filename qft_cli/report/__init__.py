@@ -43,10 +43,10 @@ from qft_cli.report.reading import TABLE_COLUMNS, RunRecord, combined_table, fin
 from qft_cli.report.training import final_test_table, _training_section
 from qft_cli.report.weights import _weights_section
 
-__all__ = ["HISTOGRAM_BINS", "MAX_POINTS_PER_TRACE", "SUMMARY_TOKEN_COUNTS", "TABLE_COLUMNS", "ReportResult",
-           "RunRecord", "attention_fits", "build_report_html", "combined_table", "final_test_table", "find_run_dirs", "hidden_state_fits",
-           "input_alpha_summary", "load_run", "load_runs", "median_ratios", "power_law_table", "provenance_table",
-           "data_file_mismatches", "weight_alpha_summary", "write_report"]
+__all__ = ["HISTOGRAM_BINS", "MAX_POINTS_PER_TRACE", "SUMMARY_TOKEN_COUNTS", "TABLE_COLUMNS", "attention_fits",
+           "build_report_html", "combined_table", "data_file_mismatches", "final_test_table", "find_run_dirs",
+           "hidden_state_fits", "input_alpha_summary", "load_run", "load_runs", "median_ratios", "power_law_table",
+           "provenance_table", "ReportResult", "RunRecord", "weight_alpha_summary", "write_report"]
 
 
 @dataclass

@@ -128,10 +128,12 @@ def _norms_against_n(page: _Page, label: str, dataset: str, d: pd.DataFrame) -> 
                              marker=dict(colorscale="Viridis", cmin=lo, cmax=hi if hi > lo else lo + 1, color=[lo],
                                          showscale=True, colorbar=dict(title="layer", thickness=14, len=0.8))),
                   row=1, col=1)
-    fig.update_layout(title=f"{_e(label)}, {_e(dataset)}: spectral norms of Q, K, V and logits against N "
-                            "(max over heads; log-log)", showlegend=False)
-    caption = ("Spectral norm of each sample's Q<sub>h</sub>, K<sub>h</sub>, V<sub>h</sub> and unmasked logits "
-               "L<sub>h</sub>, the maximum over heads h, against its number of tokens N; colour = layer.")
+    fig.update_annotations(font_size=12)
+    fig.update_layout(title=f"{_e(label)}, {_e(dataset)}: ‖Q‖, ‖K‖, ‖V‖, ‖L‖ against N (max over heads)",
+                      showlegend=False)
+    caption = ("Spectral norm (hidden-state units) of each sample's Q<sub>h</sub>, K<sub>h</sub>, V<sub>h</sub> and "
+               "unmasked logits L<sub>h</sub>, the maximum over heads h, against its number of tokens N (log-log); "
+               "colour = layer.")
     if thinned_any:
         caption += f" Layers with more than {cap} samples are thinned evenly in N for display; fits use all samples."
     page.figure(fig, caption, height=430)
@@ -164,7 +166,8 @@ def _exponents_figure(page: _Page, label: str, dataset: str, f: pd.DataFrame) ->
         fig.add_hline(y=0.5, line=dict(color="#444", dash="dash", width=1), row=1, col=col)
         fig.update_xaxes(title_text="layer (block)", row=1, col=col)
     fig.update_yaxes(title_text="exponent b", row=1, col=1)
-    fig.update_layout(title=f"{_e(label)}, {_e(dataset)}: fitted exponents b of ‖·‖ ≈ c·N<sup>b</sup> per layer",
+    fig.update_annotations(font_size=12)
+    fig.update_layout(title=f"{_e(label)}, {_e(dataset)}: exponents b of ‖·‖ ≈ c·N<sup>b</sup> per layer",
                       legend=dict(title="norm"))
     page.figure(fig, "Exponent b of the power law fitted to the per-sample maximum over heads (OLS on log N, log norm) "
                      "with its 95% interval (Student t), per layer; dashed: b = ½ (√N growth). "
@@ -210,14 +213,16 @@ def _ratio_heatmaps(page: _Page, label: str, dataset: str, d: pd.DataFrame) -> N
         fig.add_trace(go.Heatmap(z=logz, x=heads, y=layers, customdata=z, coloraxis="coloraxis",
                                  hovertemplate="layer %{y}, head %{x}<br>median ratio %{customdata:.3g}"
                                                f"<extra>{RATIOS[c][1]}</extra>"), row=1, col=col)
-        fig.update_xaxes(title_text="head", row=1, col=col, **({"dtick": 1} if len(heads) <= 16 else {}))
+        fig.update_xaxes(title_text="head", row=1, col=col, tickmode="linear", tick0=0,
+                         dtick=max(1, -(-len(heads) // max(2, 24 // len(ratios)))))
     fig.update_yaxes(title_text="layer (block)", row=1, col=1, **({"dtick": 1} if len(layers) <= 24 else {}))
-    fig.update_yaxes(autorange="reversed")
-    fig.update_layout(title=f"{_e(label)}, {_e(dataset)}: median measured / bound per layer and head (log scale)",
+    fig.update_annotations(font_size=12)
+    fig.update_layout(title=f"{_e(label)}, {_e(dataset)}: median measured / bound per layer and head",
                       coloraxis=dict(colorscale="Viridis", cmin=zmin, cmax=0,
                                      colorbar=dict(title="ratio", tickvals=ticks,
                                                    ticktext=[f"10<sup>{t}</sup>" if t else "1" for t in ticks])))
-    page.figure(fig, "Median over samples of the measured spectral norm divided by its bound, per layer and head "
+    page.figure(fig, "Median over samples of the measured spectral norm divided by its bound, per layer and head, on a "
+                     "log colour scale "
                      "(1 = the bound is tight; 10<sup>−2</sup> = it overestimates 100-fold). Bounds: "
                      + "; ".join(f"{RATIOS[c][0]}: {RATIOS[c][1]}" for c in ratios)
                      + ". The weight bound is absent for models with rotary embeddings or q/k biases.",

@@ -70,13 +70,20 @@ def _metadata_section(page: _Page, runs: list[RunRecord]) -> None:
                      str(opts.get("dataset", meta.get("dataset", "–"))) + (" (synthetic)" if _is_synthetic(meta)
                                                                              and "synthetic" not in str(opts.get("dataset", "")) else ""),
                      r.status, _short_time(meta.get("start_time")), _duration(meta), device_dtype_text(r),
-                     _Raw(_data_cell(meta)), _Raw(_model_cell(meta)),
                      ", ".join(f"{k} {v}" for k, v in vers.items() if k in ("qft", "torch", "transformers", "python")),
                      _Raw(f"<code>{_e(cmdline)}</code>")])
     page.table(["run", "command", "models", "dataset", "status", "start (UTC)", "duration", "device / dtype",
-                "data read (sha256)", "weights (revision or sha256)", "versions", "command line"], rows, cls="runs")
+                "versions", "command line"], rows, cls="runs")
     files = provenance_table(runs)
     if len(files):
+        page.html("<h4>Data and weights each run read</h4>")
+        page.para("The first characters of each file's sha256 (or of the hub revision); hover for the full hash, "
+                  "path and size, or open the list below.",
+                  "muted")
+        page.table(["run", "data read (sha256)", "weights (revision or sha256)"],
+                   [[r.name, _Raw(_data_cell(r.meta)), _Raw(_model_cell(r.meta))] for r in runs
+                    if r.meta and (r.meta.get("data_files") or r.meta.get("model_files") or r.meta.get("data"))],
+                   cls="provenance-short")
         page.html(f"<details><summary>Every recorded file with its full sha256 ({plural(len(files), 'file')})"
                   "</summary>")
         page.table(["run", "kind", "model / dataset", "path", "size (bytes)", "sha256 or revision"],

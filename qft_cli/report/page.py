@@ -176,7 +176,7 @@ class _Page:
 
         Plain values are escaped; numeric values keep their full value in ``data-value``.
         """
-        out = [f'<table class="{cls}"><thead><tr>' + "".join(f"<th>{h}</th>" for h in header) + "</tr></thead><tbody>"]
+        out = [f'<div class="table-wrap"><table class="{cls}"><thead><tr>' + "".join(f"<th>{h}</th>" for h in header) + "</tr></thead><tbody>"]
         for row in rows:
             cells = []
             for cell in row:
@@ -190,7 +190,7 @@ class _Page:
                 else:
                     cells.append(f"<td>{_e(cell)}</td>")
             out.append("<tr>" + "".join(cells) + "</tr>")
-        out.append("</tbody></table>")
+        out.append("</tbody></table></div>")
         self.parts.append("".join(out))
 
     def render(self, title: str, subtitle: str) -> str:
@@ -229,7 +229,7 @@ body{font-family:-apple-system,'Segoe UI',Helvetica,Arial,sans-serif;color:#222;
 main{max-width:1280px;margin:0 auto;padding:16px 28px 60px;background:#fff}
 h1{font-size:1.7em;margin-bottom:4px}h2{border-bottom:2px solid #ddd;padding-bottom:4px;margin-top:42px}
 h3{margin-top:30px}.subtitle{color:#555;margin-top:0}
-table{border-collapse:collapse;margin:10px 0 18px;font-size:0.88em}
+div.table-wrap{max-width:100%;overflow-x:auto}table{border-collapse:collapse;margin:10px 0 18px;font-size:0.88em}
 th,td{border:1px solid #ddd;padding:3px 8px;text-align:left;vertical-align:top}
 th{background:#f0f3f7}td.num{text-align:right;font-variant-numeric:tabular-nums}
 tbody tr:nth-child(even){background:#fafbfc}

@@ -204,9 +204,9 @@ def _training_section(page: _Page, runs: list[RunRecord]) -> None:
             ga, num_seeds = _seed_mean(ga.dropna(subset=["layer", "matrix"]), ["variant", "epoch", "layer", "matrix"],
                                        ["gamma"])
             _layer_small_multiples(
-                page, ga, "gamma", f"Learned scales γ over training, {_e(what)} (dimensionless, ≤ max γ)",
+                page, ga, "gamma", f"Learned scales γ over training, {_e(what)}",
                 "γ (dimensionless)",
-                "The learned scale γ = max_γ·sigmoid(g) of each normalised matrix against epoch: one panel per variant "
+                "The learned scale γ = max_γ·sigmoid(g) (dimensionless, ≤ max γ) of each normalised matrix against epoch: one panel per variant "
                 "and matrix type, one line per layer, coloured by layer (colour bar)." + _seed_note(num_seeds))
 
 
@@ -231,6 +231,12 @@ def _test_scores(page: _Page, t: pd.DataFrame, what: str) -> None:
                      *[_pp_interval(r["diff_to_vanilla"], r["diff_ci_low"], r["diff_ci_high"]) if r is not None else "–"
                        for r in (f1,)],
                      str(ref["interval"])])
+    sources = set(t["summary_source"].astype(str))
+    if sources != {"test_summary.parquet"}:
+        page.para("This run has no <code>test_summary.parquet</code>: the intervals are "
+                  + ("computed here from its metrics (qft_cli.stats.test_summary)."
+                     if any(x.startswith("computed") for x in sources) else "not available (final test rows only)."),
+                  "muted")
     page.table(["variant", "seeds", "test accuracy (%) [95% CI]", "Δ accuracy vs vanilla (pp) [95% CI]",
                 "test F1 (%) [95% CI]", "Δ F1 vs vanilla (pp) [95% CI]", "interval"], rows, cls="test")
     fig = make_subplots(rows=1, cols=2, horizontal_spacing=0.1, subplot_titles=("test accuracy", "test F1"))
@@ -251,7 +257,7 @@ def _test_scores(page: _Page, t: pd.DataFrame, what: str) -> None:
     fig.update_yaxes(title_text="accuracy (%)", row=1, col=1)
     fig.update_yaxes(title_text="F1 (%)", row=1, col=2)
     fig.update_xaxes(title_text="variant", type="category")
-    fig.update_layout(title=f"Final test accuracy and F1 with 95% intervals, {_e(what)} (%)")
+    fig.update_layout(title=f"Final test scores with 95% intervals, {_e(what)} (%)")
     page.figure(fig, "Mean final test score per variant with its 95% interval (error bar; "
                      f"{_e(', '.join(sorted(set(t['interval'].astype(str)))))}).", height=400)
 
@@ -289,13 +295,13 @@ def _forest_plot(page: _Page, summary: pd.DataFrame) -> None:
                 hovertemplate="%{y}<br>Δ = %{x:+.2f} pp [%{customdata[0]:+.2f}, %{customdata[1]:+.2f}]"
                               "<br>%{customdata[2]:.0f} seed(s)<extra></extra>"), row=1, col=col)
         fig.add_vline(x=0, line=dict(color="#444", dash="dash", width=1), row=1, col=col)
-        fig.update_xaxes(title_text="variant − vanilla (pp)", zeroline=False, row=1, col=col)
+        fig.update_xaxes(title_text="Δ to vanilla (pp)", zeroline=False, row=1, col=col)
     fig.update_yaxes(type="category", categoryorder="array", categoryarray=[_e(r) for r in rows])
-    fig.update_layout(title="Paired difference to vanilla of the final test scores, 95% intervals (pp)",
-                      legend=dict(title="variant"), margin=dict(l=260))
+    fig.update_layout(title="Paired difference to vanilla, final test scores (pp, 95% intervals)",
+                      legend=dict(title="variant", orientation="h", x=0, xanchor="left", y=-0.2, yanchor="top"))
     page.figure(fig, "Forest plot: each normalised variant's final test score minus vanilla's (same seeds, same test "
                      "samples), in percentage points, with its 95% interval; left of the dashed line the variant "
-                     "is worse than vanilla.", height=max(320, 34 * len(rows) + 200))
+                     "is worse than vanilla.", height=max(360, 34 * len(rows) + 260))
 
 
 def _effective_norms_figure(page: _Page, nd: pd.DataFrame, what: str) -> None:
@@ -306,10 +312,10 @@ def _effective_norms_figure(page: _Page, nd: pd.DataFrame, what: str) -> None:
     for norm, sym, name in (("spectral_norm", "2", "Spectral"), ("frobenius_norm", "F", "Frobenius")):
         _layer_small_multiples(
             page, nd, norm,
-            f"{name} norm ‖W‖<sub>{sym}</sub> over training (effective matrices), {_e(what)} (dimensionless)",
+            f"{name} norm ‖W‖<sub>{sym}</sub> over training, {_e(what)}",
             f"‖W‖<sub>{sym}</sub>",
-            f"{name} norm of each weight matrix per epoch (for normalised variants the effective matrix the model "
-            "uses): one panel per variant and matrix type, one line per layer, coloured by layer (colour bar). "
+            f"{name} norm (dimensionless) of each weight matrix per epoch (for normalised variants the effective "
+            "matrix the model uses): one panel per variant and matrix type, one line per layer, coloured by layer (colour bar). "
             "Spectral normalisation keeps ‖W‖<sub>2</sub> ≈ 1 (power iteration while training), Frobenius keeps "
             "‖W‖<sub>F</sub> = 1 and so ‖W‖<sub>2</sub> ≤ 1. Axes of values constant up to rounding span ±5%."
             + _seed_note(num_seeds))
@@ -332,7 +338,7 @@ def _layer_small_multiples(page: _Page, df: pd.DataFrame, value: str, title: str
     rows = len(variants) * per_variant
     titles = []
     for v in variants:
-        names = [f"{_e(v)} · W<sub>{_e(m)}</sub>" for m in matrices]
+        names = [f"W<sub>{_e(m)}</sub>" for m in matrices]  # the variant names its rows (y-axis title)
         titles += names + [""] * (per_variant * cols - len(names))
     fig = make_subplots(rows=rows, cols=cols, subplot_titles=titles, horizontal_spacing=0.05,
                         vertical_spacing=min(0.12, 0.5 / max(rows, 1)))
@@ -352,11 +358,16 @@ def _layer_small_multiples(page: _Page, df: pd.DataFrame, value: str, title: str
                                   "<extra></extra>"), row=row, col=col)
             fig.update_yaxes(row=row, col=col, **_flat_range(g_m[value].to_numpy(float)))
             if col == 1:
-                fig.update_yaxes(title_text=y_title, row=row, col=col)
-    fig.add_trace(go.Scatter(x=[None], y=[None], mode="markers", showlegend=False, hoverinfo="skip",
-                             marker=dict(colorscale="Viridis", cmin=lo, cmax=hi if hi > lo else lo + 1, color=[lo],
-                                         showscale=True, colorbar=dict(title="layer", thickness=14, len=0.6))),
-                  row=1, col=1)
+                fig.update_yaxes(title_text=f"<b>{_e(v)}</b><br>{y_title}", row=row, col=col)
+    if hi > lo:  # the colour bar says which colour is which layer (one layer: named in the caption)
+        fig.add_trace(go.Scatter(x=[None], y=[None], mode="markers", showlegend=False, hoverinfo="skip",
+                                 marker=dict(colorscale="Viridis", cmin=lo, cmax=hi, color=[lo], showscale=True,
+                                             colorbar=dict(title="layer", thickness=14, len=min(0.6, 600 / (230 * rows)),
+                                                           y=1, yanchor="top", dtick=max(1, -(-(hi - lo) // 8))))),
+                      row=1, col=1)
+    else:
+        caption += f" One layer: layer {lo}."
+    fig.update_annotations(font_size=12)
     fig.update_xaxes(**_epoch_axis(df["epoch"]))
     filled = {(v_i * per_variant + m_i // cols + 1, m_i % cols + 1)
               for v_i in range(len(variants)) for m_i in range(len(matrices))}

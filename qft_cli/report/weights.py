@@ -115,7 +115,8 @@ def _heads_figure(page: _Page, label: str, h: pd.DataFrame, composites: bool = F
         fig.add_trace(go.Heatmap(z=z_by_norm["spectral_norm"][-1], x=heads_axis, y=rows, coloraxis="coloraxis",
                                  hovertemplate="layer %{y}, head %{x}<br>%{z:.4g}<extra>" + f"{m}</extra>"),
                       row=1, col=col)
-        fig.update_xaxes(title_text="head", row=1, col=col, **({"dtick": 1} if len(heads_axis) <= 16 else {}))
+        fig.update_xaxes(title_text="head", row=1, col=col, tickmode="linear", tick0=0,  # about 24 ticks per row
+                         dtick=max(1, -(-len(heads_axis) // max(2, 24 // len(matrices)))))
     fig.update_yaxes(title_text="layer l", type="category", row=1, col=1)
     for col in range(2, len(matrices) + 1):
         fig.update_yaxes(type="category", showticklabels=False, row=1, col=col)

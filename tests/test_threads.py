@@ -1,0 +1,88 @@
+"""Default thread count from fake cgroup files (v1 and v2), the affinity mask and OMP_NUM_THREADS."""
+
+import pytest
+import torch
+
+from qft_cli.errors import QftInputError
+from qft_cli.threads import available_cpus, cgroup_cpu_limit, configure_threads, default_threads
+
+
+def _v2(tmp_path, cpu_max, own="/"):
+    root = tmp_path / "cgroup"
+    (root / own.strip("/")).mkdir(parents=True, exist_ok=True)
+    if cpu_max is not None:
+        (root / own.strip("/") / "cpu.max").write_text(cpu_max + "\n")
+    proc = tmp_path / "proc_self_cgroup"
+    proc.write_text(f"0::{own}\n")
+    return {"root": root, "proc_self_cgroup": proc}
+
+
+def _v1(tmp_path, quota, period, mount="cpu,cpuacct", own="/"):
+    base = tmp_path / "cgroup" / mount / own.strip("/")
+    base.mkdir(parents=True, exist_ok=True)
+    (base / "cpu.cfs_quota_us").write_text(f"{quota}\n")
+    (base / "cpu.cfs_period_us").write_text(f"{period}\n")
+    proc = tmp_path / "proc_self_cgroup"
+    proc.write_text(f"4:cpu,cpuacct:{own}\n3:memory:{own}\n")
+    return {"root": tmp_path / "cgroup", "proc_self_cgroup": proc}
+
+
+def test_cgroup_v2_quota(tmp_path):
+    where = _v2(tmp_path, "150000 100000")
+    assert cgroup_cpu_limit(**where) == pytest.approx(1.5)
+    assert available_cpus(**where, affinity=set(range(8))) == 1  # floor(1.5)
+    assert default_threads({}, **where, affinity=set(range(8))).count == 1
+
+
+def test_cgroup_v2_no_quota_uses_affinity(tmp_path):
+    where = _v2(tmp_path, "max 100000")
+    assert cgroup_cpu_limit(**where) is None
+    assert available_cpus(**where, affinity={0, 3, 5}) == 3
+
+
+def test_cgroup_v2_parent_quota_of_own_cgroup(tmp_path):
+    where = _v2(tmp_path, "max 100000", own="/slurm/job_7/step_0")
+    (tmp_path / "cgroup" / "slurm" / "cpu.max").write_text("400000 100000\n")  # parent of the own cgroup
+    assert cgroup_cpu_limit(**where) == pytest.approx(4.0)
+    assert available_cpus(**where, affinity=set(range(64))) == 4
+
+
+def test_cgroup_v1_quota_and_unlimited(tmp_path):
+    where = _v1(tmp_path, 250000, 100000, own="/docker/abc")
+    assert cgroup_cpu_limit(**where) == pytest.approx(2.5)
+    assert available_cpus(**where, affinity=set(range(16))) == 2
+    unlimited = _v1(tmp_path / "u", -1, 100000)
+    assert cgroup_cpu_limit(**unlimited) is None
+
+
+def test_quota_below_one_cpu_still_one_thread(tmp_path):
+    where = _v2(tmp_path, "50000 100000")
+    assert available_cpus(**where, affinity=set(range(4))) == 1
+
+
+def test_no_cgroup_files(tmp_path):
+    where = {"root": tmp_path / "missing", "proc_self_cgroup": tmp_path / "missing_file"}
+    assert cgroup_cpu_limit(**where) is None
+    assert available_cpus(**where, affinity={0, 1}) == 2
+
+
+def test_omp_num_threads_wins_and_torchrun_divides(tmp_path):
+    where = _v2(tmp_path, "max 100000")
+    assert default_threads({"OMP_NUM_THREADS": "3"}, **where, affinity=set(range(8))) .count == 3
+    choice = default_threads({"LOCAL_WORLD_SIZE": "2"}, **where, affinity=set(range(8)))
+    assert (choice.count, choice.source) == (4, "cpus")
+    assert default_threads({"OMP_NUM_THREADS": "junk"}, **where, affinity={0}).count == 1
+
+
+def test_configure_threads_sets_torch_and_rejects_zero(tmp_path):
+    before = torch.get_num_threads()
+    try:
+        choice = configure_threads(2)
+        assert (choice.count, choice.source) == (2, "--threads") and torch.get_num_threads() == 2
+        where = _v2(tmp_path, "100000 100000")
+        choice = configure_threads(None, {}, **where, affinity=set(range(8)))
+        assert (choice.count, choice.source) == (1, "cpus") and torch.get_num_threads() == 1
+        with pytest.raises(QftInputError, match="--threads"):
+            configure_threads(0)
+    finally:
+        torch.set_num_threads(before)
