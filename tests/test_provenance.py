@@ -302,6 +302,13 @@ def test_norms_runs_record_model_and_data_files(tmp_path):
                                               device="cpu", out=tmp_path / "r"))
     meta = read_run_json(result.run_dir)
     assert meta["data"]["source"] == "random" and meta["data_files"] == []
+    from qft_cli.norms_runs import NormsAttentionArgs, run_norms_attention
+
+    result = run_norms_attention(NormsAttentionArgs(models=[str(model_dir)], dataset=str(texts), layers="1",
+                                                    device="cpu", out=tmp_path / "a"))
+    meta = read_run_json(result.run_dir)
+    assert meta["data_files"] == [provenance.file_record(texts)]
+    assert meta["model_files"][0]["files"][0]["sha256"] == _hashlib(weights)
 
 
 def test_model_files_for_takes_the_loaded_hub_revision(monkeypatch):
