@@ -264,6 +264,13 @@ def test_cli_runs_verify(tmp_path):
     assert "0 unchanged, 1 changed" in result.output and "changed since run" in result.output
     result = CliRunner().invoke(app, ["runs", "verify", str(tmp_path / "nowhere")])
     assert result.exit_code == 2 and "Traceback" not in result.output
+    assert result.stderr.strip().splitlines() == [f"error: {tmp_path / 'nowhere'} is not a run directory (no run.json): "
+                                                  "pass a directory written by qft"]
+    a.unlink()  # a missing file is reported, but does not fail
+    result = CliRunner().invoke(app, ["runs", "verify", str(run)])
+    assert result.exit_code == 0 and "0 unchanged, 0 changed, 1 missing" in result.output
+    assert "is missing" in result.stderr
+    assert "runs" in CliRunner().invoke(app, ["--help"]).output
 
 
 def test_norms_runs_record_model_and_data_files(tmp_path):
