@@ -35,6 +35,7 @@ from __future__ import annotations
 import csv
 import difflib
 import itertools
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -275,7 +276,7 @@ def find_task_dir(dataset: str, task: Optional[str], data_dir: Path) -> tuple[Pa
                 if _has_split(candidate):
                     return candidate, task
         return None, task
-    name = data_dir.resolve().name
+    name = Path(os.path.abspath(data_dir)).name  # the name as given (a symlink keeps its own name)
     if task is not None:
         if _has_split(data_dir / task):
             return data_dir / task, task

@@ -259,3 +259,16 @@ def test_shared_gue_folder_names_its_task(shared_data):
     assert data.task == "prom_core_notata"
     with pytest.raises(QftInputError, match="holds the files of GUE task prom_core_notata"):
         tasks.load_task("gue", task="prom_300_notata", data_dir=shared_data / "gue" / "prom_core_notata")
+
+
+def test_task_folder_name_as_given_and_relative(tmp_path, monkeypatch):
+    real = tmp_path / "somewhere"
+    real.mkdir()
+    _dna_dir(real)
+    (tmp_path / "prom_core_tata").symlink_to(real)
+    assert tasks.load_task("gue", data_dir=tmp_path / "prom_core_tata").task == "prom_core_tata"
+    own = tmp_path / "tf3"
+    own.mkdir()
+    _dna_dir(own)
+    monkeypatch.chdir(own)
+    assert tasks.load_task("gue", data_dir=".").task == "tf3"
