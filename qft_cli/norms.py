@@ -288,32 +288,41 @@ def krylov_spectral_norm(matrix: torch.Tensor, *, block_size: int = 32, max_step
 
     gen = torch.Generator(device="cpu").manual_seed(seed)
     q, _ = torch.linalg.qr(torch.randn(short, p, generator=gen, dtype=torch.float32).to(device))
-    basis, images = [q], [apply(q)]
-    small = (images[0].T @ images[0]).to(ACCUMULATE)  # V^T G V = (A V)^T (A V)
-    previous, next_check = 0.0, 1
     result = KrylovResult(0.0, math.inf, 0, False)
     if 2 * p > short:  # no room for a second block: caller should use the exact Gram path
         return result
-    for step in range(1, max_steps + 1):
-        q = _next_block(apply_t(images[-1]), torch.cat(basis, dim=1), gen)
+    blocks = min(max_steps, short // p - 1) + 1
+    capacity = p * min(blocks, 24)  # grown by doubling: most matrices converge within 24 blocks
+    basis = torch.empty(short, capacity, dtype=torch.float32, device=device)   # V, filled block by block
+    images = torch.empty(long, capacity, dtype=torch.float32, device=device)   # A_L V
+    basis[:, :p] = q
+    images[:, :p] = apply(q)
+    small = (images[:, :p].T @ images[:, :p]).to(ACCUMULATE)  # V^T G V = (A V)^T (A V)
+    previous, next_check = 0.0, 1
+    for step in range(1, blocks):
+        k = step * p
+        if k + p > basis.shape[1]:
+            capacity = min(2 * basis.shape[1], p * blocks)
+            basis = torch.cat([basis[:, :k], basis.new_empty(short, capacity - k)], dim=1)
+            images = torch.cat([images[:, :k], images.new_empty(long, capacity - k)], dim=1)
+        q = _next_block(apply_t(images[:, k - p:k]), basis[:, :k], gen)
         aq = apply(q)
-        b = torch.cat(images, dim=1)
-        k = small.shape[0]
         grown = torch.empty(k + p, k + p, dtype=ACCUMULATE, device=device)
         grown[:k, :k] = small
-        grown[:k, k:] = (b.T @ aq).to(ACCUMULATE)
+        grown[:k, k:] = (images[:, :k].T @ aq).to(ACCUMULATE)
         grown[k:, :k] = grown[:k, k:].T
         grown[k:, k:] = (aq.T @ aq).to(ACCUMULATE)
         small = grown
-        basis.append(q)
-        images.append(aq)
+        basis[:, k:k + p] = q
+        images[:, k:k + p] = aq
+        del aq
         theta = float(torch.linalg.eigvalsh(small)[-1])
-        last = step == max_steps or (step + 1) * p + p > short  # the next block would not fit
+        last = step == blocks - 1
         settled = abs(theta - previous) <= rtol * abs(theta)
         previous = theta
         if not (last or (settled and step >= next_check)):
             continue
-        result = _certify(torch.cat(basis, dim=1), small, apply, apply_t, p, step)
+        result = _certify(basis[:, :k + p], small, apply, apply_t, p, step, rtol)
         if result.bound <= rtol or last:
             return result
         next_check = step + 2  # float64 certification costs about two float32 steps: not after every step
@@ -344,7 +353,8 @@ def _next_block(z: torch.Tensor, v: torch.Tensor, gen: torch.Generator) -> torch
     return q
 
 
-def _certify(v: torch.Tensor, small: torch.Tensor, apply, apply_t, p: int, step: int) -> KrylovResult:
+def _certify(v: torch.Tensor, small: torch.Tensor, apply, apply_t, p: int, step: int,
+             rtol: float = SPECTRAL_RTOL) -> KrylovResult:
     """Float64 Rayleigh-Ritz and residual bound of :func:`krylov_spectral_norm` on the top Ritz cluster."""
     evals, evecs = torch.linalg.eigh(small)
     evals, evecs = evals.flip(0), evecs.flip(1)
@@ -367,7 +377,7 @@ def _certify(v: torch.Tensor, small: torch.Tensor, apply, apply_t, p: int, step:
     gap = float(theta[c - 1] - max(float(theta[c]), float(evals[c])))
     bound = math.inf if gap <= 0 else res * res / gap / (2 * theta1)
     bound = min(bound, res / theta1)  # some eigenvalue lies within ||r|| of theta_1 (no gap needed)
-    return KrylovResult(math.sqrt(theta1), bound, step, bound <= SPECTRAL_RTOL)
+    return KrylovResult(math.sqrt(theta1), bound, step, bound <= rtol)
 
 
 def matrix_stats(matrix: torch.Tensor, *, exact: bool = False, rtol: float = SPECTRAL_RTOL,

@@ -15,14 +15,16 @@ from typing import Callable, Optional
 import pandas as pd
 
 from qft_cli.device import resolve_device, resolve_dtype
+from qft_cli.distributed import balanced_shards, gather_to_main, process_group
 from qft_cli.errors import QftInputError
 from qft_cli.fits import fit_summary, fit_table
-from qft_cli.inputs import check_num_tokens, hidden_state_norms, num_layers, parse_layers
+from qft_cli.inputs import InputNormsResult, check_num_tokens, hidden_state_norms, num_layers, parse_layers
 from qft_cli.loading import load_model
 from qft_cli.models import load_config, load_tokenizer, resolve_model
 from qft_cli.progress import ProgressFn
 from qft_cli.runs import Run, check_writable
-from qft_cli.weights import summarize_weights, weight_norms
+from qft_cli.threads import configure_threads
+from qft_cli.weights import matrix_groups, merge_weight_results, summarize_weights, weight_norms
 
 
 @dataclass
@@ -42,11 +44,14 @@ class NormsInputsArgs:
     dtype: str = "float32"
     device_map: Optional[str] = None
     trust_remote_code: bool = False
+    threads: Optional[int] = None
     out: Path = Path("runs")
 
     def __post_init__(self) -> None:
         if not self.models:
             raise QftInputError("give at least one MODEL (see `qft models`)")
+        if self.threads is not None and self.threads < 1:
+            raise QftInputError(f"--threads must be at least 1 (got {self.threads}); leave it out for the default")
         if self.max_tokens < 1:
             raise QftInputError(f"--max-tokens must be at least 1 (got {self.max_tokens})")
         if self.batch_size == 0 or self.batch_size < -1:
@@ -77,11 +82,15 @@ class NormsWeightsArgs:
     models: list[str]
     device: str = "auto"
     dtype: Optional[str] = None
+    exact: bool = False
+    threads: Optional[int] = None
     out: Path = Path("runs")
 
     def __post_init__(self) -> None:
         if not self.models:
             raise QftInputError("give at least one MODEL (see `qft models`)")
+        if self.threads is not None and self.threads < 1:
+            raise QftInputError(f"--threads must be at least 1 (got {self.threads}); leave it out for the default")
         if self.dtype is not None:
             resolve_dtype(self.dtype)
         resolve_device(self.device)
@@ -141,18 +150,32 @@ def run_norms_inputs(args: NormsInputsArgs, progress: Optional[ProgressFn] = Non
     """
     prepared = _prepare(args, parse_layers)
     tables, warnings = [], []
-    with Run("norms inputs", args.models, _options(args), out=Path(args.out)) as run:
-        for source, model, samples, pad, layers in _loaded_models(args, run, prepared, progress):
-            result = hidden_state_norms(model, samples.token_ids, layers, batch_size=args.batch_size,
-                                        pad_token_id=pad, progress=progress,
-                                        labels={"dataset": samples.dataset, "model_alias": source.name,
-                                                "model": source.model_id})
+    rank, world = process_group(prepared["device"].type)
+    with Run("norms inputs", args.models, _options(args), out=Path(args.out), is_main_process=rank == 0) as run:
+        run.update(world_size=world)
+        shown = progress if rank == 0 else None
+        for source, model, samples, pad, layers in _loaded_models(args, run, prepared, shown):
+            labels = {"dataset": samples.dataset, "model_alias": source.name, "model": source.model_id}
+            if world == 1:
+                result = hidden_state_norms(model, samples.token_ids, layers, batch_size=args.batch_size,
+                                            pad_token_id=pad, progress=progress, labels=labels)
+            else:  # each rank a balanced share of the samples (by length); rank 0 merges
+                mine = balanced_shards([len(x) for x in samples.token_ids], world)[rank]
+                part = hidden_state_norms(model, [samples.token_ids[i] for i in mine], layers,
+                                          batch_size=args.batch_size, pad_token_id=pad,
+                                          progress=progress if rank == 0 else None, labels=labels) if mine else None
+                parts = gather_to_main((mine, part), prepared["device"].type)
+                if rank != 0:
+                    continue
+                result = merge_input_results(parts)
             warnings += [f"non-finite hidden state: model {source.name}, sample {i}, layer {l}"
                          for i, l in result.nonfinite]
             warnings += [f"all-zero hidden state: model {source.name}, sample {i}, layer {l}"
                          for i, l in result.all_zero]
             tables.append(result.table)
             del model  # before the next model is loaded
+        if rank != 0:
+            return NormsResult(run.path, {}, pd.DataFrame())
         table = pd.concat(tables, ignore_index=True)
         fits = fit_table(table, FIT_GROUPS, quantity="hidden_states")
         run.write_table("norms_inputs", table)
@@ -194,14 +217,17 @@ def _loaded_models(args: NormsInputsArgs, run: Run, prepared: dict, progress: Op
         data, data_files = data_record("random", source="random"), []
     else:
         data, data_files = data_record(texts[0], **texts[1].origin), file_records(texts[1].files)
-    run.update(device=str(device), dtype=args.dtype, data=data, data_files=data_files)
+    threads = configure_threads(args.threads)
+    run.update(device=str(device), dtype=args.dtype, threads=threads.count, threads_source=threads.source,
+               data=data, data_files=data_files)
     model_files = []
     for source, layers in zip(sources, layer_lists):
         tokenizer = load_tokenizer(source, args.trust_remote_code)
         model = load_model(source, dtype=dtype, device=device, device_map=args.device_map,
                            trust_remote_code=args.trust_remote_code)
-        model_files.append(model_files_for(source, model, progress))
-        run.update(model_files=model_files)
+        if run.is_main_process:  # the one process that writes run.json hashes the weights
+            model_files.append(model_files_for(source, model, progress))
+            run.update(model_files=model_files)
         vocab = min(model.config.vocab_size, len(tokenizer))
         if args.dataset == "random":  # before drawing max_tokens sequences of up to max_tokens ids
             check_num_tokens(model, args.max_tokens, source.name)
@@ -252,6 +278,23 @@ def run_norms_attention(args: NormsAttentionArgs, progress: Optional[ProgressFn]
                        one_line(warnings))
 
 
+def merge_input_results(parts: list) -> InputNormsResult:
+    """One :class:`qft_cli.inputs.InputNormsResult` from the ``(sample indices, result)`` of every
+    rank: local sample indices mapped back to the dataset's, rows sorted as the single-process run
+    (by sample, then layer)."""
+    tables, nonfinite, all_zero = [], [], []
+    for mine, part in parts:
+        if part is None:
+            continue
+        table = part.table.copy()
+        table["sample_index"] = [mine[i] for i in table["sample_index"]]
+        tables.append(table)
+        nonfinite += [(mine[i], layer) for i, layer in part.nonfinite]
+        all_zero += [(mine[i], layer) for i, layer in part.all_zero]
+    table = pd.concat(tables, ignore_index=True).sort_values(["sample_index", "layer"], kind="stable")
+    return InputNormsResult(table.reset_index(drop=True), sorted(nonfinite), sorted(all_zero))
+
+
 def load_samples_for(args: NormsInputsArgs, tokenizer, vocab_size: int, texts=None):
     """:func:`qft_cli.text_data.load_samples` with the options of ``args`` (``texts``: from
     :func:`qft_cli.text_data.load_texts`, read once for all models)."""
@@ -276,12 +319,28 @@ def run_norms_weights(args: NormsWeightsArgs, progress: Optional[ProgressFn] = N
     from qft_cli.provenance import model_files_for
 
     tables, vectors, heads, warnings, notices, unrecognised, model_files = [], [], [], [], [], {}, []
-    with Run("norms weights", args.models, _options(args), out=Path(args.out)) as run:
-        run.update(device=str(device), dtype=args.dtype or "stored")
+    rank, world = process_group(device.type)
+    with Run("norms weights", args.models, _options(args), out=Path(args.out), is_main_process=rank == 0) as run:
+        threads = configure_threads(args.threads)
+        run.update(device=str(device), dtype=args.dtype or "stored", threads=threads.count,
+                   threads_source=threads.source, spectral_method="exact" if args.exact else "krylov",
+                   world_size=world)
         for source in sources:
-            result = weight_norms(source, dtype=dtype, device=device, progress=progress,
-                                  labels={"model_alias": source.name, "model": source.model_id})
-            model_files.append(model_files_for(source, progress=progress))  # after reading: a hub snapshot is in the cache now
+            labels = {"model_alias": source.name, "model": source.model_id}
+            if world == 1:
+                result = weight_norms(source, dtype=dtype, device=device, progress=progress, exact=args.exact,
+                                      labels=labels)
+            else:  # each rank measures a balanced share of the stored tensors; rank 0 merges
+                groups = matrix_groups(source)
+                mine = balanced_shards([size for _, _, size in groups], world)[rank]
+                part = weight_norms(source, dtype=dtype, device=device, progress=progress if rank == 0 else None,
+                                    exact=args.exact, labels=labels,
+                                    parameters={p for i in mine for p in groups[i][1]})
+                parts = gather_to_main(part, device.type)
+                if rank != 0:
+                    continue
+                result = merge_weight_results(parts, [key for key, _, _ in groups])
+            model_files.append(model_files_for(source, progress=progress))  # after reading: a hub snapshot is cached now
             run.update(model_files=model_files)
             warnings += [f"non-finite weight: model {source.name}, parameter {p}" for p in result.nonfinite]
             if result.unrecognised:
@@ -292,6 +351,8 @@ def run_norms_weights(args: NormsWeightsArgs, progress: Optional[ProgressFn] = N
             tables.append(result.table)
             vectors.append(result.vectors)
             heads.append(result.heads)
+        if rank != 0:
+            return NormsResult(run.path, {}, pd.DataFrame())
         table = pd.concat(tables, ignore_index=True)
         run.write_table("norms_weights", table)
         run.write_table("norm_vectors", pd.concat(vectors, ignore_index=True))

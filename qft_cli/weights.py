@@ -98,7 +98,8 @@ def check_complete_blocks(specs: list[MatrixSpec], unrecognised: list[str], name
         blocks = {g.split(" has no ")[0] for g in gaps}
         nearby = [u for u in unrecognised if any(f".{int(b.rsplit(' ', 1)[1]) - 1}." in u for b in blocks)]
         hint = f" (unrecognised tensors there: {', '.join(nearby[:4])})" if nearby else ""
-        raise QftInputError(f"{name}: {len(gaps)} matrices missing that the sibling blocks have: {'; '.join(gaps[:4])}"
+        raise QftInputError(f"{name}: missing weight matrices that the sibling blocks have ({len(gaps)}): "
+                            f"{'; '.join(gaps[:4])}"
                             f"{hint}: the checkpoint is incomplete or a weight was renamed; fix or re-download it")
 
 
@@ -227,6 +228,46 @@ def weight_norms(source: ModelSource, *, dtype: Optional[torch.dtype] = None, de
         head_table.insert(0, key, value)
     return WeightNormsResult(table.astype({"layer": "int64", "d_out": "int64", "d_in": "int64"}), vec, nonfinite,
                              head_table.astype({"layer": "int64", "head": "int64"}), unrecognised)
+
+
+def matrix_groups(source: ModelSource) -> list[tuple[tuple[str, int], list[str], int]]:
+    """The units of sharding across ranks, in the order :func:`weight_norms` reads them: per
+    ``(part, layer)`` (a block, or the embedding at layer 0), its stored parameters and their total
+    number of elements. A block stays on one rank because its q/k/v/o heads make the ``qk``/``ov``
+    composites."""
+    store = open_weights(source)
+    try:
+        specs = classify(store.shapes.items(), store.config)
+        groups: dict[tuple[str, int], list[str]] = {}
+        for spec in specs:
+            names = groups.setdefault((spec.part, spec.layer), [])
+            if spec.parameter not in names:
+                names.append(spec.parameter)
+        return [(key, names, sum(int(torch.Size(store.shapes[p]).numel()) for p in names))
+                for key, names in groups.items()]
+    finally:
+        store.close()
+
+
+def merge_weight_results(parts: list[WeightNormsResult], groups: list[tuple[str, int]]) -> WeightNormsResult:
+    """The :class:`WeightNormsResult` of one process from the results of ranks that each measured
+    whole groups (``(part, layer)`` keys in the order of :func:`matrix_groups`): rows in the
+    single-process order (by group, then as measured)."""
+    rank_of = {key: i for i, key in enumerate(groups)}
+
+    def ordered(frames: list[pd.DataFrame]) -> pd.DataFrame:
+        filled = [f for f in frames if len(f)]
+        if not filled:
+            return frames[0]
+        frame = pd.concat(filled, ignore_index=True)
+        key = [rank_of[(p, int(l))] for p, l in zip(frame["part"], frame["layer"])]
+        return frame.iloc[pd.Series(key).argsort(kind="stable").to_numpy()].reset_index(drop=True)
+
+    table = ordered([r.table for r in parts])
+    order = {p: i for i, p in enumerate(table["parameter"])}
+    nonfinite = sorted({p for r in parts for p in r.nonfinite}, key=lambda p: order.get(p, len(order)))
+    return WeightNormsResult(table, ordered([r.vectors for r in parts]), nonfinite,
+                             ordered([r.heads for r in parts]), parts[0].unrecognised)
 
 
 def summarize_weights(table: pd.DataFrame) -> pd.DataFrame:

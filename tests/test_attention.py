@@ -191,9 +191,10 @@ def test_weight_bound_without_biases_and_rotary():
 
 
 @pytest.mark.minilm
+@pytest.mark.slow
 def test_minilm_against_projections_by_hand(minilm_source):
     model, tok = load_model(minilm_source).double(), load_tokenizer(minilm_source)
-    ids = [tok(t)["input_ids"] for t in TEXTS[:3]]
+    ids = [tok(t)["input_ids"] for t in TEXTS[:2]]
     table = attention_norms(model, ids, [1, 6], batch_size=2, pad_token_id=tok.pad_token_id).table
     _compare(table, model, ids, [1, 6], reference_bert)
     _assert_bounds_hold(table)

@@ -263,6 +263,23 @@ def test_huge_max_tokens_for_random_fails_fast(tmp_path):
     assert time.time() - start < 20  # not after drawing 100000 sequences
 
 
+def test_threads_and_exact_are_recorded_in_run_json(tmp_path):
+    before = torch.get_num_threads()
+    try:
+        result = invoke("norms", "weights", "tiny-llama", "--exact", "--threads", 1, "--out", tmp_path, "--quiet")
+        assert result.exit_code == 0, result.output
+        meta = read_run_json(_only_run(tmp_path))
+        assert meta["threads"] == 1 and meta["threads_source"] == "--threads" and meta["spectral_method"] == "exact"
+        table = pd.read_parquet(_only_run(tmp_path) / "norms_weights.parquet")
+        assert (table["spectral_norm_error_bound"] == 0.0).all()
+        bad = invoke("norms", "weights", "tiny-llama", "--threads", 0, "--out", tmp_path, "--quiet")
+        assert bad.exit_code == 2 and "--threads must be at least 1" in bad.output
+        bad = invoke("norms", "inputs", "tiny-gpt2", "--threads", 0, "--out", tmp_path, "--quiet")
+        assert bad.exit_code == 2 and "--threads must be at least 1" in bad.output
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_norms_attention_writes_both_tables(tmp_path):
     from qft_cli.attention import ATTENTION_COLUMNS
     from qft_cli.fits import FIT_COLUMNS

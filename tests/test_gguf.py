@@ -23,7 +23,8 @@ gguf = pytest.importorskip("gguf", reason="the gguf package is not installed")
 from gguf.quants import dequantize, quantize  # noqa: E402
 
 from qft_cli.cli.app import app  # noqa: E402
-from qft_cli.models import load_model, load_tokenizer, resolve_model  # noqa: E402
+from qft_cli.loading import load_model  # noqa: E402
+from qft_cli.models import load_tokenizer, resolve_model  # noqa: E402
 
 runner = CliRunner()
 Q = gguf.GGMLQuantizationType
@@ -43,6 +44,15 @@ TINY_TENSORS = {
 }
 MATRIX_OF = {"embed_tokens": "embedding", "q_proj": "q", "k_proj": "k", "v_proj": "v", "o_proj": "o",
              "gate_proj": "ffn_gate", "up_proj": "ffn_up", "down_proj": "ffn_down"}
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """2 shared cores: one intra-op thread is several times faster than two under contention."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def _llama_cpp_permute(w: np.ndarray, n_head: int) -> np.ndarray:

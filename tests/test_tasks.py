@@ -193,9 +193,10 @@ def test_default_dnabert2_tokenizer_offline_names_the_offline_choices(monkeypatc
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setenv("QFT_SHARED_DATA", "/nonexistent-qft-shared-data")  # no local copy either
     data = tasks.TaskData("gue", "prom_core_notata", "sequence_classification", ["0", "1"],
                           {"train": {"inputs": ["ACGT"], "labels": [0]}}, "test")
-    with pytest.raises(QftInputError, match="dnabert2.*--tokenizer bpe:512, kmer:6 or char") as err:
+    with pytest.raises(QftInputError, match="dnabert2.*--tokenizer PATH .*bpe:512, kmer:6 or char") as err:
         build_tokenizer("auto", data)
     assert "\n" not in str(err.value)
 

@@ -86,3 +86,18 @@ def test_configure_threads_sets_torch_and_rejects_zero(tmp_path):
             configure_threads(0)
     finally:
         torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("command", [["train"], ["finetune", "tiny-bert"]])
+def test_threads_option_of_train_and_finetune_is_validated(tmp_path, command):
+    from typer.testing import CliRunner
+
+    from qft_cli.cli.app import app
+
+    before = torch.get_num_threads()
+    try:
+        result = CliRunner().invoke(app, [*command, "--threads", "0", "--device", "cpu", "--out", str(tmp_path)])
+    finally:
+        torch.set_num_threads(before)
+    assert result.exit_code == 2 and "--threads must be at least 1" in result.output
+    assert not list(tmp_path.iterdir())  # nothing written

@@ -2,6 +2,7 @@
 
 import json
 
+import pandas as pd
 import pytest
 import torch
 from safetensors.torch import save_file
@@ -327,6 +328,35 @@ def test_dtype_column_is_the_stored_or_cast_dtype(tmp_path):
     assert set(stored["dtype"]) == {"bfloat16"}  # as stored: the report shows "as stored (bfloat16)"
     cast = weight_norms(ModelSource("bf16", "local", str(tmp_path)), dtype=torch.float16).table
     assert set(cast["dtype"]) == {"float16"}
+
+
+def test_fast_path_equals_exact_path_on_a_checkpoint_wider_than_exact_below(tmp_path):
+    # d = 576 > EXACT_BELOW: the default path is the block Krylov one for every matrix but k/v (GQA: 192 rows)
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from qft_cli.models import resolve_model
+    from qft_cli.norms import EXACT_BELOW
+
+    torch.manual_seed(0)
+    config = LlamaConfig(hidden_size=576, intermediate_size=1024, num_hidden_layers=1, num_attention_heads=9,
+                         num_key_value_heads=3, vocab_size=700, tie_word_embeddings=True)
+    LlamaForCausalLM(config).to(torch.bfloat16).save_pretrained(tmp_path / "m")
+    source = resolve_model(str(tmp_path / "m"))
+    fast, exact = weight_norms(source), weight_norms(source, exact=True)
+    assert 576 > EXACT_BELOW
+    assert (fast.table["spectral_norm_error_bound"] > 0).sum() >= 5  # q, o, gate, up, down, embedding
+    assert (fast.table["spectral_norm_error_bound"] <= 1e-6).all() and (exact.table["spectral_norm_error_bound"] == 0).all()
+    rel = (fast.table["spectral_norm"] - exact.table["spectral_norm"]).abs() / exact.table["spectral_norm"]
+    assert (rel <= 1e-6).all(), rel.max()
+    for name, tensor in LlamaForCausalLM.from_pretrained(tmp_path / "m").state_dict().items():
+        if name == "model.layers.0.mlp.down_proj.weight":  # independent float64 SVD
+            ref = torch.linalg.matrix_norm(tensor.double(), ord=2).item()
+            got = fast.table.loc[fast.table["parameter"] == name, "spectral_norm"].item()
+            assert abs(got - ref) / ref <= 1e-6
+    cols = ["frobenius_norm", "column_norm_mean", "column_norm_var", "column_norm_max", "row_norm_mean",
+            "row_norm_var", "row_norm_max"]
+    pd.testing.assert_frame_equal(fast.table[cols], exact.table[cols])
+    pd.testing.assert_frame_equal(fast.heads, exact.heads)
 
 
 def _qk_ov_reference(wq, wk, wv, wo, heads, kv_heads, dh):

@@ -150,6 +150,7 @@ OUT_OPTION = typer.Option("runs", "--out", "-o", help="Directory that receives t
 DEVICE_OPTION = typer.Option("auto", "--device", help="auto|cpu|cuda|mps (auto = CUDA when present).")
 DTYPE_OPTION = typer.Option("float32", "--dtype", help="Model dtype: float32|bfloat16|float16 (norms are always accumulated in float64).")
 TRUST_OPTION = typer.Option(False, "--trust-remote-code", help="Run model code from the hub (off unless given).")
+THREADS_OPTION = typer.Option(None, "--threads", help="CPU threads for torch (default: OMP_NUM_THREADS, else the CPUs the affinity mask and cgroup quota allow).")
 DEVICE_MAP_OPTION = typer.Option(None, "--device-map", help="'auto' shards a model too large for one GPU across several (accelerate).")
 
 

@@ -9,7 +9,7 @@ from typing import Optional
 import typer
 
 from qft_cli.errors import QftInputError
-from qft_cli.cli.common import (DEVICE_OPTION, DTYPE_OPTION, FORMAT_OPTION, OUT_OPTION, QUIET_OPTION, TRUST_OPTION,
+from qft_cli.cli.common import (DEVICE_OPTION, DTYPE_OPTION, FORMAT_OPTION, OUT_OPTION, QUIET_OPTION, THREADS_OPTION, TRUST_OPTION,
                                 ResumedRun, argv, check_format, cli_errors, err_console, print_test_table,
                                 progress_bar, short_model_name)
 
@@ -50,6 +50,7 @@ def finetune_command(
     device: str = DEVICE_OPTION,
     dtype: str = DTYPE_OPTION,
     trust_remote_code: bool = TRUST_OPTION,
+    threads: Optional[int] = THREADS_OPTION,
     fmt: str = FORMAT_OPTION,
     quiet: bool = QUIET_OPTION,
 ) -> None:
@@ -69,6 +70,9 @@ def finetune_command(
                                 max_train_samples=max_train_samples, max_eval_samples=max_eval_samples,
                                 mixed_precision=mixed_precision, seeds=seed_list)
     torch_device, torch_dtype = resolve_device(device), resolve_dtype(dtype)
+    from qft_cli.threads import configure_threads
+
+    thread_choice = configure_threads(threads)
     if resume is not None and not (resume / RUN_JSON).is_file():
         raise QftInputError(f"--resume {resume} is not a run directory (no run.json): pass the directory of the "
                             "interrupted qft finetune run")
@@ -103,7 +107,7 @@ def finetune_command(
         broadcast_object_list(box, from_process=0)
         run.path = Path(box[0])
     with (ResumedRun(run) if resume is not None else run):
-        run.update(device=str(torch_device))
+        run.update(device=str(torch_device), threads=thread_choice.count, threads_source=thread_choice.source)
         with progress_bar(quiet or not main) as progress:
             result = finetune(model, dataset=dataset, settings=settings, run=run, data_dir=data_dir, task=task,
                               tokenizer_name=tokenizer, device=torch_device.type, dtype=torch_dtype,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import List, Optional
 
@@ -9,7 +10,7 @@ import pandas as pd
 import typer
 
 from qft_cli.cli.common import (DEVICE_MAP_OPTION, DEVICE_OPTION, FORMAT_OPTION, OUT_OPTION, QUIET_OPTION,
-                                TRUST_OPTION, EXIT_BAD_INPUT, check_format, cli_errors, err_console, print_frame,
+                                THREADS_OPTION, TRUST_OPTION, EXIT_BAD_INPUT, check_format, cli_errors, err_console, print_frame,
                                 print_run_dir, progress_bar)
 
 app = typer.Typer(help="Block-encoding normalisation factors: norms of hidden states and of weights.",
@@ -49,6 +50,7 @@ def inputs_command(
     dtype: str = typer.Option("float32", "--dtype", help="Model dtype: float32|bfloat16|float16 (norms always in float64)."),
     device_map: Optional[str] = DEVICE_MAP_OPTION,
     trust_remote_code: bool = TRUST_OPTION,
+    threads: Optional[int] = THREADS_OPTION,
     out: Path = OUT_OPTION,
     fmt: str = FORMAT_OPTION,
     quiet: bool = QUIET_OPTION,
@@ -61,9 +63,12 @@ def inputs_command(
     args = NormsInputsArgs(models=models, dataset=dataset, data_file=data_file, text_column=text_column,
                            layers=layers, max_tokens=max_tokens, num_samples=num_samples, batch_size=batch_size,
                            seed=seed, device=device, dtype=dtype, device_map=device_map,
-                           trust_remote_code=trust_remote_code, out=out)
-    with progress_bar(quiet) as progress:
+                           trust_remote_code=trust_remote_code, threads=threads, out=out)
+    main = os.environ.get("RANK", "0") == "0"  # under torchrun: progress and output on rank 0 only
+    with progress_bar(quiet or not main) as progress:
         result = run_norms_inputs(args, progress)
+    if not result.tables:  # a rank other than 0 under torchrun
+        return
     _print_table("hidden-state norms ||S|| per layer: min / median / max over samples, and the fit ||S|| ~ c N^b "
                  "(b with its 95% Student-t interval, R² in log-log space)", result.summary,
                  {"model_alias": "model", "dataset": "dataset", "layer": "layer", "norm": "norm",
@@ -117,6 +122,8 @@ def weights_command(
     models: List[str] = MODELS_ARGUMENT,
     device: str = DEVICE_OPTION,
     dtype: Optional[str] = typer.Option(None, "--dtype", help="Cast weights to float32|bfloat16|float16 first (default: as stored)."),
+    exact: bool = typer.Option(False, "--exact", help="Spectral norms by the float64 Gram matrix + eigvalsh for every matrix (default: block Krylov certified to 1e-6 relative for d > 512)."),
+    threads: Optional[int] = THREADS_OPTION,
     out: Path = OUT_OPTION,
     fmt: str = FORMAT_OPTION,
     quiet: bool = QUIET_OPTION,
@@ -126,9 +133,12 @@ def weights_command(
     from qft_cli.weights import weights_by_layer
 
     check_format(fmt)
-    args = NormsWeightsArgs(models=models, device=device, dtype=dtype, out=out)
-    with progress_bar(quiet) as progress:
+    args = NormsWeightsArgs(models=models, device=device, dtype=dtype, exact=exact, threads=threads, out=out)
+    main = os.environ.get("RANK", "0") == "0"  # under torchrun: progress and output on rank 0 only
+    with progress_bar(quiet or not main) as progress:
         result = run_norms_weights(args, progress)
+    if not result.tables:  # a rank other than 0 under torchrun
+        return
     by_layer = weights_by_layer(result.tables["norms_weights"]).rename(columns={"model_alias": "model"})
     print_frame(by_layer, "weight norms per layer (layer = transformer block; spectral ||W||_2 and Frobenius "
                           "||W||_F, W as d_out x d_in)", fmt)

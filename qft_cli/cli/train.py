@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from qft_cli.cli.common import (FORMAT_OPTION, OUT_OPTION, QUIET_OPTION, TRUST_OPTION, ResumedRun, argv, check_format,
+from qft_cli.cli.common import (FORMAT_OPTION, OUT_OPTION, QUIET_OPTION, THREADS_OPTION, TRUST_OPTION, ResumedRun, argv, check_format,
                                cli_errors, console, err_console, print_test_table, progress_bar)
 
 
@@ -48,6 +48,7 @@ def train_command(
     out: Path = OUT_OPTION,
     resume: Optional[Path] = typer.Option(None, "--resume", help="Continue an interrupted run directory with the options in its run.json (other options are ignored)."),
     trust_remote_code: bool = TRUST_OPTION,
+    threads: Optional[int] = THREADS_OPTION,
     fmt: str = FORMAT_OPTION,
     quiet: bool = QUIET_OPTION,
 ) -> None:
@@ -87,8 +88,12 @@ def train_command(
             max_eval_samples=max_eval_samples,
             trust_remote_code=trust_remote_code, subnormalised=subnormalised, seeds=seed_list, training=training)
     options.validate()
+    from qft_cli.threads import configure_threads
+
+    thread_choice = configure_threads(threads)
     run = open_run(options, out=out, argv=argv(), resume_dir=resume)
     with progress_bar(quiet or not run.is_main_process) as progress, (ResumedRun(run) if resume is not None else run):
+        run.update(threads=thread_choice.count, threads_source=thread_choice.source)
         result = run_experiment(options, run, resume=resume is not None, progress=progress)
     if not run.is_main_process:
         return

@@ -15,7 +15,6 @@ import math
 import numpy as np
 import pandas as pd
 
-from qft_cli.fits import fit_table
 from qft_cli.report.page import FIT_NORM_NAMES, _Page, _anchor, _e, _fmt, _log_ticks, _Raw, _thin
 from qft_cli.report.reading import RunRecord, run_fits
 
@@ -51,14 +50,17 @@ def per_sample_max(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def attention_fits_of(table: pd.DataFrame) -> pd.DataFrame:
-    """``fits.parquet`` rows for a ``norms_attention`` table that came without them: per
+    """``fits.parquet`` rows for a ``norms_attention`` table that came without them, by the rule of
+    ``qft norms attention`` itself (:func:`qft_cli.attention.attention_fits`: per
     (model, model_alias, dataset, layer) and quantity, :func:`qft_cli.fits.fit_table` on the
-    per-sample maximum over heads (:func:`per_sample_max`), as ``qft norms attention`` fits."""
-    per_sample = per_sample_max(table)
-    group = [c for c in ("model", "model_alias", "dataset", "layer") if c in per_sample.columns]
-    return pd.concat([fit_table(per_sample, group, {f"{q}_frobenius_norm": "frobenius",
-                                                    f"{q}_spectral_norm": "spectral"}, quantity=q)
-                      for q in QUANTITIES if f"{q}_spectral_norm" in per_sample.columns], ignore_index=True)
+    per-sample maximum over heads)."""
+    from qft_cli.attention import attention_fits as fit_attention  # imports torch: only for old runs
+
+    if "model_alias" not in table.columns:
+        table = table.assign(model_alias=table["model"])
+    if "finite" not in table.columns:
+        table = table.assign(finite=True)
+    return fit_attention(table)
 
 
 def attention_fits(runs: list[RunRecord]) -> pd.DataFrame:

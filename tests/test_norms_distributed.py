@@ -1,0 +1,136 @@
+"""Sharding of the norms commands across ranks: balanced shards, the rank-0 merge equals the
+single-process result, and ``norms weights`` under torchrun with 2 gloo processes."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from qft_cli.distributed import balanced_shards, gather_to_main
+from qft_cli.models import resolve_model
+from qft_cli.weights import matrix_groups, merge_weight_results, weight_norms
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_balanced_shards_cover_every_item_once_largest_first():
+    costs = [10, 1, 1, 1, 7, 3, 3]
+    shards = balanced_shards(costs, 3)
+    assert sorted(i for s in shards for i in s) == list(range(len(costs)))
+    assert [sum(costs[i] for i in s) for s in shards] == [10, 8, 8]  # 10 | 7+1 | 3+3+1+1 - greedy: 10, 7, 3, 3, then 1s to the lightest
+    assert shards == balanced_shards(costs, 3)  # deterministic: every rank computes the same split
+    assert balanced_shards([5.0], 2) == [[0], []]
+
+
+@pytest.mark.parametrize("model", ["tiny-llama", "tiny-gpt2"])
+def test_merged_shards_equal_the_single_process_result(model):
+    source = resolve_model(model)
+    groups = matrix_groups(source)
+    labels = {"model_alias": model}
+    whole = weight_norms(source, labels=labels)
+    parts = [weight_norms(source, labels=labels, parameters={p for i in shard for p in groups[i][1]})
+             for shard in balanced_shards([size for _, _, size in groups], 2)]
+    assert all(len(r.table) for r in parts)
+    merged = merge_weight_results(parts, [key for key, _, _ in groups])
+    pd.testing.assert_frame_equal(merged.table, whole.table)
+    pd.testing.assert_frame_equal(merged.vectors, whole.vectors)
+    pd.testing.assert_frame_equal(merged.heads, whole.heads)
+    assert gather_to_main("x") == ["x"]  # no process group: the object itself
+
+
+LAUNCHER = "from qft_cli.cli.app import main\nmain()\n"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
+                    reason="torch.distributed with gloo is not available")
+def test_norms_weights_two_gloo_processes_equal_one(tmp_path):
+    launcher = tmp_path / "launch_qft.py"
+    launcher.write_text(LAUNCHER)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    models = ["tiny-llama", "tiny-gpt2"]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+           "--master_port", str(port), str(launcher), "norms", "weights", *models, "--device", "cpu", "--quiet",
+           "--out", str(tmp_path / "two")]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("results:") == 1  # rank 0 prints, rank 1 does not
+    single = subprocess.run([sys.executable, str(launcher), "norms", "weights", *models, "--device", "cpu",
+                             "--quiet", "--out", str(tmp_path / "one")], env=env, capture_output=True, text=True,
+                            timeout=300, cwd=tmp_path)
+    assert single.returncode == 0, single.stderr[-3000:]
+    (two,), (one,) = list((tmp_path / "two").iterdir()), list((tmp_path / "one").iterdir())
+    for name in ("norms_weights", "norm_vectors", "norms_heads"):
+        pd.testing.assert_frame_equal(pd.read_parquet(two / f"{name}.parquet"), pd.read_parquet(one / f"{name}.parquet"))
+    import json
+
+    assert json.loads((two / "run.json").read_text())["world_size"] == 2
+
+
+def test_merged_input_shards_equal_the_single_process_result():
+    from qft_cli.inputs import hidden_state_norms
+    from qft_cli.loading import load_model
+    from qft_cli.norms_runs import merge_input_results
+
+    model = load_model(resolve_model("tiny-gpt2"))
+    gen = torch.Generator().manual_seed(0)
+    samples = [torch.randint(0, 100, (n,), generator=gen).tolist() for n in (5, 17, 3, 9, 12, 1, 8)]
+    whole = hidden_state_norms(model, samples, [0, 1, 2], batch_size=3, pad_token_id=0)
+    parts = []
+    for mine in balanced_shards([len(x) for x in samples], 3):
+        part = hidden_state_norms(model, [samples[i] for i in mine], [0, 1, 2], batch_size=3, pad_token_id=0)
+        parts.append((mine, part))
+    merged = merge_input_results(parts)
+    pd.testing.assert_frame_equal(merged.table, whole.table, check_exact=False, rtol=1e-6, atol=0)
+
+
+def test_device_map_load_equals_plain_load(tmp_path):
+    # a public transformers bug once returned zeros for later layers under device_map
+    from qft_cli.inputs import hidden_state_norms
+    from qft_cli.loading import load_model
+    from qft_cli.models import build_tiny_model
+
+    build_tiny_model("tiny-llama").save_pretrained(tmp_path / "m")
+    source = resolve_model(str(tmp_path / "m"))
+    plain = load_model(source)
+    mapped = load_model(source, device_map={"": "cpu"})
+    samples = [[1, 2, 3, 4, 5], [7, 8, 9]]
+    a = hidden_state_norms(plain, samples, [0, 1, 2], pad_token_id=0).table
+    b = hidden_state_norms(mapped, samples, [0, 1, 2], pad_token_id=0).table
+    pd.testing.assert_frame_equal(a, b)
+    assert (b["frobenius_norm"] > 0).all()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
+                    reason="torch.distributed with gloo is not available")
+def test_norms_inputs_two_gloo_processes_equal_one(tmp_path):
+    launcher = tmp_path / "launch_qft.py"
+    launcher.write_text(LAUNCHER)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    args = ["norms", "inputs", "tiny-gpt2", "--dataset", "random", "--max-tokens", "13", "--layers", "all",
+            "--device", "cpu", "--quiet"]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+           "--master_port", str(port), str(launcher), *args, "--out", str(tmp_path / "two")]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("results:") == 1
+    single = subprocess.run([sys.executable, str(launcher), *args, "--out", str(tmp_path / "one")], env=env,
+                            capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert single.returncode == 0, single.stderr[-3000:]
+    (two,), (one,) = list((tmp_path / "two").iterdir()), list((tmp_path / "one").iterdir())
+    pd.testing.assert_frame_equal(pd.read_parquet(two / "norms_inputs.parquet"),
+                                  pd.read_parquet(one / "norms_inputs.parquet"), check_exact=False, rtol=1e-6, atol=0)
