@@ -358,6 +358,7 @@ class FinetuneResult:
     max_length: int
     sizes: dict[str, int]
     variants: list[dict[str, Any]] = field(default_factory=list)
+    task: Optional[str] = None
     test_summary: Any = None
     new_parameters: list[str] = field(default_factory=list)
 
@@ -425,7 +426,14 @@ def finetune(model_name: str, *, dataset: str, settings: FinetuneSettings, run, 
     cfg = settings.training_config(device)
     cfg.validate()
     recorder = ResultsRecorder(run, default_seed=settings.seed)
-    result = FinetuneResult(source.model_id, data.source, data.num_labels, data.kind, max_length, data.sizes())
+    result = FinetuneResult(source.model_id, data.source, data.num_labels, data.kind, max_length, data.sizes(),
+                            task=data.task)
+    from qft_cli.provenance import check_resumed_data, file_records, model_files_for
+
+    data_files = file_records(data.files)
+    check_resumed_data(run.meta, data_files)
+    run.update(data={**data.record(), "location": data.source}, data_files=data_files)
+    model_files_recorded = False
     variants = settings.variants()
     seeds = settings.seed_list()
     several = len(seeds) > 1
@@ -440,6 +448,9 @@ def finetune(model_name: str, *, dataset: str, settings: FinetuneSettings, run, 
             continue
         model = load_classifier(source, data.num_labels, kind=data.kind, seed=seed, dtype=dtype,
                                 trust_remote_code=trust_remote_code)
+        if not model_files_recorded:  # the weights every variant starts from
+            run.update(model_files=[model_files_for(source, model, progress)])
+            model_files_recorded = True
         new_parameters = load_report(model).new
         if new_parameters != result.new_parameters:
             result.new_parameters = new_parameters

@@ -153,7 +153,8 @@ def run_norms_inputs(args: NormsInputsArgs, progress: Optional[ProgressFn] = Non
     rank, world = process_group(prepared["device"].type)
     with Run("norms inputs", args.models, _options(args), out=Path(args.out), is_main_process=rank == 0) as run:
         run.update(world_size=world)
-        for source, model, samples, pad, layers in _loaded_models(args, run, prepared):
+        shown = progress if rank == 0 else None
+        for source, model, samples, pad, layers in _loaded_models(args, run, prepared, shown):
             labels = {"dataset": samples.dataset, "model_alias": source.name, "model": source.model_id}
             if world == 1:
                 result = hidden_state_norms(model, samples.token_ids, layers, batch_size=args.batch_size,
@@ -203,17 +204,30 @@ def _prepare(args: NormsInputsArgs, parse: Callable[[str, int], list[int]]) -> d
     return {"sources": sources, "layer_lists": layer_lists, "texts": texts, "device": device, "dtype": dtype}
 
 
-def _loaded_models(args: NormsInputsArgs, run: Run, prepared: dict):
+def _loaded_models(args: NormsInputsArgs, run: Run, prepared: dict, progress: Optional[ProgressFn] = None):
     """Yield ``(source, model, samples, pad_token_id, layers)`` one model at a time (each model is
-    dropped before the next is loaded); ``prepared`` from :func:`_prepare`."""
+    dropped before the next is loaded); ``prepared`` from :func:`_prepare`. Records the data read
+    (``data``, ``data_files``) and each model's weights (``model_files``) in ``run.json``
+    (:mod:`qft_cli.provenance`)."""
+    from qft_cli.provenance import data_record, file_records, model_files_for
+
     sources, layer_lists, texts = prepared["sources"], prepared["layer_lists"], prepared["texts"]
     device, dtype = prepared["device"], prepared["dtype"]
+    if texts is None:
+        data, data_files = data_record("random", source="random"), []
+    else:
+        data, data_files = data_record(texts[0], **texts[1].origin), file_records(texts[1].files)
     threads = configure_threads(args.threads)
-    run.update(device=str(device), dtype=args.dtype, threads=threads.count, threads_source=threads.source)
+    run.update(device=str(device), dtype=args.dtype, threads=threads.count, threads_source=threads.source,
+               data=data, data_files=data_files)
+    model_files = []
     for source, layers in zip(sources, layer_lists):
         tokenizer = load_tokenizer(source, args.trust_remote_code)
         model = load_model(source, dtype=dtype, device=device, device_map=args.device_map,
                            trust_remote_code=args.trust_remote_code)
+        if run.is_main_process:  # the one process that writes run.json hashes the weights
+            model_files.append(model_files_for(source, model, progress))
+            run.update(model_files=model_files)
         vocab = min(model.config.vocab_size, len(tokenizer))
         if args.dataset == "random":  # before drawing max_tokens sequences of up to max_tokens ids
             check_num_tokens(model, args.max_tokens, source.name)
@@ -244,7 +258,7 @@ def run_norms_attention(args: NormsAttentionArgs, progress: Optional[ProgressFn]
     prepared = _prepare(args, parse_blocks)
     tables, warnings = [], []
     with Run("norms attention", args.models, _options(args), out=Path(args.out)) as run:
-        for source, model, samples, pad, layers in _loaded_models(args, run, prepared):
+        for source, model, samples, pad, layers in _loaded_models(args, run, prepared, progress):
             result = attention_norms(model, samples.token_ids, layers, batch_size=args.batch_size,
                                      pad_token_id=pad, progress=progress,
                                      labels={"model": source.model_id, "model_alias": source.name,
@@ -302,7 +316,9 @@ def run_norms_weights(args: NormsWeightsArgs, progress: Optional[ProgressFn] = N
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype) if args.dtype else None
     check_writable(args.out, create=False)
-    tables, vectors, heads, warnings, notices, unrecognised = [], [], [], [], [], {}
+    from qft_cli.provenance import model_files_for
+
+    tables, vectors, heads, warnings, notices, unrecognised, model_files = [], [], [], [], [], {}, []
     rank, world = process_group(device.type)
     with Run("norms weights", args.models, _options(args), out=Path(args.out), is_main_process=rank == 0) as run:
         threads = configure_threads(args.threads)
@@ -324,6 +340,8 @@ def run_norms_weights(args: NormsWeightsArgs, progress: Optional[ProgressFn] = N
                 if rank != 0:
                     continue
                 result = merge_weight_results(parts, [key for key, _, _ in groups])
+            model_files.append(model_files_for(source, progress=progress))  # after reading: a hub snapshot is cached now
+            run.update(model_files=model_files)
             warnings += [f"non-finite weight: model {source.name}, parameter {p}" for p in result.nonfinite]
             if result.unrecognised:
                 unrecognised[source.name] = result.unrecognised

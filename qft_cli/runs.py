@@ -3,8 +3,10 @@
 Layout (the one place that decides it)::
 
     <out>/<YYYYmmdd-HHMMSS>-<command>-<model>/
-        run.json                 command line, options, versions, device, dtype, seed,
-                                 start/end time (ISO 8601, UTC), status
+        run.json                 command line, options, versions, software (versions, torch
+                                 threads, device name, deterministic algorithms), device, dtype,
+                                 seed, start/end time (ISO 8601, UTC), status, and the provenance
+                                 fields data, data_files, model_files (qft_cli.provenance)
         <table>.parquet          one file per result table (schemas in docs/results.md)
 
 ``status`` is ``running`` while the run is in progress, then ``completed``, ``failed`` or
@@ -60,6 +62,15 @@ def versions() -> dict[str, str]:
         except Exception:  # pragma: no cover - optional
             pass
     return out
+
+
+def _software(device: Any) -> dict[str, Any]:
+    from qft_cli.provenance import software_info
+
+    try:
+        return software_info(device if device not in (None, "") else None)
+    except Exception:  # an unavailable device named in the options: the CPU's name, fixed by update(device=)
+        return software_info("cpu")
 
 
 def check_writable(out: Path, create: bool = True) -> Path:
@@ -208,6 +219,7 @@ class Run:
             "models": self.models,
             "options": self.options,
             "versions": versions(),
+            "software": _software(self.options.get("device") if isinstance(self.options, dict) else None),
             "start_time": _utc_now(),
             "end_time": None,
             "status": "running",
@@ -217,8 +229,13 @@ class Run:
         return self
 
     def update(self, **fields: Any) -> None:
-        """Add or replace metadata fields and rewrite ``run.json``."""
+        """Add or replace metadata fields and rewrite ``run.json`` (a ``device`` field also sets
+        ``software.device_name``)."""
         self.meta.update(fields)
+        if "device" in fields and isinstance(self.meta.get("software"), dict):
+            from qft_cli.provenance import device_name
+
+            self.meta["software"]["device_name"] = device_name(fields["device"])
         self._write()
 
     def write_table(self, name: str, df: pd.DataFrame) -> Path | None:
@@ -245,5 +262,10 @@ class Run:
             self.meta["error"] = f"{exc_type.__name__}: {exc}"
         self.meta["status"] = status
         self.meta["end_time"] = _utc_now()
+        if isinstance(self.meta.get("software"), dict):  # as they were while the run worked
+            import torch
+
+            self.meta["software"].update(torch_threads=torch.get_num_threads(),
+                                         deterministic_algorithms=bool(torch.are_deterministic_algorithms_enabled()))
         self._write()
         return False

@@ -7,7 +7,8 @@ Datasets (``--dataset``):
   ``seq,label``; splits train/test). As in the research, validation and test are the two seeded
   halves of the test split (the first half of a seeded permutation is validation).
 * ``gue``: DNABERT-2's GUE benchmark (Zhou et al., ICLR 2024), hub ``leannmlindsey/GUE``, task
-  ``--task`` (default ``prom_300_notata``), splits train/dev/test.
+  ``--task`` (default ``prom_300_notata``; with ``--data-dir``, the folder's own task, see
+  :func:`find_task_dir`), splits train/dev/test.
 * ``conll2003``: part-of-speech tagging on CoNLL-2003 English (Tjong Kim Sang & De Meulder 2003),
   hub ``eriktks/conll2003`` read through its parquet conversion (``refs/convert/parquet``),
   because current ``datasets`` refuses loading scripts. Label ids follow that dataset's
@@ -34,6 +35,7 @@ from __future__ import annotations
 import csv
 import difflib
 import itertools
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -84,6 +86,10 @@ class TaskData:
             inputs are upper-case strings and labels ints; for POS, inputs are lists of words and
             labels lists of ints (one per word).
         source: hub id or directory the data came from.
+        files: every local file read (absolute paths; for hub data the ``datasets`` cache files).
+        origin: where the data came from, the keys of :func:`qft_cli.provenance.data_record`
+            besides ``dataset`` and ``task``: ``source`` (``local``, ``hub`` or ``synthetic``),
+            ``hub_id``, ``config``, ``split``, ``revision`` (the hub commit hash).
     """
 
     dataset: str
@@ -93,6 +99,15 @@ class TaskData:
     splits: dict[str, dict[str, list]]
     source: str
     notes: list[str] = field(default_factory=list)
+    files: list[Path] = field(default_factory=list)
+    origin: dict[str, Any] = field(default_factory=lambda: {"source": "local"})
+
+    def record(self) -> dict[str, Any]:
+        """The ``data`` field of ``run.json`` (:func:`qft_cli.provenance.data_record`), with the
+        number of examples per split (``sizes``, after any subsampling) and ``notes``."""
+        from qft_cli.provenance import data_record
+
+        return data_record(self.dataset, task=self.task, **self.origin, sizes=self.sizes(), notes=list(self.notes))
 
     @property
     def num_labels(self) -> int:
@@ -106,7 +121,8 @@ class TaskData:
 # ----------------------------------------------------------------------------- validation
 
 def validate_dataset_name(dataset: str, task: Optional[str]) -> tuple[str, Optional[str]]:
-    """Check ``--dataset``/``--task``; return ``(dataset, task)`` with the GUE default filled in.
+    """Check ``--dataset``/``--task``; return ``(dataset, task)``, ``task`` as given (``None`` when
+    not given: the task actually read is decided by :func:`load_task`, see :func:`find_task_dir`).
 
     Raises:
         QftInputError: unknown dataset or GUE task, or ``--task`` with a dataset that has none.
@@ -116,7 +132,8 @@ def validate_dataset_name(dataset: str, task: Optional[str]) -> tuple[str, Optio
         hint = f"did you mean '{near[0]}'? " if near else ""
         raise QftInputError(f"unknown dataset '{dataset}': {hint}use one of {', '.join(DATASETS)}")
     if dataset == "gue":
-        task = task or DEFAULT_GUE_TASK
+        if task is None:
+            return dataset, None
         if task not in GUE_TASKS:
             near = difflib.get_close_matches(task, GUE_TASKS, n=1, cutoff=0.5)
             hint = f"did you mean '{near[0]}'? " if near else ""
@@ -153,7 +170,7 @@ def _check_labels(raw: list[Any], where: str) -> list[int]:
 
 
 def _finish_dna(dataset: str, task: Optional[str], splits: dict[str, dict[str, list]], source: str,
-                seed: int) -> TaskData:
+                seed: int, files: Optional[list[Path]] = None, origin: Optional[dict[str, Any]] = None) -> TaskData:
     notes = []
     if "validation" not in splits:
         if "test" not in splits:
@@ -175,7 +192,8 @@ def _finish_dna(dataset: str, task: Optional[str], splits: dict[str, dict[str, l
                 raise QftInputError(f"label {lab} in the {name} split of {source} (example {i + 1}) is outside "
                                     f"the training labels {label_set}: fix the labels or the files")
     return TaskData(dataset, task, "sequence_classification", [str(x) for x in label_set],
-                    {k: splits[k] for k in SPLITS}, source, notes)
+                    {k: splits[k] for k in SPLITS}, source, notes, list(files or []),
+                    dict(origin or {"source": "synthetic" if dataset in LOCAL_ONLY else "local"}))
 
 
 # ----------------------------------------------------------------------------- offline files
@@ -218,18 +236,87 @@ def _read_table_utf8(path: Path) -> tuple[list[str], list[Any]]:
     return seqs, labels
 
 
+def _has_split(directory: Path, split: str = "train") -> bool:
+    return directory.is_dir() and _find_split_file(directory, split, (".csv", ".tsv")) is not None
+
+
+def _task_folders(data_dir: Path) -> list[str]:
+    """Sub-folders of ``data_dir`` that hold a training file (task folders), sorted."""
+    try:
+        return sorted(c.name for c in data_dir.iterdir() if _has_split(c))
+    except OSError:
+        return []
+
+
+def find_task_dir(dataset: str, task: Optional[str], data_dir: Path) -> tuple[Path, Optional[str]]:
+    """The folder of ``data_dir`` that holds the split files, and the task it is (the task actually read).
+
+    GUE (``dataset == "gue"``): with ``--task T``, ``DIR/T`` when it holds a training file, else
+    ``DIR`` itself (task ``T``) when it holds the split files and is not named after another GUE
+    task. Without ``--task``: ``DIR/prom_300_notata`` (the default task) when present, else ``DIR``
+    itself, labelled by its own name (``DIR`` = ``.../prom_core_tata`` is task ``prom_core_tata``).
+    Other DNA datasets: ``DIR/human_nontata_promoters`` or ``DIR``; their task is ``None``.
+
+    Returns:
+        ``(directory, task)``; ``directory`` is ``None`` when no candidate holds a training file.
+
+    Raises:
+        QftInputError: ``--task T`` while ``DIR`` is the folder of another GUE task or holds other
+            tasks' folders but not ``T/``; no ``--task`` while ``DIR`` holds several task folders
+            but not the default one.
+    """
+    data_dir = Path(data_dir)
+    if dataset != "gue":
+        if task is None:
+            for candidate in (data_dir / "human_nontata_promoters", data_dir):
+                if _has_split(candidate):
+                    return candidate, None
+        else:
+            for candidate in (data_dir / task, data_dir):
+                if _has_split(candidate):
+                    return candidate, task
+        return None, task
+    name = Path(os.path.abspath(data_dir)).name  # the name as given (a symlink keeps its own name)
+    if task is not None:
+        if _has_split(data_dir / task):
+            return data_dir / task, task
+        if _has_split(data_dir):
+            if name in GUE_TASKS and name != task:
+                raise QftInputError(f"--data-dir {data_dir} holds the files of GUE task {name} but --task is {task}: "
+                                    f"drop --task (or pass --task {name}), or pass the folder of {task}")
+            return data_dir, task
+        folders = _task_folders(data_dir)
+        if folders:
+            raise QftInputError(f"--task {task} but --data-dir {data_dir} holds the task folder(s) "
+                                f"{', '.join(folders[:5])}{' ...' if len(folders) > 5 else ''} and no {task}/: "
+                                f"pass --task {folders[0]} or the directory that holds {task}/")
+        return None, task
+    if _has_split(data_dir / DEFAULT_GUE_TASK):
+        return data_dir / DEFAULT_GUE_TASK, DEFAULT_GUE_TASK
+    if _has_split(data_dir):
+        return data_dir, name
+    folders = _task_folders(data_dir)
+    if len(folders) == 1:
+        return data_dir / folders[0], folders[0]
+    if folders:
+        raise QftInputError(f"--data-dir {data_dir} holds several GUE task folders ({', '.join(folders[:5])}"
+                            f"{' ...' if len(folders) > 5 else ''}): pass --task to say which one to read")
+    return None, None
+
+
 def _dna_from_dir(dataset: str, task: Optional[str], data_dir: Path, seed: int) -> TaskData:
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
         raise QftInputError(f"--data-dir {data_dir} is not a directory: pass the folder with train/dev/test files")
-    candidates = [data_dir / task, data_dir] if task else [data_dir / "human_nontata_promoters", data_dir]
-    directory = next((c for c in candidates if c.is_dir() and _find_split_file(c, "train", (".csv", ".tsv"))), None)
+    directory, task = find_task_dir(dataset, task, data_dir)
     if directory is None:
-        where = next((c for c in candidates if c.is_dir() and _find_split_file(c, "test", (".csv", ".tsv"))), None)
+        candidates = [data_dir / task, data_dir] if task else [data_dir / "human_nontata_promoters", data_dir]
+        where = next((c for c in candidates if _has_split(c, "test")), None)
         extra = (f" ({where} holds only a test split; qft does not train on test data)") if where else ""
         raise QftInputError(f"--data-dir {data_dir} has no train.csv or train.tsv{extra}: pass a directory with "
                             f"train, dev and test files" + (f" (or a folder holding {task}/)" if task else ""))
     splits: dict[str, dict[str, list]] = {}
+    files: list[Path] = []
     for split in SPLITS:
         path = _find_split_file(directory, split, (".csv", ".tsv"))
         if path is None:
@@ -238,9 +325,10 @@ def _dna_from_dir(dataset: str, task: Optional[str], data_dir: Path, seed: int) 
         if not seqs:
             raise QftInputError(f"{path} has no rows: pass a file with sequences")
         splits[split] = {"inputs": _check_dna(seqs, str(path)), "labels": _check_labels(labels, str(path))}
+        files.append(path.resolve())
     if "test" not in splits:
         raise QftInputError(f"--data-dir {directory} has no test.csv or test.tsv: add the test split")
-    return _finish_dna(dataset, task, splits, str(directory), seed)
+    return _finish_dna(dataset, task, splits, str(directory), seed, files)
 
 
 def read_conll(path: Path) -> tuple[list[list[str]], list[list[str]]]:
@@ -302,6 +390,7 @@ def _conll_splits_to_task(raw: dict[str, tuple[list[list[str]], list[list[Any]]]
 def _conll_from_dir(data_dir: Path) -> TaskData:
     data_dir = Path(data_dir)
     raw = {}
+    files = []
     for split in SPLITS:
         path = _find_split_file(data_dir, split, (".txt", ".conll", ""))
         if path is None:
@@ -311,7 +400,10 @@ def _conll_from_dir(data_dir: Path) -> TaskData:
             raw[split] = read_conll(path)
         except UnicodeDecodeError as err:
             raise _not_utf8(path, err) from None
-    return _conll_splits_to_task(raw, str(data_dir))
+        files.append(path.resolve())
+    data = _conll_splits_to_task(raw, str(data_dir))
+    data.files = files
+    return data
 
 
 # ----------------------------------------------------------------------------- hub
@@ -330,10 +422,26 @@ def _hub_load(repo: str, **kwargs):
                             "check the network, or pass --data-dir with local files") from None
 
 
+def _hub_origin(ds, hub_id: str, config: Optional[str]) -> tuple[dict[str, Any], list[Path]]:
+    """``TaskData.origin`` and files of a hub dataset: id, config, splits and the commit hash
+    resolved from the ``datasets`` cache (:func:`qft_cli.provenance.hub_dataset_revision`)."""
+    from qft_cli.provenance import hub_dataset_files, hub_dataset_revision
+
+    try:
+        splits = list(ds.keys())
+    except AttributeError:
+        splits = None
+    return ({"source": "hub", "hub_id": hub_id, "config": config, "split": splits,
+             "revision": hub_dataset_revision(ds)}, hub_dataset_files(ds))
+
+
 def _dna_from_hub(dataset: str, task: Optional[str], seed: int) -> TaskData:
     if dataset == "genomic-bench":
+        hub_id, config = GENOMIC_BENCH_HUB, None
         ds, source = _hub_load(GENOMIC_BENCH_HUB), GENOMIC_BENCH_HUB
     else:
+        task = task or DEFAULT_GUE_TASK  # the task read from the hub
+        hub_id, config = GUE_HUB, task
         ds, source = _hub_load(GUE_HUB, name=task), f"{GUE_HUB}/{task}"
     splits = {}
     for hub_split, ours in (("train", "train"), ("dev", "validation"), ("validation", "validation"), ("test", "test")):
@@ -348,7 +456,8 @@ def _dna_from_hub(dataset: str, task: Optional[str], seed: int) -> TaskData:
                         "labels": _check_labels(ds[hub_split]["label"], where)}
     if "train" not in splits:
         raise QftInputError(f"{source} has no train split")
-    return _finish_dna(dataset, task, splits, source, seed)
+    origin, files = _hub_origin(ds, hub_id, config)
+    return _finish_dna(dataset, task, splits, source, seed, files, origin)
 
 
 def _conll_from_hub() -> TaskData:
@@ -358,7 +467,9 @@ def _conll_from_hub() -> TaskData:
     raw = {}
     for hub_split, ours in (("train", "train"), ("validation", "validation"), ("test", "test")):
         raw[ours] = (ds[hub_split]["tokens"], ds[hub_split]["pos_tags"])
-    return _conll_splits_to_task(raw, CONLL_HUB, names)
+    data = _conll_splits_to_task(raw, CONLL_HUB, names)
+    data.origin, data.files = _hub_origin(ds, CONLL_HUB, None)
+    return data
 
 
 # ----------------------------------------------------------------------------- public loading
@@ -368,7 +479,9 @@ def load_task(dataset: str, *, task: Optional[str] = None, data_dir: Optional[Pa
 
     Args:
         dataset: one of :data:`DATASETS`.
-        task: GUE task (default ``prom_300_notata``); only for ``gue``.
+        task: GUE task; only for ``gue``. Without it: the task of ``data_dir`` (see
+            :func:`find_task_dir`), or ``prom_300_notata`` from the hub. ``TaskData.task`` is
+            the task actually read.
         data_dir: local files (see module docstring); ``None`` loads from the hub.
         seed: seed of the validation/test split of ``genomic-bench``.
 

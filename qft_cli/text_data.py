@@ -42,6 +42,21 @@ class Samples:
     token_ids: list[list[int]]
 
 
+class Texts(list):
+    """A list of texts that also says where they came from.
+
+    Attributes:
+        files: the local files read (absolute paths).
+        origin: keys of :func:`qft_cli.provenance.data_record` besides ``dataset``/``task``
+            (``source``: ``local`` or ``hub``; ``hub_id``, ``config``, ``split``, ``revision``).
+    """
+
+    def __init__(self, texts=(), *, files=(), origin=None):
+        super().__init__(texts)
+        self.files = [Path(f) for f in files]
+        self.origin = dict(origin or {"source": "local"})
+
+
 def _unreadable(path: Path, err: BaseException) -> QftInputError:
     first = " ".join(str(err).split("\n", 1)[0].split())
     return QftInputError(f"data file {path} could not be read as {path.suffix.lower()} ({type(err).__name__}: "
@@ -55,8 +70,8 @@ def _decode(path: Path) -> str:
         raise _unreadable(path, err) from None
 
 
-def read_text_file(path: Path, text_column: Optional[str] = None) -> list[str]:
-    """Texts of a local file (see module docstring for the formats).
+def read_text_file(path: Path, text_column: Optional[str] = None) -> Texts:
+    """Texts of a local file (see module docstring for the formats), as :class:`Texts` naming the file.
 
     Raises:
         QftInputError: missing, empty or unreadable file, unknown suffix, or a table without the text column.
@@ -105,12 +120,12 @@ def read_text_file(path: Path, text_column: Optional[str] = None) -> list[str]:
         texts = [str(t) for t in frame[text_column].tolist() if not pd.isna(t) and str(t).strip()]
     if not texts:
         raise QftInputError(f"data file {path} holds no text: give a file with at least one text")
-    return texts
+    return Texts(texts, files=[path.resolve()])
 
 
-def mmlu_questions(data_file: Optional[Path] = None, text_column: Optional[str] = None) -> list[str]:
+def mmlu_questions(data_file: Optional[Path] = None, text_column: Optional[str] = None) -> Texts:
     """The MMLU validation questions, from ``data_file`` (CSV; column ``text_column``, default ``question``)
-    or the hub (``cais/mmlu``, ``all``, ``validation``).
+    or the hub (``cais/mmlu``, ``all``, ``validation``; :class:`Texts` records the resolved revision).
 
     Raises:
         QftInputError: the file lacks a ``question`` column, or the hub is unreachable.
@@ -128,7 +143,11 @@ def mmlu_questions(data_file: Optional[Path] = None, text_column: Optional[str] 
         why = "hub not reachable or HF_HUB_OFFLINE set, and not cached" if unreachable else type(err).__name__
         raise QftInputError(f"could not load MMLU from the Hugging Face Hub ({why}): pass a local CSV "
                             "with --data-file (columns subject,question,A,B,C,D,answer)") from None
-    return list(ds["question"])
+    from qft_cli.provenance import hub_dataset_files, hub_dataset_revision
+
+    return Texts(ds["question"], files=hub_dataset_files(ds),
+                 origin={"source": "hub", "hub_id": MMLU_HUB_ID, "config": "all", "split": ["validation"],
+                         "revision": hub_dataset_revision(ds)})
 
 
 def random_token_ids(vocab_size: int, special_ids: set[int], max_tokens: int, seed: int) -> list[list[int]]:
@@ -145,7 +164,7 @@ def random_token_ids(vocab_size: int, special_ids: set[int], max_tokens: int, se
 
 
 def load_texts(dataset: str, data_file: Optional[Path] = None,
-               text_column: Optional[str] = None) -> tuple[str, list[str]]:
+               text_column: Optional[str] = None) -> tuple[str, Texts]:
     """``(name, texts)`` of a text dataset (``mmlu`` or a file path; not ``random``), without a tokenizer,
     so that bad data is found before any model is loaded.
 

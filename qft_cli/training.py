@@ -701,13 +701,15 @@ def mean_epochs(results: Sequence[Any]) -> dict[str, float]:
 @dataclass
 class ExperimentResult:
     """Test metrics of every variant and seed (seed-major order, vanilla first per seed), the
-    ``test_summary`` table (:func:`qft_cli.stats.test_summary`) and data facts."""
+    ``test_summary`` table (:func:`qft_cli.stats.test_summary`) and data facts (``task``: the task
+    actually read)."""
 
     results: list[VariantResult]
     sizes: dict[str, int]
     vocab_size: int
     notes: list[str]
     test_summary: pd.DataFrame = field(default_factory=pd.DataFrame)
+    task: Optional[str] = None
 
     def epochs(self) -> dict[str, float]:
         """Mean epochs trained per variant (over its seeds)."""
@@ -784,9 +786,17 @@ def run_experiment(options: ExperimentOptions, run, *, resume: bool = False,
         collator = DataCollatorWithPadding(tokenizer)
     from qft_cli.device import resolve_device
 
+    from qft_cli.models import resolve_model
+    from qft_cli.provenance import check_resumed_data, file_records, model_files_for
+
+    data_files = file_records(data.files)
+    check_resumed_data(run.meta, data_files)
+
+    model_files = ([model_files_for(resolve_model(options.embedding_from), progress=progress)]
+                   if options.embedding_from else [])
     run.update(world_size=int(os.environ.get("WORLD_SIZE", "1")), device=str(resolve_device(cfg.device)),
-               data={"source": data.source, "sizes": data.sizes(), "notes": data.notes},
-               tokenizer_size=len(tokenizer), vocab_size=vocab_size)
+               data={**data.record(), "location": data.source}, data_files=data_files,
+               model_files=model_files, tokenizer_size=len(tokenizer), vocab_size=vocab_size)
     recorder = ResultsRecorder(run, default_seed=cfg.seed)
     results = []
     seeds = options.seed_list()
@@ -822,7 +832,7 @@ def run_experiment(options: ExperimentOptions, run, *, resume: bool = False,
         else:
             run.update(best_models={r.variant: r.best_model_dir for r in results})
     summary = write_test_summary(run, recorder, dataset=data.dataset, task=data.task, num_labels=data.num_labels)
-    return ExperimentResult(results, data.sizes(), vocab_size, data.notes, summary)
+    return ExperimentResult(results, data.sizes(), vocab_size, data.notes, summary, task=data.task)
 
 
 def open_run(options: ExperimentOptions, *, out: Path, argv: list[str], resume_dir: Optional[Path] = None):
@@ -844,8 +854,10 @@ def open_run(options: ExperimentOptions, *, out: Path, argv: list[str], resume_d
     model_name = options.embedding_from or f"qft-{options.num_layers}layer-d{options.d_model}"
     run = Run("train", [model_name], to_jsonable(options), out=Path(out), argv=argv, is_main_process=is_main)
     if resume_dir is not None:
+        from qft_cli.provenance import resume_meta
+
         run.path = Path(resume_dir)
-        run.meta = {"resumed": True}
+        run.meta = resume_meta(resume_dir)
     elif is_main:
         run.create()
     if world > 1:

@@ -217,6 +217,53 @@ def test_final_table_in_points_and_warns_on_one_class_models(capsys, monkeypatch
     assert out.err.count("warning:") == 1 and "spectral has test F1 0.000" in out.err
 
 
+def test_data_dir_of_one_task_is_named_by_it_and_verifiable(tmp_path):
+    """Issue 12: DIR holding GUE prom_core_tata's split files, no --task: the table and run.json say
+    prom_core_tata (never the unused default prom_300_notata); run.json records every file read
+    (SHA-256 = hashlib's) and the software; `qft runs verify` passes, then fails once a file changed."""
+    import hashlib
+
+    from qft_cli.cli.app import app
+
+    data = _dna_dir(tmp_path).rename(tmp_path / "prom_core_tata")
+    out = tmp_path / "runs"
+    args = [a for a in TINY if a not in ("--task", "prom_core_notata", "char")]
+    args[args.index("--tokenizer") + 1:args.index("--tokenizer") + 1] = ["kmer:3"]
+    result = _invoke([*args, "--data-dir", str(data), "--out", str(out), "--norm", "none", "--max-steps", "2"])
+    assert result.exit_code == 0, result.output + str(result.exception)
+    assert "gue/prom_core_tata" in result.stdout and "prom_300_notata" not in result.stdout
+    (run_dir,) = list(out.iterdir())
+    meta = json.loads((run_dir / "run.json").read_text())
+    assert meta["data"]["task"] == "prom_core_tata" and meta["data"]["dataset"] == "gue"
+    assert meta["data"]["source"] == "local" and meta["options"]["task"] is None
+    assert sorted(f["path"] for f in meta["data_files"]) == sorted(str(data.resolve() / f"{s}.csv")
+                                                                   for s in ("train", "dev", "test"))
+    for f in meta["data_files"]:
+        raw = open(f["path"], "rb").read()
+        assert f["sha256"] == hashlib.sha256(raw).hexdigest() and f["size_bytes"] == len(raw)
+    assert meta["model_files"] == []  # a model built from a seed: no weight files
+    assert {"torch_threads", "device_name", "deterministic_algorithms"} <= set(meta["software"])
+    runner = CliRunner()
+    ok = runner.invoke(app, ["runs", "verify", str(run_dir)])
+    assert ok.exit_code == 0, ok.output
+    with open(data / "dev.csv", "a") as f:
+        f.write("ACGTACGT,1\n")
+    bad = runner.invoke(app, ["runs", "verify", str(run_dir)])
+    assert bad.exit_code == 2 and "dev.csv changed" in bad.stderr.replace("\n", "")
+    # resuming on changed data is refused (the run is marked failed, its directory kept)
+    resumed = _invoke(["--resume", str(run_dir), "--quiet"])
+    assert resumed.exit_code == 2 and "data files differ from those the run started with (dev.csv" in resumed.stderr
+    meta = json.loads((run_dir / "run.json").read_text())
+    assert meta["status"] == "failed" and meta["data_files_before_resume"][0]["sha256"]
+    # a --task that disagrees with the folder's task is one line, exit 2, nothing written
+    out2 = tmp_path / "runs2"
+    result = _invoke([*args, "--task", "prom_300_notata", "--data-dir", str(data), "--out", str(out2)])
+    assert result.exit_code == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "holds the files of GUE task prom_core_tata" in lines[0]
+    assert not out2.exists() or not any(out2.iterdir())
+
+
 def test_multi_seed_run_resumes_the_unfinished_seed(tmp_path):
     """--seeds 0,1: seed 0 finished, seed 1 interrupted before its first checkpoint -> the resume
     keeps seed 0 as it is and trains seed 1 once; the summary is over both seeds."""

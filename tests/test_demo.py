@@ -7,6 +7,7 @@ tested in a second. ``test_demo_end_to_end`` runs the real pipeline where the li
 
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
@@ -94,6 +95,9 @@ def test_printed_train_command_reruns(tmp_path):
     assert argv[:4] == ["qft", "train", "--dataset", "synthetic-dna"]
     result = CliRunner().invoke(app, [*argv[1:], "--max-steps", "2", "--tokenizer", "char", "--quiet"])
     assert result.exit_code == 0, result.output + str(result.exception)
+    (run_dir,) = [p for p in (tmp_path / "runs").iterdir() if p.is_dir()]
+    data = json.loads((run_dir / "run.json").read_text())["data"]
+    assert data["dataset"] == "synthetic-dna" and data["source"] == "synthetic" and data["task"] is None
 
 
 def test_demo_ends_with_the_headline_numbers(stubbed, tmp_path):

@@ -283,6 +283,19 @@ def test_published_style_dnabert2_directory_fine_tunes_every_matrix(tmp_path, sm
                                                                   "ffn_down"] * 2)
     config = json.loads((export / "config.json").read_text())
     assert config["model_type"] == "qft_dnabert2" and "auto_map" in config
+    # provenance (issue 12): the weight files of the directory and the data files, hashlib's SHA-256
+    import hashlib
+
+    (model,) = meta["model_files"]
+    assert model["model"] == str(checkpoint) and model["kind"] == "local" and model["files"]
+    for f in model["files"] + meta["data_files"]:
+        assert f["sha256"] == hashlib.sha256(Path(f["path"]).read_bytes()).hexdigest()
+    assert sorted(Path(f["path"]).name for f in model["files"]) == sorted(
+        p.name for p in Path(checkpoint).iterdir() if p.suffix in (".safetensors", ".bin"))
+    assert sorted(f["path"] for f in meta["data_files"]) == sorted(str(small_csv.resolve() / f"{s}.csv")
+                                                                   for s in ("dev", "test", "train"))
+    assert meta["data"]["task"] == small_csv.name  # no --task: the folder's own name, never the default
+    assert small_csv.name in result.output and "prom_300_notata" not in result.output
 
 
 def test_vanilla_qft_train_checkpoint_loads(tmp_path):

@@ -468,3 +468,35 @@ def figure_titled(page: str, text: str) -> dict:
     found = [f for f in plotly_figures(page) if text in str(f["layout"].get("title", {}).get("text", ""))]
     assert len(found) == 1, f"{len(found)} charts titled like {text!r}"
     return found[0]
+
+
+def _with_provenance(run_dir: Path, task: str, sha: str, weights_sha: str = "e" * 64) -> None:
+    meta = json.loads((run_dir / "run.json").read_text())
+    meta["options"]["dataset"], meta["options"]["task"] = "gue", None
+    meta["data"] = {"dataset": "gue", "task": task, "source": "local", "hub_id": None, "config": None, "split": None,
+                    "revision": None}
+    meta["data_files"] = [{"path": f"/data/{task}/train.csv", "size_bytes": 10, "sha256": sha}]
+    meta["model_files"] = [{"model": "minilm", "kind": "minilm", "revision": None,
+                            "files": [{"path": "/m/model.safetensors", "size_bytes": 5, "sha256": weights_sha}]}]
+    write_json_atomic(run_dir / "run.json", meta)
+
+
+def test_report_shows_provenance_and_warns_on_different_data_under_one_name(tmp_path):
+    """Issue 12: per run the data (the task actually read) and the weights, short hashes with the full
+    ones in a tooltip; a warning when two compared runs used different files under one name."""
+    a = make_train_run(tmp_path, name="20261129-200200-train-a")
+    b = make_train_run(tmp_path, name="20261129-200210-train-b")
+    _with_provenance(a, "prom_core_tata", "a" * 64)
+    _with_provenance(b, "prom_core_tata", "b" * 64)
+    page, _ = build_report_html(load_runs([tmp_path]))
+    assert "gue / prom_core_tata" in page and "prom_300_notata" not in page  # headings: the task read
+    for full in ("a" * 64, "e" * 64):  # short hashes shown, full ones in the tooltip and the file table
+        assert f"sha256 {full}" in page and f"<code>{full[:10]}</code>" in page and f"<code>{full}</code>" in page
+    warning = page.split("Different data under one name", 1)[1].split("</div>", 1)[0]
+    assert "gue/prom_core_tata" in warning and "20261129-200200-train-a" in warning
+    _with_provenance(b, "prom_core_tata", "a" * 64)  # the same bytes: no warning
+    page, _ = build_report_html(load_runs([tmp_path]))
+    assert "Different data under one name" not in page
+    _with_provenance(b, "prom_300_notata", "b" * 64)  # other names: no warning either
+    page, _ = build_report_html(load_runs([tmp_path]))
+    assert "Different data under one name" not in page and "gue / prom_300_notata" in page

@@ -199,3 +199,77 @@ def test_default_dnabert2_tokenizer_offline_names_the_offline_choices(monkeypatc
     with pytest.raises(QftInputError, match="dnabert2.*--tokenizer PATH .*bpe:512, kmer:6 or char") as err:
         build_tokenizer("auto", data)
     assert "\n" not in str(err.value)
+
+
+# ----------------------------------------------------------------------------- the task actually read (issue 12)
+
+def test_dir_holding_split_files_is_labelled_by_its_name(tmp_path):
+    """DIR = .../prom_core_tata holding train/test directly: the task is prom_core_tata, not the
+    default prom_300_notata; every file read is recorded with its SHA-256."""
+    import hashlib
+
+    from qft_cli.provenance import file_records
+
+    (tmp_path / "prom_core_tata").mkdir()
+    d = _dna_dir(tmp_path / "prom_core_tata")
+    data = tasks.load_task("gue", data_dir=d)
+    assert data.task == "prom_core_tata"
+    rec = data.record()
+    assert rec["task"] == "prom_core_tata" and rec["source"] == "local" and rec["dataset"] == "gue"
+    assert rec["hub_id"] is None and rec["revision"] is None
+    assert [p.name for p in data.files] == ["train.csv", "test.csv"]
+    for f in file_records(data.files):
+        assert f["sha256"] == hashlib.sha256(open(f["path"], "rb").read()).hexdigest()
+    # --task naming the same task agrees; --task naming another one is an error
+    assert tasks.load_task("gue", task="prom_core_tata", data_dir=d).task == "prom_core_tata"
+    with pytest.raises(QftInputError, match="holds the files of GUE task prom_core_tata but --task is prom_300_notata") as err:
+        tasks.load_task("gue", task="prom_300_notata", data_dir=d)
+    assert "\n" not in str(err.value)
+
+
+def test_task_disagreeing_with_the_task_folder_is_an_error(tmp_path):
+    (tmp_path / "prom_core_tata").mkdir()
+    _dna_dir(tmp_path / "prom_core_tata")
+    with pytest.raises(QftInputError, match=r"--task prom_300_notata but --data-dir .* holds the task folder\(s\) "
+                                            r"prom_core_tata and no prom_300_notata/"):
+        tasks.load_task("gue", task="prom_300_notata", data_dir=tmp_path)
+    # without --task the only task folder is the one read, and named
+    assert tasks.load_task("gue", data_dir=tmp_path).task == "prom_core_tata"
+    (tmp_path / "tf0").mkdir()
+    _dna_dir(tmp_path / "tf0")
+    with pytest.raises(QftInputError, match="several GUE task folders .*pass --task"):
+        tasks.load_task("gue", data_dir=tmp_path)
+    assert tasks.load_task("gue", task="tf0", data_dir=tmp_path).task == "tf0"
+
+
+def test_default_task_only_when_read(tmp_path):
+    (tmp_path / "prom_300_notata").mkdir()
+    _dna_dir(tmp_path / "prom_300_notata")
+    data = tasks.load_task("gue", data_dir=tmp_path)
+    assert data.task == "prom_300_notata" and data.files[0].parent.name == "prom_300_notata"
+    assert tasks.validate_dataset_name("gue", None) == ("gue", None)  # no default filled in before reading
+    plain = tmp_path / "mydata"
+    plain.mkdir()
+    _dna_dir(plain)
+    assert tasks.load_task("gue", task="tf1", data_dir=plain).task == "tf1"  # the user's name for unnamed files
+    assert tasks.load_task("genomic-bench", data_dir=plain).task is None
+
+
+def test_shared_gue_folder_names_its_task(shared_data):
+    data = tasks.load_task("gue", data_dir=shared_data / "gue" / "prom_core_notata")
+    assert data.task == "prom_core_notata"
+    with pytest.raises(QftInputError, match="holds the files of GUE task prom_core_notata"):
+        tasks.load_task("gue", task="prom_300_notata", data_dir=shared_data / "gue" / "prom_core_notata")
+
+
+def test_task_folder_name_as_given_and_relative(tmp_path, monkeypatch):
+    real = tmp_path / "somewhere"
+    real.mkdir()
+    _dna_dir(real)
+    (tmp_path / "prom_core_tata").symlink_to(real)
+    assert tasks.load_task("gue", data_dir=tmp_path / "prom_core_tata").task == "prom_core_tata"
+    own = tmp_path / "tf3"
+    own.mkdir()
+    _dna_dir(own)
+    monkeypatch.chdir(own)
+    assert tasks.load_task("gue", data_dir=".").task == "tf3"

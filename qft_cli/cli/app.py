@@ -87,6 +87,7 @@ def _register() -> None:
 
     for module_name, attr, name in (
         ("qft_cli.cli.norms", "app", "norms"),
+        ("qft_cli.cli.runs", "app", "runs"),
     ):
         module = importlib.import_module(module_name)
         app.add_typer(getattr(module, attr), name=name)

@@ -19,7 +19,7 @@ def finetune_command(
     model: str = typer.Argument(..., help="Alias (dnabert, minilm, tiny-bert, tiny-dnabert, ...), Hugging Face id, "
                                           "local model directory, or a `qft train` run directory (its best checkpoint)."),
     dataset: str = typer.Option("genomic-bench", "--dataset", help="genomic-bench | gue | conll2003 (POS tagging)."),
-    task: Optional[str] = typer.Option(None, "--task", help="GUE task (default prom_300_notata)."),
+    task: Optional[str] = typer.Option(None, "--task", help="GUE task (default: the task folder --data-dir holds or is, else prom_300_notata)."),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Local files: train/dev/test CSV (sequence,label) or CoNLL text."),
     tokenizer: Optional[str] = typer.Option(None, "--tokenizer", help="Default: MODEL's own. A model name, a path "
                                                                       "(tokenizer.json or a directory), or a DNA tokenizer: dnabert2, bpe:V, kmer:K, char."),
@@ -93,7 +93,9 @@ def finetune_command(
     main = int(os.environ.get("RANK", "0")) == 0
     run = Run("finetune", [model], options, out=out, argv=argv(), is_main_process=main)
     if resume is not None:
-        run.path, run.meta = resume, {"resumed": True}
+        from qft_cli.provenance import resume_meta
+
+        run.path, run.meta = resume, resume_meta(resume)
     elif main:
         run.create()
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # every rank uses rank 0's directory
@@ -111,7 +113,7 @@ def finetune_command(
                               tokenizer_name=tokenizer, device=torch_device.type, dtype=torch_dtype,
                               trust_remote_code=trust_remote_code, export_dir=export, resume=resume is not None,
                               progress=progress)
-        run.update(model_id=result.model_id, data=result.data_source, num_labels=result.num_labels,
+        run.update(model_id=result.model_id, data_location=result.data_source, num_labels=result.num_labels,
                    task_kind=result.kind, max_length=result.max_length, sizes=result.sizes)
     if not main:
         return
@@ -120,6 +122,7 @@ def finetune_command(
         seed_text = ",".join(map(str, seed_list)) if seed_list else str(seed)
         err_console.print(f"new: {len(result.new_parameters)} parameters not in the checkpoint of {model}, "
                           f"initialised from seed {seed_text} (run.json new_parameters): {shown}", markup=False)
-    print_test_table(f"qft finetune {short_model_name(model)}: test split", result.test_summary, run.path, fmt,
+    what = f"{dataset}{'/' + result.task if result.task else ''}"
+    print_test_table(f"qft finetune {short_model_name(model)} on {what}: test split", result.test_summary, run.path, fmt,
                      result.epochs())
 

@@ -14,7 +14,7 @@ from qft_cli.cli.common import (FORMAT_OPTION, OUT_OPTION, QUIET_OPTION, THREADS
 @cli_errors
 def train_command(
     dataset: str = typer.Option("genomic-bench", "--dataset", help="genomic-bench | gue | conll2003 (POS tagging)."),
-    task: Optional[str] = typer.Option(None, "--task", help="GUE task (default prom_300_notata); gue only."),
+    task: Optional[str] = typer.Option(None, "--task", help="GUE task (default: the task folder --data-dir holds or is, else prom_300_notata); gue only."),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Offline data: CSV/TSV train/dev/test (sequence|seq,label) or CoNLL train/valid/test.txt."),
     tokenizer: str = typer.Option("auto", "--tokenizer", help="DNA: dnabert2 | bpe:V | kmer:K | char | PATH (a tokenizer.json or a directory) (auto = the embedding model's, else dnabert2). Text: a model alias."),
     max_length: int = typer.Option(512, "--max-length", help="Truncate inputs to this many tokens."),
@@ -97,7 +97,7 @@ def train_command(
         result = run_experiment(options, run, resume=resume is not None, progress=progress)
     if not run.is_main_process:
         return
-    title = f"qft train: {options.dataset}{'/' + options.task if options.task else ''}, test split"
+    title = f"qft train: {options.dataset}{'/' + result.task if result.task else ''}, test split"
     for note in result.notes:
         (console if fmt == "table" else err_console).print(f"note: {note}")
     print_test_table(title, result.test_summary, run.path, fmt, result.epochs())
