@@ -10,7 +10,8 @@ Run:  python benchmarks/bench_weights_scale.py --shape tinyllama [--threads N] [
    ``model.safetensors.index.json``, written one tensor at a time (the safetensors header is
    written first from the known shapes, then each tensor's bytes), so the writer never holds more
    than one tensor.
-2. Times, in this order and in the same run: reading every tensor once (safetensors, no maths);
+2. Times (wall, and CPU seconds, which a busy machine disturbs less), in this order and in the same
+   run: reading every tensor once (safetensors, each tensor copied once, no maths);
    ``qft norms weights DIR`` in a subprocess (peak anonymous memory RssAnon sampled every 20 ms
    from /proc, and the same for the ``tiny-llama`` model as the baseline); the straightforward
    method (each tensor to float32, ``torch.linalg.matrix_norm(ord=2)``, i.e. a full float32 SVD);
@@ -146,12 +147,16 @@ def read_once(directory: Path) -> float:
     for fname in sorted(set(index.values())):
         with safe_open(str(directory / fname), framework="pt") as fh:
             for name in fh.keys():
-                fh.get_tensor(name)
+                fh.get_tensor(name).clone()  # touch every byte (get_tensor alone may only map pages)
     return time.perf_counter() - t0
 
 
 def run_with_peak(cmd: list[str], env: dict) -> tuple[float, int, subprocess.CompletedProcess]:
-    """(wall seconds, peak RssAnon bytes sampled every 20 ms, completed process)."""
+    """(wall seconds, peak RssAnon bytes sampled every 20 ms, completed process); the child's CPU
+    seconds (user + system) are in ``LAST_CPU[0]``."""
+    import resource
+
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     peak = [0]
@@ -172,7 +177,12 @@ def run_with_peak(cmd: list[str], env: dict) -> tuple[float, int, subprocess.Com
     out, err = proc.communicate()
     wall = time.perf_counter() - t0
     watcher.join()
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    LAST_CPU[0] = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     return wall, peak[0], subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
+LAST_CPU = [0.0]
 
 
 def qft_weights(model: str, threads: int, extra: list[str]) -> tuple[float, int, Path]:
@@ -189,13 +199,14 @@ def qft_weights(model: str, threads: int, extra: list[str]) -> tuple[float, int,
     return wall, peak, tables[0]
 
 
-def timed_straightforward(directory: Path, layers: int | None) -> tuple[dict, float, float]:
-    """{name: float32 SVD norm}, time of embedding + head, time of the blocks (float32 SVD each)."""
+def timed_straightforward(directory: Path, layers: int | None, clock=time.perf_counter) -> tuple[dict, float, float]:
+    """{name: float32 SVD norm}, time of embedding + head, time of the blocks (float32 SVD each),
+    measured with ``clock`` (wall or CPU)."""
     norms, t_ends, t_blocks = {}, 0.0, 0.0
     for name, w in matrices(directory, layers):
-        t0 = time.perf_counter()
+        t0 = clock()
         norms[name] = float(torch.linalg.matrix_norm(w.float(), ord=2))
-        dt = time.perf_counter() - t0
+        dt = clock() - t0
         if name.startswith("model.layers."):
             t_blocks += dt
         else:
@@ -248,6 +259,7 @@ def main() -> None:
 
     t_read = read_once(directory)
     t_qft, peak, table_path = qft_weights(str(directory), threads, [])
+    cpu_qft = LAST_CPU[0]
     _, base_peak, _ = qft_weights("tiny-llama", threads, [])
     import pandas as pd
 
@@ -257,6 +269,8 @@ def main() -> None:
     norms_f32, t_ends, t_blocks = timed_straightforward(directory, layers)
     sampled = layers is not None and layers < spec["layers"]
     t_straight = t_ends + t_blocks * (spec["layers"] / layers if sampled else 1.0)
+    _, c_ends, c_blocks = timed_straightforward(directory, layers, time.process_time)  # CPU: robust to load
+    cpu_straight = c_ends + c_blocks * (spec["layers"] / layers if sampled else 1.0)
     ref, worst, worst_f32 = {}, 0.0, 0.0
     for name, w in matrices(directory, layers):
         if name not in qft_norm:
@@ -270,6 +284,8 @@ def main() -> None:
         "checkpoint_gib": total / 2**30, "largest_tensor_mib": largest / 2**20,
         "read_once_s": t_read, "qft_s": t_qft, "straightforward_s": t_straight,
         "straightforward_extrapolated": sampled, "ratio_straightforward_over_qft": t_straight / t_qft,
+        "qft_cpu_s": cpu_qft, "straightforward_cpu_s": cpu_straight,
+        "ratio_straightforward_over_qft_cpu": cpu_straight / cpu_qft,
         "ratio_qft_over_read_once": t_qft / t_read, "qft_peak_rss_anon_mib": peak / 2**20,
         "baseline_peak_rss_anon_mib": base_peak / 2**20, "qft_peak_above_baseline_mib": (peak - base_peak) / 2**20,
         "memory_goal_mib": largest / 2**20 + 300,
