@@ -23,7 +23,8 @@ gguf = pytest.importorskip("gguf", reason="the gguf package is not installed")
 from gguf.quants import dequantize, quantize  # noqa: E402
 
 from qft_cli.cli.app import app  # noqa: E402
-from qft_cli.models import load_model, load_tokenizer, resolve_model  # noqa: E402
+from qft_cli.loading import load_model  # noqa: E402
+from qft_cli.models import load_tokenizer, resolve_model  # noqa: E402
 
 runner = CliRunner()
 Q = gguf.GGMLQuantizationType
