@@ -395,7 +395,8 @@ def test_smollm2_finetune_on_gue_and_report(smollm2_source, smollm2_weights, sha
     assert {"train", "validation", "test"} <= set(metrics.split)
     norms = pd.read_parquet(run / "norms_during_training.parquet")
     assert set(norms.layer) == {30}
-    np.testing.assert_allclose(norms[norms.variant != "vanilla"].frobenius_norm, 1.0, rtol=1e-5)
+    # float32 parametrization of up to 576 x 1536 matrices: ~1e-5 relative rounding of ||W||_F = 1
+    np.testing.assert_allclose(norms[norms.variant != "vanilla"].frobenius_norm, 1.0, rtol=1e-4)
     html = tmp_path / "report.html"
     result = runner.invoke(app, ["report", str(run), str(smollm2_weights), "-o", str(html), "-q"])
     assert result.exit_code == 0, result.output
