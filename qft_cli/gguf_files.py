@@ -19,7 +19,8 @@ builds (tested against it):
   ``<cache>/gguf/<sha256 of the file>/``; later calls load that directory in seconds. The cache root
   is ``$QFT_CACHE``, else ``$XDG_CACHE_HOME/qft``, else ``~/.cache/qft``. The conversion is written
   to a temporary directory and renamed, so an interrupted run never leaves a half-written model.
-  File hashes are remembered per (path, size, mtime) in ``<cache>/gguf/hashes.json``, and the
+  File hashes are remembered per (path, size, mtime) in ``<cache>/sha256.json`` (shared with
+  :mod:`qft_cli.provenance`), and the
   config transformers derives from a file's metadata in ``<cache>/gguf/<sha256>.config.json``.
 
 The quantisation type of each tensor (``Q4_1``, ``Q8_0``, ``F32``, ...; ggml's names) is kept: the
@@ -29,7 +30,6 @@ norms qft reports are those of the *dequantised* weights.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import shutil
@@ -45,8 +45,6 @@ from qft_cli.errors import QftInputError
 SMOLLM2 = "smollm2"
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_ID = "HuggingFaceTB/SmolLM2-135M-Instruct (Q4_1 GGUF)"
-_HASHES = "hashes.json"
-_MAX_HASHES = 64
 _SOURCE = "qft_gguf_source.json"
 
 
@@ -274,45 +272,20 @@ def _save_plain(model, directory: Path) -> None:
 
 
 def cache_root() -> Path:
-    """qft's cache directory: ``$QFT_CACHE``, else ``$XDG_CACHE_HOME/qft``, else ``~/.cache/qft``."""
-    if os.environ.get("QFT_CACHE"):
-        return Path(os.environ["QFT_CACHE"]).expanduser()
-    if os.environ.get("XDG_CACHE_HOME"):
-        return Path(os.environ["XDG_CACHE_HOME"]).expanduser() / "qft"
-    return Path.home() / ".cache" / "qft"
+    """qft's cache directory: ``$QFT_CACHE``, else ``$XDG_CACHE_HOME/qft``, else ``~/.cache/qft``
+    (:func:`qft_cli.provenance.cache_dir`)."""
+    from qft_cli.provenance import cache_dir
+
+    return cache_dir()
 
 
 def file_sha256(path: Path) -> str:
-    """SHA-256 (hex) of a file, remembered per (resolved path, size, mtime) in
-    ``<cache>/gguf/hashes.json`` (at most 64 entries) so that a file is hashed once."""
-    from qft_cli.runs import write_json_atomic
+    """SHA-256 (hex) of a file, remembered per (resolved path, size, mtime) in qft's one hash cache
+    ``<cache>/sha256.json`` (:func:`qft_cli.provenance.cached_sha256`), so that a file is hashed
+    once, here and for ``run.json``'s ``model_files`` alike."""
+    from qft_cli.provenance import cached_sha256
 
-    path = Path(path).resolve()
-    stat = path.stat()
-    key = str(path)
-    stamp = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
-    memo_path = cache_root() / "gguf" / _HASHES
-    try:
-        memo = json.loads(memo_path.read_text())
-    except (OSError, ValueError):
-        memo = {}
-    entry = memo.get(key)
-    if isinstance(entry, dict) and all(entry.get(k) == v for k, v in stamp.items()) and entry.get("sha256"):
-        return entry["sha256"]
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            digest.update(chunk)
-    sha = digest.hexdigest()
-    memo.pop(key, None)
-    memo[key] = {**stamp, "sha256": sha}
-    memo = dict(list(memo.items())[-_MAX_HASHES:])
-    try:
-        memo_path.parent.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(memo_path, memo)
-    except OSError:  # a read-only cache only costs a re-hash next time
-        pass
-    return sha
+    return cached_sha256(Path(path), min_bytes=0)
 
 
 def converted_dir(path: Path) -> Path:

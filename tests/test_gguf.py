@@ -198,7 +198,7 @@ def test_conversion_is_cached_by_file_hash(tiny_gguf, cache, monkeypatch):
     import hashlib
 
     assert sha == hashlib.sha256(path.read_bytes()).hexdigest()
-    memo = json.loads((cache / "gguf" / "hashes.json").read_text())
+    memo = json.loads((cache / "sha256.json").read_text())  # qft's one hash cache (qft_cli.provenance)
     assert memo[str(path.resolve())]["sha256"] == sha
 
     def refuse(*args, **kwargs):
