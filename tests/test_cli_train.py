@@ -264,6 +264,43 @@ def test_data_dir_of_one_task_is_named_by_it_and_verifiable(tmp_path):
     assert not out2.exists() or not any(out2.iterdir())
 
 
+def test_resume_keeps_the_finished_variant_and_trains_the_unfinished_one(tmp_path):
+    """One seed, --norm vanilla,frobenius: vanilla finished, frobenius interrupted before its first
+    checkpoint -> the resume keeps vanilla's rows as they are (not retrained, not dropped) and trains
+    frobenius once, to the numbers of the uninterrupted run."""
+    import shutil
+
+    from qft_cli.runs import write_parquet_atomic
+
+    data = _dna_dir(tmp_path)
+    out = tmp_path / "runs"
+    result = _invoke([*TINY, "--data-dir", str(data), "--out", str(out), "--num-epochs", "1", "--early-stopping", "0",
+                      "--norm", "vanilla,frobenius", "--seed", "3"])
+    assert result.exit_code == 0, result.output + str(result.exception)
+    (run_dir,) = list(out.iterdir())
+    before = pd.read_parquet(run_dir / "metrics.parquet")
+    assert sorted(before.variant.unique()) == ["frobenius", "vanilla"]
+    for folder in ("checkpoints", "best"):
+        shutil.rmtree(run_dir / folder / "frobenius")
+    for table in ("metrics", "predictions", "norms_during_training"):
+        path = run_dir / f"{table}.parquet"
+        if path.is_file():
+            frame = pd.read_parquet(path)
+            write_parquet_atomic(frame[frame.variant == "vanilla"], path)
+    again = _invoke(["--resume", str(run_dir), "--quiet"])
+    assert again.exit_code == 0, again.output + str(again.exception)
+    after = pd.read_parquet(run_dir / "metrics.parquet")
+    keep = ["variant", "seed", "split", "step", "epoch", "accuracy", "f1"]
+    pd.testing.assert_frame_equal(after[after.variant == "vanilla"][keep].reset_index(drop=True),
+                                  before[before.variant == "vanilla"][keep].reset_index(drop=True))
+    resumed = after[after.variant == "frobenius"]
+    assert (resumed.split == "test").sum() == 1
+    pd.testing.assert_frame_equal(resumed[keep].reset_index(drop=True),
+                                  before[before.variant == "frobenius"][keep].reset_index(drop=True))
+    summary = pd.read_parquet(run_dir / "test_summary.parquet")
+    assert set(summary.variant) == {"vanilla", "frobenius"}
+
+
 def test_multi_seed_run_resumes_the_unfinished_seed(tmp_path):
     """--seeds 0,1: seed 0 finished, seed 1 interrupted before its first checkpoint -> the resume
     keeps seed 0 as it is and trains seed 1 once; the summary is over both seeds."""
