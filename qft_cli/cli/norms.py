@@ -21,6 +21,17 @@ MODELS_ARGUMENT = typer.Argument(..., metavar="MODELS...",
                                  help="Model aliases (see `qft models`), hub ids or local dirs.")
 
 
+# Options shared by `norms inputs` and `norms attention` (the same data, batching and model loading).
+DATASET_OPTION = typer.Option("mmlu", "--dataset", help="mmlu | random | a .txt/.csv/.tsv/.parquet/.fa file.")
+DATA_FILE_OPTION = typer.Option(None, "--data-file", help="Local CSV for mmlu (subject,question,A,B,C,D,answer).")
+TEXT_COLUMN_OPTION = typer.Option(None, "--text-column", help="Column with the text (default: first of text/question/sequence/seq).")
+MAX_TOKENS_OPTION = typer.Option(512, "--max-tokens", help="Truncate samples to this many tokens (random: N = 1..max).")
+NUM_SAMPLES_OPTION = typer.Option(None, "--num-samples", help="Keep only the first samples.")
+BATCH_SIZE_OPTION = typer.Option(8, "--batch-size", help="Samples per forward pass; -1 = no limit.")
+SEED_OPTION = typer.Option(0, "--seed", help="Seed of the random-token dataset.")
+MODEL_DTYPE_OPTION = typer.Option("float32", "--dtype", help="Model dtype: float32|bfloat16|float16 (norms always in float64).")
+
+
 def _print_table(title: str, frame: pd.DataFrame, headers: dict[str, str], fmt: str = "table") -> None:
     """Print the ``headers`` columns of ``frame`` (column -> header) through :func:`print_frame`."""
     print_frame(frame[list(headers)].rename(columns=headers), title, fmt)
@@ -38,16 +49,16 @@ def _finish(result, fmt: str = "table") -> None:
 @cli_errors
 def inputs_command(
     models: List[str] = MODELS_ARGUMENT,
-    dataset: str = typer.Option("mmlu", "--dataset", help="mmlu | random | a .txt/.csv/.tsv/.parquet/.fa file."),
-    data_file: Optional[Path] = typer.Option(None, "--data-file", help="Local CSV for mmlu (subject,question,A,B,C,D,answer)."),
-    text_column: Optional[str] = typer.Option(None, "--text-column", help="Column with the text (default: first of text/question/sequence/seq)."),
+    dataset: str = DATASET_OPTION,
+    data_file: Optional[Path] = DATA_FILE_OPTION,
+    text_column: Optional[str] = TEXT_COLUMN_OPTION,
     layers: str = typer.Option("0,1", "--layers", help="Layers: 0 = embedding output, l = output of block l; e.g. 0,1 or 0-3 or all."),
-    max_tokens: int = typer.Option(512, "--max-tokens", help="Truncate samples to this many tokens (random: N = 1..max)."),
-    num_samples: Optional[int] = typer.Option(None, "--num-samples", help="Keep only the first samples."),
-    batch_size: int = typer.Option(8, "--batch-size", help="Samples per forward pass; -1 = no limit."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the random-token dataset."),
+    max_tokens: int = MAX_TOKENS_OPTION,
+    num_samples: Optional[int] = NUM_SAMPLES_OPTION,
+    batch_size: int = BATCH_SIZE_OPTION,
+    seed: int = SEED_OPTION,
     device: str = DEVICE_OPTION,
-    dtype: str = typer.Option("float32", "--dtype", help="Model dtype: float32|bfloat16|float16 (norms always in float64)."),
+    dtype: str = MODEL_DTYPE_OPTION,
     device_map: Optional[str] = DEVICE_MAP_OPTION,
     trust_remote_code: bool = TRUST_OPTION,
     threads: Optional[int] = THREADS_OPTION,
@@ -82,18 +93,19 @@ def inputs_command(
 @cli_errors
 def attention_command(
     models: List[str] = MODELS_ARGUMENT,
-    dataset: str = typer.Option("mmlu", "--dataset", help="mmlu | random | a .txt/.csv/.tsv/.parquet/.fa file."),
-    data_file: Optional[Path] = typer.Option(None, "--data-file", help="Local CSV for mmlu (subject,question,A,B,C,D,answer)."),
-    text_column: Optional[str] = typer.Option(None, "--text-column", help="Column with the text (default: first of text/question/sequence/seq)."),
+    dataset: str = DATASET_OPTION,
+    data_file: Optional[Path] = DATA_FILE_OPTION,
+    text_column: Optional[str] = TEXT_COLUMN_OPTION,
     layers: str = typer.Option("all", "--layers", help="Transformer blocks 1..L (the attention of block l); e.g. 1,2 or 1-3 or all."),
-    max_tokens: int = typer.Option(512, "--max-tokens", help="Truncate samples to this many tokens (random: N = 1..max)."),
-    num_samples: Optional[int] = typer.Option(None, "--num-samples", help="Keep only the first samples."),
-    batch_size: int = typer.Option(8, "--batch-size", help="Samples per forward pass; -1 = no limit."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the random-token dataset."),
+    max_tokens: int = MAX_TOKENS_OPTION,
+    num_samples: Optional[int] = NUM_SAMPLES_OPTION,
+    batch_size: int = BATCH_SIZE_OPTION,
+    seed: int = SEED_OPTION,
     device: str = DEVICE_OPTION,
-    dtype: str = typer.Option("float32", "--dtype", help="Model dtype: float32|bfloat16|float16 (norms always in float64)."),
+    dtype: str = MODEL_DTYPE_OPTION,
     device_map: Optional[str] = DEVICE_MAP_OPTION,
     trust_remote_code: bool = TRUST_OPTION,
+    threads: Optional[int] = THREADS_OPTION,
     out: Path = OUT_OPTION,
     fmt: str = FORMAT_OPTION,
     quiet: bool = QUIET_OPTION,
@@ -105,7 +117,7 @@ def attention_command(
     args = NormsAttentionArgs(models=models, dataset=dataset, data_file=data_file, text_column=text_column,
                               layers=layers, max_tokens=max_tokens, num_samples=num_samples, batch_size=batch_size,
                               seed=seed, device=device, dtype=dtype, device_map=device_map,
-                              trust_remote_code=trust_remote_code, out=out)
+                              trust_remote_code=trust_remote_code, threads=threads, out=out)
     with progress_bar(quiet) as progress:
         result = run_norms_attention(args, progress)
     _print_table("median measured / bound per block over samples and heads (L: logits; nan: bound does not apply)",
