@@ -4,7 +4,6 @@ an unreachable hub; remote code needing a missing package."""
 
 from __future__ import annotations
 
-import json
 import socket
 import time
 from pathlib import Path

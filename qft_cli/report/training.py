@@ -8,6 +8,7 @@ import math
 import numpy as np
 import pandas as pd
 
+from qft_cli import stats
 from qft_cli.errors import QftInputError
 from qft_cli.report.page import (_epoch_axis, _Page, _anchor, _e, _flat_range, _is_synthetic, _matrix_rank,
                                  _variant_color, _variant_rank)
@@ -62,8 +63,7 @@ def run_test_summary(run: RunRecord) -> pd.DataFrame:
 
     Reads the run's ``test_summary.parquet`` where present; for older runs computes it with
     :func:`qft_cli.stats.test_summary` from ``metrics`` (and ``predictions`` for the one-seed
-    bootstrap). Without :mod:`qft_cli.stats` the final scores come from :func:`final_test_table`
-    with NaN intervals (``interval`` says so).
+    bootstrap).
 
     Returns:
         :data:`SUMMARY_COLUMNS`; values are fractions in [0, 1]. Empty when the run has no test rows.
@@ -78,30 +78,13 @@ def run_test_summary(run: RunRecord) -> pd.DataFrame:
         metrics = run.tables.get("metrics")
         if metrics is None or "split" not in metrics.columns or not (metrics["split"] == "test").any():
             return pd.DataFrame(columns=SUMMARY_COLUMNS)
-        try:
-            from qft_cli.stats import test_summary
-        except ImportError:  # a build without qft_cli.stats: scores without intervals, said so
-            test_summary = None
-        if test_summary is not None:
-            df = test_summary(metrics, run.tables.get("predictions"), dataset=dataset, task=task)
-            source = "computed by qft report (qft_cli.stats.test_summary)"
-        else:
-            t = final_test_table(metrics.assign(run=run.name))
-            rows = []
-            for _, r in t.iterrows():
-                for metric in ("accuracy", "f1"):
-                    diff = r[f"{metric}_diff_pp"] / 100
-                    rows.append({"variant": r["variant"], "metric": metric, "num_seeds": 1, "mean": r[metric],
-                                 "ci_low": math.nan, "ci_high": math.nan,
-                                 "diff_to_vanilla": math.nan if r["variant"] == "vanilla" else diff,
-                                 "diff_ci_low": math.nan, "diff_ci_high": math.nan,
-                                 "interval": "none (qft_cli.stats not available)"})
-            df, source = pd.DataFrame(rows), "final test rows (no intervals)"
+        df = stats.test_summary(metrics, run.tables.get("predictions"), dataset=dataset, task=task)
+        source = "computed by qft report (qft_cli.stats.test_summary)"
     df = df.drop(columns=[c for c in ("run",) if c in df.columns])
     for col, value in (("dataset", dataset), ("task", task)):
         if col not in df.columns:
             df[col] = value
-        df[col] = df[col].fillna(value).astype(str)
+        df[col] = df[col].astype(object).where(df[col].notna(), value).astype(str)
     df.insert(0, "run", run.name)
     df["summary_source"] = source
     return df.reindex(columns=SUMMARY_COLUMNS)
