@@ -23,7 +23,7 @@ from qft_cli.loading import load_model
 from qft_cli.models import load_config, load_tokenizer, resolve_model
 from qft_cli.progress import ProgressFn
 from qft_cli.runs import Run, check_writable
-from qft_cli.threads import configure_threads
+from qft_cli.threads import configure_threads, fix_mmap_threshold
 from qft_cli.weights import matrix_groups, merge_weight_results, summarize_weights, weight_norms
 
 
@@ -322,6 +322,7 @@ def run_norms_weights(args: NormsWeightsArgs, progress: Optional[ProgressFn] = N
     rank, world = process_group(device.type)
     with Run("norms weights", args.models, _options(args), out=Path(args.out), is_main_process=rank == 0) as run:
         threads = configure_threads(args.threads)
+        fix_mmap_threshold()  # no heap growth from freed 16+ MiB blocks (docs/performance.md)
         run.update(device=str(device), dtype=args.dtype or "stored", threads=threads.count,
                    threads_source=threads.source, spectral_method="exact" if args.exact else "krylov",
                    world_size=world)

@@ -101,3 +101,38 @@ def test_threads_option_of_train_and_finetune_is_validated(tmp_path, command):
         torch.set_num_threads(before)
     assert result.exit_code == 2 and "--threads must be at least 1" in result.output
     assert not list(tmp_path.iterdir())  # nothing written
+
+
+
+_HEAP_PROBE = """
+import sys, torch
+from qft_cli.threads import fix_mmap_threshold
+if sys.argv[1] == "fixed":
+    assert fix_mmap_threshold() is True
+def rss():
+    return next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("RssAnon:")) / 1024
+block = torch.empty(24 << 20, dtype=torch.uint8).fill_(1)
+del block   # glibc's dynamic threshold now rises to 24 MiB (when not fixed)
+before = rss()
+block = torch.empty(16 << 20, dtype=torch.uint8).fill_(1)
+del block   # from the heap when not fixed, and kept there
+print(rss() - before)
+"""
+
+
+def test_fixed_mmap_threshold_returns_freed_blocks():
+    import platform
+    import subprocess
+    import sys
+
+    if platform.libc_ver()[0] != "glibc":
+        pytest.skip("mallopt is glibc's")
+
+    def kept_mib(mode):
+        done = subprocess.run([sys.executable, "-c", _HEAP_PROBE, mode], capture_output=True, text=True, check=True)
+        return float(done.stdout.split()[-1])
+
+    default = kept_mib("default")
+    if default < 12:
+        pytest.skip(f"this glibc returned the block without the fix ({default:.1f} MiB kept)")
+    assert kept_mib("fixed") < 4, "a freed 16 MiB block stayed in the heap with the threshold fixed"
