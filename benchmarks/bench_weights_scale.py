@@ -234,7 +234,7 @@ def weightwatcher_norms(directory: Path) -> tuple[float, dict] | None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--shape", choices=sorted(SHAPES), default="tinyllama")
-    parser.add_argument("--dir", type=Path, default=None, help="checkpoint directory (default /tmp/qft_bench_<shape>)")
+    parser.add_argument("--dir", type=Path, default=None, help="checkpoint directory (default qft_bench_<shape> in the temporary directory, $TMPDIR)")
     parser.add_argument("--shard-gb", type=float, default=2.0)
     parser.add_argument("--threads", type=int, default=None, help="default: qft's (affinity, cgroup quota)")
     parser.add_argument("--sample-layers", type=int, default=None,

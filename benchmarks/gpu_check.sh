@@ -5,7 +5,7 @@
 #
 # 1. the tests that need CUDA (pytest marker `cuda`; they skip without a GPU);
 # 2. `qft norms weights` on the generated Llama-2-7B-shaped bf16 checkpoint (13.5 GB, written once to
-#    $QFT_BENCH_DIR, default /tmp/qft_bench_llama2-7b), bf16 on the GPU, float64 accumulation, timed;
+#    $QFT_BENCH_DIR, default $TMPDIR/qft_bench_llama2-7b, TMPDIR defaulting to /tmp), bf16 on the GPU, float64 accumulation, timed;
 # 3. `qft norms inputs` (smollm2 if its package is installed, else minilm) on the 1,531 MMLU validation
 #    questions with --layers all (needs ../shared/data/mmlu/validation.csv or the hub cache);
 # 4. with two or more GPUs: the same norms inputs as 2 processes under torchrun (NCCL), tables compared.
@@ -15,7 +15,7 @@ OUT=${1:-runs/gpu_check}
 mkdir -p "$OUT"
 LOG="$OUT/gpu_check.txt"
 export PYTHONPATH=${PYTHONPATH:-$PWD} HF_HUB_OFFLINE=${HF_HUB_OFFLINE:-1}
-BENCH_DIR=${QFT_BENCH_DIR:-/tmp/qft_bench_llama2-7b}
+BENCH_DIR=${QFT_BENCH_DIR:-${TMPDIR:-/tmp}/qft_bench_llama2-7b}
 MMLU=${QFT_MMLU:-../shared/data/mmlu/validation.csv}
 say() { echo "$*" | tee -a "$LOG"; }
 timed() { local t0=$SECONDS; "$@"; say "  -> $(( SECONDS - t0 )) s: $*"; }
