@@ -15,15 +15,31 @@ Run:  python benchmarks/bench_weights_scale.py --shape tinyllama [--threads N] [
    ``qft norms weights DIR`` in a subprocess (peak anonymous memory RssAnon sampled every 20 ms
    from /proc, and the same for the ``tiny-llama`` model as the baseline); the straightforward
    method (each tensor to float32, ``torch.linalg.matrix_norm(ord=2)``, i.e. a full float32 SVD);
-   the float64 reference (float64 Gram matrix of the short side + ``eigvalsh``, equal to the float64
-   SVD's largest singular value to ~1e-15 relative), and WeightWatcher when installed
-   (``--weightwatcher``; it reports squared norms: square roots are taken).
+   WeightWatcher when installed (``--weightwatcher``, see below); the float64 reference (float64
+   Gram matrix of the short side + ``eigvalsh``, equal to the float64 SVD's largest singular value
+   to ~1e-15 relative).
    With ``--sample-layers K`` the straightforward method and the reference run on the embedding,
    the LM head and the first K blocks only; the time for all blocks is extrapolated as
    t(embedding + head) + t(K blocks) * L / K (every block has the same shapes).
 3. Prints qft's time as ratios (straightforward / qft, qft / read-once), qft's peak RssAnon, that
    peak above the baseline next to the largest tensor as stored, and the largest relative difference
    of qft's spectral norms to the float64 reference. Add ``--json FILE`` to keep the numbers.
+4. ``--weightwatcher`` (not on the llama2-7b shape: the issue compares on the smaller one; one line
+   says it is skipped there, or when ``weightwatcher`` is not installed): WeightWatcher
+   (``pip install weightwatcher``; not a qft dependency) reads the checkpoint directory itself
+   (``WeightWatcher(model=DIR)``: its safetensors reader, in the order of
+   ``model.safetensors.index.json``) in a subprocess timed like qft's (wall, CPU, peak RssAnon;
+   ``weightwatcher_analyze_s`` is ``analyze()`` alone, without start-up and imports), with its
+   cheapest options that still give the spectral norm (``WEIGHTWATCHER_OPTIONS``: no
+   randomisation, MP fit, plots, eigenvectors or detX; ``analyze()`` always runs a full float64
+   SVD, ``scipy.linalg.svd`` without CUDA, and a power-law fit per matrix). Its ``spectral_norm``
+   column is the largest eigenvalue of W^T W, i.e. the *squared* spectral norm (``lambda_max``
+   too; ``sv_max`` is unsquared): square roots are taken, and checked against ``sv_max``. Its
+   layers are matched to the checkpoint's tensors by name (``<name>.weight``) and shape
+   (N = long side, M = short side); it skips 1-D tensors and matrices with a short side above
+   15,000 or a long side above 50,000 (its ``max_evals``/``max_N``), so the count it covered is
+   printed. Prints its time as a ratio to qft's and its largest relative difference to the
+   float64 reference over the matrices both report.
 
 Speeds are ratios measured in the same run; the machine, the thread count and its load matter:
 state them next to the numbers (docs/performance.md).
@@ -32,7 +48,9 @@ state them next to the numbers (docs/performance.md).
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
+import math
 import os
 import struct
 import subprocess
@@ -151,14 +169,14 @@ def read_once(directory: Path) -> float:
     return time.perf_counter() - t0
 
 
-def run_with_peak(cmd: list[str], env: dict) -> tuple[float, int, subprocess.CompletedProcess]:
+def run_with_peak(cmd: list[str], env: dict, cwd: str | None = None) -> tuple[float, int, subprocess.CompletedProcess]:
     """(wall seconds, peak RssAnon bytes sampled every 20 ms, completed process); the child's CPU
     seconds (user + system) are in ``LAST_CPU[0]``."""
     import resource
 
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     peak = [0]
 
     def sample():
@@ -214,21 +232,73 @@ def timed_straightforward(directory: Path, layers: int | None, clock=time.perf_c
     return norms, t_ends, t_blocks
 
 
-def weightwatcher_norms(directory: Path) -> tuple[float, dict] | None:
-    """WeightWatcher's spectral norms (square roots of its squared ones), or None if not installed."""
-    try:
-        import weightwatcher as ww
-        from transformers import AutoModelForCausalLM
-    except ImportError:
-        return None
-    model = AutoModelForCausalLM.from_pretrained(directory, torch_dtype=torch.float32)
+#: WeightWatcher's cheapest ``analyze()`` options that still give the spectral norm: no randomised
+#: ESD, Marchenko-Pastur fit, plots, eigenvectors or detX (the power-law fit always runs).
+#: ``svd_method="accurate"`` pins scipy's float64 SVD; without CUDA "fast" is the same, with CUDA
+#: "fast" would copy each matrix to the GPU in float16 (not comparable at 1e-6).
+WEIGHTWATCHER_OPTIONS = dict(randomize=False, mp_fit=False, plot=False, vectors=False, detX=False,
+                             fix_fingers=False, svd_method="accurate")
+
+
+def weightwatcher_child(directory: Path, out: Path) -> None:
+    """Run in the subprocess: WeightWatcher's ``analyze()`` on the checkpoint directory; writes
+    JSON (version, import and analyze seconds, options, one row per layer: longname, N, M,
+    spectral_norm, sv_max) to ``out`` through a temporary file."""
     t0 = time.perf_counter()
-    details = ww.WeightWatcher(model=model).describe()  # spectral norms need analyze(); describe is the cheap pass
-    if "spectral_norm" not in details.columns:
-        details = ww.WeightWatcher(model=model).analyze(randomize=False, mp_fit=False)
-    dt = time.perf_counter() - t0
-    return dt, {str(r["longname"]): float(r["spectral_norm"]) ** 0.5 for _, r in details.iterrows()
-                if "spectral_norm" in r}
+    import weightwatcher as ww
+
+    t_import = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    details = ww.WeightWatcher(model=str(directory)).analyze(**WEIGHTWATCHER_OPTIONS)
+    t_analyze = time.perf_counter() - t0
+    rows = [{"longname": str(r["longname"]), "N": int(r["N"]), "M": int(r["M"]),
+             "spectral_norm": float(r["spectral_norm"]), "sv_max": float(r["sv_max"])}
+            for _, r in details.iterrows()]
+    part = out.with_suffix(".part")
+    part.write_text(json.dumps({"version": ww.__version__, "import_s": t_import, "analyze_s": t_analyze,
+                                "options": WEIGHTWATCHER_OPTIONS, "rows": rows}))
+    os.replace(part, out)
+
+
+def weightwatcher_spectral_norms(rows: list[dict], shapes: dict[str, tuple[int, ...]]) -> tuple[dict, list, float]:
+    """WeightWatcher's rows matched to the checkpoint's 2-D tensors.
+
+    ``rows``: dicts with ``longname``, ``N``, ``M`` (long and short side), ``spectral_norm`` (its
+    squared spectral norm, the largest eigenvalue of W^T W) and ``sv_max`` (its largest singular
+    value). ``shapes``: {parameter name: shape}. Returns ({parameter name: spectral norm =
+    sqrt(spectral_norm)} for rows whose ``longname + ".weight"`` is a 2-D tensor of the same
+    (long, short) sides, [longnames not matched], the largest |sqrt(spectral_norm) / sv_max - 1|:
+    about 1e-16 when ``spectral_norm`` is the square; a larger value means WeightWatcher changed its
+    convention and the square roots are wrong).
+    """
+    norms, unmatched, squared_check = {}, [], 0.0
+    for r in rows:
+        name, shape = r["longname"] + ".weight", shapes.get(r["longname"] + ".weight")
+        if shape is None or len(shape) != 2 or (max(shape), min(shape)) != (r["N"], r["M"]):
+            unmatched.append(r["longname"])
+            continue
+        norms[name] = math.sqrt(r["spectral_norm"])
+        squared_check = max(squared_check, abs(norms[name] / r["sv_max"] - 1.0))
+    return norms, unmatched, squared_check
+
+
+def weightwatcher_run(directory: Path, threads: int) -> dict | None:
+    """WeightWatcher on ``directory`` in a subprocess (``weightwatcher_child``), timed like qft's:
+    {"wall_s", "cpu_s", "peak_rss_anon" (bytes), plus the child's JSON}; None (one line printed)
+    when it is not installed or fails."""
+    if importlib.util.find_spec("weightwatcher") is None:
+        print("WeightWatcher: not installed, comparison skipped (pip install weightwatcher)")
+        return None
+    work = Path(tempfile.mkdtemp(prefix="qft_bench_ww_"))  # its cwd too: nothing lands in the repository
+    out = work / "weightwatcher.json"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1",
+           **{k: str(threads) for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}}
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--dir", str(directory), "--weightwatcher-child", str(out)]
+    wall, peak, done = run_with_peak(cmd, env, cwd=str(work))
+    if done.returncode != 0 or not out.is_file():
+        print(f"WeightWatcher: failed ({done.returncode}), comparison skipped: {done.stderr.strip()[-800:]}")
+        return None
+    return {"wall_s": wall, "cpu_s": LAST_CPU[0], "peak_rss_anon": peak, **json.loads(out.read_text())}
 
 
 def main() -> None:
@@ -239,9 +309,14 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="default: qft's (affinity, cgroup quota)")
     parser.add_argument("--sample-layers", type=int, default=None,
                         help="straightforward method and reference on embedding, head and the first K blocks")
-    parser.add_argument("--weightwatcher", action="store_true", help="also time WeightWatcher (if installed)")
+    parser.add_argument("--weightwatcher", action="store_true",
+                        help="also time WeightWatcher (if installed; not on llama2-7b) and compare its spectral norms")
+    parser.add_argument("--weightwatcher-child", type=Path, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--json", type=Path, default=None, help="write the numbers here")
     args = parser.parse_args()
+    if args.weightwatcher_child is not None:  # the subprocess of weightwatcher_run
+        weightwatcher_child(args.dir, args.weightwatcher_child)
+        return
     threads = args.threads or default_threads().count
     torch.set_num_threads(threads)
     spec = SHAPES[args.shape]
@@ -271,14 +346,32 @@ def main() -> None:
     t_straight = t_ends + t_blocks * (spec["layers"] / layers if sampled else 1.0)
     _, c_ends, c_blocks = timed_straightforward(directory, layers, time.process_time)  # CPU: robust to load
     cpu_straight = c_ends + c_blocks * (spec["layers"] / layers if sampled else 1.0)
-    ref, worst, worst_f32 = {}, 0.0, 0.0
+    ww, ww_norm = None, {}
+    if args.weightwatcher and args.shape == "llama2-7b":
+        print("WeightWatcher: skipped on llama2-7b (the issue compares it on the smaller shape)")
+    elif args.weightwatcher:
+        ww = weightwatcher_run(directory, threads)
+    if ww is not None:
+        ww_norm, ww_unmatched, ww_squared_check = weightwatcher_spectral_norms(ww["rows"], dict(shapes))
+        if ww_unmatched:
+            print(f"WeightWatcher layers not matched to a checkpoint tensor by name and shape: {ww_unmatched}")
+        if ww_squared_check > 1e-12:
+            print(f"WARNING: WeightWatcher's spectral_norm is not sv_max squared (max |sqrt/sv_max - 1| = "
+                  f"{ww_squared_check:.3g}): its convention changed, the comparison below is wrong")
+    ref, worst, worst_f32, worst_ww, compared_qft, compared_ww = {}, 0.0, 0.0, 0.0, 0, 0
     for name, w in matrices(directory, layers):
         if name not in qft_norm:
             print(f"not measured by qft: {name}")
-            continue
+            if name not in ww_norm:
+                continue
         ref[name] = matrix_stats(w, exact=True).spectral_norm
-        worst = max(worst, abs(qft_norm[name] - ref[name]) / ref[name])
-        worst_f32 = max(worst_f32, abs(norms_f32[name] - ref[name]) / ref[name])
+        if name in qft_norm:
+            compared_qft += 1
+            worst = max(worst, abs(qft_norm[name] - ref[name]) / ref[name])
+            worst_f32 = max(worst_f32, abs(norms_f32[name] - ref[name]) / ref[name])
+        if name in ww_norm:
+            compared_ww += 1
+            worst_ww = max(worst_ww, abs(ww_norm[name] - ref[name]) / ref[name])
     result = {
         "shape": args.shape, "threads": threads, "cpus": os.cpu_count(), "load_average_1min": os.getloadavg()[0],
         "checkpoint_gib": total / 2**30, "largest_tensor_mib": largest / 2**20,
@@ -290,13 +383,24 @@ def main() -> None:
         "baseline_peak_rss_anon_mib": base_peak / 2**20, "qft_peak_above_baseline_mib": (peak - base_peak) / 2**20,
         "memory_goal_mib": largest / 2**20 + 300,
         "max_rel_diff_qft_vs_float64": worst, "max_rel_diff_float32_svd_vs_float64": worst_f32,
-        "matrices_compared": len(ref), "spectral_norm_error_bound_max": float(table["spectral_norm_error_bound"].max()),
+        "matrices_compared": compared_qft, "spectral_norm_error_bound_max": float(table["spectral_norm_error_bound"].max()),
     }
-    if args.weightwatcher:
-        ww = weightwatcher_norms(directory) if args.shape != "llama2-7b" else None
-        result["weightwatcher_s"] = None if ww is None else ww[0]
-        if ww is not None:
-            result["ratio_weightwatcher_over_qft"] = ww[0] / t_qft
+    if ww is not None:
+        result.update({
+            "weightwatcher_version": ww["version"],
+            "weightwatcher_options": ", ".join(f"{k}={v}" for k, v in ww["options"].items()),
+            "weightwatcher_s": ww["wall_s"], "weightwatcher_cpu_s": ww["cpu_s"],
+            "weightwatcher_analyze_s": ww["analyze_s"], "weightwatcher_import_s": ww["import_s"],
+            "ratio_weightwatcher_over_qft": ww["wall_s"] / t_qft,
+            "ratio_weightwatcher_over_qft_cpu": ww["cpu_s"] / cpu_qft,
+            "weightwatcher_peak_rss_anon_mib": ww["peak_rss_anon"] / 2**20,
+            "checkpoint_matrices": sum(len(shp) == 2 for _, shp in shapes),
+            "weightwatcher_matrices_reported": len(ww["rows"]),
+            "weightwatcher_matrices_matched": len(ww_norm),
+            "weightwatcher_matrices_compared": compared_ww,
+            "max_rel_diff_weightwatcher_vs_float64": worst_ww,
+            "weightwatcher_sqrt_vs_sv_max_max_rel": ww_squared_check,
+        })
     for key, value in result.items():
         print(f"{key:40s} {value:.4g}" if isinstance(value, float) else f"{key:40s} {value}")
     if args.json:
