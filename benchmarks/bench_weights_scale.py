@@ -3,6 +3,7 @@
 Run:  python benchmarks/bench_weights_scale.py --shape tinyllama [--threads N] [--sample-layers K]
       python benchmarks/bench_weights_scale.py --shape llama2-7b --sample-layers 2      # 13.5 GB on disk
       python benchmarks/bench_weights_scale.py --shape tiny                              # dry run, seconds
+      python benchmarks/bench_weights_scale.py --shape tinyllama --weightwatcher          # + WeightWatcher (if installed)
 
 1. Writes (once; reused when present) a Hugging Face Llama checkpoint with the shapes of
    TinyLlama-1.1B or Llama-2-7B (``tiny``: a 2-layer d = 640 model for dry runs): random normal
