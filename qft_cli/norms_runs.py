@@ -1,4 +1,4 @@
-"""The ``qft norms inputs`` and ``qft norms weights`` workflows: validate, load, measure, write.
+"""The ``qft norms inputs``, ``qft norms attention`` and ``qft norms weights`` workflows: validate, load, measure, write.
 
 Each workflow takes a small dataclass of arguments (validated in ``__post_init__`` before any heavy
 work), writes one run directory (:class:`qft_cli.runs.Run`) and returns the tables it wrote.
@@ -10,8 +10,9 @@ import dataclasses
 import gc
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
+import numpy as np
 import pandas as pd
 
 from qft_cli.device import resolve_device, resolve_dtype
@@ -167,7 +168,7 @@ def run_norms_inputs(args: NormsInputsArgs, progress: Optional[ProgressFn] = Non
                 parts = gather_to_main((mine, part), prepared["device"].type)
                 if rank != 0:
                     continue
-                result = merge_input_results(parts)
+                result = merge_sample_results(parts, "sample_index", ["layer"])
             warnings += [f"non-finite hidden state: model {source.name}, sample {i}, layer {l}"
                          for i, l in result.nonfinite]
             warnings += [f"all-zero hidden state: model {source.name}, sample {i}, layer {l}"
@@ -249,6 +250,12 @@ def run_norms_attention(args: NormsAttentionArgs, progress: Optional[ProgressFn]
     model in ``args.models`` (:func:`qft_cli.attention.attention_norms`); write
     ``norms_attention.parquet`` and ``fits.parquet`` (:func:`qft_cli.attention.attention_fits`).
 
+    Under torchrun (``WORLD_SIZE`` > 1) each rank measures a share of the samples balanced by length
+    (:func:`qft_cli.distributed.balanced_shards`); rank 0 merges them (:func:`merge_sample_results`:
+    the single-process table, dataset sample indices in the rows and the warnings) and is the only
+    process that writes the run directory (``world_size`` in run.json); other ranks return a result
+    with no tables.
+
     Raises:
         QftInputError: bad model names, layers outside blocks 1..L, bad data, unwritable out, an
             architecture whose attention cannot be observed.
@@ -257,18 +264,32 @@ def run_norms_attention(args: NormsAttentionArgs, progress: Optional[ProgressFn]
 
     prepared = _prepare(args, parse_blocks)
     tables, warnings = [], []
-    with Run("norms attention", args.models, _options(args), out=Path(args.out)) as run:
-        for source, model, samples, pad, layers in _loaded_models(args, run, prepared, progress):
-            result = attention_norms(model, samples.token_ids, layers, batch_size=args.batch_size,
-                                     pad_token_id=pad, progress=progress,
-                                     labels={"model": source.model_id, "model_alias": source.name,
-                                             "dataset": samples.dataset})
+    rank, world = process_group(prepared["device"].type)
+    with Run("norms attention", args.models, _options(args), out=Path(args.out), is_main_process=rank == 0) as run:
+        run.update(world_size=world)
+        shown = progress if rank == 0 else None
+        for source, model, samples, pad, layers in _loaded_models(args, run, prepared, shown):
+            labels = {"model": source.model_id, "model_alias": source.name, "dataset": samples.dataset}
+            if world == 1:
+                result = attention_norms(model, samples.token_ids, layers, batch_size=args.batch_size,
+                                         pad_token_id=pad, progress=progress, labels=labels)
+            else:  # each rank a balanced share of the samples (by length); rank 0 merges
+                mine = balanced_shards([len(x) for x in samples.token_ids], world)[rank]
+                part = attention_norms(model, [samples.token_ids[i] for i in mine], layers,
+                                       batch_size=args.batch_size, pad_token_id=pad, progress=shown,
+                                       labels=labels) if mine else None
+                parts = gather_to_main((mine, part), prepared["device"].type)
+                if rank != 0:
+                    continue
+                result = merge_sample_results(parts, "sample", ["layer", "head"])
             warnings += [f"non-finite attention input: model {source.name}, sample {i}, layer {l}"
                          for i, l in result.nonfinite]
             warnings += [f"all-zero attention input: model {source.name}, sample {i}, layer {l}"
                          for i, l in result.all_zero]
             tables.append(result.table)
             del model  # before the next model is loaded
+        if rank != 0:
+            return NormsResult(run.path, {}, pd.DataFrame())
         table = pd.concat(tables, ignore_index=True)
         fits = attention_fits(table)
         run.write_table("norms_attention", table)
@@ -278,21 +299,39 @@ def run_norms_attention(args: NormsAttentionArgs, progress: Optional[ProgressFn]
                        one_line(warnings))
 
 
-def merge_input_results(parts: list) -> InputNormsResult:
-    """One :class:`qft_cli.inputs.InputNormsResult` from the ``(sample indices, result)`` of every
-    rank: local sample indices mapped back to the dataset's, rows sorted as the single-process run
-    (by sample, then layer)."""
-    tables, nonfinite, all_zero = [], [], []
+def merge_sample_results(parts: list, sample_column: str = "sample_index", order: Sequence[str] = ("layer",)):
+    """One per-sample result from the ``(sample indices, result)`` of every rank (``result`` None for a
+    rank without samples): local sample indices mapped back to the dataset's (``mine[i]`` for local
+    sample ``i``, in ``sample_column``, ``nonfinite`` and ``all_zero``), rows sorted as the
+    single-process run (by ``sample_column``, then ``order``).
+
+    Works for every result with ``table``, ``nonfinite`` and ``all_zero`` (both lists of
+    ``(sample, layer)``): :class:`qft_cli.inputs.InputNormsResult` (column ``sample_index``, rows by
+    sample and layer) and :class:`qft_cli.attention.AttentionNormsResult` (column ``sample``, rows by
+    sample, layer and head); the result has the type of the parts.
+
+    Raises:
+        ValueError: every part is None (no rank had a sample).
+    """
+    tables, nonfinite, all_zero, kind = [], [], [], None
     for mine, part in parts:
         if part is None:
             continue
+        kind = type(part)
         table = part.table.copy()
-        table["sample_index"] = [mine[i] for i in table["sample_index"]]
+        table[sample_column] = np.asarray([mine[i] for i in table[sample_column]], dtype=table[sample_column].dtype)
         tables.append(table)
         nonfinite += [(mine[i], layer) for i, layer in part.nonfinite]
         all_zero += [(mine[i], layer) for i, layer in part.all_zero]
-    table = pd.concat(tables, ignore_index=True).sort_values(["sample_index", "layer"], kind="stable")
-    return InputNormsResult(table.reset_index(drop=True), sorted(nonfinite), sorted(all_zero))
+    if kind is None:
+        raise ValueError("no rank returned a result: nothing to merge")
+    table = pd.concat(tables, ignore_index=True).sort_values([sample_column, *order], kind="stable")
+    return kind(table.reset_index(drop=True), sorted(nonfinite), sorted(all_zero))
+
+
+def merge_input_results(parts: list) -> InputNormsResult:
+    """:func:`merge_sample_results` for ``norms inputs`` (column ``sample_index``, rows by sample, then layer)."""
+    return merge_sample_results(parts, "sample_index", ("layer",))
 
 
 def load_samples_for(args: NormsInputsArgs, tokenizer, vocab_size: int, texts=None):

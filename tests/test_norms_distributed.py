@@ -134,3 +134,88 @@ def test_norms_inputs_two_gloo_processes_equal_one(tmp_path):
     (two,), (one,) = list((tmp_path / "two").iterdir()), list((tmp_path / "one").iterdir())
     pd.testing.assert_frame_equal(pd.read_parquet(two / "norms_inputs.parquet"),
                                   pd.read_parquet(one / "norms_inputs.parquet"), check_exact=False, rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize("world", [3, 8])  # 8 ranks for 7 samples: one rank has none
+def test_merged_attention_shards_equal_the_single_process_result(world):
+    from qft_cli.attention import attention_norms
+    from qft_cli.loading import load_model
+    from qft_cli.norms_runs import merge_sample_results
+
+    model = load_model(resolve_model("tiny-llama"))  # GQA: 4 query heads share 2 key/value heads
+    assert model.config.num_key_value_heads < model.config.num_attention_heads
+    gen = torch.Generator().manual_seed(0)
+    samples = [torch.randint(1, 100, (n,), generator=gen).tolist() for n in (5, 17, 3, 9, 12, 1, 8)]
+    labels = {"model": "tiny", "model_alias": "tiny-llama", "dataset": "random"}
+    shards = balanced_shards([len(x) for x in samples], world)
+    assert (world > len(samples)) == any(not s for s in shards)
+
+    def merged_and_whole(batch_size):
+        whole = attention_norms(model, samples, [1, 2], batch_size=batch_size, pad_token_id=0, labels=labels)
+        parts = [(mine, attention_norms(model, [samples[i] for i in mine], [1, 2], batch_size=batch_size,
+                                        pad_token_id=0, labels=labels) if mine else None) for mine in shards]
+        return merge_sample_results(parts, "sample", ["layer", "head"]), whole
+
+    # one sample per forward pass: every sample is computed the same way alone or in a shard, so exactly equal
+    merged, whole = merged_and_whole(1)
+    assert type(merged) is type(whole)
+    assert sorted(merged.table["sample"].unique()) == list(range(len(samples)))
+    pd.testing.assert_frame_equal(merged.table, whole.table, check_exact=True)
+    # padded batches of other samples: equal up to float32 rounding of the forward pass (float64 model here)
+    model.double()
+    merged, whole = merged_and_whole(3)
+    pd.testing.assert_frame_equal(merged.table, whole.table, check_exact=False, rtol=1e-9, atol=0)
+    assert (merged.nonfinite, merged.all_zero) == (whole.nonfinite, whole.all_zero)
+
+
+def test_merge_maps_warning_samples_to_dataset_indices():
+    from qft_cli.attention import AttentionNormsResult
+    from qft_cli.norms_runs import merge_sample_results
+
+    def part(samples):
+        return AttentionNormsResult(pd.DataFrame({"sample": samples, "layer": [1] * len(samples),
+                                                  "head": [0] * len(samples)}),
+                                    nonfinite=[(0, 1)], all_zero=[(len(samples) - 1, 2)])
+
+    merged = merge_sample_results([([4, 6], part([1, 0])), ([], None), ([0, 5], part([0, 1]))],
+                                  "sample", ["layer", "head"])
+    assert merged.table["sample"].tolist() == [0, 4, 5, 6]
+    assert merged.table["sample"].dtype == "int64"
+    assert merged.nonfinite == [(0, 1), (4, 1)]
+    assert merged.all_zero == [(5, 2), (6, 2)]
+    with pytest.raises(ValueError):
+        merge_sample_results([([], None)], "sample", ["layer", "head"])
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
+                    reason="torch.distributed with gloo is not available")
+def test_norms_attention_two_gloo_processes_equal_one(tmp_path):
+    import json
+
+    launcher = tmp_path / "launch_qft.py"
+    launcher.write_text(LAUNCHER)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    # --batch-size 1: each sample's forward pass is the same in both runs, so the tables are exactly equal
+    args = ["norms", "attention", "tiny-llama", "--dataset", "random", "--max-tokens", "9", "--batch-size", "1",
+            "--device", "cpu", "--quiet"]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+           "--master_port", str(port), str(launcher), *args, "--out", str(tmp_path / "two")]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("results:") == 1  # rank 0 prints, rank 1 does not
+    single = subprocess.run([sys.executable, str(launcher), *args, "--out", str(tmp_path / "one")], env=env,
+                            capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert single.returncode == 0, single.stderr[-3000:]
+    (two,), (one,) = list((tmp_path / "two").iterdir()), list((tmp_path / "one").iterdir())  # one run directory
+    tables = sorted(p.name for p in one.glob("*.parquet"))
+    assert tables == sorted(p.name for p in two.glob("*.parquet")) and "norms_attention.parquet" in tables
+    for name in tables:
+        pd.testing.assert_frame_equal(pd.read_parquet(two / name), pd.read_parquet(one / name), check_exact=True)
+    assert len(pd.read_parquet(one / "norms_attention.parquet")["sample"].unique()) == 9
+    run_two, run_one = json.loads((two / "run.json").read_text()), json.loads((one / "run.json").read_text())
+    assert (run_two["world_size"], run_one["world_size"]) == (2, 1)
+    assert run_two["num_rows"] == run_one["num_rows"]

@@ -118,8 +118,11 @@ def attention_command(
                               layers=layers, max_tokens=max_tokens, num_samples=num_samples, batch_size=batch_size,
                               seed=seed, device=device, dtype=dtype, device_map=device_map,
                               trust_remote_code=trust_remote_code, threads=threads, out=out)
-    with progress_bar(quiet) as progress:
+    main = os.environ.get("RANK", "0") == "0"  # under torchrun: progress and output on rank 0 only
+    with progress_bar(quiet or not main) as progress:
         result = run_norms_attention(args, progress)
+    if not result.tables:  # a rank other than 0 under torchrun
+        return
     _print_table("median measured / bound per block over samples and heads (L: logits; nan: bound does not apply)",
                  result.summary,
                  {"model_alias": "model", "dataset": "dataset", "layer": "block", "num_samples": "samples",
