@@ -164,6 +164,7 @@ class MatrixStats:
         spectral_error_bound: relative a-posteriori error bound of ``spectral_norm`` (see
             :func:`krylov_spectral_norm`); 0.0 for the exact path (float64 rounding only).
         iterations: Krylov block steps (0 for the exact path).
+        finite: False when the matrix has a NaN or an infinity (the norms are NaN then).
     """
 
     frobenius_norm: float
@@ -173,6 +174,7 @@ class MatrixStats:
     method: str
     spectral_error_bound: float
     iterations: int
+    finite: bool = True
 
 
 class LongSideBlocks:
@@ -205,19 +207,6 @@ def blocked_gram(matrix: torch.Tensor, block_bytes: int = BLOCK_BYTES) -> torch.
     return gram
 
 
-def _long_norms(view: LongSideBlocks) -> tuple[torch.Tensor, torch.Tensor, bool]:
-    """(norms along the long side index (long,), norms along the short side index (short,), all finite)."""
-    long_sq = torch.empty(view.long, dtype=ACCUMULATE, device=view.matrix.device)
-    short_sq = torch.zeros(view.short, dtype=ACCUMULATE, device=view.matrix.device)
-    finite = True
-    for start, x in view.blocks(ACCUMULATE):
-        finite = finite and bool(torch.isfinite(x).all())
-        sq = x * x
-        long_sq[start:start + x.shape[0]] = sq.sum(dim=1)
-        short_sq += sq.sum(dim=0)
-    return long_sq.sqrt(), short_sq.sqrt(), finite
-
-
 def all_finite(matrix: torch.Tensor, block_bytes: int = BLOCK_BYTES) -> bool:
     """Whether every entry of ``matrix`` (m, n) is finite, checked block by block (no (m, n) bool copy)."""
     view = LongSideBlocks(matrix, block_bytes)
@@ -228,12 +217,91 @@ def all_finite(matrix: torch.Tensor, block_bytes: int = BLOCK_BYTES) -> bool:
 @dataclass(frozen=True)
 class KrylovResult:
     """Result of :func:`krylov_spectral_norm`: ``sigma`` (float64 Rayleigh quotient, a lower bound
-    of ||A||_2), ``bound`` (relative a-posteriori error bound), ``iterations``, ``converged``."""
+    of ||A||_2), ``bound`` (relative a-posteriori error bound), ``iterations`` (block steps),
+    ``converged`` (``bound <= rtol``), ``finite`` (False: the first product was not finite, so A
+    has a NaN or an infinity, or overflows float32; nothing else is meaningful then) and
+    ``certifications`` (float64 passes over A made to certify)."""
 
     sigma: float
     bound: float
     iterations: int
     converged: bool
+    finite: bool = True
+    certifications: int = 0
+
+
+FUSED_BYTES = 8 * 2 ** 20   # float32 bytes of one row block of A_L in the fused product A_L^T (A_L Q)
+CERTIFY_AT = 0.8            # certify in float64 once the float32 estimate is below this * rtol (it is close)
+
+
+@dataclass
+class _Float64Pass:
+    """What one float64 pass over A_L (long, short) computed (see :func:`_float64_pass`)."""
+
+    long_sq: torch.Tensor | None = None      # (long,) squared l2 norms of the rows of A_L
+    short_sq: torch.Tensor | None = None     # (short,) squared l2 norms of the columns of A_L
+    gram: torch.Tensor | None = None         # (short, short) A_L^T A_L
+    image_gram: torch.Tensor | None = None   # (r, r) (A_L X)^T (A_L X)
+    gram_times: torch.Tensor | None = None   # (short, r) A_L^T A_L X
+
+
+def _float64_pass(view: LongSideBlocks, *, stats: bool = False, gram: bool = False,
+                  vectors: torch.Tensor | None = None) -> _Float64Pass:
+    """One pass over the float64 blocks of A_L, accumulating what is asked: the squared row and
+    column norms (``stats``), the Gram matrix of the short side (``gram``), and for float64
+    ``vectors`` X (short, r) both (A_L X)^T (A_L X) and A_L^T A_L X. One conversion of each block
+    serves all of them; a NaN or infinity in A makes the squared norms non-finite."""
+    device = view.matrix.device
+    out = _Float64Pass()
+    if stats:
+        out.long_sq = torch.empty(view.long, dtype=ACCUMULATE, device=device)
+        out.short_sq = torch.zeros(view.short, dtype=ACCUMULATE, device=device)
+    if gram:
+        out.gram = torch.zeros(view.short, view.short, dtype=ACCUMULATE, device=device)
+    if vectors is not None:
+        out.image_gram = torch.zeros(vectors.shape[1], vectors.shape[1], dtype=ACCUMULATE, device=device)
+        out.gram_times = torch.zeros(view.short, vectors.shape[1], dtype=ACCUMULATE, device=device)
+    for start, x in view.blocks(ACCUMULATE):
+        if stats:
+            sq = x * x
+            out.long_sq[start:start + x.shape[0]] = sq.sum(dim=1)
+            out.short_sq += sq.sum(dim=0)
+            del sq
+        if gram:
+            out.gram.addmm_(x.T, x)
+        if vectors is not None:
+            image = x @ vectors
+            out.image_gram.addmm_(image.T, image)
+            out.gram_times.addmm_(x.T, image)
+    return out
+
+
+def _gram_operator(view: LongSideBlocks, cache_bytes: int, fused_bytes: int = FUSED_BYTES):
+    """``apply(qt) -> (A_L^T A_L qt^T)^T`` in float32 for row blocks ``qt`` (r, short).
+
+    A row-major float32 copy of A_L is kept when it is at most ``cache_bytes`` (for A_L = A^T the
+    transpose is made in the stored dtype first, then converted: briefly one more copy of A as
+    stored); otherwise every call converts blocks of the long side again. The product is fused
+    block by block, A_L^T A_L Q = sum_b X_b^T (X_b Q), so each block is read once per call while it
+    is in cache (about 20% faster than two whole products on a 2-core Xeon)."""
+    device = view.matrix.device
+    cached = None
+    if view.long * view.short * 4 <= cache_bytes:
+        if view.transposed:
+            cached = view.long_side.contiguous().to(torch.float32)  # transpose in the stored dtype: fast
+        else:
+            cached = view.matrix.to(torch.float32, memory_format=torch.contiguous_format)
+    rows = max(1, fused_bytes // (4 * max(1, view.short)))
+
+    def apply(qt: torch.Tensor) -> torch.Tensor:
+        zt = torch.zeros(qt.shape[0], view.short, dtype=torch.float32, device=device)
+        q = qt.T
+        for start in range(0, view.long, rows):
+            x = cached[start:start + rows] if cached is not None else view.long_side[start:start + rows].to(torch.float32)
+            zt.addmm_((x @ q).T, x)
+        return zt
+
+    return apply
 
 
 def krylov_spectral_norm(matrix: torch.Tensor, *, block_size: int = 32, max_steps: int = 60,
@@ -241,143 +309,177 @@ def krylov_spectral_norm(matrix: torch.Tensor, *, block_size: int = 32, max_step
                          block_bytes: int = BLOCK_BYTES) -> KrylovResult:
     """Largest singular value of ``matrix`` (m, n) by block Lanczos in float32, certified in float64.
 
-    Method: block Krylov iteration on G = A_L^T A_L (the Gram matrix of the short side, never
-    formed) from a seeded Gaussian start block of ``block_size`` columns, with full
-    reorthogonalisation and Rayleigh-Ritz on the whole Krylov basis after every step, in float32
-    (A_L is cached in float32 when that copy is at most ``cache_bytes``, else converted block by
-    block on every pass). When the top Ritz value changes by less than ``rtol`` relative in
-    one step (and then every second step until certified), the top ``c`` Ritz vectors V (c: the index of the largest relative gap
-    theta_c - theta_{c+1} among the top half of the block) are refined in float64: the Rayleigh-Ritz
-    values theta_i of V^T G V and the residuals R = G V Y - V Y Theta are computed in float64.
+    Method: block Lanczos on G = A_L^T A_L (the Gram matrix of the short side, never formed; see
+    :class:`LongSideBlocks`) from a seeded Gaussian start block of ``block_size`` columns, with full
+    reorthogonalisation (classical Gram-Schmidt twice), all in float32 with A's float32 copy (see
+    :func:`_gram_operator`). The projections give T = V^T G V and the block recurrence
+    G V = V T + Q_next B E^T, so after every step the Ritz values theta_i of T and the residual of
+    the top-c Ritz cluster, ||B Y_last[:, :c]||_2, cost no pass over A. They estimate the bound below
+    for every c up to the block size; the c with the smallest estimate is certified in float64 once
+    the estimate is below ``CERTIFY_AT * rtol`` (and again, later, if the certificate fails).
 
-    Bound: theta_1 <= lambda_1 = ||A||_2^2 always (Cauchy interlacing; float64 rounding ~1e-15), so
-    ``sigma`` = sqrt(theta_1) never overestimates. Above it, the Kato-Temple / Knyazev bound for a
-    Ritz cluster, lambda_1 - theta_1 <= ||R||_2^2 / (theta_c - lambda_{c+1}), with theta_{c+1} in
-    place of lambda_{c+1}, gives the relative bound on sigma:
-    ``bound = ||R||_2^2 / (theta_c - theta_{c+1}) / (2 theta_1)``. It is a guarantee when
-    theta_{c+1} >= lambda_{c+1} is converged, and assumes that the random start block is not
-    orthogonal to the top singular vector (probability 0 for a Gaussian start). Iteration continues
-    until ``bound <= rtol`` or ``max_steps``; ``converged`` says which.
+    Certificate (float64, one pass over A, :func:`_float64_pass`): the top c + 1 Ritz vectors are
+    orthonormalised (QR), and the Rayleigh-Ritz values theta_i of X^T G X and the residual
+    R = G X Y - X Y Theta of the top c are computed from the float64 A. theta_1 <= lambda_1 =
+    ||A||_2^2 always (Cauchy interlacing; float64 rounding ~1e-15), so ``sigma`` = sqrt(theta_1)
+    never overestimates. Above it, the Kato-Temple / Knyazev bound for a Ritz cluster,
+    lambda_1 - theta_1 <= ||R||_2^2 / (theta_c - lambda_{c+1}), with the larger of the two
+    estimates of lambda_{c+1} (float64 theta_{c+1}, float32 Ritz value c + 1) in its place, gives
+    the relative bound on sigma, ``bound = ||R||_2^2 / (theta_c - lambda_{c+1}) / (2 theta_1)``
+    (capped by ||R||_2 / theta_1). It is a guarantee when that estimate of lambda_{c+1} is
+    converged, and assumes that the random start block is not orthogonal to the top singular vector
+    (probability 0 for a Gaussian start). Iteration stops when ``bound <= rtol`` or after
+    ``max_steps`` (``converged`` says which).
+
+    Cost: about 2 float32 passes over A per block step (random Gaussian matrices, whose top
+    singular values cluster at the Marchenko-Pastur edge, need ~20 steps of 32 columns; trained
+    weights far fewer) plus one float64 pass per certificate.
 
     Returns:
         :class:`KrylovResult`.
     """
-    view = LongSideBlocks(matrix, block_bytes)
-    long, short = view.long, view.short
-    device = matrix.device
-    p = max(1, min(block_size, short // 2))
-    cached = None
-    if long * short * 4 <= cache_bytes:
-        cached = view.long_side.to(torch.float32)
-
-    def apply(q: torch.Tensor, dtype=torch.float32) -> torch.Tensor:  # A_L q: (long, k)
-        if cached is not None and dtype == torch.float32:
-            return cached @ q
-        out = torch.empty(long, q.shape[1], dtype=dtype, device=device)
-        for start, x in view.blocks(dtype):
-            out[start:start + x.shape[0]] = x @ q
-        return out
-
-    def apply_t(u: torch.Tensor, dtype=torch.float32) -> torch.Tensor:  # A_L^T u: (short, k)
-        if cached is not None and dtype == torch.float32:
-            return cached.T @ u
-        out = torch.zeros(short, u.shape[1], dtype=dtype, device=device)
-        for start, x in view.blocks(dtype):
-            out.addmm_(x.T, u[start:start + x.shape[0]])
-        return out
-
-    gen = torch.Generator(device="cpu").manual_seed(seed)
-    q, _ = torch.linalg.qr(torch.randn(short, p, generator=gen, dtype=torch.float32).to(device))
-    result = KrylovResult(0.0, math.inf, 0, False)
-    if 2 * p > short:  # no room for a second block: caller should use the exact Gram path
-        return result
-    blocks = min(max_steps, short // p - 1) + 1
-    capacity = p * min(blocks, 24)  # grown by doubling: most matrices converge within 24 blocks
-    basis = torch.empty(short, capacity, dtype=torch.float32, device=device)   # V, filled block by block
-    images = torch.empty(long, capacity, dtype=torch.float32, device=device)   # A_L V
-    basis[:, :p] = q
-    images[:, :p] = apply(q)
-    small = (images[:, :p].T @ images[:, :p]).to(ACCUMULATE)  # V^T G V = (A V)^T (A V)
-    previous, next_check = 0.0, 1
-    for step in range(1, blocks):
-        k = step * p
-        if k + p > basis.shape[1]:
-            capacity = min(2 * basis.shape[1], p * blocks)
-            basis = torch.cat([basis[:, :k], basis.new_empty(short, capacity - k)], dim=1)
-            images = torch.cat([images[:, :k], images.new_empty(long, capacity - k)], dim=1)
-        q = _next_block(apply_t(images[:, k - p:k]), basis[:, :k], gen)
-        aq = apply(q)
-        grown = torch.empty(k + p, k + p, dtype=ACCUMULATE, device=device)
-        grown[:k, :k] = small
-        grown[:k, k:] = (images[:, :k].T @ aq).to(ACCUMULATE)
-        grown[k:, :k] = grown[:k, k:].T
-        grown[k:, k:] = (aq.T @ aq).to(ACCUMULATE)
-        small = grown
-        basis[:, k:k + p] = q
-        images[:, k:k + p] = aq
-        del aq
-        theta = float(torch.linalg.eigvalsh(small)[-1])
-        last = step == blocks - 1
-        settled = abs(theta - previous) <= rtol * abs(theta)
-        previous = theta
-        if not (last or (settled and step >= next_check)):
-            continue
-        result = _certify(basis[:, :k + p], small, apply, apply_t, p, step, rtol)
-        if result.bound <= rtol or last:
-            return result
-        next_check = step + 2  # float64 certification costs about two float32 steps: not after every step
+    result, _ = _krylov(LongSideBlocks(matrix, block_bytes), block_size=block_size, max_steps=max_steps,
+                        rtol=rtol, seed=seed, cache_bytes=cache_bytes, stats=False)
     return result
 
 
-def _next_block(z: torch.Tensor, v: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """Orthonormal block spanning the part of ``z`` orthogonal to the orthonormal basis ``v``.
+def _krylov(view: LongSideBlocks, *, block_size: int, max_steps: int, rtol: float, seed: int,
+            cache_bytes: int, stats: bool) -> tuple[KrylovResult, _Float64Pass | None]:
+    """:func:`krylov_spectral_norm` on ``view``; with ``stats`` the first certificate's pass also
+    returns the squared row/column norms (else ``None`` is returned with them)."""
+    short = view.short
+    device = view.matrix.device
+    p = max(1, min(block_size, short // 2))
+    if 2 * p > short:  # no room for a second block: caller should use the exact Gram path
+        return KrylovResult(0.0, math.inf, 0, False), None
+    apply = _gram_operator(view, cache_bytes)
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    nblocks = min(max_steps, short // p - 1) + 1     # basis of at most nblocks * p < short columns
+    capacity = p * min(nblocks, 24)                  # grown by doubling: most matrices need fewer
+    basis = torch.empty(capacity, short, dtype=torch.float32, device=device)   # rows: V^T
+    t = torch.zeros(capacity, capacity, dtype=ACCUMULATE, device=device)       # V^T G V
+    q0, _ = torch.linalg.qr(torch.randn(short, p, generator=gen, dtype=torch.float32).to(device))
+    basis[:p] = q0.T
+    trigger, history, next_check = CERTIFY_AT * rtol, [], 0
+    sums, certifications = None, 0
+    result = KrylovResult(0.0, math.inf, 0, False)
+    for j in range(nblocks):
+        k = (j + 1) * p
+        zt = apply(basis[j * p:k])                   # (G Q_j)^T: (p, short)
+        if j == 0 and not bool(torch.isfinite(zt).all()):
+            return KrylovResult(math.nan, math.inf, 0, False, finite=False), None
+        v = basis[:k]
+        c1 = zt @ v.T
+        zt -= c1 @ v
+        c2 = zt @ v.T
+        zt -= c2 @ v
+        coeffs = (c1 + c2).to(ACCUMULATE)            # V^T G Q_j: block column j of T
+        t[:k, j * p:k] = coeffs.T
+        t[j * p:k, :j * p] = coeffs[:, :j * p]
+        diag = t[j * p:k, j * p:k]
+        t[j * p:k, j * p:k] = (diag + diag.T) / 2
+        last = j == nblocks - 1
+        q_next = _orthonormal_block(zt, v, gen)     # (p, short)
+        b = (q_next @ zt.T).to(ACCUMULATE)           # G Q_j = V C + Q_next B
+        if last or j >= next_check:
+            theta, bound, c, evecs = _estimate(t[:k, :k], b, p)
+            history.append((j, bound))
+            if bound <= trigger or last:
+                certified, pass_ = _certify(view, basis[:k], theta, evecs, c, stats=stats and sums is None)
+                certifications += 1
+                if pass_ is not None:
+                    sums = pass_
+                result = KrylovResult(certified.sigma, certified.bound, j + 1, certified.bound <= rtol,
+                                      certifications=certifications)
+                if result.converged or last:
+                    return result, sums
+                trigger *= 0.5 * min(1.0, bound / certified.bound)  # the estimate was optimistic
+            next_check = _next_check(j, k, history, trigger)
+        if k + p > basis.shape[0]:
+            grown = min(2 * basis.shape[0], p * nblocks)
+            basis = torch.cat([basis, basis.new_empty(grown - basis.shape[0], short)])
+            wider = t.new_zeros(grown, grown)
+            wider[:k, :k] = t[:k, :k]
+            t = wider
+        basis[k:k + p] = q_next
+        t[k:k + p, j * p:k] = b
+        t[j * p:k, k:k + p] = b.T
+    return result, sums
 
-    Classical Gram-Schmidt twice, then QR, then once more against ``v`` (a column that cancelled to
-    rounding noise is noise after normalisation). Columns that cancel completely (the Krylov space
-    is invariant: e.g. a low-rank matrix) are replaced by random directions, so the basis stays
-    orthonormal and Rayleigh-Ritz stays valid."""
-    before = torch.linalg.vector_norm(z, dim=0)
-    for _ in range(2):
-        z = z - v @ (v.T @ z)
-    after = torch.linalg.vector_norm(z, dim=0)
-    lost = after <= 1e-4 * before.clamp_min(torch.finfo(z.dtype).tiny)
-    if bool(lost.any()):
-        fresh = torch.randn(z.shape[0], int(lost.sum()), generator=gen, dtype=torch.float32).to(z)
-        for _ in range(2):
-            fresh = fresh - v @ (v.T @ fresh)
-        z[:, lost] = fresh
-    q, _ = torch.linalg.qr(z)
-    for _ in range(2):
-        q = q - v @ (v.T @ q)
-    q, _ = torch.linalg.qr(q)
-    return q
+
+def _next_check(j: int, k: int, history: list[tuple[int, float]], trigger: float) -> int:
+    """Block step of the next float32 estimate: every step while T is small (k <= 256, its eigen
+    solve is cheap); then predicted from the last two estimates' rate of decrease, at most 4 steps on."""
+    if k <= 256 or len(history) < 2:
+        return j + 1
+    (j0, b0), (j1, b1) = history[-2], history[-1]
+    if not (b1 > trigger and 0 < b1 < b0 and j1 > j0):
+        return j + 1
+    rate = math.log(b0 / b1) / (j1 - j0)             # per step
+    needed = math.log(b1 / trigger) / rate
+    return j + max(1, min(4, int(0.8 * needed)))
 
 
-def _certify(v: torch.Tensor, small: torch.Tensor, apply, apply_t, p: int, step: int,
-             rtol: float = SPECTRAL_RTOL) -> KrylovResult:
-    """Float64 Rayleigh-Ritz and residual bound of :func:`krylov_spectral_norm` on the top Ritz cluster."""
-    evals, evecs = torch.linalg.eigh(small)
-    evals, evecs = evals.flip(0), evecs.flip(1)
-    half = max(1, min(p, evals.numel() - 1) // 2)
-    top = evals[0].clamp_min(torch.finfo(ACCUMULATE).tiny)
-    gaps = (evals[:half] - evals[1:half + 1]) / top
-    c = int(gaps.argmax()) + 1
-    ritz = v.to(ACCUMULATE) @ evecs[:, :c + 1].to(v.device)     # top c vectors and the next one
-    ritz, _ = torch.linalg.qr(ritz)
-    av = apply(ritz, ACCUMULATE)
-    h = av.T @ av                                              # (c+1, c+1) Rayleigh-Ritz in float64
-    theta, y = torch.linalg.eigh(h)
+def _estimate(t: torch.Tensor, b: torch.Tensor, p: int) -> tuple[torch.Tensor, float, int, torch.Tensor]:
+    """Ritz values (descending), the smallest estimated bound over clusters c = 1..p, its c, and the
+    Ritz vectors (descending) of T (k, k), from the residual coefficients B Y_last (no pass over A)."""
+    theta, y = torch.linalg.eigh(t)
     theta, y = theta.flip(0), y.flip(1)
-    x = ritz @ y[:, :c]
-    residual = apply_t(av @ y[:, :c], ACCUMULATE) - x * theta[:c]
+    top = float(theta[0])
+    if top <= 0.0:
+        return theta, math.inf, 1, y
+    cmax = min(p, theta.numel() - 1)
+    coefficients = b @ y[-p:, :cmax]                 # residual of Ritz pair i: Q_next B y_i[last block]
+    best, best_c = math.inf, 1
+    for c in range(1, cmax + 1):
+        gap = float(theta[c - 1] - theta[c])
+        if gap <= 0.0:
+            continue
+        res = float(torch.linalg.matrix_norm(coefficients[:, :c], ord=2))
+        bound = min(res * res / gap, res) / (2 * top)
+        if bound < best:
+            best, best_c = bound, c
+    return theta, best, best_c, y
+
+
+def _certify(view: LongSideBlocks, basis: torch.Tensor, ritz: torch.Tensor, y: torch.Tensor, c: int, *,
+             stats: bool) -> tuple[KrylovResult, _Float64Pass | None]:
+    """Float64 Rayleigh-Ritz and residual bound of :func:`krylov_spectral_norm` on the top-c Ritz
+    cluster of the float32 basis (rows of ``basis``, Ritz vectors ``y`` of T, values ``ritz``)."""
+    x = basis.T.to(ACCUMULATE) @ y[:, :c + 1].to(basis.device)   # top c vectors and the next one
+    x, _ = torch.linalg.qr(x)
+    done = _float64_pass(view, stats=stats, vectors=x)
+    theta, w = torch.linalg.eigh(done.image_gram)            # (c+1, c+1) Rayleigh-Ritz in float64
+    theta, w = theta.flip(0), w.flip(1)
+    residual = done.gram_times @ w[:, :c] - (x @ w[:, :c]) * theta[:c]
     res = float(torch.linalg.matrix_norm(residual, ord=2))
     theta1 = float(theta[0])
     if theta1 <= 0.0:
-        return KrylovResult(0.0, 0.0 if res == 0.0 else math.inf, step, res == 0.0)
-    gap = float(theta[c - 1] - max(float(theta[c]), float(evals[c])))
+        return KrylovResult(0.0, 0.0 if res == 0.0 else math.inf, 0, res == 0.0), done if stats else None
+    gap = float(theta[c - 1]) - max(float(theta[c]), float(ritz[c]))
     bound = math.inf if gap <= 0 else res * res / gap / (2 * theta1)
-    bound = min(bound, res / theta1)  # some eigenvalue lies within ||r|| of theta_1 (no gap needed)
-    return KrylovResult(math.sqrt(theta1), bound, step, bound <= rtol)
+    bound = min(bound, res / theta1)  # some eigenvalue lies within ||R|| of theta_1 (no gap needed)
+    return KrylovResult(math.sqrt(theta1), bound, 0, bound <= SPECTRAL_RTOL), done if stats else None
+
+
+def _orthonormal_block(zt: torch.Tensor, v: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Orthonormal rows (p, short) spanning the part of the rows of ``zt`` orthogonal to the
+    orthonormal rows ``v`` (``zt`` already projected twice). Rows that cancelled completely (the
+    Krylov space is invariant: e.g. a low-rank matrix) are replaced by random directions, so the
+    basis stays orthonormal and Rayleigh-Ritz stays valid; QR, then once more against ``v``."""
+    z = zt.T
+    norms = torch.linalg.vector_norm(z, dim=0)
+    lost = norms <= 1e-6 * norms.max().clamp_min(torch.finfo(z.dtype).tiny)
+    if bool(lost.any()):
+        z = z.clone()
+        fresh = torch.randn(z.shape[0], int(lost.sum()), generator=gen, dtype=torch.float32).to(z)
+        for _ in range(2):
+            fresh = fresh - v.T @ (v @ fresh)
+        z[:, lost] = fresh
+    q, _ = torch.linalg.qr(z)
+    q = q - v.T @ (v @ q)
+    q, _ = torch.linalg.qr(q)
+    return q.T.contiguous()
 
 
 def matrix_stats(matrix: torch.Tensor, *, exact: bool = False, rtol: float = SPECTRAL_RTOL,
@@ -387,27 +489,45 @@ def matrix_stats(matrix: torch.Tensor, *, exact: bool = False, rtol: float = SPE
     whole-matrix float64 copy (blocks of the long side; see :class:`LongSideBlocks`).
 
     ``exact=True`` or a short side <= ``exact_below``: the spectral norm is sqrt(lambda_max) of the
-    float64 Gram matrix of the short side (:func:`blocked_gram`) by ``eigvalsh`` (relative error
-    ~1e-15, as :func:`spectral_norm`). Otherwise :func:`krylov_spectral_norm` (relative error bound
-    ``rtol``, reported in ``spectral_error_bound``); when it cannot certify ``rtol`` the exact path is
-    used (``method="gram-fallback"``). Row/column norms and the Frobenius norm are float64 sums of
-    squares in every case. The matrix must be finite (check with :func:`all_finite`).
+    float64 Gram matrix of the short side (accumulated over blocks, as :func:`blocked_gram`) by
+    ``eigvalsh`` (relative error ~1e-15, as :func:`spectral_norm`), in the same pass as the row and
+    column norms. Otherwise :func:`krylov_spectral_norm` (relative error bound ``rtol``, reported in
+    ``spectral_error_bound``), whose first float64 certificate pass also gives the row and column
+    norms; when it cannot certify ``rtol`` the exact path is used (``method="gram-fallback"``).
+    Row/column norms and the Frobenius norm are float64 sums of squares in every case.
+
+    A matrix with a NaN or an infinity gets ``finite=False`` and NaN norms (its row/column norms
+    are still returned); nothing raises.
     """
     view = LongSideBlocks(matrix, block_bytes)
-    long_norms, short_norms, _ = _long_norms(view)
-    rows, cols = (short_norms, long_norms) if view.transposed else (long_norms, short_norms)
-    frob = float(long_norms.square().sum().sqrt()) if long_norms.numel() else 0.0
     if min(matrix.shape) == 0:
-        return MatrixStats(frob, 0.0, rows, cols, "gram", 0.0, 0)
+        empty = torch.zeros(0, dtype=ACCUMULATE, device=matrix.device)
+        rows = torch.zeros(matrix.shape[0], dtype=ACCUMULATE, device=matrix.device) if matrix.shape[0] else empty
+        cols = torch.zeros(matrix.shape[1], dtype=ACCUMULATE, device=matrix.device) if matrix.shape[1] else empty
+        return MatrixStats(0.0, 0.0, rows, cols, "gram", 0.0, 0)
+    sums, method = None, "gram"
     if not exact and view.short > exact_below:
-        fast = krylov_spectral_norm(matrix, rtol=rtol, seed=seed, cache_bytes=cache_bytes, block_bytes=block_bytes)
-        if fast.converged and fast.bound <= rtol:
-            return MatrixStats(frob, fast.sigma, rows, cols, "krylov", fast.bound, fast.iterations)
-        method = "gram-fallback"
-    else:
-        method = "gram"
-    lam = torch.linalg.eigvalsh(blocked_gram(matrix, block_bytes))[-1]
-    return MatrixStats(frob, float(lam.clamp_min(0.0).sqrt()), rows, cols, method, 0.0, 0)
+        fast, sums = _krylov(view, block_size=32, max_steps=60, rtol=rtol, seed=seed, cache_bytes=cache_bytes,
+                             stats=True)
+        if fast.finite and fast.converged and sums is not None:
+            return _stats(view, sums, fast.sigma, "krylov", fast.bound, fast.iterations)
+        method = "gram-fallback" if fast.finite else "gram"
+    done = _float64_pass(view, stats=sums is None, gram=True)
+    sums = done if sums is None else sums
+    if not bool(torch.isfinite(sums.long_sq).all()):
+        return _stats(view, sums, math.nan, method, 0.0, 0)
+    lam = torch.linalg.eigvalsh(done.gram)[-1]
+    return _stats(view, sums, float(lam.clamp_min(0.0).sqrt()), method, 0.0, 0)
+
+
+def _stats(view: LongSideBlocks, sums: _Float64Pass, spectral: float, method: str, bound: float,
+           iterations: int) -> MatrixStats:
+    """:class:`MatrixStats` from the squared row/column norms of a float64 pass."""
+    long_norms, short_norms = sums.long_sq.sqrt(), sums.short_sq.sqrt()
+    rows, cols = (short_norms, long_norms) if view.transposed else (long_norms, short_norms)
+    finite = bool(torch.isfinite(sums.long_sq).all()) or all_finite(view.matrix)
+    frob = float(sums.long_sq.sum().sqrt()) if finite else math.nan
+    return MatrixStats(frob, spectral if finite else math.nan, rows, cols, method, bound, iterations, finite)
 
 
 def stats_record(stats: MatrixStats) -> dict[str, float]:

@@ -26,7 +26,7 @@ from qft_cli.errors import QftInputError
 from qft_cli.layout import _EMBEDDING_RE, MATRIX_ORDER, MatrixSpec, classify, head_dim, split_heads
 from qft_cli.loading import TensorStore, checkpoint_files, open_weights  # noqa: F401 (re-exported)
 from qft_cli.models import ModelSource
-from qft_cli.norms import all_finite, frobenius_norm, matrix_stats, spectral_norm, stats_record
+from qft_cli.norms import frobenius_norm, matrix_stats, spectral_norm, stats_record
 from qft_cli.progress import ProgressFn, report
 
 WEIGHT_COLUMNS = ["model", "model_alias", "part", "layer", "matrix", "parameter", "d_out", "d_in", "dtype",
@@ -175,13 +175,13 @@ def weight_norms(source: ModelSource, *, dtype: Optional[torch.dtype] = None, de
         pending: dict[tuple[str, int], dict[str, torch.Tensor]] = defaultdict(dict)  # q/k/v/o heads of a layer
         dim = head_dim(store.config)
         for done, (spec, w) in enumerate(iter_matrices(store, specs, dtype, device), start=1):
-            finite = all_finite(w)
+            stats = matrix_stats(w, exact=exact)  # finite=False (NaN norms) for a NaN or infinite entry
+            finite = stats.finite
             rec = {"part": spec.part, "layer": spec.layer, "matrix": spec.matrix, "parameter": spec.parameter,
                    "d_out": int(w.shape[0]), "d_in": int(w.shape[1]),
                    "dtype": str(w.dtype).removeprefix("torch."),
                    "quant_type": store.quant_types.get(spec.parameter), "finite": finite}
             if finite:
-                stats = matrix_stats(w, exact=exact)
                 rec.update(stats_record(stats), spectral_norm_error_bound=stats.spectral_error_bound)
                 if spec.matrix in VECTOR_MATRICES:
                     kind = "token_norm" if spec.matrix == "embedding" else "column_norm"

@@ -192,3 +192,71 @@ def test_all_finite_blockwise():
     assert all_finite(a, block_bytes=8 * 20)
     a[999, 3] = float("nan")
     assert not all_finite(a, block_bytes=8 * 20)
+
+
+@pytest.mark.parametrize("shape", [(300, 130), (130, 300)])
+@pytest.mark.parametrize("cache", [2 ** 30, 0])
+def test_gram_operator_equals_float64_product_in_both_orientations(shape, cache):
+    from qft_cli.norms import _gram_operator
+
+    gen = torch.Generator().manual_seed(11)
+    a = torch.randn(*shape, generator=gen).to(torch.bfloat16)
+    view = LongSideBlocks(a)
+    assert view.transposed == (shape[0] < shape[1])
+    apply = _gram_operator(view, cache, fused_bytes=4 * 130 * 7)  # fused blocks of 7 rows of A_L
+    qt = torch.randn(5, 130, generator=gen)
+    whole = a.double() if shape[0] >= shape[1] else a.double().T
+    expected = (whole.T @ (whole @ qt.double().T)).T
+    torch.testing.assert_close(apply(qt).double(), expected, rtol=1e-5, atol=1e-5 * expected.abs().max().item())
+
+
+def test_float32_estimate_is_the_true_ritz_residual():
+    # the block recurrence G V = V T + Q B E^T: ||B y_last|| is the residual of the Ritz pair (theta, V y)
+    from qft_cli.norms import _estimate
+
+    gen = torch.Generator().manual_seed(12)
+    a = torch.randn(400, 200, generator=gen, dtype=torch.float64)
+    g = a.T @ a
+    p, steps = 8, 4
+    v, _ = torch.linalg.qr(torch.randn(200, p, generator=gen, dtype=torch.float64))
+    blocks, b = [v], None
+    for _ in range(steps):
+        z = g @ blocks[-1]
+        basis = torch.cat(blocks, 1)
+        z = z - basis @ (basis.T @ z)
+        z = z - basis @ (basis.T @ z)
+        q, b = torch.linalg.qr(z)
+        blocks.append(q)
+    basis = torch.cat(blocks[:-1], 1)
+    t = basis.T @ g @ basis
+    theta, _, _, y = _estimate(t, b, p)
+    ritz = basis @ y[:, 0]
+    true_residual = torch.linalg.vector_norm(g @ ritz - theta[0] * ritz).item()
+    assert torch.linalg.vector_norm(b @ y[-p:, 0]).item() == pytest.approx(true_residual, rel=1e-6)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+@pytest.mark.parametrize("exact", [False, True])
+def test_nonfinite_matrix_gives_finite_false_and_nan_norms(bad, exact):
+    a = torch.randn(700, 600, generator=torch.Generator().manual_seed(13)).to(torch.bfloat16)
+    a[17, 5] = bad
+    stats = matrix_stats(a, exact=exact)
+    assert not stats.finite
+    assert math.isnan(stats.spectral_norm) and math.isnan(stats.frobenius_norm)
+    assert stats.row_norms.shape == (700,) and math.isfinite(stats.row_norms[16].item())
+    assert not math.isfinite(stats.row_norms[17].item())
+    assert matrix_stats(a[18:], exact=exact).finite  # the rest is fine
+
+
+def test_fast_path_certifies_once_and_reports_row_column_norms_from_that_pass():
+    gen = torch.Generator().manual_seed(14)
+    a = (torch.randn(600, 1100, generator=gen) * 0.02).to(torch.bfloat16)  # transposed orientation
+    fast = krylov_spectral_norm(a)
+    assert fast.converged and 1 <= fast.certifications <= 2
+    stats = matrix_stats(a)
+    whole = a.double()
+    assert stats.method == "krylov" and stats.finite
+    torch.testing.assert_close(stats.row_norms, torch.linalg.vector_norm(whole, dim=1), rtol=1e-13, atol=0)
+    torch.testing.assert_close(stats.column_norms, torch.linalg.vector_norm(whole, dim=0), rtol=1e-13, atol=0)
+    ref = torch.linalg.matrix_norm(whole, ord=2).item()
+    assert abs(stats.spectral_norm - ref) / ref <= stats.spectral_error_bound <= 1e-6
