@@ -116,14 +116,72 @@ def kv_heads_of(num_heads: int, num_kv_heads: int) -> torch.Tensor:
     return torch.arange(num_heads) // (num_heads // num_kv_heads)
 
 
-def weight_composites(wq: torch.Tensor, wk: torch.Tensor, wv: torch.Tensor, wo: torch.Tensor) -> dict[str, torch.Tensor]:
+def head_grams(blocks: torch.Tensor, side: str, chunk_bytes: int = 8 * 2 ** 20) -> torch.Tensor:
+    """Float64 Gram matrices of one side of every head block, a few heads at a time.
+
+    Args:
+        blocks: (H, r, c) head blocks, any float dtype (as :func:`qft_cli.layout.split_heads`).
+        side: ``"rows"``: W W^T, shape (H, r, r) (the head dimension of q, k, v blocks);
+            ``"columns"``: W^T W, shape (H, c, c) (that of o blocks).
+        chunk_bytes: at most this many float64 bytes of blocks are converted at once.
+
+    Either Gram has the squared singular values of W as its non-zero eigenvalues and ||W||_F^2 as
+    its trace, so :func:`gram_norms` gives each head's norms from it.
+    """
+    if side not in ("rows", "columns"):
+        raise ValueError(f"side must be 'rows' or 'columns', not {side!r}")
+    heads, r, c = blocks.shape
+    if side == "columns":  # sum over chunks of rows of every head at once: W^T W = sum_i w_i^T w_i
+        grams = torch.zeros(heads, c, c, dtype=ACCUMULATE, device=blocks.device)
+        step = max(1, chunk_bytes // max(1, heads * c * 8))
+        for start in range(0, r, step):
+            chunk = blocks[:, start:start + step].to(ACCUMULATE)
+            grams.baddbmm_(chunk.mT, chunk)
+        return grams
+    step = max(1, chunk_bytes // max(1, r * c * 8))
+    grams = []
+    for start in range(0, heads, step):
+        chunk = blocks[start:start + step].to(ACCUMULATE)
+        grams.append(chunk @ chunk.mT)
+        del chunk
+    return torch.cat(grams)
+
+
+def gram_norms(grams: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Spectral and Frobenius norms (float64, shape (...)) of matrices W from a Gram matrix G of
+    either side, (..., s, s): sqrt(lambda_max(G)) and sqrt(trace(G))."""
+    lam = torch.linalg.eigvalsh(grams)[..., -1].clamp_min(0.0)
+    return lam.sqrt(), grams.diagonal(dim1=-2, dim2=-1).sum(-1).clamp_min(0.0).sqrt()
+
+
+def gram_product_norms(ga: torch.Tensor, gb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Spectral and Frobenius norms of ``A @ B.mT`` from ``ga`` = A^T A and ``gb`` = B^T B
+    (..., p, p), float64, without A or B.
+
+    (A B^T)^T (A B^T) = B (A^T A) B^T has the non-zero eigenvalues of G_a G_b, which are those of
+    S^T G_a S with G_b = S S^T (S = U Lambda^{1/2} from ``eigh``, valid for singular G_b); and
+    ||A B^T||_F^2 = trace(G_a G_b) = sum(G_a * G_b) (both symmetric). Rounding: float64 Grams carry
+    an absolute error ~1e-16 ||A||^2 ||B||^2 into sigma^2, a relative error far below 1e-10 unless
+    ||A B^T||_2 is below 1e-4 ||A||_2 ||B||_2 (then :func:`product_norms` from R factors is better).
+    """
+    lam_b, u_b = torch.linalg.eigh(gb)
+    s = u_b * lam_b.clamp_min(0.0).sqrt().unsqueeze(-2)
+    top = torch.linalg.eigvalsh(s.mT @ ga @ s)[..., -1].clamp_min(0.0)
+    frob = (ga * gb).sum(dim=(-2, -1)).clamp_min(0.0)
+    return top.sqrt(), frob.sqrt()
+
+
+def weight_composites(wq: torch.Tensor, wk: torch.Tensor, wv: torch.Tensor, wo: torch.Tensor, *,
+                      grams: Optional[dict[str, torch.Tensor]] = None) -> dict[str, torch.Tensor]:
     """Per-head norms of W_q,h^T W_k,h (the bilinear form of the logits) and W_o,h W_v,h (the
-    value-output map), through head_dim x head_dim matrices.
+    value-output map), through head_dim x head_dim Gram matrices (:func:`gram_product_norms`).
 
     Args:
         wq: (H, d_head, d) query head blocks; wk, wv: (H_kv, d_head, d) key/value head blocks
             (GQA: H_kv divides H); wo: (H, d, d_head) output-projection head blocks (columns of W_o),
             as :func:`qft_cli.layout.split_heads` returns them (W oriented d_out x d_in).
+        grams: the head-dimension Grams if already computed (keys ``q``, ``k``, ``v``: ``"rows"``,
+            ``o``: ``"columns"`` of :func:`head_grams`); the blocks are not read then.
 
     Returns:
         float64 tensors of shape (H,): ``qk_spectral_norm``, ``qk_frobenius_norm``,
@@ -133,23 +191,27 @@ def weight_composites(wq: torch.Tensor, wk: torch.Tensor, wv: torch.Tensor, wo: 
     Raises:
         QftInputError: head counts that do not pair.
     """
-    kv = kv_heads_of(wq.shape[0], wk.shape[0]).to(wq.device)
-    qk = product_norms(wq.mT, wk.mT[kv])  # (W_q,h^T)(W_k,h^T)^T = W_q,h^T W_k,h, d x d
-    if wo.shape[0] != wq.shape[0]:
-        raise QftInputError(f"{wo.shape[0]} output-projection heads for {wq.shape[0]} query heads: "
+    g = dict(grams or {})
+    for name, w, side in (("q", wq, "rows"), ("k", wk, "rows"), ("v", wv, "rows"), ("o", wo, "columns")):
+        if name not in g:
+            g[name] = head_grams(w, side)
+    kv = kv_heads_of(g["q"].shape[0], g["k"].shape[0]).to(g["q"].device)
+    if g["o"].shape[0] != g["q"].shape[0]:
+        raise QftInputError(f"{g['o'].shape[0]} output-projection heads for {g['q'].shape[0]} query heads: "
                             "this architecture is not supported")
-    ov = product_norms(wo, wv.mT[kv])  # W_o,h (W_v,h^T)^T = W_o,h W_v,h, d x d
+    qk = gram_product_norms(g["q"], g["k"][kv])  # A = W_q,h^T, B = W_k,h^T: A^T A = W_q,h W_q,h^T
+    ov = gram_product_norms(g["o"], g["v"][kv])  # A = W_o,h, B = W_v,h^T
     return {"qk_spectral_norm": qk[0], "qk_frobenius_norm": qk[1],
             "ov_spectral_norm": ov[0], "ov_frobenius_norm": ov[1]}
 
 
-def composite_head_rows(blocks: dict[str, torch.Tensor]) -> Optional[pd.DataFrame]:
+def composite_head_rows(grams: dict[str, torch.Tensor]) -> Optional[pd.DataFrame]:
     """``norms_heads`` rows (matrix ``qk`` and ``ov``; head, spectral_norm, frobenius_norm) from the
-    head blocks of one layer (keys ``q``, ``k``, ``v``, ``o`` as :func:`qft_cli.layout.split_heads`
-    returns them); None unless all four are present."""
-    if not all(m in blocks for m in ("q", "k", "v", "o")):
+    head-dimension Grams of one layer (keys ``q``, ``k``, ``v``, ``o``, as :func:`weight_composites`
+    takes them); None unless all four are present."""
+    if not all(m in grams for m in ("q", "k", "v", "o")):
         return None
-    c = weight_composites(blocks["q"], blocks["k"], blocks["v"], blocks["o"])
+    c = weight_composites(None, None, None, None, grams=grams)
     heads = c["qk_spectral_norm"].numel()
     return pd.DataFrame({"matrix": ["qk"] * heads + ["ov"] * heads, "head": list(range(heads)) * 2,
                          "spectral_norm": torch.cat([c["qk_spectral_norm"], c["ov_spectral_norm"]]).cpu().numpy(),

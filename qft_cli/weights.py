@@ -21,12 +21,12 @@ from typing import Iterator, Optional
 import pandas as pd
 import torch
 
-from qft_cli.attention import composite_head_rows
+from qft_cli.attention import composite_head_rows, gram_norms, head_grams
 from qft_cli.errors import QftInputError
 from qft_cli.layout import _EMBEDDING_RE, MATRIX_ORDER, MatrixSpec, classify, head_dim, split_heads
 from qft_cli.loading import TensorStore, checkpoint_files, open_weights  # noqa: F401 (re-exported)
 from qft_cli.models import ModelSource
-from qft_cli.norms import frobenius_norm, matrix_stats, spectral_norm, stats_record
+from qft_cli.norms import matrix_stats, stats_record
 from qft_cli.progress import ProgressFn, report
 
 WEIGHT_COLUMNS = ["model", "model_alias", "part", "layer", "matrix", "parameter", "d_out", "d_in", "dtype",
@@ -121,20 +121,6 @@ def iter_matrices(store: TensorStore, specs: list[MatrixSpec], dtype: Optional[t
         del tensor
 
 
-def head_norms(blocks: torch.Tensor, chunk_bytes: int = 64 * 2 ** 20) -> tuple[torch.Tensor, torch.Tensor]:
-    """Spectral and Frobenius norms (float64, shape (heads,)) of per-head blocks (heads, rows, cols),
-    a few heads at a time so at most ``chunk_bytes`` of them are in float64 at once."""
-    per_head = max(1, blocks.shape[1] * blocks.shape[2] * 8)
-    step = max(1, chunk_bytes // per_head)
-    spectral, frob = [], []
-    for start in range(0, blocks.shape[0], step):
-        chunk = blocks[start:start + step].to(torch.float64)
-        spectral.append(spectral_norm(chunk))
-        frob.append(frobenius_norm(chunk))
-        del chunk
-    return torch.cat(spectral), torch.cat(frob)
-
-
 def weight_norms(source: ModelSource, *, dtype: Optional[torch.dtype] = None, device: Optional[torch.device] = None,
                  progress: Optional[ProgressFn] = None, labels: Optional[dict] = None,
                  exact: bool = False, parameters: Optional[set[str]] = None) -> WeightNormsResult:
@@ -191,14 +177,15 @@ def weight_norms(source: ModelSource, *, dtype: Optional[torch.dtype] = None, de
                                                  "value": values.cpu().numpy()}))
                 blocks = split_heads(spec.matrix, w, dim)
                 if blocks is not None:
-                    head_spectral, head_frobenius = head_norms(blocks)
+                    grams = head_grams(blocks, "columns" if spec.matrix.endswith("o") else "rows")
+                    head_spectral, head_frobenius = gram_norms(grams)
                     heads.append(pd.DataFrame({"part": spec.part, "layer": spec.layer, "matrix": spec.matrix,
                                                "head": range(blocks.shape[0]),
                                                "spectral_norm": head_spectral.cpu().numpy(),
                                                "frobenius_norm": head_frobenius.cpu().numpy()}))
                     if spec.matrix in ("q", "k", "v", "o"):  # weight-only composites qk and ov
                         layer_blocks = pending[(spec.part, spec.layer)]
-                        layer_blocks[spec.matrix] = blocks
+                        layer_blocks[spec.matrix] = grams
                         composite = composite_head_rows(layer_blocks)
                         if composite is not None:
                             heads.append(composite.assign(part=spec.part, layer=spec.layer)[

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 import torch
 
-from qft_cli.attention import (ATTENTION_COLUMNS, attention_fits, attention_norms, parse_blocks, product_norms,
-                               weight_composites)
+from qft_cli.attention import (ATTENTION_COLUMNS, attention_fits, attention_norms, gram_norms, gram_product_norms,
+                               head_grams, parse_blocks, product_norms, weight_composites)
 from qft_cli.errors import QftInputError
 from qft_cli.loading import load_model
 from qft_cli.models import build_tiny_model, load_tokenizer, resolve_model
@@ -331,6 +331,30 @@ def test_product_norms_match_the_formed_product():
         assert f.tolist() == pytest.approx(torch.linalg.matrix_norm(full).tolist(), rel=1e-10)
         padded = torch.cat([a, torch.zeros(2, 7, p, dtype=torch.float64)], dim=1)  # zero rows change nothing
         assert product_norms(padded, b)[0].tolist() == pytest.approx(s.tolist(), rel=1e-12)
+
+
+def test_gram_product_norms_match_the_formed_product_also_for_singular_grams():
+    gen = torch.Generator().manual_seed(1)
+    for n, m, p in ((50, 40, 8), (3, 5, 8), (8, 8, 8), (1, 30, 4)):  # (3, 5, 8): both Grams singular
+        a = torch.randn(2, n, p, generator=gen, dtype=torch.float64)
+        b = torch.randn(2, m, p, generator=gen, dtype=torch.float64)
+        s, f = gram_product_norms(a.mT @ a, b.mT @ b)
+        full = a @ b.mT
+        assert s.tolist() == pytest.approx(torch.linalg.matrix_norm(full, ord=2).tolist(), rel=1e-10)
+        assert f.tolist() == pytest.approx(torch.linalg.matrix_norm(full).tolist(), rel=1e-10)
+
+
+@pytest.mark.parametrize("side", ["rows", "columns"])
+def test_head_grams_give_each_heads_norms(side):
+    blocks = torch.randn(5, 6, 20, generator=torch.Generator().manual_seed(2)).to(torch.bfloat16)
+    grams = head_grams(blocks, side, chunk_bytes=6 * 20 * 8 * 2)  # two heads at a time
+    assert grams.shape == ((5, 6, 6) if side == "rows" else (5, 20, 20)) and grams.dtype == torch.float64
+    s, f = gram_norms(grams)
+    whole = blocks.double()
+    assert s.tolist() == pytest.approx(torch.linalg.matrix_norm(whole, ord=2).tolist(), rel=1e-12)
+    assert f.tolist() == pytest.approx(torch.linalg.matrix_norm(whole).tolist(), rel=1e-12)
+    with pytest.raises(ValueError):
+        head_grams(blocks, "heads")
 
 
 def test_weight_composites_with_gqa_pairing():
