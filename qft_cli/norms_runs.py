@@ -369,12 +369,12 @@ def run_norms_weights(args: NormsWeightsArgs, progress: Optional[ProgressFn] = N
             labels = {"model_alias": source.name, "model": source.model_id}
             if world == 1:
                 result = weight_norms(source, dtype=dtype, device=device, progress=progress, exact=args.exact,
-                                      labels=labels)
+                                      labels=labels, workers=threads.count)
             else:  # each rank measures a balanced share of the stored tensors; rank 0 merges
                 groups = matrix_groups(source)
                 mine = balanced_shards([size for _, _, size in groups], world)[rank]
                 part = weight_norms(source, dtype=dtype, device=device, progress=progress if rank == 0 else None,
-                                    exact=args.exact, labels=labels,
+                                    exact=args.exact, labels=labels, workers=threads.count,
                                     parameters={p for i in mine for p in groups[i][1]})
                 parts = gather_to_main(part, device.type)
                 if rank != 0:

@@ -393,3 +393,43 @@ def test_qk_and_ov_composites_against_formed_products(name):
                 full = pair[index]
                 assert rows.spectral_norm.iloc[h] == pytest.approx(torch.linalg.matrix_norm(full, 2).item(), rel=1e-9)
                 assert rows.frobenius_norm.iloc[h] == pytest.approx(torch.linalg.matrix_norm(full).item(), rel=1e-9)
+
+
+def test_workers_give_the_same_tables_and_restore_the_thread_count(tmp_path):
+    import torch
+
+    from qft_cli.models import resolve_model
+
+    source = resolve_model("tiny-llama")
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        one = weight_norms(source, workers=1)
+        two = weight_norms(source, workers=2)
+        three = weight_norms(source, workers=3)
+    finally:
+        torch.set_num_threads(before)
+    for other in (two, three):
+        pd.testing.assert_frame_equal(other.table, one.table)
+        pd.testing.assert_frame_equal(other.vectors, one.vectors)
+        pd.testing.assert_frame_equal(other.heads, one.heads)
+    assert torch.get_num_threads() == before
+
+
+def test_krylov_path_gives_the_same_numbers_on_worker_threads():
+    from concurrent.futures import ThreadPoolExecutor
+
+    import torch
+
+    from qft_cli.norms import matrix_stats
+    from qft_cli.weights import one_thread_each
+
+    gen = torch.Generator().manual_seed(3)
+    mats = [(torch.randn(700, 600, generator=gen) * 0.02).to(torch.bfloat16) for _ in range(3)]
+    with one_thread_each():
+        alone = [matrix_stats(m) for m in mats]
+        with ThreadPoolExecutor(2) as pool:
+            together = list(pool.map(matrix_stats, mats))
+    assert all(s.method == "krylov" for s in alone)
+    assert [s.spectral_norm for s in together] == [s.spectral_norm for s in alone]
+    assert [s.spectral_error_bound for s in together] == [s.spectral_error_bound for s in alone]
