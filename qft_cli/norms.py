@@ -306,11 +306,17 @@ def bf16_product(a: torch.Tensor, x: torch.Tensor, *, left: bool = True) -> torc
         p = x.shape[1]
         y = a @ torch.cat([hi, lo], dim=1)
         r = torch.addmm(y[:, :p], a, hi, beta=-1)
-        return y[:, :p].to(torch.float32) + r.to(torch.float32) + y[:, p:].to(torch.float32)
+        out = y[:, :p].to(torch.float32)
+        out += y[:, p:]
+        out += r
+        return out
     p = x.shape[0]
     y = torch.cat([hi, lo], dim=0) @ a
     r = torch.addmm(y[:p], hi, a, beta=-1)
-    return y[:p].to(torch.float32) + r.to(torch.float32) + y[p:].to(torch.float32)
+    out = y[:p].to(torch.float32)
+    out += y[p:]
+    out += r
+    return out
 
 
 _BF16_ACCURATE: dict[str, bool] = {}
@@ -497,13 +503,15 @@ def _krylov(view: LongSideBlocks, *, block_size: int, max_steps: int, rtol: floa
 
 
 def _next_check(j: int, k: int, history: list[tuple[int, float]], trigger: float) -> int:
-    """Block step of the next float32 estimate: every step while T is small (k <= 256, its eigen
-    solve is cheap); then predicted from the last two estimates' rate of decrease, at most 4 steps on."""
-    if k <= 256 or len(history) < 2:
-        return j + 1
+    """Block step of the next float32 estimate (each costs an eigen solve of T, k x k): the first
+    two after steps 3 and 4, then predicted from the last two estimates' rate of decrease (which
+    only grows: Krylov convergence accelerates), at most 4 steps on; 2 steps on while the estimate
+    does not decrease."""
+    if len(history) < 2:
+        return max(j + 1, 3)
     (j0, b0), (j1, b1) = history[-2], history[-1]
     if not (b1 > trigger and 0 < b1 < b0 and j1 > j0):
-        return j + 1
+        return j + 2
     rate = math.log(b0 / b1) / (j1 - j0)             # per step
     needed = math.log(b1 / trigger) / rate
     return j + max(1, min(4, int(0.8 * needed)))
@@ -519,13 +527,17 @@ def _estimate(t: torch.Tensor, b: torch.Tensor, p: int) -> tuple[torch.Tensor, f
         return theta, math.inf, 1, y
     cmax = min(p, theta.numel() - 1)
     coefficients = b @ y[-p:, :cmax]                 # residual of Ritz pair i: Q_next B y_i[last block]
+    m = coefficients.T @ coefficients                # ||R_c||_2^2 = lambda_max of its leading c x c block
+    leading = torch.zeros(cmax, cmax, cmax, dtype=m.dtype, device=m.device)
+    for c in range(1, cmax + 1):
+        leading[c - 1, :c, :c] = m[:c, :c]
+    res2 = torch.linalg.eigvalsh(leading)[:, -1].clamp_min(0.0).tolist()
+    gaps = (theta[:cmax] - theta[1:cmax + 1]).tolist()
     best, best_c = math.inf, 1
     for c in range(1, cmax + 1):
-        gap = float(theta[c - 1] - theta[c])
-        if gap <= 0.0:
+        if gaps[c - 1] <= 0.0:
             continue
-        res = float(torch.linalg.matrix_norm(coefficients[:, :c], ord=2))
-        bound = min(res * res / gap, res) / (2 * top)
+        bound = min(res2[c - 1] / gaps[c - 1], math.sqrt(res2[c - 1])) / (2 * top)
         if bound < best:
             best, best_c = bound, c
     return theta, best, best_c, y
