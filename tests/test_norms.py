@@ -196,14 +196,18 @@ def test_all_finite_blockwise():
 
 @pytest.mark.parametrize("shape", [(300, 130), (130, 300)])
 @pytest.mark.parametrize("cache", [2 ** 30, 0])
-def test_gram_operator_equals_float64_product_in_both_orientations(shape, cache):
-    from qft_cli.norms import _gram_operator
+@pytest.mark.parametrize("bf16", [False, True])
+def test_gram_operator_equals_float64_product_in_both_orientations(shape, cache, bf16):
+    from qft_cli.norms import _gram_operator, bf16_products_are_accurate
 
+    if bf16 and not bf16_products_are_accurate():
+        pytest.skip("no fast and accurate bfloat16 matrix products on this CPU")
     gen = torch.Generator().manual_seed(11)
     a = torch.randn(*shape, generator=gen).to(torch.bfloat16)
     view = LongSideBlocks(a)
     assert view.transposed == (shape[0] < shape[1])
-    apply = _gram_operator(view, cache, fused_bytes=4 * 130 * 7)  # fused blocks of 7 rows of A_L
+    # cache 0: bf16 uses A alone (x @ A form for one product), float32 converts blocks on every call
+    apply = _gram_operator(view, cache, fused_bytes=4 * 130 * 7, bf16=bf16)  # fused blocks of 7 rows of A_L
     qt = torch.randn(5, 130, generator=gen)
     whole = a.double() if shape[0] >= shape[1] else a.double().T
     expected = (whole.T @ (whole @ qt.double().T)).T
@@ -260,3 +264,35 @@ def test_fast_path_certifies_once_and_reports_row_column_norms_from_that_pass():
     torch.testing.assert_close(stats.column_norms, torch.linalg.vector_norm(whole, dim=0), rtol=1e-13, atol=0)
     ref = torch.linalg.matrix_norm(whole, ord=2).item()
     assert abs(stats.spectral_norm - ref) / ref <= stats.spectral_error_bound <= 1e-6
+
+
+@pytest.mark.parametrize("left", [True, False])
+def test_bf16_split_product_is_accurate_to_1e5_where_plain_bf16_is_not(left):
+    from qft_cli.norms import bf16_product, bf16_products_are_accurate
+
+    if not bf16_products_are_accurate():
+        pytest.skip("no fast and accurate bfloat16 matrix products on this CPU")
+    gen = torch.Generator().manual_seed(15)
+    a = (torch.randn(512, 384, generator=gen) * 0.02).to(torch.bfloat16)
+    x = torch.randn(384, 16, generator=gen) if left else torch.randn(16, 512, generator=gen)
+    ref = a.double() @ x.double() if left else x.double() @ a.double()
+    out = bf16_product(a, x, left=left)
+    assert out.dtype == torch.float32 and out.shape == ref.shape
+    assert ((out.double() - ref).norm() / ref.norm()).item() <= 1e-5
+    plain = (a @ x.to(torch.bfloat16)) if left else (x.to(torch.bfloat16) @ a)
+    assert ((plain.double() - ref).norm() / ref.norm()).item() > 1e-4  # what the split avoids
+
+
+def test_bf16_and_float32_iterations_certify_the_same_norm():
+    from qft_cli.norms import bf16_products_are_accurate
+
+    if not bf16_products_are_accurate():
+        pytest.skip("no fast and accurate bfloat16 matrix products on this CPU")
+    gen = torch.Generator().manual_seed(16)
+    a = (torch.randn(1000, 700, generator=gen) * 0.02).to(torch.bfloat16)
+    ref = torch.linalg.matrix_norm(a.double(), ord=2).item()
+    fast = krylov_spectral_norm(a)                     # bf16 products (auto)
+    slow = krylov_spectral_norm(a.float())             # float32 products: same matrix, other dtype
+    for r in (fast, slow):
+        assert r.converged and abs(r.sigma - ref) / ref <= r.bound <= 1e-6
+    assert abs(fast.iterations - slow.iterations) <= 2  # the split products converge as float32 does
