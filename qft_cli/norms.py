@@ -479,7 +479,7 @@ def _krylov(view: LongSideBlocks, *, block_size: int, max_steps: int, rtol: floa
         if last or j >= next_check:
             theta, bound, c, evecs = _estimate(t[:k, :k], b, p)
             history.append((j, bound))
-            if bound <= trigger or last:
+            if k >= 2 and (bound <= trigger or last):   # k = 1: nothing beyond the cluster to certify against
                 certified, pass_ = _certify(view, basis[:k], theta, evecs, c, stats=stats and sums is None)
                 certifications += 1
                 if pass_ is not None:
@@ -489,6 +489,8 @@ def _krylov(view: LongSideBlocks, *, block_size: int, max_steps: int, rtol: floa
                 if result.converged or last:
                     return result, sums
                 trigger *= 0.5 * min(1.0, bound / certified.bound)  # the estimate was optimistic
+            elif last:
+                return result, sums
             next_check = _next_check(j, k, history, trigger)
         if k + p > basis.shape[0]:
             grown = min(2 * basis.shape[0], p * nblocks)
@@ -523,9 +525,9 @@ def _estimate(t: torch.Tensor, b: torch.Tensor, p: int) -> tuple[torch.Tensor, f
     theta, y = torch.linalg.eigh(t)
     theta, y = theta.flip(0), y.flip(1)
     top = float(theta[0])
-    if top <= 0.0:
-        return theta, math.inf, 1, y
     cmax = min(p, theta.numel() - 1)
+    if top <= 0.0 or cmax < 1:  # cmax 0: a single Ritz value (block of 1 at step 0), no gap to bound with
+        return theta, math.inf, 1, y
     coefficients = b @ y[-p:, :cmax]                 # residual of Ritz pair i: Q_next B y_i[last block]
     m = coefficients.T @ coefficients                # ||R_c||_2^2 = lambda_max of its leading c x c block
     leading = torch.zeros(cmax, cmax, cmax, dtype=m.dtype, device=m.device)

@@ -296,3 +296,162 @@ def test_bf16_and_float32_iterations_certify_the_same_norm():
     for r in (fast, slow):
         assert r.converged and abs(r.sigma - ref) / ref <= r.bound <= 1e-6
     assert abs(fast.iterations - slow.iterations) <= 2  # the split products converge as float32 does
+
+
+# --- holes closed by hand mutation testing (issue 9) ------------------------------------------------
+
+
+def _bf16_hardware() -> bool:
+    try:
+        return bool(torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported())
+    except AttributeError:
+        return False
+
+
+@pytest.mark.parametrize("left", [True, False])
+def test_bf16_split_product_is_exact_on_exactly_representable_data(left):
+    # runs on every CPU (no skip): A entries in {-1, 0, 1}, x = +-(1 or 2) + k 2^-12 (|k| <= 3), so
+    # x_hi = +-(1 or 2), x_lo = k 2^-12 (both exact in bfloat16), every partial sum of A x_hi is an
+    # integer below 256 and of A x_lo a multiple of 2^-12 below 2^-5: exact in bfloat16 and float32,
+    # whatever the rounding of the accumulator. Catches a dropped x_lo term, a lost beta=-1, a wrong half.
+    from qft_cli.norms import bf16_product
+
+    gen = torch.Generator().manual_seed(21)
+    a = torch.randint(-1, 2, (40, 32), generator=gen).to(torch.bfloat16)
+    shape = (32, 5) if left else (5, 40)
+    sign = torch.randint(0, 2, shape, generator=gen) * 2 - 1
+    whole = torch.randint(1, 3, shape, generator=gen)
+    frac = torch.randint(-3, 4, shape, generator=gen)
+    x = (sign * (whole + frac * 2.0 ** -12)).to(torch.float32)
+    assert (x.to(torch.bfloat16).float() != x).any()  # x_lo is really used
+    ref = a.double() @ x.double() if left else x.double() @ a.double()
+    out = bf16_product(a, x, left=left)
+    assert out.dtype == torch.float32
+    assert torch.equal(out.double(), ref)
+
+
+@pytest.mark.skipif(not _bf16_hardware(), reason="no AMX / AVX512-BF16 on this CPU")
+def test_bf16_self_check_passes_where_the_hardware_has_bf16_products():
+    # the accuracy tests of the split product skip when the self-check fails, and a broken split
+    # product fails the self-check: on a CPU with bf16 products the check itself must pass (if this
+    # fails on a new torch build, the fast path of `norms weights` is silently lost there)
+    from qft_cli.norms import bf16_products_are_accurate
+
+    assert bf16_products_are_accurate()
+
+
+def _diagonal_view(s, long):
+    """LongSideBlocks of A_L = [diag(s); 0] (long, len(s)), float64: G = A_L^T A_L = diag(s^2)."""
+    a = torch.zeros(long, len(s), dtype=torch.float64)
+    a[:len(s), :len(s)] = torch.diag(torch.as_tensor(s, dtype=torch.float64))
+    return LongSideBlocks(a)
+
+
+@pytest.mark.parametrize("ritz_next,phi", [(16.0, 1e-2), (20.0, 1e-2), (16.0, 0.3)])
+def test_certificate_is_the_knyazev_bound_of_an_explicit_ritz_vector(ritz_next, phi):
+    # G = diag(25, 16, 1, 0.25, 0.09, 0.04); basis x1 = cos(phi) e1 + sin(phi) e3, x2 = e2. By hand:
+    # theta_1 = 25 cos^2 + sin^2, ||G x1 - theta_1 x1|| = cos sin (25 - 1), theta_2 = 16, and the bound
+    # on sigma is ||R||^2 / (theta_1 - max(theta_2, float32 Ritz value 2)) / (2 theta_1), capped by
+    # ||R|| / theta_1 (the case phi = 0.3: theta_1 - 16 is small)
+    from qft_cli.norms import _certify
+
+    s = [5.0, 4.0, 1.0, 0.5, 0.3, 0.2]
+    view = _diagonal_view(s, 9)
+    basis = torch.zeros(2, 6, dtype=torch.float32)
+    basis[0, 0], basis[0, 2], basis[1, 1] = math.cos(phi), math.sin(phi), 1.0
+    co, si = basis[0, 0].double().item(), basis[0, 2].double().item()
+    co, si = co / math.hypot(co, si), si / math.hypot(co, si)
+    theta1 = 25 * co ** 2 + si ** 2
+    res = co * si * 24
+    gap = theta1 - max(16.0, ritz_next)
+    expected = min(res ** 2 / gap / (2 * theta1), res / theta1)
+    ritz = torch.tensor([theta1, ritz_next], dtype=torch.float64)
+    got, sums = _certify(view, basis, ritz, torch.eye(2, dtype=torch.float64), 1, stats=True)
+    assert got.sigma == pytest.approx(math.sqrt(theta1), rel=1e-14)
+    assert got.bound == pytest.approx(expected, rel=1e-9)
+    assert (5.0 - got.sigma) / 5.0 <= got.bound  # it bounds the true error
+    if (ritz_next, phi) == (16.0, 1e-2):
+        assert got.bound < res / theta1 and got.bound <= 3 * (5.0 - got.sigma) / 5.0  # and is sharp here
+    torch.testing.assert_close(sums.short_sq, torch.tensor(s, dtype=torch.float64) ** 2, rtol=1e-15, atol=0)
+    assert _certify(view, basis, ritz, torch.eye(2, dtype=torch.float64), 1, stats=False)[1] is None
+
+
+def test_certificate_of_a_two_vector_cluster():
+    # G = diag(25, 24.5, 1, ...): cluster c = 2 from x1 = cos e1 + sin e3, x2 = e2, next vector e4.
+    # Rayleigh-Ritz gives theta = (25 cos^2 + sin^2, 24.5, 0.25); the cluster residual is that of x1
+    # (x2 is exact); the gap is theta_2 - max(theta_3, float32 Ritz value 3)
+    from qft_cli.norms import _certify
+
+    s = [5.0, math.sqrt(24.5), 1.0, 0.5, 0.3, 0.2]
+    view = _diagonal_view(s, 7)
+    phi = 1e-3
+    basis = torch.zeros(3, 6, dtype=torch.float32)
+    basis[0, 0], basis[0, 2], basis[1, 1], basis[2, 3] = math.cos(phi), math.sin(phi), 1.0, 1.0
+    co, si = basis[0, 0].double().item(), basis[0, 2].double().item()
+    co, si = co / math.hypot(co, si), si / math.hypot(co, si)
+    theta1 = 25 * co ** 2 + si ** 2
+    res = co * si * 24
+    ritz = torch.tensor([theta1, 24.5, 0.1], dtype=torch.float64)
+    got, _ = _certify(view, basis, ritz, torch.eye(3, dtype=torch.float64), 2, stats=False)
+    assert got.sigma == pytest.approx(math.sqrt(theta1), rel=1e-14)
+    assert got.bound == pytest.approx(min(res ** 2 / (24.5 - 0.25) / (2 * theta1), res / theta1), rel=1e-9)
+    one, _ = _certify(view, basis, ritz, torch.eye(3, dtype=torch.float64), 1, stats=False)
+    assert one.bound == pytest.approx(min(res ** 2 / (theta1 - 24.5) / (2 * theta1), res / theta1), rel=1e-9)
+    assert got.bound < one.bound  # the cluster's gap is the wide one
+
+
+def test_float32_estimate_is_the_smallest_cluster_bound_from_true_residuals():
+    # _estimate's bound for cluster c is min(||R_c||^2 / (theta_c - theta_{c+1}), ||R_c||) / (2 theta_1),
+    # R_c = G V Y_c - V Y_c Theta_c formed here explicitly (float64 block Lanczos), minimised over c
+    from qft_cli.norms import _estimate
+
+    gen = torch.Generator().manual_seed(22)
+    a = _with_spectrum(300, 120, [6.0, 5.9, 5.85] + list(np.linspace(5.0, 0.1, 117)), seed=22)
+    g = a.T @ a
+    p, steps = 4, 5
+    blocks = [torch.linalg.qr(torch.randn(120, p, generator=gen, dtype=torch.float64))[0]]
+    for _ in range(steps):
+        basis = torch.cat(blocks, 1)
+        z = g @ blocks[-1]
+        z = z - basis @ (basis.T @ z)
+        z = z - basis @ (basis.T @ z)
+        q, b = torch.linalg.qr(z)
+        blocks.append(q)
+    basis = torch.cat(blocks[:-1], 1)
+    theta, bound, c_best, y = _estimate(basis.T @ g @ basis, b, p)
+    ref_theta, ref_y = torch.linalg.eigh(basis.T @ g @ basis)
+    torch.testing.assert_close(theta, ref_theta.flip(0), rtol=1e-12, atol=0)
+    expected = {}
+    for c in range(1, p + 1):
+        x = basis @ y[:, :c]
+        torch.testing.assert_close((x.T @ g @ x).diagonal(), theta[:c], rtol=1e-10, atol=0)  # Ritz pairs, descending
+        res = torch.linalg.matrix_norm(g @ x - x * theta[:c], ord=2).item()
+        gap = (theta[c - 1] - theta[c]).item()
+        expected[c] = min(res ** 2 / gap, res) / (2 * theta[0].item())
+    best = min(expected, key=expected.get)
+    assert len(set(expected.values())) == p  # the c matter
+    assert c_best == best
+    assert bound == pytest.approx(expected[best], rel=1e-6)
+
+
+@pytest.mark.parametrize("short", [1, 2, 3, 4, 5])
+@pytest.mark.parametrize("transposed", [False, True])
+def test_fast_path_on_short_sides_below_two_blocks(short, transposed):
+    # the Krylov block is min(16, short // 2) columns: 1 for short sides 2 and 3 (a 1 x 1 T at step 0)
+    gen = torch.Generator().manual_seed(23 + short)
+    a = torch.randn(700, short, generator=gen)
+    a = a.T if transposed else a
+    ref = torch.linalg.matrix_norm(a.double(), ord=2).item()
+    stats = matrix_stats(a, exact_below=0)
+    assert abs(stats.spectral_norm - ref) / ref <= max(stats.spectral_error_bound, 1e-12) <= 1e-6
+    assert stats.frobenius_norm == pytest.approx(torch.linalg.matrix_norm(a.double()).item(), rel=1e-13)
+    if 2 <= short <= 4:  # the basis (blocks of 1, 1, 2 columns) reaches the whole space: exact
+        assert stats.method == "krylov"
+
+
+def test_block_size_one_is_plain_lanczos():
+    a = _with_spectrum(120, 100, [4.0, 2.0] + list(np.linspace(1.5, 0.1, 98)), seed=24)
+    fast = krylov_spectral_norm(a, block_size=1)
+    assert fast.converged and abs(fast.sigma - 4.0) / 4.0 <= fast.bound <= 1e-6
+    one_step = krylov_spectral_norm(a, block_size=1, max_steps=0)  # a single vector: nothing to certify
+    assert not one_step.converged and one_step.sigma <= 4.0
