@@ -218,8 +218,8 @@ def all_finite(matrix: torch.Tensor, block_bytes: int = BLOCK_BYTES) -> bool:
 class KrylovResult:
     """Result of :func:`krylov_spectral_norm`: ``sigma`` (float64 Rayleigh quotient, a lower bound
     of ||A||_2), ``bound`` (relative a-posteriori error bound), ``iterations`` (block steps),
-    ``converged`` (``bound <= rtol``), ``finite`` (False: the first product was not finite, so A
-    has a NaN or an infinity, or overflows float32; nothing else is meaningful then) and
+    ``converged`` (``bound <= rtol``), ``finite`` (False: a product G Q was not finite, so A
+    has a NaN or an infinity, or G overflows float32; nothing else is meaningful then) and
     ``certifications`` (float64 passes over A made to certify)."""
 
     sigma: float
@@ -461,7 +461,7 @@ def _krylov(view: LongSideBlocks, *, block_size: int, max_steps: int, rtol: floa
     for j in range(nblocks):
         k = (j + 1) * p
         zt = apply(basis[j * p:k])                   # (G Q_j)^T: (p, short)
-        if j == 0 and not bool(torch.isfinite(zt).all()):
+        if not bool(torch.isfinite(zt).all()):       # NaN/inf in A, or G Q_j overflows float32 (||A||_2 > ~1e19)
             return KrylovResult(math.nan, math.inf, 0, False, finite=False), None
         v = basis[:k]
         c1 = zt @ v.T
@@ -476,6 +476,8 @@ def _krylov(view: LongSideBlocks, *, block_size: int, max_steps: int, rtol: floa
         last = j == nblocks - 1
         q_next = _orthonormal_block(zt, v, gen)     # (p, short)
         b = (q_next @ zt.T).to(ACCUMULATE)           # G Q_j = V C + Q_next B
+        if not bool(torch.isfinite(coeffs).all() and torch.isfinite(b).all()):   # G overflows float32
+            return KrylovResult(math.nan, math.inf, 0, False, finite=False), None
         if last or j >= next_check:
             theta, bound, c, evecs = _estimate(t[:k, :k], b, p)
             history.append((j, bound))
@@ -571,8 +573,8 @@ def _orthonormal_block(zt: torch.Tensor, v: torch.Tensor, gen: torch.Generator) 
     Krylov space is invariant: e.g. a low-rank matrix) are replaced by random directions, so the
     basis stays orthonormal and Rayleigh-Ritz stays valid; QR, then once more against ``v``."""
     z = zt.T
-    norms = torch.linalg.vector_norm(z, dim=0)
-    lost = norms <= 1e-6 * norms.max().clamp_min(torch.finfo(z.dtype).tiny)
+    norms = torch.linalg.vector_norm(z, dim=0, dtype=ACCUMULATE)  # float32 squares overflow above ~1e19
+    lost = norms <= 1e-6 * norms.max().clamp_min(torch.finfo(ACCUMULATE).tiny)
     if bool(lost.any()):
         z = z.clone()
         fresh = torch.randn(z.shape[0], int(lost.sum()), generator=gen, dtype=torch.float32).to(z)

@@ -347,12 +347,12 @@ def _diagonal_view(s, long):
     return LongSideBlocks(a)
 
 
-@pytest.mark.parametrize("ritz_next,phi", [(16.0, 1e-2), (20.0, 1e-2), (16.0, 0.3)])
+@pytest.mark.parametrize("ritz_next,phi", [(16.0, 1e-2), (20.0, 1e-2), (16.0, 0.5)])
 def test_certificate_is_the_knyazev_bound_of_an_explicit_ritz_vector(ritz_next, phi):
     # G = diag(25, 16, 1, 0.25, 0.09, 0.04); basis x1 = cos(phi) e1 + sin(phi) e3, x2 = e2. By hand:
     # theta_1 = 25 cos^2 + sin^2, ||G x1 - theta_1 x1|| = cos sin (25 - 1), theta_2 = 16, and the bound
     # on sigma is ||R||^2 / (theta_1 - max(theta_2, float32 Ritz value 2)) / (2 theta_1), capped by
-    # ||R|| / theta_1 (the case phi = 0.3: theta_1 - 16 is small)
+    # ||R|| / theta_1 (the case phi = 0.5: theta_1 - 16 is small)
     from qft_cli.norms import _certify
 
     s = [5.0, 4.0, 1.0, 0.5, 0.3, 0.2]
@@ -370,6 +370,8 @@ def test_certificate_is_the_knyazev_bound_of_an_explicit_ritz_vector(ritz_next, 
     assert got.sigma == pytest.approx(math.sqrt(theta1), rel=1e-14)
     assert got.bound == pytest.approx(expected, rel=1e-9)
     assert (5.0 - got.sigma) / 5.0 <= got.bound  # it bounds the true error
+    if phi == 0.5:
+        assert got.bound == pytest.approx(res / theta1, rel=1e-9)
     if (ritz_next, phi) == (16.0, 1e-2):
         assert got.bound < res / theta1 and got.bound <= 3 * (5.0 - got.sigma) / 5.0  # and is sharp here
     torch.testing.assert_close(sums.short_sq, torch.tensor(s, dtype=torch.float64) ** 2, rtol=1e-15, atol=0)
@@ -377,30 +379,42 @@ def test_certificate_is_the_knyazev_bound_of_an_explicit_ritz_vector(ritz_next, 
 
 
 def test_certificate_of_a_two_vector_cluster():
-    # G = diag(25, 24.5, 1, ...): cluster c = 2 from x1 = cos e1 + sin e3, x2 = e2, next vector e4.
-    # Rayleigh-Ritz gives theta = (25 cos^2 + sin^2, 24.5, 0.25); the cluster residual is that of x1
-    # (x2 is exact); the gap is theta_2 - max(theta_3, float32 Ritz value 3)
+    # G = diag(25, 24.5, 1, 0.25, 0.09, 0.04): cluster c = 2 from x1 = cos(phi) e1 + sin(phi) e3 and
+    # x2 = cos(psi) e2 + sin(psi) e4, next vector e5. X^T G X is diagonal, so the Ritz values are
+    # theta = (25 cos^2 phi + sin^2 phi, 24.5 cos^2 psi + 0.25 sin^2 psi, 0.09); the residuals of x1 and
+    # x2 are orthogonal, of norms cos sin (25 - 1) and cos sin (24.5 - 0.25): ||R||_2 is the larger,
+    # that of x2 (psi > phi); the gap is theta_2 - max(theta_3, float32 Ritz value 3)
     from qft_cli.norms import _certify
 
     s = [5.0, math.sqrt(24.5), 1.0, 0.5, 0.3, 0.2]
     view = _diagonal_view(s, 7)
-    phi = 1e-3
     basis = torch.zeros(3, 6, dtype=torch.float32)
-    basis[0, 0], basis[0, 2], basis[1, 1], basis[2, 3] = math.cos(phi), math.sin(phi), 1.0, 1.0
-    co, si = basis[0, 0].double().item(), basis[0, 2].double().item()
-    co, si = co / math.hypot(co, si), si / math.hypot(co, si)
-    theta1 = 25 * co ** 2 + si ** 2
-    res = co * si * 24
-    ritz = torch.tensor([theta1, 24.5, 0.1], dtype=torch.float64)
+    basis[0, 0], basis[0, 2] = math.cos(1e-3), math.sin(1e-3)
+    basis[1, 1], basis[1, 3] = math.cos(3e-3), math.sin(3e-3)
+    basis[2, 4] = 1.0
+
+    def unit(i, j):
+        co, si = basis[i, j[0]].double().item(), basis[i, j[1]].double().item()
+        return co / math.hypot(co, si), si / math.hypot(co, si)
+
+    (c1, s1), (c2, s2) = unit(0, (0, 2)), unit(1, (1, 3))
+    theta1, theta2 = 25 * c1 ** 2 + s1 ** 2, 24.5 * c2 ** 2 + 0.25 * s2 ** 2
+    res = max(c1 * s1 * 24, c2 * s2 * 24.25)
+    assert res == c2 * s2 * 24.25
+    ritz = torch.tensor([theta1, theta2, 0.01], dtype=torch.float64)
     got, _ = _certify(view, basis, ritz, torch.eye(3, dtype=torch.float64), 2, stats=False)
     assert got.sigma == pytest.approx(math.sqrt(theta1), rel=1e-14)
-    assert got.bound == pytest.approx(min(res ** 2 / (24.5 - 0.25) / (2 * theta1), res / theta1), rel=1e-9)
+    assert got.bound == pytest.approx(min(res ** 2 / (theta2 - 0.09) / (2 * theta1), res / theta1), rel=1e-9)
+    ritz[2] = 0.2  # a larger float32 estimate of lambda_3 is the one used
+    got, _ = _certify(view, basis, ritz, torch.eye(3, dtype=torch.float64), 2, stats=False)
+    assert got.bound == pytest.approx(min(res ** 2 / (theta2 - 0.2) / (2 * theta1), res / theta1), rel=1e-9)
     one, _ = _certify(view, basis, ritz, torch.eye(3, dtype=torch.float64), 1, stats=False)
-    assert one.bound == pytest.approx(min(res ** 2 / (theta1 - 24.5) / (2 * theta1), res / theta1), rel=1e-9)
-    assert got.bound < one.bound  # the cluster's gap is the wide one
+    res1 = c1 * s1 * 24
+    assert one.bound == pytest.approx(min(res1 ** 2 / (theta1 - theta2) / (2 * theta1), res1 / theta1), rel=1e-9)
 
 
-def test_float32_estimate_is_the_smallest_cluster_bound_from_true_residuals():
+@pytest.mark.parametrize("steps", [2, 5])
+def test_float32_estimate_is_the_smallest_cluster_bound_from_true_residuals(steps):
     # _estimate's bound for cluster c is min(||R_c||^2 / (theta_c - theta_{c+1}), ||R_c||) / (2 theta_1),
     # R_c = G V Y_c - V Y_c Theta_c formed here explicitly (float64 block Lanczos), minimised over c
     from qft_cli.norms import _estimate
@@ -408,7 +422,7 @@ def test_float32_estimate_is_the_smallest_cluster_bound_from_true_residuals():
     gen = torch.Generator().manual_seed(22)
     a = _with_spectrum(300, 120, [6.0, 5.9, 5.85] + list(np.linspace(5.0, 0.1, 117)), seed=22)
     g = a.T @ a
-    p, steps = 4, 5
+    p = 4
     blocks = [torch.linalg.qr(torch.randn(120, p, generator=gen, dtype=torch.float64))[0]]
     for _ in range(steps):
         basis = torch.cat(blocks, 1)
@@ -421,15 +435,17 @@ def test_float32_estimate_is_the_smallest_cluster_bound_from_true_residuals():
     theta, bound, c_best, y = _estimate(basis.T @ g @ basis, b, p)
     ref_theta, ref_y = torch.linalg.eigh(basis.T @ g @ basis)
     torch.testing.assert_close(theta, ref_theta.flip(0), rtol=1e-12, atol=0)
-    expected = {}
+    expected, capped = {}, 0
     for c in range(1, p + 1):
         x = basis @ y[:, :c]
         torch.testing.assert_close((x.T @ g @ x).diagonal(), theta[:c], rtol=1e-10, atol=0)  # Ritz pairs, descending
         res = torch.linalg.matrix_norm(g @ x - x * theta[:c], ord=2).item()
         gap = (theta[c - 1] - theta[c]).item()
         expected[c] = min(res ** 2 / gap, res) / (2 * theta[0].item())
+        capped += res < res ** 2 / gap
     best = min(expected, key=expected.get)
     assert len(set(expected.values())) == p  # the c matter
+    assert capped > 0 if steps == 2 else capped < p  # both sides of the min are used
     assert c_best == best
     assert bound == pytest.approx(expected[best], rel=1e-6)
 
@@ -455,3 +471,30 @@ def test_block_size_one_is_plain_lanczos():
     assert fast.converged and abs(fast.sigma - 4.0) / 4.0 <= fast.bound <= 1e-6
     one_step = krylov_spectral_norm(a, block_size=1, max_steps=0)  # a single vector: nothing to certify
     assert not one_step.converged and one_step.sigma <= 4.0
+
+
+@pytest.mark.parametrize("exponent", [-50, -40, 40, 60, 63])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fast_path_scale_invariant_from_1e_minus_15_to_1e19(exponent, dtype):
+    # the Krylov vectors' norms were float32 sums of squares: above ||A||_2 ~ 1e10 (G Q ~ 1e19) they
+    # overflowed, below ~1e-10 they underflowed, every direction counted as lost and the fast path fell
+    # back to the exact one; 2^63 * 0.05 * (sqrt(700) + sqrt(600)): ||A||_2 ~ 2e19, G ~ 5e38 / 1.5
+    gen = torch.Generator().manual_seed(25)
+    a = (torch.randn(700, 600, generator=gen, dtype=torch.float64) * 0.05 * 2.0 ** exponent).to(dtype)
+    ref = torch.linalg.matrix_norm(a.double(), ord=2).item()
+    stats = matrix_stats(a, exact_below=0)
+    assert stats.method == "krylov"
+    assert abs(stats.spectral_norm - ref) / ref <= stats.spectral_error_bound <= 1e-6
+
+
+@pytest.mark.parametrize("exponent", [64, 66, 100])
+def test_gram_overflowing_float32_uses_the_exact_path(exponent):
+    # finite entries whose Gram matrix overflows float32 after the first step (2^64: the projections
+    # onto the basis overflow though G Q does not) used to reach eigh with NaNs and raise
+    gen = torch.Generator().manual_seed(25)
+    a = (torch.randn(700, 600, generator=gen, dtype=torch.float64) * 0.05 * 2.0 ** exponent).float()
+    ref = torch.linalg.matrix_norm(a.double(), ord=2).item()
+    stats = matrix_stats(a, exact_below=0)
+    assert stats.finite and stats.method == "gram"
+    assert stats.spectral_norm == pytest.approx(ref, rel=1e-12)
+    assert stats.frobenius_norm == pytest.approx(torch.linalg.matrix_norm(a.double()).item(), rel=1e-12)
