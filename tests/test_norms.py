@@ -536,3 +536,12 @@ def test_exact_below_is_inclusive():
             stats = matrix_stats(a, exact_below=exact_below)
             assert stats.method == method
             assert stats.spectral_norm == pytest.approx(torch.linalg.matrix_norm(a.double(), ord=2).item(), rel=1e-6)
+
+
+@pytest.mark.parametrize("shape", [(0, 5), (5, 0), (0, 0)])
+def test_empty_matrices(shape):
+    stats = matrix_stats(torch.zeros(shape, dtype=torch.bfloat16), exact_below=0)
+    assert stats.row_norms.shape == (shape[0],) and stats.column_norms.shape == (shape[1],)
+    assert stats.row_norms.dtype == stats.column_norms.dtype == torch.float64
+    assert (stats.row_norms == 0).all() and (stats.column_norms == 0).all()
+    assert stats.spectral_norm == stats.frobenius_norm == 0.0 and stats.finite and stats.method == "gram"
