@@ -545,3 +545,22 @@ def test_empty_matrices(shape):
     assert stats.row_norms.dtype == stats.column_norms.dtype == torch.float64
     assert (stats.row_norms == 0).all() and (stats.column_norms == 0).all()
     assert stats.spectral_norm == stats.frobenius_norm == 0.0 and stats.finite and stats.method == "gram"
+
+
+def test_bf16_self_check_rejects_a_product_that_rounds_twice(monkeypatch):
+    # a build whose addmm rounds A x_hi to bfloat16 before subtracting loses the residual r: ~1e-3
+    import qft_cli.norms as norms
+
+    def rounded_twice(a, x, *, left=True):
+        hi, lo = norms._split_bf16(x)
+        return ((a @ hi).float() + (a @ lo).float()) if left else ((hi @ a).float() + (lo @ a).float())
+
+    monkeypatch.setattr(norms, "_BF16_ACCURATE", {})
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True, raising=False)
+    monkeypatch.setattr(norms, "bf16_product", rounded_twice)
+    assert not norms.bf16_products_are_accurate()
+    monkeypatch.setattr(norms, "_BF16_ACCURATE", {})
+    monkeypatch.setattr(norms, "bf16_product", lambda a, x, *, left=True: (a.double() @ x.double() if left
+                                                                          else x.double() @ a.double()).float())
+    assert norms.bf16_products_are_accurate()  # a float32-accurate product passes
+    assert not norms.bf16_products_are_accurate("cuda")  # CPU only
