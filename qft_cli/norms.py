@@ -249,13 +249,14 @@ class _Float64Pass:
 
 
 def _float64_pass(view: LongSideBlocks, *, stats: bool = False, gram: bool = False,
-                  vectors: torch.Tensor | None = None) -> _Float64Pass:
+                  vectors: torch.Tensor | None = None, scale: float = 1.0) -> _Float64Pass:
     """One pass over the float64 blocks of A_L, accumulating what is asked: the squared row and
     column norms (``stats``), the Gram matrix of the short side (``gram``), and for float64
     ``vectors`` X (short, r) both (A_L X)^T (A_L X) and A_L^T A_L X. One conversion of each block
     serves all of them; a NaN or infinity in A makes the squared norms non-finite. Blocks are
     ``view.block`` rows for the Gram matrix (each block updates all of it), else at most
-    ``STREAM_BYTES`` (they stay in cache between the products: about 1.7x faster)."""
+    ``STREAM_BYTES`` (they stay in cache between the products: about 1.7x faster). ``scale`` (a power
+    of two, so exact) multiplies every block first: the pass is then of ``scale * A``."""
     device = view.matrix.device
     out = _Float64Pass()
     if stats:
@@ -269,6 +270,8 @@ def _float64_pass(view: LongSideBlocks, *, stats: bool = False, gram: bool = Fal
     rows = view.block if gram else min(view.block, max(1, STREAM_BYTES // (8 * max(1, view.short))))
     for start in range(0, view.long, rows):
         x = view.long_side[start:start + rows].to(ACCUMULATE)
+        if scale != 1.0:
+            x *= scale
         if stats:
             sq = x * x
             out.long_sq[start:start + x.shape[0]] = sq.sum(dim=1)
@@ -602,7 +605,9 @@ def matrix_stats(matrix: torch.Tensor, *, exact: bool = False, rtol: float = SPE
     Row/column norms and the Frobenius norm are float64 sums of squares in every case.
 
     A matrix with a NaN or an infinity gets ``finite=False`` and NaN norms (its row/column norms
-    are still returned); nothing raises.
+    are still returned); nothing raises. Finite entries too large to square in float64 (above ~1e154)
+    are measured on the matrix scaled by a power of two (one more pass); a norm above the float64
+    range (~1.8e308) is then ``inf``.
     """
     view = LongSideBlocks(matrix, block_bytes)
     if min(matrix.shape) == 0:
@@ -619,19 +624,26 @@ def matrix_stats(matrix: torch.Tensor, *, exact: bool = False, rtol: float = SPE
         method = "gram-fallback" if fast.finite else "gram"
     done = _float64_pass(view, stats=sums is None, gram=True)
     sums = done if sums is None else sums
+    scale = 1.0
+    if not bool(torch.isfinite(sums.long_sq.sum())) and all_finite(matrix):
+        # finite entries whose float64 squares overflow (above ~1e154: float64 input only): the same
+        # pass over 2^-e A with the largest |entry| scaled into [0.5, 1), every norm scaled back
+        peak = max(float(view.long_side[s:s + view.block].abs().max()) for s in range(0, view.long, view.block))
+        scale = 2.0 ** -math.frexp(peak)[1]
+        done = sums = _float64_pass(view, stats=True, gram=True, scale=scale)
     if not bool(torch.isfinite(sums.long_sq).all()):
         return _stats(view, sums, math.nan, method, 0.0, 0)
     lam = torch.linalg.eigvalsh(done.gram)[-1]
-    return _stats(view, sums, float(lam.clamp_min(0.0).sqrt()), method, 0.0, 0)
+    return _stats(view, sums, float(lam.clamp_min(0.0).sqrt()) / scale, method, 0.0, 0, scale)
 
 
 def _stats(view: LongSideBlocks, sums: _Float64Pass, spectral: float, method: str, bound: float,
-           iterations: int) -> MatrixStats:
-    """:class:`MatrixStats` from the squared row/column norms of a float64 pass."""
-    long_norms, short_norms = sums.long_sq.sqrt(), sums.short_sq.sqrt()
+           iterations: int, scale: float = 1.0) -> MatrixStats:
+    """:class:`MatrixStats` from the squared row/column norms of a float64 pass (over ``scale * A``)."""
+    long_norms, short_norms = sums.long_sq.sqrt() / scale, sums.short_sq.sqrt() / scale
     rows, cols = (short_norms, long_norms) if view.transposed else (long_norms, short_norms)
     finite = bool(torch.isfinite(sums.long_sq).all()) or all_finite(view.matrix)
-    frob = float(sums.long_sq.sum().sqrt()) if finite else math.nan
+    frob = float(sums.long_sq.sum().sqrt()) / scale if finite else math.nan
     return MatrixStats(frob, spectral if finite else math.nan, rows, cols, method, bound, iterations, finite)
 
 

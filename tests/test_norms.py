@@ -564,3 +564,20 @@ def test_bf16_self_check_rejects_a_product_that_rounds_twice(monkeypatch):
                                                                           else x.double() @ a.double()).float())
     assert norms.bf16_products_are_accurate()  # a float32-accurate product passes
     assert not norms.bf16_products_are_accurate("cuda")  # CPU only
+
+
+@pytest.mark.parametrize("exact", [False, True])
+def test_float64_entries_whose_squares_overflow_are_measured_not_nan(exact):
+    # |a_ij| ~ 1e200: finite, but a_ij^2 overflows float64; the norms (~1e202) are representable
+    gen = torch.Generator().manual_seed(29)
+    base = torch.randn(700, 600, generator=gen, dtype=torch.float64)
+    a = base * 1e200
+    stats = matrix_stats(a, exact=exact)
+    assert stats.finite and stats.method == "gram"
+    assert stats.spectral_norm == pytest.approx(torch.linalg.matrix_norm(base, ord=2).item() * 1e200, rel=1e-12)
+    assert stats.frobenius_norm == pytest.approx(torch.linalg.matrix_norm(base).item() * 1e200, rel=1e-12)
+    torch.testing.assert_close(stats.row_norms, torch.linalg.vector_norm(base, dim=1) * 1e200, rtol=1e-13, atol=0)
+    torch.testing.assert_close(stats.column_norms, torch.linalg.vector_norm(base, dim=0) * 1e200, rtol=1e-13, atol=0)
+    a[3, 4] = float("nan")  # and a NaN among them is still not finite
+    bad = matrix_stats(a, exact=exact)
+    assert not bad.finite and math.isnan(bad.spectral_norm) and math.isnan(bad.frobenius_norm)
