@@ -581,3 +581,28 @@ def test_float64_entries_whose_squares_overflow_are_measured_not_nan(exact):
     a[3, 4] = float("nan")  # and a NaN among them is still not finite
     bad = matrix_stats(a, exact=exact)
     assert not bad.finite and math.isnan(bad.spectral_norm) and math.isnan(bad.frobenius_norm)
+
+
+@pytest.mark.parametrize("rank", [1, 3, 16, 17, 33])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fast_path_on_low_rank_matrices(rank, dtype):
+    # the Krylov space becomes invariant after one or two steps (rank <= block or a few blocks):
+    # cancelled directions are replaced by random ones and the certificate is exact
+    a = _with_spectrum(700, 600, list(np.linspace(3.0, 1.0, rank)), seed=30 + rank).to(dtype)
+    ref = torch.linalg.matrix_norm(a.double(), ord=2).item()
+    stats = matrix_stats(a, exact_below=0)
+    assert stats.method == "krylov" and stats.iterations <= 5
+    assert stats.spectral_error_bound <= 1e-9  # here the bound is sharp: equal to the error up to rounding
+    assert abs(stats.spectral_norm - ref) / ref <= stats.spectral_error_bound * (1 + 1e-3) + 1e-14
+
+
+@pytest.mark.parametrize("multiplicity", [2, 16, 17, 20])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float16])
+def test_fast_path_on_a_repeated_top_singular_value(multiplicity, dtype):
+    # up to and beyond the block of 16 columns; float64 and float16 inputs (float32 Krylov products)
+    s = [5.0] * multiplicity + list(np.linspace(4.9, 0.1, 600 - multiplicity))
+    a = _with_spectrum(600, 700, s, seed=40 + multiplicity).to(dtype)  # transposed orientation
+    ref = torch.linalg.matrix_norm(a.double(), ord=2).item()
+    stats = matrix_stats(a, exact_below=0)
+    assert stats.method == "krylov"
+    assert abs(stats.spectral_norm - ref) / ref <= stats.spectral_error_bound <= 1e-6
