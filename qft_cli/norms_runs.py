@@ -157,18 +157,10 @@ def run_norms_inputs(args: NormsInputsArgs, progress: Optional[ProgressFn] = Non
         shown = progress if rank == 0 else None
         for source, model, samples, pad, layers in _loaded_models(args, run, prepared, shown):
             labels = {"dataset": samples.dataset, "model_alias": source.name, "model": source.model_id}
-            if world == 1:
-                result = hidden_state_norms(model, samples.token_ids, layers, batch_size=args.batch_size,
-                                            pad_token_id=pad, progress=progress, labels=labels)
-            else:  # each rank a balanced share of the samples (by length); rank 0 merges
-                mine = balanced_shards([len(x) for x in samples.token_ids], world)[rank]
-                part = hidden_state_norms(model, [samples.token_ids[i] for i in mine], layers,
-                                          batch_size=args.batch_size, pad_token_id=pad,
-                                          progress=progress if rank == 0 else None, labels=labels) if mine else None
-                parts = gather_to_main((mine, part), prepared["device"].type)
-                if rank != 0:
-                    continue
-                result = merge_sample_results(parts, "sample_index", ["layer"])
+            result = _per_sample_sharded(hidden_state_norms, model, samples.token_ids, layers, args, pad, labels,
+                                         progress, rank, world, prepared["device"].type, "sample_index", ["layer"])
+            if result is None:  # another rank than 0
+                continue
             warnings += [f"non-finite hidden state: model {source.name}, sample {i}, layer {l}"
                          for i, l in result.nonfinite]
             warnings += [f"all-zero hidden state: model {source.name}, sample {i}, layer {l}"
@@ -270,18 +262,10 @@ def run_norms_attention(args: NormsAttentionArgs, progress: Optional[ProgressFn]
         shown = progress if rank == 0 else None
         for source, model, samples, pad, layers in _loaded_models(args, run, prepared, shown):
             labels = {"model": source.model_id, "model_alias": source.name, "dataset": samples.dataset}
-            if world == 1:
-                result = attention_norms(model, samples.token_ids, layers, batch_size=args.batch_size,
-                                         pad_token_id=pad, progress=progress, labels=labels)
-            else:  # each rank a balanced share of the samples (by length); rank 0 merges
-                mine = balanced_shards([len(x) for x in samples.token_ids], world)[rank]
-                part = attention_norms(model, [samples.token_ids[i] for i in mine], layers,
-                                       batch_size=args.batch_size, pad_token_id=pad, progress=shown,
-                                       labels=labels) if mine else None
-                parts = gather_to_main((mine, part), prepared["device"].type)
-                if rank != 0:
-                    continue
-                result = merge_sample_results(parts, "sample", ["layer", "head"])
+            result = _per_sample_sharded(attention_norms, model, samples.token_ids, layers, args, pad, labels,
+                                         progress, rank, world, prepared["device"].type, "sample", ["layer", "head"])
+            if result is None:  # another rank than 0
+                continue
             warnings += [f"non-finite attention input: model {source.name}, sample {i}, layer {l}"
                          for i, l in result.nonfinite]
             warnings += [f"all-zero attention input: model {source.name}, sample {i}, layer {l}"
@@ -297,6 +281,23 @@ def run_norms_attention(args: NormsAttentionArgs, progress: Optional[ProgressFn]
         run.update(warnings=warnings, num_rows=len(table))
     return NormsResult(run.path, {"norms_attention": table, "fits": fits}, summarize_attention(table),
                        one_line(warnings))
+
+
+def _per_sample_sharded(measure: Callable, model, token_ids: Sequence[Sequence[int]], layers, args, pad: int,
+                        labels: dict, progress: Optional[ProgressFn], rank: int, world: int, device_type: str,
+                        sample_column: str, order: Sequence[str]):
+    """``measure(model, token_ids, layers, batch_size=, pad_token_id=, progress=, labels=)`` on every
+    sample (one process), or under torch.distributed on this rank's balanced share (by length),
+    gathered and merged on rank 0 (:func:`merge_sample_results` with ``sample_column`` and
+    ``order``). Returns the result; ``None`` on the other ranks. Progress is shown on rank 0 only."""
+    if world == 1:
+        return measure(model, token_ids, layers, batch_size=args.batch_size, pad_token_id=pad, progress=progress,
+                       labels=labels)
+    mine = balanced_shards([len(x) for x in token_ids], world)[rank]
+    part = measure(model, [token_ids[i] for i in mine], layers, batch_size=args.batch_size, pad_token_id=pad,
+                   progress=progress if rank == 0 else None, labels=labels) if mine else None
+    parts = gather_to_main((mine, part), device_type)
+    return merge_sample_results(parts, sample_column, order) if rank == 0 else None
 
 
 def merge_sample_results(parts: list, sample_column: str = "sample_index", order: Sequence[str] = ("layer",)):

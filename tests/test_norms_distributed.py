@@ -48,28 +48,33 @@ def test_merged_shards_equal_the_single_process_result(model):
 LAUNCHER = "from qft_cli.cli.app import main\nmain()\n"
 
 
-@pytest.mark.slow
-@pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
-                    reason="torch.distributed with gloo is not available")
-def test_norms_weights_two_gloo_processes_equal_one(tmp_path):
+def _two_processes_and_one(tmp_path, args: list[str]) -> tuple[Path, Path]:
+    """Run ``qft *args`` as 2 gloo processes under torchrun and as one process; both must succeed and
+    only rank 0 may print. Returns (the 2-process run directory, the 1-process one)."""
     launcher = tmp_path / "launch_qft.py"
     launcher.write_text(LAUNCHER)
     env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    models = ["tiny-llama", "tiny-gpt2"]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(port), str(launcher), "norms", "weights", *models, "--device", "cpu", "--quiet",
-           "--out", str(tmp_path / "two")]
+           "--master_port", str(port), str(launcher), *args, "--out", str(tmp_path / "two")]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count("results:") == 1  # rank 0 prints, rank 1 does not
-    single = subprocess.run([sys.executable, str(launcher), "norms", "weights", *models, "--device", "cpu",
-                             "--quiet", "--out", str(tmp_path / "one")], env=env, capture_output=True, text=True,
-                            timeout=300, cwd=tmp_path)
+    single = subprocess.run([sys.executable, str(launcher), *args, "--out", str(tmp_path / "one")], env=env,
+                            capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert single.returncode == 0, single.stderr[-3000:]
-    (two,), (one,) = list((tmp_path / "two").iterdir()), list((tmp_path / "one").iterdir())
+    (two,), (one,) = list((tmp_path / "two").iterdir()), list((tmp_path / "one").iterdir())  # one run directory each
+    return two, one
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
+                    reason="torch.distributed with gloo is not available")
+def test_norms_weights_two_gloo_processes_equal_one(tmp_path):
+    two, one = _two_processes_and_one(tmp_path, ["norms", "weights", "tiny-llama", "tiny-gpt2", "--device", "cpu",
+                                                 "--quiet"])
     for name in ("norms_weights", "norm_vectors", "norms_heads"):
         pd.testing.assert_frame_equal(pd.read_parquet(two / f"{name}.parquet"), pd.read_parquet(one / f"{name}.parquet"))
     import json
@@ -115,23 +120,8 @@ def test_device_map_load_equals_plain_load(tmp_path):
 @pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
                     reason="torch.distributed with gloo is not available")
 def test_norms_inputs_two_gloo_processes_equal_one(tmp_path):
-    launcher = tmp_path / "launch_qft.py"
-    launcher.write_text(LAUNCHER)
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    args = ["norms", "inputs", "tiny-gpt2", "--dataset", "random", "--max-tokens", "13", "--layers", "all",
-            "--device", "cpu", "--quiet"]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(port), str(launcher), *args, "--out", str(tmp_path / "two")]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stdout.count("results:") == 1
-    single = subprocess.run([sys.executable, str(launcher), *args, "--out", str(tmp_path / "one")], env=env,
-                            capture_output=True, text=True, timeout=300, cwd=tmp_path)
-    assert single.returncode == 0, single.stderr[-3000:]
-    (two,), (one,) = list((tmp_path / "two").iterdir()), list((tmp_path / "one").iterdir())
+    two, one = _two_processes_and_one(tmp_path, ["norms", "inputs", "tiny-gpt2", "--dataset", "random", "--max-tokens",
+                                                 "13", "--layers", "all", "--device", "cpu", "--quiet"])
     pd.testing.assert_frame_equal(pd.read_parquet(two / "norms_inputs.parquet"),
                                   pd.read_parquet(one / "norms_inputs.parquet"), check_exact=False, rtol=1e-6, atol=0)
 
@@ -193,24 +183,9 @@ def test_merge_maps_warning_samples_to_dataset_indices():
 def test_norms_attention_two_gloo_processes_equal_one(tmp_path):
     import json
 
-    launcher = tmp_path / "launch_qft.py"
-    launcher.write_text(LAUNCHER)
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
     # --batch-size 1: each sample's forward pass is the same in both runs, so the tables are exactly equal
-    args = ["norms", "attention", "tiny-llama", "--dataset", "random", "--max-tokens", "9", "--batch-size", "1",
-            "--device", "cpu", "--quiet"]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(port), str(launcher), *args, "--out", str(tmp_path / "two")]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stdout.count("results:") == 1  # rank 0 prints, rank 1 does not
-    single = subprocess.run([sys.executable, str(launcher), *args, "--out", str(tmp_path / "one")], env=env,
-                            capture_output=True, text=True, timeout=300, cwd=tmp_path)
-    assert single.returncode == 0, single.stderr[-3000:]
-    (two,), (one,) = list((tmp_path / "two").iterdir()), list((tmp_path / "one").iterdir())  # one run directory
+    two, one = _two_processes_and_one(tmp_path, ["norms", "attention", "tiny-llama", "--dataset", "random",
+                                                 "--max-tokens", "9", "--batch-size", "1", "--device", "cpu", "--quiet"])
     tables = sorted(p.name for p in one.glob("*.parquet"))
     assert tables == sorted(p.name for p in two.glob("*.parquet")) and "norms_attention.parquet" in tables
     for name in tables:
