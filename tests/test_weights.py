@@ -433,3 +433,19 @@ def test_krylov_path_gives_the_same_numbers_on_worker_threads():
     assert all(s.method == "krylov" for s in alone)
     assert [s.spectral_norm for s in together] == [s.spectral_norm for s in alone]
     assert [s.spectral_error_bound for s in together] == [s.spectral_error_bound for s in alone]
+
+
+def test_one_thread_each_sets_one_thread_and_restores_also_on_error():
+    from qft_cli.weights import one_thread_each
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with one_thread_each():
+            assert torch.get_num_threads() == 1
+        assert torch.get_num_threads() == 2
+        with pytest.raises(RuntimeError), one_thread_each():
+            raise RuntimeError("a worker failed")
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
