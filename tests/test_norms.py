@@ -471,6 +471,12 @@ def test_block_size_one_is_plain_lanczos():
     assert fast.converged and abs(fast.sigma - 4.0) / 4.0 <= fast.bound <= 1e-6
     one_step = krylov_spectral_norm(a, block_size=1, max_steps=0)  # a single vector: nothing to certify
     assert not one_step.converged and one_step.sigma <= 4.0
+    # more than 24 steps: the basis and T grow (doubling) past their first allocation
+    b = torch.randn(400, 300, generator=torch.Generator().manual_seed(31))
+    ref = torch.linalg.matrix_norm(b.double(), ord=2).item()
+    slow = krylov_spectral_norm(b, block_size=1)
+    assert slow.converged and 24 < slow.iterations <= 40
+    assert abs(slow.sigma - ref) / ref <= slow.bound <= 1e-6
 
 
 @pytest.mark.parametrize("exponent", [-50, -40, 40, 60, 63])
