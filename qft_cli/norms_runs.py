@@ -149,33 +149,46 @@ def run_norms_inputs(args: NormsInputsArgs, progress: Optional[ProgressFn] = Non
     Raises:
         QftInputError: bad model names, layers beyond a model's depth, bad data, unwritable out.
     """
-    prepared = _prepare(args, parse_layers)
+    return _per_sample_run("norms inputs", args, progress, parse_layers, hidden_state_norms, "hidden state",
+                           ("dataset", "model_alias", "model"), "sample_index", ["layer"], "norms_inputs",
+                           lambda table: fit_table(table, FIT_GROUPS, quantity="hidden_states"),
+                           lambda table, fits: fit_summary(table, fits, FIT_GROUPS))
+
+
+def _per_sample_run(command: str, args: NormsInputsArgs, progress: Optional[ProgressFn],
+                    parse: Callable[[str, int], list[int]], measure: Callable, what: str, label_keys: Sequence[str],
+                    sample_column: str, order: Sequence[str], name: str, fits_of: Callable, summary_of: Callable
+                    ) -> NormsResult:
+    """The run of ``norms inputs`` and ``norms attention``: for every model (:func:`_loaded_models`),
+    ``measure(model, token_ids, layers, batch_size=, pad_token_id=, progress=, labels=)`` on its
+    samples (sharded under torch.distributed, :func:`_per_sample_sharded`); warnings name ``what``
+    with the dataset's sample index; rank 0 writes ``<name>.parquet`` and ``fits.parquet``
+    (``fits_of(table)``) and returns the summary ``summary_of(table, fits)``."""
+    prepared = _prepare(args, parse)
     tables, warnings = [], []
     rank, world = process_group(prepared["device"].type)
-    with Run("norms inputs", args.models, _options(args), out=Path(args.out), is_main_process=rank == 0) as run:
+    with Run(command, args.models, _options(args), out=Path(args.out), is_main_process=rank == 0) as run:
         run.update(world_size=world)
         shown = progress if rank == 0 else None
         for source, model, samples, pad, layers in _loaded_models(args, run, prepared, shown):
-            labels = {"dataset": samples.dataset, "model_alias": source.name, "model": source.model_id}
-            result = _per_sample_sharded(hidden_state_norms, model, samples.token_ids, layers, args, pad, labels,
-                                         progress, rank, world, prepared["device"].type, "sample_index", ["layer"])
+            values = {"dataset": samples.dataset, "model_alias": source.name, "model": source.model_id}
+            labels = {key: values[key] for key in label_keys}
+            result = _per_sample_sharded(measure, model, samples.token_ids, layers, args, pad, labels,
+                                         progress, rank, world, prepared["device"].type, sample_column, order)
+            del model  # before the next model is loaded
             if result is None:  # another rank than 0
                 continue
-            warnings += [f"non-finite hidden state: model {source.name}, sample {i}, layer {l}"
-                         for i, l in result.nonfinite]
-            warnings += [f"all-zero hidden state: model {source.name}, sample {i}, layer {l}"
-                         for i, l in result.all_zero]
+            warnings += [f"non-finite {what}: model {source.name}, sample {i}, layer {l}" for i, l in result.nonfinite]
+            warnings += [f"all-zero {what}: model {source.name}, sample {i}, layer {l}" for i, l in result.all_zero]
             tables.append(result.table)
-            del model  # before the next model is loaded
         if rank != 0:
             return NormsResult(run.path, {}, pd.DataFrame())
         table = pd.concat(tables, ignore_index=True)
-        fits = fit_table(table, FIT_GROUPS, quantity="hidden_states")
-        run.write_table("norms_inputs", table)
+        fits = fits_of(table)
+        run.write_table(name, table)
         run.write_table("fits", fits)
         run.update(warnings=warnings, num_rows=len(table))
-    return NormsResult(run.path, {"norms_inputs": table, "fits": fits}, fit_summary(table, fits, FIT_GROUPS),
-                       one_line(warnings))
+    return NormsResult(run.path, {name: table, "fits": fits}, summary_of(table, fits), one_line(warnings))
 
 
 def _prepare(args: NormsInputsArgs, parse: Callable[[str, int], list[int]]) -> dict:
@@ -254,34 +267,9 @@ def run_norms_attention(args: NormsAttentionArgs, progress: Optional[ProgressFn]
     """
     from qft_cli.attention import attention_fits, attention_norms, parse_blocks, summarize_attention
 
-    prepared = _prepare(args, parse_blocks)
-    tables, warnings = [], []
-    rank, world = process_group(prepared["device"].type)
-    with Run("norms attention", args.models, _options(args), out=Path(args.out), is_main_process=rank == 0) as run:
-        run.update(world_size=world)
-        shown = progress if rank == 0 else None
-        for source, model, samples, pad, layers in _loaded_models(args, run, prepared, shown):
-            labels = {"model": source.model_id, "model_alias": source.name, "dataset": samples.dataset}
-            result = _per_sample_sharded(attention_norms, model, samples.token_ids, layers, args, pad, labels,
-                                         progress, rank, world, prepared["device"].type, "sample", ["layer", "head"])
-            if result is None:  # another rank than 0
-                continue
-            warnings += [f"non-finite attention input: model {source.name}, sample {i}, layer {l}"
-                         for i, l in result.nonfinite]
-            warnings += [f"all-zero attention input: model {source.name}, sample {i}, layer {l}"
-                         for i, l in result.all_zero]
-            tables.append(result.table)
-            del model  # before the next model is loaded
-        if rank != 0:
-            return NormsResult(run.path, {}, pd.DataFrame())
-        table = pd.concat(tables, ignore_index=True)
-        fits = attention_fits(table)
-        run.write_table("norms_attention", table)
-        run.write_table("fits", fits)
-        run.update(warnings=warnings, num_rows=len(table))
-    return NormsResult(run.path, {"norms_attention": table, "fits": fits}, summarize_attention(table),
-                       one_line(warnings))
-
+    return _per_sample_run("norms attention", args, progress, parse_blocks, attention_norms, "attention input",
+                           ("model", "model_alias", "dataset"), "sample", ["layer", "head"], "norms_attention",
+                           attention_fits, lambda table, fits: summarize_attention(table))
 
 def _per_sample_sharded(measure: Callable, model, token_ids: Sequence[Sequence[int]], layers, args, pad: int,
                         labels: dict, progress: Optional[ProgressFn], rank: int, world: int, device_type: str,

@@ -37,6 +37,15 @@ def _print_table(title: str, frame: pd.DataFrame, headers: dict[str, str], fmt: 
     print_frame(frame[list(headers)].rename(columns=headers), title, fmt)
 
 
+def _run(measure, quiet: bool):
+    """``measure(progress)`` under a progress bar (off with ``--quiet`` and on ranks other than 0 under
+    torchrun); None on those ranks (their result has no tables: rank 0 writes and prints)."""
+    main = os.environ.get("RANK", "0") == "0"
+    with progress_bar(quiet or not main) as progress:
+        result = measure(progress)
+    return result if result.tables else None
+
+
 def _finish(result, fmt: str = "table") -> None:
     print_run_dir(result.run_dir, fmt)
     for line in result.warnings + result.notices:
@@ -75,10 +84,8 @@ def inputs_command(
                            layers=layers, max_tokens=max_tokens, num_samples=num_samples, batch_size=batch_size,
                            seed=seed, device=device, dtype=dtype, device_map=device_map,
                            trust_remote_code=trust_remote_code, threads=threads, out=out)
-    main = os.environ.get("RANK", "0") == "0"  # under torchrun: progress and output on rank 0 only
-    with progress_bar(quiet or not main) as progress:
-        result = run_norms_inputs(args, progress)
-    if not result.tables:  # a rank other than 0 under torchrun
+    result = _run(lambda progress: run_norms_inputs(args, progress), quiet)
+    if result is None:  # a rank other than 0 under torchrun
         return
     _print_table("hidden-state norms ||S|| per layer: min / median / max over samples, and the fit ||S|| ~ c N^b "
                  "(b with its 95% Student-t interval, R² in log-log space)", result.summary,
@@ -118,10 +125,8 @@ def attention_command(
                               layers=layers, max_tokens=max_tokens, num_samples=num_samples, batch_size=batch_size,
                               seed=seed, device=device, dtype=dtype, device_map=device_map,
                               trust_remote_code=trust_remote_code, threads=threads, out=out)
-    main = os.environ.get("RANK", "0") == "0"  # under torchrun: progress and output on rank 0 only
-    with progress_bar(quiet or not main) as progress:
-        result = run_norms_attention(args, progress)
-    if not result.tables:  # a rank other than 0 under torchrun
+    result = _run(lambda progress: run_norms_attention(args, progress), quiet)
+    if result is None:  # a rank other than 0 under torchrun
         return
     _print_table("median measured / bound per block over samples and heads (L: logits; nan: bound does not apply)",
                  result.summary,
@@ -149,10 +154,8 @@ def weights_command(
 
     check_format(fmt)
     args = NormsWeightsArgs(models=models, device=device, dtype=dtype, exact=exact, threads=threads, out=out)
-    main = os.environ.get("RANK", "0") == "0"  # under torchrun: progress and output on rank 0 only
-    with progress_bar(quiet or not main) as progress:
-        result = run_norms_weights(args, progress)
-    if not result.tables:  # a rank other than 0 under torchrun
+    result = _run(lambda progress: run_norms_weights(args, progress), quiet)
+    if result is None:  # a rank other than 0 under torchrun
         return
     by_layer = weights_by_layer(result.tables["norms_weights"]).rename(columns={"model_alias": "model"})
     print_frame(by_layer, "weight norms per layer (layer = transformer block; spectral ||W||_2 and Frobenius "
