@@ -200,11 +200,7 @@ def blocked_gram(matrix: torch.Tensor, block_bytes: int = BLOCK_BYTES) -> torch.
     """Gram matrix of the short side of ``matrix`` (m, n), accumulated in float64 over blocks of the
     long side: ``A^T A`` (n, n) when m >= n, else ``A A^T`` (m, m). Equal to the whole-tensor product
     up to float64 summation order."""
-    view = LongSideBlocks(matrix, block_bytes)
-    gram = torch.zeros(view.short, view.short, dtype=ACCUMULATE, device=matrix.device)
-    for _, x in view.blocks(ACCUMULATE):
-        gram.addmm_(x.T, x)
-    return gram
+    return _float64_pass(LongSideBlocks(matrix, block_bytes), gram=True).gram
 
 
 def all_finite(matrix: torch.Tensor, block_bytes: int = BLOCK_BYTES) -> bool:
@@ -305,19 +301,12 @@ def bf16_product(a: torch.Tensor, x: torch.Tensor, *, left: bool = True) -> torc
     Shapes: ``a`` (r, c) bfloat16; ``left``: x (c, p) -> (r, p); else x (p, r) -> (p, c).
     """
     hi, lo = _split_bf16(x)
-    if left:
-        p = x.shape[1]
-        y = a @ torch.cat([hi, lo], dim=1)
-        r = torch.addmm(y[:, :p], a, hi, beta=-1)
-        out = y[:, :p].to(torch.float32)
-        out += y[:, p:]
-        out += r
-        return out
-    p = x.shape[0]
-    y = torch.cat([hi, lo], dim=0) @ a
-    r = torch.addmm(y[:p], hi, a, beta=-1)
-    out = y[:p].to(torch.float32)
-    out += y[p:]
+    dim = 1 if left else 0                        # the axis of x's columns (left) or rows (right) in y
+    pair = torch.cat([hi, lo], dim=dim)
+    y0, y_lo = (a @ pair if left else pair @ a).split(x.shape[dim], dim=dim)
+    r = torch.addmm(y0, a, hi, beta=-1) if left else torch.addmm(y0, hi, a, beta=-1)
+    out = y0.to(torch.float32)
+    out += y_lo
     out += r
     return out
 
@@ -625,24 +614,24 @@ def matrix_stats(matrix: torch.Tensor, *, exact: bool = False, rtol: float = SPE
     done = _float64_pass(view, stats=sums is None, gram=True)
     sums = done if sums is None else sums
     scale = 1.0
-    if not bool(torch.isfinite(sums.long_sq.sum())) and all_finite(matrix):
+    if not bool(torch.isfinite(sums.long_sq.sum())):
+        if not all_finite(matrix):  # a NaN or an infinity
+            return _stats(view, sums, math.nan, method, 0.0, 0, finite=False)
         # finite entries whose float64 squares overflow (above ~1e154: float64 input only): the same
         # pass over 2^-e A with the largest |entry| scaled into [0.5, 1), every norm scaled back
         peak = max(float(view.long_side[s:s + view.block].abs().max()) for s in range(0, view.long, view.block))
         scale = 2.0 ** -math.frexp(peak)[1]
         done = sums = _float64_pass(view, stats=True, gram=True, scale=scale)
-    if not bool(torch.isfinite(sums.long_sq).all()):
-        return _stats(view, sums, math.nan, method, 0.0, 0)
     lam = torch.linalg.eigvalsh(done.gram)[-1]
     return _stats(view, sums, float(lam.clamp_min(0.0).sqrt()) / scale, method, 0.0, 0, scale)
 
 
 def _stats(view: LongSideBlocks, sums: _Float64Pass, spectral: float, method: str, bound: float,
-           iterations: int, scale: float = 1.0) -> MatrixStats:
-    """:class:`MatrixStats` from the squared row/column norms of a float64 pass (over ``scale * A``)."""
+           iterations: int, scale: float = 1.0, finite: bool = True) -> MatrixStats:
+    """:class:`MatrixStats` from the squared row/column norms of a float64 pass (over ``scale * A``);
+    ``finite=False``: A has a NaN or an infinity, and the norms are NaN."""
     long_norms, short_norms = sums.long_sq.sqrt() / scale, sums.short_sq.sqrt() / scale
     rows, cols = (short_norms, long_norms) if view.transposed else (long_norms, short_norms)
-    finite = bool(torch.isfinite(sums.long_sq).all()) or all_finite(view.matrix)
     frob = float(sums.long_sq.sum().sqrt()) / scale if finite else math.nan
     return MatrixStats(frob, spectral if finite else math.nan, rows, cols, method, bound, iterations, finite)
 
