@@ -47,7 +47,6 @@ NORMS_TABLE = "norms_during_training"
 GAMMAS_TABLE = "gammas"
 PREDICTIONS_TABLE = "predictions"
 TEST_SUMMARY_TABLE = "test_summary"
-NORM_CHOICES = ("none", "vanilla", "spectral", "frobenius", "all")
 MAX_SEED = 2 ** 32 - 1
 SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
               "inverse_sqrt", "reduce_lr_on_plateau", "cosine_with_min_lr", "warmup_stable_decay")

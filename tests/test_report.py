@@ -23,7 +23,7 @@ from typer.testing import CliRunner
 from qft_cli.cli.report import report_command
 from qft_cli.errors import QftInputError
 from qft_cli.report import (build_report_html, combined_table, find_run_dirs, input_alpha_summary, load_runs,
-                            power_law_table, weight_alpha_summary, write_report, final_test_table)
+                            power_law_table, weight_alpha_summary, write_report)
 from qft_cli.runs import write_json_atomic, write_parquet_atomic
 
 EVIL = "<script>alert(1)</script>"
@@ -243,25 +243,6 @@ def test_alpha_summaries(tmp_path):
     w = weight_alpha_summary(combined_table(load_runs([wdir]), "norms_weights"))
     q = w[w["matrix"] == "q"].iloc[0]
     assert q["max_spectral_layer"] == 3 and q["num_layers"] == 3  # scale grows with the layer
-
-
-def test_final_test_table_differences(runs_root):
-    t = final_test_table(combined_table(load_runs([runs_root]), "metrics"))
-    train = t[t["run"].str.contains("-train-")]
-    assert list(train["variant"]) == ["vanilla", "spectral", "frobenius"]
-    np.testing.assert_allclose(train["accuracy_diff_pp"], [0.0, -1.0, -2.0], atol=1e-9)
-    np.testing.assert_allclose(train["f1_diff_pp"], [0.0, -2.0, -4.0], atol=1e-9)
-
-
-def test_final_test_table_takes_the_last_test_row_of_each_variant():
-    rows = [{"run": "r", "variant": "vanilla", "split": "test", "step": 20, "epoch": 2.0, "accuracy": 0.8, "f1": 0.8},
-            {"run": "r", "variant": "frobenius", "split": "test", "step": 20, "epoch": 2.0, "accuracy": 0.9,
-             "f1": 0.85},
-            {"run": "r", "variant": "frobenius", "split": "test", "step": 10, "epoch": 1.0, "accuracy": 0.5,
-             "f1": 0.4}]
-    t = final_test_table(pd.DataFrame(rows)).set_index("variant")
-    assert t.loc["frobenius", "accuracy"] == 0.9 and t.loc["frobenius", "f1"] == 0.85
-    assert t.loc["frobenius", "accuracy_diff_pp"] == pytest.approx(10.0)
 
 
 def test_report_page_content(report_file, runs_root):

@@ -50,7 +50,6 @@ def make_seeded_run(root: Path, name: str = "20261201-000000-train-gue", num_lay
 
 
 def test_t_interval_and_paired_difference_against_scipy(tmp_path):
-    pytest.importorskip("qft_cli.stats")
     run = load_runs([make_seeded_run(tmp_path)])[0]
     s = run_test_summary(run)
     assert s["summary_source"].iloc[0].startswith("computed by qft report")

@@ -40,11 +40,11 @@ from qft_cli.report.inputs import _inputs_section, hidden_state_fits, power_law_
 from qft_cli.report.metadata import _metadata_section, _mismatch_text, data_file_mismatches, provenance_table
 from qft_cli.report.page import HISTOGRAM_BINS, MAX_POINTS_PER_TRACE, _Page, _e, _is_synthetic, plural
 from qft_cli.report.reading import TABLE_COLUMNS, RunRecord, combined_table, find_run_dirs, load_run, load_runs
-from qft_cli.report.training import final_test_table, _training_section
+from qft_cli.report.training import _training_section
 from qft_cli.report.weights import _weights_section
 
 __all__ = ["HISTOGRAM_BINS", "MAX_POINTS_PER_TRACE", "SUMMARY_TOKEN_COUNTS", "TABLE_COLUMNS", "attention_fits",
-           "build_report_html", "combined_table", "data_file_mismatches", "final_test_table", "find_run_dirs",
+           "build_report_html", "combined_table", "data_file_mismatches", "find_run_dirs",
            "hidden_state_fits", "input_alpha_summary", "load_run", "load_runs", "median_ratios", "power_law_table",
            "provenance_table", "ReportResult", "RunRecord", "weight_alpha_summary", "write_report"]
 

@@ -15,40 +15,9 @@ from qft_cli.report.page import (_epoch_axis, _Page, _anchor, _e, _flat_range, _
 from qft_cli.report.reading import RunRecord, combined_table
 
 
-def final_test_table(metrics: pd.DataFrame) -> pd.DataFrame:
-    """Final test accuracy and F1 per (run, variant), with the difference to vanilla.
-
-    Takes the last ``test`` row (largest step, else epoch) of each variant. Differences are in
-    percentage points (100 x fraction); NaN where the run has no vanilla variant.
-
-    Returns:
-        Columns ``run, variant, accuracy, f1, accuracy_diff_pp, f1_diff_pp, epoch``.
-    """
-    if metrics.empty:
-        return pd.DataFrame()
-    test = metrics[metrics["split"] == "test"].copy()
-    if test.empty:
-        return pd.DataFrame()
-    order = ["step", "epoch"] if "step" in test.columns else ["epoch"]
-    last = test.sort_values(order).groupby(["run", "variant"], sort=False).tail(1)
-    rows = []
-    for run, g in last.groupby("run", sort=False):
-        vanilla = g[g["variant"] == "vanilla"]
-        base_acc = float(vanilla["accuracy"].iloc[0]) if len(vanilla) else math.nan
-        base_f1 = float(vanilla["f1"].iloc[0]) if len(vanilla) else math.nan
-        for _, r in g.iterrows():
-            rows.append({"run": run, "variant": r["variant"], "accuracy": float(r["accuracy"]), "f1": float(r["f1"]),
-                         "accuracy_diff_pp": 100 * (float(r["accuracy"]) - base_acc),
-                         "f1_diff_pp": 100 * (float(r["f1"]) - base_f1), "epoch": float(r["epoch"])})
-    out = pd.DataFrame(rows)
-    out["_order"] = out["variant"].map(_variant_rank)
-    return out.sort_values(["run", "_order"]).drop(columns="_order").reset_index(drop=True)
-
-
-#: Columns of the report's test summary (those of ``test_summary.parquet``, docs/results.md) plus
-#: ``run`` and ``summary_source``.
-SUMMARY_COLUMNS = ["run", "dataset", "task", "variant", "metric", "num_seeds", "mean", "ci_low", "ci_high",
-                   "diff_to_vanilla", "diff_ci_low", "diff_ci_high", "interval", "summary_source"]
+#: Columns of the report's test summary: those of ``test_summary.parquet`` (:data:`qft_cli.stats.SUMMARY_COLUMNS`,
+#: docs/results.md) plus ``run`` and ``summary_source``.
+SUMMARY_COLUMNS = ["run", *stats.SUMMARY_COLUMNS, "summary_source"]
 
 
 def _dataset_task(meta: dict) -> tuple[str, str]:
@@ -104,23 +73,10 @@ def _seed_note(num_seeds: int) -> str:
     return f" Mean over {num_seeds} seeds." if num_seeds > 1 else ""
 
 
-def _pct_interval(mean: float, low: float, high: float) -> str:
-    """``85.0 [83.2, 86.8]`` in percent (or percentage points) from fractions."""
-    if not math.isfinite(mean):
-        return "–"
-    text = f"{100 * mean:.1f}"
-    if math.isfinite(low) and math.isfinite(high):
-        text += f" [{100 * low:.1f}, {100 * high:.1f}]"
-    return text.replace("-", "−")
-
-
-def _pp_interval(diff: float, low: float, high: float) -> str:
-    if not math.isfinite(diff):
-        return "–"
-    text = f"{100 * diff:+.1f}"
-    if math.isfinite(low) and math.isfinite(high):
-        text += f" [{100 * low:+.1f}, {100 * high:+.1f}]"
-    return text.replace("-", "−")
+def _interval_cell(value: float, low: float, high: float, sign: bool = False) -> str:
+    """A table cell ``85.0 [83.2, 86.8]`` in percent (``sign``: ``+1.2 [...]`` in percentage points)
+    from fractions (:func:`qft_cli.stats._pp`), with a typographic minus; "–" when there is no value."""
+    return (stats._pp(value, low, high, 1, sign) or "–").replace("-", "−")
 
 
 def _training_section(page: _Page, runs: list[RunRecord]) -> None:
@@ -206,12 +162,12 @@ def _test_scores(page: _Page, t: pd.DataFrame, what: str) -> None:
         acc, f1 = by.get((v, "accuracy")), by.get((v, "f1"))
         ref = acc if acc is not None else f1
         rows.append([v, int(ref["num_seeds"]) if pd.notna(ref["num_seeds"]) else "–",
-                     *[_pct_interval(r["mean"], r["ci_low"], r["ci_high"]) if r is not None else "–"
+                     *[_interval_cell(r["mean"], r["ci_low"], r["ci_high"]) if r is not None else "–"
                        for r in (acc,)],
-                     *[_pp_interval(r["diff_to_vanilla"], r["diff_ci_low"], r["diff_ci_high"]) if r is not None else "–"
+                     *[_interval_cell(r["diff_to_vanilla"], r["diff_ci_low"], r["diff_ci_high"], True) if r is not None else "–"
                        for r in (acc,)],
-                     *[_pct_interval(r["mean"], r["ci_low"], r["ci_high"]) if r is not None else "–" for r in (f1,)],
-                     *[_pp_interval(r["diff_to_vanilla"], r["diff_ci_low"], r["diff_ci_high"]) if r is not None else "–"
+                     *[_interval_cell(r["mean"], r["ci_low"], r["ci_high"]) if r is not None else "–" for r in (f1,)],
+                     *[_interval_cell(r["diff_to_vanilla"], r["diff_ci_low"], r["diff_ci_high"], True) if r is not None else "–"
                        for r in (f1,)],
                      str(ref["interval"])])
     sources = set(t["summary_source"].astype(str))
