@@ -573,7 +573,7 @@ def attention_norms(model: torch.nn.Module, token_ids: Sequence[Sequence[int]], 
         ok = finite.cpu().numpy()
         out["finite"] = np.repeat(ok, heads)
         nonfinite.update((i, layer) for i, good in zip(batch, ok) if not good)
-        zero = (xn["finite"] & (xn["frobenius_norm"] == 0)).numpy()
+        zero = xn["all_zero"].numpy()
         all_zero.update((i, layer) for i, z in zip(batch, zero) if z)
         return out
 

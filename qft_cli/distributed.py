@@ -54,7 +54,7 @@ def balanced_shards(costs: Sequence[float], world: int) -> list[list[int]]:
     return [sorted(s) for s in shards]
 
 
-def gather_to_main(obj: Any, device_type: str = "cpu") -> Optional[list[Any]]:
+def gather_to_main(obj: Any) -> Optional[list[Any]]:
     """Every rank's ``obj`` as a list on rank 0 (rank order), ``None`` on the other ranks; ``[obj]``
     without a process group."""
     import torch.distributed as dist

@@ -174,7 +174,7 @@ def _per_sample_run(command: str, args: NormsInputsArgs, progress: Optional[Prog
             values = {"dataset": samples.dataset, "model_alias": source.name, "model": source.model_id}
             labels = {key: values[key] for key in label_keys}
             result = _per_sample_sharded(measure, model, samples.token_ids, layers, args, pad, labels,
-                                         progress, rank, world, prepared["device"].type, sample_column, order)
+                                         progress, rank, world, sample_column, order)
             del model  # before the next model is loaded
             if result is None:  # another rank than 0
                 continue
@@ -272,7 +272,7 @@ def run_norms_attention(args: NormsAttentionArgs, progress: Optional[ProgressFn]
                            attention_fits, lambda table, fits: summarize_attention(table))
 
 def _per_sample_sharded(measure: Callable, model, token_ids: Sequence[Sequence[int]], layers, args, pad: int,
-                        labels: dict, progress: Optional[ProgressFn], rank: int, world: int, device_type: str,
+                        labels: dict, progress: Optional[ProgressFn], rank: int, world: int,
                         sample_column: str, order: Sequence[str]):
     """``measure(model, token_ids, layers, batch_size=, pad_token_id=, progress=, labels=)`` on every
     sample (one process), or under torch.distributed on this rank's balanced share (by length),
@@ -284,7 +284,7 @@ def _per_sample_sharded(measure: Callable, model, token_ids: Sequence[Sequence[i
     mine = balanced_shards([len(x) for x in token_ids], world)[rank]
     part = measure(model, [token_ids[i] for i in mine], layers, batch_size=args.batch_size, pad_token_id=pad,
                    progress=progress if rank == 0 else None, labels=labels) if mine else None
-    parts = gather_to_main((mine, part), device_type)
+    parts = gather_to_main((mine, part))
     return merge_sample_results(parts, sample_column, order) if rank == 0 else None
 
 
@@ -365,7 +365,7 @@ def run_norms_weights(args: NormsWeightsArgs, progress: Optional[ProgressFn] = N
                 part = weight_norms(source, dtype=dtype, device=device, progress=progress if rank == 0 else None,
                                     exact=args.exact, labels=labels, workers=threads.count,
                                     parameters={p for i in mine for p in groups[i][1]})
-                parts = gather_to_main(part, device.type)
+                parts = gather_to_main(part)
                 if rank != 0:
                     continue
                 result = merge_weight_results(parts, [key for key, _, _ in groups])

@@ -372,13 +372,6 @@ def test_weight_composites_with_gqa_pairing():
         assert c["ov_frobenius_norm"][h].item() == pytest.approx(frob(ov), rel=1e-10)
 
 
-def test_rotary_rotation_can_raise_the_spectral_norm():
-    # why rotary models get the Frobenius-route q/k bound (docs/norms.md)
-    q = torch.eye(2, dtype=torch.float64)
-    rotated = torch.stack([q[0], torch.tensor([[0.0, 1.0], [-1.0, 0.0]], dtype=torch.float64) @ q[1]])
-    assert spec(rotated) == pytest.approx(math.sqrt(2) * spec(q))
-
-
 def test_parse_blocks():
     assert parse_blocks("all", 3) == [1, 2, 3]
     assert parse_blocks("1-2", 3) == [1, 2]
