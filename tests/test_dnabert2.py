@@ -15,8 +15,24 @@ from qft_cli.dnabert2 import (HUB_ID, TINY_DNABERT, alibi_bias, alibi_head_slope
 from qft_cli.errors import QftInputError
 from qft_cli.layout import classify_model
 from qft_cli.loading import load_dnabert2, load_model
-from qft_cli.loading import read_state_dict as read_checkpoint
 from qft_cli.models import ModelSource
+
+
+def read_checkpoint(directory) -> dict:
+    """The checkpoint's tensors read independently of qft's reader: safetensors' ``load_file`` or
+    ``torch.load(weights_only=True)`` on every weight file in ``directory``."""
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+
+    out = {}
+    for path in sorted(Path(directory).iterdir()):
+        if path.suffix == ".safetensors":
+            out.update(load_file(str(path)))
+        elif path.suffix == ".bin":
+            out.update(torch.load(path, map_location="cpu", weights_only=True))
+    assert out, f"no weight files in {directory}"
+    return out
 
 
 @pytest.fixture(scope="module")
