@@ -19,6 +19,17 @@ torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+@pytest.fixture
+def one_thread():
+    """One torch intra-op thread for the test (2 shared cores: tiny products run several times faster
+    than on two threads that spin-wait for each other), restored after. Opt in per module with
+    ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    from qft_cli.weights import one_thread_each
+
+    with one_thread_each():
+        yield
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     """Path of ``../shared/data``; skips the test where it does not exist."""

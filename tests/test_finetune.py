@@ -35,13 +35,7 @@ runner = CliRunner()
 FAST = ["--dataset", "gue", "--num-epochs", "1", "--batch-size", "16", "--eval-batch-size", "64", "--warmup-ratio", "0", "-q"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """2 shared cores: one intra-op thread is several times faster than two under contention."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from test_finetune import _run, _run_dir, one_thread  # noqa: F401  (fixture)
+from test_finetune import _run, _run_dir
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -46,13 +46,7 @@ MATRIX_OF = {"embed_tokens": "embedding", "q_proj": "q", "k_proj": "k", "v_proj"
              "gate_proj": "ffn_gate", "up_proj": "ffn_up", "down_proj": "ffn_down"}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """2 shared cores: one intra-op thread is several times faster than two under contention."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 def _llama_cpp_permute(w: np.ndarray, n_head: int) -> np.ndarray:

@@ -19,13 +19,7 @@ def _matrix_norm(w: torch.Tensor, ord) -> float:
     return float(torch.linalg.matrix_norm(w.detach().double(), ord=ord))
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # tiny matrix-vector products: one thread avoids OpenMP spin-waits on a shared CPU
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 def _converge(model: nn.Module, steps: int = 2000) -> None:

@@ -15,12 +15,7 @@ from qft_cli.modeling_qft import QftConfig, build_model
 from qft_cli.training import ResultsRecorder, TrainingConfig, classification_metrics, train_variant
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 def _datasets(n_train=48, n_eval=16, length=9, vocab=20, seed=0):

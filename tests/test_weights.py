@@ -399,21 +399,19 @@ def test_workers_give_the_same_tables_and_restore_the_thread_count(tmp_path):
     import torch
 
     from qft_cli.models import resolve_model
+    from qft_cli.weights import one_thread_each
 
     source = resolve_model("tiny-llama")
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with one_thread_each():
+        torch.set_num_threads(2)  # what weight_norms(workers > 1) must restore
         one = weight_norms(source, workers=1)
         two = weight_norms(source, workers=2)
+        assert torch.get_num_threads() == 2
         three = weight_norms(source, workers=3)
-    finally:
-        torch.set_num_threads(before)
     for other in (two, three):
         pd.testing.assert_frame_equal(other.table, one.table)
         pd.testing.assert_frame_equal(other.vectors, one.vectors)
         pd.testing.assert_frame_equal(other.heads, one.heads)
-    assert torch.get_num_threads() == before
 
 
 def test_krylov_path_gives_the_same_numbers_on_worker_threads():
