@@ -230,6 +230,9 @@ def test_fits_parquet_is_read_and_older_runs_are_fitted_with_fit_table(tmp_path)
 
 
 def test_alpha_summaries(tmp_path):
+    from qft_cli.fits import fit_table
+    from qft_cli.report import hidden_state_fits
+
     run_dir = make_inputs_run(tmp_path, models=("exact",), exact=True)
     s = input_alpha_summary(combined_table(load_runs([run_dir]), "norms_inputs"))
     r128 = s[(s["dataset"] == "random") & (s["num_tokens"] == 128)].iloc[0]
@@ -238,6 +241,19 @@ def test_alpha_summaries(tmp_path):
     r512 = s[(s["dataset"] == "random") & (s["num_tokens"] == 512)].iloc[0]
     assert "fit" in r512["source"] and "extrapolated" in r512["source"]
     assert r512["frobenius_norm"] == pytest.approx(3 * 512 ** 0.5, rel=1e-9)
+    # the run's own fits.parquet (the one the fit table shows) sets the extrapolation, not a refit
+    table = pd.read_parquet(run_dir / "norms_inputs.parquet")
+    written = fit_table(table, ["model", "model_alias", "dataset", "layer"], quantity="hidden_states")
+    written["exponent"], written["coefficient"] = 0.777, 2.0
+    write_parquet_atomic(written, run_dir / "fits.parquet")
+    runs = load_runs([run_dir])
+    own = input_alpha_summary(combined_table(runs, "norms_inputs"), fits=hidden_state_fits(runs))
+    o512 = own[(own["dataset"] == "random") & (own["num_tokens"] == 512)].iloc[0]
+    assert o512["frobenius_norm"] == pytest.approx(2.0 * 512 ** 0.777, rel=1e-12)
+    measured = s["source"].str.startswith("measured")
+    assert measured.any() and own[measured]["frobenius_norm"].tolist() == s[measured]["frobenius_norm"].tolist()
+    page, _ = build_report_html(runs)
+    assert f'data-value="{float(o512["frobenius_norm"])!r}"' in page[page.index("alpha-s"):]  # the α_S table
 
     wdir = make_weights_run(tmp_path, "m", num_layers=3)
     w = weight_alpha_summary(combined_table(load_runs([wdir]), "norms_weights"))

@@ -91,8 +91,9 @@ def build_report_html(runs: list[RunRecord], title: str = "qft report") -> tuple
     weights = combined_table(runs, "norms_weights")
     vectors = combined_table(runs, "norm_vectors")
     heads = combined_table(runs, "norms_heads")
+    input_fits = hidden_state_fits(runs) if not inputs.empty else None
     if not inputs.empty:
-        _inputs_section(page, inputs, hidden_state_fits(runs))
+        _inputs_section(page, inputs, input_fits)
     if not weights.empty or not vectors.empty:
         _weights_section(page, weights, vectors, heads)
     attention = combined_table(runs, "norms_attention")
@@ -101,7 +102,7 @@ def build_report_html(runs: list[RunRecord], title: str = "qft report") -> tuple
     if any(t in r.tables for r in runs for t in ("metrics", "norms_during_training", "gammas", "test_summary")):
         _training_section(page, runs)
     if not inputs.empty or not weights.empty:
-        _factors_section(page, inputs, weights)
+        _factors_section(page, inputs, weights, input_fits)
     if page.num_figures == 0:
         page.para("None of these runs has a result table to draw (see the run list below).", "warn")
     _metadata_section(page, runs)

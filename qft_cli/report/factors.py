@@ -14,13 +14,16 @@ from qft_cli.report.page import MATRIX_ORDER, NORM_LABELS, _Page, _finite, _with
 SUMMARY_TOKEN_COUNTS = (128, 512)
 
 
-def input_alpha_summary(norms_inputs: pd.DataFrame,
-                        token_counts: Sequence[int] = SUMMARY_TOKEN_COUNTS) -> pd.DataFrame:
+def input_alpha_summary(norms_inputs: pd.DataFrame, token_counts: Sequence[int] = SUMMARY_TOKEN_COUNTS,
+                        fits: pd.DataFrame | None = None) -> pd.DataFrame:
     """alpha_S = ||S||_2 and ||S||_F at given token counts N, per (model, dataset, layer).
 
     Measured where samples with exactly N tokens exist (the median over them); otherwise from the
     power-law fit c N^b (``source`` says ``fit`` and whether N lies outside the measured range,
-    i.e. is an extrapolation). Values are in hidden-state units.
+    i.e. is an extrapolation). The fit is the run's own (``fits``: :func:`qft_cli.report.inputs.hidden_state_fits`,
+    the one the page's fit table shows) where exactly one run has that model, dataset and layer;
+    else (several runs pooled, or no ``fits``) :func:`qft_cli.norms.fit_power_law` on the pooled
+    samples. Values are in hidden-state units.
 
     Returns:
         Columns ``label, dataset, layer, num_tokens, spectral_norm, frobenius_norm, source``.
@@ -30,6 +33,9 @@ def input_alpha_summary(norms_inputs: pd.DataFrame,
     if df.empty:
         return pd.DataFrame(columns=["label", "dataset", "layer", "num_tokens", "spectral_norm",
                                      "frobenius_norm", "source"])
+    own: dict[tuple, list] = {}
+    for _, f in (fits if fits is not None else pd.DataFrame()).iterrows():
+        own.setdefault((f["label"], str(f["dataset"]), int(f["layer"]), f["norm"] + "_norm"), []).append(f)
     for (label, dataset, layer), g in df.groupby(["label", "dataset", "layer"], sort=True):
         for n in token_counts:
             at_n = g[g["num_tokens"] == n]
@@ -41,8 +47,13 @@ def input_alpha_summary(norms_inputs: pd.DataFrame,
             else:
                 inside = g["num_tokens"].min() <= n <= g["num_tokens"].max()
                 for norm in NORM_LABELS:
-                    fit = fit_power_law(g["num_tokens"].to_numpy(), g[norm].to_numpy())
-                    row[norm] = fit.coefficient * n ** fit.exponent
+                    found = own.get((label, str(dataset), int(layer), norm), [])
+                    if len(found) == 1:
+                        coefficient, exponent = float(found[0]["coefficient"]), float(found[0]["exponent"])
+                    else:
+                        fit = fit_power_law(g["num_tokens"].to_numpy(), g[norm].to_numpy())
+                        coefficient, exponent = fit.coefficient, fit.exponent
+                    row[norm] = coefficient * n ** exponent
                 row["source"] = "fit c·N^b" + ("" if inside else
                                                f" (extrapolated; measured N ≤ {int(g['num_tokens'].max())})")
             rows.append(row)
@@ -76,14 +87,15 @@ def weight_alpha_summary(norms_weights: pd.DataFrame) -> pd.DataFrame:
     return out.sort_values(["label", "part", "_order"]).drop(columns="_order").reset_index(drop=True)
 
 
-def _factors_section(page: _Page, inputs: pd.DataFrame, weights: pd.DataFrame) -> None:
+def _factors_section(page: _Page, inputs: pd.DataFrame, weights: pd.DataFrame,
+                     fits: pd.DataFrame | None = None) -> None:
     page.heading(2, "Normalisation factors α per model", "factors")
     page.para("The numbers a block encoding of a transformer layer pays: α<sub>S</sub> = ‖S‖ of the input at "
               f"N = {', '.join(str(n) for n in SUMMARY_TOKEN_COUNTS)} tokens (measured where samples of exactly N "
               "tokens exist, else from the power-law fit, as the source column says), and the largest "
               "α<sub>W</sub> over layers per matrix type.")
     if not inputs.empty:
-        summary = input_alpha_summary(inputs)
+        summary = input_alpha_summary(inputs, fits=fits)
         page.html("<h4>Inputs: α<sub>S</sub> (hidden-state units)</h4>")
         page.table(["model", "dataset", "layer L", "N", "‖S‖<sub>2</sub>", "‖S‖<sub>F</sub>", "source"],
                    [[r["label"], r["dataset"], int(r["layer"]), int(r["num_tokens"]), float(r["spectral_norm"]),
