@@ -219,22 +219,21 @@ def qft_weights(model: str, threads: int, extra: list[str]) -> tuple[float, int,
     return wall, peak, tables[0]
 
 
-def timed_straightforward(directory: Path, layers: int | None, clock=time.perf_counter,
-                          only: set | None = None) -> tuple[dict, float, float]:
-    """{name: float32 SVD norm}, time of embedding + head, time of the blocks (float32 SVD each),
-    measured with ``clock`` (wall or CPU); ``only``: the matrices qft measured (the same work)."""
-    norms, t_ends, t_blocks = {}, 0.0, 0.0
+def timed_straightforward(directory: Path, layers: int | None,
+                          only: set | None = None) -> tuple[dict, dict[str, float]]:
+    """{name: float32 SVD norm} and the seconds of the embedding + head (``ends``) and of the blocks
+    (``blocks``), wall and CPU (``ends_cpu``, ``blocks_cpu``), one float32 SVD per matrix timed by
+    both clocks; ``only``: the matrices qft measured (the same work)."""
+    norms, t = {}, {"ends": 0.0, "blocks": 0.0, "ends_cpu": 0.0, "blocks_cpu": 0.0}
     for name, w in matrices(directory, layers):
         if only is not None and name not in only:
             continue
-        t0 = clock()
+        wall, cpu = time.perf_counter(), time.process_time()
         norms[name] = float(torch.linalg.matrix_norm(w.float(), ord=2))
-        dt = clock() - t0
-        if name.startswith("model.layers."):
-            t_blocks += dt
-        else:
-            t_ends += dt
-    return norms, t_ends, t_blocks
+        part = "blocks" if name.startswith("model.layers.") else "ends"
+        t[part] += time.perf_counter() - wall
+        t[part + "_cpu"] += time.process_time() - cpu
+    return norms, t
 
 
 #: WeightWatcher's cheapest ``analyze()`` options that still give the spectral norm: no randomised
@@ -347,11 +346,11 @@ def main() -> None:
     qft_norm = dict(zip(table["parameter"], table["spectral_norm"]))
     layers = args.sample_layers
     measured = set(qft_norm)  # the straightforward method does the same work: qft's matrices only
-    norms_f32, t_ends, t_blocks = timed_straightforward(directory, layers, only=measured)
+    norms_f32, t = timed_straightforward(directory, layers, only=measured)
     sampled = layers is not None and layers < spec["layers"]
-    t_straight = t_ends + t_blocks * (spec["layers"] / layers if sampled else 1.0)
-    _, c_ends, c_blocks = timed_straightforward(directory, layers, time.process_time, only=measured)  # CPU: robust to load
-    cpu_straight = c_ends + c_blocks * (spec["layers"] / layers if sampled else 1.0)
+    scale = spec["layers"] / layers if sampled else 1.0
+    t_straight = t["ends"] + t["blocks"] * scale
+    cpu_straight = t["ends_cpu"] + t["blocks_cpu"] * scale  # CPU: robust to load
     ww, ww_norm = None, {}
     if args.weightwatcher and args.shape == "llama2-7b":
         print("WeightWatcher: skipped on llama2-7b (the issue compares it on the smaller shape)")
