@@ -294,10 +294,11 @@ def pretrained_embedding(name: str, trust_remote_code: bool = False) -> torch.Te
     from qft_cli.models import resolve_model
 
     source = resolve_model(name)
-    if source.kind in ("hub", "local") and not trust_remote_code:
+    if not trust_remote_code:  # every kind (hub, local, tiny, GGUF): one tensor from the streaming reader
         weights = _embedding_from_files(source)
-        if weights is not None:
-            return weights
+        if weights is None:
+            raise QftInputError(f"model {name} has no token embedding qft recognises: pick another --embedding-from")
+        return weights
     model = load_model(source, trust_remote_code=trust_remote_code)
     specs = [s for s in classify((n, tuple(p.shape)) for n, p in model.named_parameters()) if s.matrix == "embedding"]
     if not specs:

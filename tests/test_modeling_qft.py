@@ -106,6 +106,17 @@ def test_minilm_embedding_init(minilm_source):
     assert torch.equal(model.get_input_embeddings().weight, emb)
 
 
+@pytest.mark.parametrize("name", ["tiny-llama", "tiny-bert", "tiny-gpt2"])
+def test_pretrained_embedding_equals_the_loaded_models_input_embedding(name):
+    # read as one tensor from the checkpoint (no model built) = the embedding of the loaded model
+    from qft_cli.loading import load_model
+    from qft_cli.modeling_qft import pretrained_embedding
+    from qft_cli.models import resolve_model
+
+    expected = load_model(resolve_model(name)).get_input_embeddings().weight.detach().float()
+    assert torch.equal(pretrained_embedding(name), expected)
+
+
 def test_bad_shapes():
     with pytest.raises(QftInputError, match="not divisible"):
         build_model(_config(d_model=18, num_heads=4))
