@@ -498,8 +498,8 @@ def attention_norms(model: torch.nn.Module, token_ids: Sequence[Sequence[int]], 
             raise QftInputError(f"attention of {name} passes queries of shape {tuple(q.shape)} for a batch of "
                                 f"{tuple(mask.shape)} tokens: norms attention is not supported for this architecture")
         dh = q.shape[-1]
-        if layer not in weights:
-            weights.update(layer_weights(model, [layer], dh))
+        if not weights:  # once, for every requested block (one scan of the model's modules)
+            weights.update(layer_weights(model, list(layers), dh))
         w = weights[layer]
         device = q.device if q.device.type != "mps" else torch.device("cpu")
         m = mask.to(device=device, dtype=torch.bool)
