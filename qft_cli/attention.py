@@ -360,8 +360,10 @@ class _Capture:
     """Installs the observer on a model (and removes it): native ``qkv_observer`` modules, or the
     recording attention function; plus the pre-hooks that keep X of each attention module."""
 
-    def __init__(self, model: torch.nn.Module, blocks: torch.nn.ModuleList, observe: Callable):
+    def __init__(self, model: torch.nn.Module, blocks: torch.nn.ModuleList, observe: Callable,
+                 layers: Sequence[int] | None = None):
         self.model, self.blocks, self.observe = model, blocks, observe
+        self.layers = None if layers is None else set(layers)  # X is kept for these blocks (1..L) only
         self.x: dict[int, torch.Tensor] = {}
         self.layer_of: dict[int, int] = {}
         self.handles: list = []
@@ -371,9 +373,10 @@ class _Capture:
 
     def __enter__(self) -> "_Capture":
         for index, block in enumerate(self.blocks):
+            wanted = self.layers is None or index + 1 in self.layers
             for module in block.modules():
                 self.layer_of[id(module)] = index + 1
-                if hasattr(module, "qkv_observer") or "attention" in type(module).__name__.lower():
+                if wanted and (hasattr(module, "qkv_observer") or "attention" in type(module).__name__.lower()):
                     self.handles.append(module.register_forward_pre_hook(self._keep_x, with_kwargs=True))
         if self.native:
             for module in self.native:
@@ -580,7 +583,7 @@ def attention_norms(model: torch.nn.Module, token_ids: Sequence[Sequence[int]], 
     handles = [stop_after(blocks[layers[-1] - 1])]
     num_batches = len(_batches(lengths, batch_size))
     try:
-        with _Capture(model, blocks, observe) as capture:
+        with _Capture(model, blocks, observe, layers) as capture:
             for b, (batch, ids, mask) in enumerate(padded_batches(token_ids, batch_size, pad_token_id)):
                 state.update(batch=batch, mask=mask, seen=set())
                 capture.x.clear()
