@@ -267,14 +267,9 @@ def find_task_dir(dataset: str, task: Optional[str], data_dir: Path) -> tuple[Pa
     """
     data_dir = Path(data_dir)
     if dataset != "gue":
-        if task is None:
-            for candidate in (data_dir / "human_nontata_promoters", data_dir):
-                if _has_split(candidate):
-                    return candidate, None
-        else:
-            for candidate in (data_dir / task, data_dir):
-                if _has_split(candidate):
-                    return candidate, task
+        for candidate in _candidate_dirs(dataset, task, data_dir):
+            if _has_split(candidate):
+                return candidate, task
         return None, task
     name = Path(os.path.abspath(data_dir)).name  # the name as given (a symlink keeps its own name)
     if task is not None:
@@ -304,14 +299,21 @@ def find_task_dir(dataset: str, task: Optional[str], data_dir: Path) -> tuple[Pa
     return None, None
 
 
+def _candidate_dirs(dataset: str, task: Optional[str], data_dir: Path) -> list[Path]:
+    """The folders :func:`find_task_dir` tries first, in order: ``DIR/<task>`` (or, without
+    ``--task``, the default folder of the dataset: ``prom_300_notata`` for GUE,
+    ``human_nontata_promoters`` otherwise), then ``DIR`` itself."""
+    default = DEFAULT_GUE_TASK if dataset == "gue" else "human_nontata_promoters"
+    return [data_dir / (task or default), data_dir]
+
+
 def _dna_from_dir(dataset: str, task: Optional[str], data_dir: Path, seed: int) -> TaskData:
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
         raise QftInputError(f"--data-dir {data_dir} is not a directory: pass the folder with train/dev/test files")
     directory, task = find_task_dir(dataset, task, data_dir)
     if directory is None:
-        candidates = [data_dir / task, data_dir] if task else [data_dir / "human_nontata_promoters", data_dir]
-        where = next((c for c in candidates if _has_split(c, "test")), None)
+        where = next((c for c in _candidate_dirs(dataset, task, data_dir) if _has_split(c, "test")), None)
         extra = (f" ({where} holds only a test split; qft does not train on test data)") if where else ""
         raise QftInputError(f"--data-dir {data_dir} has no train.csv or train.tsv{extra}: pass a directory with "
                             f"train, dev and test files" + (f" (or a folder holding {task}/)" if task else ""))

@@ -63,6 +63,16 @@ def test_genomic_bench_with_only_a_test_split_is_refused(shared_data):
         tasks.load_task("genomic-bench", data_dir=shared_data / "genomic_benchmarks")
 
 
+def test_gue_default_task_with_only_a_test_split_is_refused_naming_it(tmp_path):
+    # without --task, GUE reads DIR/prom_300_notata: the hint must name that folder, not a genomic-bench one
+    (tmp_path / "prom_300_notata").mkdir()
+    (tmp_path / "prom_300_notata" / "test.csv").write_text("sequence,label\nACGT,0\n")
+    (tmp_path / "human_nontata_promoters").mkdir()
+    (tmp_path / "human_nontata_promoters" / "test.csv").write_text("sequence,label\nACGT,0\n")
+    with pytest.raises(QftInputError, match="prom_300_notata holds only a test split"):
+        tasks.load_task("gue", data_dir=tmp_path)
+
+
 def test_genomic_bench_validation_and_test_are_seeded_halves(tmp_path):
     test_rows = [("ACGT"[i % 4] * 5, i % 2) for i in range(11)]
     data = tasks.load_task("genomic-bench", data_dir=_dna_dir(tmp_path, test=test_rows, header=("seq", "label"),
