@@ -91,14 +91,14 @@ def build_report_html(runs: list[RunRecord], title: str = "qft report") -> tuple
     weights = combined_table(runs, "norms_weights")
     vectors = combined_table(runs, "norm_vectors")
     heads = combined_table(runs, "norms_heads")
-    input_fits = hidden_state_fits(runs) if not inputs.empty else None
+    input_fits = hidden_state_fits(runs, inputs) if not inputs.empty else None
     if not inputs.empty:
         _inputs_section(page, inputs, input_fits)
     if not weights.empty or not vectors.empty:
         _weights_section(page, weights, vectors, heads)
     attention = combined_table(runs, "norms_attention")
     if not attention.empty:
-        _attention_section(page, attention, attention_fits(runs))
+        _attention_section(page, attention, attention_fits(runs, attention))
     if any(t in r.tables for r in runs for t in ("metrics", "norms_during_training", "gammas", "test_summary")):
         _training_section(page, runs)
     if not inputs.empty or not weights.empty:

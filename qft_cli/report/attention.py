@@ -63,10 +63,11 @@ def attention_fits_of(table: pd.DataFrame) -> pd.DataFrame:
     return fit_attention(table)
 
 
-def attention_fits(runs: list[RunRecord]) -> pd.DataFrame:
+def attention_fits(runs: list[RunRecord], combined: pd.DataFrame | None = None) -> pd.DataFrame:
     """Fits of Q, K, V and the logits of every ``norms attention`` run (its ``fits.parquet``, else
-    :func:`attention_fits_of`), with ``run``, ``label`` and ``fit_source``."""
-    return run_fits(runs, "norms_attention", list(QUANTITIES), attention_fits_of)
+    :func:`attention_fits_of`), with ``run``, ``label`` and ``fit_source``; ``combined``: the runs'
+    combined ``norms_attention`` table if already built (:func:`qft_cli.report.reading.run_fits`)."""
+    return run_fits(runs, "norms_attention", list(QUANTITIES), attention_fits_of, combined)
 
 
 def median_ratios(table: pd.DataFrame, by: tuple[str, ...] = ("layer",)) -> pd.DataFrame:

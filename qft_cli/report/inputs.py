@@ -37,15 +37,16 @@ def power_law_table(norms_inputs: pd.DataFrame) -> pd.DataFrame:
     return fit_table(df, ["label", "dataset", "layer"], quantity="hidden_states")
 
 
-def hidden_state_fits(runs: list[RunRecord]) -> pd.DataFrame:
+def hidden_state_fits(runs: list[RunRecord], combined: pd.DataFrame | None = None) -> pd.DataFrame:
     """The hidden-state fits of every ``norms inputs`` run: its ``fits.parquet`` where present, else
-    fitted here with :func:`qft_cli.fits.fit_table` (:func:`qft_cli.report.reading.run_fits`)."""
+    fitted here with :func:`qft_cli.fits.fit_table` (:func:`qft_cli.report.reading.run_fits`;
+    ``combined``: the runs' combined ``norms_inputs`` table if already built)."""
     def fit(table: pd.DataFrame) -> pd.DataFrame:
         table = table.assign(model_alias=table["model_alias"].fillna(table["model"])) if "model_alias" in table \
             else table.assign(model_alias=table["model"])
         return fit_table(table, list(FIT_GROUPS), quantity="hidden_states")
 
-    return run_fits(runs, "norms_inputs", ["hidden_states"], fit)
+    return run_fits(runs, "norms_inputs", ["hidden_states"], fit, combined)
 
 
 def _inputs_section(page: _Page, df: pd.DataFrame, fits: pd.DataFrame) -> None:

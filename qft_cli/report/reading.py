@@ -188,12 +188,13 @@ def combined_table(runs: Iterable[RunRecord], name: str) -> pd.DataFrame:
 
 
 def run_fits(runs: Iterable[RunRecord], measured: str, quantities: Sequence[str],
-             fit: Callable[[pd.DataFrame], pd.DataFrame]) -> pd.DataFrame:
+             fit: Callable[[pd.DataFrame], pd.DataFrame], combined: pd.DataFrame | None = None) -> pd.DataFrame:
     """Power-law fits (``fits.parquet`` schema, :mod:`qft_cli.fits`) of every run that has table ``measured``.
 
     A run's own ``fits.parquet`` rows of the given ``quantities`` are used where present (the
     numbers the run printed); runs written before that file existed are fitted here with ``fit``
-    (which must call :func:`qft_cli.fits.fit_table`) on the run's ``measured`` table.
+    (which must call :func:`qft_cli.fits.fit_table`) on the run's ``measured`` table. ``combined``:
+    :func:`combined_table` of ``measured`` when the caller has it already (its labels are used).
 
     Returns:
         The fits of all runs with ``run`` first, ``model_alias`` filled from ``model`` where absent,
@@ -222,7 +223,7 @@ def run_fits(runs: Iterable[RunRecord], measured: str, quantities: Sequence[str]
     if "model_alias" not in df.columns:
         df["model_alias"] = df["model"]
     df["model_alias"] = df["model_alias"].fillna(df["model"]).astype(str)
-    reference = combined_table(runs, measured)
+    reference = combined if combined is not None else combined_table(runs, measured)
     labels = {(run, alias): label for run, alias, label in
               zip(reference["run"], reference["model_alias"], reference["label"])} if len(reference) else {}
     df["label"] = [labels.get((run, alias), alias) for run, alias in zip(df["run"], df["model_alias"])]
