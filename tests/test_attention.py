@@ -411,3 +411,34 @@ def test_nonfinite_and_all_zero_inputs_are_named():
         zero.embed_tokens.weight.zero_()
     result = attention_norms(zero, [[1, 2, 3]], [1])
     assert result.all_zero == [(0, 1)]
+
+
+def test_qk_normalised_attention_has_no_q_k_or_weight_bound():
+    # Qwen3 normalises q and k per head (q_norm, k_norm): ||X W_q|| no longer bounds Q, so those
+    # bounds and the weight-only logits bound are NaN; V and the Q-K logits bound still hold
+    from transformers import Qwen3Config, Qwen3Model
+
+    torch.manual_seed(0)
+    config = Qwen3Config(vocab_size=50, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, head_dim=8)
+    model = Qwen3Model(config).double().eval()
+    ids = [[1, 5, 9, 13, 2], [3, 4, 6]]
+    table = attention_norms(model, ids, [1, 2], batch_size=-1, pad_token_id=0).table
+    assert len(table) == 2 * 2 * 4
+    for col in ("q_spectral_bound", "k_spectral_bound", "logits_unmasked_weight_bound"):
+        assert table[col].isna().all(), col
+    for measured, bound in (("v_spectral_norm", "v_spectral_bound"),
+                            ("logits_unmasked_spectral_norm", "logits_unmasked_qk_bound")):
+        assert table[bound].notna().all() and (table[measured] <= table[bound] * (1 + 1e-9)).all(), bound
+    # Q itself equals the q-normalised projection of X, computed by hand for block 1, sample 0
+    x = model.embed_tokens(torch.tensor([ids[0]]))
+    attn = model.layers[0].self_attn
+    h = model.layers[0].input_layernorm(x)
+    q = attn.q_norm(attn.q_proj(h).view(1, 5, 4, 8))
+    cos, sin = model.rotary_emb(h, torch.arange(5)[None])
+    from transformers.models.qwen3.modeling_qwen3 import apply_rotary_pos_emb
+
+    q, _ = apply_rotary_pos_emb(q.transpose(1, 2), q.transpose(1, 2), cos, sin)
+    expected = torch.linalg.matrix_norm(q[0], ord=2)
+    got = table[(table["sample"] == 0) & (table["layer"] == 1)].sort_values("head")["q_spectral_norm"]
+    np.testing.assert_allclose(got.to_numpy(), expected.detach().numpy(), rtol=1e-9)
