@@ -25,11 +25,11 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from qft_cli.attention import attention_norms, summarize_attention  # noqa: E402
-from qft_cli.inputs import hidden_state_norms  # noqa: E402
-from qft_cli.loading import load_model  # noqa: E402
-from qft_cli.models import load_tokenizer, resolve_model  # noqa: E402
-from qft_cli.text_data import mmlu_questions  # noqa: E402
+from qft_cli.data.text_data import mmlu_questions  # noqa: E402
+from qft_cli.measure.attention import attention_norms, summarize_attention  # noqa: E402
+from qft_cli.measure.inputs import hidden_state_norms  # noqa: E402
+from qft_cli.models.loading import load_model  # noqa: E402
+from qft_cli.models.names import load_tokenizer, resolve_model  # noqa: E402
 
 
 def main() -> None:

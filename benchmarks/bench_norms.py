@@ -29,10 +29,10 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from qft_cli.inputs import hidden_state_norms  # noqa: E402
-from qft_cli.loading import load_model  # noqa: E402
-from qft_cli.models import load_tokenizer, resolve_model  # noqa: E402
-from qft_cli.text_data import mmlu_questions  # noqa: E402
+from qft_cli.data.text_data import mmlu_questions  # noqa: E402
+from qft_cli.measure.inputs import hidden_state_norms  # noqa: E402
+from qft_cli.models.loading import load_model  # noqa: E402
+from qft_cli.models.names import load_tokenizer, resolve_model  # noqa: E402
 
 
 def naive_input_norms(model, tokenizer, texts, max_tokens=512, batch_size=8):
@@ -75,11 +75,11 @@ _PEAK = """
 import sys, json
 sys.path.insert(0, {root!r})
 import torch
-from qft_cli.loading import load_model
-from qft_cli.models import resolve_model
-from qft_cli.weights import weight_norms
-from qft_cli.norms import matrix_norm_record
-from qft_cli.layout import classify_model
+from qft_cli.models.loading import load_model
+from qft_cli.models.names import resolve_model
+from qft_cli.measure.weights import weight_norms
+from qft_cli.measure.norms import matrix_norm_record
+from qft_cli.models.layout import classify_model
 def status(key):
     for line in open("/proc/self/status"):
         if line.startswith(key + ":"):
@@ -100,9 +100,9 @@ print(json.dumps({{"extra_kib": peak - base}}))
 
 
 def bench_weights_memory() -> dict:
-    from qft_cli.models import minilm_dir
-
     from safetensors import safe_open
+
+    from qft_cli.models.names import minilm_dir
 
     path = minilm_dir() / "model.safetensors"
     size_kib = path.stat().st_size / 1024

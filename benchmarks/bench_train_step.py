@@ -23,8 +23,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from qft_cli.modeling_qft import QftConfig, build_model  # noqa: E402
-from qft_cli.normalization import apply_normalization  # noqa: E402
+from qft_cli.train.modeling_qft import QftConfig, build_model  # noqa: E402
+from qft_cli.train.normalization import apply_normalization  # noqa: E402
 
 
 def _sync(device: torch.device) -> None:

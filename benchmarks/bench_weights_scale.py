@@ -67,8 +67,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from qft_cli.norms import matrix_stats  # noqa: E402
-from qft_cli.threads import default_threads  # noqa: E402
+from qft_cli.measure.norms import matrix_stats  # noqa: E402
+from qft_cli.system.threads import default_threads  # noqa: E402
 
 SHAPES = {
     # hidden, intermediate, layers, heads, kv heads, vocab

@@ -5,15 +5,15 @@ Steps (each a normal qft run, written under one demo directory ``<out>/<stamp>-d
 1. ``norms weights`` of ``minilm`` (the embedded all-MiniLM-L6-v2) and the tiny random models;
 2. ``norms inputs`` of ``minilm`` on random tokens, N = 1..256;
 3. ``train --norm all`` (vanilla, spectral, Frobenius) on a small *synthetic* DNA task generated
-   from a seed (:mod:`qft_cli.synthetic`), written beside the runs as ``synthetic-dna-seed<seed>/``;
+   from a seed (:mod:`qft_cli.data.synthetic`), written beside the runs as ``synthetic-dna-seed<seed>/``;
 4. ``report`` of those runs -> ``<demo dir>/report.html``.
 
 Sized to finish in well under 5 minutes on 2 CPU cores. A step that fails is recorded (its run
 directory says ``failed``) and the demo goes on; the report lists it.
 
 The norms and training libraries are called by the three step functions
-``_norms_weights_step``, ``_norms_inputs_step`` (``qft_cli.norms_runs``) and ``_train_step``
-(``qft_cli.training``): they are the only places that know those libraries' entry points.
+``_norms_weights_step``, ``_norms_inputs_step`` (``qft_cli.measure.workflows``) and ``_train_step``
+(``qft_cli.train.training``): they are the only places that know those libraries' entry points.
 """
 
 from __future__ import annotations
@@ -23,10 +23,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Optional
 
-from qft_cli.errors import QftInputError
-from qft_cli.progress import ProgressFn, report as report_progress
-from qft_cli.runs import check_writable
-from qft_cli.synthetic import SYNTHETIC_DATASET, SyntheticSpec, write_synthetic_promoters
+from qft_cli.data.synthetic import (
+    SYNTHETIC_DATASET,
+    SyntheticSpec,
+    write_synthetic_promoters,
+)
+from qft_cli.runs.files import check_writable
+from qft_cli.system.errors import QftInputError
+from qft_cli.system.progress import ProgressFn
+from qft_cli.system.progress import report as report_progress
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -115,8 +120,8 @@ class DemoResult:
 # ------------------------------------------------------------------------------------------
 
 def _norms_weights_step(config: DemoConfig, out: Path, progress: Optional[ProgressFn]) -> Path:
-    """``qft norms weights MODELS --out OUT`` through :mod:`qft_cli.norms_runs`."""
-    from qft_cli.norms_runs import NormsWeightsArgs, run_norms_weights
+    """``qft norms weights MODELS --out OUT`` through :mod:`qft_cli.measure.workflows`."""
+    from qft_cli.measure.workflows import NormsWeightsArgs, run_norms_weights
 
     result = run_norms_weights(NormsWeightsArgs(models=list(config.weights_models), device="cpu", dtype=None, out=out), progress)
     return Path(result.run_dir)
@@ -124,7 +129,7 @@ def _norms_weights_step(config: DemoConfig, out: Path, progress: Optional[Progre
 
 def _norms_inputs_step(config: DemoConfig, out: Path, progress: Optional[ProgressFn]) -> Path:
     """``qft norms inputs minilm --dataset random --max-tokens 256 --out OUT``."""
-    from qft_cli.norms_runs import NormsInputsArgs, run_norms_inputs
+    from qft_cli.measure.workflows import NormsInputsArgs, run_norms_inputs
 
     result = run_norms_inputs(NormsInputsArgs(models=[config.inputs_model], dataset="random", data_file=None, text_column=None,
                           layers="0,1", max_tokens=config.max_tokens, num_samples=None, batch_size=16,
@@ -144,8 +149,13 @@ def train_argv(config: DemoConfig, data_dir: Path, out: Path) -> list[str]:
 
 def _train_step(config: DemoConfig, data_dir: Path, out: Path, progress: Optional[ProgressFn]) -> Path:
     """``qft train --dataset synthetic-dna --data-dir DATA --norm all ...`` (:func:`train_argv`) through
-    :mod:`qft_cli.training`, as ``qft train`` does; ``run.json`` says ``synthetic: true``."""
-    from qft_cli.training import ExperimentOptions, TrainingConfig, open_run, run_experiment
+    :mod:`qft_cli.train.training`, as ``qft train`` does; ``run.json`` says ``synthetic: true``."""
+    from qft_cli.train.training import (
+        ExperimentOptions,
+        TrainingConfig,
+        open_run,
+        run_experiment,
+    )
 
     training = TrainingConfig(learning_rate=config.learning_rate, num_epochs=config.num_epochs, early_stopping=3,
                               warmup_ratio=0.1, batch_size=config.batch_size, seed=config.seed, device="cpu",
@@ -167,13 +177,13 @@ def _train_step(config: DemoConfig, data_dir: Path, out: Path, progress: Optiona
 
 def headline_fits(run_dir: Path) -> "pd.DataFrame":
     """The fitted exponents of a ``norms inputs`` run: ``fits.parquet`` (or, for a run written
-    before it existed, :func:`qft_cli.fits.fit_table` of ``norms_inputs.parquet``), columns
+    before it existed, :func:`qft_cli.measure.fits.fit_table` of ``norms_inputs.parquet``), columns
     ``model_alias, dataset, layer, norm, exponent, exponent_ci_low, exponent_ci_high, r_squared,
     num_points``."""
     import pandas as pd
 
-    from qft_cli.fits import fit_table
-    from qft_cli.norms_runs import FIT_GROUPS
+    from qft_cli.measure.fits import fit_table
+    from qft_cli.measure.workflows import FIT_GROUPS
 
     path = Path(run_dir) / "fits.parquet"
     if path.is_file():
@@ -213,7 +223,7 @@ def _newest_run(out: Path, before: set[Path]) -> Optional[Path]:
 def _run_step(result: DemoResult, name: str, fn: Callable[[], Path]) -> None:
     import time
 
-    from qft_cli.runs import read_run_json
+    from qft_cli.runs.rundir import read_run_json
 
     before = set(result.directory.iterdir())
     start = time.perf_counter()
@@ -249,7 +259,7 @@ def run_demo(config: DemoConfig = DemoConfig(), progress: Optional[ProgressFn] =
 
     Args:
         config: :class:`DemoConfig` (embedded defaults; only ``out`` and ``seed`` are CLI options).
-        progress: optional progress callback (see :mod:`qft_cli.progress`).
+        progress: optional progress callback (see :mod:`qft_cli.system.progress`).
 
     Returns:
         :class:`DemoResult` with every step's status and run directory, the synthetic data

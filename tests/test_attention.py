@@ -1,4 +1,4 @@
-"""qft_cli.attention against an independent computation from each model's own modules.
+"""qft_cli.measure.attention against an independent computation from each model's own modules.
 
 The reference forms Q, K, V by hand from the model's weights (GPT-2's fused Conv1D ``c_attn``,
 Llama's q/k/v with transformers' own ``apply_rotary_pos_emb`` and GQA pairing, BERT's query/key/
@@ -14,11 +14,20 @@ import numpy as np
 import pytest
 import torch
 
-from qft_cli.attention import (ATTENTION_COLUMNS, attention_fits, attention_norms, gram_norms, gram_product_norms,
-                               head_grams, parse_blocks, product_norms, weight_composites)
-from qft_cli.errors import QftInputError
-from qft_cli.loading import load_model
-from qft_cli.models import build_tiny_model, load_tokenizer, resolve_model
+from qft_cli.measure.attention import (
+    ATTENTION_COLUMNS,
+    attention_fits,
+    attention_norms,
+    gram_norms,
+    gram_product_norms,
+    head_grams,
+    parse_blocks,
+    product_norms,
+    weight_composites,
+)
+from qft_cli.models.loading import load_model
+from qft_cli.models.names import build_tiny_model, load_tokenizer, resolve_model
+from qft_cli.system.errors import QftInputError
 
 TEXTS = ["The quick brown fox jumps over the lazy dog.", "Hi", "Quantum transformers block-encode matrices.",
          "A somewhat longer sentence, so that the batch has samples of quite different lengths in it."]
@@ -202,7 +211,7 @@ def test_minilm_against_projections_by_hand(minilm_source):
 @pytest.mark.smollm2
 @pytest.mark.slow
 def test_smollm2_gguf_decoder_against_projections_by_hand(smollm2_source):
-    from qft_cli.loading import load_model as load
+    from qft_cli.models.loading import load_model as load
 
     model, tok = load(smollm2_source).double(), load_tokenizer(smollm2_source)  # 9 query, 3 key/value heads
     ids = [tok(t)["input_ids"] for t in TEXTS[:3]]
@@ -214,7 +223,12 @@ def test_smollm2_gguf_decoder_against_projections_by_hand(smollm2_source):
 
 
 def test_training_model_records_directly():
-    from qft_cli.modeling_qft import QftConfig, QftModel, apply_rotary, rotary_cos_sin
+    from qft_cli.train.modeling_qft import (
+        QftConfig,
+        QftModel,
+        apply_rotary,
+        rotary_cos_sin,
+    )
 
     torch.manual_seed(0)
     model = QftModel(QftConfig(vocab_size=50, d_model=16, num_heads=2, d_ff=32, num_layers=2,

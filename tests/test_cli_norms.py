@@ -7,8 +7,8 @@ from typer.testing import CliRunner
 
 from qft_cli import __version__
 from qft_cli.cli.app import app
-from qft_cli.models import build_tiny_model
-from qft_cli.runs import read_run_json
+from qft_cli.models.names import build_tiny_model
+from qft_cli.runs.rundir import read_run_json
 
 runner = CliRunner()
 
@@ -159,7 +159,7 @@ def test_nonfinite_hidden_states_are_one_warning_line(tmp_path):
     with torch.no_grad():
         model.embeddings.word_embeddings.weight[2] = float("inf")  # [CLS]: every sample, every layer
     model.save_pretrained(tmp_path / "model")
-    from qft_cli.models import tiny_tokenizer
+    from qft_cli.models.names import tiny_tokenizer
 
     tiny_tokenizer(with_bert_specials=True).save_pretrained(tmp_path / "model")
     (tmp_path / "t.txt").write_text("one\ntwo\nthree\nfour\n")
@@ -177,12 +177,12 @@ def test_nonfinite_hidden_states_are_one_warning_line(tmp_path):
 
 
 def test_bad_data_file_is_found_before_any_model_is_loaded(tmp_path, monkeypatch):
-    import qft_cli.norms_runs
+    import qft_cli.measure.workflows
 
     def no_loading(*args, **kwargs):
         raise AssertionError("the model was loaded before the data file was checked")
 
-    monkeypatch.setattr(qft_cli.norms_runs, "load_model", no_loading)
+    monkeypatch.setattr(qft_cli.measure.workflows, "load_model", no_loading)
     out = tmp_path / "runs"
     (tmp_path / "empty.txt").write_text("")
     _assert_bad(invoke("norms", "inputs", "tiny-bert", "--dataset", tmp_path / "empty.txt", "--out", out),
@@ -199,7 +199,7 @@ def test_local_directory_that_is_not_a_model_is_one_line(tmp_path):
     _assert_bad(invoke("norms", "inputs", tmp_path / "notamodel", "--dataset", "random", "--out", out),
                 "notamodel", out_dir=out)
     build_tiny_model("tiny-bert").config.save_pretrained(tmp_path / "noweights")  # config.json, no weights
-    from qft_cli.models import tiny_tokenizer
+    from qft_cli.models.names import tiny_tokenizer
 
     tiny_tokenizer(with_bert_specials=True).save_pretrained(tmp_path / "noweights")
     _assert_bad(invoke("norms", "inputs", tmp_path / "noweights", "--dataset", "random", "--out", out),
@@ -213,12 +213,12 @@ def test_layer_beyond_depth_names_the_model_among_several(tmp_path):
 
 
 def test_ctrl_c_mid_run_leaves_status_interrupted_and_no_table(tmp_path, monkeypatch):
-    import qft_cli.norms_runs
+    import qft_cli.measure.workflows
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(qft_cli.norms_runs, "hidden_state_norms", interrupted)
+    monkeypatch.setattr(qft_cli.measure.workflows, "hidden_state_norms", interrupted)
     result = invoke("norms", "inputs", "tiny-gpt2", "--dataset", "random", "--max-tokens", 4, "--out", tmp_path, "-q")
     run = _only_run(tmp_path)
     assert result.exit_code == 130 and result.stderr.splitlines()[0].startswith(f"interrupted: run directory {run}")
@@ -235,7 +235,7 @@ def test_seed_out_of_range_is_one_line(tmp_path):
 
 def test_tokenizer_pad_id_outside_the_embedding_is_not_used_for_padding(tmp_path):
     # e.g. a '[PAD]' added to the tokenizer without resizing the model's embedding
-    from qft_cli.models import tiny_tokenizer
+    from qft_cli.models.names import tiny_tokenizer
 
     build_tiny_model("tiny-bert").save_pretrained(tmp_path / "model")
     tok = tiny_tokenizer(with_bert_specials=True)
@@ -281,8 +281,8 @@ def test_threads_and_exact_are_recorded_in_run_json(tmp_path):
 
 
 def test_norms_attention_writes_both_tables(tmp_path):
-    from qft_cli.attention import ATTENTION_COLUMNS
-    from qft_cli.fits import FIT_COLUMNS
+    from qft_cli.measure.attention import ATTENTION_COLUMNS
+    from qft_cli.measure.fits import FIT_COLUMNS
 
     result = invoke("norms", "attention", "tiny-llama", "tiny-dnabert", "--dataset", "random", "--max-tokens", 12,
                     "--batch-size", 5, "--out", tmp_path, "--quiet")

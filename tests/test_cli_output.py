@@ -17,8 +17,8 @@ from typer.testing import CliRunner
 
 from qft_cli.cli.app import app
 from qft_cli.cli.common import interrupted_lines, print_frame, short_model_name
-from qft_cli.fits import fit_table
-from qft_cli.models import build_tiny_model
+from qft_cli.measure.fits import fit_table
+from qft_cli.models.names import build_tiny_model
 
 runner = CliRunner()
 
@@ -192,12 +192,12 @@ def test_interrupted_lines():
 
 
 def test_ctrl_c_in_norms_prints_run_dir_and_rerun_command(tmp_path, monkeypatch):
-    import qft_cli.inputs as inputs
+    import qft_cli.measure.inputs as inputs
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("qft_cli.norms_runs.hidden_state_norms", interrupted)
+    monkeypatch.setattr("qft_cli.measure.workflows.hidden_state_norms", interrupted)
     monkeypatch.setattr("sys.argv", ["qft", "norms", "inputs", "tiny-gpt2", "--dataset", "random", "--out", str(tmp_path)])
     result = invoke("norms", "inputs", "tiny-gpt2", "--dataset", "random", "--out", tmp_path, "-q")
     assert result.exit_code == 130
@@ -212,9 +212,10 @@ def test_ctrl_c_in_train_prints_the_resume_command_that_continues_it(tmp_path, m
     """The printed command, run as printed, finishes the interrupted run."""
     import shlex
 
-    import qft_cli.training as training
-    from qft_cli.runs import read_run_json
     from test_cli_train import TINY, _dna_dir
+
+    import qft_cli.train.training as training
+    from qft_cli.runs.rundir import read_run_json
 
     data = _dna_dir(tmp_path, n=32)
     out = tmp_path / "runs"
@@ -244,8 +245,8 @@ def test_ctrl_c_in_train_prints_the_resume_command_that_continues_it(tmp_path, m
 def test_train_table_as_csv_keeps_full_precision_and_moves_the_run_dir_to_stderr(capsys):
     import pandas as pd
 
-    from qft_cli import stats
     from qft_cli.cli.common import print_test_table
+    from qft_cli.train import stats
 
     metrics = pd.DataFrame([{"variant": v, "seed": 0, "split": "test", "step": 9, "epoch": 3.0, "accuracy": acc, "f1": f1}
                             for v, acc, f1 in (("vanilla", 0.8125, 0.75), ("frobenius", 0.8, 0.7))])
@@ -264,12 +265,12 @@ def test_train_table_as_csv_keeps_full_precision_and_moves_the_run_dir_to_stderr
 
 
 def test_ctrl_c_in_finetune_prints_the_command_as_typed_with_resume(tmp_path, monkeypatch):
-    import qft_cli.finetune
+    import qft_cli.train.finetune
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(qft_cli.finetune, "finetune", interrupted)
+    monkeypatch.setattr(qft_cli.train.finetune, "finetune", interrupted)
     argv = ["qft", "finetune", "tiny-bert", "--dataset", "gue", "--norm", "frobenius", "--out", str(tmp_path), "-q"]
     monkeypatch.setattr("sys.argv", argv)
     result = runner.invoke(app, argv[1:])

@@ -149,7 +149,7 @@ def test_help_lists_the_research_options():
 
 
 def test_max_eval_samples_subsamples_validation_and_test(tmp_path, monkeypatch):
-    import qft_cli.tasks as tasks
+    import qft_cli.data.tasks as tasks
 
     sizes = {}
     real = tasks.subsample
@@ -199,9 +199,9 @@ def test_resume_of_a_run_dir_of_another_command_or_broken_json(tmp_path, content
 def test_final_table_in_points_and_warns_on_one_class_models(capsys, monkeypatch):
     import pandas as pd
 
-    from qft_cli import stats
     from qft_cli.cli import common
     from qft_cli.cli.common import print_test_table
+    from qft_cli.train import stats
 
     monkeypatch.setattr(common.console, "width", 200)  # one line per row, whatever the terminal
 
@@ -270,7 +270,7 @@ def test_resume_keeps_the_finished_variant_and_trains_the_unfinished_one(tmp_pat
     frobenius once, to the numbers of the uninterrupted run."""
     import shutil
 
-    from qft_cli.runs import write_parquet_atomic
+    from qft_cli.runs.files import write_parquet_atomic
 
     data = _dna_dir(tmp_path)
     out = tmp_path / "runs"
@@ -306,7 +306,7 @@ def test_multi_seed_run_resumes_the_unfinished_seed(tmp_path):
     keeps seed 0 as it is and trains seed 1 once; the summary is over both seeds."""
     import shutil
 
-    from qft_cli.runs import write_parquet_atomic
+    from qft_cli.runs.files import write_parquet_atomic
 
     data = _dna_dir(tmp_path)
     out = tmp_path / "runs"

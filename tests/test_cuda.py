@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from qft_cli.norms import krylov_spectral_norm, matrix_stats
+from qft_cli.measure.norms import krylov_spectral_norm, matrix_stats
 
 pytestmark = [pytest.mark.cuda,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
@@ -23,8 +23,8 @@ def test_fast_and_exact_paths_on_cuda_equal_float64_svd_on_cpu():
 
 
 def test_weight_norms_on_cuda_equal_cpu():
-    from qft_cli.models import resolve_model
-    from qft_cli.weights import weight_norms
+    from qft_cli.measure.weights import weight_norms
+    from qft_cli.models.names import resolve_model
 
     source = resolve_model("tiny-llama")
     cpu = weight_norms(source, device=torch.device("cpu")).table
@@ -35,9 +35,9 @@ def test_weight_norms_on_cuda_equal_cpu():
 
 
 def test_hidden_state_norms_on_cuda_equal_cpu():
-    from qft_cli.inputs import hidden_state_norms
-    from qft_cli.loading import load_model
-    from qft_cli.models import resolve_model
+    from qft_cli.measure.inputs import hidden_state_norms
+    from qft_cli.models.loading import load_model
+    from qft_cli.models.names import resolve_model
 
     source = resolve_model("tiny-gpt2")
     samples = [[1, 2, 3, 4, 5, 6], [7, 8, 9]]

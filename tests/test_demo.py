@@ -12,12 +12,12 @@ import time
 
 import pytest
 import typer
+from test_report import make_inputs_run, make_train_run, make_weights_run
 from typer.testing import CliRunner
 
 import qft_cli.demo as demo
 from qft_cli.cli.demo import demo_command
 from qft_cli.demo import DemoConfig, run_demo
-from test_report import make_inputs_run, make_train_run, make_weights_run
 
 
 @pytest.fixture
@@ -75,7 +75,7 @@ def test_demo_bad_out_is_one_line(tmp_path):
 @pytest.mark.slow
 @pytest.mark.minilm
 def test_demo_end_to_end(minilm_source, tmp_path):
-    for module in ("qft_cli.norms_runs", "qft_cli.training"):
+    for module in ("qft_cli.measure.workflows", "qft_cli.train.training"):
         pytest.importorskip(module, reason=f"{module} not in this build yet")
     start = time.perf_counter()
     result = run_demo(DemoConfig(out=tmp_path))
@@ -87,7 +87,7 @@ def test_demo_end_to_end(minilm_source, tmp_path):
 def test_printed_train_command_reruns(tmp_path):
     """The train command the demo prints is a real `qft train` command line."""
     from qft_cli.cli.app import app
-    from qft_cli.synthetic import SyntheticSpec, write_synthetic_promoters
+    from qft_cli.data.synthetic import SyntheticSpec, write_synthetic_promoters
 
     config = DemoConfig(out=tmp_path, synthetic=SyntheticSpec(num_train=64, num_dev=16, num_test=16))
     data_dir = write_synthetic_promoters(tmp_path / "data", config.synthetic)
@@ -106,7 +106,7 @@ def test_demo_ends_with_the_headline_numbers(stubbed, tmp_path):
 
     import pandas as pd
 
-    from qft_cli.fits import fit_table
+    from qft_cli.measure.fits import fit_table
 
     result = run_demo(DemoConfig(out=tmp_path))
     inputs_dir = result.steps[1].run_dir

@@ -10,12 +10,19 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from qft_cli.dnabert2 import (HUB_ID, TINY_DNABERT, alibi_bias, alibi_head_slopes, build_tiny_dnabert, is_dnabert2_source,
-                              save_published_style_checkpoint)
-from qft_cli.errors import QftInputError
-from qft_cli.layout import classify_model
-from qft_cli.loading import load_dnabert2, load_model
-from qft_cli.models import ModelSource
+from qft_cli.models.dnabert2 import (
+    HUB_ID,
+    TINY_DNABERT,
+    alibi_bias,
+    alibi_head_slopes,
+    build_tiny_dnabert,
+    is_dnabert2_source,
+    save_published_style_checkpoint,
+)
+from qft_cli.models.layout import classify_model
+from qft_cli.models.loading import load_dnabert2, load_model
+from qft_cli.models.names import ModelSource
+from qft_cli.system.errors import QftInputError
 
 
 def read_checkpoint(directory) -> dict:
@@ -202,7 +209,10 @@ def test_layout_finds_every_matrix_per_layer():
 
 
 def test_models_load_model_uses_native_class_for_local_dnabert2(published_dir):
-    from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification
+    from transformers import (
+        AutoModelForSequenceClassification,
+        AutoModelForTokenClassification,
+    )
 
     source = ModelSource(str(published_dir), "local", str(published_dir))
     assert is_dnabert2_source(str(published_dir), "local")
@@ -229,8 +239,9 @@ def test_save_pretrained_round_trip(tmp_path):
 def test_dnabert_alias_routes_to_the_native_class(monkeypatch, published_dir):
     """The hub id resolves to qft's classes without remote code (the hub download is replaced by
     the local published-style directory)."""
-    import qft_cli.models as models
     from transformers import AutoModelForSequenceClassification
+
+    import qft_cli.models.names as models
 
     calls = []
 
@@ -260,7 +271,7 @@ def test_unk_row_gets_a_gradient():
 
 
 def test_finetune_seed_seeds_the_new_head(published_dir):
-    from qft_cli.finetune import load_classifier
+    from qft_cli.train.finetune import load_classifier
 
     source = ModelSource(str(published_dir), "local", str(published_dir))
     a, b, c = (load_classifier(source, 2, seed=s) for s in (1, 1, 2))
@@ -309,7 +320,7 @@ def test_published_layout_norms_inputs(published_with_tokenizer, tmp_path):
     assert result.exit_code == 0, result.output
     table = pd.read_parquet(next(tmp_path.iterdir()) / "norms_inputs.parquet")
     assert sorted(table.layer.unique()) == [0, 1, 2] and table.finite.all() and not table.all_zero.any()
-    from qft_cli.models import load_tokenizer
+    from qft_cli.models.names import load_tokenizer
 
     tok = load_tokenizer(ModelSource("d", "local", str(published_with_tokenizer)))
     assert len(tok) == 4096 and tok.convert_ids_to_tokens(0) == "[UNK]"
@@ -368,11 +379,11 @@ def test_published_config_as_is_full_size(tmp_path_factory, published_config, sh
 
 
 def test_dnabert2_tokenizer_offline_from_shared_data(monkeypatch, shared_data):
-    from qft_cli.tasks import build_tokenizer, validate_tokenizer_spec
+    from qft_cli.data.tasks import build_tokenizer, validate_tokenizer_spec
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("QFT_SHARED_DATA", str(shared_data))
-    import qft_cli.models as models
+    import qft_cli.models.names as models
 
     def not_cached(*args, **kwargs):
         raise QftInputError("model dnabert is not in the local Hugging Face cache")

@@ -10,14 +10,14 @@ import sys
 
 import pytest
 import torch
+from safetensors import safe_open
 from torch import nn
 from torch.nn.utils import parametrize
-from safetensors import safe_open
 
-from qft_cli.dnabert2 import build_tiny_dnabert
-from qft_cli.errors import QftInputError
-from qft_cli.export import export_model, fold_parametrizations, needs_remote_code
-from qft_cli.models import build_tiny_model
+from qft_cli.models.dnabert2 import build_tiny_dnabert
+from qft_cli.models.names import build_tiny_model
+from qft_cli.system.errors import QftInputError
+from qft_cli.train.export import export_model, fold_parametrizations, needs_remote_code
 
 
 class _ScaledFrobenius(nn.Module):
@@ -127,8 +127,8 @@ def test_export_refuses_a_file(tmp_path):
 def test_export_of_qft_train_model_folds_and_reloads(tmp_path):
     from transformers import AutoModelForSequenceClassification
 
-    from qft_cli.modeling_qft import QftConfig, build_model
-    from qft_cli.normalization import apply_normalization
+    from qft_cli.train.modeling_qft import QftConfig, build_model
+    from qft_cli.train.normalization import apply_normalization
 
     config = QftConfig(vocab_size=32, d_model=16, num_heads=2, d_ff=32, num_layers=1, num_labels=2,
                        task="sequence_classification")

@@ -10,14 +10,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import recording_factory
 import torch
 import typer
+from conftest import recording_factory
 from typer.testing import CliRunner
 
 from qft_cli.cli.finetune import finetune_command
-from qft_cli.errors import QftInputError
-from qft_cli.finetune import FinetuneSettings, find_best_checkpoint
+from qft_cli.system.errors import QftInputError
+from qft_cli.train.finetune import FinetuneSettings, find_best_checkpoint
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_export import _stock_logits  # noqa: E402
@@ -106,8 +106,8 @@ def test_gammas_stay_below_max_gamma_and_set_the_norm(tmp_path, small_csv):
 
 
 def test_export_round_trip_through_the_cli(tmp_path, small_csv):
-    from qft_cli.finetune import load_classifier
-    from qft_cli.models import ModelSource
+    from qft_cli.models.names import ModelSource
+    from qft_cli.train.finetune import load_classifier
 
     out, export = tmp_path / "runs", tmp_path / "export"
     result = _run(["tiny-dnabert", "--data-dir", str(small_csv), "--norm", "frobenius", "--max-gamma", "1",
@@ -160,10 +160,10 @@ def test_bad_inputs_one_line_exit_2(tmp_path, small_csv):
 def test_train_run_directory_loads_its_best_checkpoint(tmp_path):
     from transformers import AutoModelForSequenceClassification
 
-    from qft_cli.finetune import load_classifier, resolve_finetune_model
-    from qft_cli.models import build_tiny_model
+    from qft_cli.models.names import build_tiny_model
+    from qft_cli.train.finetune import load_classifier, resolve_finetune_model
 
-    run_dir = tmp_path / "run"  # the layout of qft_cli.training: best/<variant>/
+    run_dir = tmp_path / "run"  # the layout of qft_cli.train.training: best/<variant>/
     (run_dir / "best").mkdir(parents=True)
     (run_dir / "run.json").write_text(json.dumps({"command": "train"}))
     trained = build_tiny_model("tiny-bert", AutoModelForSequenceClassification, num_labels=2)
@@ -238,7 +238,7 @@ def test_resume_skips_finished_variants_and_continues_the_interrupted_one(tmp_pa
     step = int(checkpoints[0].name.split("-")[1])
     mine = (before.variant == last) & (before.seed == seed)
     kept = before[~(mine & (before.step > step))]
-    from qft_cli.runs import write_parquet_atomic
+    from qft_cli.runs.files import write_parquet_atomic
 
     write_parquet_atomic(kept, run / "metrics.parquet")
     (run / "test_summary.parquet").unlink()
@@ -263,7 +263,7 @@ def test_resume_skips_finished_variants_and_continues_the_interrupted_one(tmp_pa
 
 
 def test_published_style_dnabert2_directory_fine_tunes_every_matrix(tmp_path, small_csv, shared_data):
-    from qft_cli.dnabert2 import TINY_DNABERT, save_published_style_checkpoint
+    from qft_cli.models.dnabert2 import TINY_DNABERT, save_published_style_checkpoint
 
     checkpoint = save_published_style_checkpoint(tmp_path / "dnabert2", seed=5, **TINY_DNABERT,
                                                  config_json=shared_data / "dnabert2" / "config.json")
@@ -294,8 +294,8 @@ def test_published_style_dnabert2_directory_fine_tunes_every_matrix(tmp_path, sm
 
 def test_vanilla_qft_train_checkpoint_loads(tmp_path):
     """A vanilla `qft train` model saves "qft_normalization": null in its config: a plain checkpoint."""
-    from qft_cli.finetune import load_classifier, resolve_finetune_model
-    from qft_cli.modeling_qft import QftConfig, build_model
+    from qft_cli.train.finetune import load_classifier, resolve_finetune_model
+    from qft_cli.train.modeling_qft import QftConfig, build_model
 
     run_dir = tmp_path / "run"
     (run_dir / "run.json").parent.mkdir(parents=True)
@@ -309,12 +309,12 @@ def test_vanilla_qft_train_checkpoint_loads(tmp_path):
 
 
 def test_export_to_a_file_is_refused_before_any_training(tmp_path, small_csv, monkeypatch):
-    import qft_cli.training
+    import qft_cli.train.training
 
     def no_training(*args, **kwargs):
         raise AssertionError("trained before checking --export")
 
-    monkeypatch.setattr(qft_cli.training, "train_variant", no_training)
+    monkeypatch.setattr(qft_cli.train.training, "train_variant", no_training)
     target = tmp_path / "export.txt"
     target.write_text("not a directory")
     out = tmp_path / "runs"
@@ -326,12 +326,12 @@ def test_export_to_a_file_is_refused_before_any_training(tmp_path, small_csv, mo
 
 
 def test_targets_matching_nothing_refused_before_vanilla_trains(tmp_path, small_csv, monkeypatch):
-    import qft_cli.training
+    import qft_cli.train.training
 
     def no_training(*args, **kwargs):
         raise AssertionError("trained before checking --targets")
 
-    monkeypatch.setattr(qft_cli.training, "train_variant", no_training)
+    monkeypatch.setattr(qft_cli.train.training, "train_variant", no_training)
     out = tmp_path / "runs"
     result = _run(["tiny-bert", "--data-dir", str(small_csv), "--norm", "all", "--targets", "ffn_gate",
                    "--out", str(out), *FAST])  # BERT has no gated FFN
@@ -351,12 +351,12 @@ def test_resume_of_a_run_dir_that_is_not_a_finetune_run(tmp_path, small_csv, con
 
 
 def test_max_length_beyond_the_model_positions_is_one_line(tmp_path, small_csv, monkeypatch):
-    import qft_cli.training
+    import qft_cli.train.training
 
     def no_training(*args, **kwargs):
         raise AssertionError("trained with more tokens than position embeddings")
 
-    monkeypatch.setattr(qft_cli.training, "train_variant", no_training)
+    monkeypatch.setattr(qft_cli.train.training, "train_variant", no_training)
     out = tmp_path / "runs"
     result = _run(["tiny-bert", "--data-dir", str(small_csv), "--max-length", "2000", "--out", str(out), *FAST])
     _assert_one_line_exit_2(result)  # tiny-bert has 1024 positions: a RuntimeError mid-training before
@@ -365,7 +365,7 @@ def test_max_length_beyond_the_model_positions_is_one_line(tmp_path, small_csv, 
 
 
 def test_norm_all_variants_start_from_the_same_weights_and_see_the_same_batches(tmp_path, small_csv, monkeypatch):
-    import qft_cli.finetune as ft
+    import qft_cli.train.finetune as ft
 
     seen, initial = [], []
     monkeypatch.setattr(ft, "load_classifier", recording_factory(ft.load_classifier, seen, initial))

@@ -12,7 +12,6 @@ import json
 from pathlib import Path
 
 import pytest
-
 from test_finetune import _run, _run_dir
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py

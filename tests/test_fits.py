@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from qft_cli.fits import FIT_COLUMNS, fit_table
+from qft_cli.measure.fits import FIT_COLUMNS, fit_table
 
 
 def _table():
@@ -59,7 +59,7 @@ def test_fit_table_empty_has_schema():
 
 
 def test_fit_summary_adds_the_spread_of_the_fitted_values():
-    from qft_cli.fits import fit_summary
+    from qft_cli.measure.fits import fit_summary
 
     table = _table()
     fits = fit_table(table, ["model", "dataset", "layer"])

@@ -17,14 +17,14 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from qft_cli.errors import QftInputError
+from qft_cli.system.errors import QftInputError
 
 gguf = pytest.importorskip("gguf", reason="the gguf package is not installed")
 from gguf.quants import dequantize, quantize  # noqa: E402
 
 from qft_cli.cli.app import app  # noqa: E402
-from qft_cli.loading import load_model  # noqa: E402
-from qft_cli.models import load_tokenizer, resolve_model  # noqa: E402
+from qft_cli.models.loading import load_model  # noqa: E402
+from qft_cli.models.names import load_tokenizer, resolve_model  # noqa: E402
 
 runner = CliRunner()
 Q = gguf.GGMLQuantizationType
@@ -157,7 +157,7 @@ def test_tiny_gguf_streamed_tensors_are_unpermuted_and_match_transformers(tiny_g
     what transformers' from_pretrained(gguf_file=) loads."""
     from transformers import AutoModelForCausalLM
 
-    from qft_cli.loading import open_weights
+    from qft_cli.models.loading import open_weights
 
     path, expected = tiny_gguf
     source = resolve_model(str(path))
@@ -183,7 +183,7 @@ def test_tiny_gguf_streamed_tensors_are_unpermuted_and_match_transformers(tiny_g
 def test_conversion_is_cached_by_file_hash(tiny_gguf, cache, monkeypatch):
     import transformers
 
-    from qft_cli.gguf_files import converted_dir, file_sha256
+    from qft_cli.models.gguf import converted_dir, file_sha256
 
     path, _ = tiny_gguf
     first = converted_dir(path)
@@ -192,7 +192,7 @@ def test_conversion_is_cached_by_file_hash(tiny_gguf, cache, monkeypatch):
     import hashlib
 
     assert sha == hashlib.sha256(path.read_bytes()).hexdigest()
-    memo = json.loads((cache / "sha256.json").read_text())  # qft's one hash cache (qft_cli.provenance)
+    memo = json.loads((cache / "sha256.json").read_text())  # qft's one hash cache (qft_cli.runs.provenance)
     assert memo[str(path.resolve())]["sha256"] == sha
 
     def refuse(*args, **kwargs):
@@ -233,8 +233,8 @@ def test_damaged_gguf_file_is_one_line_exit_2(tmp_path, cache):
 
 
 def test_quant_type_of_safetensors_and_tiny_models(tmp_path):
-    from qft_cli.models import build_tiny_model
-    from qft_cli.weights import weight_norms
+    from qft_cli.measure.weights import weight_norms
+    from qft_cli.models.names import build_tiny_model
 
     assert set(weight_norms(resolve_model("tiny-llama")).table.quant_type) == {"F32"}
     model = build_tiny_model("tiny-llama").to(torch.bfloat16)
@@ -317,7 +317,7 @@ def test_smollm2_heads_follow_the_unpermuted_rows(smollm2_weights, smollm2_model
 
 
 def _mmlu_ids(tokenizer, shared_data, n=8, max_tokens=64):
-    from qft_cli.text_data import load_samples
+    from qft_cli.data.text_data import load_samples
 
     samples = load_samples("mmlu", tokenizer, vocab_size=len(tokenizer), max_tokens=max_tokens, num_samples=n,
                            data_file=shared_data / "mmlu" / "validation.csv")
@@ -328,7 +328,7 @@ def _mmlu_ids(tokenizer, shared_data, n=8, max_tokens=64):
 def test_smollm2_hidden_states_equal_each_question_alone(smollm2_model, smollm2_source, shared_data):
     """Forward hooks (batched, padded) equal output_hidden_states of each MMLU question run alone,
     for every block before the last (the last hidden_states entry has the final RMSNorm applied)."""
-    from qft_cli.inputs import hidden_state_norms
+    from qft_cli.measure.inputs import hidden_state_norms
 
     tokenizer = load_tokenizer(smollm2_source)
     ids = _mmlu_ids(tokenizer, shared_data)

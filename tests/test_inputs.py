@@ -4,10 +4,16 @@ import pandas as pd
 import pytest
 import torch
 
-from qft_cli.errors import QftInputError
-from qft_cli.inputs import find_blocks, hidden_state_norms, masked_norms, parse_layers, summarize_inputs
-from qft_cli.loading import load_model
-from qft_cli.models import build_tiny_model, load_tokenizer, resolve_model
+from qft_cli.measure.inputs import (
+    find_blocks,
+    hidden_state_norms,
+    masked_norms,
+    parse_layers,
+    summarize_inputs,
+)
+from qft_cli.models.loading import load_model
+from qft_cli.models.names import build_tiny_model, load_tokenizer, resolve_model
+from qft_cli.system.errors import QftInputError
 
 TEXTS = ["The spectral norm of a matrix.", "Hello", "Quantum algorithms load matrices as block encodings, "
          "whose cost grows with a normalisation factor.", "a b c d e f g h i j k l m n o p", "DNA: ACGTACGT"]

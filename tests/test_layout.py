@@ -2,8 +2,8 @@
 
 import torch
 
-from qft_cli import layout
-from qft_cli.models import build_tiny_model
+from qft_cli.models import layout
+from qft_cli.models.names import build_tiny_model
 
 
 def _specs_by(specs):

@@ -17,10 +17,16 @@ from typer.testing import CliRunner
 
 from qft_cli.cli.app import app
 from qft_cli.cli.finetune import finetune_command
-from qft_cli.errors import QftInputError
-from qft_cli.loading import LOADING_EXCEPTIONS, check_keys, key_status, load_model, load_report
-from qft_cli.models import ModelSource, build_tiny_model, tiny_tokenizer
-from qft_cli.runs import read_run_json
+from qft_cli.models.loading import (
+    LOADING_EXCEPTIONS,
+    check_keys,
+    key_status,
+    load_model,
+    load_report,
+)
+from qft_cli.models.names import ModelSource, build_tiny_model, tiny_tokenizer
+from qft_cli.runs.rundir import read_run_json
+from qft_cli.system.errors import QftInputError
 
 runner = CliRunner()
 RENAMED = "bert.encoder.layer.0.attention.self.qeury.weight"
@@ -93,7 +99,13 @@ def _assert_one_line_nothing_written(result, out: Path, *needles):
 # ----------------------------------------------------------------------------- the rule itself
 
 def test_every_listed_exception_and_an_error():
-    from transformers import AutoModel, AutoModelForSequenceClassification, BertConfig, GPT2Config, GPT2LMHeadModel
+    from transformers import (
+        AutoModel,
+        AutoModelForSequenceClassification,
+        BertConfig,
+        GPT2Config,
+        GPT2LMHeadModel,
+    )
 
     config = BertConfig(vocab_size=30, hidden_size=8, num_hidden_layers=1, num_attention_heads=2, intermediate_size=16)
     bare, task = AutoModel.from_config(config), AutoModelForSequenceClassification.from_config(config)
@@ -235,7 +247,7 @@ def test_no_all_zero_flag_on_a_working_model(good_dir, tmp_path):
 
 
 def test_masked_norms_all_zero_only_for_zero_real_rows():
-    from qft_cli.inputs import masked_norms
+    from qft_cli.measure.inputs import masked_norms
 
     hidden = torch.zeros(3, 4, 5)
     hidden[1, 0, 0] = 1.0
@@ -248,7 +260,7 @@ def test_masked_norms_all_zero_only_for_zero_real_rows():
 
 
 def test_pooled_output_is_never_a_layer():
-    from qft_cli.inputs import hidden_state_norms
+    from qft_cli.measure.inputs import hidden_state_norms
 
     model = build_tiny_model("tiny-dnabert")
     ids = [[5, 6, 7, 8], [9, 10, 11]]
@@ -268,7 +280,7 @@ def blocked_hub(monkeypatch, tmp_path):
     """No network: every TCP connection fails at once; HF_HUB_OFFLINE unset; an empty HF cache."""
     import huggingface_hub.constants as hf_constants
 
-    import qft_cli.models as models
+    import qft_cli.models.names as models
 
     def refuse(*args, **kwargs):
         raise OSError("[Errno -2] Name or service not known (blocked by the test)")
@@ -329,7 +341,7 @@ def test_unreachable_hub_finetune_one_line(blocked_hub):
 def test_missing_triton_for_remote_code_is_one_line(monkeypatch):
     from transformers import AutoModel
 
-    import qft_cli.models as models
+    import qft_cli.models.names as models
 
     def needs_triton(*args, **kwargs):
         raise ImportError("This modeling file requires the following packages that were not found in your "

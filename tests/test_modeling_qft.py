@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
-
 import pytest
 import torch
 
-from qft_cli import normalization as qn
-from qft_cli.errors import QftInputError
-from qft_cli.layout import classify_model
-from qft_cli.modeling_qft import (QftConfig, QftForSequenceClassification, apply_rotary, build_model,
-                                  rotary_cos_sin)
+from qft_cli.models.layout import classify_model
+from qft_cli.system.errors import QftInputError
+from qft_cli.train import normalization as qn
+from qft_cli.train.modeling_qft import (
+    QftConfig,
+    QftForSequenceClassification,
+    apply_rotary,
+    build_model,
+    rotary_cos_sin,
+)
 
 
 def _config(**kw):
@@ -98,7 +102,7 @@ def test_embedding_from_pretrained_and_frozen():
 
 
 def test_minilm_embedding_init(minilm_source):
-    from qft_cli.modeling_qft import pretrained_embedding
+    from qft_cli.train.modeling_qft import pretrained_embedding
 
     emb = pretrained_embedding("minilm")
     assert emb.shape == (30522, 384)
@@ -109,9 +113,9 @@ def test_minilm_embedding_init(minilm_source):
 @pytest.mark.parametrize("name", ["tiny-llama", "tiny-bert", "tiny-gpt2"])
 def test_pretrained_embedding_equals_the_loaded_models_input_embedding(name):
     # read as one tensor from the checkpoint (no model built) = the embedding of the loaded model
-    from qft_cli.loading import load_model
-    from qft_cli.modeling_qft import pretrained_embedding
-    from qft_cli.models import resolve_model
+    from qft_cli.models.loading import load_model
+    from qft_cli.models.names import resolve_model
+    from qft_cli.train.modeling_qft import pretrained_embedding
 
     expected = load_model(resolve_model(name)).get_input_embeddings().weight.detach().float()
     assert torch.equal(pretrained_embedding(name), expected)

@@ -5,8 +5,14 @@ import time
 import pytest
 import torch
 
-from qft_cli.errors import QftInputError
-from qft_cli.models import ALIASES, build_tiny_model, load_config, resolve_model, tiny_tokenizer
+from qft_cli.models.names import (
+    ALIASES,
+    build_tiny_model,
+    load_config,
+    resolve_model,
+    tiny_tokenizer,
+)
+from qft_cli.system.errors import QftInputError
 
 
 def test_aliases_resolve_to_hub_ids():
@@ -56,7 +62,7 @@ def test_hub_offline_is_one_clear_line(monkeypatch):
 
 
 def test_custom_code_error_says_trust_remote_code():
-    from qft_cli.models import hub_error
+    from qft_cli.models.names import hub_error
 
     err = ValueError("The repository zhihan1996/DNABERT-2-117M contains custom code which must be executed to "
                      "correctly load the model.\nPlease pass the argument `trust_remote_code=True` to allow custom "

@@ -8,10 +8,10 @@ import pytest
 import torch
 from torch import nn
 
-from qft_cli import normalization as qn
-from qft_cli.errors import QftInputError
-from qft_cli.layout import classify_model
-from qft_cli.models import build_tiny_model
+from qft_cli.models.layout import classify_model
+from qft_cli.models.names import build_tiny_model
+from qft_cli.system.errors import QftInputError
+from qft_cli.train import normalization as qn
 
 
 def _matrix_norm(w: torch.Tensor, ord) -> float:
@@ -379,7 +379,7 @@ def test_forward_uses_the_normalised_matrices(name, method):
 
 
 def test_norm_variants_one_meaning_of_all():
-    from qft_cli.errors import QftInputError
+    from qft_cli.system.errors import QftInputError
 
     assert qn.norm_variants("all") == [("vanilla", None, None), ("spectral", "spectral", None),
                                        ("frobenius", "frobenius", None)]

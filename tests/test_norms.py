@@ -7,8 +7,15 @@ import pytest
 import torch
 from scipy import stats
 
-from qft_cli.norms import (column_norms, fit_power_law, frobenius_norm, matrix_norm_record, row_norms,
-                           spectral_norm, vector_stats)
+from qft_cli.measure.norms import (
+    column_norms,
+    fit_power_law,
+    frobenius_norm,
+    matrix_norm_record,
+    row_norms,
+    spectral_norm,
+    vector_stats,
+)
 
 
 def test_known_values():
@@ -100,8 +107,14 @@ def test_power_law_degenerate():
 
 # --- blocked statistics and the fast (block Krylov) spectral norm ----------------------------------
 
-from qft_cli.norms import (LongSideBlocks, all_finite, blocked_gram, krylov_spectral_norm,  # noqa: E402
-                           matrix_stats, stats_record)
+from qft_cli.measure.norms import (  # noqa: E402
+    LongSideBlocks,
+    all_finite,
+    blocked_gram,
+    krylov_spectral_norm,
+    matrix_stats,
+    stats_record,
+)
 
 
 def _with_spectrum(m, n, s, seed):
@@ -198,7 +211,7 @@ def test_all_finite_blockwise():
 @pytest.mark.parametrize("cache", [2 ** 30, 0])
 @pytest.mark.parametrize("bf16", [False, True])
 def test_gram_operator_equals_float64_product_in_both_orientations(shape, cache, bf16):
-    from qft_cli.norms import _gram_operator, bf16_products_are_accurate
+    from qft_cli.measure.norms import _gram_operator, bf16_products_are_accurate
 
     if bf16 and not bf16_products_are_accurate():
         pytest.skip("no fast and accurate bfloat16 matrix products on this CPU")
@@ -216,7 +229,7 @@ def test_gram_operator_equals_float64_product_in_both_orientations(shape, cache,
 
 def test_float32_estimate_is_the_true_ritz_residual():
     # the block recurrence G V = V T + Q B E^T: ||B y_last|| is the residual of the Ritz pair (theta, V y)
-    from qft_cli.norms import _estimate
+    from qft_cli.measure.norms import _estimate
 
     gen = torch.Generator().manual_seed(12)
     a = torch.randn(400, 200, generator=gen, dtype=torch.float64)
@@ -268,7 +281,7 @@ def test_fast_path_certifies_once_and_reports_row_column_norms_from_that_pass():
 
 @pytest.mark.parametrize("left", [True, False])
 def test_bf16_split_product_is_accurate_to_1e5_where_plain_bf16_is_not(left):
-    from qft_cli.norms import bf16_product, bf16_products_are_accurate
+    from qft_cli.measure.norms import bf16_product, bf16_products_are_accurate
 
     if not bf16_products_are_accurate():
         pytest.skip("no fast and accurate bfloat16 matrix products on this CPU")
@@ -284,7 +297,7 @@ def test_bf16_split_product_is_accurate_to_1e5_where_plain_bf16_is_not(left):
 
 
 def test_bf16_and_float32_iterations_certify_the_same_norm():
-    from qft_cli.norms import bf16_products_are_accurate
+    from qft_cli.measure.norms import bf16_products_are_accurate
 
     if not bf16_products_are_accurate():
         pytest.skip("no fast and accurate bfloat16 matrix products on this CPU")
@@ -314,7 +327,7 @@ def test_bf16_split_product_is_exact_on_exactly_representable_data(left):
     # x_hi = +-(1 or 2), x_lo = k 2^-12 (both exact in bfloat16), every partial sum of A x_hi is an
     # integer below 256 and of A x_lo a multiple of 2^-12 below 2^-5: exact in bfloat16 and float32,
     # whatever the rounding of the accumulator. Catches a dropped x_lo term, a lost beta=-1, a wrong half.
-    from qft_cli.norms import bf16_product
+    from qft_cli.measure.norms import bf16_product
 
     gen = torch.Generator().manual_seed(21)
     a = torch.randint(-1, 2, (40, 32), generator=gen).to(torch.bfloat16)
@@ -335,7 +348,7 @@ def test_bf16_self_check_passes_where_the_hardware_has_bf16_products():
     # the accuracy tests of the split product skip when the self-check fails, and a broken split
     # product fails the self-check: on a CPU with bf16 products the check itself must pass (if this
     # fails on a new torch build, the fast path of `norms weights` is silently lost there)
-    from qft_cli.norms import bf16_products_are_accurate
+    from qft_cli.measure.norms import bf16_products_are_accurate
 
     assert bf16_products_are_accurate()
 
@@ -353,7 +366,7 @@ def test_certificate_is_the_knyazev_bound_of_an_explicit_ritz_vector(ritz_next, 
     # theta_1 = 25 cos^2 + sin^2, ||G x1 - theta_1 x1|| = cos sin (25 - 1), theta_2 = 16, and the bound
     # on sigma is ||R||^2 / (theta_1 - max(theta_2, float32 Ritz value 2)) / (2 theta_1), capped by
     # ||R|| / theta_1 (the case phi = 0.5: theta_1 - 16 is small)
-    from qft_cli.norms import _certify
+    from qft_cli.measure.norms import _certify
 
     s = [5.0, 4.0, 1.0, 0.5, 0.3, 0.2]
     view = _diagonal_view(s, 9)
@@ -384,7 +397,7 @@ def test_certificate_of_a_two_vector_cluster():
     # theta = (25 cos^2 phi + sin^2 phi, 24.5 cos^2 psi + 0.25 sin^2 psi, 0.09); the residuals of x1 and
     # x2 are orthogonal, of norms cos sin (25 - 1) and cos sin (24.5 - 0.25): ||R||_2 is the larger,
     # that of x2 (psi > phi); the gap is theta_2 - max(theta_3, float32 Ritz value 3)
-    from qft_cli.norms import _certify
+    from qft_cli.measure.norms import _certify
 
     s = [5.0, math.sqrt(24.5), 1.0, 0.5, 0.3, 0.2]
     view = _diagonal_view(s, 7)
@@ -417,7 +430,7 @@ def test_certificate_of_a_two_vector_cluster():
 def test_float32_estimate_is_the_smallest_cluster_bound_from_true_residuals(steps):
     # _estimate's bound for cluster c is min(||R_c||^2 / (theta_c - theta_{c+1}), ||R_c||) / (2 theta_1),
     # R_c = G V Y_c - V Y_c Theta_c formed here explicitly (float64 block Lanczos), minimised over c
-    from qft_cli.norms import _estimate
+    from qft_cli.measure.norms import _estimate
 
     gen = torch.Generator().manual_seed(22)
     a = _with_spectrum(300, 120, [6.0, 5.9, 5.85] + list(np.linspace(5.0, 0.1, 117)), seed=22)
@@ -555,7 +568,7 @@ def test_empty_matrices(shape):
 
 def test_bf16_self_check_rejects_a_product_that_rounds_twice(monkeypatch):
     # a build whose addmm rounds A x_hi to bfloat16 before subtracting loses the residual r: ~1e-3
-    import qft_cli.norms as norms
+    import qft_cli.measure.norms as norms
 
     def rounded_twice(a, x, *, left=True):
         hi, lo = norms._split_bf16(x)

@@ -13,9 +13,9 @@ import pandas as pd
 import pytest
 import torch
 
-from qft_cli.distributed import balanced_shards, gather_to_main
-from qft_cli.models import resolve_model
-from qft_cli.weights import matrix_groups, merge_weight_results, weight_norms
+from qft_cli.measure.weights import matrix_groups, merge_weight_results, weight_norms
+from qft_cli.models.names import resolve_model
+from qft_cli.system.distributed import balanced_shards, gather_to_main
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -83,9 +83,9 @@ def test_norms_weights_two_gloo_processes_equal_one(tmp_path):
 
 
 def test_merged_input_shards_equal_the_single_process_result():
-    from qft_cli.inputs import hidden_state_norms
-    from qft_cli.loading import load_model
-    from qft_cli.norms_runs import merge_input_results
+    from qft_cli.measure.inputs import hidden_state_norms
+    from qft_cli.measure.workflows import merge_input_results
+    from qft_cli.models.loading import load_model
 
     model = load_model(resolve_model("tiny-gpt2"))
     gen = torch.Generator().manual_seed(0)
@@ -101,9 +101,9 @@ def test_merged_input_shards_equal_the_single_process_result():
 
 def test_device_map_load_equals_plain_load(tmp_path):
     # a public transformers bug once returned zeros for later layers under device_map
-    from qft_cli.inputs import hidden_state_norms
-    from qft_cli.loading import load_model
-    from qft_cli.models import build_tiny_model
+    from qft_cli.measure.inputs import hidden_state_norms
+    from qft_cli.models.loading import load_model
+    from qft_cli.models.names import build_tiny_model
 
     build_tiny_model("tiny-llama").save_pretrained(tmp_path / "m")
     source = resolve_model(str(tmp_path / "m"))
@@ -128,9 +128,9 @@ def test_norms_inputs_two_gloo_processes_equal_one(tmp_path):
 
 @pytest.mark.parametrize("world", [3, 8])  # 8 ranks for 7 samples: one rank has none
 def test_merged_attention_shards_equal_the_single_process_result(world):
-    from qft_cli.attention import attention_norms
-    from qft_cli.loading import load_model
-    from qft_cli.norms_runs import merge_sample_results
+    from qft_cli.measure.attention import attention_norms
+    from qft_cli.measure.workflows import merge_sample_results
+    from qft_cli.models.loading import load_model
 
     model = load_model(resolve_model("tiny-llama"))  # GQA: 4 query heads share 2 key/value heads
     assert model.config.num_key_value_heads < model.config.num_attention_heads
@@ -159,8 +159,8 @@ def test_merged_attention_shards_equal_the_single_process_result(world):
 
 
 def test_merge_maps_warning_samples_to_dataset_indices():
-    from qft_cli.attention import AttentionNormsResult
-    from qft_cli.norms_runs import merge_sample_results
+    from qft_cli.measure.attention import AttentionNormsResult
+    from qft_cli.measure.workflows import merge_sample_results
 
     def part(samples):
         return AttentionNormsResult(pd.DataFrame({"sample": samples, "layer": [1] * len(samples),

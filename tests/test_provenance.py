@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from qft_cli import provenance
-from qft_cli.errors import QftInputError
+from qft_cli.runs import files, provenance
+from qft_cli.system.errors import QftInputError
 
 REV = "0123456789abcdef0123456789abcdef01234567"
 
@@ -34,48 +34,48 @@ def test_sha256_equals_hashlib(tmp_path):
     empty = tmp_path / "empty"
     empty.write_bytes(b"")
     for p in (small, big, empty):
-        assert provenance.sha256_file(p) == _hashlib(p)
-        assert provenance.cached_sha256(p, min_bytes=0) == _hashlib(p)
+        assert files.sha256_file(p) == _hashlib(p)
+        assert files.cached_sha256(p, min_bytes=0) == _hashlib(p)
         rec = provenance.file_record(p)
         assert rec == {"path": str(p.resolve()), "size_bytes": p.stat().st_size, "sha256": _hashlib(p)}
-    assert provenance.sha256_file(empty) == hashlib.sha256(b"").hexdigest()
+    assert files.sha256_file(empty) == hashlib.sha256(b"").hexdigest()
 
 
 def test_cache_dir_respects_env(monkeypatch, tmp_path):
     monkeypatch.setenv("QFT_CACHE", str(tmp_path / "a"))
-    assert provenance.cache_dir() == tmp_path / "a"
+    assert files.cache_dir() == tmp_path / "a"
     monkeypatch.delenv("QFT_CACHE")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    assert provenance.cache_dir() == tmp_path / "xdg" / "qft"
+    assert files.cache_dir() == tmp_path / "xdg" / "qft"
     monkeypatch.delenv("XDG_CACHE_HOME")
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    assert provenance.cache_dir() == tmp_path / "home" / ".cache" / "qft"
+    assert files.cache_dir() == tmp_path / "home" / ".cache" / "qft"
 
 
 def test_cache_hit_does_not_reread(tmp_path, monkeypatch):
     f = tmp_path / "w.safetensors"
     f.write_bytes(b"a" * 4096)
-    first = provenance.cached_sha256(f, min_bytes=1)
+    first = files.cached_sha256(f, min_bytes=1)
     assert first == _hashlib(f)
     cache = json.loads((tmp_path / "qft-cache" / "sha256.json").read_text())
     assert cache[str(f.resolve())]["sha256"] == first
 
     reads = []
-    real = provenance.sha256_file
-    monkeypatch.setattr(provenance, "sha256_file", lambda p, *a, **k: reads.append(p) or real(p, *a, **k))
-    assert provenance.cached_sha256(f, min_bytes=1) == first
+    real = files.sha256_file
+    monkeypatch.setattr(files, "sha256_file", lambda p, *a, **k: reads.append(p) or real(p, *a, **k))
+    assert files.cached_sha256(f, min_bytes=1) == first
     assert reads == []  # a hit: the file was not read
     # same size and mtime but other bytes: the cache cannot tell (verify rehashes; see below)
     st = f.stat()
     f.write_bytes(b"b" * 4096)
     os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))
-    assert provenance.cached_sha256(f, min_bytes=1) == first and reads == []
+    assert files.cached_sha256(f, min_bytes=1) == first and reads == []
     # a new mtime is a miss: reread, new hash
     os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
-    assert provenance.cached_sha256(f, min_bytes=1) == _hashlib(f) != first
+    assert files.cached_sha256(f, min_bytes=1) == _hashlib(f) != first
     assert len(reads) == 1
     # small files bypass the cache entirely
-    assert provenance.cached_sha256(f, min_bytes=10**9) == _hashlib(f) and len(reads) == 2
+    assert files.cached_sha256(f, min_bytes=10**9) == _hashlib(f) and len(reads) == 2
 
 
 def test_damaged_cache_is_ignored(tmp_path):
@@ -83,7 +83,7 @@ def test_damaged_cache_is_ignored(tmp_path):
     (tmp_path / "qft-cache" / "sha256.json").write_text("{not json")
     f = tmp_path / "x.bin"
     f.write_bytes(b"xyz" * 100)
-    assert provenance.cached_sha256(f, min_bytes=1) == _hashlib(f)
+    assert files.cached_sha256(f, min_bytes=1) == _hashlib(f)
 
 
 def test_file_record_of_missing_file_is_input_error(tmp_path):
@@ -119,7 +119,7 @@ def test_hub_gue_records_revision(tmp_path, monkeypatch):
     splits, the resolved revision and the cache files it was read from."""
     import datasets
 
-    from qft_cli import tasks
+    from qft_cli.data import tasks
 
     ds = _fake_hub_dataset(tmp_path, "leannmlindsey___gue", "prom_core_tata")
     calls = []
@@ -140,7 +140,7 @@ def test_hub_gue_records_revision(tmp_path, monkeypatch):
 def test_mmlu_hub_records_revision(tmp_path, monkeypatch):
     import datasets
 
-    from qft_cli import text_data
+    from qft_cli.data import text_data
 
     folder = tmp_path / "cais___mmlu" / "all" / "0.0.0" / REV
     folder.mkdir(parents=True)
@@ -208,7 +208,7 @@ def test_software_info():
 
 
 def test_run_json_has_software(tmp_path):
-    from qft_cli.runs import Run, read_run_json
+    from qft_cli.runs.rundir import Run, read_run_json
 
     with Run("norms weights", ["tiny-bert"], {"device": "cpu"}, out=tmp_path) as run:
         run.update(device="cpu")
@@ -278,9 +278,14 @@ def test_norms_runs_record_model_and_data_files(tmp_path):
     weight file and the data file with hashlib's SHA-256, and a tiny model with no files."""
     from transformers import AutoModel
 
-    from qft_cli.models import build_tiny_model, tiny_tokenizer
-    from qft_cli.norms_runs import NormsInputsArgs, NormsWeightsArgs, run_norms_inputs, run_norms_weights
-    from qft_cli.runs import read_run_json
+    from qft_cli.measure.workflows import (
+        NormsInputsArgs,
+        NormsWeightsArgs,
+        run_norms_inputs,
+        run_norms_weights,
+    )
+    from qft_cli.models.names import build_tiny_model, tiny_tokenizer
+    from qft_cli.runs.rundir import read_run_json
 
     model_dir = tmp_path / "bert-dir"
     build_tiny_model("tiny-bert", AutoModel).save_pretrained(model_dir)
@@ -309,7 +314,7 @@ def test_norms_runs_record_model_and_data_files(tmp_path):
                                               device="cpu", out=tmp_path / "r"))
     meta = read_run_json(result.run_dir)
     assert meta["data"]["source"] == "random" and meta["data_files"] == []
-    from qft_cli.norms_runs import NormsAttentionArgs, run_norms_attention
+    from qft_cli.measure.workflows import NormsAttentionArgs, run_norms_attention
 
     result = run_norms_attention(NormsAttentionArgs(models=[str(model_dir)], dataset=str(texts), layers="1",
                                                     device="cpu", out=tmp_path / "a"))
@@ -325,7 +330,7 @@ def test_model_files_for_takes_the_loaded_hub_revision(monkeypatch):
 
     import huggingface_hub
 
-    from qft_cli.models import ModelSource
+    from qft_cli.models.names import ModelSource
 
     monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", lambda *a, **k: None)
     model = SimpleNamespace(config=SimpleNamespace(_commit_hash=REV))
@@ -336,19 +341,19 @@ def test_model_files_for_takes_the_loaded_hub_revision(monkeypatch):
 
 
 def test_hashing_a_large_file_reports_progress(tmp_path, monkeypatch):
-    monkeypatch.setattr(provenance, "PROGRESS_MIN_BYTES", 1 << 20)
+    monkeypatch.setattr(files, "PROGRESS_MIN_BYTES", 1 << 20)
     f = tmp_path / "big.safetensors"
     f.write_bytes(os.urandom(3 << 20))
     calls = []
-    digest = provenance.sha256_file(f, chunk_size=1 << 14, progress=lambda d, c, t: calls.append((d, c, t)))
+    digest = files.sha256_file(f, chunk_size=1 << 14, progress=lambda d, c, t: calls.append((d, c, t)))
     assert digest == _hashlib(f)
     assert calls[-1] == ("sha256 big.safetensors (MiB)", 3, 3) and all(t == 3 for _, _, t in calls)
     assert [c for _, c, _ in calls] == sorted(c for _, c, _ in calls) and len(calls) > 2
     calls.clear()
-    provenance.sha256_file(f, progress=None)
+    files.sha256_file(f, progress=None)
     small = tmp_path / "small.csv"
     small.write_bytes(b"x")
-    provenance.sha256_file(small, progress=lambda *a: calls.append(a))
+    files.sha256_file(small, progress=lambda *a: calls.append(a))
     assert calls == []  # small files: no bar
 
 

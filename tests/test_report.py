@@ -1,7 +1,7 @@
 """``qft report``: run discovery, table numbers, escaping, CLI errors, and rendering in Chromium.
 
 The run directories are synthetic but follow docs/results.md exactly (written with the
-``qft_cli.runs`` helpers), one of every kind: norms inputs, norms weights, train, finetune, and a
+``qft_cli.runs.rundir`` helpers), one of every kind: norms inputs, norms weights, train, finetune, and a
 failed run.
 """
 
@@ -21,10 +21,18 @@ import typer
 from typer.testing import CliRunner
 
 from qft_cli.cli.report import report_command
-from qft_cli.errors import QftInputError
-from qft_cli.report import (build_report_html, combined_table, find_run_dirs, input_alpha_summary, load_runs,
-                            power_law_table, weight_alpha_summary, write_report)
-from qft_cli.runs import write_json_atomic, write_parquet_atomic
+from qft_cli.report import (
+    build_report_html,
+    combined_table,
+    find_run_dirs,
+    input_alpha_summary,
+    load_runs,
+    power_law_table,
+    weight_alpha_summary,
+    write_report,
+)
+from qft_cli.runs.files import write_json_atomic, write_parquet_atomic
+from qft_cli.system.errors import QftInputError
 
 EVIL = "<script>alert(1)</script>"
 
@@ -209,7 +217,7 @@ def test_exact_power_law_exponent_is_one_half(tmp_path):
 
 
 def test_fits_parquet_is_read_and_older_runs_are_fitted_with_fit_table(tmp_path):
-    from qft_cli.fits import fit_table
+    from qft_cli.measure.fits import fit_table
     from qft_cli.report import hidden_state_fits
 
     old = make_inputs_run(tmp_path, name="20261129-200000-old", models=("exact",), exact=True)
@@ -230,7 +238,7 @@ def test_fits_parquet_is_read_and_older_runs_are_fitted_with_fit_table(tmp_path)
 
 
 def test_alpha_summaries(tmp_path):
-    from qft_cli.fits import fit_table
+    from qft_cli.measure.fits import fit_table
     from qft_cli.report import hidden_state_fits
 
     run_dir = make_inputs_run(tmp_path, models=("exact",), exact=True)

@@ -9,12 +9,25 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-
-from qft_cli.report import attention_fits, build_report_html, load_runs, median_ratios, write_report
-from qft_cli.runs import write_parquet_atomic
-from test_report import (_run_json, chromium_binary, figure_titled, make_inputs_run, make_weights_run,
-                         plotly_figures, render_dom)
+from test_report import (
+    _run_json,
+    chromium_binary,
+    figure_titled,
+    make_inputs_run,
+    make_weights_run,
+    plotly_figures,
+    render_dom,
+)
 from test_report_training import make_seeded_run
+
+from qft_cli.report import (
+    attention_fits,
+    build_report_html,
+    load_runs,
+    median_ratios,
+    write_report,
+)
+from qft_cli.runs.files import write_parquet_atomic
 
 COLUMNS = ["model", "model_alias", "dataset", "sample", "layer", "head", "kv_head", "num_tokens", "head_dim",
            "x_spectral_norm", "x_frobenius_norm", "q_spectral_norm", "q_frobenius_norm", "k_spectral_norm",

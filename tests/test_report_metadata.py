@@ -9,10 +9,15 @@ import json
 from pathlib import Path
 
 import pandas as pd
-
-from qft_cli.report import build_report_html, data_file_mismatches, load_runs, provenance_table
-from qft_cli.report.metadata import device_dtype_text
 from test_report import EVIL, _run_json, make_inputs_run, make_weights_run
+
+from qft_cli.report import (
+    build_report_html,
+    data_file_mismatches,
+    load_runs,
+    provenance_table,
+)
+from qft_cli.report.metadata import device_dtype_text
 
 
 def _sha(text: str) -> str:

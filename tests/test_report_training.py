@@ -1,5 +1,5 @@
 """The report's training section: test scores with 95% intervals (test_summary.parquet, else
-qft_cli.stats.test_summary), the forest plot of paired differences, seeds never mixed into one
+qft_cli.train.stats.test_summary), the forest plot of paired differences, seeds never mixed into one
 line, weight norms over training as small multiples with integer epoch ticks."""
 
 from __future__ import annotations
@@ -11,11 +11,11 @@ import numpy as np
 import pandas as pd
 import pytest
 from scipy import stats as sps
+from test_report import _run_json, figure_titled, plotly_figures
 
 from qft_cli.report import build_report_html, load_runs
 from qft_cli.report.training import run_test_summary
-from qft_cli.runs import write_parquet_atomic
-from test_report import _run_json, figure_titled, plotly_figures
+from qft_cli.runs.files import write_parquet_atomic
 
 ACC = {  # final test accuracy per (variant, seed): a scripted table for the paired difference
     ("vanilla", 0): 0.80, ("vanilla", 1): 0.84, ("vanilla", 2): 0.82,

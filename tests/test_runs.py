@@ -5,8 +5,9 @@ import json
 import pandas as pd
 import pytest
 
-from qft_cli.errors import QftInputError
-from qft_cli.runs import Run, check_writable, read_run_json, slug
+from qft_cli.runs.files import check_writable
+from qft_cli.runs.rundir import Run, read_run_json, slug
+from qft_cli.system.errors import QftInputError
 
 
 def test_run_lifecycle(tmp_path):

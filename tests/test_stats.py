@@ -1,4 +1,4 @@
-"""qft_cli.stats against independent computations: scipy.stats.t.interval, a bootstrap recomputed
+"""qft_cli.train.stats against independent computations: scipy.stats.t.interval, a bootstrap recomputed
 here with the same seeded indices, and paired differences on scripted tables.
 
 (``test_summary`` is reached as ``stats.test_summary``: importing the name would make pytest
@@ -12,9 +12,9 @@ import pandas as pd
 import pytest
 from scipy import stats as sps
 
-from qft_cli import stats
-from qft_cli.errors import QftInputError
-from qft_cli.training import classification_metrics
+from qft_cli.system.errors import QftInputError
+from qft_cli.train import stats
+from qft_cli.train.training import classification_metrics
 
 
 def test_t_interval_matches_scipy():

@@ -7,8 +7,13 @@ import json
 import pandas as pd
 import pytest
 
-from qft_cli.errors import QftInputError
-from qft_cli.synthetic import MOTIFS, SyntheticSpec, make_synthetic_promoters, write_synthetic_promoters
+from qft_cli.data.synthetic import (
+    MOTIFS,
+    SyntheticSpec,
+    make_synthetic_promoters,
+    write_synthetic_promoters,
+)
+from qft_cli.system.errors import QftInputError
 
 SMALL = SyntheticSpec(seed=3, num_train=200, num_dev=40, num_test=40)
 

@@ -7,8 +7,8 @@ import csv
 import numpy as np
 import pytest
 
-from qft_cli import tasks
-from qft_cli.errors import QftInputError
+from qft_cli.data import tasks
+from qft_cli.system.errors import QftInputError
 
 
 def _write_csv(path, header, rows, delimiter=","):
@@ -154,7 +154,7 @@ def test_bpe_trained_on_train_split_and_saved(tmp_path):
 
 
 def test_pos_labels_on_first_subtoken_only():
-    from qft_cli.models import tiny_tokenizer
+    from qft_cli.models.names import tiny_tokenizer
 
     tok = tiny_tokenizer(with_bert_specials=True)  # byte-level: one token per character
     data = tasks.TaskData("conll2003", None, "token_classification", list(tasks.CONLL_POS_TAGS),
@@ -198,8 +198,8 @@ def test_csv_with_a_utf8_byte_order_mark_loads(tmp_path):
 def test_default_dnabert2_tokenizer_offline_names_the_offline_choices(monkeypatch):
     import huggingface_hub.constants
 
-    from qft_cli.errors import QftInputError
-    from qft_cli.tasks import build_tokenizer
+    from qft_cli.data.tasks import build_tokenizer
+    from qft_cli.system.errors import QftInputError
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
@@ -218,7 +218,7 @@ def test_dir_holding_split_files_is_labelled_by_its_name(tmp_path):
     default prom_300_notata; every file read is recorded with its SHA-256."""
     import hashlib
 
-    from qft_cli.provenance import file_records
+    from qft_cli.runs.provenance import file_records
 
     (tmp_path / "prom_core_tata").mkdir()
     d = _dna_dir(tmp_path / "prom_core_tata")

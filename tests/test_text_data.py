@@ -3,11 +3,11 @@
 import pandas as pd
 import pytest
 
-from qft_cli.errors import QftInputError
-from qft_cli.inputs import hidden_state_norms
-from qft_cli.loading import load_model
-from qft_cli.models import load_tokenizer, resolve_model
-from qft_cli.text_data import load_samples, random_token_ids, read_text_file
+from qft_cli.data.text_data import load_samples, random_token_ids, read_text_file
+from qft_cli.measure.inputs import hidden_state_norms
+from qft_cli.models.loading import load_model
+from qft_cli.models.names import load_tokenizer, resolve_model
+from qft_cli.system.errors import QftInputError
 
 
 @pytest.fixture(scope="module")
@@ -110,7 +110,7 @@ def test_random_dataset_skips_added_special_tokens():
     # chat tokenizers add control tokens as special AddedTokens that all_special_ids does not list
     from tokenizers import AddedToken
 
-    from qft_cli.models import tiny_tokenizer
+    from qft_cli.models.names import tiny_tokenizer
 
     tok = tiny_tokenizer(with_bert_specials=False)
     tok.add_tokens([AddedToken("<|im_start|>", special=True)])

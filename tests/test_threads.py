@@ -3,8 +3,13 @@
 import pytest
 import torch
 
-from qft_cli.errors import QftInputError
-from qft_cli.threads import available_cpus, cgroup_cpu_limit, configure_threads, default_threads
+from qft_cli.system.errors import QftInputError
+from qft_cli.system.threads import (
+    available_cpus,
+    cgroup_cpu_limit,
+    configure_threads,
+    default_threads,
+)
 
 
 def _v2(tmp_path, cpu_max, own="/"):
@@ -106,7 +111,7 @@ def test_threads_option_of_train_and_finetune_is_validated(tmp_path, command):
 
 _HEAP_PROBE = """
 import sys, torch
-from qft_cli.threads import fix_mmap_threshold
+from qft_cli.system.threads import fix_mmap_threshold
 if sys.argv[1] == "fixed":
     assert fix_mmap_threshold() is True
 def rss():

@@ -8,9 +8,14 @@ import pandas as pd
 import pytest
 import torch
 
-from qft_cli import normalization as qn
-from qft_cli import tasks
-from qft_cli.training import ExperimentOptions, TrainingConfig, open_run, run_experiment
+from qft_cli.data import tasks
+from qft_cli.train import normalization as qn
+from qft_cli.train.training import (
+    ExperimentOptions,
+    TrainingConfig,
+    open_run,
+    run_experiment,
+)
 
 
 def _head_lines(src, dst, n_lines):
@@ -108,7 +113,7 @@ def test_embedding_from_minilm_uses_its_tokenizer(tmp_path, shared_data, minilm_
     assert result.vocab_size == 30522
     from transformers import AutoModelForSequenceClassification
 
-    from qft_cli.modeling_qft import pretrained_embedding
+    from qft_cli.train.modeling_qft import pretrained_embedding
 
     model = AutoModelForSequenceClassification.from_pretrained(run.path / "best" / "frobenius")
     # frozen: the trained model still holds MiniLM's embedding exactly

@@ -7,13 +7,17 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import recording_factory
 import torch
+from conftest import recording_factory
 
-from qft_cli import normalization as qn
-from qft_cli.modeling_qft import QftConfig, build_model
-from qft_cli.training import ResultsRecorder, TrainingConfig, classification_metrics, train_variant
-
+from qft_cli.train import normalization as qn
+from qft_cli.train.modeling_qft import QftConfig, build_model
+from qft_cli.train.training import (
+    ResultsRecorder,
+    TrainingConfig,
+    classification_metrics,
+    train_variant,
+)
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
@@ -167,7 +171,7 @@ def test_resume_after_interruption_matches_uninterrupted_run(tmp_path):
 # ----------------------------------------------------------------------------- tables
 
 def test_recorder_writes_documented_schema(tmp_path):
-    from qft_cli.runs import Run
+    from qft_cli.runs.rundir import Run
 
     config = TrainingConfig(learning_rate=1e-3, num_epochs=2, early_stopping=0, batch_size=16, device="cpu", seed=7)
     data = _datasets()
@@ -226,14 +230,14 @@ def test_recorder_writes_documented_schema(tmp_path):
     (dict(seed=2 ** 32), "--seed"),
 ])
 def test_training_config_rejects(kwargs, match):
-    from qft_cli.errors import QftInputError
+    from qft_cli.system.errors import QftInputError
 
     with pytest.raises(QftInputError, match=match):
         TrainingConfig(**kwargs).validate()
 
 
 def test_learned_gammas_recorded_and_bounded(tmp_path):
-    from qft_cli.runs import Run
+    from qft_cli.runs.rundir import Run
 
     config = TrainingConfig(learning_rate=5e-2, num_epochs=2, early_stopping=0, batch_size=16, device="cpu")
     with Run("train", ["test"], {}, out=tmp_path) as run:
@@ -253,7 +257,7 @@ def test_learned_gammas_recorded_and_bounded(tmp_path):
 
 def test_gamma_logits_get_no_weight_decay(tmp_path):
     """Decay on g would drag gamma towards max_gamma / 2 regardless of the data."""
-    from qft_cli.training import trainer_class, training_arguments
+    from qft_cli.train.training import trainer_class, training_arguments
 
     model = _model()
     qn.apply_normalization(model, "frobenius", max_gamma=1.0)
@@ -271,7 +275,7 @@ def test_gamma_logits_get_no_weight_decay(tmp_path):
 
 
 def test_cpu_runs_without_mixed_precision(tmp_path):
-    from qft_cli.training import training_arguments
+    from qft_cli.train.training import training_arguments
 
     args = training_arguments(TrainingConfig(device="cpu"), tmp_path, 100)
     assert not args.fp16 and not args.bf16 and args.metric_for_best_model == "f1" and args.load_best_model_at_end
@@ -279,11 +283,11 @@ def test_cpu_runs_without_mixed_precision(tmp_path):
 
 
 def test_hub_unreachable_is_one_line(monkeypatch):
-    from qft_cli.errors import QftInputError
-    from qft_cli.tasks import load_task
-
     import datasets.config
     import huggingface_hub.constants
+
+    from qft_cli.data.tasks import load_task
+    from qft_cli.system.errors import QftInputError
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # read at import time: patch the constants as well
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
@@ -299,7 +303,7 @@ def test_stock_gpt2_with_fused_conv1d_normalised_trains_and_checkpoint_reloads(t
     from safetensors.torch import load_file
     from transformers import AutoModelForSequenceClassification
 
-    from qft_cli.models import build_tiny_model
+    from qft_cli.models.names import build_tiny_model
 
     def fresh():
         model = build_tiny_model("tiny-gpt2", AutoModelForSequenceClassification, num_labels=2, pad_token_id=0)
@@ -332,9 +336,9 @@ def test_norm_all_variants_see_identical_data_order_and_initial_weights(tmp_path
     import csv
     import random
 
-    import qft_cli.modeling_qft as mq
-    from qft_cli.runs import Run
-    from qft_cli.training import ExperimentOptions, run_experiment
+    import qft_cli.train.modeling_qft as mq
+    from qft_cli.runs.rundir import Run
+    from qft_cli.train.training import ExperimentOptions, run_experiment
 
     rng = random.Random(0)
     data = tmp_path / "data"

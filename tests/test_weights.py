@@ -7,10 +7,10 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from qft_cli.errors import QftInputError
-from qft_cli.loading import load_model
-from qft_cli.models import ModelSource, build_tiny_model, resolve_model
-from qft_cli.weights import weight_norms
+from qft_cli.measure.weights import weight_norms
+from qft_cli.models.loading import load_model
+from qft_cli.models.names import ModelSource, build_tiny_model, resolve_model
+from qft_cli.system.errors import QftInputError
 
 
 def _reference_matrices(model, kind):
@@ -256,7 +256,7 @@ def test_damaged_weights_file_is_bad_input(tmp_path, name):
 
 
 def test_all_weights_nonfinite_keeps_the_columns(tmp_path):
-    from qft_cli.weights import WEIGHT_COLUMNS, summarize_weights
+    from qft_cli.measure.weights import WEIGHT_COLUMNS, summarize_weights
 
     model = build_tiny_model("tiny-bert")
     with torch.no_grad():
@@ -282,7 +282,7 @@ def test_sharded_checkpoint_reads_the_index_not_other_copies(tmp_path):
 
 
 def test_tiny_dnabert_fused_wqkv_and_gated_ffn_against_modules():
-    from qft_cli.dnabert2 import build_tiny_dnabert
+    from qft_cli.models.dnabert2 import build_tiny_dnabert
 
     table = weight_norms(resolve_model("tiny-dnabert")).table.set_index(["layer", "matrix"])
     model = build_tiny_dnabert("base")
@@ -300,7 +300,7 @@ def test_tiny_dnabert_fused_wqkv_and_gated_ffn_against_modules():
 def test_weights_by_layer_is_the_table_pivoted_without_loss():
     import pandas as pd
 
-    from qft_cli.weights import weights_by_layer
+    from qft_cli.measure.weights import weights_by_layer
 
     table = pd.concat([weight_norms(resolve_model(name), labels={"model_alias": name}).table
                        for name in ("tiny-gpt2", "tiny-llama")],
@@ -334,8 +334,8 @@ def test_fast_path_equals_exact_path_on_a_checkpoint_wider_than_exact_below(tmp_
     # d = 576 > EXACT_BELOW: the default path is the block Krylov one for every matrix but k/v (GQA: 192 rows)
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from qft_cli.models import resolve_model
-    from qft_cli.norms import EXACT_BELOW
+    from qft_cli.measure.norms import EXACT_BELOW
+    from qft_cli.models.names import resolve_model
 
     torch.manual_seed(0)
     config = LlamaConfig(hidden_size=576, intermediate_size=1024, num_hidden_layers=1, num_attention_heads=9,
@@ -398,8 +398,8 @@ def test_qk_and_ov_composites_against_formed_products(name):
 def test_workers_give_the_same_tables_and_restore_the_thread_count(tmp_path):
     import torch
 
-    from qft_cli.models import resolve_model
-    from qft_cli.weights import one_thread_each
+    from qft_cli.measure.weights import one_thread_each
+    from qft_cli.models.names import resolve_model
 
     source = resolve_model("tiny-llama")
     with one_thread_each():
@@ -419,8 +419,8 @@ def test_krylov_path_gives_the_same_numbers_on_worker_threads():
 
     import torch
 
-    from qft_cli.norms import matrix_stats
-    from qft_cli.weights import one_thread_each
+    from qft_cli.measure.norms import matrix_stats
+    from qft_cli.measure.weights import one_thread_each
 
     gen = torch.Generator().manual_seed(3)
     mats = [(torch.randn(700, 600, generator=gen) * 0.02).to(torch.bfloat16) for _ in range(3)]
@@ -434,7 +434,7 @@ def test_krylov_path_gives_the_same_numbers_on_worker_threads():
 
 
 def test_one_thread_each_sets_one_thread_and_restores_also_on_error():
-    from qft_cli.weights import one_thread_each
+    from qft_cli.measure.weights import one_thread_each
 
     before = torch.get_num_threads()
     torch.set_num_threads(2)

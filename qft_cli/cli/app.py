@@ -9,6 +9,7 @@ import typer
 from qft_cli import __version__
 from qft_cli.cli.common import console, print_frame, quiet_libraries
 
+
 def _plain_help() -> None:
     """Make ``--help`` read like other command-line tools.
 
@@ -69,10 +70,10 @@ def root(version: Optional[bool] = typer.Option(None, "--version", callback=_ver
 @app.command("models")
 def models_command() -> None:
     """List the model aliases qft knows and what they resolve to."""
-    from qft_cli.gguf_files import SMOLLM2, SMOLLM2_ID
-    from qft_cli.models import ALIASES, MINILM, TINY_MODELS
-
     import pandas as pd
+
+    from qft_cli.models.gguf import SMOLLM2, SMOLLM2_ID
+    from qft_cli.models.names import ALIASES, MINILM, TINY_MODELS
 
     rows = [(MINILM, "sentence-transformers/all-MiniLM-L6-v2 (embedded)", "offline extra"),
             (SMOLLM2, f"{SMOLLM2_ID}, embedded GGUF file (Llama, GQA)", "offline extra")]

@@ -12,10 +12,17 @@ from typing import Iterator, Optional, Sequence
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
-from qft_cli.errors import QftInputError
-from qft_cli.progress import ProgressFn
+from qft_cli.system.errors import QftInputError
+from qft_cli.system.progress import ProgressFn
 
 console = Console()  # stdout; tables printed through print_frame are never wrapped at 80 columns when piped
 err_console = Console(stderr=True, soft_wrap=True, highlight=False)
@@ -30,7 +37,7 @@ def fail(message: str) -> "typer.Exit":
 
 
 class ResumedRun:
-    """Context for ``--resume``: like :class:`qft_cli.runs.Run` but bad input marks the run
+    """Context for ``--resume``: like :class:`qft_cli.runs.rundir.Run` but bad input marks the run
     ``failed`` instead of deleting the directory that holds the earlier work."""
 
     def __init__(self, run):
@@ -69,7 +76,7 @@ def cli_errors(fn):
 
 def interrupted_lines(run_dir: Optional[Path], command: Sequence[str], resumable: bool) -> list[str]:
     """What Ctrl-C (or SIGTERM) prints on stderr: the run directory (``qft_run_dir``, set on the
-    exception by :meth:`qft_cli.runs.Run.__exit__`) and the exact command to continue it.
+    exception by :meth:`qft_cli.runs.rundir.Run.__exit__`) and the exact command to continue it.
 
     Commands with a ``--resume`` option get the typed ``command`` with ``--resume RUN_DIR`` (any
     earlier ``--resume`` replaced); the others (norms, demo) the command to re-run. Without a run
@@ -266,17 +273,17 @@ def print_run_dir(run_dir, fmt: str = "table") -> None:
 def print_test_table(title: str, summary, run_dir, fmt: str = "table", epochs: Optional[dict] = None) -> None:
     """The final table of ``train`` and ``finetune``: per variant the test accuracy and F1 with
     their 95% interval and the paired difference to vanilla, in percentage points
-    (:func:`qft_cli.stats.summary_display_table`, table and markdown); with ``csv`` the
+    (:func:`qft_cli.train.stats.summary_display_table`, table and markdown); with ``csv`` the
     ``test_summary`` rows themselves (fractions, full precision). Then a line saying what the
     intervals are, a warning for variants that learnt (almost) nothing (mean F1 < 0.05, e.g. one
     class predicted for every input), and the run directory (notes on stderr for csv/markdown).
 
     Args:
-        summary: :func:`qft_cli.stats.test_summary` of the run.
+        summary: :func:`qft_cli.train.stats.test_summary` of the run.
         fmt: ``table``, ``csv`` or ``markdown`` (:func:`print_frame`).
         epochs: ``variant -> mean epochs trained`` (an ``epochs`` column; not in csv).
     """
-    from qft_cli.stats import summary_display_table, summary_interval_note
+    from qft_cli.train.stats import summary_display_table, summary_interval_note
 
     if fmt == "csv":
         print_frame(summary, title, fmt)

@@ -6,8 +6,17 @@ from pathlib import Path
 
 import typer
 
-from qft_cli.cli.common import (FORMAT_OPTION, OUT_OPTION, QUIET_OPTION, check_format, cli_errors, console,
-                                err_console, print_frame, progress_bar)
+from qft_cli.cli.common import (
+    FORMAT_OPTION,
+    OUT_OPTION,
+    QUIET_OPTION,
+    check_format,
+    cli_errors,
+    console,
+    err_console,
+    print_frame,
+    progress_bar,
+)
 
 
 @cli_errors

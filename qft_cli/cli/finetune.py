@@ -8,10 +8,24 @@ from typing import Optional
 
 import typer
 
-from qft_cli.errors import QftInputError
-from qft_cli.cli.common import (DEVICE_OPTION, DTYPE_OPTION, FORMAT_OPTION, OUT_OPTION, QUIET_OPTION, THREADS_OPTION, TRUST_OPTION,
-                                ResumedRun, argv, check_format, cli_errors, err_console, print_test_table,
-                                progress_bar, short_model_name)
+from qft_cli.cli.common import (
+    DEVICE_OPTION,
+    DTYPE_OPTION,
+    FORMAT_OPTION,
+    OUT_OPTION,
+    QUIET_OPTION,
+    THREADS_OPTION,
+    TRUST_OPTION,
+    ResumedRun,
+    argv,
+    check_format,
+    cli_errors,
+    err_console,
+    print_test_table,
+    progress_bar,
+    short_model_name,
+)
+from qft_cli.system.errors import QftInputError
 
 
 @cli_errors
@@ -55,10 +69,10 @@ def finetune_command(
     quiet: bool = QUIET_OPTION,
 ) -> None:
     """Fine-tune MODEL on a classification dataset with spectral/Frobenius-normalised matrices."""
-    from qft_cli.device import resolve_device, resolve_dtype
-    from qft_cli.finetune import FinetuneSettings, finetune
-    from qft_cli.runs import RUN_JSON, Run
-    from qft_cli.training import parse_seeds
+    from qft_cli.runs.rundir import RUN_JSON, Run
+    from qft_cli.system.device import resolve_device, resolve_dtype
+    from qft_cli.train.finetune import FinetuneSettings, finetune
+    from qft_cli.train.training import parse_seeds
 
     check_format(fmt)
     seed, seed_list = parse_seeds(seeds, seed)
@@ -70,14 +84,14 @@ def finetune_command(
                                 max_train_samples=max_train_samples, max_eval_samples=max_eval_samples,
                                 mixed_precision=mixed_precision, seeds=seed_list)
     torch_device, torch_dtype = resolve_device(device), resolve_dtype(dtype)
-    from qft_cli.threads import configure_threads
+    from qft_cli.system.threads import configure_threads
 
     thread_choice = configure_threads(threads)
     if resume is not None and not (resume / RUN_JSON).is_file():
         raise QftInputError(f"--resume {resume} is not a run directory (no run.json): pass the directory of the "
                             "interrupted qft finetune run")
     if resume is not None:
-        from qft_cli.runs import read_run_json
+        from qft_cli.runs.rundir import read_run_json
 
         try:
             command = read_run_json(resume).get("command")
@@ -93,7 +107,7 @@ def finetune_command(
     main = int(os.environ.get("RANK", "0")) == 0
     run = Run("finetune", [model], options, out=out, argv=argv(), is_main_process=main)
     if resume is not None:
-        from qft_cli.provenance import resume_meta
+        from qft_cli.runs.provenance import resume_meta
 
         run.path, run.meta = resume, resume_meta(resume)
     elif main:

@@ -9,9 +9,22 @@ from typing import List, Optional
 import pandas as pd
 import typer
 
-from qft_cli.cli.common import (DEVICE_MAP_OPTION, DEVICE_OPTION, FORMAT_OPTION, OUT_OPTION, QUIET_OPTION,
-                                THREADS_OPTION, TRUST_OPTION, EXIT_BAD_INPUT, check_format, cli_errors, err_console, print_frame,
-                                print_run_dir, progress_bar)
+from qft_cli.cli.common import (
+    DEVICE_MAP_OPTION,
+    DEVICE_OPTION,
+    EXIT_BAD_INPUT,
+    FORMAT_OPTION,
+    OUT_OPTION,
+    QUIET_OPTION,
+    THREADS_OPTION,
+    TRUST_OPTION,
+    check_format,
+    cli_errors,
+    err_console,
+    print_frame,
+    print_run_dir,
+    progress_bar,
+)
 
 app = typer.Typer(help="Block-encoding normalisation factors: norms of hidden states and of weights.",
                   no_args_is_help=True)
@@ -77,7 +90,7 @@ def inputs_command(
 ) -> None:
     """Norms of the hidden-state matrices S (num_tokens x d) per sample and layer, and the power-law fit
     norm ~ c N^b per layer with the 95% interval of b (norms_inputs.parquet, fits.parquet)."""
-    from qft_cli.norms_runs import NormsInputsArgs, run_norms_inputs
+    from qft_cli.measure.workflows import NormsInputsArgs, run_norms_inputs
 
     check_format(fmt)
     args = NormsInputsArgs(models=models, dataset=dataset, data_file=data_file, text_column=text_column,
@@ -118,7 +131,7 @@ def attention_command(
     quiet: bool = QUIET_OPTION,
 ) -> None:
     """Per-head norms of queries, keys, values and unmasked logits Q K^T / sqrt(d_head), with their bounds."""
-    from qft_cli.norms_runs import NormsAttentionArgs, run_norms_attention
+    from qft_cli.measure.workflows import NormsAttentionArgs, run_norms_attention
 
     check_format(fmt)
     args = NormsAttentionArgs(models=models, dataset=dataset, data_file=data_file, text_column=text_column,
@@ -149,8 +162,8 @@ def weights_command(
     quiet: bool = QUIET_OPTION,
 ) -> None:
     """Norms of every attention (q, k, v, o) and FFN weight matrix per layer, and of the embedding."""
-    from qft_cli.norms_runs import NormsWeightsArgs, run_norms_weights
-    from qft_cli.weights import weights_by_layer
+    from qft_cli.measure.weights import weights_by_layer
+    from qft_cli.measure.workflows import NormsWeightsArgs, run_norms_weights
 
     check_format(fmt)
     args = NormsWeightsArgs(models=models, device=device, dtype=dtype, exact=exact, threads=threads, out=out)

@@ -23,7 +23,7 @@ def verify_command(
     """Recompute the SHA-256 of every data and weight file RUN_DIR's run.json records (never from the
     cache) and say which changed or are missing. Exit status 2 when a file changed, 0 otherwise
     (missing files are reported but do not fail: data may have been moved on purpose)."""
-    from qft_cli.provenance import short_hash, verify_run
+    from qft_cli.runs.provenance import short_hash, verify_run
 
     changed = 0
     for run_dir in run_dirs:

@@ -7,8 +7,21 @@ from typing import Optional
 
 import typer
 
-from qft_cli.cli.common import (FORMAT_OPTION, OUT_OPTION, QUIET_OPTION, THREADS_OPTION, TRUST_OPTION, ResumedRun, argv, check_format,
-                               cli_errors, console, err_console, print_test_table, progress_bar)
+from qft_cli.cli.common import (
+    FORMAT_OPTION,
+    OUT_OPTION,
+    QUIET_OPTION,
+    THREADS_OPTION,
+    TRUST_OPTION,
+    ResumedRun,
+    argv,
+    check_format,
+    cli_errors,
+    console,
+    err_console,
+    print_test_table,
+    progress_bar,
+)
 
 
 @cli_errors
@@ -53,13 +66,19 @@ def train_command(
     quiet: bool = QUIET_OPTION,
 ) -> None:
     """Train the single-layer transformer vanilla, spectral- and Frobenius-normalised; compare test accuracy and F1."""
-    from qft_cli.runs import read_run_json
-    from qft_cli.training import (ExperimentOptions, TrainingConfig, from_jsonable, open_run, parse_seeds,
-                                  run_experiment)
+    from qft_cli.runs.rundir import read_run_json
+    from qft_cli.train.training import (
+        ExperimentOptions,
+        TrainingConfig,
+        from_jsonable,
+        open_run,
+        parse_seeds,
+        run_experiment,
+    )
 
     check_format(fmt)
     if resume is not None:
-        from qft_cli.errors import QftInputError
+        from qft_cli.system.errors import QftInputError
 
         if not (Path(resume) / "run.json").is_file():
             raise QftInputError(f"--resume {resume} is not a run directory (no run.json): pass the directory of the "
@@ -88,7 +107,7 @@ def train_command(
             max_eval_samples=max_eval_samples,
             trust_remote_code=trust_remote_code, subnormalised=subnormalised, seeds=seed_list, training=training)
     options.validate()
-    from qft_cli.threads import configure_threads
+    from qft_cli.system.threads import configure_threads
 
     thread_choice = configure_threads(threads)
     run = open_run(options, out=out, argv=argv(), resume_dir=resume)

@@ -33,15 +33,39 @@ from pathlib import Path
 from typing import Sequence
 
 from qft_cli import __version__
-from qft_cli.errors import QftInputError
 from qft_cli.report.attention import _attention_section, attention_fits, median_ratios
-from qft_cli.report.factors import SUMMARY_TOKEN_COUNTS, _factors_section, input_alpha_summary, weight_alpha_summary
+from qft_cli.report.factors import (
+    SUMMARY_TOKEN_COUNTS,
+    _factors_section,
+    input_alpha_summary,
+    weight_alpha_summary,
+)
 from qft_cli.report.inputs import _inputs_section, hidden_state_fits, power_law_table
-from qft_cli.report.metadata import _metadata_section, _mismatch_text, data_file_mismatches, provenance_table
-from qft_cli.report.page import HISTOGRAM_BINS, MAX_POINTS_PER_TRACE, _Page, _e, _is_synthetic, plural
-from qft_cli.report.reading import TABLE_COLUMNS, RunRecord, combined_table, find_run_dirs, load_run, load_runs
+from qft_cli.report.metadata import (
+    _metadata_section,
+    _mismatch_text,
+    data_file_mismatches,
+    provenance_table,
+)
+from qft_cli.report.page import (
+    HISTOGRAM_BINS,
+    MAX_POINTS_PER_TRACE,
+    _e,
+    _is_synthetic,
+    _Page,
+    plural,
+)
+from qft_cli.report.reading import (
+    TABLE_COLUMNS,
+    RunRecord,
+    combined_table,
+    find_run_dirs,
+    load_run,
+    load_runs,
+)
 from qft_cli.report.training import _training_section
 from qft_cli.report.weights import _weights_section
+from qft_cli.system.errors import QftInputError
 
 __all__ = ["HISTOGRAM_BINS", "MAX_POINTS_PER_TRACE", "SUMMARY_TOKEN_COUNTS", "TABLE_COLUMNS", "attention_fits",
            "build_report_html", "combined_table", "data_file_mismatches", "find_run_dirs",

@@ -15,7 +15,16 @@ import math
 import numpy as np
 import pandas as pd
 
-from qft_cli.report.page import FIT_NORM_NAMES, _Page, _anchor, _e, _fmt, _log_ticks, _Raw, _thin
+from qft_cli.report.page import (
+    FIT_NORM_NAMES,
+    _anchor,
+    _e,
+    _fmt,
+    _log_ticks,
+    _Page,
+    _Raw,
+    _thin,
+)
 from qft_cli.report.reading import RunRecord, run_fits
 
 #: Quantities of ``norms_attention.parquet`` fitted against N: column prefix -> display name.
@@ -51,10 +60,12 @@ def per_sample_max(table: pd.DataFrame) -> pd.DataFrame:
 
 def attention_fits_of(table: pd.DataFrame) -> pd.DataFrame:
     """``fits.parquet`` rows for a ``norms_attention`` table that came without them, by the rule of
-    ``qft norms attention`` itself (:func:`qft_cli.attention.attention_fits`: per
-    (model, model_alias, dataset, layer) and quantity, :func:`qft_cli.fits.fit_table` on the
+    ``qft norms attention`` itself (:func:`qft_cli.measure.attention.attention_fits`: per
+    (model, model_alias, dataset, layer) and quantity, :func:`qft_cli.measure.fits.fit_table` on the
     per-sample maximum over heads)."""
-    from qft_cli.attention import attention_fits as fit_attention  # imports torch: only for old runs
+    from qft_cli.measure.attention import (
+        attention_fits as fit_attention,  # imports torch: only for old runs
+    )
 
     if "model_alias" not in table.columns:
         table = table.assign(model_alias=table["model"])
@@ -175,7 +186,7 @@ def _exponents_figure(page: _Page, label: str, dataset: str, f: pd.DataFrame) ->
     page.figure(fig, "Exponent b of the power law fitted to the per-sample maximum over heads (OLS on log N, log norm) "
                      "with its 95% interval (Student t), per layer; dashed: b = ½ (√N growth). "
                      + ("Read from the run's fits.parquet." if (f["fit_source"] == "fits.parquet").all()
-                        else "Fitted here with qft_cli.fits.fit_table where a run has no fits.parquet."), height=400)
+                        else "Fitted here with qft_cli.measure.fits.fit_table where a run has no fits.parquet."), height=400)
     rows = []
     for _, r in f.sort_values(["layer", "quantity", "norm"]).iterrows():
         ci = (f"[{_fmt(r['exponent_ci_low'])}, {_fmt(r['exponent_ci_high'])}]"

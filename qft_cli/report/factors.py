@@ -6,9 +6,8 @@ from typing import Any, Sequence
 
 import pandas as pd
 
-from qft_cli.norms import fit_power_law
-from qft_cli.report.page import MATRIX_ORDER, NORM_LABELS, _Page, _finite, _with_label
-
+from qft_cli.measure.norms import fit_power_law
+from qft_cli.report.page import MATRIX_ORDER, NORM_LABELS, _finite, _Page, _with_label
 
 #: Token counts N at which the normalisation-factor summary reports alpha_S.
 SUMMARY_TOKEN_COUNTS = (128, 512)
@@ -22,7 +21,7 @@ def input_alpha_summary(norms_inputs: pd.DataFrame, token_counts: Sequence[int] 
     power-law fit c N^b (``source`` says ``fit`` and whether N lies outside the measured range,
     i.e. is an extrapolation). The fit is the run's own (``fits``: :func:`qft_cli.report.inputs.hidden_state_fits`,
     the one the page's fit table shows) where exactly one run has that model, dataset and layer;
-    else (several runs pooled, or no ``fits``) :func:`qft_cli.norms.fit_power_law` on the pooled
+    else (several runs pooled, or no ``fits``) :func:`qft_cli.measure.norms.fit_power_law` on the pooled
     samples. Values are in hidden-state units.
 
     Returns:

@@ -7,11 +7,24 @@ import math
 import numpy as np
 import pandas as pd
 
-from qft_cli.fits import fit_table
+from qft_cli.measure.fits import fit_table
+from qft_cli.report.page import (
+    _SYMBOLS,
+    FIT_NORM_NAMES,
+    MAX_POINTS_PER_TRACE,
+    NORM_LABELS,
+    _anchor,
+    _color,
+    _e,
+    _finite,
+    _fmt,
+    _log_ticks,
+    _Page,
+    _Raw,
+    _thin,
+    _with_label,
+)
 from qft_cli.report.reading import RunRecord, run_fits
-from qft_cli.report.page import (FIT_NORM_NAMES, MAX_POINTS_PER_TRACE, NORM_LABELS, _SYMBOLS, _Page, _Raw, _anchor, _color, _e, _finite,
-                                 _fmt, _log_ticks, _thin, _with_label)
-
 
 #: Group columns of the hidden-state fits (as ``qft norms inputs`` writes them to ``fits.parquet``).
 FIT_GROUPS = ("model", "model_alias", "dataset", "layer")
@@ -25,7 +38,7 @@ def power_law_table(norms_inputs: pd.DataFrame) -> pd.DataFrame:
             or ``model_alias``/``model``); non-finite rows are ignored.
 
     Returns:
-        :func:`qft_cli.fits.fit_table` grouped by ``label, dataset, layer`` with quantity
+        :func:`qft_cli.measure.fits.fit_table` grouped by ``label, dataset, layer`` with quantity
         ``hidden_states``: ``norm`` (``frobenius``/``spectral``), ``exponent``, its 95% Student-t
         interval ``exponent_ci_low/high``, ``coefficient`` (c, hidden-state units), ``r_squared``,
         ``num_points``, ``num_tokens_min/max``. All points are used (never the thinned plot data).
@@ -39,7 +52,7 @@ def power_law_table(norms_inputs: pd.DataFrame) -> pd.DataFrame:
 
 def hidden_state_fits(runs: list[RunRecord], combined: pd.DataFrame | None = None) -> pd.DataFrame:
     """The hidden-state fits of every ``norms inputs`` run: its ``fits.parquet`` where present, else
-    fitted here with :func:`qft_cli.fits.fit_table` (:func:`qft_cli.report.reading.run_fits`;
+    fitted here with :func:`qft_cli.measure.fits.fit_table` (:func:`qft_cli.report.reading.run_fits`;
     ``combined``: the runs' combined ``norms_inputs`` table if already built)."""
     def fit(table: pd.DataFrame) -> pd.DataFrame:
         table = table.assign(model_alias=table["model_alias"].fillna(table["model"])) if "model_alias" in table \
@@ -104,7 +117,7 @@ def _inputs_section(page: _Page, df: pd.DataFrame, fits: pd.DataFrame) -> None:
     sources = sorted(set(fits["fit_source"])) if len(fits) else []
     if "fitted by qft report" in sources:
         page.para("Runs written before <code>fits.parquet</code> existed are fitted here with the same function "
-                  "(<code>qft_cli.fits.fit_table</code>); the others show the fits their run wrote.", "muted")
+                  "(<code>qft_cli.measure.fits.fit_table</code>); the others show the fits their run wrote.", "muted")
     for dataset in datasets:
         f = fits[fits["dataset"].astype(str) == dataset].sort_values(["label", "layer", "norm"]) if len(fits) else fits
         page.html(f"<h4>Dataset: {_e(dataset)}</h4>")

@@ -10,7 +10,7 @@ from typing import Any, Iterable
 
 import pandas as pd
 
-from qft_cli.report.page import _Page, plural, _Raw, _e, _is_synthetic
+from qft_cli.report.page import _e, _is_synthetic, _Page, _Raw, plural
 from qft_cli.report.reading import RunRecord
 
 

@@ -11,7 +11,6 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import pandas as pd
 
-
 #: Most points drawn per scatter trace; larger traces are thinned evenly in N order (fits use all).
 MAX_POINTS_PER_TRACE = 1500
 

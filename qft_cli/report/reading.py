@@ -9,9 +9,8 @@ from typing import Any, Callable, Iterable, Sequence
 
 import pandas as pd
 
-from qft_cli.errors import QftInputError
-from qft_cli.runs import RUN_JSON
-
+from qft_cli.runs.rundir import RUN_JSON
+from qft_cli.system.errors import QftInputError
 
 #: Result tables the report reads, with the columns each needs (docs/results.md).
 TABLE_COLUMNS: dict[str, tuple[str, ...]] = {
@@ -189,11 +188,11 @@ def combined_table(runs: Iterable[RunRecord], name: str) -> pd.DataFrame:
 
 def run_fits(runs: Iterable[RunRecord], measured: str, quantities: Sequence[str],
              fit: Callable[[pd.DataFrame], pd.DataFrame], combined: pd.DataFrame | None = None) -> pd.DataFrame:
-    """Power-law fits (``fits.parquet`` schema, :mod:`qft_cli.fits`) of every run that has table ``measured``.
+    """Power-law fits (``fits.parquet`` schema, :mod:`qft_cli.measure.fits`) of every run that has table ``measured``.
 
     A run's own ``fits.parquet`` rows of the given ``quantities`` are used where present (the
     numbers the run printed); runs written before that file existed are fitted here with ``fit``
-    (which must call :func:`qft_cli.fits.fit_table`) on the run's ``measured`` table. ``combined``:
+    (which must call :func:`qft_cli.measure.fits.fit_table`) on the run's ``measured`` table. ``combined``:
     :func:`combined_table` of ``measured`` when the caller has it already (its labels are used).
 
     Returns:

@@ -8,14 +8,22 @@ import math
 import numpy as np
 import pandas as pd
 
-from qft_cli import stats
-from qft_cli.errors import QftInputError
-from qft_cli.report.page import (_epoch_axis, _Page, _anchor, _e, _flat_range, _is_synthetic, _matrix_rank,
-                                 _variant_color, _variant_rank)
+from qft_cli.report.page import (
+    _anchor,
+    _e,
+    _epoch_axis,
+    _flat_range,
+    _is_synthetic,
+    _matrix_rank,
+    _Page,
+    _variant_color,
+    _variant_rank,
+)
 from qft_cli.report.reading import RunRecord, combined_table
+from qft_cli.system.errors import QftInputError
+from qft_cli.train import stats
 
-
-#: Columns of the report's test summary: those of ``test_summary.parquet`` (:data:`qft_cli.stats.SUMMARY_COLUMNS`,
+#: Columns of the report's test summary: those of ``test_summary.parquet`` (:data:`qft_cli.train.stats.SUMMARY_COLUMNS`,
 #: docs/results.md) plus ``run`` and ``summary_source``.
 SUMMARY_COLUMNS = ["run", *stats.SUMMARY_COLUMNS, "summary_source"]
 
@@ -31,14 +39,14 @@ def run_test_summary(run: RunRecord) -> pd.DataFrame:
     """Final test scores of one run with their 95% intervals and paired differences to vanilla.
 
     Reads the run's ``test_summary.parquet`` where present; for older runs computes it with
-    :func:`qft_cli.stats.test_summary` from ``metrics`` (and ``predictions`` for the one-seed
+    :func:`qft_cli.train.stats.test_summary` from ``metrics`` (and ``predictions`` for the one-seed
     bootstrap).
 
     Returns:
         :data:`SUMMARY_COLUMNS`; values are fractions in [0, 1]. Empty when the run has no test rows.
 
     Raises:
-        QftInputError: from :func:`qft_cli.stats.test_summary` (inconsistent predictions).
+        QftInputError: from :func:`qft_cli.train.stats.test_summary` (inconsistent predictions).
     """
     dataset, task = _dataset_task(run.meta)
     if "test_summary" in run.tables:
@@ -48,7 +56,7 @@ def run_test_summary(run: RunRecord) -> pd.DataFrame:
         if metrics is None or "split" not in metrics.columns or not (metrics["split"] == "test").any():
             return pd.DataFrame(columns=SUMMARY_COLUMNS)
         df = stats.test_summary(metrics, run.tables.get("predictions"), dataset=dataset, task=task)
-        source = "computed by qft report (qft_cli.stats.test_summary)"
+        source = "computed by qft report (qft_cli.train.stats.test_summary)"
     df = df.drop(columns=[c for c in ("run",) if c in df.columns])
     for col, value in (("dataset", dataset), ("task", task)):
         if col not in df.columns:
@@ -75,7 +83,7 @@ def _seed_note(num_seeds: int) -> str:
 
 def _interval_cell(value: float, low: float, high: float, sign: bool = False) -> str:
     """A table cell ``85.0 [83.2, 86.8]`` in percent (``sign``: ``+1.2 [...]`` in percentage points)
-    from fractions (:func:`qft_cli.stats._pp`), with a typographic minus; "–" when there is no value."""
+    from fractions (:func:`qft_cli.train.stats._pp`), with a typographic minus; "–" when there is no value."""
     return (stats._pp(value, low, high, 1, sign) or "–").replace("-", "−")
 
 
@@ -173,7 +181,7 @@ def _test_scores(page: _Page, t: pd.DataFrame, what: str) -> None:
     sources = set(t["summary_source"].astype(str))
     if sources != {"test_summary.parquet"}:
         page.para("This run has no <code>test_summary.parquet</code>: the intervals are "
-                  + ("computed here from its metrics (qft_cli.stats.test_summary)."
+                  + ("computed here from its metrics (qft_cli.train.stats.test_summary)."
                      if any(x.startswith("computed") for x in sources) else "not available (final test rows only)."),
                   "muted")
     page.table(["variant", "seeds", "test accuracy (%) [95% CI]", "Δ accuracy vs vanilla (pp) [95% CI]",

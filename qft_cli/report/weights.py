@@ -7,8 +7,23 @@ import math
 import numpy as np
 import pandas as pd
 
-from qft_cli.report.page import (HISTOGRAM_BINS, MATRIX_ORDER, _SYMBOLS, _Page, _Raw, _anchor, _bins, _color, _e,
-                                 _finite, _flat_range, _log_axis_if_spread, _log_ticks, _matrix_rank, _rgba)
+from qft_cli.report.page import (
+    _SYMBOLS,
+    HISTOGRAM_BINS,
+    MATRIX_ORDER,
+    _anchor,
+    _bins,
+    _color,
+    _e,
+    _finite,
+    _flat_range,
+    _log_axis_if_spread,
+    _log_ticks,
+    _matrix_rank,
+    _Page,
+    _Raw,
+    _rgba,
+)
 
 
 def _weights_section(page: _Page, weights: pd.DataFrame, vectors: pd.DataFrame,

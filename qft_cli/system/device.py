@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from qft_cli.errors import QftInputError
+from qft_cli.system.errors import QftInputError
 
 DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32,

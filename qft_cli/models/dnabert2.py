@@ -1,13 +1,13 @@
 """DNABERT-2 natively: recognising the published checkpoint and mapping it to qft's own classes.
 
-The model code lives in :mod:`qft_cli.modeling_dnabert2` (torch + transformers only). This module
+The model code lives in :mod:`qft_cli.models.modeling_dnabert2` (torch + transformers only). This module
 recognises a DNABERT-2 config (also the published one, which has no ``model_type``, no
 ``architectures`` and no ``pad_token_id``), builds the config and maps parameter names. Loading a
-checkpoint (directory or hub, the strict-key check) is :func:`qft_cli.loading.load_dnabert2`,
-with the rules of :data:`qft_cli.loading.LOADING_EXCEPTIONS`: the published masked-LM head
+checkpoint (directory or hub, the strict-key check) is :func:`qft_cli.models.loading.load_dnabert2`,
+with the rules of :data:`qft_cli.models.loading.LOADING_EXCEPTIONS`: the published masked-LM head
 ``cls.predictions.*`` is unused; a missing pooler/classifier is new, initialised from the seed.
 
-This module imports nothing else of qft's loading (no cycle with :mod:`qft_cli.models`).
+This module imports nothing else of qft's loading (no cycle with :mod:`qft_cli.models.names`).
 """
 
 from __future__ import annotations
@@ -18,10 +18,16 @@ from typing import Optional
 
 import torch
 
-from qft_cli.errors import QftInputError
-from qft_cli.modeling_dnabert2 import (MODEL_TYPE, DnaBert2Config, DnaBert2ForSequenceClassification,
-                                       DnaBert2ForTokenClassification, DnaBert2Model, alibi_bias,
-                                       alibi_head_slopes)
+from qft_cli.models.modeling_dnabert2 import (
+    MODEL_TYPE,
+    DnaBert2Config,
+    DnaBert2ForSequenceClassification,
+    DnaBert2ForTokenClassification,
+    DnaBert2Model,
+    alibi_bias,
+    alibi_head_slopes,
+)
+from qft_cli.system.errors import QftInputError
 
 __all__ = ["HUB_ID", "DnaBert2Config", "DnaBert2Model", "DnaBert2ForSequenceClassification",
            "DnaBert2ForTokenClassification", "alibi_head_slopes", "alibi_bias", "is_dnabert2_config",
@@ -43,8 +49,12 @@ _CONFIG_KEYS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention
 
 
 def _register_auto_classes() -> None:
-    from transformers import (AutoConfig, AutoModel, AutoModelForSequenceClassification,
-                              AutoModelForTokenClassification)
+    from transformers import (
+        AutoConfig,
+        AutoModel,
+        AutoModelForSequenceClassification,
+        AutoModelForTokenClassification,
+    )
 
     try:
         AutoConfig.register(MODEL_TYPE, DnaBert2Config)
@@ -84,7 +94,7 @@ def map_names(state_dict: dict[str, torch.Tensor], task: str) -> dict[str, torch
     """Published names -> names of the ``task`` model: add the ``bert.`` prefix to a bare encoder
     checkpoint; strip it for the ``base`` model. Other tensors (the masked-LM head ``cls.*``, a
     classifier for ``base``) keep their names: the strict-key check of
-    :func:`qft_cli.loading.check_keys` reports them as unused."""
+    :func:`qft_cli.models.loading.check_keys` reports them as unused."""
     mapped: dict[str, torch.Tensor] = {}
     for name, tensor in state_dict.items():
         if name.startswith(("embeddings.", "encoder.", "pooler.")):
@@ -183,7 +193,7 @@ def save_published_style_checkpoint(directory: Path, seed: int = 0, safetensors:
     return directory
 
 
-# ----------------------------------------------------------------------------- used by qft_cli.loading
+# ----------------------------------------------------------------------------- used by qft_cli.models.loading
 
 def is_dnabert2_source(location: str, kind: str) -> bool:
     """True when a resolved model source is DNABERT-2: the hub id :data:`HUB_ID`, or a local

@@ -14,7 +14,7 @@ effective matrix
 * optionally times a learnable scale ``gamma = max_gamma * sigmoid(g)``, so that the effective
   norm is at most ``max_gamma`` (``max_gamma = 1``: the research's "sub-normalised" variant).
 
-Matrices are chosen with :func:`qft_cli.layout.classify_model` by role (``attention``, ``ffn``) or
+Matrices are chosen with :func:`qft_cli.models.layout.classify_model` by role (``attention``, ``ffn``) or
 matrix name (``q``, ``ffn_up``, ...) and by layer (1-indexed blocks). Orientation follows
 ``layout``: the norm is that of the oriented ``(d_out, d_in)`` matrix (equal for W and W^T, but the
 blocks of a fused projection are *row* blocks of the oriented matrix), so GPT-2 ``Conv1D`` and fused
@@ -41,8 +41,13 @@ from torch import nn
 from torch.nn.utils import parametrize
 from torch.nn.utils.parametrizations import _SpectralNorm
 
-from qft_cli.errors import QftInputError
-from qft_cli.layout import ATTENTION_MATRICES, FFN_MATRICES, MatrixSpec, classify_model
+from qft_cli.models.layout import (
+    ATTENTION_MATRICES,
+    FFN_MATRICES,
+    MatrixSpec,
+    classify_model,
+)
+from qft_cli.system.errors import QftInputError
 
 METHODS = ("spectral", "frobenius")
 ROLES = ("attention", "ffn")
@@ -92,7 +97,7 @@ def parse_targets(text: str | Sequence[str]) -> tuple[str, ...]:
 
 
 def parse_layers(text: str | Iterable[int] | None, num_layers: int) -> Optional[tuple[int, ...]]:
-    """Parse ``all``, ``1,3`` or ``1-4`` (1-indexed transformer blocks, as in :mod:`qft_cli.layout`).
+    """Parse ``all``, ``1,3`` or ``1-4`` (1-indexed transformer blocks, as in :mod:`qft_cli.models.layout`).
 
     Args:
         num_layers: depth of the model, for the range check.
@@ -193,7 +198,7 @@ class BlockNormalization(nn.Module):
 
     Attributes:
         method: ``spectral`` or ``frobenius``.
-        specs: the :class:`~qft_cli.layout.MatrixSpec` of each block (parameter name, layer, matrix).
+        specs: the :class:`~qft_cli.models.layout.MatrixSpec` of each block (parameter name, layer, matrix).
         spectral: one torch ``_SpectralNorm`` per block (own ``_u``/``_v`` buffers), spectral only.
         g: logits of the learnable scales, shape ``(num_blocks,)``, when ``max_gamma`` is set.
     """
@@ -312,7 +317,7 @@ def apply_normalization(model: nn.Module, method: str, *, targets: str | Sequenc
     """Normalise the chosen weight matrices of ``model`` in place through ``torch.nn.utils.parametrize``.
 
     Args:
-        model: any torch model whose parameter names :func:`qft_cli.layout.classify_model` knows
+        model: any torch model whose parameter names :func:`qft_cli.models.layout.classify_model` knows
             (``nn.Linear``, GPT-2 ``Conv1D``, fused QKV).
         method: ``spectral`` (W / sigma_max(W), torch's spectral-norm power iteration) or
             ``frobenius`` (W / (||W||_F + eps)).
@@ -327,7 +332,7 @@ def apply_normalization(model: nn.Module, method: str, *, targets: str | Sequenc
         seed: seed of the power iteration's random start vectors (the global RNG is untouched).
 
     Returns:
-        The :class:`~qft_cli.layout.MatrixSpec` of every normalised block, in layout order.
+        The :class:`~qft_cli.models.layout.MatrixSpec` of every normalised block, in layout order.
         The settings are also stored in ``model.config.qft_normalization`` when the model has a config.
 
     Parameter names after the call: ``<module>.parametrizations.<name>.original`` (the free

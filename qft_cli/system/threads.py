@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Optional
 
-from qft_cli.errors import QftInputError
+from qft_cli.system.errors import QftInputError
 
 
 def _read(path: Path) -> Optional[str]:

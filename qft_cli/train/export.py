@@ -13,14 +13,14 @@ What "stock transformers loads it" means per model family:
   ``AutoModelForSequenceClassification.from_pretrained(DIR)``; nothing else needed.
 * qft's native DNABERT-2: no ``transformers`` class has its architecture (ALiBi + gated FFN +
   post-norm). The published checkpoint's own remote code is broken with current ``transformers``
-  and Triton, so qft writes its own model file (:mod:`qft_cli.modeling_dnabert2`, which imports
+  and Triton, so qft writes its own model file (:mod:`qft_cli.models.modeling_dnabert2`, which imports
   only ``torch`` and ``transformers``) into DIR as ``modeling_qft_dnabert2.py`` with an
   ``auto_map`` in ``config.json``. Parameter names are the published DNABERT-2 names. Load with
   ``AutoModelForSequenceClassification.from_pretrained(DIR, trust_remote_code=True)``: the code
   that runs is the file in DIR, which the user can read; qft need not be installed.
-* qft's own single-layer transformer (``qft train``, :mod:`qft_cli.modeling_qft`): its code
+* qft's own single-layer transformer (``qft train``, :mod:`qft_cli.train.modeling_qft`): its code
   imports qft, so the export is a plain ``save_pretrained`` directory (normalisation folded) that
-  ``transformers`` loads once ``qft_cli.modeling_qft`` is imported (it registers the Auto classes).
+  ``transformers`` loads once ``qft_cli.train.modeling_qft`` is imported (it registers the Auto classes).
 """
 
 from __future__ import annotations
@@ -36,11 +36,11 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from qft_cli.errors import QftInputError
+from qft_cli.system.errors import QftInputError
 
 REMOTE_CODE_FILE = "modeling_qft_dnabert2.py"
 
-#: auto class name -> class name in :mod:`qft_cli.modeling_dnabert2`
+#: auto class name -> class name in :mod:`qft_cli.models.modeling_dnabert2`
 _DNABERT2_AUTO_MAP = {
     "AutoConfig": "DnaBert2Config",
     "AutoModel": "DnaBert2Model",
@@ -61,7 +61,7 @@ def fold_parametrizations(model: nn.Module) -> nn.Module:
     finally:
         model.train(was_training)
     folded.eval()
-    from qft_cli.normalization import fold_normalization
+    from qft_cli.train.normalization import fold_normalization
 
     fold_normalization(folded)  # qft's normalisation, and its settings in config.qft_normalization
     with torch.no_grad():
@@ -75,7 +75,7 @@ def fold_parametrizations(model: nn.Module) -> nn.Module:
 
 
 def _is_dnabert2(model: nn.Module) -> bool:
-    from qft_cli.modeling_dnabert2 import DnaBert2PreTrainedModel
+    from qft_cli.models.modeling_dnabert2 import DnaBert2PreTrainedModel
 
     return isinstance(model, DnaBert2PreTrainedModel)
 
@@ -107,7 +107,7 @@ def export_model(model: nn.Module, directory: Path, tokenizer=None) -> Path:
     folded = fold_parametrizations(model).to(torch.float32)
     directory.mkdir(parents=True, exist_ok=True)
     if _is_dnabert2(folded):
-        from qft_cli import modeling_dnabert2
+        from qft_cli.models import modeling_dnabert2
 
         shutil.copyfile(inspect.getfile(modeling_dnabert2), directory / REMOTE_CODE_FILE)
         stem = REMOTE_CODE_FILE[:-3]

@@ -29,8 +29,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import PretrainedConfig, PreTrainedModel
-from transformers.modeling_outputs import (BaseModelOutputWithPooling, SequenceClassifierOutput,
-                                           TokenClassifierOutput)
+from transformers.modeling_outputs import (
+    BaseModelOutputWithPooling,
+    SequenceClassifierOutput,
+    TokenClassifierOutput,
+)
 
 MODEL_TYPE = "qft_dnabert2"
 
@@ -123,7 +126,7 @@ class DnaBert2SelfAttention(nn.Module):
 
     ``qkv_observer``: ``None``, or a function ``(module, q, k, v)`` called with the queries, keys
     and values (each (batch, heads, length, head_dim)) as they enter the dot product; set by
-    ``qft norms attention`` (qft_cli.attention), never saved.
+    ``qft norms attention`` (qft_cli.measure.attention), never saved.
     """
 
     applies_rotary = False

@@ -9,14 +9,14 @@
   (:func:`load_dnabert2`), or a tiny model.
 * :func:`check_keys` is the one strict-key check of both: a weight the architecture expects but the
   checkpoint lacks, or a checkpoint tensor the architecture does not use, is a
-  :class:`~qft_cli.errors.QftInputError` naming the keys, except the cases listed in
+  :class:`~qft_cli.system.errors.QftInputError` naming the keys, except the cases listed in
   :data:`LOADING_EXCEPTIONS`.
 
-Dispatch is on :attr:`qft_cli.models.ModelSource.kind` (``tiny``, ``minilm``, ``hub``, ``local``,
-``gguf``). GGUF files (llama.cpp) are streamed through :func:`qft_cli.gguf_files.open_gguf` (one
+Dispatch is on :attr:`qft_cli.models.names.ModelSource.kind` (``tiny``, ``minilm``, ``hub``, ``local``,
+``gguf``). GGUF files (llama.cpp) are streamed through :func:`qft_cli.models.gguf.open_gguf` (one
 tensor dequantised to float32 at a time, under Hugging Face parameter names); :func:`load_model`
 loads the safetensors copy transformers' ``gguf_file=`` loader converts once
-(:func:`qft_cli.gguf_files.converted_dir`).
+(:func:`qft_cli.models.gguf.converted_dir`).
 
 Every store records the storage type of each tensor (:attr:`TensorStore.quant_types`): the ggml
 quantisation type for GGUF (``Q4_1``, ``Q8_0``, ``F16``, ``F32``, ...), else the stored dtype in
@@ -26,7 +26,6 @@ safetensors' spelling (``F32``, ``F16``, ``BF16``, ...).
 from __future__ import annotations
 
 import json
-import re
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,9 +33,10 @@ from typing import Callable, Optional
 
 import torch
 
-from qft_cli.errors import QftInputError
-from qft_cli import models as _models
-from qft_cli.models import ModelSource, build_tiny_model
+from qft_cli.models import names as _models
+from qft_cli.models.names import ModelSource, build_tiny_model
+from qft_cli.runs.files import checkpoint_files
+from qft_cli.system.errors import QftInputError
 
 
 @dataclass
@@ -79,7 +79,7 @@ def _store_from_module(module: torch.nn.Module) -> TensorStore:
 
 
 def _store_from_gguf(path: Path) -> TensorStore:
-    from qft_cli.gguf_files import open_gguf
+    from qft_cli.models.gguf import open_gguf
 
     tensors = open_gguf(path)
     stack = ExitStack()
@@ -91,66 +91,6 @@ def _damaged(path: Path, err: BaseException) -> QftInputError:
     first = " ".join(str(err).strip().split("\n", 1)[0].split())
     return QftInputError(f"could not read weights file {path} ({type(err).__name__}: {first}): "
                          "the file is damaged or not a checkpoint; download it again")
-
-
-_SHARD = re.compile(r"^(?P<stem>model|pytorch_model)-(?P<i>\d+)-of-(?P<n>\d+)\.(?P<ext>safetensors|bin)$")
-
-
-def _weight_files(directory: Path, stem: str, ext: str) -> list[Path]:
-    """The files of one checkpoint format in ``directory`` by the rule of :func:`checkpoint_files`."""
-    index = directory / f"{stem}.{ext}.index.json"
-    if index.is_file():
-        try:
-            names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        except (ValueError, KeyError, TypeError, AttributeError) as err:
-            raise QftInputError(f"{index} is not a checkpoint index ({type(err).__name__}): "
-                                "download it again, or delete it to read the single weights file") from None
-        missing = [n for n in names if not (directory / n).is_file()]
-        if missing:
-            raise QftInputError(f"{index.name} names {len(missing)} shard(s) missing from {directory} "
-                                f"({', '.join(missing[:3])}): download the whole checkpoint")
-        return [directory / n for n in names]
-    single = directory / f"{stem}.{ext}"
-    if single.is_file():
-        return [single]
-    shards = sorted(f for f in directory.glob(f"{stem}-*-of-*.{ext}") if _SHARD.match(f.name))
-    if shards:
-        totals = {int(_SHARD.match(f.name)["n"]) for f in shards}
-        if len(totals) != 1 or len(shards) != totals.pop():
-            raise QftInputError(f"incomplete sharded checkpoint in {directory} ({len(shards)} {stem}-*-of-* files "
-                                "and no index): download the whole checkpoint with its index")
-        return shards
-    others = sorted(directory.glob(f"*.{ext}"))
-    if len(others) > 1:
-        raise QftInputError(f"{len(others)} .{ext} files and no {stem}.{ext}.index.json in {directory} "
-                            f"({', '.join(f.name for f in others[:4])}): qft cannot tell which is the model; "
-                            f"keep only its own weights file or add its index")
-    return others
-
-
-def checkpoint_files(directory: Path) -> list[Path]:
-    """The weight files that make up the Hugging Face checkpoint in ``directory``.
-
-    Safetensors first, then ``.bin``; for each format, in order (docs/conventions.md):
-
-    1. ``model.safetensors.index.json`` (``pytorch_model.bin.index.json``): the shards its
-       ``weight_map`` names (all must exist);
-    2. ``model.safetensors`` (``pytorch_model.bin``) alone;
-    3. a complete set of ``model-XXXXX-of-NNNNN.safetensors`` shards;
-    4. the one ``*.safetensors`` (``*.bin``) file there is.
-
-    Other copies of the weights beside a checkpoint (Mistral's ``consolidated.safetensors``, a
-    stray ``model_copy.safetensors``) are never read, so no parameter is counted twice or taken
-    from the wrong file.
-
-    Returns:
-        The files, possibly empty when the directory holds no weights.
-
-    Raises:
-        QftInputError: several candidate files and no rule above picks one; an index naming
-            missing shards; an incomplete shard set.
-    """
-    return _weight_files(directory, "model", "safetensors") or _weight_files(directory, "pytorch_model", "bin")
 
 
 def _store_from_dir(directory: Path) -> TensorStore:
@@ -202,7 +142,7 @@ def open_weights(source: ModelSource) -> TensorStore:
     Hub models: only ``*.json`` and ``model*.safetensors`` files are fetched (any ``*.safetensors``
     when there is no ``model*`` file, ``pytorch_model*.bin`` when there is no safetensors file);
     see :func:`checkpoint_files` for the files that are read. GGUF files: see
-    :func:`qft_cli.gguf_files.open_gguf`.
+    :func:`qft_cli.models.gguf.open_gguf`.
 
     Raises:
         QftInputError: the hub is unreachable and the files are not cached; no weight files.
@@ -387,7 +327,7 @@ def load_dnabert2(path_or_hub_id, num_labels: Optional[int] = None, task: str = 
     Args:
         path_or_hub_id: a directory with ``config.json`` (the published one, or a qft save) and
             ``model.safetensors`` or ``pytorch_model.bin`` (MaskedLM or SequenceClassification key
-            names), or a hub id such as :data:`qft_cli.dnabert2.HUB_ID`.
+            names), or a hub id such as :data:`qft_cli.models.dnabert2.HUB_ID`.
         num_labels: size of the classification head; ``None`` keeps the checkpoint's.
         task: ``sequence``, ``token`` or ``base`` (encoder + pooler, no head).
         dtype: parameter dtype.
@@ -402,7 +342,7 @@ def load_dnabert2(path_or_hub_id, num_labels: Optional[int] = None, task: str = 
         QftInputError: not a DNABERT-2 config; no weights; any key outside
             :data:`LOADING_EXCEPTIONS` (:func:`check_keys`); hub unreachable.
     """
-    from qft_cli import dnabert2
+    from qft_cli.models import dnabert2
 
     if task not in dnabert2.TASKS:
         raise QftInputError(f"unknown DNABERT-2 task '{task}': use one of {', '.join(dnabert2.TASKS)}")
@@ -462,7 +402,7 @@ def load_model(source: ModelSource, *, dtype: torch.dtype = torch.float32, devic
     """
     from transformers import AutoModel
 
-    from qft_cli.dnabert2 import is_dnabert2_source, task_of_auto_class
+    from qft_cli.models.dnabert2 import is_dnabert2_source, task_of_auto_class
 
     auto_class = auto_class or AutoModel
     if source.kind == "tiny":
@@ -480,8 +420,8 @@ def load_model(source: ModelSource, *, dtype: torch.dtype = torch.float32, devic
             if seed is not None:
                 torch.manual_seed(seed)
             location = source.location
-            if source.kind == "gguf":  # transformers' gguf_file= conversion, cached (qft_cli.gguf_files)
-                from qft_cli.gguf_files import converted_dir
+            if source.kind == "gguf":  # transformers' gguf_file= conversion, cached (qft_cli.models.gguf)
+                from qft_cli.models.gguf import converted_dir
 
                 location = str(converted_dir(Path(source.location)))
             model, info = _models._hub_call(source, auto_class.from_pretrained, location, **load_kwargs)

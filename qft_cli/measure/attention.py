@@ -21,8 +21,8 @@ O(N d_head^2) per head. Padding rows are zero before the factorisation, and zero
 Capture: models that dispatch attention through transformers' ``AttentionInterface`` get a
 registered recording attention function (``qft_record_<implementation>``) that sees query, key and
 value and then delegates to the model's configured implementation (``sdpa``, ``eager``, ...), with
-that implementation's mask function; qft's own DNABERT-2 (:mod:`qft_cli.modeling_dnabert2`) and
-training model (:mod:`qft_cli.modeling_qft`) call their ``qkv_observer``. Other models raise
+that implementation's mask function; qft's own DNABERT-2 (:mod:`qft_cli.models.modeling_dnabert2`) and
+training model (:mod:`qft_cli.train.modeling_qft`) call their ``qkv_observer``. Other models raise
 "not supported for this architecture".
 
 Bounds (each row also carries measured / bound, <= 1 up to rounding):
@@ -51,12 +51,22 @@ import numpy as np
 import pandas as pd
 import torch
 
-from qft_cli.errors import QftInputError
-from qft_cli.inputs import (_batches, check_samples, find_blocks, forward_encoder, masked_norms, num_layers,
-                            padded_batches, parse_layers, repad, stop_after)
-from qft_cli.layout import classify, split_heads
-from qft_cli.norms import ACCUMULATE, frobenius_norm, spectral_norm
-from qft_cli.progress import ProgressFn, report
+from qft_cli.measure.inputs import (
+    _batches,
+    check_samples,
+    find_blocks,
+    forward_encoder,
+    masked_norms,
+    num_layers,
+    padded_batches,
+    parse_layers,
+    repad,
+    stop_after,
+)
+from qft_cli.measure.norms import ACCUMULATE, frobenius_norm, spectral_norm
+from qft_cli.models.layout import classify, split_heads
+from qft_cli.system.errors import QftInputError
+from qft_cli.system.progress import ProgressFn, report
 
 #: Columns of ``norms_attention.parquet`` (docs/results.md), after nothing: the label columns lead.
 ATTENTION_COLUMNS = [
@@ -120,7 +130,7 @@ def head_grams(blocks: torch.Tensor, side: str, chunk_bytes: int = 8 * 2 ** 20) 
     """Float64 Gram matrices of one side of every head block, a few heads at a time.
 
     Args:
-        blocks: (H, r, c) head blocks, any float dtype (as :func:`qft_cli.layout.split_heads`).
+        blocks: (H, r, c) head blocks, any float dtype (as :func:`qft_cli.models.layout.split_heads`).
         side: ``"rows"``: W W^T, shape (H, r, r) (the head dimension of q, k, v blocks);
             ``"columns"``: W^T W, shape (H, c, c) (that of o blocks).
         chunk_bytes: at most this many float64 bytes of blocks are converted at once.
@@ -179,7 +189,7 @@ def weight_composites(wq: torch.Tensor, wk: torch.Tensor, wv: torch.Tensor, wo: 
     Args:
         wq: (H, d_head, d) query head blocks; wk, wv: (H_kv, d_head, d) key/value head blocks
             (GQA: H_kv divides H); wo: (H, d, d_head) output-projection head blocks (columns of W_o),
-            as :func:`qft_cli.layout.split_heads` returns them (W oriented d_out x d_in).
+            as :func:`qft_cli.models.layout.split_heads` returns them (W oriented d_out x d_in).
         grams: the head-dimension Grams if already computed (keys ``q``, ``k``, ``v``: ``"rows"``,
             ``o``: ``"columns"`` of :func:`head_grams`); the blocks are not read then.
 
@@ -256,7 +266,7 @@ def _weight_modules(model: torch.nn.Module) -> dict[str, torch.nn.Module]:
 @torch.no_grad()
 def layer_weights(model: torch.nn.Module, layers: Sequence[int], head_dim: int) -> dict[int, LayerWeights]:
     """Per-head norms of W_q, W_k, W_v and their biases, and ||W_q,h^T W_k,h||_2, of each block in
-    ``layers`` (1..L), found by :func:`qft_cli.layout.classify`.
+    ``layers`` (1..L), found by :func:`qft_cli.models.layout.classify`.
 
     Raises:
         QftInputError: a block without q, k and v matrices (names the block).
@@ -340,7 +350,10 @@ def register_recording_attention(implementation: str) -> str:
     (batch, H, N, d_head), key/value (batch, H_kv, N, d_head), after rotary embeddings), then
     returns what ``implementation`` returns.
     """
-    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
+    from transformers.masking_utils import (
+        ALL_MASK_ATTENTION_FUNCTIONS,
+        AttentionMaskInterface,
+    )
     from transformers.modeling_utils import AttentionInterface
 
     name = f"qft_record_{implementation}"
@@ -461,7 +474,7 @@ def attention_norms(model: torch.nn.Module, token_ids: Sequence[Sequence[int]], 
         Samples with non-finite values get NaN norms and ``finite`` False.
 
     Raises:
-        QftInputError: bad batch size or samples (:func:`qft_cli.inputs.check_samples`), a
+        QftInputError: bad batch size or samples (:func:`qft_cli.measure.inputs.check_samples`), a
             layer outside 1..L, or an architecture whose attention cannot be observed
             ("not supported for this architecture").
     """
@@ -609,9 +622,9 @@ def attention_norms(model: torch.nn.Module, token_ids: Sequence[Sequence[int]], 
 def attention_fits(table: pd.DataFrame) -> pd.DataFrame:
     """``fits.parquet`` rows of ``norms attention``: per (model, model_alias, dataset, layer) and
     quantity (``q``, ``k``, ``v``, ``logits_unmasked``), norm ~ c N^b fitted on the per-sample
-    maximum over heads of the spectral and of the Frobenius norm (:func:`qft_cli.fits.fit_table`).
+    maximum over heads of the spectral and of the Frobenius norm (:func:`qft_cli.measure.fits.fit_table`).
     Samples with ``finite`` False are left out."""
-    from qft_cli.fits import fit_table
+    from qft_cli.measure.fits import fit_table
 
     group = [c for c in ("model", "model_alias", "dataset", "layer") if c in table.columns]
     df = table[table["finite"].astype(bool)]

@@ -11,7 +11,7 @@
   ``numpy.random.default_rng(seed)``, Efron & Tibshirani, *An Introduction to the Bootstrap*, ch. 13).
   The paired difference resamples the sample indices once and scores both variants on the same
   resample.
-* Accuracy and F1 follow :func:`qft_cli.training.classification_metrics`: binary F1 of class 1 for
+* Accuracy and F1 follow :func:`qft_cli.train.training.classification_metrics`: binary F1 of class 1 for
   two classes, otherwise macro F1 over the classes that occur in labels or predictions.
 
 All values are fractions in [0, 1]; :func:`summary_display_table` turns them into percentage points
@@ -26,7 +26,7 @@ from typing import Any, Mapping, NamedTuple, Optional, Sequence, Union
 import numpy as np
 import pandas as pd
 
-from qft_cli.errors import QftInputError
+from qft_cli.system.errors import QftInputError
 
 #: Metrics summarised in ``test_summary.parquet`` (columns of ``metrics.parquet``).
 SUMMARY_METRICS = ("accuracy", "f1")
@@ -160,7 +160,7 @@ def bootstrap_interval(labels: Sequence[int], predictions: Sequence[int], metric
 
     Args:
         labels, predictions: int class ids, one per test sample (entries with label -100 dropped).
-        metric: ``accuracy`` or ``f1`` (F1 as in :func:`qft_cli.training.classification_metrics`).
+        metric: ``accuracy`` or ``f1`` (F1 as in :func:`qft_cli.train.training.classification_metrics`).
         num_labels: 2 -> binary F1 of class 1; otherwise macro F1 over classes present in the resample.
         baseline: predictions of a second variant on the *same* samples (same order); the statistic
             is then ``metric(predictions) - metric(baseline)``, both scored on each resample.

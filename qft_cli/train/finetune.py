@@ -6,18 +6,18 @@ trained single-layer models with one part spectral-normalised) and compares test
 with the vanilla model on the same data and seed.
 
 Flow (one direction): resolve the model (alias, hub id, local directory, ``qft train`` run
-directory -> its best checkpoint) -> load the task (:mod:`qft_cli.tasks`) and the model's own
+directory -> its best checkpoint) -> load the task (:mod:`qft_cli.data.tasks`) and the model's own
 tokenizer -> load the model with a sequence- or token-classification head sized from the dataset
--> normalise the chosen matrices (:func:`qft_cli.normalization.apply_normalization`) -> train with
-the engine of ``qft train`` (:func:`qft_cli.training.train_variant`: early stopping on validation
+-> normalise the chosen matrices (:func:`qft_cli.train.normalization.apply_normalization`) -> train with
+the engine of ``qft train`` (:func:`qft_cli.train.training.train_variant`: early stopping on validation
 F1, best model restored, per-epoch ``metrics``/``norms_during_training``/``gammas``, resume,
-rank-0 writes) -> optional export with the normalisation folded (:mod:`qft_cli.export`).
+rank-0 writes) -> optional export with the normalisation folded (:mod:`qft_cli.train.export`).
 
 Run-directory layout (as ``qft train``): ``checkpoints/<variant>/`` (Trainer checkpoints),
 ``best/<variant>/`` (the best model, ``save_pretrained`` format with its parametrizations and
 ``config.qft_normalization``, plus the tokenizer).
 
-Library functions never print; long loops report through :data:`qft_cli.progress.ProgressFn`.
+Library functions never print; long loops report through :data:`qft_cli.system.progress.ProgressFn`.
 """
 
 from __future__ import annotations
@@ -31,17 +31,23 @@ from typing import Any, Optional
 
 import torch
 
-from qft_cli.errors import QftInputError
-from qft_cli.models import ModelSource
-from qft_cli.normalization import (BlockNormalization, apply_normalization, fold_normalization, norm_variants,
-                                   parse_layers, parse_targets)
-from qft_cli.progress import ProgressFn
+from qft_cli.models.names import ModelSource
+from qft_cli.system.errors import QftInputError
+from qft_cli.system.progress import ProgressFn
+from qft_cli.train.normalization import (
+    BlockNormalization,
+    apply_normalization,
+    fold_normalization,
+    norm_variants,
+    parse_layers,
+    parse_targets,
+)
 
 TINY_DNABERT = "tiny-dnabert"
 #: Directory names recognised as (the parent of) the best checkpoint inside a ``qft train`` run.
 BEST_CHECKPOINT_NAMES = ("best", "best_model", "best-model", "best_checkpoint", "best-checkpoint")
 BEST_CHECKPOINT_NAMES_SET = set(BEST_CHECKPOINT_NAMES)
-#: ``--tokenizer`` values that build a DNA tokenizer (:func:`qft_cli.tasks.build_tokenizer`).
+#: ``--tokenizer`` values that build a DNA tokenizer (:func:`qft_cli.data.tasks.build_tokenizer`).
 _DNA_TOKENIZER_RE = re.compile(r"^(?:dnabert2|char|kmer:\d+|bpe:\d+)$")
 
 
@@ -54,7 +60,7 @@ class FinetuneSettings:
     Attributes:
         norm: ``all`` (vanilla, spectral, frobenius, as ``qft train``), ``none``/``vanilla``,
             ``spectral``, ``frobenius`` or a list like ``vanilla,frobenius``
-            (:func:`qft_cli.normalization.norm_variants`); same data and seed for every variant.
+            (:func:`qft_cli.train.normalization.norm_variants`); same data and seed for every variant.
         targets: ``attention``, ``ffn``, ``attention,ffn`` or matrix names.
         layers: ``all``, ``1,3`` or ``1-4`` (1-indexed transformer blocks).
         max_gamma: learnable scale ``gamma = max_gamma * sigmoid(g)``; effective norm <= max_gamma.
@@ -91,7 +97,7 @@ class FinetuneSettings:
     seeds: Optional[list[int]] = None
 
     def __post_init__(self) -> None:
-        from qft_cli.training import check_seeds
+        from qft_cli.train.training import check_seeds
 
         parse_targets(self.targets)
         if self.max_gamma is not None and not (self.max_gamma > 0 and math.isfinite(self.max_gamma)):
@@ -109,8 +115,8 @@ class FinetuneSettings:
         self.training_config().validate()
 
     def training_config(self, device: str = "cpu"):
-        """The :class:`qft_cli.training.TrainingConfig` of these settings on ``device``."""
-        from qft_cli.training import TrainingConfig
+        """The :class:`qft_cli.train.training.TrainingConfig` of these settings on ``device``."""
+        from qft_cli.train.training import TrainingConfig
 
         return TrainingConfig(learning_rate=self.learning_rate, num_epochs=self.num_epochs,
                               early_stopping=self.early_stopping, weight_decay=self.weight_decay,
@@ -120,7 +126,7 @@ class FinetuneSettings:
 
     def variants(self) -> list[tuple[str, Optional[str], Optional[float]]]:
         """``(variant name, method or None, max_gamma or None)`` of each model to train, in order
-        (:func:`qft_cli.normalization.norm_variants`)."""
+        (:func:`qft_cli.train.normalization.norm_variants`)."""
         return norm_variants(self.norm, max_gamma=self.max_gamma, subnormalised=self.subnormalised)
 
     def seed_list(self) -> list[int]:
@@ -133,7 +139,7 @@ class FinetuneSettings:
 def find_best_checkpoint(run_dir: Path) -> Path:
     """The best checkpoint of a ``qft train`` run directory: a directory with ``config.json`` named
     like :data:`BEST_CHECKPOINT_NAMES` or inside one (``best/<variant>/``, the layout of
-    :mod:`qft_cli.training`), up to three levels down. With several, the vanilla one is taken.
+    :mod:`qft_cli.train.training`), up to three levels down. With several, the vanilla one is taken.
 
     Raises:
         QftInputError: no best checkpoint, or several and none of them vanilla.
@@ -156,12 +162,12 @@ def find_best_checkpoint(run_dir: Path) -> Path:
 
 def resolve_finetune_model(name: str) -> ModelSource:
     """Resolve MODEL: ``tiny-dnabert``; a ``qft train`` run directory (has ``run.json``) -> its
-    best checkpoint as a local model; else :func:`qft_cli.models.resolve_model`.
+    best checkpoint as a local model; else :func:`qft_cli.models.names.resolve_model`.
 
     Raises:
         QftInputError: unknown alias, or a run directory without a checkpoint.
     """
-    from qft_cli.models import resolve_model
+    from qft_cli.models.names import resolve_model
 
     if name == TINY_DNABERT:
         return ModelSource(name, "tiny", TINY_DNABERT)
@@ -181,7 +187,10 @@ def _local_config(source: ModelSource) -> Optional[dict]:
 
 
 def _auto_class(kind: str):
-    from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification
+    from transformers import (
+        AutoModelForSequenceClassification,
+        AutoModelForTokenClassification,
+    )
 
     return AutoModelForTokenClassification if kind == "token_classification" else AutoModelForSequenceClassification
 
@@ -192,7 +201,7 @@ def _load_normalised_checkpoint(directory: Path, config_dict: dict, num_labels: 
     load the state dict strictly, fold the normalisation into plain weights."""
     from transformers import AutoConfig
 
-    from qft_cli.loading import check_keys, read_state_dict
+    from qft_cli.models.loading import check_keys, read_state_dict
 
     config = AutoConfig.from_pretrained(str(directory))
     if config.num_labels != num_labels:
@@ -213,21 +222,21 @@ def load_classifier(source: ModelSource, num_labels: int, *, kind: str = "sequen
                     dtype: torch.dtype = torch.float32, trust_remote_code: bool = False):
     """Load ``source`` with a sequence- or token-classification head of ``num_labels`` outputs.
     New heads are initialised from ``seed``, so every variant of a run starts from the same weights;
-    they are listed by :func:`qft_cli.loading.load_report` (``new``). Every other key must match
-    (:func:`qft_cli.loading.check_keys`). A normalised checkpoint (``config.qft_normalization``) is
+    they are listed by :func:`qft_cli.models.loading.load_report` (``new``). Every other key must match
+    (:func:`qft_cli.models.loading.check_keys`). A normalised checkpoint (``config.qft_normalization``) is
     rebuilt and its normalisation folded.
 
     Args:
-        kind: ``sequence_classification`` or ``token_classification`` (:class:`qft_cli.tasks.TaskData`).
+        kind: ``sequence_classification`` or ``token_classification`` (:class:`qft_cli.data.tasks.TaskData`).
 
     Raises:
         QftInputError: no such classification architecture in ``transformers`` (or in qft's native
             DNABERT-2 / qft transformer), hub failures, mismatched checkpoints.
     """
-    import qft_cli.modeling_qft  # noqa: F401  (registers qft train's model with the Auto classes)
-    from qft_cli.dnabert2 import build_tiny_dnabert, is_dnabert2_source
-    from qft_cli.loading import load_model
-    from qft_cli.models import load_config
+    import qft_cli.train.modeling_qft  # noqa: F401  (registers qft train's model with the Auto classes)
+    from qft_cli.models.dnabert2 import build_tiny_dnabert, is_dnabert2_source
+    from qft_cli.models.loading import load_model
+    from qft_cli.models.names import load_config
 
     auto_class = _auto_class(kind)
     head = "token" if kind == "token_classification" else "sequence"
@@ -256,7 +265,7 @@ def load_finetune_tokenizer(source: ModelSource, trust_remote_code: bool = False
     Raises:
         QftInputError: no tokenizer files (pass ``--tokenizer``), hub failures.
     """
-    from qft_cli.models import load_tokenizer, tiny_tokenizer
+    from qft_cli.models.names import load_tokenizer, tiny_tokenizer
 
     if source.kind == "tiny" and source.location == TINY_DNABERT:
         return tiny_tokenizer(with_bert_specials=True)
@@ -276,14 +285,14 @@ def load_finetune_tokenizer(source: ModelSource, trust_remote_code: bool = False
 
 def _tokenizer_for(source: ModelSource, tokenizer_name: Optional[str], data, save_dir: Optional[Path],
                    trust_remote_code: bool):
-    from qft_cli.tasks import build_tokenizer
+    from qft_cli.data.tasks import build_tokenizer
 
     if tokenizer_name and _DNA_TOKENIZER_RE.match(tokenizer_name.strip().lower()):
         if data.kind != "sequence_classification":
             raise QftInputError(f"--tokenizer {tokenizer_name} is a DNA tokenizer but {data.dataset} is a text task")
         return build_tokenizer(tokenizer_name, data, save_dir=save_dir, trust_remote_code=trust_remote_code)
     if tokenizer_name and Path(tokenizer_name).expanduser().is_file():  # a tokenizer.json
-        from qft_cli.tasks import load_tokenizer_path
+        from qft_cli.data.tasks import load_tokenizer_path
 
         tokenizer = load_tokenizer_path(Path(tokenizer_name))
         if tokenizer.pad_token is None:
@@ -303,9 +312,8 @@ def check_layers(model, settings: FinetuneSettings) -> None:
         QftInputError: a layer beyond the depth, a malformed list, or no matrix of ``settings.targets`` in
             those layers.
     """
-    from qft_cli.layout import classify_model
-
-    from qft_cli.normalization import _select
+    from qft_cli.models.layout import classify_model
+    from qft_cli.train.normalization import _select
 
     depth = max((s.layer for s in classify_model(model)), default=0)
     layers = parse_layers(settings.layers, depth)
@@ -346,9 +354,9 @@ class FinetuneResult:
     Attributes:
         variants: per variant and seed ``{"variant", "seed", "test": {loss, accuracy, f1},
             "best_model_dir", "export_dir", "normalised": ["<parameter>:<matrix>", ...], "epochs", "steps"}``.
-        test_summary: :func:`qft_cli.stats.test_summary` of the run (``test_summary.parquet``).
+        test_summary: :func:`qft_cli.train.stats.test_summary` of the run (``test_summary.parquet``).
         new_parameters: parameters not in the checkpoint, initialised from the seed (the new
-            classification head; :data:`qft_cli.loading.LOADING_EXCEPTIONS`), also in ``run.json``.
+            classification head; :data:`qft_cli.models.loading.LOADING_EXCEPTIONS`), also in ``run.json``.
     """
 
     model_id: str
@@ -364,14 +372,14 @@ class FinetuneResult:
 
     def epochs(self) -> dict[str, float]:
         """Mean epochs trained per variant (over its seeds)."""
-        from qft_cli.training import mean_epochs
+        from qft_cli.train.training import mean_epochs
 
         return mean_epochs(self.variants)
 
     def summary(self) -> list[dict[str, Any]]:
         """Rows ``variant, accuracy, f1, accuracy_diff, f1_diff, epochs``: means over seeds, mean
         paired differences to vanilla (NaN without it), mean epochs trained."""
-        from qft_cli.training import summary_rows
+        from qft_cli.train.training import summary_rows
 
         return summary_rows(self.test_summary, self.epochs())
 
@@ -388,8 +396,8 @@ def finetune(model_name: str, *, dataset: str, settings: FinetuneSettings, run, 
 
     Args:
         model_name: alias, hub id, local directory, ``qft train`` run directory or ``tiny-dnabert``.
-        dataset: ``genomic-bench``, ``gue`` or ``conll2003`` (:mod:`qft_cli.tasks`).
-        run: an entered :class:`qft_cli.runs.Run`; tables and checkpoints go into ``run.path``.
+        dataset: ``genomic-bench``, ``gue`` or ``conll2003`` (:mod:`qft_cli.data.tasks`).
+        run: an entered :class:`qft_cli.runs.rundir.Run`; tables and checkpoints go into ``run.path``.
         device: ``auto``, ``cpu`` or ``cuda`` (the Trainer places the model).
         export_dir: write each variant with the normalisation folded, for stock ``transformers``
             (``export_dir`` for one variant and seed, ``export_dir/<variant>[/seed-<s>]`` for several).
@@ -399,14 +407,20 @@ def finetune(model_name: str, *, dataset: str, settings: FinetuneSettings, run, 
     Raises:
         QftInputError: bad model, data, tokenizer, layers, targets or gamma.
     """
-    from transformers import DataCollatorForTokenClassification, DataCollatorWithPadding
-
-    from qft_cli.export import export_model
-    from qft_cli.loading import load_report
-    from qft_cli.tasks import encode, load_task, subsample
     from dataclasses import replace
 
-    from qft_cli.training import METRICS_TABLE, ResultsRecorder, seed_subdir, train_variant, write_test_summary
+    from transformers import DataCollatorForTokenClassification, DataCollatorWithPadding
+
+    from qft_cli.data.tasks import encode, load_task, subsample
+    from qft_cli.models.loading import load_report
+    from qft_cli.train.export import export_model
+    from qft_cli.train.training import (
+        METRICS_TABLE,
+        ResultsRecorder,
+        seed_subdir,
+        train_variant,
+        write_test_summary,
+    )
 
     run_dir = Path(run.path)
     if export_dir is not None and Path(export_dir).exists() and not Path(export_dir).is_dir():
@@ -428,7 +442,11 @@ def finetune(model_name: str, *, dataset: str, settings: FinetuneSettings, run, 
     recorder = ResultsRecorder(run, default_seed=settings.seed)
     result = FinetuneResult(source.model_id, data.source, data.num_labels, data.kind, max_length, data.sizes(),
                             task=data.task)
-    from qft_cli.provenance import check_resumed_data, file_records, model_files_for
+    from qft_cli.runs.provenance import (
+        check_resumed_data,
+        file_records,
+        model_files_for,
+    )
 
     data_files = file_records(data.files)
     check_resumed_data(run.meta, data_files)

@@ -43,10 +43,10 @@ from typing import Any, Optional
 
 import numpy as np
 
-from qft_cli.errors import QftInputError
+from qft_cli.system.errors import QftInputError
 
 DATASETS = ("genomic-bench", "gue", "conll2003", "synthetic-dna")
-#: Datasets that exist only as local files (``synthetic-dna``: written by ``qft demo``, :mod:`qft_cli.synthetic`).
+#: Datasets that exist only as local files (``synthetic-dna``: written by ``qft demo``, :mod:`qft_cli.data.synthetic`).
 LOCAL_ONLY = ("synthetic-dna",)
 GENOMIC_BENCH_HUB = "katarinagresova/Genomic_Benchmarks_human_nontata_promoters"
 GUE_HUB = "leannmlindsey/GUE"
@@ -87,7 +87,7 @@ class TaskData:
             labels lists of ints (one per word).
         source: hub id or directory the data came from.
         files: every local file read (absolute paths; for hub data the ``datasets`` cache files).
-        origin: where the data came from, the keys of :func:`qft_cli.provenance.data_record`
+        origin: where the data came from, the keys of :func:`qft_cli.runs.provenance.data_record`
             besides ``dataset`` and ``task``: ``source`` (``local``, ``hub`` or ``synthetic``),
             ``hub_id``, ``config``, ``split``, ``revision`` (the hub commit hash).
     """
@@ -103,9 +103,9 @@ class TaskData:
     origin: dict[str, Any] = field(default_factory=lambda: {"source": "local"})
 
     def record(self) -> dict[str, Any]:
-        """The ``data`` field of ``run.json`` (:func:`qft_cli.provenance.data_record`), with the
+        """The ``data`` field of ``run.json`` (:func:`qft_cli.runs.provenance.data_record`), with the
         number of examples per split (``sizes``, after any subsampling) and ``notes``."""
-        from qft_cli.provenance import data_record
+        from qft_cli.runs.provenance import data_record
 
         return data_record(self.dataset, task=self.task, **self.origin, sizes=self.sizes(), notes=list(self.notes))
 
@@ -411,7 +411,7 @@ def _conll_from_dir(data_dir: Path) -> TaskData:
 # ----------------------------------------------------------------------------- hub
 
 def _hub_load(repo: str, **kwargs):
-    from qft_cli.models import hub_offline_if_unreachable
+    from qft_cli.models.names import hub_offline_if_unreachable
 
     unreachable = hub_offline_if_unreachable()  # before datasets' retries: use the cache or fail at once
     import datasets
@@ -426,8 +426,8 @@ def _hub_load(repo: str, **kwargs):
 
 def _hub_origin(ds, hub_id: str, config: Optional[str]) -> tuple[dict[str, Any], list[Path]]:
     """``TaskData.origin`` and files of a hub dataset: id, config, splits and the commit hash
-    resolved from the ``datasets`` cache (:func:`qft_cli.provenance.hub_dataset_revision`)."""
-    from qft_cli.provenance import hub_dataset_files, hub_dataset_revision
+    resolved from the ``datasets`` cache (:func:`qft_cli.runs.provenance.hub_dataset_revision`)."""
+    from qft_cli.runs.provenance import hub_dataset_files, hub_dataset_revision
 
     try:
         splits = list(ds.keys())
@@ -589,7 +589,7 @@ def dnabert2_tokenizer(trust_remote_code: bool = False):
     Raises:
         QftInputError: neither is available.
     """
-    from qft_cli.models import load_tokenizer, resolve_model
+    from qft_cli.models.names import load_tokenizer, resolve_model
 
     try:
         return load_tokenizer(resolve_model("dnabert"), trust_remote_code=trust_remote_code)
@@ -683,7 +683,7 @@ def build_tokenizer(spec: str, data: TaskData, *, text_model: Optional[str] = No
     Raises:
         QftInputError: unknown or malformed spec, a text task without a text model.
     """
-    from qft_cli.models import load_tokenizer, resolve_model
+    from qft_cli.models.names import load_tokenizer, resolve_model
 
     if data.kind == "token_classification":
         name = text_model if spec in ("auto", "", None) else spec

@@ -11,11 +11,11 @@ masked and attention dropout only in training, and no LayerNorm unless ``config.
 set (then pre-norm). Heads: sequence classification reads the first token (``[CLS]``), token
 classification every token.
 
-Parameter names are the ones :mod:`qft_cli.layout` classifies: ``model.embed_tokens`` (layer 0,
+Parameter names are the ones :mod:`qft_cli.models.layout` classifies: ``model.embed_tokens`` (layer 0,
 embedding), ``model.layers.<i>.attn.{q,k,v,o}_proj`` (layer ``i + 1``, q/k/v/o) and
-``model.layers.<i>.ffn.{up,down}_proj`` (ffn_up/ffn_down), so :mod:`qft_cli.normalization` and
+``model.layers.<i>.ffn.{up,down}_proj`` (ffn_up/ffn_down), so :mod:`qft_cli.train.normalization` and
 ``qft norms weights`` work on it unchanged. When ``config.qft_normalization`` is set (by
-:func:`qft_cli.normalization.apply_normalization`), the model re-applies it on construction, so
+:func:`qft_cli.train.normalization.apply_normalization`), the model re-applies it on construction, so
 ``save_pretrained``/``from_pretrained`` round-trip a normalised model.
 """
 
@@ -27,9 +27,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import PretrainedConfig, PreTrainedModel
-from transformers.modeling_outputs import BaseModelOutput, SequenceClassifierOutput, TokenClassifierOutput
+from transformers.modeling_outputs import (
+    BaseModelOutput,
+    SequenceClassifierOutput,
+    TokenClassifierOutput,
+)
 
-from qft_cli.errors import QftInputError
+from qft_cli.system.errors import QftInputError
 
 TASKS = ("sequence_classification", "token_classification")
 
@@ -48,7 +52,7 @@ class QftConfig(PretrainedConfig):
         rope_theta: base of the rotary frequencies.
         layer_norm: pre-norm LayerNorm in each block (the research's model has none).
         task: ``sequence_classification`` or ``token_classification``.
-        qft_normalization: settings of :func:`qft_cli.normalization.apply_normalization`, or None.
+        qft_normalization: settings of :func:`qft_cli.train.normalization.apply_normalization`, or None.
     """
 
     model_type = "qft-transformer"
@@ -115,7 +119,7 @@ class QftAttention(nn.Module):
 
     ``qkv_observer``: ``None``, or a function ``(module, q, k, v)`` called with the queries and
     keys after the rotary embeddings and the values (each (batch, heads, seq, head_dim)), as they
-    enter the dot product; set by ``qft norms attention`` (qft_cli.attention).
+    enter the dot product; set by ``qft norms attention`` (qft_cli.measure.attention).
     """
 
     applies_rotary = True
@@ -200,7 +204,7 @@ class QftPreTrainedModel(PreTrainedModel):
     def _reapply_normalization(self) -> None:
         settings = getattr(self.config, "qft_normalization", None)
         if settings:
-            from qft_cli.normalization import apply_normalization
+            from qft_cli.train.normalization import apply_normalization
 
             apply_normalization(self, **dict(settings))
 
@@ -289,9 +293,9 @@ def pretrained_embedding(name: str, trust_remote_code: bool = False) -> torch.Te
     Raises:
         QftInputError: unknown model, hub unreachable, or no token embedding found.
     """
-    from qft_cli.layout import classify
-    from qft_cli.loading import load_model
-    from qft_cli.models import resolve_model
+    from qft_cli.models.layout import classify
+    from qft_cli.models.loading import load_model
+    from qft_cli.models.names import resolve_model
 
     source = resolve_model(name)
     if not trust_remote_code:  # every kind (hub, local, tiny, GGUF): one tensor from the streaming reader
@@ -308,10 +312,10 @@ def pretrained_embedding(name: str, trust_remote_code: bool = False) -> torch.Te
 
 def _embedding_from_files(source) -> Optional[torch.Tensor]:
     """Read the token embedding straight from the checkpoint through the streaming reader of
-    :func:`qft_cli.loading.open_weights` (works for DNABERT-2 without its remote code); ``None``
-    when no tensor is a token embedding (:func:`qft_cli.layout.classify`)."""
-    from qft_cli.layout import classify
-    from qft_cli.loading import open_weights
+    :func:`qft_cli.models.loading.open_weights` (works for DNABERT-2 without its remote code); ``None``
+    when no tensor is a token embedding (:func:`qft_cli.models.layout.classify`)."""
+    from qft_cli.models.layout import classify
+    from qft_cli.models.loading import open_weights
 
     store = open_weights(source)
     try:
@@ -355,7 +359,12 @@ def build_model(config: QftConfig, *, embedding: Optional[torch.Tensor] = None, 
 
 def register_auto_classes() -> None:
     """Register the config and models with ``AutoConfig``/``AutoModel*`` (idempotent)."""
-    from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification, AutoModelForTokenClassification
+    from transformers import (
+        AutoConfig,
+        AutoModel,
+        AutoModelForSequenceClassification,
+        AutoModelForTokenClassification,
+    )
 
     try:
         AutoConfig.register(QftConfig.model_type, QftConfig)

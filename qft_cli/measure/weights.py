@@ -3,12 +3,12 @@
 Weights are streamed tensor by tensor from the checkpoint files (safetensors shards, or
 ``pytorch_model*.bin`` through ``torch.load(mmap=True, weights_only=True)``), so peak memory stays
 near the largest single tensor as stored (norms are accumulated in float64 over blocks of rows, see
-:func:`qft_cli.norms.matrix_stats`), not the whole model: a 7B model is
+:func:`qft_cli.measure.norms.matrix_stats`), not the whole model: a 7B model is
 measurable on a 24 GiB machine. Tiny models (built in memory) are read from their parameters.
 No model code runs, so no ``trust_remote_code`` is ever needed here.
 
 Which parameters are matrices, their orientation (``(d_out, d_in)``), layer numbering and the split
-of fused projections are decided by :mod:`qft_cli.layout`.
+of fused projections are decided by :mod:`qft_cli.models.layout`.
 """
 
 from __future__ import annotations
@@ -23,13 +23,20 @@ from typing import Iterator, Optional
 import pandas as pd
 import torch
 
-from qft_cli.attention import composite_head_rows, gram_norms, head_grams
-from qft_cli.errors import QftInputError
-from qft_cli.layout import _EMBEDDING_RE, MATRIX_ORDER, MatrixSpec, classify, head_dim, split_heads
-from qft_cli.loading import TensorStore, checkpoint_files, open_weights  # noqa: F401 (re-exported)
-from qft_cli.models import ModelSource
-from qft_cli.norms import matrix_stats, stats_record
-from qft_cli.progress import ProgressFn, report
+from qft_cli.measure.attention import composite_head_rows, gram_norms, head_grams
+from qft_cli.measure.norms import matrix_stats, stats_record
+from qft_cli.models.layout import (
+    _EMBEDDING_RE,
+    MATRIX_ORDER,
+    MatrixSpec,
+    classify,
+    head_dim,
+    split_heads,
+)
+from qft_cli.models.loading import TensorStore, open_weights  # noqa: F401 (re-exported)
+from qft_cli.models.names import ModelSource
+from qft_cli.system.errors import QftInputError
+from qft_cli.system.progress import ProgressFn, report
 
 WEIGHT_COLUMNS = ["model", "model_alias", "part", "layer", "matrix", "parameter", "d_out", "d_in", "dtype",
                   "quant_type",
@@ -47,10 +54,10 @@ class WeightNormsResult:
         vectors: column l2 norms of q/k/v and per-token l2 norms of the embedding (long format:
             part, layer, matrix, kind, index, value).
         heads: per-head spectral and Frobenius norms of every attention matrix (part, layer,
-            matrix, head, spectral_norm, frobenius_norm); see :func:`qft_cli.layout.split_heads`.
+            matrix, head, spectral_norm, frobenius_norm); see :func:`qft_cli.models.layout.split_heads`.
             Also the weight-only composites of each block, matrix ``qk`` (W_q,h^T W_k,h, GQA heads
             paired as the model pairs them) and ``ov`` (W_o,h W_v,h), computed through
-            head_dim x head_dim matrices (:func:`qft_cli.attention.weight_composites`).
+            head_dim x head_dim matrices (:func:`qft_cli.measure.attention.weight_composites`).
         nonfinite: parameters that held NaN/inf.
         unrecognised: 2-D tensors qft does not recognise (:func:`unrecognised_parameters`): not
             measured, reported.
@@ -65,7 +72,7 @@ class WeightNormsResult:
 
 #: 2-D tensors qft knows and does not measure: position and token-type embeddings, tied or shared
 #: copies of the token embedding, poolers and the heads of a task (LM, masked-LM, classifier).
-#: Any other 2-D tensor outside :func:`qft_cli.layout.classify` is *unrecognised*: listed in
+#: Any other 2-D tensor outside :func:`qft_cli.models.layout.classify` is *unrecognised*: listed in
 #: ``run.json`` (``unrecognised_parameters``) and in one warning line.
 NOT_MEASURED_RE = re.compile(r"(?:^|\.)(?:position_embeddings|wpe|embed_positions|position_embedding|"
                              r"token_type_embeddings|pooler|lm_head|cls|embed_out|classifier|score|qa_outputs)(?:\.|$)")
@@ -141,15 +148,15 @@ def weight_norms(source: ModelSource, *, dtype: Optional[torch.dtype] = None, de
     """Frobenius and spectral norms, and column/row l2-norm statistics, of every matrix.
 
     Args:
-        source: the model (see :func:`qft_cli.models.resolve_model`).
+        source: the model (see :func:`qft_cli.models.names.resolve_model`).
         dtype: cast each tensor to this dtype first (as if the model were loaded in it); ``None``
             keeps the stored dtype. Norms are accumulated in float64 either way.
         device: where to compute (``cuda`` is much faster for 7B models).
         labels: constant columns to add (e.g. ``model``, ``model_alias``).
         exact: spectral norms by the float64 Gram matrix + ``eigvalsh`` for every matrix (relative
             error ~1e-15); default: the fast block-Krylov path for matrices whose short side exceeds
-            :data:`qft_cli.norms.EXACT_BELOW`, certified to :data:`qft_cli.norms.SPECTRAL_RTOL`
-            (column ``spectral_norm_error_bound``; see :func:`qft_cli.norms.matrix_stats`).
+            :data:`qft_cli.measure.norms.EXACT_BELOW`, certified to :data:`qft_cli.measure.norms.SPECTRAL_RTOL`
+            (column ``spectral_norm_error_bound``; see :func:`qft_cli.measure.norms.matrix_stats`).
         parameters: measure only the matrices stored in these parameters (a rank's share under
             torch.distributed); ``None`` = all.
         workers: matrices measured at once on a CPU, each with one torch thread (torch's thread
@@ -162,7 +169,7 @@ def weight_norms(source: ModelSource, *, dtype: Optional[torch.dtype] = None, de
 
     Memory: per matrix in flight (at most ``workers``, plus the one being read), the stored tensor,
     float64 blocks of 2-16 MiB and one copy of it as stored (bfloat16) or at most a 192 MiB float32
-    copy (see :func:`qft_cli.norms.matrix_stats`); no whole-tensor float64 copy.
+    copy (see :func:`qft_cli.measure.norms.matrix_stats`); no whole-tensor float64 copy.
 
     Raises:
         QftInputError: no attention matrices found (the message lists the parameter names seen); a
@@ -312,16 +319,16 @@ def summarize_weights(table: pd.DataFrame) -> pd.DataFrame:
 def weights_by_layer(table: pd.DataFrame) -> pd.DataFrame:
     """Per-layer view of ``norms_weights``: one row per (model, part, layer, norm), one column per
     attention/FFN matrix type present (``q, k, v, o, cross_*, ffn_gate, ffn_up, ffn_down`` in
-    :data:`qft_cli.layout.MATRIX_ORDER`), values the spectral or Frobenius norm (float64, the
+    :data:`qft_cli.models.layout.MATRIX_ORDER`), values the spectral or Frobenius norm (float64, the
     weights' units). Layers 1..L only (the embedding, layer 0, is in the summary); a matrix type
     absent from a layer is NaN. ``part`` is dropped when every row has ``""`` (decoder-only and
     encoder-only models).
 
     Raises:
         ValueError: two matrices of one type in the same model, part and layer (never silently
-            merged; :mod:`qft_cli.layout` names each matrix once per layer).
+            merged; :mod:`qft_cli.models.layout` names each matrix once per layer).
     """
-    from qft_cli.layout import MATRIX_ORDER
+    from qft_cli.models.layout import MATRIX_ORDER
 
     keys = [k for k in ("model_alias", "part", "layer") if k in table.columns]
     blocks = table[(table["layer"] >= 1) & (table["matrix"] != "embedding")]

@@ -39,8 +39,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from qft_cli.errors import QftInputError
-from qft_cli.progress import ProgressFn, report
+from qft_cli.system.errors import QftInputError
+from qft_cli.system.progress import ProgressFn, report
 
 METRICS_TABLE = "metrics"
 NORMS_TABLE = "norms_during_training"
@@ -124,7 +124,7 @@ class TrainingConfig:
             raise QftInputError(f"unknown --mixed-precision '{self.mixed_precision}': use {', '.join(MIXED_PRECISION)}")
         if self.mixed_precision in ("fp16", "bf16") and not torch.cuda.is_available():
             raise QftInputError(f"--mixed-precision {self.mixed_precision} needs a CUDA GPU: use auto or no on this machine")
-        from qft_cli.device import resolve_device
+        from qft_cli.system.device import resolve_device
 
         resolve_device(self.device)
         return self
@@ -183,7 +183,7 @@ def metrics_function(num_labels: int) -> Callable:
 # ----------------------------------------------------------------------------- recording
 
 def matrix_norm_rows(model: torch.nn.Module, targets: Sequence[str] = ("attention", "ffn")) -> list[dict[str, Any]]:
-    """Spectral and Frobenius norm (float64, :mod:`qft_cli.norms`) of every tracked matrix.
+    """Spectral and Frobenius norm (float64, :mod:`qft_cli.measure.norms`) of every tracked matrix.
 
     A normalised model reports its effective (normalised) matrices; a vanilla model the plain
     matrices of ``targets`` (roles or matrix names), so variants can be compared.
@@ -191,9 +191,9 @@ def matrix_norm_rows(model: torch.nn.Module, targets: Sequence[str] = ("attentio
     Returns:
         dicts with ``parameter``, ``layer``, ``matrix``, ``spectral_norm``, ``frobenius_norm``.
     """
-    from qft_cli.layout import classify_model
-    from qft_cli.norms import frobenius_norm, spectral_norm
-    from qft_cli.normalization import effective_matrices, parse_targets
+    from qft_cli.measure.norms import frobenius_norm, spectral_norm
+    from qft_cli.models.layout import classify_model
+    from qft_cli.train.normalization import effective_matrices, parse_targets
 
     mats = [(m.parameter, m.layer, m.matrix, m.weight) for m in effective_matrices(model)]
     if not mats:
@@ -213,7 +213,7 @@ class ResultsRecorder:
     (main process only). Every row has ``variant`` and ``seed``.
 
     Args:
-        run: a :class:`qft_cli.runs.Run` (or ``None``: keep rows in memory only).
+        run: a :class:`qft_cli.runs.rundir.Run` (or ``None``: keep rows in memory only).
         default_seed: the ``seed`` given to rows read from an older run directory without the column.
     """
 
@@ -292,7 +292,7 @@ def _recorder_callback_class():
             return state.is_world_process_zero
 
         def _record_matrices(self, model, state) -> None:
-            from qft_cli.normalization import gammas
+            from qft_cli.train.normalization import gammas
 
             base = {"variant": self.variant, "seed": self.seed, "epoch": float(state.epoch or 0.0),
                     "step": int(state.global_step)}
@@ -383,7 +383,7 @@ def training_arguments(config: TrainingConfig, output_dir: Path, num_train: int)
     """The ``transformers.TrainingArguments`` of :class:`TrainingConfig` (see module docstring)."""
     from transformers import TrainingArguments
 
-    from qft_cli.device import resolve_device
+    from qft_cli.system.device import resolve_device
 
     device = resolve_device(config.device)
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -456,7 +456,7 @@ def train_variant(model, datasets: Mapping[str, Any], config: TrainingConfig, va
     The rows recorded carry ``seed`` = ``config.seed``. For sequence classification the test
     predictions of the best model go into the recorder's ``predictions`` table (``variant, seed,
     sample, label, prediction, num_labels``; ``sample`` = row of the test split), for bootstrap
-    intervals (:mod:`qft_cli.stats`).
+    intervals (:mod:`qft_cli.train.stats`).
 
     Returns:
         :class:`VariantResult` with the test loss, accuracy and F1 (NaN without a test split).
@@ -520,7 +520,7 @@ def train_variant(model, datasets: Mapping[str, Any], config: TrainingConfig, va
 
 def trainer_class():
     """The Hugging Face ``Trainer`` with one change: the logits ``g`` of learnable scales
-    (``gamma = max_gamma * sigmoid(g)``, :mod:`qft_cli.normalization`) get no weight decay.
+    (``gamma = max_gamma * sigmoid(g)``, :mod:`qft_cli.train.normalization`) get no weight decay.
 
     Decay on ``g`` would pull it towards 0, i.e. gamma towards ``max_gamma / 2``, whatever the
     data says; biases and LayerNorm weights are excluded by the Trainer already.
@@ -569,8 +569,8 @@ class ExperimentOptions:
 
     def variants(self) -> list[tuple[str, Optional[str], Optional[float]]]:
         """``(variant name, method, max_gamma)`` in training order, vanilla first
-        (:func:`qft_cli.normalization.norm_variants`)."""
-        from qft_cli.normalization import norm_variants
+        (:func:`qft_cli.train.normalization.norm_variants`)."""
+        from qft_cli.train.normalization import norm_variants
 
         return norm_variants(self.norm, max_gamma=self.max_gamma, subnormalised=self.subnormalised)
 
@@ -584,8 +584,8 @@ class ExperimentOptions:
         Raises:
             QftInputError: unknown dataset/task/norm/targets, contradicting options.
         """
-        from qft_cli.normalization import parse_targets
-        from qft_cli.tasks import validate_dataset_name, validate_tokenizer_spec
+        from qft_cli.data.tasks import validate_dataset_name, validate_tokenizer_spec
+        from qft_cli.train.normalization import parse_targets
 
         self.dataset, self.task = validate_dataset_name(self.dataset, self.task)
         validate_tokenizer_spec(self.dataset, self.tokenizer, self.embedding_from)
@@ -656,12 +656,12 @@ def seed_subdir(root: Path, variant: str, seed: int, several: bool) -> Path:
 def write_test_summary(run, recorder: "ResultsRecorder", *, dataset: Optional[str], task: Optional[str],
                        num_labels: Optional[int] = None) -> pd.DataFrame:
     """Build ``test_summary.parquet`` from the recorder's metrics and predictions
-    (:func:`qft_cli.stats.test_summary`) and write it into ``run`` (main process only).
+    (:func:`qft_cli.train.stats.test_summary`) and write it into ``run`` (main process only).
 
     Returns:
         The summary (empty without test rows).
     """
-    from qft_cli import stats
+    from qft_cli.train import stats
 
     metrics = recorder.frame(METRICS_TABLE) if recorder.tables[METRICS_TABLE] else pd.DataFrame()
     predictions = recorder.frame(PREDICTIONS_TABLE) if recorder.tables[PREDICTIONS_TABLE] else None
@@ -700,7 +700,7 @@ def mean_epochs(results: Sequence[Any]) -> dict[str, float]:
 @dataclass
 class ExperimentResult:
     """Test metrics of every variant and seed (seed-major order, vanilla first per seed), the
-    ``test_summary`` table (:func:`qft_cli.stats.test_summary`) and data facts (``task``: the task
+    ``test_summary`` table (:func:`qft_cli.train.stats.test_summary`) and data facts (``task``: the task
     actually read)."""
 
     results: list[VariantResult]
@@ -721,7 +721,7 @@ class ExperimentResult:
 
 
 def summary_rows(test_summary: pd.DataFrame, epochs: Mapping[str, float]) -> list[dict[str, Any]]:
-    """Wide rows of a :func:`qft_cli.stats.test_summary` table (one per variant; see
+    """Wide rows of a :func:`qft_cli.train.stats.test_summary` table (one per variant; see
     :meth:`ExperimentResult.summary`)."""
     rows = []
     if test_summary is None or test_summary.empty:
@@ -738,7 +738,7 @@ def summary_rows(test_summary: pd.DataFrame, epochs: Mapping[str, float]) -> lis
 
 def run_experiment(options: ExperimentOptions, run, *, resume: bool = False,
                    progress: Optional[ProgressFn] = None) -> ExperimentResult:
-    """Train every variant of ``options`` once per seed into ``run`` (a :class:`qft_cli.runs.Run` that is entered).
+    """Train every variant of ``options`` once per seed into ``run`` (a :class:`qft_cli.runs.rundir.Run` that is entered).
 
     For each seed (``options.seed_list()``, in order) every variant starts from the same initial
     weights (model seed = that seed; the normalisation is applied on top) and sees the same data
@@ -751,13 +751,13 @@ def run_experiment(options: ExperimentOptions, run, *, resume: bool = False,
 
     Raises:
         QftInputError: bad options or data (see :meth:`ExperimentOptions.validate`,
-            :func:`qft_cli.tasks.load_task`).
+            :func:`qft_cli.data.tasks.load_task`).
     """
     from transformers import DataCollatorForTokenClassification, DataCollatorWithPadding
 
-    from qft_cli.modeling_qft import QftConfig, build_model, pretrained_embedding
-    from qft_cli.normalization import apply_normalization
-    from qft_cli.tasks import build_tokenizer, encode, load_task, subsample
+    from qft_cli.data.tasks import build_tokenizer, encode, load_task, subsample
+    from qft_cli.train.modeling_qft import QftConfig, build_model, pretrained_embedding
+    from qft_cli.train.normalization import apply_normalization
 
     options.validate()
     cfg = options.training
@@ -783,10 +783,13 @@ def run_experiment(options: ExperimentOptions, run, *, resume: bool = False,
         collator = DataCollatorForTokenClassification(tokenizer)
     else:
         collator = DataCollatorWithPadding(tokenizer)
-    from qft_cli.device import resolve_device
-
-    from qft_cli.models import resolve_model
-    from qft_cli.provenance import check_resumed_data, file_records, model_files_for
+    from qft_cli.models.names import resolve_model
+    from qft_cli.runs.provenance import (
+        check_resumed_data,
+        file_records,
+        model_files_for,
+    )
+    from qft_cli.system.device import resolve_device
 
     data_files = file_records(data.files)
     check_resumed_data(run.meta, data_files)
@@ -835,7 +838,7 @@ def run_experiment(options: ExperimentOptions, run, *, resume: bool = False,
 
 
 def open_run(options: ExperimentOptions, *, out: Path, argv: list[str], resume_dir: Optional[Path] = None):
-    """The :class:`qft_cli.runs.Run` of an experiment, agreed by every process under torchrun.
+    """The :class:`qft_cli.runs.rundir.Run` of an experiment, agreed by every process under torchrun.
 
     Rank 0 creates the directory (or reuses ``resume_dir``); the path is broadcast to the other
     ranks, which never write. Returns the Run (not yet entered).
@@ -843,7 +846,7 @@ def open_run(options: ExperimentOptions, *, out: Path, argv: list[str], resume_d
     Raises:
         QftInputError: ``resume_dir`` is not a qft train run directory.
     """
-    from qft_cli.runs import RUN_JSON, Run
+    from qft_cli.runs.rundir import RUN_JSON, Run
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
     is_main = int(os.environ.get("RANK", "0")) == 0
@@ -853,7 +856,7 @@ def open_run(options: ExperimentOptions, *, out: Path, argv: list[str], resume_d
     model_name = options.embedding_from or f"qft-{options.num_layers}layer-d{options.d_model}"
     run = Run("train", [model_name], to_jsonable(options), out=Path(out), argv=argv, is_main_process=is_main)
     if resume_dir is not None:
-        from qft_cli.provenance import resume_meta
+        from qft_cli.runs.provenance import resume_meta
 
         run.path = Path(resume_dir)
         run.meta = resume_meta(resume_dir)

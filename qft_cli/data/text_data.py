@@ -22,7 +22,7 @@ from typing import Optional
 
 import torch
 
-from qft_cli.errors import QftInputError
+from qft_cli.system.errors import QftInputError
 
 TEXT_COLUMNS = ("text", "question", "sequence", "seq")
 FILE_SUFFIXES = (".txt", ".csv", ".tsv", ".parquet", ".fa", ".fasta")
@@ -47,7 +47,7 @@ class Texts(list):
 
     Attributes:
         files: the local files read (absolute paths).
-        origin: keys of :func:`qft_cli.provenance.data_record` besides ``dataset``/``task``
+        origin: keys of :func:`qft_cli.runs.provenance.data_record` besides ``dataset``/``task``
             (``source``: ``local`` or ``hub``; ``hub_id``, ``config``, ``split``, ``revision``).
     """
 
@@ -132,7 +132,7 @@ def mmlu_questions(data_file: Optional[Path] = None, text_column: Optional[str] 
     """
     if data_file is not None:
         return read_text_file(Path(data_file), text_column or "question")
-    from qft_cli.models import hub_offline_if_unreachable
+    from qft_cli.models.names import hub_offline_if_unreachable
 
     unreachable = hub_offline_if_unreachable()  # before datasets' retries: use the cache or fail at once
     try:
@@ -143,7 +143,7 @@ def mmlu_questions(data_file: Optional[Path] = None, text_column: Optional[str] 
         why = "hub not reachable or HF_HUB_OFFLINE set, and not cached" if unreachable else type(err).__name__
         raise QftInputError(f"could not load MMLU from the Hugging Face Hub ({why}): pass a local CSV "
                             "with --data-file (columns subject,question,A,B,C,D,answer)") from None
-    from qft_cli.provenance import hub_dataset_files, hub_dataset_revision
+    from qft_cli.runs.provenance import hub_dataset_files, hub_dataset_revision
 
     return Texts(ds["question"], files=hub_dataset_files(ds),
                  origin={"source": "hub", "hub_id": MMLU_HUB_ID, "config": "all", "split": ["validation"],

@@ -20,7 +20,7 @@ builds (tested against it):
   is ``$QFT_CACHE``, else ``$XDG_CACHE_HOME/qft``, else ``~/.cache/qft``. The conversion is written
   to a temporary directory and renamed, so an interrupted run never leaves a half-written model.
   File hashes are remembered per (path, size, mtime) in ``<cache>/sha256.json`` (shared with
-  :mod:`qft_cli.provenance`), and the
+  :mod:`qft_cli.runs.provenance`), and the
   config transformers derives from a file's metadata in ``<cache>/gguf/<sha256>.config.json``.
 
 The quantisation type of each tensor (``Q4_1``, ``Q8_0``, ``F32``, ...; ggml's names) is kept: the
@@ -40,7 +40,7 @@ from typing import Optional
 
 import torch
 
-from qft_cli.errors import QftInputError
+from qft_cli.system.errors import QftInputError
 
 SMOLLM2 = "smollm2"
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -105,7 +105,7 @@ def gguf_config_dict(path: Path) -> dict:
     _need_gguf()
     from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
 
-    from qft_cli.runs import write_json_atomic
+    from qft_cli.runs.files import write_json_atomic
 
     try:
         memo = cache_root() / "gguf" / f"{file_sha256(path)}.config.json"
@@ -201,8 +201,11 @@ def open_gguf(path: Path) -> GGUFTensors:
     _need_gguf()
     from gguf import GGUFReader
     from transformers import AutoConfig, AutoModelForCausalLM
-    from transformers.modeling_gguf_pytorch_utils import (TENSOR_PROCESSORS, TensorProcessor,
-                                                          get_gguf_hf_weights_map)
+    from transformers.modeling_gguf_pytorch_utils import (
+        TENSOR_PROCESSORS,
+        TensorProcessor,
+        get_gguf_hf_weights_map,
+    )
 
     path = Path(path)
     config = gguf_config_dict(path)
@@ -273,17 +276,17 @@ def _save_plain(model, directory: Path) -> None:
 
 def cache_root() -> Path:
     """qft's cache directory: ``$QFT_CACHE``, else ``$XDG_CACHE_HOME/qft``, else ``~/.cache/qft``
-    (:func:`qft_cli.provenance.cache_dir`)."""
-    from qft_cli.provenance import cache_dir
+    (:func:`qft_cli.runs.files.cache_dir`)."""
+    from qft_cli.runs.files import cache_dir
 
     return cache_dir()
 
 
 def file_sha256(path: Path) -> str:
     """SHA-256 (hex) of a file, remembered per (resolved path, size, mtime) in qft's one hash cache
-    ``<cache>/sha256.json`` (:func:`qft_cli.provenance.cached_sha256`), so that a file is hashed
+    ``<cache>/sha256.json`` (:func:`qft_cli.runs.files.cached_sha256`), so that a file is hashed
     once, here and for ``run.json``'s ``model_files`` alike."""
-    from qft_cli.provenance import cached_sha256
+    from qft_cli.runs.files import cached_sha256
 
     return cached_sha256(Path(path), min_bytes=0)
 

@@ -6,7 +6,7 @@ Layout (the one place that decides it)::
         run.json                 command line, options, versions, software (versions, torch
                                  threads, device name, deterministic algorithms), device, dtype,
                                  seed, start/end time (ISO 8601, UTC), status, and the provenance
-                                 fields data, data_files, model_files (qft_cli.provenance)
+                                 fields data, data_files, model_files (qft_cli.runs.provenance)
         <table>.parquet          one file per result table (schemas in docs/results.md)
 
 ``status`` is ``running`` while the run is in progress, then ``completed``, ``failed`` or
@@ -18,22 +18,18 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
-import os
-import platform
 import re
 import shutil
 import sys
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
 
-from qft_cli import __version__
-from qft_cli.errors import QftInputError
+from qft_cli.system.errors import QftInputError
+from qft_cli.runs.files import _first_missing, check_writable, write_json_atomic, write_parquet_atomic
+from qft_cli.runs.provenance import software_info, versions
 
 RUN_JSON = "run.json"
 
@@ -49,102 +45,11 @@ def slug(text: str, max_len: int = 60) -> str:
     return (text or "model")[:max_len]
 
 
-def versions() -> dict[str, str]:
-    """Versions of qft and the libraries that shape its numbers."""
-    import torch
-    import transformers
-
-    out = {"qft": __version__, "python": platform.python_version(), "torch": torch.__version__,
-           "transformers": transformers.__version__}
-    for name in ("datasets", "accelerate", "tokenizers"):
-        try:
-            out[name] = __import__(name).__version__
-        except Exception:  # pragma: no cover - optional
-            pass
-    return out
-
-
 def _software(device: Any) -> dict[str, Any]:
-    from qft_cli.provenance import software_info
-
     try:
         return software_info(device if device not in (None, "") else None)
     except Exception:  # an unavailable device named in the options: the CPU's name, fixed by update(device=)
         return software_info("cpu")
-
-
-def check_writable(out: Path, create: bool = True) -> Path:
-    """Make sure ``out`` exists (creating it) and accepts new files.
-
-    With ``create=False`` nothing is created: a missing ``out`` passes when its nearest existing
-    parent directory accepts new files (bad input found later must leave nothing written).
-
-    Raises:
-        QftInputError: ``out`` is a file, or cannot be created or written.
-    """
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise QftInputError(f"--out {out} is a file, not a directory: pass a directory path")
-    try:
-        if create:
-            out.mkdir(parents=True, exist_ok=True)
-            target = out
-        else:
-            target = out
-            while not target.exists() and target != target.parent:
-                target = target.parent
-            if not target.is_dir():
-                raise NotADirectoryError(20, "Not a directory")
-        with tempfile.NamedTemporaryFile(dir=target, prefix=".qft-write-test-"):
-            pass
-    except OSError as err:
-        raise QftInputError(f"--out {out} is not writable ({err.strerror}): pass a directory you can write to") from None
-    return out
-
-
-def _first_missing(path: Path) -> Path | None:
-    """The outermost directory of ``path`` that does not exist yet (None when ``path`` exists)."""
-    missing = None
-    while not path.exists() and path != path.parent:
-        missing, path = path, path.parent
-    return missing
-
-
-def _file_mode() -> int:
-    """Permissions of a new file under the current umask (mkstemp would leave 0600)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
-
-
-def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    """Write ``data`` as indented JSON to ``path`` through a temporary file and a rename."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2, default=str)
-            f.write("\n")
-        os.chmod(tmp, _file_mode())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def write_parquet_atomic(df: pd.DataFrame, path: Path) -> Path:
-    """Write ``df`` to ``path`` as parquet through a temporary file and a rename."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        pq.write_table(pa.Table.from_pandas(df, preserve_index=False), tmp)
-        os.chmod(tmp, _file_mode())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def read_run_json(run_dir: Path) -> dict[str, Any]:
@@ -233,7 +138,7 @@ class Run:
         ``software.device_name``)."""
         self.meta.update(fields)
         if "device" in fields and isinstance(self.meta.get("software"), dict):
-            from qft_cli.provenance import device_name
+            from qft_cli.runs.provenance import device_name
 
             self.meta["software"]["device_name"] = device_name(fields["device"])
         self._write()

@@ -15,7 +15,7 @@ How it is computed:
   padding, attention mask). Padding rows are set to zero before any norm: a zero row changes
   neither ||S||_F nor the singular values, so the values equal those of the real-token rows alone
   and do not depend on the batch size or on the other samples of a batch.
-* Norms are accumulated in float64 (:mod:`qft_cli.norms`).
+* Norms are accumulated in float64 (:mod:`qft_cli.measure.norms`).
 """
 
 from __future__ import annotations
@@ -26,10 +26,10 @@ from typing import Iterator, Optional, Sequence
 import pandas as pd
 import torch
 
-from qft_cli.errors import QftInputError
-from qft_cli.models import max_positions
-from qft_cli.norms import ACCUMULATE, fit_power_law
-from qft_cli.progress import ProgressFn, report
+from qft_cli.measure.norms import ACCUMULATE, fit_power_law
+from qft_cli.models.names import max_positions
+from qft_cli.system.errors import QftInputError
+from qft_cli.system.progress import ProgressFn, report
 
 INPUT_COLUMNS = ["model", "model_alias", "dataset", "sample_index", "layer", "num_tokens",
                  "frobenius_norm", "spectral_norm", "max_row_norm", "finite", "all_zero"]
@@ -95,7 +95,7 @@ def find_blocks(model: torch.nn.Module) -> torch.nn.ModuleList:
             if len({type(m) for m in module}) == 1:
                 candidates.append((name, module))
     if not candidates:
-        from qft_cli.layout import module_types
+        from qft_cli.models.layout import module_types
 
         raise QftInputError(f"found no list of {depth} transformer blocks in the model (module types: "
                             f"{', '.join(module_types(model))}): this architecture is not supported")
@@ -334,7 +334,7 @@ def hidden_state_norms(model: torch.nn.Module, token_ids: Sequence[Sequence[int]
 
 def summarize_inputs(table: pd.DataFrame) -> pd.DataFrame:
     """Per (model, dataset, layer): min/median/max of each norm and the fitted exponent b of
-    norm ~ c N^b (:func:`qft_cli.norms.fit_power_law`) for the Frobenius and spectral norms."""
+    norm ~ c N^b (:func:`qft_cli.measure.norms.fit_power_law`) for the Frobenius and spectral norms."""
     out = []
     keys = [k for k in ("model_alias", "dataset", "layer") if k in table.columns]
     for key, group in table.groupby(keys, sort=True):

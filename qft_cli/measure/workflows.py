@@ -1,7 +1,7 @@
 """The ``qft norms inputs``, ``qft norms attention`` and ``qft norms weights`` workflows: validate, load, measure, write.
 
 Each workflow takes a small dataclass of arguments (validated in ``__post_init__`` before any heavy
-work), writes one run directory (:class:`qft_cli.runs.Run`) and returns the tables it wrote.
+work), writes one run directory (:class:`qft_cli.runs.rundir.Run`) and returns the tables it wrote.
 """
 
 from __future__ import annotations
@@ -15,17 +15,29 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 import pandas as pd
 
-from qft_cli.device import resolve_device, resolve_dtype
-from qft_cli.distributed import balanced_shards, gather_to_main, process_group
-from qft_cli.errors import QftInputError
-from qft_cli.fits import fit_summary, fit_table
-from qft_cli.inputs import InputNormsResult, check_num_tokens, hidden_state_norms, num_layers, parse_layers
-from qft_cli.loading import load_model
-from qft_cli.models import load_config, load_tokenizer, resolve_model
-from qft_cli.progress import ProgressFn
-from qft_cli.runs import Run, check_writable
-from qft_cli.threads import configure_threads, fix_mmap_threshold
-from qft_cli.weights import matrix_groups, merge_weight_results, summarize_weights, weight_norms
+from qft_cli.measure.fits import fit_summary, fit_table
+from qft_cli.measure.inputs import (
+    InputNormsResult,
+    check_num_tokens,
+    hidden_state_norms,
+    num_layers,
+    parse_layers,
+)
+from qft_cli.measure.weights import (
+    matrix_groups,
+    merge_weight_results,
+    summarize_weights,
+    weight_norms,
+)
+from qft_cli.models.loading import load_model
+from qft_cli.models.names import load_config, load_tokenizer, resolve_model
+from qft_cli.runs.files import check_writable
+from qft_cli.runs.rundir import Run
+from qft_cli.system.device import resolve_device, resolve_dtype
+from qft_cli.system.distributed import balanced_shards, gather_to_main, process_group
+from qft_cli.system.errors import QftInputError
+from qft_cli.system.progress import ProgressFn
+from qft_cli.system.threads import configure_threads, fix_mmap_threshold
 
 
 @dataclass
@@ -141,8 +153,8 @@ FIT_GROUPS = ["model", "model_alias", "dataset", "layer"]
 
 def run_norms_inputs(args: NormsInputsArgs, progress: Optional[ProgressFn] = None) -> NormsResult:
     """Measure hidden-state norms of every model in ``args.models`` and write ``norms_inputs.parquet``
-    and ``fits.parquet`` (norm ~ c N^b per model, dataset, layer and norm, :func:`qft_cli.fits.fit_table`,
-    quantity ``hidden_states``). The result's ``summary`` is :func:`qft_cli.fits.fit_summary` of them.
+    and ``fits.parquet`` (norm ~ c N^b per model, dataset, layer and norm, :func:`qft_cli.measure.fits.fit_table`,
+    quantity ``hidden_states``). The result's ``summary`` is :func:`qft_cli.measure.fits.fit_summary` of them.
 
     All models are resolved, and their depth checked against ``--layers``, before any heavy work.
 
@@ -204,7 +216,7 @@ def _prepare(args: NormsInputsArgs, parse: Callable[[str, int], list[int]]) -> d
             layer_lists.append(parse(args.layers, num_layers(config)))
         except QftInputError as err:
             raise QftInputError(f"model {source.name}: {err}") from None
-    from qft_cli.text_data import load_texts
+    from qft_cli.data.text_data import load_texts
 
     texts = None if args.dataset == "random" else load_texts(args.dataset, args.data_file, args.text_column)
     return {"sources": sources, "layer_lists": layer_lists, "texts": texts, "device": device, "dtype": dtype}
@@ -214,8 +226,8 @@ def _loaded_models(args: NormsInputsArgs, run: Run, prepared: dict, progress: Op
     """Yield ``(source, model, samples, pad_token_id, layers)`` one model at a time (each model is
     dropped before the next is loaded); ``prepared`` from :func:`_prepare`. Records the data read
     (``data``, ``data_files``) and each model's weights (``model_files``) in ``run.json``
-    (:mod:`qft_cli.provenance`)."""
-    from qft_cli.provenance import data_record, file_records, model_files_for
+    (:mod:`qft_cli.runs.provenance`)."""
+    from qft_cli.runs.provenance import data_record, file_records, model_files_for
 
     sources, layer_lists, texts = prepared["sources"], prepared["layer_lists"], prepared["texts"]
     device, dtype = prepared["device"], prepared["dtype"]
@@ -252,11 +264,11 @@ def _loaded_models(args: NormsInputsArgs, run: Run, prepared: dict, progress: Op
 
 def run_norms_attention(args: NormsAttentionArgs, progress: Optional[ProgressFn] = None) -> NormsResult:
     """Measure per-head norms of X, Q, K, V and the unmasked logits, with their bounds, of every
-    model in ``args.models`` (:func:`qft_cli.attention.attention_norms`); write
-    ``norms_attention.parquet`` and ``fits.parquet`` (:func:`qft_cli.attention.attention_fits`).
+    model in ``args.models`` (:func:`qft_cli.measure.attention.attention_norms`); write
+    ``norms_attention.parquet`` and ``fits.parquet`` (:func:`qft_cli.measure.attention.attention_fits`).
 
     Under torchrun (``WORLD_SIZE`` > 1) each rank measures a share of the samples balanced by length
-    (:func:`qft_cli.distributed.balanced_shards`); rank 0 merges them (:func:`merge_sample_results`:
+    (:func:`qft_cli.system.distributed.balanced_shards`); rank 0 merges them (:func:`merge_sample_results`:
     the single-process table, dataset sample indices in the rows and the warnings) and is the only
     process that writes the run directory (``world_size`` in run.json); other ranks return a result
     with no tables.
@@ -265,7 +277,12 @@ def run_norms_attention(args: NormsAttentionArgs, progress: Optional[ProgressFn]
         QftInputError: bad model names, layers outside blocks 1..L, bad data, unwritable out, an
             architecture whose attention cannot be observed.
     """
-    from qft_cli.attention import attention_fits, attention_norms, parse_blocks, summarize_attention
+    from qft_cli.measure.attention import (
+        attention_fits,
+        attention_norms,
+        parse_blocks,
+        summarize_attention,
+    )
 
     return _per_sample_run("norms attention", args, progress, parse_blocks, attention_norms, "attention input",
                            ("model", "model_alias", "dataset"), "sample", ["layer", "head"], "norms_attention",
@@ -295,8 +312,8 @@ def merge_sample_results(parts: list, sample_column: str = "sample_index", order
     single-process run (by ``sample_column``, then ``order``).
 
     Works for every result with ``table``, ``nonfinite`` and ``all_zero`` (both lists of
-    ``(sample, layer)``): :class:`qft_cli.inputs.InputNormsResult` (column ``sample_index``, rows by
-    sample and layer) and :class:`qft_cli.attention.AttentionNormsResult` (column ``sample``, rows by
+    ``(sample, layer)``): :class:`qft_cli.measure.inputs.InputNormsResult` (column ``sample_index``, rows by
+    sample and layer) and :class:`qft_cli.measure.attention.AttentionNormsResult` (column ``sample``, rows by
     sample, layer and head); the result has the type of the parts.
 
     Raises:
@@ -324,9 +341,9 @@ def merge_input_results(parts: list) -> InputNormsResult:
 
 
 def load_samples_for(args: NormsInputsArgs, tokenizer, vocab_size: int, texts=None):
-    """:func:`qft_cli.text_data.load_samples` with the options of ``args`` (``texts``: from
-    :func:`qft_cli.text_data.load_texts`, read once for all models)."""
-    from qft_cli.text_data import load_samples
+    """:func:`qft_cli.data.text_data.load_samples` with the options of ``args`` (``texts``: from
+    :func:`qft_cli.data.text_data.load_texts`, read once for all models)."""
+    from qft_cli.data.text_data import load_samples
 
     return load_samples(args.dataset, tokenizer, vocab_size=vocab_size, max_tokens=args.max_tokens,
                         num_samples=args.num_samples, data_file=args.data_file, text_column=args.text_column,
@@ -344,7 +361,7 @@ def run_norms_weights(args: NormsWeightsArgs, progress: Optional[ProgressFn] = N
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype) if args.dtype else None
     check_writable(args.out, create=False)
-    from qft_cli.provenance import model_files_for
+    from qft_cli.runs.provenance import model_files_for
 
     tables, vectors, heads, warnings, notices, unrecognised, model_files = [], [], [], [], [], {}, []
     rank, world = process_group(device.type)

@@ -20,7 +20,6 @@ modification time would be missed by the cache: :func:`verify_run` therefore alw
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import platform
@@ -28,114 +27,20 @@ import re
 from pathlib import Path
 from typing import Any, Iterable, Optional
 
-from qft_cli.errors import QftInputError
-from qft_cli.progress import ProgressFn, report
+from qft_cli import __version__
+from qft_cli.system.errors import QftInputError
+from qft_cli.system.progress import ProgressFn
+from qft_cli.runs.files import cached_sha256, checkpoint_files, sha256_file
 
-#: Files smaller than this are hashed directly (cheap), larger ones through the cache.
-CACHE_MIN_BYTES = 1 << 20
-#: Hashing a file at least this large reports progress.
-PROGRESS_MIN_BYTES = 256 << 20
-#: Name of the hash cache file in :func:`cache_dir`.
-CACHE_FILE = "sha256.json"
-#: At most this many entries are kept in the cache (entries of vanished files are dropped first).
-CACHE_MAX_ENTRIES = 2000
 #: Weight files hashed for a local model directory (the checkpoint formats qft and transformers read).
 WEIGHT_PATTERNS = ("*.safetensors", "*.bin", "*.gguf", "*.pt", "*.pth")
 #: ``data.source`` values.
 DATA_SOURCES = ("local", "hub", "random", "synthetic")
-_CHUNK = 1 << 20
 _HEX40 = re.compile(r"^[0-9a-f]{40}$")
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
 
 # ----------------------------------------------------------------------------- hashing
-
-def sha256_file(path: Path, chunk_size: int = _CHUNK, progress: Optional[ProgressFn] = None) -> str:
-    """SHA-256 of the bytes of ``path`` as 64 lower-case hex digits (read in ``chunk_size`` blocks).
-
-    ``progress`` is told ``("sha256 <name> (MiB)", MiB read, MiB total)`` for files of at least
-    :data:`PROGRESS_MIN_BYTES` (a first hash of a 13 GB checkpoint takes about a minute).
-
-    Raises:
-        OSError: the file cannot be read.
-    """
-    digest = hashlib.sha256()
-    path = Path(path)
-    total = path.stat().st_size if progress is not None else 0
-    show = progress is not None and total >= PROGRESS_MIN_BYTES
-    label, done, blocks = f"sha256 {path.name} (MiB)", 0, 0
-    with open(path, "rb") as f:
-        while True:
-            block = f.read(chunk_size)
-            if not block:
-                break
-            digest.update(block)
-            done, blocks = done + len(block), blocks + 1
-            if show and blocks % 64 == 0:
-                report(progress, label, done >> 20, total >> 20)
-    if show:
-        report(progress, label, total >> 20, total >> 20)
-    return digest.hexdigest()
-
-
-def cache_dir() -> Path:
-    """qft's cache directory: ``$QFT_CACHE``, else ``$XDG_CACHE_HOME/qft``, else ``~/.cache/qft``."""
-    if os.environ.get("QFT_CACHE"):
-        return Path(os.environ["QFT_CACHE"]).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base).expanduser() / "qft"
-
-
-def _read_cache(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text())
-        return data if isinstance(data, dict) else {}
-    except (OSError, ValueError):  # missing or damaged cache: start afresh
-        return {}
-
-
-def _write_cache(path: Path, entries: dict[str, Any]) -> None:
-    from qft_cli.runs import write_json_atomic
-
-    if len(entries) > CACHE_MAX_ENTRIES:
-        entries = {k: v for k, v in entries.items() if Path(k).exists()}
-        entries = dict(list(entries.items())[-CACHE_MAX_ENTRIES:])
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(path, entries)
-    except OSError:  # a read-only home: hashing still works, only uncached
-        pass
-
-
-def cached_sha256(path: Path, *, min_bytes: int = CACHE_MIN_BYTES, cache: Optional[Path] = None,
-                  progress: Optional[ProgressFn] = None) -> str:
-    """SHA-256 of ``path``; files of at least ``min_bytes`` are looked up in (and added to) the cache
-    keyed by absolute path, size and ``st_mtime_ns``, so an unchanged file is not read again.
-
-    Args:
-        cache: the cache file (default ``cache_dir() / "sha256.json"``).
-        progress: see :func:`sha256_file` (called only when the file is actually read).
-
-    Raises:
-        OSError: the file cannot be read.
-    """
-    path = Path(path).resolve()
-    stat = path.stat()
-    if stat.st_size < min_bytes:
-        return sha256_file(path)
-    cache = Path(cache) if cache is not None else cache_dir() / CACHE_FILE
-    entries = _read_cache(cache)
-    entry = entries.get(str(path))
-    if (isinstance(entry, dict) and entry.get("size") == stat.st_size and entry.get("mtime_ns") == stat.st_mtime_ns
-            and isinstance(entry.get("sha256"), str)):
-        return entry["sha256"]
-    digest = sha256_file(path, progress=progress)
-    entries = _read_cache(cache)  # another process may have added entries meanwhile
-    entries.pop(str(path), None)
-    entries[str(path)] = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "sha256": digest}
-    _write_cache(cache, entries)
-    return digest
-
 
 def file_record(path: Path, sha256: Optional[str] = None, progress: Optional[ProgressFn] = None) -> dict[str, Any]:
     """``{"path": absolute path, "size_bytes": int, "sha256": hex}`` of one file (``sha256`` given:
@@ -221,10 +126,9 @@ def _hub_blob_sha256(path: Path) -> Optional[str]:
 
 
 def weight_files(directory: Path) -> list[Path]:
-    """The weight files of a model directory: those qft reads (:func:`qft_cli.loading.checkpoint_files`:
+    """The weight files of a model directory: those qft reads (:func:`qft_cli.runs.files.checkpoint_files`:
     the index's shards, ``model.safetensors``, ...); where that rule finds none or cannot choose,
     every file matching :data:`WEIGHT_PATTERNS` (sorted, not recursive)."""
-    from qft_cli.loading import checkpoint_files
 
     directory = Path(directory)
     try:
@@ -257,7 +161,7 @@ def model_files_record(name: str, kind: str, location: str, *, revision: Optiona
     """One entry of ``model_files``: the weights a model named ``name`` was read from.
 
     Args:
-        kind: the :class:`qft_cli.models.ModelSource` kind: ``tiny`` (built from a seed: no files),
+        kind: the :class:`qft_cli.models.names.ModelSource` kind: ``tiny`` (built from a seed: no files),
             ``hub`` (``location`` a hub id: the cached revision, and the weight files of that
             snapshot with the SHA-256 their blob names carry), ``local``/``minilm`` (a directory:
             SHA-256 of each weight file) or ``gguf`` (a ``.gguf`` file, or a directory holding it).
@@ -282,7 +186,7 @@ def model_files_record(name: str, kind: str, location: str, *, revision: Optiona
 
 
 def model_files_for(source: Any, model: Any = None, progress: Optional[ProgressFn] = None) -> dict[str, Any]:
-    """:func:`model_files_record` of a :class:`qft_cli.models.ModelSource` (``model``: the loaded
+    """:func:`model_files_record` of a :class:`qft_cli.models.names.ModelSource` (``model``: the loaded
     model, whose ``config._commit_hash`` names the hub revision it was loaded from)."""
     revision = getattr(getattr(model, "config", None), "_commit_hash", None) if source.kind == "hub" else None
     return model_files_record(source.name, source.kind, source.location, revision=revision, progress=progress)
@@ -314,12 +218,10 @@ def device_name(device: Any = None) -> str:
 
 
 def software_info(device: Any = None) -> dict[str, Any]:
-    """The ``software`` field of ``run.json``: :func:`qft_cli.runs.versions` plus ``torch_threads``
+    """The ``software`` field of ``run.json``: :func:`qft_cli.runs.provenance.versions` plus ``torch_threads``
     (``torch.get_num_threads()``), ``device_name`` (:func:`device_name`) and
     ``deterministic_algorithms`` (``torch.are_deterministic_algorithms_enabled()``)."""
     import torch
-
-    from qft_cli.runs import versions
 
     return {**versions(), "torch_threads": torch.get_num_threads(), "device_name": device_name(device),
             "deterministic_algorithms": bool(torch.are_deterministic_algorithms_enabled())}
@@ -431,3 +333,18 @@ def verify_run(run_dir: Path) -> list[dict[str, Any]]:
 def short_hash(digest: Optional[str], n: int = 12) -> str:
     """The first ``n`` hex digits of a hash (``–`` for none)."""
     return str(digest)[:n] if digest else "–"
+
+
+def versions() -> dict[str, str]:
+    """Versions of qft and the libraries that shape its numbers."""
+    import torch
+    import transformers
+
+    out = {"qft": __version__, "python": platform.python_version(), "torch": torch.__version__,
+           "transformers": transformers.__version__}
+    for name in ("datasets", "accelerate", "tokenizers"):
+        try:
+            out[name] = __import__(name).__version__
+        except Exception:  # pragma: no cover - optional
+            pass
+    return out

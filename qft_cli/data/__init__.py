@@ -1,0 +1,1 @@
+"""Tasks (genomic, GUE, CoNLL), text datasets (MMLU, random tokens), synthetic DNA."""

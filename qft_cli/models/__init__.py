@@ -1,0 +1,1 @@
+"""Model names and aliases, loading (hub, local, GGUF, tiny), the architecture layout, DNABERT-2."""

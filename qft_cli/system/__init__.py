@@ -1,0 +1,1 @@
+"""Shared ground: errors, progress, device choice, torch threads, torch.distributed."""

@@ -1,0 +1,1 @@
+"""Normalisation (parametrizations), qft's own transformer, training, fine-tuning, export, statistics over seeds."""
