@@ -59,7 +59,7 @@ def main() -> None:
     print(f"time ratio norms attention / norms inputs: {(t2 - t1) / (t1 - t0):.2f} "
           f"(attention rows: {len(attention)}, inputs rows: {len(inputs)})")
     # consistency: X of block l+1 (post-LN BERT) is the output of block l, measured by norms inputs
-    x = attention[attention["head"] == 0].set_index(["sample", "layer"])["x_spectral_norm"]
+    x = attention[attention["head_index"] == 0].set_index(["sample_index", "layer"])["x_spectral_norm"]
     s = inputs.set_index(["sample_index", "layer"])["spectral_norm"]
     pairs = [(x[(i, l + 1)], s[(i, l)]) for i in range(len(ids)) for l in blocks[:-1]]
     rel = max(abs(a - b) / b for a, b in pairs)

@@ -67,7 +67,7 @@ def _expected(x, q, k, v, wq, bq, wk, bk, wv, bv, rotary):
                 return min(xf * spec(w), xs * frob(w)) + math.sqrt(n) * b.norm().item()
             return xs * spec(w) + math.sqrt(n) * b.norm().item()
 
-        rows.append({"head": h, "kv_head": g, "num_tokens": n, "head_dim": dh, "x_spectral_norm": xs,
+        rows.append({"head_index": h, "kv_head_index": g, "num_tokens": n, "head_dim": dh, "x_spectral_norm": xs,
                      "x_frobenius_norm": xf, "q_spectral_norm": spec(q[h]), "q_frobenius_norm": frob(q[h]),
                      "k_spectral_norm": spec(k[g]), "k_frobenius_norm": frob(k[g]),
                      "v_spectral_norm": spec(v[g]), "v_frobenius_norm": frob(v[g]),
@@ -150,14 +150,14 @@ def _compare(table, model, ids_list, layers, reference, rel=1e-6):
         for layer in layers:
             with torch.no_grad():
                 expected = reference(model, ids, layer)
-            got = table[(table["sample"] == i) & (table["layer"] == layer)].sort_values("head")
+            got = table[(table["sample_index"] == i) & (table["layer"] == layer)].sort_values("head_index")
             assert len(got) == len(expected)
             for row, exp in zip(got.to_dict("records"), expected):
                 for key, value in exp.items():
                     if isinstance(value, float) and math.isnan(value):
                         assert math.isnan(row[key]), key
                     else:
-                        assert row[key] == pytest.approx(value, rel=rel, abs=1e-12), (key, i, layer, row["head"])
+                        assert row[key] == pytest.approx(value, rel=rel, abs=1e-12), (key, i, layer, row["head_index"])
 
 
 def _assert_bounds_hold(table):
@@ -176,12 +176,12 @@ def test_tiny_models_against_projections_by_hand(name):
     _randomize_biases(model)
     ids = [tok(t)["input_ids"] for t in TEXTS]
     table = attention_norms(model, ids, [1, 2], batch_size=3, pad_token_id=0).table
-    assert list(table.columns) == ATTENTION_COLUMNS[3:]
+    assert list(table.columns) == ATTENTION_COLUMNS[ATTENTION_COLUMNS.index("sample_index"):]
     assert len(table) == len(ids) * 2 * 4
     _compare(table, model, ids, [1, 2], REFERENCES[name])
     _assert_bounds_hold(table)
     if name == "tiny-llama":  # GQA: 4 query heads share 2 key/value heads
-        assert table["kv_head"].tolist()[:4] == [0, 0, 1, 1]
+        assert table["kv_head_index"].tolist()[:4] == [0, 0, 1, 1]
     assert model.config._attn_implementation in ("sdpa", "eager")  # restored
 
 
@@ -217,7 +217,7 @@ def test_smollm2_gguf_decoder_against_projections_by_hand(smollm2_source):
     ids = [tok(t)["input_ids"] for t in TEXTS[:3]]
     depth = model.config.num_hidden_layers
     table = attention_norms(model, ids, [1, depth], batch_size=2, pad_token_id=0).table
-    assert table["kv_head"].tolist()[:9] == [0, 0, 0, 1, 1, 1, 2, 2, 2]
+    assert table["kv_head_index"].tolist()[:9] == [0, 0, 0, 1, 1, 1, 2, 2, 2]
     _compare(table, model, ids, [1, depth], reference_llama)
     _assert_bounds_hold(table)
 
@@ -267,7 +267,7 @@ def test_alone_padded_and_unlimited_batches_agree(name):
     padded = attention_norms(model, ids, [1, 2], batch_size=3, pad_token_id=5).table
     everything = attention_norms(model, ids, [1, 2], batch_size=-1).table
     for other in (padded, everything):
-        assert other[["sample", "layer", "head", "num_tokens"]].equals(alone[["sample", "layer", "head", "num_tokens"]])
+        assert other[["sample_index", "layer", "head_index", "num_tokens"]].equals(alone[["sample_index", "layer", "head_index", "num_tokens"]])
         for col in NUMERIC:
             np.testing.assert_allclose(other[col].to_numpy(), alone[col].to_numpy(), rtol=1e-6, equal_nan=True)
 
@@ -402,7 +402,7 @@ def test_fits_use_the_per_sample_maximum_over_heads():
     fits = attention_fits(table)
     assert sorted(set(fits["quantity"])) == ["k", "logits_unmasked", "q", "v"]
     assert list(fits.columns[:5]) == ["model", "model_alias", "dataset", "layer", "quantity"]
-    per_sample = table.groupby("sample").agg(n=("num_tokens", "first"), y=("logits_unmasked_spectral_norm", "max"))
+    per_sample = table.groupby("sample_index").agg(n=("num_tokens", "first"), y=("logits_unmasked_spectral_norm", "max"))
     from scipy.stats import linregress
 
     ref = linregress(np.log(per_sample["n"]), np.log(per_sample["y"]))
@@ -417,9 +417,9 @@ def test_nonfinite_and_all_zero_inputs_are_named():
         model.embeddings.word_embeddings.weight[77] = float("inf")
     result = attention_norms(model, [[2, 10, 11, 3], [2, 77, 3], [2, 12, 3]], [1], batch_size=-1)
     assert result.nonfinite == [(1, 1)] and result.all_zero == []
-    bad = result.table[result.table["sample"] == 1]
+    bad = result.table[result.table["sample_index"] == 1]
     assert not bad["finite"].any() and bad["q_spectral_norm"].isna().all()
-    assert result.table[result.table["sample"] != 1]["q_spectral_norm"].notna().all()
+    assert result.table[result.table["sample_index"] != 1]["q_spectral_norm"].notna().all()
     zero = build_tiny_model("tiny-llama")
     with torch.no_grad():
         zero.embed_tokens.weight.zero_()
@@ -454,5 +454,5 @@ def test_qk_normalised_attention_has_no_q_k_or_weight_bound():
 
     q, _ = apply_rotary_pos_emb(q.transpose(1, 2), q.transpose(1, 2), cos, sin)
     expected = torch.linalg.matrix_norm(q[0], ord=2)
-    got = table[(table["sample"] == 0) & (table["layer"] == 1)].sort_values("head")["q_spectral_norm"]
+    got = table[(table["sample_index"] == 0) & (table["layer"] == 1)].sort_values("head_index")["q_spectral_norm"]
     np.testing.assert_allclose(got.to_numpy(), expected.detach().numpy(), rtol=1e-9)

@@ -257,7 +257,7 @@ def test_train_table_as_csv_keeps_full_precision_and_moves_the_run_dir_to_stderr
     assert title == "t" and "results: runs/x" in out.err
     assert list(table.columns) == stats.SUMMARY_COLUMNS  # csv: the test_summary rows, fractions
     acc = table[table.metric == "accuracy"].set_index("variant")
-    assert acc.loc["vanilla", "mean"] == 0.8125 and math.isnan(acc.loc["vanilla", "diff_to_vanilla"])
+    assert acc.loc["vanilla", "mean_value"] == 0.8125 and math.isnan(acc.loc["vanilla", "diff_to_vanilla"])
     assert acc.loc["frobenius", "diff_to_vanilla"] == pytest.approx(-0.0125, rel=1e-12)
     print_test_table("t", summary, "runs/x", "markdown", {"vanilla": 3.0, "frobenius": 2.5})
     out = capsys.readouterr().out

@@ -73,7 +73,7 @@ def test_two_process_gloo_run_writes_once(tmp_path):
     # test predictions gathered from both ranks: each test sample once, in order, matching the test row
     preds = pd.read_parquet(runs[0] / "predictions.parquet")
     test = pd.read_csv(data / "test.csv")
-    assert preds["sample"].tolist() == list(range(len(test)))
+    assert preds["sample_index"].tolist() == list(range(len(test)))
     assert preds["label"].tolist() == test["label"].tolist()
     test_row = metrics[metrics.split == "test"].iloc[0]
     assert test_row["accuracy"] == pytest.approx(float((preds.label == preds.prediction).mean()))

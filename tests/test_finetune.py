@@ -254,7 +254,7 @@ def test_resume_skips_finished_variants_and_continues_the_interrupted_one(tmp_pa
     assert (run / "best" / last / f"seed-{seed}" / "config.json").is_file()
     assert json.loads((run / "run.json").read_text())["status"] == "completed"
     predictions = pd.read_parquet(run / "predictions.parquet")
-    assert not predictions.duplicated(["variant", "seed", "sample"]).any()
+    assert not predictions.duplicated(["variant", "seed", "sample_index"]).any()
     assert predictions.groupby(["variant", "seed"]).size().nunique() == 1  # every pair scored on the same test set
     summary = pd.read_parquet(run / "test_summary.parquet")
     assert set(summary.num_seeds) == {2} and set(summary.interval) == {"t over seeds"}

@@ -148,8 +148,8 @@ def test_tiny_gguf_norms_weights_equal_the_dequantised_tensors(tiny_gguf, tmp_pa
     k = table[table.matrix == "k"].iloc[0]
     assert (k.d_out, k.d_in) == (KV_HEADS * HEAD_DIM, HIDDEN)  # GQA shape kept
     heads = pd.read_parquet(run / "norms_heads.parquet")
-    assert heads[(heads.layer == 1) & (heads.matrix == "k")]["head"].tolist() == list(range(KV_HEADS))
-    assert heads[(heads.layer == 1) & (heads.matrix == "q")]["head"].tolist() == list(range(HEADS))
+    assert heads[(heads.layer == 1) & (heads.matrix == "k")]["head_index"].tolist() == list(range(KV_HEADS))
+    assert heads[(heads.layer == 1) & (heads.matrix == "q")]["head_index"].tolist() == list(range(HEADS))
 
 
 def test_tiny_gguf_streamed_tensors_are_unpermuted_and_match_transformers(tiny_gguf):
@@ -310,8 +310,8 @@ def test_smollm2_heads_follow_the_unpermuted_rows(smollm2_weights, smollm2_model
     heads = pd.read_parquet(smollm2_weights / "norms_heads.parquet")
     attn = smollm2_model.layers[0].self_attn
     for matrix, w, count in (("q", attn.q_proj.weight, 9), ("k", attn.k_proj.weight, 3)):
-        got = heads[(heads.layer == 1) & (heads.matrix == matrix)].sort_values("head")
-        assert got["head"].tolist() == list(range(count))
+        got = heads[(heads.layer == 1) & (heads.matrix == matrix)].sort_values("head_index")
+        assert got["head_index"].tolist() == list(range(count))
         blocks = w.detach().double().reshape(count, 64, 576)
         np.testing.assert_allclose(got.spectral_norm, torch.linalg.matrix_norm(blocks, ord=2).numpy(), rtol=1e-6)
 

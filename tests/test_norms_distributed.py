@@ -144,12 +144,12 @@ def test_merged_attention_shards_equal_the_single_process_result(world):
         whole = attention_norms(model, samples, [1, 2], batch_size=batch_size, pad_token_id=0, labels=labels)
         parts = [(mine, attention_norms(model, [samples[i] for i in mine], [1, 2], batch_size=batch_size,
                                         pad_token_id=0, labels=labels) if mine else None) for mine in shards]
-        return merge_sample_results(parts, "sample", ["layer", "head"]), whole
+        return merge_sample_results(parts, "sample_index", ["layer", "head_index"]), whole
 
     # one sample per forward pass: every sample is computed the same way alone or in a shard, so exactly equal
     merged, whole = merged_and_whole(1)
     assert type(merged) is type(whole)
-    assert sorted(merged.table["sample"].unique()) == list(range(len(samples)))
+    assert sorted(merged.table["sample_index"].unique()) == list(range(len(samples)))
     pd.testing.assert_frame_equal(merged.table, whole.table, check_exact=True)
     # padded batches of other samples: equal up to float32 rounding of the forward pass (float64 model here)
     model.double()
@@ -163,18 +163,18 @@ def test_merge_maps_warning_samples_to_dataset_indices():
     from qft_cli.measure.workflows import merge_sample_results
 
     def part(samples):
-        return AttentionNormsResult(pd.DataFrame({"sample": samples, "layer": [1] * len(samples),
-                                                  "head": [0] * len(samples)}),
+        return AttentionNormsResult(pd.DataFrame({"sample_index": samples, "layer": [1] * len(samples),
+                                                  "head_index": [0] * len(samples)}),
                                     nonfinite=[(0, 1)], all_zero=[(len(samples) - 1, 2)])
 
     merged = merge_sample_results([([4, 6], part([1, 0])), ([], None), ([0, 5], part([0, 1]))],
-                                  "sample", ["layer", "head"])
-    assert merged.table["sample"].tolist() == [0, 4, 5, 6]
-    assert merged.table["sample"].dtype == "int64"
+                                  "sample_index", ["layer", "head_index"])
+    assert merged.table["sample_index"].tolist() == [0, 4, 5, 6]
+    assert merged.table["sample_index"].dtype == "int64"
     assert merged.nonfinite == [(0, 1), (4, 1)]
     assert merged.all_zero == [(5, 2), (6, 2)]
     with pytest.raises(ValueError):
-        merge_sample_results([([], None)], "sample", ["layer", "head"])
+        merge_sample_results([([], None)], "sample_index", ["layer", "head_index"])
 
 
 @pytest.mark.slow
@@ -190,7 +190,7 @@ def test_norms_attention_two_gloo_processes_equal_one(tmp_path):
     assert tables == sorted(p.name for p in two.glob("*.parquet")) and "norms_attention.parquet" in tables
     for name in tables:
         pd.testing.assert_frame_equal(pd.read_parquet(two / name), pd.read_parquet(one / name), check_exact=True)
-    assert len(pd.read_parquet(one / "norms_attention.parquet")["sample"].unique()) == 9
+    assert len(pd.read_parquet(one / "norms_attention.parquet")["sample_index"].unique()) == 9
     run_two, run_one = json.loads((two / "run.json").read_text()), json.loads((one / "run.json").read_text())
     assert (run_two["world_size"], run_one["world_size"]) == (2, 1)
     assert run_two["num_rows"] == run_one["num_rows"]

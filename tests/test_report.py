@@ -96,7 +96,7 @@ def make_weights_run(root: Path, model: str = "minilm", num_layers: int = 3, d: 
                  "row_norm_mean": float(tok.mean()), "row_norm_var": float(tok.var()), "row_norm_max": float(tok.max()),
                  "finite": True})
     vectors += [{"model": f"hub/{model}", "model_alias": model, "part": "", "layer": 0, "matrix": "embedding",
-                 "kind": "token_norm", "index": i, "value": float(v)} for i, v in enumerate(tok)]
+                 "kind": "token_norm", "vector_index": i, "value": float(v)} for i, v in enumerate(tok)]
     for layer in range(1, num_layers + 1):
         for matrix, (d_out, d_in) in (("q", (d, d)), ("k", (d // 2, d)), ("v", (d // 2, d)), ("o", (d, d)),
                                       ("ffn_up", (4 * d, d)), ("ffn_down", (d, 4 * d))):
@@ -110,12 +110,12 @@ def make_weights_run(root: Path, model: str = "minilm", num_layers: int = 3, d: 
                          "row_norm_var": float(rws.var()), "row_norm_max": float(rws.max()), "finite": True})
             if matrix in ("q", "k", "v"):
                 vectors += [{"model": f"hub/{model}", "model_alias": model, "part": "", "layer": layer,
-                             "matrix": matrix, "kind": "column_norm", "index": j, "value": float(c)}
+                             "matrix": matrix, "kind": "column_norm", "vector_index": j, "value": float(c)}
                             for j, c in enumerate(cols)]
     write_parquet_atomic(pd.DataFrame(rows), run_dir / "norms_weights.parquet")
     write_parquet_atomic(pd.DataFrame(vectors), run_dir / "norm_vectors.parquet")
     heads = [{"model": f"hub/{model}", "model_alias": model, "part": "", "layer": layer, "matrix": matrix,
-              "head": h, "spectral_norm": 0.3 * layer + 0.01 * h, "frobenius_norm": 0.6 * layer + 0.02 * h}
+              "head_index": h, "spectral_norm": 0.3 * layer + 0.01 * h, "frobenius_norm": 0.6 * layer + 0.02 * h}
              for layer in range(1, num_layers + 1) for matrix, num_heads in (("q", 4), ("k", 2), ("v", 2), ("o", 4))
              for h in range(num_heads)]
     write_parquet_atomic(pd.DataFrame(heads), run_dir / "norms_heads.parquet")

@@ -29,7 +29,7 @@ from qft_cli.report import (
 )
 from qft_cli.runs.files import write_parquet_atomic
 
-COLUMNS = ["model", "model_alias", "dataset", "sample", "layer", "head", "kv_head", "num_tokens", "head_dim",
+COLUMNS = ["model", "model_alias", "dataset", "sample_index", "layer", "head_index", "kv_head_index", "num_tokens", "head_dim",
            "x_spectral_norm", "x_frobenius_norm", "q_spectral_norm", "q_frobenius_norm", "k_spectral_norm",
            "k_frobenius_norm", "v_spectral_norm", "v_frobenius_norm", "logits_unmasked_spectral_norm",
            "logits_unmasked_frobenius_norm", "q_spectral_bound", "q_bound_ratio", "k_spectral_bound", "k_bound_ratio",
@@ -50,8 +50,8 @@ def attention_table(model: str = "minilm", num_layers: int = 3, num_heads: int =
             for head in range(num_heads):
                 f = 1 + 0.1 * head
                 q, k, v, lg = 2 * f * n ** 0.5, 3 * f * n ** 0.25, f * n ** 0.75, 0.5 * f * n ** 0.6
-                r = {"model": f"hub/{model}", "model_alias": model, "dataset": "mmlu", "sample": sample, "layer": layer,
-                     "head": head, "kv_head": head // 2, "num_tokens": n, "head_dim": 8,
+                r = {"model": f"hub/{model}", "model_alias": model, "dataset": "mmlu", "sample_index": sample, "layer": layer,
+                     "head_index": head, "kv_head_index": head // 2, "num_tokens": n, "head_dim": 8,
                      "x_spectral_norm": 10.0 * n ** 0.5, "x_frobenius_norm": 20.0 * n ** 0.5,
                      "q_spectral_norm": q, "q_frobenius_norm": 1.5 * q, "k_spectral_norm": k,
                      "k_frobenius_norm": 1.5 * k, "v_spectral_norm": v, "v_frobenius_norm": 1.5 * v,
@@ -115,7 +115,7 @@ def test_median_ratio_heatmaps_against_numpy(tmp_path):
     ok = table[table["finite"]]
     for panel, column in zip(panels, ["q_bound_ratio", "k_bound_ratio", "v_bound_ratio",
                                       "logits_unmasked_qk_bound_ratio", "logits_unmasked_weight_bound_ratio"]):
-        expected = np.array([[np.median(ok[(ok["layer"] == l) & (ok["head"] == h)][column]) for h in range(4)]
+        expected = np.array([[np.median(ok[(ok["layer"] == l) & (ok["head_index"] == h)][column]) for h in range(4)]
                              for l in (1, 2, 3)])
         np.testing.assert_allclose(np.array(panel["customdata"], dtype=float), expected, rtol=1e-12)
         np.testing.assert_allclose(np.array(panel["z"], dtype=float), np.log10(expected), rtol=1e-12)
@@ -133,7 +133,7 @@ def test_rotary_model_has_no_weight_bound_panel(tmp_path):
 def test_qk_and_ov_heads_get_their_own_heatmap(tmp_path):
     run_dir = make_weights_run(tmp_path, "m", num_layers=2)
     heads = pd.read_parquet(run_dir / "norms_heads.parquet")
-    extra = [{"model": "hub/m", "model_alias": "m", "part": "", "layer": layer, "matrix": matrix, "head": h,
+    extra = [{"model": "hub/m", "model_alias": "m", "part": "", "layer": layer, "matrix": matrix, "head_index": h,
               "spectral_norm": 10.0 * layer + h, "frobenius_norm": 20.0 * layer + h}
              for layer in (1, 2) for matrix in ("qk", "ov") for h in range(4)]
     write_parquet_atomic(pd.concat([heads, pd.DataFrame(extra)], ignore_index=True), run_dir / "norms_heads.parquet")

@@ -57,7 +57,7 @@ def test_t_interval_and_paired_difference_against_scipy(tmp_path):
     fro = np.array([ACC["frobenius", k] for k in range(3)])
     row = s[(s["variant"] == "frobenius") & (s["metric"] == "accuracy")].iloc[0]
     low, high = sps.t.interval(0.95, 2, loc=fro.mean(), scale=sps.sem(fro))
-    assert row["mean"] == pytest.approx(fro.mean()) and row["num_seeds"] == 3
+    assert row["mean_value"] == pytest.approx(fro.mean()) and row["num_seeds"] == 3
     assert (row["ci_low"], row["ci_high"]) == pytest.approx((low, high))
     d = fro - van  # paired by seed
     low, high = sps.t.interval(0.95, 2, loc=d.mean(), scale=sps.sem(d))
@@ -76,7 +76,7 @@ def test_t_interval_and_paired_difference_against_scipy(tmp_path):
 
 def test_test_summary_parquet_is_read_as_written(tmp_path):
     run_dir = make_seeded_run(tmp_path)
-    rows = [{"dataset": "gue", "task": "prom_core_notata", "variant": v, "metric": m, "num_seeds": 3, "mean": mean,
+    rows = [{"dataset": "gue", "task": "prom_core_notata", "variant": v, "metric": m, "num_seeds": 3, "mean_value": mean,
              "ci_low": mean - 0.0123, "ci_high": mean + 0.0123,
              "diff_to_vanilla": math.nan if v == "vanilla" else -0.0456, "diff_ci_low": math.nan if v == "vanilla"
              else -0.0789, "diff_ci_high": math.nan if v == "vanilla" else -0.0123, "interval": "t over seeds"}

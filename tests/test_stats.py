@@ -133,7 +133,7 @@ def test_test_summary_over_seeds_scripted():
         col = 0 if r["metric"] == "accuracy" else 1
         mine = [scores[(r["variant"], s)][col] for s in range(3)]
         low, high = sps.t.interval(0.95, 2, loc=np.mean(mine), scale=sps.sem(mine))
-        assert (r["mean"], r["ci_low"], r["ci_high"]) == pytest.approx((np.mean(mine), low, high), rel=1e-10)
+        assert (r["mean_value"], r["ci_low"], r["ci_high"]) == pytest.approx((np.mean(mine), low, high), rel=1e-10)
         if r["variant"] == "vanilla":
             assert math.isnan(r["diff_to_vanilla"]) and math.isnan(r["diff_ci_low"])
         else:
@@ -150,8 +150,8 @@ def test_test_summary_one_seed_bootstrap_from_predictions():
     pf = np.where(rng.random(50) < 0.7, labels, 1 - labels)
     sample = np.arange(50)
     preds = pd.concat([
-        pd.DataFrame({"variant": "vanilla", "seed": 3, "sample": sample, "label": labels, "prediction": pv}),
-        pd.DataFrame({"variant": "frobenius", "seed": 3, "sample": sample[::-1], "label": labels[::-1],
+        pd.DataFrame({"variant": "vanilla", "seed": 3, "sample_index": sample, "label": labels, "prediction": pv}),
+        pd.DataFrame({"variant": "frobenius", "seed": 3, "sample_index": sample[::-1], "label": labels[::-1],
                       "prediction": pf[::-1]}),  # stored in another order: paired by sample id
     ])
     m = {v: classification_metrics(p, labels, 2) for v, p in (("vanilla", pv), ("frobenius", pf))}
@@ -163,7 +163,7 @@ def test_test_summary_one_seed_bootstrap_from_predictions():
         p = pv if r["variant"] == "vanilla" else pf
         low, high = _hand_bootstrap(labels, p, r["metric"], 9, 300)
         assert (r["ci_low"], r["ci_high"]) == pytest.approx((low, high), abs=1e-12)
-        assert r["mean"] == pytest.approx(m[r["variant"]][r["metric"]])
+        assert r["mean_value"] == pytest.approx(m[r["variant"]][r["metric"]])
         if r["variant"] == "frobenius":
             dl, dh = _hand_bootstrap(labels, pf, r["metric"], 9, 300, baseline=pv)
             assert (r["diff_ci_low"], r["diff_ci_high"]) == pytest.approx((dl, dh), abs=1e-12)
@@ -190,7 +190,7 @@ def test_summary_display_table_in_percentage_points():
     table = stats.summary_display_table(out, epochs={"vanilla": 2.0, "frobenius": 3.0})
     assert list(table["variant"]) == ["vanilla", "frobenius"]
     acc = out[(out["variant"] == "frobenius") & (out["metric"] == "accuracy")].iloc[0]
-    want = f"{100 * acc['mean']:.2f} [{100 * acc['ci_low']:.2f}, {100 * acc['ci_high']:.2f}]"
+    want = f"{100 * acc['mean_value']:.2f} [{100 * acc['ci_low']:.2f}, {100 * acc['ci_high']:.2f}]"
     assert table.loc[1, "accuracy (%)"] == want
     assert table.loc[1, "Δ accuracy (pp)"].startswith("-3.00 [")
     assert table.loc[0, "Δ accuracy (pp)"] == ""

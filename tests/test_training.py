@@ -186,8 +186,8 @@ def test_recorder_writes_documented_schema(tmp_path):
     assert set(metrics["seed"]) == {7} and metrics["seed"].dtype == np.int64
     # predictions.parquet: the restored best model's argmax on each test sample, in test-split order
     preds = pd.read_parquet(run.path / "predictions.parquet")
-    assert list(preds.columns) == ["variant", "seed", "sample", "label", "prediction", "num_labels"]
-    assert preds["sample"].tolist() == list(range(len(data["test"])))
+    assert list(preds.columns) == ["variant", "seed", "sample_index", "label", "prediction", "num_labels"]
+    assert preds["sample_index"].tolist() == list(range(len(data["test"])))
     assert preds["label"].tolist() == data["test"]["labels"]
     model.eval()
     with torch.no_grad():

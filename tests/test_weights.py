@@ -79,7 +79,7 @@ def test_minilm_against_modules(minilm_source):
 def test_norm_vectors_are_column_norms_of_qkv():
     result = weight_norms(resolve_model("tiny-llama"))
     model = build_tiny_model("tiny-llama")
-    k2 = result.vectors.query("layer == 2 and matrix == 'k'").sort_values("index")
+    k2 = result.vectors.query("layer == 2 and matrix == 'k'").sort_values("vector_index")
     ref = torch.linalg.vector_norm(model.layers[1].self_attn.k_proj.weight.double(), dim=0)
     assert len(k2) == 64  # columns = d_in
     torch.testing.assert_close(torch.tensor(k2["value"].to_numpy()), ref, rtol=1e-10, atol=0)
@@ -142,13 +142,13 @@ def test_per_head_norms_against_module_slices():
     model = build_tiny_model("tiny-llama")  # 4 query heads, 2 key/value heads, head_dim 16
     heads = weight_norms(resolve_model("tiny-llama")).heads
     attn = model.layers[0].self_attn
-    k = heads.query("layer == 1 and matrix == 'k'").sort_values("head")
+    k = heads.query("layer == 1 and matrix == 'k'").sort_values("head_index")
     assert len(k) == 2 and len(heads.query("layer == 1 and matrix == 'q'")) == 4
     w_k = attn.k_proj.weight.detach().double()
     for h in range(2):
         block = w_k[h * 16:(h + 1) * 16]
         assert k.spectral_norm.iloc[h] == pytest.approx(torch.linalg.matrix_norm(block, 2).item(), rel=1e-10)
-    o = heads.query("layer == 1 and matrix == 'o'").sort_values("head")
+    o = heads.query("layer == 1 and matrix == 'o'").sort_values("head_index")
     w_o = attn.o_proj.weight.detach().double()
     assert o.frobenius_norm.iloc[3] == pytest.approx(torch.linalg.matrix_norm(w_o[:, 48:64]).item(), rel=1e-10)
     # Frobenius norms of the heads add up in squares to that of the whole matrix
@@ -168,14 +168,14 @@ def test_cross_attention_output_heads_are_column_slices(tmp_path):
         model.decoder.layers[0].encoder_attn.out_proj.weight.mul_(torch.linspace(0.5, 4.0, 32))
     model.save_pretrained(tmp_path)
     heads = weight_norms(ModelSource("bart", "local", str(tmp_path))).heads
-    cross_o = heads.query("part == 'decoder' and layer == 1 and matrix == 'cross_o'").sort_values("head")
+    cross_o = heads.query("part == 'decoder' and layer == 1 and matrix == 'cross_o'").sort_values("head_index")
     w = model.decoder.layers[0].encoder_attn.out_proj.weight.detach().double()
     assert len(cross_o) == 4
     for h in range(4):
         block = w[:, h * 8:(h + 1) * 8]
         assert cross_o.spectral_norm.iloc[h] == pytest.approx(torch.linalg.matrix_norm(block, 2).item(), rel=1e-10)
         assert cross_o.frobenius_norm.iloc[h] == pytest.approx(torch.linalg.matrix_norm(block).item(), rel=1e-10)
-    cross_q = heads.query("part == 'decoder' and layer == 1 and matrix == 'cross_q'").sort_values("head")
+    cross_q = heads.query("part == 'decoder' and layer == 1 and matrix == 'cross_q'").sort_values("head_index")
     w_q = model.decoder.layers[0].encoder_attn.q_proj.weight.detach().double()
     assert cross_q.spectral_norm.iloc[2] == pytest.approx(torch.linalg.matrix_norm(w_q[16:24], 2).item(), rel=1e-10)
 
@@ -194,13 +194,13 @@ def test_explicit_head_dim_differs_from_hidden_over_heads(tmp_path):
     assert (q_row.d_out, q_row.d_in) == (128, 64)
     attn = model.layers[0].self_attn
     for matrix, weight, count in (("q", attn.q_proj.weight, 4), ("k", attn.k_proj.weight, 2)):
-        got = result.heads.query(f"layer == 1 and matrix == '{matrix}'").sort_values("head")
+        got = result.heads.query(f"layer == 1 and matrix == '{matrix}'").sort_values("head_index")
         assert len(got) == count
         w = weight.detach().double()
         for h in range(count):
             block = w[h * 32:(h + 1) * 32]
             assert got.spectral_norm.iloc[h] == pytest.approx(torch.linalg.matrix_norm(block, 2).item(), rel=1e-10)
-    o = result.heads.query("layer == 1 and matrix == 'o'").sort_values("head")
+    o = result.heads.query("layer == 1 and matrix == 'o'").sort_values("head_index")
     w_o = attn.o_proj.weight.detach().double()  # (64, 128): head h owns columns h*32:(h+1)*32
     assert len(o) == 4
     assert o.frobenius_norm.iloc[1] == pytest.approx(torch.linalg.matrix_norm(w_o[:, 32:64]).item(), rel=1e-10)
@@ -387,8 +387,8 @@ def test_qk_and_ov_composites_against_formed_products(name):
             wq, wk, wv = w[:64], w[64:128], w[128:]
             ref = _qk_ov_reference(wq, wk, wv, attn.c_proj.weight.detach().double().T, 4, 4, 16)
         for matrix, index in (("qk", 0), ("ov", 1)):
-            rows = heads.query(f"layer == {layer} and matrix == '{matrix}'").sort_values("head")
-            assert rows["head"].tolist() == [0, 1, 2, 3]
+            rows = heads.query(f"layer == {layer} and matrix == '{matrix}'").sort_values("head_index")
+            assert rows["head_index"].tolist() == [0, 1, 2, 3]
             for h, pair in enumerate(ref):
                 full = pair[index]
                 assert rows.spectral_norm.iloc[h] == pytest.approx(torch.linalg.matrix_norm(full, 2).item(), rel=1e-9)

@@ -76,7 +76,7 @@ def models_command() -> None:
     from qft_cli.models.names import ALIASES, MINILM, TINY_MODELS
 
     rows = [(MINILM, "sentence-transformers/all-MiniLM-L6-v2 (embedded)", "offline extra"),
-            (SMOLLM2, f"{SMOLLM2_ID}, embedded GGUF file (Llama, GQA)", "offline extra")]
+            (SMOLLM2, f"{SMOLLM2_ID}, embedded Q4_1 GGUF file (Llama, GQA)", "offline extra")]
     rows += [(name, "random model from a small config, seed 0", "nothing") for name in TINY_MODELS]
     rows += [(alias, hub_id, "Hugging Face Hub or its cache") for alias, hub_id in ALIASES.items()]
     print_frame(pd.DataFrame(rows, columns=["alias", "resolves to", "needs"]), "qft models")

@@ -299,7 +299,7 @@ def print_test_table(title: str, summary, run_dir, fmt: str = "table", epochs: O
                     "seed-to-seed variation", soft_wrap=True, markup=False, highlight=False)
     if len(summary):
         for r in summary[summary["metric"] == "f1"].itertuples(index=False):
-            if r.mean == r.mean and r.mean < 0.05:
-                err_console.print(f"warning: {r.variant} has test F1 {r.mean:.3f}: it (almost) always predicts "
+            if r.mean_value == r.mean_value and r.mean_value < 0.05:
+                err_console.print(f"warning: {r.variant} has test F1 {r.mean_value:.3f}: it (almost) always predicts "
                                   "one class; train longer or change the learning rate", markup=False)
     print_run_dir(run_dir, fmt)

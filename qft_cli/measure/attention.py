@@ -70,7 +70,8 @@ from qft_cli.system.progress import ProgressFn, report
 
 #: Columns of ``norms_attention.parquet`` (docs/results.md), after nothing: the label columns lead.
 ATTENTION_COLUMNS = [
-    "model", "model_alias", "dataset", "sample", "layer", "head", "kv_head", "num_tokens", "head_dim",
+    "model", "model_alias", "model_format", "dataset", "sample_index", "layer", "head_index", "kv_head_index",
+    "num_tokens", "head_dim",
     "x_spectral_norm", "x_frobenius_norm",
     "q_spectral_norm", "q_frobenius_norm", "k_spectral_norm", "k_frobenius_norm", "v_spectral_norm", "v_frobenius_norm",
     "logits_unmasked_spectral_norm", "logits_unmasked_frobenius_norm",
@@ -223,7 +224,7 @@ def composite_head_rows(grams: dict[str, torch.Tensor]) -> Optional[pd.DataFrame
         return None
     c = weight_composites(None, None, None, None, grams=grams)
     heads = c["qk_spectral_norm"].numel()
-    return pd.DataFrame({"matrix": ["qk"] * heads + ["ov"] * heads, "head": list(range(heads)) * 2,
+    return pd.DataFrame({"matrix": ["qk"] * heads + ["ov"] * heads, "head_index": list(range(heads)) * 2,
                          "spectral_norm": torch.cat([c["qk_spectral_norm"], c["ov_spectral_norm"]]).cpu().numpy(),
                          "frobenius_norm": torch.cat([c["qk_frobenius_norm"], c["ov_frobenius_norm"]]).cpu().numpy()})
 
@@ -580,10 +581,10 @@ def attention_norms(model: torch.nn.Module, token_ids: Sequence[Sequence[int]], 
             "logits_unmasked_weight_bound_ratio": _ratio(l_spec, weight_bound)}
         out = {c: torch.where(finite[:, None], t, nan).cpu().numpy().reshape(-1) for c, t in cols.items()}
         samples = np.asarray(batch, dtype=np.int64)
-        out["sample"] = np.repeat(samples, heads)
+        out["sample_index"] = np.repeat(samples, heads)
         out["layer"] = np.full(len(batch) * heads, layer, dtype=np.int64)
-        out["head"] = np.broadcast_to(np.arange(heads, dtype=np.int64), (len(batch), heads)).reshape(-1)
-        out["kv_head"] = np.broadcast_to(kv.numpy().astype(np.int64), (len(batch), heads)).reshape(-1)
+        out["head_index"] = np.broadcast_to(np.arange(heads, dtype=np.int64), (len(batch), heads)).reshape(-1)
+        out["kv_head_index"] = np.broadcast_to(kv.numpy().astype(np.int64), (len(batch), heads)).reshape(-1)
         out["num_tokens"] = np.repeat(np.asarray([lengths[i] for i in batch], dtype=np.int64), heads)
         out["head_dim"] = np.full(len(batch) * heads, dh, dtype=np.int64)
         ok = finite.cpu().numpy()
@@ -612,7 +613,7 @@ def attention_norms(model: torch.nn.Module, token_ids: Sequence[Sequence[int]], 
         for h in handles:
             h.remove()
     table = pd.DataFrame({c: np.concatenate([p[c] for p in parts]) for c in parts[0]})
-    table = table.sort_values(["sample", "layer", "head"], kind="stable").reset_index(drop=True)
+    table = table.sort_values(["sample_index", "layer", "head_index"], kind="stable").reset_index(drop=True)
     for key, value in reversed(list((labels or {}).items())):
         table.insert(0, key, value)
     table = table[[c for c in ATTENTION_COLUMNS if c in table.columns]]
@@ -629,7 +630,7 @@ def attention_fits(table: pd.DataFrame) -> pd.DataFrame:
     group = [c for c in ("model", "model_alias", "dataset", "layer") if c in table.columns]
     df = table[table["finite"].astype(bool)]
     value_columns = [f"{q}_{n}_norm" for q in FIT_QUANTITIES for n in ("spectral", "frobenius")]
-    per_sample = df.groupby(group + ["sample"], sort=True, dropna=False).agg(
+    per_sample = df.groupby(group + ["sample_index"], sort=True, dropna=False).agg(
         {**{c: "max" for c in value_columns}, "num_tokens": "first"}).reset_index()
     fits = [fit_table(per_sample, group, {f"{q}_frobenius_norm": "frobenius", f"{q}_spectral_norm": "spectral"},
                       quantity=q) for q in FIT_QUANTITIES]
@@ -644,5 +645,5 @@ def summarize_attention(table: pd.DataFrame) -> pd.DataFrame:
               "logits_unmasked_weight_bound_ratio"]
     grouped = table.groupby(keys, sort=True)
     out = grouped[ratios].median()
-    out.insert(0, "num_samples", grouped["sample"].nunique())
+    out.insert(0, "num_samples", grouped["sample_index"].nunique())
     return out.reset_index()

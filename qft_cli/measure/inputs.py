@@ -31,7 +31,7 @@ from qft_cli.models.names import max_positions
 from qft_cli.system.errors import QftInputError
 from qft_cli.system.progress import ProgressFn, report
 
-INPUT_COLUMNS = ["model", "model_alias", "dataset", "sample_index", "layer", "num_tokens",
+INPUT_COLUMNS = ["model", "model_alias", "model_format", "dataset", "sample_index", "layer", "num_tokens",
                  "frobenius_norm", "spectral_norm", "max_row_norm", "finite", "all_zero"]
 
 

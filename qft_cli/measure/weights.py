@@ -38,7 +38,7 @@ from qft_cli.models.names import ModelSource
 from qft_cli.system.errors import QftInputError
 from qft_cli.system.progress import ProgressFn, report
 
-WEIGHT_COLUMNS = ["model", "model_alias", "part", "layer", "matrix", "parameter", "d_out", "d_in", "dtype",
+WEIGHT_COLUMNS = ["model", "model_alias", "model_format", "part", "layer", "matrix", "parameter", "d_out", "d_in", "dtype",
                   "quant_type",
                   "frobenius_norm", "spectral_norm", "column_norm_mean", "column_norm_var", "column_norm_max",
                   "row_norm_mean", "row_norm_var", "row_norm_max", "spectral_norm_error_bound", "finite"]
@@ -208,12 +208,12 @@ def weight_norms(source: ModelSource, *, dtype: Optional[torch.dtype] = None, de
                     kind = "token_norm" if spec.matrix == "embedding" else "column_norm"
                     values = stats.row_norms if spec.matrix == "embedding" else stats.column_norms
                     vectors.append(pd.DataFrame({"part": spec.part, "layer": spec.layer, "matrix": spec.matrix,
-                                                 "kind": kind, "index": range(values.numel()),
+                                                 "kind": kind, "vector_index": range(values.numel()),
                                                  "value": values.cpu().numpy()}))
                 if grams is not None:
                     head_spectral, head_frobenius = head_values
                     heads.append(pd.DataFrame({"part": spec.part, "layer": spec.layer, "matrix": spec.matrix,
-                                               "head": range(grams.shape[0]),
+                                               "head_index": range(grams.shape[0]),
                                                "spectral_norm": head_spectral.cpu().numpy(),
                                                "frobenius_norm": head_frobenius.cpu().numpy()}))
                     if spec.matrix in ("q", "k", "v", "o"):  # weight-only composites qk and ov
@@ -222,7 +222,7 @@ def weight_norms(source: ModelSource, *, dtype: Optional[torch.dtype] = None, de
                         composite = composite_head_rows(layer_grams)
                         if composite is not None:
                             heads.append(composite.assign(part=spec.part, layer=spec.layer)[
-                                ["part", "layer", "matrix", "head", "spectral_norm", "frobenius_norm"]])
+                                ["part", "layer", "matrix", "head_index", "spectral_norm", "frobenius_norm"]])
                             del pending[(spec.part, spec.layer)]
             else:
                 nonfinite.append(spec.parameter)
@@ -251,20 +251,20 @@ def weight_norms(source: ModelSource, *, dtype: Optional[torch.dtype] = None, de
     for key, value in (labels or {}).items():
         table.insert(0, key, value)
     # every norm column, also when no matrix was finite (NaN then)
-    table = table.reindex(columns=[c for c in WEIGHT_COLUMNS if c in table.columns or c not in ("model", "model_alias")])
+    table = table.reindex(columns=[c for c in WEIGHT_COLUMNS if c in table.columns or c not in ("model", "model_alias", "model_format")])
     norm_columns = [c for c in WEIGHT_COLUMNS[WEIGHT_COLUMNS.index("frobenius_norm"):] if c != "finite"]
     table = table.astype({c: "float64" for c in norm_columns})
     vec = pd.concat(vectors, ignore_index=True) if vectors else pd.DataFrame(
-        columns=["part", "layer", "matrix", "kind", "index", "value"])
+        columns=["part", "layer", "matrix", "kind", "vector_index", "value"])
     for key, value in (labels or {}).items():
         vec.insert(0, key, value)
-    vec = vec.astype({"layer": "int64", "index": "int64", "value": "float64"})
+    vec = vec.astype({"layer": "int64", "vector_index": "int64", "value": "float64"})
     head_table = pd.concat(heads, ignore_index=True) if heads else pd.DataFrame(
-        columns=["part", "layer", "matrix", "head", "spectral_norm", "frobenius_norm"])
+        columns=["part", "layer", "matrix", "head_index", "spectral_norm", "frobenius_norm"])
     for key, value in (labels or {}).items():
         head_table.insert(0, key, value)
     return WeightNormsResult(table.astype({"layer": "int64", "d_out": "int64", "d_in": "int64"}), vec, nonfinite,
-                             head_table.astype({"layer": "int64", "head": "int64"}), unrecognised)
+                             head_table.astype({"layer": "int64", "head_index": "int64"}), unrecognised)
 
 
 def matrix_groups(source: ModelSource) -> list[tuple[tuple[str, int], list[str], int]]:

@@ -162,7 +162,7 @@ def run_norms_inputs(args: NormsInputsArgs, progress: Optional[ProgressFn] = Non
         QftInputError: bad model names, layers beyond a model's depth, bad data, unwritable out.
     """
     return _per_sample_run("norms inputs", args, progress, parse_layers, hidden_state_norms, "hidden state",
-                           ("dataset", "model_alias", "model"), "sample_index", ["layer"], "norms_inputs",
+                           ("dataset", "model_alias", "model", "model_format"), "sample_index", ["layer"], "norms_inputs",
                            lambda table: fit_table(table, FIT_GROUPS, quantity="hidden_states"),
                            lambda table, fits: fit_summary(table, fits, FIT_GROUPS))
 
@@ -183,7 +183,8 @@ def _per_sample_run(command: str, args: NormsInputsArgs, progress: Optional[Prog
         run.update(world_size=world)
         shown = progress if rank == 0 else None
         for source, model, samples, pad, layers in _loaded_models(args, run, prepared, shown):
-            values = {"dataset": samples.dataset, "model_alias": source.name, "model": source.model_id}
+            values = {"dataset": samples.dataset, "model_alias": source.name, "model": source.model_id,
+                      "model_format": source.model_format}
             labels = {key: values[key] for key in label_keys}
             result = _per_sample_sharded(measure, model, samples.token_ids, layers, args, pad, labels,
                                          progress, rank, world, sample_column, order)
@@ -285,7 +286,7 @@ def run_norms_attention(args: NormsAttentionArgs, progress: Optional[ProgressFn]
     )
 
     return _per_sample_run("norms attention", args, progress, parse_blocks, attention_norms, "attention input",
-                           ("model", "model_alias", "dataset"), "sample", ["layer", "head"], "norms_attention",
+                           ("model", "model_alias", "model_format", "dataset"), "sample_index", ["layer", "head_index"], "norms_attention",
                            attention_fits, lambda table, fits: summarize_attention(table))
 
 def _per_sample_sharded(measure: Callable, model, token_ids: Sequence[Sequence[int]], layers, args, pad: int,
@@ -372,7 +373,7 @@ def run_norms_weights(args: NormsWeightsArgs, progress: Optional[ProgressFn] = N
                    threads_source=threads.source, spectral_method="exact" if args.exact else "krylov",
                    world_size=world)
         for source in sources:
-            labels = {"model_alias": source.name, "model": source.model_id}
+            labels = {"model_alias": source.name, "model": source.model_id, "model_format": source.model_format}
             if world == 1:
                 result = weight_norms(source, dtype=dtype, device=device, progress=progress, exact=args.exact,
                                       labels=labels, workers=threads.count)

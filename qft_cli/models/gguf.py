@@ -44,7 +44,7 @@ from qft_cli.system.errors import QftInputError
 
 SMOLLM2 = "smollm2"
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
-SMOLLM2_ID = "HuggingFaceTB/SmolLM2-135M-Instruct (Q4_1 GGUF)"
+SMOLLM2_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 _SOURCE = "qft_gguf_source.json"
 
 

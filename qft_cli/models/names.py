@@ -88,6 +88,14 @@ class ModelSource:
             return SMOLLM2_ID
         return self.location
 
+    @property
+    def model_format(self) -> str:
+        """How the weights are stored, written beside :attr:`model_id` in result tables: ``gguf``
+        (a llama.cpp file; the storage type of each tensor is the ``quant_type`` column of
+        ``norms_weights``), ``transformers`` (a hub or local checkpoint, the embedded MiniLM) or
+        ``tiny`` (built in memory from a seed)."""
+        return {"gguf": "gguf", "tiny": "tiny"}.get(self.kind, "transformers")
+
 
 def all_model_names() -> list[str]:
     """Every alias qft knows, in display order."""

@@ -52,7 +52,7 @@ def per_sample_max(table: pd.DataFrame) -> pd.DataFrame:
     df = table[table["finite"].fillna(False).astype(bool)] if "finite" in table.columns else table
     if "model_alias" not in df.columns:
         df = df.assign(model_alias=df["model"])
-    group = [c for c in ("model", "model_alias", "dataset", "sample", "layer") if c in df.columns]
+    group = [c for c in ("model", "model_alias", "dataset", "sample_index", "layer") if c in df.columns]
     values = [f"{q}_{n}_norm" for q in QUANTITIES for n in ("spectral", "frobenius") if f"{q}_{n}_norm" in df.columns]
     return df.groupby(group, sort=True, dropna=False).agg({**{c: "max" for c in values},
                                                           "num_tokens": "first"}).reset_index()
@@ -205,12 +205,12 @@ def _ratio_heatmaps(page: _Page, label: str, dataset: str, d: pd.DataFrame) -> N
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
-    med = median_ratios(d, ("layer", "head"))
+    med = median_ratios(d, ("layer", "head_index"))
     ratios = [c for c in RATIOS if c in med.columns and med[c].notna().any()]
     if not ratios:
         return
     layers = sorted(int(x) for x in med["layer"].unique())
-    heads = sorted(int(x) for x in med["head"].unique())
+    heads = sorted(int(x) for x in med["head_index"].unique())
     values = med[ratios].to_numpy(float)
     values = values[np.isfinite(values) & (values > 0)]
     zmin = math.floor(math.log10(values.min())) if values.size else -1
@@ -219,7 +219,7 @@ def _ratio_heatmaps(page: _Page, label: str, dataset: str, d: pd.DataFrame) -> N
                         subplot_titles=[RATIOS[c][0] for c in ratios])
     ticks = list(range(zmin, 1))
     for col, c in enumerate(ratios, start=1):
-        grid = med.pivot_table(index="layer", columns="head", values=c, aggfunc="first").reindex(index=layers,
+        grid = med.pivot_table(index="layer", columns="head_index", values=c, aggfunc="first").reindex(index=layers,
                                                                                              columns=heads)
         z = grid.to_numpy(float)
         with np.errstate(divide="ignore", invalid="ignore"):

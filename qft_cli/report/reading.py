@@ -12,21 +12,32 @@ import pandas as pd
 from qft_cli.runs.rundir import RUN_JSON
 from qft_cli.system.errors import QftInputError
 
+#: Columns renamed since earlier runs were written (table -> old name -> new name): `stack` became
+#: `part` in qft 0.2; `head`, `kv_head`, `sample`, `mean` and `index` (names of DataFrame attributes)
+#: became `head_index`, `kv_head_index`, `sample_index`, `mean_value` and `vector_index`.
+RENAMED_COLUMNS: dict[str, dict[str, str]] = {
+    "norms_weights": {"stack": "part"},
+    "norms_heads": {"stack": "part", "head": "head_index"},
+    "norm_vectors": {"stack": "part", "index": "vector_index"},
+    "norms_attention": {"sample": "sample_index", "head": "head_index", "kv_head": "kv_head_index"},
+    "predictions": {"sample": "sample_index"},
+    "test_summary": {"mean": "mean_value"},
+}
 #: Result tables the report reads, with the columns each needs (docs/results.md).
 TABLE_COLUMNS: dict[str, tuple[str, ...]] = {
     "norms_inputs": ("model", "dataset", "layer", "num_tokens", "frobenius_norm", "spectral_norm"),
     "norms_weights": ("model", "layer", "matrix", "frobenius_norm", "spectral_norm"),
     "norm_vectors": ("model", "layer", "matrix", "kind", "value"),
-    "norms_heads": ("model", "layer", "matrix", "head", "spectral_norm", "frobenius_norm"),
+    "norms_heads": ("model", "layer", "matrix", "head_index", "spectral_norm", "frobenius_norm"),
     "metrics": ("variant", "epoch", "split", "accuracy", "f1"),
     "norms_during_training": ("variant", "epoch", "layer", "matrix", "spectral_norm", "frobenius_norm"),
     "gammas": ("variant", "epoch", "layer", "matrix", "gamma"),
     "fits": ("dataset", "layer", "norm", "exponent", "exponent_ci_low", "exponent_ci_high", "coefficient"),
-    "norms_attention": ("model", "dataset", "sample", "layer", "head", "num_tokens", "q_spectral_norm",
+    "norms_attention": ("model", "dataset", "sample_index", "layer", "head_index", "num_tokens", "q_spectral_norm",
                         "k_spectral_norm", "v_spectral_norm", "logits_unmasked_spectral_norm"),
-    "test_summary": ("variant", "metric", "mean", "ci_low", "ci_high", "diff_to_vanilla", "diff_ci_low",
+    "test_summary": ("variant", "metric", "mean_value", "ci_low", "ci_high", "diff_to_vanilla", "diff_ci_low",
                      "diff_ci_high"),
-    "predictions": ("variant", "sample", "label", "prediction"),
+    "predictions": ("variant", "sample_index", "label", "prediction"),
 }
 
 
@@ -135,8 +146,8 @@ def load_run(run_dir: Path | str) -> RunRecord:
         except Exception as err:  # noqa: BLE001 - any parquet/arrow failure is a damaged file
             record.problems.append(f"{file.name} unreadable: {type(err).__name__}: {err}")
             continue
-        if "stack" in df.columns and "part" not in df.columns:  # runs before qft 0.2 named it `stack`
-            df = df.rename(columns={"stack": "part"})
+        df = df.rename(columns={old: new for old, new in RENAMED_COLUMNS.get(name, {}).items()
+                                if old in df.columns and new not in df.columns})
         missing = [c for c in needed if c not in df.columns]
         if missing:
             record.problems.append(f"{file.name} lacks column(s) {', '.join(missing)}: table skipped")

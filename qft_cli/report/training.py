@@ -170,11 +170,11 @@ def _test_scores(page: _Page, t: pd.DataFrame, what: str) -> None:
         acc, f1 = by.get((v, "accuracy")), by.get((v, "f1"))
         ref = acc if acc is not None else f1
         rows.append([v, int(ref["num_seeds"]) if pd.notna(ref["num_seeds"]) else "–",
-                     *[_interval_cell(r["mean"], r["ci_low"], r["ci_high"]) if r is not None else "–"
+                     *[_interval_cell(r["mean_value"], r["ci_low"], r["ci_high"]) if r is not None else "–"
                        for r in (acc,)],
                      *[_interval_cell(r["diff_to_vanilla"], r["diff_ci_low"], r["diff_ci_high"], True) if r is not None else "–"
                        for r in (acc,)],
-                     *[_interval_cell(r["mean"], r["ci_low"], r["ci_high"]) if r is not None else "–" for r in (f1,)],
+                     *[_interval_cell(r["mean_value"], r["ci_low"], r["ci_high"]) if r is not None else "–" for r in (f1,)],
                      *[_interval_cell(r["diff_to_vanilla"], r["diff_ci_low"], r["diff_ci_high"], True) if r is not None else "–"
                        for r in (f1,)],
                      str(ref["interval"])])
@@ -190,14 +190,14 @@ def _test_scores(page: _Page, t: pd.DataFrame, what: str) -> None:
     for col, metric in ((1, "accuracy"), (2, "f1")):
         for v in variants:
             r = by.get((v, metric))
-            if r is None or not math.isfinite(r["mean"]):
+            if r is None or not math.isfinite(r["mean_value"]):
                 continue
             has_ci = math.isfinite(r["ci_low"]) and math.isfinite(r["ci_high"])
             fig.add_trace(go.Scatter(
-                x=[_e(v)], y=[100 * r["mean"]], mode="markers", name=_e(v), legendgroup=str(v), showlegend=False,
+                x=[_e(v)], y=[100 * r["mean_value"]], mode="markers", name=_e(v), legendgroup=str(v), showlegend=False,
                 marker=dict(size=10, color=_variant_color(v)),
-                error_y=dict(type="data", symmetric=False, array=[100 * (r["ci_high"] - r["mean"])],
-                             arrayminus=[100 * (r["mean"] - r["ci_low"])], visible=has_ci, thickness=2, width=8),
+                error_y=dict(type="data", symmetric=False, array=[100 * (r["ci_high"] - r["mean_value"])],
+                             arrayminus=[100 * (r["mean_value"] - r["ci_low"])], visible=has_ci, thickness=2, width=8),
                 hovertemplate=(f"{_e(v)}<br>%{{y:.2f}}%" + (f" [{100 * r['ci_low']:.2f}, {100 * r['ci_high']:.2f}]"
                                                             if has_ci else "") + "<extra></extra>")),
                 row=1, col=col)

@@ -107,7 +107,7 @@ def _heads_figure(page: _Page, label: str, h: pd.DataFrame, composites: bool = F
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
-    h = h.dropna(subset=["layer", "head"])
+    h = h.dropna(subset=["layer", "head_index"])
     part = h["part"].fillna("").astype(str) if "part" in h.columns else pd.Series("", index=h.index)
     h = h.assign(row_key=[f"{s} {int(l)}".strip() for s, l in zip(part, h["layer"])],
                  row_order=[(s, int(l)) for s, l in zip(part, h["layer"])])
@@ -122,15 +122,15 @@ def _heads_figure(page: _Page, label: str, h: pd.DataFrame, composites: bool = F
     z_by_norm: dict[str, list] = {"spectral_norm": [], "frobenius_norm": []}
     for col, m in enumerate(matrices, start=1):
         g = h[h["matrix"] == m]
-        heads_axis = sorted(int(x) for x in g["head"].unique())
+        heads_axis = sorted(int(x) for x in g["head_index"].unique())
         for norm in z_by_norm:
-            grid = g.pivot_table(index="row_key", columns="head", values=norm, aggfunc="first")
+            grid = g.pivot_table(index="row_key", columns="head_index", values=norm, aggfunc="first")
             grid = grid.reindex(index=rows, columns=heads_axis)
             z_by_norm[norm].append(grid.to_numpy(float))
         fig.add_trace(go.Heatmap(z=z_by_norm["spectral_norm"][-1], x=heads_axis, y=rows, coloraxis="coloraxis",
                                  hovertemplate="layer %{y}, head %{x}<br>%{z:.4g}<extra>" + f"{m}</extra>"),
                       row=1, col=col)
-        fig.update_xaxes(title_text="head", row=1, col=col, tickmode="linear", tick0=0,  # about 24 ticks per row
+        fig.update_xaxes(title_text="head_index", row=1, col=col, tickmode="linear", tick0=0,  # about 24 ticks per row
                          dtick=max(1, -(-len(heads_axis) // max(2, 24 // len(matrices)))))
     fig.update_yaxes(title_text="layer l", type="category", row=1, col=1)
     for col in range(2, len(matrices) + 1):

@@ -33,7 +33,7 @@ SUMMARY_METRICS = ("accuracy", "f1")
 
 #: Columns of ``test_summary.parquet`` (documented in docs/results.md); a ``run`` column leads
 #: them where the input metrics carry one.
-SUMMARY_COLUMNS = ["dataset", "task", "variant", "metric", "num_seeds", "mean", "ci_low", "ci_high",
+SUMMARY_COLUMNS = ["dataset", "task", "variant", "metric", "num_seeds", "mean_value", "ci_low", "ci_high",
                    "diff_to_vanilla", "diff_ci_low", "diff_ci_high", "interval"]
 
 INTERVAL_T = "t over seeds"
@@ -256,7 +256,7 @@ def _predictions_of(predictions: Optional[pd.DataFrame], variant: str, seed: int
         rows = rows[rows["seed"] == seed]
     if run is not None and "run" in rows.columns:
         rows = rows[rows["run"] == run]
-    return rows.sort_values("sample", kind="stable") if len(rows) else None
+    return rows.sort_values("sample_index", kind="stable") if len(rows) else None
 
 
 def test_summary(metrics: pd.DataFrame, predictions: Optional[pd.DataFrame] = None, *,
@@ -329,7 +329,7 @@ def test_summary(metrics: pd.DataFrame, predictions: Optional[pd.DataFrame] = No
                         est = Interval(float(scores.iloc[0]), est.low, est.high, est.n)
                         diff = nan_diff
                         if vanilla is not None and variant != "vanilla" and base_pred is not None:
-                            both = own.merge(base_pred, on="sample", suffixes=("", "_vanilla"))
+                            both = own.merge(base_pred, on="sample_index", suffixes=("", "_vanilla"))
                             if len(both) != len(own) or not (both["label"] == both["label_vanilla"]).all():
                                 raise QftInputError(f"predictions of {variant} and vanilla cover different test "
                                                     "samples: rerun the experiment (predictions.parquet is inconsistent)")
@@ -347,12 +347,12 @@ def test_summary(metrics: pd.DataFrame, predictions: Optional[pd.DataFrame] = No
                         if vanilla is not None and variant != "vanilla" and len(scores):
                             diff = paired_difference(scores, vanilla[metric].astype("float64"), confidence)
                         label = NO_INTERVAL
-                row.update({"mean": est.estimate, "ci_low": est.low, "ci_high": est.high,
+                row.update({"mean_value": est.estimate, "ci_low": est.low, "ci_high": est.high,
                             "diff_to_vanilla": diff.estimate, "diff_ci_low": diff.low, "diff_ci_high": diff.high,
                             "interval": label})
                 rows.append(row)
     out = pd.DataFrame(rows, columns=columns)
-    floats = ["mean", "ci_low", "ci_high", "diff_to_vanilla", "diff_ci_low", "diff_ci_high"]
+    floats = ["mean_value", "ci_low", "ci_high", "diff_to_vanilla", "diff_ci_low", "diff_ci_high"]
     return out.astype({**{c: "float64" for c in floats}, "num_seeds": "int64"})
 
 
@@ -387,7 +387,7 @@ def summary_display_table(summary: pd.DataFrame, epochs: Optional[Mapping[str, f
         acc, f1 = by.get("accuracy"), by.get("f1")
         row = {"variant": variant, "seeds": str(int(acc["num_seeds"])) if acc is not None else ""}
         for name, r in (("accuracy (%)", acc), ("F1 (%)", f1)):
-            row[name] = _pp(r["mean"], r["ci_low"], r["ci_high"], 2) if r is not None else ""
+            row[name] = _pp(r["mean_value"], r["ci_low"], r["ci_high"], 2) if r is not None else ""
         for name, r in (("Δ accuracy (pp)", acc), ("Δ F1 (pp)", f1)):
             row[name] = (_pp(r["diff_to_vanilla"], r["diff_ci_low"], r["diff_ci_high"], 2, sign=True)
                          if r is not None else "")

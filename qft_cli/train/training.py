@@ -247,7 +247,7 @@ class ResultsRecorder:
                     "frobenius_norm", "gamma"):
             if col in df:
                 df[col] = df[col].astype("float64")
-        for col in ("step", "layer", "seed", "sample", "label", "prediction", "num_labels"):
+        for col in ("step", "layer", "seed", "sample_index", "label", "prediction", "num_labels"):
             if col in df:
                 df[col] = df[col].astype("int64")
         return df
@@ -508,7 +508,7 @@ def train_variant(model, datasets: Mapping[str, Any], config: TrainingConfig, va
         labels = np.asarray(out.label_ids)
         if trainer.is_world_process_zero() and labels.ndim == 1 and predictions.shape == labels.shape:
             recorder.add(PREDICTIONS_TABLE, [
-                {"variant": variant, "seed": int(config.seed), "sample": i, "label": int(y), "prediction": int(p),
+                {"variant": variant, "seed": int(config.seed), "sample_index": i, "label": int(y), "prediction": int(p),
                  "num_labels": int(num_labels)} for i, (y, p) in enumerate(zip(labels, predictions))])
     saved = None
     if best_model_dir is not None:
@@ -730,7 +730,7 @@ def summary_rows(test_summary: pd.DataFrame, epochs: Mapping[str, float]) -> lis
         by = g.set_index("metric")
         diff = {m: (0.0 if variant == "vanilla" and "vanilla" in set(test_summary["variant"])
                     else float(by.loc[m, "diff_to_vanilla"])) for m in ("accuracy", "f1")}
-        rows.append({"variant": variant, "accuracy": float(by.loc["accuracy", "mean"]), "f1": float(by.loc["f1", "mean"]),
+        rows.append({"variant": variant, "accuracy": float(by.loc["accuracy", "mean_value"]), "f1": float(by.loc["f1", "mean_value"]),
                      "accuracy_diff": diff["accuracy"], "f1_diff": diff["f1"],
                      "epochs": float(epochs.get(variant, math.nan))})
     return rows
