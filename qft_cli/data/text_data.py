@@ -22,7 +22,7 @@ from typing import Optional
 
 import torch
 
-from qft_cli.system.errors import QftInputError
+from qft_cli.system.errors import QftInputError, first_line
 
 TEXT_COLUMNS = ("text", "question", "sequence", "seq")
 FILE_SUFFIXES = (".txt", ".csv", ".tsv", ".parquet", ".fa", ".fasta")
@@ -58,7 +58,7 @@ class Texts(list):
 
 
 def _unreadable(path: Path, err: BaseException) -> QftInputError:
-    first = " ".join(str(err).split("\n", 1)[0].split())
+    first = first_line(err)
     return QftInputError(f"data file {path} could not be read as {path.suffix.lower()} ({type(err).__name__}: "
                          f"{first}): check its format (text files must be UTF-8)")
 

@@ -40,7 +40,7 @@ from typing import Optional
 
 import torch
 
-from qft_cli.system.errors import QftInputError
+from qft_cli.system.errors import QftInputError, first_line
 
 SMOLLM2 = "smollm2"
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -89,7 +89,7 @@ def find_gguf(directory: Path) -> Optional[Path]:
 
 
 def _damaged(path: Path, err: BaseException) -> QftInputError:
-    first = " ".join(str(err).strip().split("\n", 1)[0].split())
+    first = first_line(err)
     return QftInputError(f"could not read GGUF file {path} ({type(err).__name__}: {first}): "
                          "the file is damaged or not a GGUF file; download it again")
 

@@ -36,7 +36,7 @@ import torch
 from qft_cli.models import names as _models
 from qft_cli.models.names import ModelSource, build_tiny_model
 from qft_cli.runs.files import checkpoint_files
-from qft_cli.system.errors import QftInputError
+from qft_cli.system.errors import QftInputError, first_line
 
 
 @dataclass
@@ -88,7 +88,7 @@ def _store_from_gguf(path: Path) -> TensorStore:
 
 
 def _damaged(path: Path, err: BaseException) -> QftInputError:
-    first = " ".join(str(err).strip().split("\n", 1)[0].split())
+    first = first_line(err)
     return QftInputError(f"could not read weights file {path} ({type(err).__name__}: {first}): "
                          "the file is damaged or not a checkpoint; download it again")
 

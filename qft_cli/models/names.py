@@ -37,7 +37,7 @@ from qft_cli.models.gguf import (
     gguf_config,
     smollm2_file,
 )
-from qft_cli.system.errors import QftInputError
+from qft_cli.system.errors import QftInputError, first_line
 
 #: Research aliases -> Hugging Face Hub ids.
 ALIASES: dict[str, str] = {
@@ -205,11 +205,11 @@ def hub_error(source: ModelSource, err: BaseException) -> QftInputError:
         return QftInputError(f"model {label} needs its own Python code from the model repository: pass "
                              "--trust-remote-code if you trust it")
     if source.kind == "gguf":
-        first = " ".join(str(err).split("\n", 1)[0].split())
+        first = first_line(err)
         return QftInputError(f"could not load GGUF model {label} ({type(err).__name__}: {first}): "
                              "pass a Llama-family GGUF file that transformers can load (gguf_file=)")
     if source.kind != "hub":
-        first = " ".join(str(err).split("\n", 1)[0].split())
+        first = first_line(err)
         return QftInputError(f"could not load model {label} from its directory ({type(err).__name__}: {first}): "
                              "pass a Hugging Face model directory with config.json, weights and tokenizer files")
     if "gated" in text.lower() or "GatedRepo" in text:
@@ -238,7 +238,7 @@ def _hub_call(source: ModelSource, fn, *args, **kwargs):
     try:
         return fn(*args, **kwargs)
     except ImportError as err:  # remote code that needs a package not installed (DNABERT-2's triton)
-        missing = getattr(err, "name", None) or str(err).split("\n", 1)[0]
+        missing = getattr(err, "name", None) or first_line(err)
         hint = (" (or drop --trust-remote-code: qft's native DNABERT-2 runs without it)"
                 if "triton" in str(err) or "flash_attn" in str(err) else "")
         raise QftInputError(f"the code of model {source.name} needs a package that is not installed ({missing}): "
