@@ -132,17 +132,10 @@ def mmlu_questions(data_file: Optional[Path] = None, text_column: Optional[str] 
     """
     if data_file is not None:
         return read_text_file(Path(data_file), text_column or "question")
-    from qft_cli.models.names import hub_offline_if_unreachable
+    from qft_cli.models.names import load_hub_dataset
 
-    unreachable = hub_offline_if_unreachable()  # before datasets' retries: use the cache or fail at once
-    try:
-        import datasets
-
-        ds = datasets.load_dataset(MMLU_HUB_ID, "all", split="validation")
-    except Exception as err:  # hub unreachable, not cached
-        why = "hub not reachable or HF_HUB_OFFLINE set, and not cached" if unreachable else type(err).__name__
-        raise QftInputError(f"could not load MMLU from the Hugging Face Hub ({why}): pass a local CSV "
-                            "with --data-file (columns subject,question,A,B,C,D,answer)") from None
+    ds = load_hub_dataset(MMLU_HUB_ID, name="all", split="validation", what="MMLU",
+                          fix="pass a local CSV with --data-file (columns subject,question,A,B,C,D,answer)")
     from qft_cli.runs.provenance import hub_dataset_files, hub_dataset_revision
 
     return Texts(ds["question"], files=hub_dataset_files(ds),

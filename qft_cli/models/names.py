@@ -196,6 +196,33 @@ def _go_offline() -> None:
         os.environ["HF_DATASETS_OFFLINE"] = "1"
 
 
+def load_hub_dataset(repo: str, *, what: str, fix: str, **kwargs):
+    """``datasets.load_dataset(repo, **kwargs)`` after the hub probe (:func:`hub_offline_if_unreachable`,
+    so that ``datasets`` uses its cache or fails at once instead of retrying for a minute).
+
+    Args:
+        repo: the hub dataset id (``cais/mmlu``, ``leannmlindsey/GUE``, ...).
+        what: the data set as the message names it (``MMLU``, ``dataset leannmlindsey/GUE``).
+        fix: what the user can do instead (``pass --data-dir with local files``).
+        kwargs: passed to ``datasets.load_dataset`` (``name``, ``split``, ``revision``).
+
+    Returns:
+        What ``datasets.load_dataset`` returns (a ``Dataset`` or ``DatasetDict``).
+
+    Raises:
+        QftInputError: any failure (hub unreachable or ``HF_HUB_OFFLINE`` set and not cached, unknown
+            id or config), as ``could not load <what> from the Hugging Face Hub (<why>): <fix>``.
+    """
+    unreachable = hub_offline_if_unreachable()  # before datasets' retries: use the cache or fail at once
+    import datasets
+
+    try:
+        return datasets.load_dataset(repo, **kwargs)
+    except Exception as err:  # hub/network failures of many types
+        why = "hub not reachable or HF_HUB_OFFLINE set, and not cached" if unreachable else type(err).__name__
+        raise QftInputError(f"could not load {what} from the Hugging Face Hub ({why}): {fix}") from None
+
+
 def hub_error(source: ModelSource, err: BaseException) -> QftInputError:
     """Turn a hub/loading exception (also of a local directory or the embedded MiniLM) into one
     actionable line."""
