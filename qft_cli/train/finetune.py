@@ -243,13 +243,14 @@ def load_classifier(source: ModelSource, num_labels: int, *, kind: str = "sequen
     config_dict = _local_config(source)
     if config_dict is not None and config_dict.get("qft_normalization"):  # null in a vanilla qft model
         return _load_normalised_checkpoint(Path(source.location), config_dict, num_labels, kind, dtype)
-    if not trust_remote_code and not is_dnabert2_source(source.location, source.kind):
+    dnabert2 = is_dnabert2_source(source.location, source.kind)  # reads config.json: once
+    if not trust_remote_code and not dnabert2:
         config = load_config(source)
         if type(config) not in auto_class._model_mapping:
             raise QftInputError(f"model {source.name} ({type(config).__name__}) has no {head}-classification "
                                 "architecture in transformers: pick an encoder or decoder language model")
     kwargs: dict[str, Any] = {"num_labels": num_labels}
-    if source.kind == "local" and not is_dnabert2_source(source.location, source.kind):
+    if source.kind == "local" and not dnabert2:
         kwargs["ignore_mismatched_sizes"] = True
     return load_model(source, dtype=dtype, trust_remote_code=trust_remote_code, auto_class=auto_class, seed=seed,
                       **kwargs)
