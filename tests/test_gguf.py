@@ -203,6 +203,36 @@ def test_conversion_is_cached_by_file_hash(tiny_gguf, cache, monkeypatch):
     assert not [p for p in (cache / "gguf").iterdir() if p.name.endswith(".tmp")]  # no temp dir left
 
 
+def test_config_conversion_and_streaming_parse_the_file_once(tiny_gguf, monkeypatch):
+    """load_config, the conversion (tokenizer check, transformers' model loader) and open_gguf share
+    one GGUFReader of the file (the code before wrote 4 parses for config + conversion); a changed
+    file is parsed again, and close() drops the reader."""
+    import os
+
+    import gguf.gguf_reader
+
+    from qft_cli.models import gguf as qgguf
+    from qft_cli.models.names import load_config
+
+    path, expected = tiny_gguf
+    opened = []
+    init = gguf.gguf_reader.GGUFReader.__init__
+    monkeypatch.setattr(gguf.gguf_reader.GGUFReader, "__init__",
+                        lambda self, *a, **k: opened.append(a[0]) or init(self, *a, **k))
+    source = resolve_model(str(path))
+    config = load_config(source)
+    qgguf.converted_dir(path)
+    assert opened == [str(path.resolve())] and config.num_key_value_heads == KV_HEADS
+    stat = path.stat()
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10 ** 9))  # the same bytes, a newer file
+    tensors = qgguf.open_gguf(path)
+    assert len(opened) == 2
+    name = "model.layers.0.self_attn.q_proj.weight"
+    assert torch.equal(tensors.read(name), torch.from_numpy(expected[name][0]))
+    tensors.close()
+    assert not qgguf._READERS
+
+
 def test_gguf_without_tokenizer_is_one_clear_error(tiny_gguf):
     path, _ = tiny_gguf
     with pytest.raises(QftInputError, match="holds no tokenizer"):

@@ -69,3 +69,28 @@ def test_custom_code_error_says_trust_remote_code():
                      "code to be run.")
     message = str(hub_error(resolve_model("dnabert"), err))
     assert "--trust-remote-code" in message and "\n" not in message and "not reachable" not in message
+
+
+def test_hub_datasets_offline_are_one_line_naming_the_local_fix(monkeypatch):
+    """MMLU and GUE go through the one load_hub_dataset: offline and not cached, one line each with
+    its own fix, no traceback; first_line quotes only the first line of a library error."""
+    import datasets
+
+    from qft_cli.data import tasks, text_data
+    from qft_cli.system.errors import first_line
+
+    def fail(repo, **kwargs):
+        raise ConnectionError(f"\n  {repo}\n  second line")
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(datasets, "load_dataset", fail)
+    with pytest.raises(QftInputError) as mmlu:
+        text_data.load_texts("mmlu")
+    assert str(mmlu.value) == ("could not load MMLU from the Hugging Face Hub (hub not reachable or HF_HUB_OFFLINE "
+                               "set, and not cached): pass a local CSV with --data-file (columns "
+                               "subject,question,A,B,C,D,answer)")
+    with pytest.raises(QftInputError) as gue:
+        tasks.load_task("gue", task="prom_core_tata")
+    assert str(gue.value).startswith("could not load dataset leannmlindsey/GUE from the Hugging Face Hub (")
+    assert str(gue.value).endswith("): check the network, or pass --data-dir with local files")
+    assert first_line(ConnectionError("\n  a  b\t c \nsecond")) == "a b c" and first_line(ValueError()) == ""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 from typing import List, Optional
@@ -50,13 +51,23 @@ def _print_table(title: str, frame: pd.DataFrame, headers: dict[str, str], fmt: 
     print_frame(frame[list(headers)].rename(columns=headers), title, fmt)
 
 
-def _run(measure, quiet: bool):
-    """``measure(progress)`` under a progress bar (off with ``--quiet`` and on ranks other than 0 under
-    torchrun); None on those ranks (their result has no tables: rank 0 writes and prints)."""
+def _command(args_class, workflow, options: dict, show) -> None:
+    """The body of every ``norms`` command: check ``--format``; build ``args_class`` (the workflow's
+    arguments, validated in its ``__post_init__``) from the command's ``options`` (its ``locals()``,
+    one value per field, by name); run ``workflow(args, progress)`` under a progress bar (off with
+    ``--quiet`` and on ranks other than 0 under torchrun); then ``show(result, fmt)`` prints its tables,
+    and the run directory and warnings follow (exit status 2 on a degenerate result). Ranks other
+    than 0 print nothing (their result has no tables: rank 0 writes and prints)."""
+    fmt = options["fmt"]
+    check_format(fmt)
+    args = args_class(**{f.name: options[f.name] for f in dataclasses.fields(args_class)})
     main = os.environ.get("RANK", "0") == "0"
-    with progress_bar(quiet or not main) as progress:
-        result = measure(progress)
-    return result if result.tables else None
+    with progress_bar(options["quiet"] or not main) as progress:
+        result = workflow(args, progress)
+    if not result.tables:  # a rank other than 0 under torchrun
+        return
+    show(result, fmt)
+    _finish(result, fmt)
 
 
 def _finish(result, fmt: str = "table") -> None:
@@ -92,21 +103,15 @@ def inputs_command(
     norm ~ c N^b per layer with the 95% interval of b (norms_inputs.parquet, fits.parquet)."""
     from qft_cli.measure.workflows import NormsInputsArgs, run_norms_inputs
 
-    check_format(fmt)
-    args = NormsInputsArgs(models=models, dataset=dataset, data_file=data_file, text_column=text_column,
-                           layers=layers, max_tokens=max_tokens, num_samples=num_samples, batch_size=batch_size,
-                           seed=seed, device=device, dtype=dtype, device_map=device_map,
-                           trust_remote_code=trust_remote_code, threads=threads, out=out)
-    result = _run(lambda progress: run_norms_inputs(args, progress), quiet)
-    if result is None:  # a rank other than 0 under torchrun
-        return
-    _print_table("hidden-state norms ||S|| per layer: min / median / max over samples, and the fit ||S|| ~ c N^b "
-                 "(b with its 95% Student-t interval, R² in log-log space)", result.summary,
-                 {"model_alias": "model", "dataset": "dataset", "layer": "layer", "norm": "norm",
-                  "num_samples": "samples", "norm_min": "min", "norm_median": "median", "norm_max": "max",
-                  "exponent": "b", "exponent_ci_low": "b 95% low", "exponent_ci_high": "b 95% high",
-                  "r_squared": "R²"}, fmt)
-    _finish(result, fmt)
+    def show(result, fmt: str) -> None:
+        _print_table("hidden-state norms ||S|| per layer: min / median / max over samples, and the fit ||S|| ~ c N^b "
+                     "(b with its 95% Student-t interval, R² in log-log space)", result.summary,
+                     {"model_alias": "model", "dataset": "dataset", "layer": "layer", "norm": "norm",
+                      "num_samples": "samples", "norm_min": "min", "norm_median": "median", "norm_max": "max",
+                      "exponent": "b", "exponent_ci_low": "b 95% low", "exponent_ci_high": "b 95% high",
+                      "r_squared": "R²"}, fmt)
+
+    _command(NormsInputsArgs, run_norms_inputs, locals(), show)
 
 
 @app.command("attention")
@@ -133,20 +138,14 @@ def attention_command(
     """Per-head norms of queries, keys, values and unmasked logits Q K^T / sqrt(d_head), with their bounds."""
     from qft_cli.measure.workflows import NormsAttentionArgs, run_norms_attention
 
-    check_format(fmt)
-    args = NormsAttentionArgs(models=models, dataset=dataset, data_file=data_file, text_column=text_column,
-                              layers=layers, max_tokens=max_tokens, num_samples=num_samples, batch_size=batch_size,
-                              seed=seed, device=device, dtype=dtype, device_map=device_map,
-                              trust_remote_code=trust_remote_code, threads=threads, out=out)
-    result = _run(lambda progress: run_norms_attention(args, progress), quiet)
-    if result is None:  # a rank other than 0 under torchrun
-        return
-    _print_table("median measured / bound per block over samples and heads (L: logits; nan: bound does not apply)",
-                 result.summary,
-                 {"model_alias": "model", "dataset": "dataset", "layer": "block", "num_samples": "samples",
-                  "q_bound_ratio": "Q", "k_bound_ratio": "K", "v_bound_ratio": "V",
-                  "logits_unmasked_qk_bound_ratio": "L:qk", "logits_unmasked_weight_bound_ratio": "L:weight"}, fmt)
-    _finish(result, fmt)
+    def show(result, fmt: str) -> None:
+        _print_table("median measured / bound per block over samples and heads (L: logits; nan: bound does not apply)",
+                     result.summary,
+                     {"model_alias": "model", "dataset": "dataset", "layer": "block", "num_samples": "samples",
+                      "q_bound_ratio": "Q", "k_bound_ratio": "K", "v_bound_ratio": "V",
+                      "logits_unmasked_qk_bound_ratio": "L:qk", "logits_unmasked_weight_bound_ratio": "L:weight"}, fmt)
+
+    _command(NormsAttentionArgs, run_norms_attention, locals(), show)
 
 
 @app.command("weights")
@@ -165,16 +164,13 @@ def weights_command(
     from qft_cli.measure.weights import weights_by_layer
     from qft_cli.measure.workflows import NormsWeightsArgs, run_norms_weights
 
-    check_format(fmt)
-    args = NormsWeightsArgs(models=models, device=device, dtype=dtype, exact=exact, threads=threads, out=out)
-    result = _run(lambda progress: run_norms_weights(args, progress), quiet)
-    if result is None:  # a rank other than 0 under torchrun
-        return
-    by_layer = weights_by_layer(result.tables["norms_weights"]).rename(columns={"model_alias": "model"})
-    print_frame(by_layer, "weight norms per layer (layer = transformer block; spectral ||W||_2 and Frobenius "
-                          "||W||_F, W as d_out x d_in)", fmt)
-    _print_table("weight norms per matrix type (mean and max over layers)", result.summary,
-                 {"model_alias": "model", "matrix": "matrix", "count": "n", "spectral_norm_mean": "||W||_2 mean",
-                  "spectral_norm_max": "||W||_2 max", "frobenius_norm_mean": "||W||_F mean",
-                  "frobenius_norm_max": "||W||_F max"}, fmt)
-    _finish(result, fmt)
+    def show(result, fmt: str) -> None:
+        by_layer = weights_by_layer(result.tables["norms_weights"]).rename(columns={"model_alias": "model"})
+        print_frame(by_layer, "weight norms per layer (layer = transformer block; spectral ||W||_2 and Frobenius "
+                              "||W||_F, W as d_out x d_in)", fmt)
+        _print_table("weight norms per matrix type (mean and max over layers)", result.summary,
+                     {"model_alias": "model", "matrix": "matrix", "count": "n", "spectral_norm_mean": "||W||_2 mean",
+                      "spectral_norm_max": "||W||_2 max", "frobenius_norm_mean": "||W||_F mean",
+                      "frobenius_norm_max": "||W||_F max"}, fmt)
+
+    _command(NormsWeightsArgs, run_norms_weights, locals(), show)

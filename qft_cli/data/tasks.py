@@ -411,17 +411,10 @@ def _conll_from_dir(data_dir: Path) -> TaskData:
 # ----------------------------------------------------------------------------- hub
 
 def _hub_load(repo: str, **kwargs):
-    from qft_cli.models.names import hub_offline_if_unreachable
+    from qft_cli.models.names import load_hub_dataset
 
-    unreachable = hub_offline_if_unreachable()  # before datasets' retries: use the cache or fail at once
-    import datasets
-
-    try:
-        return datasets.load_dataset(repo, **kwargs)
-    except Exception as err:  # hub/network failures of many types
-        why = "hub not reachable or HF_HUB_OFFLINE set, and not cached" if unreachable else type(err).__name__
-        raise QftInputError(f"could not load dataset {repo} from the Hugging Face Hub ({why}): "
-                            "check the network, or pass --data-dir with local files") from None
+    return load_hub_dataset(repo, what=f"dataset {repo}", fix="check the network, or pass --data-dir with local files",
+                            **kwargs)
 
 
 def _hub_origin(ds, hub_id: str, config: Optional[str]) -> tuple[dict[str, Any], list[Path]]:

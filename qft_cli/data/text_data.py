@@ -22,7 +22,7 @@ from typing import Optional
 
 import torch
 
-from qft_cli.system.errors import QftInputError
+from qft_cli.system.errors import QftInputError, first_line
 
 TEXT_COLUMNS = ("text", "question", "sequence", "seq")
 FILE_SUFFIXES = (".txt", ".csv", ".tsv", ".parquet", ".fa", ".fasta")
@@ -58,7 +58,7 @@ class Texts(list):
 
 
 def _unreadable(path: Path, err: BaseException) -> QftInputError:
-    first = " ".join(str(err).split("\n", 1)[0].split())
+    first = first_line(err)
     return QftInputError(f"data file {path} could not be read as {path.suffix.lower()} ({type(err).__name__}: "
                          f"{first}): check its format (text files must be UTF-8)")
 
@@ -132,17 +132,10 @@ def mmlu_questions(data_file: Optional[Path] = None, text_column: Optional[str] 
     """
     if data_file is not None:
         return read_text_file(Path(data_file), text_column or "question")
-    from qft_cli.models.names import hub_offline_if_unreachable
+    from qft_cli.models.names import load_hub_dataset
 
-    unreachable = hub_offline_if_unreachable()  # before datasets' retries: use the cache or fail at once
-    try:
-        import datasets
-
-        ds = datasets.load_dataset(MMLU_HUB_ID, "all", split="validation")
-    except Exception as err:  # hub unreachable, not cached
-        why = "hub not reachable or HF_HUB_OFFLINE set, and not cached" if unreachable else type(err).__name__
-        raise QftInputError(f"could not load MMLU from the Hugging Face Hub ({why}): pass a local CSV "
-                            "with --data-file (columns subject,question,A,B,C,D,answer)") from None
+    ds = load_hub_dataset(MMLU_HUB_ID, name="all", split="validation", what="MMLU",
+                          fix="pass a local CSV with --data-file (columns subject,question,A,B,C,D,answer)")
     from qft_cli.runs.provenance import hub_dataset_files, hub_dataset_revision
 
     return Texts(ds["question"], files=hub_dataset_files(ds),

@@ -40,6 +40,18 @@ from qft_cli.system.progress import ProgressFn
 from qft_cli.system.threads import configure_threads, fix_mmap_threshold
 
 
+def _check_models_and_threads(models: Sequence[str], threads: Optional[int]) -> None:
+    """The checks every norms command starts with: at least one MODEL, ``--threads`` at least 1.
+
+    Raises:
+        QftInputError: no model, or ``threads < 1``.
+    """
+    if not models:
+        raise QftInputError("give at least one MODEL (see `qft models`)")
+    if threads is not None and threads < 1:
+        raise QftInputError(f"--threads must be at least 1 (got {threads}); leave it out for the default")
+
+
 @dataclass
 class NormsInputsArgs:
     """Arguments of ``qft norms inputs`` (see the CLI help for each)."""
@@ -61,10 +73,7 @@ class NormsInputsArgs:
     out: Path = Path("runs")
 
     def __post_init__(self) -> None:
-        if not self.models:
-            raise QftInputError("give at least one MODEL (see `qft models`)")
-        if self.threads is not None and self.threads < 1:
-            raise QftInputError(f"--threads must be at least 1 (got {self.threads}); leave it out for the default")
+        _check_models_and_threads(self.models, self.threads)
         if self.max_tokens < 1:
             raise QftInputError(f"--max-tokens must be at least 1 (got {self.max_tokens})")
         if self.batch_size == 0 or self.batch_size < -1:
@@ -100,10 +109,7 @@ class NormsWeightsArgs:
     out: Path = Path("runs")
 
     def __post_init__(self) -> None:
-        if not self.models:
-            raise QftInputError("give at least one MODEL (see `qft models`)")
-        if self.threads is not None and self.threads < 1:
-            raise QftInputError(f"--threads must be at least 1 (got {self.threads}); leave it out for the default")
+        _check_models_and_threads(self.models, self.threads)
         if self.dtype is not None:
             resolve_dtype(self.dtype)
         resolve_device(self.device)

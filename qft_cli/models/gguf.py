@@ -23,6 +23,9 @@ builds (tested against it):
   :mod:`qft_cli.runs.provenance`), and the
   config transformers derives from a file's metadata in ``<cache>/gguf/<sha256>.config.json``.
 
+The metadata of a file is parsed once per process (:func:`gguf_reader`): the config, the tensors,
+the tokenizer check and transformers' loader during a conversion share one reader.
+
 The quantisation type of each tensor (``Q4_1``, ``Q8_0``, ``F32``, ...; ggml's names) is kept: the
 norms qft reports are those of the *dequantised* weights.
 """
@@ -40,7 +43,7 @@ from typing import Optional
 
 import torch
 
-from qft_cli.system.errors import QftInputError
+from qft_cli.system.errors import QftInputError, first_line
 
 SMOLLM2 = "smollm2"
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -94,9 +97,71 @@ def find_gguf(directory: Path) -> Optional[Path]:
 
 
 def _damaged(path: Path, err: BaseException) -> QftInputError:
-    first = " ".join(str(err).strip().split("\n", 1)[0].split())
+    first = first_line(err)
     return QftInputError(f"could not read GGUF file {path} ({type(err).__name__}: {first}): "
                          "the file is damaged or not a GGUF file; download it again")
+
+
+#: The parsed files of this process: (resolved path, size, mtime in ns) -> ``gguf.GGUFReader``.
+_READERS: dict[tuple[str, int, int], object] = {}
+
+
+def _reader_key(path: Path) -> tuple[str, int, int]:
+    resolved = Path(path).resolve()
+    stat = resolved.stat()
+    return str(resolved), stat.st_size, stat.st_mtime_ns
+
+
+def gguf_reader(path: Path):
+    """The one ``gguf.GGUFReader`` of the file ``path`` in this process.
+
+    Opening a reader parses the whole metadata (for SmolLM2 a 49k-token vocabulary: about 4 s on
+    one core); the config (:func:`gguf_config_dict`), the tensors (:func:`open_gguf`), the tokenizer
+    check and transformers' own loader during a conversion (:func:`converted_dir`) all use this one,
+    kept per (resolved path, size, mtime), so a changed file is parsed again. The reader
+    memory-maps the file; :meth:`GGUFTensors.close` and the end of a conversion drop it.
+
+    Raises:
+        QftInputError: the file is damaged or not a GGUF file; the ``gguf`` package is missing.
+    """
+    _need_gguf()
+    from gguf.gguf_reader import GGUFReader  # the class itself, also while _one_reader patches gguf.GGUFReader
+
+    try:
+        key = _reader_key(path)
+    except OSError as err:
+        raise _damaged(Path(path), err) from None
+    if key not in _READERS:
+        try:
+            reader = GGUFReader(key[0])
+        except Exception as err:  # truncated header, not a GGUF file
+            raise _damaged(Path(path), err) from None
+        for old in [k for k in _READERS if k[0] == key[0]]:  # an older version of the same file
+            del _READERS[old]
+        _READERS[key] = reader
+    return _READERS[key]
+
+
+@contextlib.contextmanager
+def _one_reader(path: Path):
+    """While inside, transformers' GGUF loader (``load_gguf_checkpoint`` opens a new ``GGUFReader``
+    for the config, again for the weights and again for the tokenizer) gets :func:`gguf_reader`'s
+    reader of ``path``; any other file gets a new reader as before."""
+    import gguf
+
+    original = gguf.GGUFReader
+    wanted = _reader_key(path)[0]
+
+    def reader(file, *args, **kwargs):
+        if not args and not kwargs and str(Path(file).resolve()) == wanted:
+            return gguf_reader(Path(wanted))
+        return original(file, *args, **kwargs)
+
+    gguf.GGUFReader = reader
+    try:
+        yield
+    finally:
+        gguf.GGUFReader = original
 
 
 def gguf_config_dict(path: Path) -> dict:
@@ -121,8 +186,10 @@ def gguf_config_dict(path: Path) -> dict:
             return json.loads(memo.read_text())
         except ValueError:
             pass
+    gguf_reader(path)  # a damaged file: one line, before transformers' loader sees it
     try:
-        parsed = load_gguf_checkpoint(str(path), return_tensors=False)
+        with _one_reader(path):
+            parsed = load_gguf_checkpoint(str(path), return_tensors=False)
     except ValueError as err:
         if "not supported" in str(err):
             raise QftInputError(f"GGUF file {path}: {err} (transformers cannot load it): "
@@ -192,8 +259,11 @@ class GGUFTensors:
         return torch.from_numpy(np.array(result.weights, dtype=np.float32, copy=True))
 
     def close(self) -> None:
-        """Drop the memory map of the file."""
+        """Drop the memory map of the file (also :func:`gguf_reader`'s)."""
         self._tensors.clear()
+        if self._reader is not None:
+            for key in [k for k, r in _READERS.items() if r is self._reader]:
+                del _READERS[key]
         self._reader = None
 
 
@@ -204,7 +274,6 @@ def open_gguf(path: Path) -> GGUFTensors:
         QftInputError: unreadable file, unsupported architecture, or missing ``gguf`` package.
     """
     _need_gguf()
-    from gguf import GGUFReader
     from transformers import AutoConfig, AutoModelForCausalLM
     from transformers.modeling_gguf_pytorch_utils import (
         TENSOR_PROCESSORS,
@@ -214,10 +283,7 @@ def open_gguf(path: Path) -> GGUFTensors:
 
     path = Path(path)
     config = gguf_config_dict(path)
-    try:
-        reader = GGUFReader(str(path))
-    except Exception as err:
-        raise _damaged(path, err) from None
+    reader = gguf_reader(path)
     architecture = str(reader.fields["general.architecture"].contents())
     processor = TENSOR_PROCESSORS.get(architecture, TensorProcessor)(config=config)
     model_config = dict(config)
@@ -258,9 +324,7 @@ def _no_tqdm():
 
 def _has_tokenizer(path: Path) -> bool:
     """Whether the GGUF metadata holds a tokenizer (``tokenizer.ggml.model``)."""
-    from gguf import GGUFReader
-
-    return "tokenizer.ggml.model" in GGUFReader(str(path)).fields
+    return "tokenizer.ggml.model" in gguf_reader(path).fields
 
 
 def _save_plain(model, directory: Path) -> None:
@@ -320,7 +384,7 @@ def converted_dir(path: Path) -> Path:
                             "set QFT_CACHE to a writable directory") from None
     try:
         try:
-            with _no_tqdm():  # transformers' GGUF loader draws its own bar; library code prints nothing
+            with _no_tqdm(), _one_reader(path):  # no bar of transformers' GGUF loader; one parse of the file
                 model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name,
                                                              dtype=torch.float32)
                 tokenizer = (AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
@@ -345,4 +409,6 @@ def converted_dir(path: Path) -> Path:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+        with contextlib.suppress(OSError):  # converted: the memory map of the file is not needed again
+            _READERS.pop(_reader_key(path), None)
     return target

@@ -36,7 +36,7 @@ import torch
 from qft_cli.models import names as _models
 from qft_cli.models.names import ModelSource, build_tiny_model
 from qft_cli.runs.files import checkpoint_files
-from qft_cli.system.errors import QftInputError
+from qft_cli.system.errors import QftInputError, first_line
 
 
 @dataclass
@@ -88,7 +88,7 @@ def _store_from_gguf(path: Path) -> TensorStore:
 
 
 def _damaged(path: Path, err: BaseException) -> QftInputError:
-    first = " ".join(str(err).strip().split("\n", 1)[0].split())
+    first = first_line(err)
     return QftInputError(f"could not read weights file {path} ({type(err).__name__}: {first}): "
                          "the file is damaged or not a checkpoint; download it again")
 
@@ -327,7 +327,8 @@ def load_dnabert2(path_or_hub_id, num_labels: Optional[int] = None, task: str = 
     Args:
         path_or_hub_id: a directory with ``config.json`` (the published one, or a qft save) and
             ``model.safetensors`` or ``pytorch_model.bin`` (MaskedLM or SequenceClassification key
-            names), or a hub id such as :data:`qft_cli.models.dnabert2.HUB_ID`.
+            names), a hub id such as :data:`qft_cli.models.dnabert2.HUB_ID`, or the resolved
+            :class:`~qft_cli.models.names.ModelSource` of either (``local`` or ``hub``).
         num_labels: size of the classification head; ``None`` keeps the checkpoint's.
         task: ``sequence``, ``token`` or ``base`` (encoder + pooler, no head).
         dtype: parameter dtype.
@@ -346,9 +347,12 @@ def load_dnabert2(path_or_hub_id, num_labels: Optional[int] = None, task: str = 
 
     if task not in dnabert2.TASKS:
         raise QftInputError(f"unknown DNABERT-2 task '{task}': use one of {', '.join(dnabert2.TASKS)}")
-    path = Path(str(path_or_hub_id)).expanduser()
-    source = (ModelSource(str(path_or_hub_id), "local", str(path)) if path.is_dir()
-              else ModelSource(str(path_or_hub_id), "hub", str(path_or_hub_id)))
+    if isinstance(path_or_hub_id, ModelSource):
+        source = path_or_hub_id
+    else:
+        path = Path(str(path_or_hub_id)).expanduser()
+        source = (ModelSource(str(path_or_hub_id), "local", str(path)) if path.is_dir()
+                  else ModelSource(str(path_or_hub_id), "hub", str(path_or_hub_id)))
     directory = model_directory(source, ["config.json", "*.safetensors", "pytorch_model.bin"])
     config_path = directory / "config.json"
     if not config_path.is_file():
@@ -371,7 +375,7 @@ def load_dnabert2(path_or_hub_id, num_labels: Optional[int] = None, task: str = 
     mismatched = [(k, tuple(v.shape), tuple(expected[k].shape)) for k, v in state_dict.items()
                   if k in expected and tuple(v.shape) != tuple(expected[k].shape)]
     report = check_keys(model, missing=missing, unexpected=unexpected, mismatched=mismatched,
-                        name=name or str(path_or_hub_id))
+                        name=name or source.name)
     # a classifier of another size (fine-tuned on other labels) is new, not loaded
     loadable = {k: v for k, v in state_dict.items() if k in expected and tuple(v.shape) == tuple(expected[k].shape)}
     model.load_state_dict(loadable, strict=False)
@@ -410,7 +414,7 @@ def load_model(source: ModelSource, *, dtype: torch.dtype = torch.float32, devic
     elif not trust_remote_code and is_dnabert2_source(source.location, source.kind):
         options = {k: v for k, v in kwargs.items() if k not in ("ignore_mismatched_sizes",)}
         num_labels = options.pop("num_labels", None)
-        model = load_dnabert2(source.location, num_labels=num_labels, task=task_of_auto_class(auto_class),
+        model = load_dnabert2(source, num_labels=num_labels, task=task_of_auto_class(auto_class),
                               dtype=dtype, seed=0 if seed is None else seed, name=source.name, **options)
     else:
         load_kwargs = dict(dtype=dtype, trust_remote_code=trust_remote_code, output_loading_info=True, **kwargs)

@@ -37,7 +37,7 @@ from qft_cli.models.gguf import (
     gguf_config,
     smollm2_file,
 )
-from qft_cli.system.errors import QftInputError
+from qft_cli.system.errors import QftInputError, first_line
 
 #: Research aliases -> Hugging Face Hub ids.
 ALIASES: dict[str, str] = {
@@ -204,6 +204,33 @@ def _go_offline() -> None:
         os.environ["HF_DATASETS_OFFLINE"] = "1"
 
 
+def load_hub_dataset(repo: str, *, what: str, fix: str, **kwargs):
+    """``datasets.load_dataset(repo, **kwargs)`` after the hub probe (:func:`hub_offline_if_unreachable`,
+    so that ``datasets`` uses its cache or fails at once instead of retrying for a minute).
+
+    Args:
+        repo: the hub dataset id (``cais/mmlu``, ``leannmlindsey/GUE``, ...).
+        what: the data set as the message names it (``MMLU``, ``dataset leannmlindsey/GUE``).
+        fix: what the user can do instead (``pass --data-dir with local files``).
+        kwargs: passed to ``datasets.load_dataset`` (``name``, ``split``, ``revision``).
+
+    Returns:
+        What ``datasets.load_dataset`` returns (a ``Dataset`` or ``DatasetDict``).
+
+    Raises:
+        QftInputError: any failure (hub unreachable or ``HF_HUB_OFFLINE`` set and not cached, unknown
+            id or config), as ``could not load <what> from the Hugging Face Hub (<why>): <fix>``.
+    """
+    unreachable = hub_offline_if_unreachable()  # before datasets' retries: use the cache or fail at once
+    import datasets
+
+    try:
+        return datasets.load_dataset(repo, **kwargs)
+    except Exception as err:  # hub/network failures of many types
+        why = "hub not reachable or HF_HUB_OFFLINE set, and not cached" if unreachable else type(err).__name__
+        raise QftInputError(f"could not load {what} from the Hugging Face Hub ({why}): {fix}") from None
+
+
 def hub_error(source: ModelSource, err: BaseException) -> QftInputError:
     """Turn a hub/loading exception (also of a local directory or the embedded MiniLM) into one
     actionable line."""
@@ -213,11 +240,11 @@ def hub_error(source: ModelSource, err: BaseException) -> QftInputError:
         return QftInputError(f"model {label} needs its own Python code from the model repository: pass "
                              "--trust-remote-code if you trust it")
     if source.kind == "gguf":
-        first = " ".join(str(err).split("\n", 1)[0].split())
+        first = first_line(err)
         return QftInputError(f"could not load GGUF model {label} ({type(err).__name__}: {first}): "
                              "pass a Llama-family GGUF file that transformers can load (gguf_file=)")
     if source.kind != "hub":
-        first = " ".join(str(err).split("\n", 1)[0].split())
+        first = first_line(err)
         return QftInputError(f"could not load model {label} from its directory ({type(err).__name__}: {first}): "
                              "pass a Hugging Face model directory with config.json, weights and tokenizer files")
     if "gated" in text.lower() or "GatedRepo" in text:
@@ -246,7 +273,7 @@ def _hub_call(source: ModelSource, fn, *args, **kwargs):
     try:
         return fn(*args, **kwargs)
     except ImportError as err:  # remote code that needs a package not installed (DNABERT-2's triton)
-        missing = getattr(err, "name", None) or str(err).split("\n", 1)[0]
+        missing = getattr(err, "name", None) or first_line(err)
         hint = (" (or drop --trust-remote-code: qft's native DNABERT-2 runs without it)"
                 if "triton" in str(err) or "flash_attn" in str(err) else "")
         raise QftInputError(f"the code of model {source.name} needs a package that is not installed ({missing}): "

@@ -11,7 +11,7 @@ from typing import Any, Iterable
 import pandas as pd
 
 from qft_cli.report.page import _e, _is_synthetic, _Page, _Raw, plural
-from qft_cli.report.reading import RunRecord
+from qft_cli.report.reading import RunRecord, dataset_and_task
 
 
 def _short_time(iso: Any) -> str:
@@ -203,12 +203,8 @@ def _float(x: Any) -> float:
 
 
 def data_name(meta: dict[str, Any]) -> str:
-    """``dataset/task`` a run says it read (run.json ``data``, else its options); '' when unknown."""
-    data = meta.get("data") if isinstance(meta.get("data"), dict) else {}
-    opts = meta.get("options") or {}
-    dataset = data.get("dataset") or opts.get("dataset") or meta.get("dataset")
-    task = data.get("task") or (opts.get("task") if not data else None)
-    return "/".join(str(x) for x in (dataset, task) if x)
+    """``dataset/task`` a run says it read (:func:`qft_cli.report.reading.dataset_and_task`); '' when unknown."""
+    return "/".join(x for x in dataset_and_task(meta) if x)
 
 
 def data_file_mismatches(runs: Iterable[RunRecord]) -> list[tuple[str, list[list[str]]]]:

@@ -77,6 +77,17 @@ def _is_qft_meta(meta: Any) -> bool:
     return isinstance(meta, dict) and "command" in meta and "status" in meta
 
 
+def dataset_and_task(meta: dict[str, Any]) -> tuple[str, str]:
+    """``(dataset, task)`` a run says it read: run.json ``data`` (the data actually read), else its
+    options (older runs); ``""`` where unknown. The task of a run that recorded ``data`` is the one
+    recorded there (none for genomic-bench and CoNLL)."""
+    data = meta.get("data") if isinstance(meta.get("data"), dict) else {}
+    opts = meta.get("options") or {}
+    dataset = data.get("dataset") or opts.get("dataset") or meta.get("dataset")
+    task = data.get("task") or (opts.get("task") if not data else None)
+    return str(dataset or ""), str(task or "")
+
+
 def find_run_dirs(paths: Sequence[Path | str]) -> list[Path]:
     """Run directories named by ``paths``.
 

@@ -19,20 +19,13 @@ from qft_cli.report.page import (
     _variant_color,
     _variant_rank,
 )
-from qft_cli.report.reading import RunRecord, combined_table
+from qft_cli.report.reading import RunRecord, combined_table, dataset_and_task
 from qft_cli.system.errors import QftInputError
 from qft_cli.train import stats
 
 #: Columns of the report's test summary: those of ``test_summary.parquet`` (:data:`qft_cli.train.stats.SUMMARY_COLUMNS`,
 #: docs/results.md) plus ``run`` and ``summary_source``.
 SUMMARY_COLUMNS = ["run", *stats.SUMMARY_COLUMNS, "summary_source"]
-
-
-def _dataset_task(meta: dict) -> tuple[str, str]:
-    data = meta.get("data") if isinstance(meta.get("data"), dict) else {}
-    opts = meta.get("options") or {}
-    return (str(data.get("dataset") or opts.get("dataset") or meta.get("dataset") or ""),
-            str(data.get("task") or opts.get("task") or ""))
 
 
 def run_test_summary(run: RunRecord) -> pd.DataFrame:
@@ -48,7 +41,7 @@ def run_test_summary(run: RunRecord) -> pd.DataFrame:
     Raises:
         QftInputError: from :func:`qft_cli.train.stats.test_summary` (inconsistent predictions).
     """
-    dataset, task = _dataset_task(run.meta)
+    dataset, task = dataset_and_task(run.meta)
     if "test_summary" in run.tables:
         df, source = run.tables["test_summary"].copy(), "test_summary.parquet"
     else:
@@ -113,7 +106,7 @@ def _training_section(page: _Page, runs: list[RunRecord]) -> None:
     _forest_plot(page, summary)
     for run_name in run_names:
         meta = by_name[run_name].meta
-        dataset, task = _dataset_task(meta)
+        dataset, task = dataset_and_task(meta)
         what = (dataset or "?") + (f" / {task}" if task else "")
         page.heading(3, f"{_e(meta.get('command', 'train'))}: {_e(what)} ({_e(run_name)})",
                      f"training-{_anchor(run_name)}")

@@ -9,3 +9,10 @@ failure and is reported as such.
 
 class QftInputError(ValueError):
     """Bad input from the user. ``str(err)`` is one line naming the problem and the fix."""
+
+
+def first_line(err: BaseException) -> str:
+    """The first line of ``str(err)`` with its white space folded to single spaces, for quoting a
+    library's exception inside one :class:`QftInputError` line (``"could not read X (ValueError:
+    <first line>): fix"``). Leading blank lines are skipped; an empty message gives ``""``."""
+    return " ".join(str(err).strip().split("\n", 1)[0].split())

@@ -23,7 +23,6 @@ Library functions never print; long loops report through :data:`qft_cli.system.p
 from __future__ import annotations
 
 import json
-import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -97,14 +96,12 @@ class FinetuneSettings:
     seeds: Optional[list[int]] = None
 
     def __post_init__(self) -> None:
-        from qft_cli.train.training import check_seeds
+        from qft_cli.train.training import check_gamma_and_seeds
 
         parse_targets(self.targets)
-        if self.max_gamma is not None and not (self.max_gamma > 0 and math.isfinite(self.max_gamma)):
-            raise QftInputError(f"--max-gamma {self.max_gamma} must be a positive number (1 = sub-normalised)")
+        self.seeds = check_gamma_and_seeds(self.max_gamma, self.seeds)
         self.variants()
         if self.seeds:
-            self.seeds = check_seeds(self.seeds)
             self.seed = self.seeds[0]
         if self.max_length is not None and self.max_length < 4:
             raise QftInputError(f"--max-length {self.max_length} is too short: use at least 4 tokens")
@@ -246,13 +243,14 @@ def load_classifier(source: ModelSource, num_labels: int, *, kind: str = "sequen
     config_dict = _local_config(source)
     if config_dict is not None and config_dict.get("qft_normalization"):  # null in a vanilla qft model
         return _load_normalised_checkpoint(Path(source.location), config_dict, num_labels, kind, dtype)
-    if not trust_remote_code and not is_dnabert2_source(source.location, source.kind):
+    dnabert2 = is_dnabert2_source(source.location, source.kind)  # reads config.json: once
+    if not trust_remote_code and not dnabert2:
         config = load_config(source)
         if type(config) not in auto_class._model_mapping:
             raise QftInputError(f"model {source.name} ({type(config).__name__}) has no {head}-classification "
                                 "architecture in transformers: pick an encoder or decoder language model")
     kwargs: dict[str, Any] = {"num_labels": num_labels}
-    if source.kind == "local" and not is_dnabert2_source(source.location, source.kind):
+    if source.kind == "local" and not dnabert2:
         kwargs["ignore_mismatched_sizes"] = True
     return load_model(source, dtype=dtype, trust_remote_code=trust_remote_code, auto_class=auto_class, seed=seed,
                       **kwargs)
@@ -407,18 +405,16 @@ def finetune(model_name: str, *, dataset: str, settings: FinetuneSettings, run, 
     Raises:
         QftInputError: bad model, data, tokenizer, layers, targets or gamma.
     """
-    from dataclasses import replace
-
     from transformers import DataCollatorForTokenClassification, DataCollatorWithPadding
 
     from qft_cli.data.tasks import encode, load_task, subsample
     from qft_cli.models.loading import load_report
+    from qft_cli.system.device import resolve_device
     from qft_cli.train.export import export_model
     from qft_cli.train.training import (
         METRICS_TABLE,
         ResultsRecorder,
-        seed_subdir,
-        train_variant,
+        train_seeds_and_variants,
         write_test_summary,
     )
 
@@ -437,8 +433,8 @@ def finetune(model_name: str, *, dataset: str, settings: FinetuneSettings, run, 
     encoded = encode(data, tokenizer, max_length)
     collator = (DataCollatorForTokenClassification(tokenizer) if data.kind == "token_classification"
                 else DataCollatorWithPadding(tokenizer))
-    cfg = settings.training_config(device)
-    cfg.validate()
+    cfg = settings.training_config(device)  # its values were checked when settings was made; now its device
+    resolve_device(cfg.device)
     recorder = ResultsRecorder(run, default_seed=settings.seed)
     result = FinetuneResult(source.model_id, data.source, data.num_labels, data.kind, max_length, data.sizes(),
                             task=data.task)
@@ -453,17 +449,11 @@ def finetune(model_name: str, *, dataset: str, settings: FinetuneSettings, run, 
     run.update(data={**data.record(), "location": data.source}, data_files=data_files)
     model_files_recorded = False
     variants = settings.variants()
-    seeds = settings.seed_list()
-    several = len(seeds) > 1
-    for seed, (variant, method, max_gamma) in ((s, v) for s in seeds for v in variants):
-        best_dir = seed_subdir(run_dir / "best", variant, seed, several)
-        done = recorder.test_row(variant, seed) if resume else None
-        if done is not None:
-            result.variants.append({"variant": variant, "seed": seed,
-                                    "test": {k: float(done[k]) for k in ("loss", "accuracy", "f1")},
-                                    "best_model_dir": str(best_dir), "export_dir": None,
-                                    "normalised": [], "epochs": float(done["epoch"]), "steps": int(done["step"])})
-            continue
+    several = len(settings.seed_list()) > 1
+    normalised: dict[tuple[int, str], list[str]] = {}  # (seed, variant) -> "<parameter>:<matrix>" normalised
+
+    def build(seed: int, variant: str, method: Optional[str], max_gamma: Optional[float]):
+        nonlocal model_files_recorded
         model = load_classifier(source, data.num_labels, kind=data.kind, seed=seed, dtype=dtype,
                                 trust_remote_code=trust_remote_code)
         if not model_files_recorded:  # the weights every variant starts from
@@ -479,30 +469,34 @@ def finetune(model_name: str, *, dataset: str, settings: FinetuneSettings, run, 
             model.config.pad_token_id = tokenizer.pad_token_id
         _check_vocabulary(model, tokenizer, source.name)
         _check_positions(model, max_length, source.name)
-        normalised: list[str] = []
         if any(m is not None for _, m, _ in variants):
             check_layers(model, settings)  # before any training (vanilla included): bad --layers/--targets fail at once
         if method is not None:
             specs = apply_normalization(model, method, targets=settings.targets, layers=settings.layers,
                                         max_gamma=max_gamma)
-            normalised = [f"{s.parameter}:{s.matrix}" for s in specs]
-        trained = train_variant(model, encoded, replace(cfg, seed=seed), variant,
-                                output_dir=seed_subdir(run_dir / "checkpoints", variant, seed, several),
-                                num_labels=data.num_labels, recorder=recorder, data_collator=collator,
-                                tokenizer=tokenizer, targets=settings.targets.split(","), resume=resume,
-                                best_model_dir=best_dir if run.is_main_process else None,
-                                progress=progress, progress_label=f"train {variant}" + (f" seed {seed}" if several else ""))
+            normalised[(seed, variant)] = [f"{s.parameter}:{s.matrix}" for s in specs]
+        return model
+
+    def record(trained_so_far, model) -> None:
+        trained = trained_so_far[-1]
+        variant, seed = trained.variant, trained.seed
         exported = None
-        if export_dir is not None and run.is_main_process:
+        if model is not None and export_dir is not None and run.is_main_process:
             target = Path(export_dir) if len(variants) == 1 and not several else Path(export_dir) / variant
             exported = str(export_model(model, target / f"seed-{seed}" if several else target, tokenizer=tokenizer))
         result.variants.append({"variant": variant, "seed": seed, "test": trained.test,
                                 "best_model_dir": trained.best_model_dir, "export_dir": exported,
-                                "normalised": normalised, "epochs": trained.epochs, "steps": trained.steps})
+                                "normalised": normalised.get((seed, variant), []), "epochs": trained.epochs,
+                                "steps": trained.steps})
+        if model is None:  # resumed: nothing new for run.json
+            return
         run.update(results={(f"{v['variant']}/seed-{v['seed']}" if several else v["variant"]):
                             {k: v[k] for k in ("test", "best_model_dir", "export_dir", "normalised")}
                             for v in result.variants})
-        del model
+
+    train_seeds_and_variants(run, recorder, seeds=settings.seed_list(), variants=variants, config=cfg, build=build,
+                             record=record, datasets=encoded, num_labels=data.num_labels, data_collator=collator,
+                             tokenizer=tokenizer, targets=settings.targets, resume=resume, progress=progress)
     recorder.write(METRICS_TABLE)
     result.test_summary = write_test_summary(run, recorder, dataset=data.dataset, task=data.task,
                                              num_labels=data.num_labels)

@@ -234,8 +234,10 @@ class QftModel(QftPreTrainedModel):
         return BaseModelOutput(last_hidden_state=x)
 
 
-class QftForSequenceClassification(QftPreTrainedModel):
-    """Classifier on the first token's final hidden state; cross-entropy loss with ``labels`` (batch,)."""
+class _QftClassifier(QftPreTrainedModel):
+    """The body and head both classifiers share: :class:`QftModel` as ``model``, dropout, a linear
+    ``classifier`` (d_model -> num_labels), and the normalisation of ``config.qft_normalization``
+    re-applied after initialisation (so that a saved normalised model reloads as it was trained)."""
 
     def __init__(self, config: QftConfig):
         super().__init__(config)
@@ -247,6 +249,10 @@ class QftForSequenceClassification(QftPreTrainedModel):
 
     def get_input_embeddings(self) -> nn.Embedding:
         return self.model.embed_tokens
+
+
+class QftForSequenceClassification(_QftClassifier):
+    """Classifier on the first token's final hidden state; cross-entropy loss with ``labels`` (batch,)."""
 
     def forward(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None,
                 labels: Optional[torch.Tensor] = None, **_) -> SequenceClassifierOutput:
@@ -256,19 +262,8 @@ class QftForSequenceClassification(QftPreTrainedModel):
         return SequenceClassifierOutput(loss=loss, logits=logits)
 
 
-class QftForTokenClassification(QftPreTrainedModel):
+class QftForTokenClassification(_QftClassifier):
     """Classifier on every token; cross-entropy over labels != -100 (first sub-token of each word)."""
-
-    def __init__(self, config: QftConfig):
-        super().__init__(config)
-        self.model = QftModel(config)
-        self.dropout = nn.Dropout(config.dropout)
-        self.classifier = nn.Linear(config.d_model, config.num_labels)
-        self.post_init()
-        self._reapply_normalization()
-
-    def get_input_embeddings(self) -> nn.Embedding:
-        return self.model.embed_tokens
 
     def forward(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None,
                 labels: Optional[torch.Tensor] = None, **_) -> TokenClassifierOutput:

@@ -581,9 +581,15 @@ class ExperimentOptions:
     def validate(self) -> "ExperimentOptions":
         """Check the options before any heavy work.
 
+        The checks run once: called again on options that have not changed since (the CLI checks
+        them before the run directory exists, :func:`run_experiment` for every other caller), it
+        returns at once.
+
         Raises:
             QftInputError: unknown dataset/task/norm/targets, contradicting options.
         """
+        if self.__dict__.get("_checked") == to_jsonable(self):
+            return self
         from qft_cli.data.tasks import validate_dataset_name, validate_tokenizer_spec
         from qft_cli.train.normalization import parse_targets
 
@@ -596,10 +602,8 @@ class ExperimentOptions:
                 raise QftInputError(f"--targets {word}: the qft transformer has no such matrix; use attention, ffn "
                                     "or q,k,v,o,ffn_up,ffn_down")
         self.training.validate()
-        if self.max_gamma is not None and not (self.max_gamma > 0 and math.isfinite(self.max_gamma)):
-            raise QftInputError(f"--max-gamma {self.max_gamma} must be a positive number (1 = sub-normalised)")
+        self.seeds = check_gamma_and_seeds(self.max_gamma, self.seeds)
         if self.seeds:
-            self.seeds = check_seeds(self.seeds)
             self.training.seed = self.seeds[0]
         if self.freeze_embedding and not self.embedding_from:
             raise QftInputError("--freeze-embedding freezes a pretrained embedding but no --embedding-from was given")
@@ -610,7 +614,24 @@ class ExperimentOptions:
                                     "the embedding rows are that model's token ids; drop --tokenizer")
         if not 0 <= self.dropout < 1:
             raise QftInputError(f"--dropout {self.dropout} must lie in [0, 1)")
+        self._checked = to_jsonable(self)
         return self
+
+
+def check_gamma_and_seeds(max_gamma: Optional[float], seeds: Optional[Sequence[int]]) -> Optional[list[int]]:
+    """The checks ``qft train`` (:meth:`ExperimentOptions.validate`) and ``qft finetune``
+    (``FinetuneSettings``) share: ``--max-gamma`` positive and finite, and the seeds
+    (:func:`check_seeds`).
+
+    Returns:
+        The seeds as ints; ``seeds`` itself when empty or ``None``.
+
+    Raises:
+        QftInputError: a bad ``max_gamma`` or seed list.
+    """
+    if max_gamma is not None and not (max_gamma > 0 and math.isfinite(max_gamma)):
+        raise QftInputError(f"--max-gamma {max_gamma} must be a positive number (1 = sub-normalised)")
+    return check_seeds(seeds) if seeds else seeds
 
 
 def check_seeds(seeds: Sequence[int]) -> list[int]:
@@ -651,6 +672,66 @@ def parse_seeds(text: Optional[str], seed: Optional[int], default: int = 42) -> 
 def seed_subdir(root: Path, variant: str, seed: int, several: bool) -> Path:
     """``root/<variant>`` for a one-seed run, ``root/<variant>/seed-<seed>`` with several seeds."""
     return Path(root) / variant / f"seed-{seed}" if several else Path(root) / variant
+
+
+def train_seeds_and_variants(run, recorder: "ResultsRecorder", *, seeds: Sequence[int],
+                             variants: Sequence[tuple[str, Optional[str], Optional[float]]], config: TrainingConfig,
+                             build: Callable[[int, str, Optional[str], Optional[float]], Any],
+                             record: Callable[[list[VariantResult], Any], None], datasets: Mapping[str, Any],
+                             num_labels: int, data_collator, tokenizer, targets: str, resume: bool = False,
+                             progress: Optional[ProgressFn] = None) -> list[VariantResult]:
+    """The seed x variant loop of ``qft train`` and ``qft finetune``: for each seed (in order), each
+    variant (in order, vanilla first) is trained by :func:`train_variant` with ``config.seed`` = that
+    seed, so that every variant of a seed starts from the same weights (``build`` seeds them) and sees
+    the same data order.
+
+    Args:
+        run: the entered :class:`qft_cli.runs.rundir.Run`; checkpoints go to
+            ``<run>/checkpoints/<variant>[/seed-<s>]``, best models to ``<run>/best/<variant>[/seed-<s>]``
+            (:func:`seed_subdir`; the seed level only with several seeds).
+        seeds: the seeds (``seed_list()`` of the options).
+        variants: ``(variant name, method or None, max_gamma or None)``
+            (:func:`qft_cli.train.normalization.norm_variants`).
+        config: the validated training settings; each training gets a copy with ``seed`` replaced.
+        build: ``build(seed, variant, method, max_gamma)`` -> the model to train, normalised as the
+            variant says.
+        record: ``record(results, model)`` after each (variant, seed), in loop order: ``results`` so
+            far, the last one just done; ``model`` is ``None`` for a pair skipped by ``resume`` (its
+            result is read from its test row in the recorder's ``metrics``: test loss/accuracy/F1,
+            epochs, steps, the best-model directory).
+        datasets, num_labels, data_collator, tokenizer: as :func:`train_variant`.
+        targets: ``--targets`` (comma-separated), the matrices tracked in ``norms_during_training``.
+        resume: skip pairs with a test row; continue the interrupted one from its last checkpoint.
+
+    Returns:
+        One :class:`VariantResult` per (seed, variant), seed-major.
+    """
+    from dataclasses import replace
+
+    run_dir = Path(run.path)
+    several = len(seeds) > 1
+    results = []
+    for seed, (variant, method, max_gamma) in ((s, v) for s in seeds for v in variants):
+        best_dir = seed_subdir(run_dir / "best", variant, seed, several)
+        done = recorder.test_row(variant, seed) if resume else None
+        if done is not None:
+            result = VariantResult(variant, {k: float(done[k]) for k in ("loss", "accuracy", "f1")},
+                                   best_model_dir=str(best_dir), epochs=float(done["epoch"]),
+                                   steps=int(done["step"]), seed=seed)
+            results.append(result)
+            record(results, None)
+            continue
+        model = build(seed, variant, method, max_gamma)
+        result = train_variant(model, datasets, replace(config, seed=seed), variant,
+                               output_dir=seed_subdir(run_dir / "checkpoints", variant, seed, several),
+                               num_labels=num_labels, recorder=recorder, data_collator=data_collator,
+                               tokenizer=tokenizer, targets=targets.split(","), resume=resume,
+                               best_model_dir=best_dir, progress=progress,
+                               progress_label=f"train {variant}" + (f" seed {seed}" if several else ""))
+        results.append(result)
+        record(results, model)
+        del model  # before the next one is built
+    return results
 
 
 def write_test_summary(run, recorder: "ResultsRecorder", *, dataset: Optional[str], task: Optional[str],
@@ -800,19 +881,9 @@ def run_experiment(options: ExperimentOptions, run, *, resume: bool = False,
                data={**data.record(), "location": data.source}, data_files=data_files,
                model_files=model_files, tokenizer_size=len(tokenizer), vocab_size=vocab_size)
     recorder = ResultsRecorder(run, default_seed=cfg.seed)
-    results = []
-    seeds = options.seed_list()
-    several = len(seeds) > 1
-    from dataclasses import replace
+    several = len(options.seed_list()) > 1
 
-    for seed, (variant, method, max_gamma) in ((s, v) for s in seeds for v in options.variants()):
-        best_dir = seed_subdir(run_dir / "best", variant, seed, several)
-        done = recorder.test_row(variant, seed) if resume else None
-        if done is not None:
-            results.append(VariantResult(variant, {k: float(done[k]) for k in ("loss", "accuracy", "f1")},
-                                         best_model_dir=str(best_dir), epochs=float(done["epoch"]),
-                                         steps=int(done["step"]), seed=seed))
-            continue
+    def build(seed: int, variant: str, method: Optional[str], max_gamma: Optional[float]):
         config = QftConfig(vocab_size=vocab_size, d_model=options.d_model, num_heads=options.num_heads,
                            d_ff=options.d_ff, num_layers=options.num_layers, dropout=options.dropout,
                            attention_dropout=options.dropout, task=data.kind, num_labels=data.num_labels,
@@ -822,17 +893,20 @@ def run_experiment(options: ExperimentOptions, run, *, resume: bool = False,
         model = build_model(config, embedding=embedding, freeze_embedding=options.freeze_embedding, seed=seed)
         if method is not None:
             apply_normalization(model, method, targets=options.targets, max_gamma=max_gamma)
-        result = train_variant(model, encoded, replace(cfg, seed=seed), variant,
-                               output_dir=seed_subdir(run_dir / "checkpoints", variant, seed, several),
-                               num_labels=data.num_labels, recorder=recorder, data_collator=collator,
-                               tokenizer=tokenizer, targets=options.targets.split(","), resume=resume,
-                               best_model_dir=best_dir, progress=progress,
-                               progress_label=f"train {variant}" + (f" seed {seed}" if several else ""))
-        results.append(result)
+        return model
+
+    def record(results: list[VariantResult], model) -> None:
+        if model is None:  # resumed: nothing new to record
+            return
         if several:
             run.update(best_models={f"{r.variant}/seed-{r.seed}": r.best_model_dir for r in results})
         else:
             run.update(best_models={r.variant: r.best_model_dir for r in results})
+
+    results = train_seeds_and_variants(run, recorder, seeds=options.seed_list(), variants=options.variants(),
+                                       config=cfg, build=build, record=record, datasets=encoded,
+                                       num_labels=data.num_labels, data_collator=collator, tokenizer=tokenizer,
+                                       targets=options.targets, resume=resume, progress=progress)
     summary = write_test_summary(run, recorder, dataset=data.dataset, task=data.task, num_labels=data.num_labels)
     return ExperimentResult(results, data.sizes(), vocab_size, data.notes, summary, task=data.task)
 
