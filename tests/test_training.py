@@ -404,3 +404,31 @@ def test_resume_before_the_first_checkpoint_records_no_duplicate_rows(tmp_path):
     assert sorted(norms["step"].unique()) == [0, 3, 6]
     metrics = pd.DataFrame(recorder.tables["metrics"])
     assert not metrics.duplicated(["step", "split"]).any()
+
+
+def test_matrix_norm_rows_use_one_thread_and_report_progress(monkeypatch):
+    """Small matrices are measured on one torch thread (two stall on a busy machine: issue 18), the
+    thread count is restored after, and each matrix is a progress step; norms against float64 torch."""
+    from qft_cli.measure import norms
+    from qft_cli.train.training import matrix_norm_rows
+
+    seen, calls = [], []
+    real = norms.spectral_norm
+
+    def spy(w, *args, **kwargs):
+        seen.append(torch.get_num_threads())
+        return real(w, *args, **kwargs)
+
+    monkeypatch.setattr(norms, "spectral_norm", spy)
+    model = _model("spectral")
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        rows = matrix_norm_rows(model, progress=lambda d, i, n: calls.append((d, i, n)))
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+    assert len(rows) == 6 and seen == [1] * 6  # q, k, v, o, ffn_up, ffn_down of one block
+    assert calls[0] == ("effective norms", 0, 6) and calls[-1] == ("effective norms", 6, 6) and len(calls) == 7
+    for row, m in zip(rows, qn.effective_matrices(model)):
+        assert row["spectral_norm"] == pytest.approx(float(torch.linalg.matrix_norm(m.weight.double(), ord=2)), rel=1e-9)

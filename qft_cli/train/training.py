@@ -182,16 +182,32 @@ def metrics_function(num_labels: int) -> Callable:
 
 # ----------------------------------------------------------------------------- recording
 
-def matrix_norm_rows(model: torch.nn.Module, targets: Sequence[str] = ("attention", "ffn")) -> list[dict[str, Any]]:
+#: Matrices with at most this many entries are measured with one torch thread (see :func:`matrix_norm_rows`).
+ONE_THREAD_MAX_ENTRIES = 4096 * 4096
+
+
+def matrix_norm_rows(model: torch.nn.Module, targets: Sequence[str] = ("attention", "ffn"),
+                     progress: Optional[ProgressFn] = None,
+                     progress_label: str = "effective norms") -> list[dict[str, Any]]:
     """Spectral and Frobenius norm (float64, :mod:`qft_cli.measure.norms`) of every tracked matrix.
 
     A normalised model reports its effective (normalised) matrices; a vanilla model the plain
-    matrices of ``targets`` (roles or matrix names), so variants can be compared.
+    matrices of ``targets`` (roles or matrix names), so variants can be compared. When every
+    matrix has at most :data:`ONE_THREAD_MAX_ENTRIES` entries they are measured with one torch
+    thread (:func:`qft_cli.measure.weights.one_thread_each`): small ``eigvalsh`` calls gain nothing
+    from a second thread and stall when another process keeps a core busy (issue 18: the 36 MiniLM
+    matrices took 177.5 s on 2 threads, 0.76 s on 1; ``benchmarks/bench_threads_load.py``).
+
+    Args:
+        progress: called as ``progress(progress_label, matrices done, matrices)``.
 
     Returns:
         dicts with ``parameter``, ``layer``, ``matrix``, ``spectral_norm``, ``frobenius_norm``.
     """
+    from contextlib import nullcontext
+
     from qft_cli.measure.norms import frobenius_norm, spectral_norm
+    from qft_cli.measure.weights import one_thread_each
     from qft_cli.models.layout import classify_model
     from qft_cli.train.normalization import effective_matrices, parse_targets
 
@@ -203,8 +219,15 @@ def matrix_norm_rows(model: torch.nn.Module, targets: Sequence[str] = ("attentio
             if spec.role == "embedding" or not (spec.role in words or spec.matrix in words):
                 continue
             mats.append((spec.parameter, spec.layer, spec.matrix, spec.extract(params[spec.parameter].detach())))
-    return [{"parameter": p, "layer": int(layer), "matrix": m, "spectral_norm": float(spectral_norm(w)),
-             "frobenius_norm": float(frobenius_norm(w))} for p, layer, m, w in mats]
+    small = all(w.numel() <= ONE_THREAD_MAX_ENTRIES for *_, w in mats)
+    rows = []
+    with one_thread_each() if small else nullcontext():
+        for p, layer, m, w in mats:
+            report(progress, progress_label, len(rows), len(mats))
+            rows.append({"parameter": p, "layer": int(layer), "matrix": m, "spectral_norm": float(spectral_norm(w)),
+                         "frobenius_norm": float(frobenius_norm(w))})
+    report(progress, progress_label, len(rows), len(mats))
+    return rows
 
 
 class ResultsRecorder:
@@ -296,7 +319,8 @@ def _recorder_callback_class():
 
             base = {"variant": self.variant, "seed": self.seed, "epoch": float(state.epoch or 0.0),
                     "step": int(state.global_step)}
-            self.recorder.add(NORMS_TABLE, [{**base, **row} for row in matrix_norm_rows(model, self.targets)])
+            rows = matrix_norm_rows(model, self.targets, self.progress, f"{self.progress_label}: effective norms")
+            self.recorder.add(NORMS_TABLE, [{**base, **row} for row in rows])
             rows = gammas(model)
             if rows:
                 self.recorder.add(GAMMAS_TABLE, [{**base, **row} for row in rows])
