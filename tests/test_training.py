@@ -432,3 +432,25 @@ def test_matrix_norm_rows_use_one_thread_and_report_progress(monkeypatch):
     assert calls[0] == ("effective norms", 0, 6) and calls[-1] == ("effective norms", 6, 6) and len(calls) == 7
     for row, m in zip(rows, qn.effective_matrices(model)):
         assert row["spectral_norm"] == pytest.approx(float(torch.linalg.matrix_norm(m.weight.double(), ord=2)), rel=1e-9)
+
+
+def test_finished_spectral_model_has_effective_norms_at_most_one(tmp_path):
+    """A short spectral training (one power-iteration step per step lags the weights) ends with every
+    effective matrix of the model, and of the saved best model, at spectral norm <= 1 + 1e-6
+    (float64 torch.linalg.matrix_norm(ord=2)); the recorded rows show the lagging norms training used."""
+    config = TrainingConfig(learning_rate=5e-2, num_epochs=2, early_stopping=0, batch_size=16, device="cpu")
+    model = _model("spectral", dropout=0.0)
+    recorder = ResultsRecorder()
+    train_variant(model, _datasets(), config, "spectral", output_dir=tmp_path / "ck", num_labels=2,
+                  data_collator=_collator(), recorder=recorder, best_model_dir=tmp_path / "best")
+    norms = [float(torch.linalg.matrix_norm(m.weight.double(), ord=2)) for m in qn.effective_matrices(model)]
+    assert len(norms) == 6 and max(norms) <= 1 + 1e-6 and min(norms) >= 1 - 1e-6
+    reloaded = _model(dropout=0.0)
+    qn.apply_normalization(reloaded, "spectral")
+    from safetensors.torch import load_file
+
+    reloaded.load_state_dict(load_file(str(tmp_path / "best" / "model.safetensors")))
+    for m in qn.effective_matrices(reloaded):
+        assert float(torch.linalg.matrix_norm(m.weight.double(), ord=2)) <= 1 + 1e-6
+    recorded = recorder.frame("norms_during_training")
+    assert recorded["spectral_norm"].max() > 1 + 1e-6  # what the lag gave during training

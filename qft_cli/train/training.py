@@ -477,6 +477,12 @@ def train_variant(model, datasets: Mapping[str, Any], config: TrainingConfig, va
         progress: called as ``progress(progress_label, step, max_steps)``.
         progress_label: default ``train <variant>``.
 
+    After training, every spectral normalisation is made exact
+    (:func:`qft_cli.train.normalization.set_exact_spectral_norms`): the test scores, the saved best
+    model and an export use effective matrices of spectral norm 1 (to float32 rounding), while the
+    rows of ``norms_during_training`` show the norms training used (one power-iteration step per
+    step lags the weights: up to about 1.05).
+
     The rows recorded carry ``seed`` = ``config.seed``. For sequence classification the test
     predictions of the best model go into the recorder's ``predictions`` table (``variant, seed,
     sample, label, prediction, num_labels``; ``sample`` = row of the test split), for bootstrap
@@ -521,6 +527,9 @@ def train_variant(model, datasets: Mapping[str, Any], config: TrainingConfig, va
         # rows logged after the checkpoint are recorded again; without one the variant starts over
         recorder.forget_after(variant, int(Path(checkpoint).name.rsplit("-", 1)[1]) if checkpoint else -1, config.seed)
     trainer.train(resume_from_checkpoint=checkpoint)
+    from qft_cli.train.normalization import set_exact_spectral_norms
+
+    set_exact_spectral_norms(trainer.model)  # the power iteration lags: exact sigma_max for test and export
     test = {"loss": math.nan, "accuracy": math.nan, "f1": math.nan}
     trainer.remove_callback(EarlyStoppingCallback)  # the test evaluation is not a validation score
     if "test" in datasets:
