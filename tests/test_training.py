@@ -121,7 +121,9 @@ def test_best_model_restored_from_scripted_scores(tmp_path, method):
     final = model.state_dict()
     assert set(final) == set(snaps.states[2])
     for key, value in snaps.states[2].items():
-        assert torch.equal(final[key], value), key
+        # the power-iteration vectors are then set to the exact singular vectors (set_exact_spectral_norms)
+        if not key.endswith(("._u", "._v")):
+            assert torch.equal(final[key], value), key
     assert any(not torch.equal(final[k], v) for k, v in snaps.states[4].items())
     # restored in place into the live parameters (a copy of the checkpoint, not new tensor objects)
     assert [id(p) for p in model.parameters()] == params_before
@@ -203,17 +205,21 @@ def test_recorder_writes_documented_schema(tmp_path):
                                    "frobenius_norm"]
     assert sorted(norms["epoch"].unique()) == [0.0, 1.0, 2.0]
     assert set(norms["matrix"]) == {"q", "k", "v", "o", "ffn_up", "ffn_down"}
-    # the recorded norms are those of the effective matrices (of the restored best model), recomputed independently
+    # the recorded norms are those of the effective matrices training used at the best step: the
+    # restored best model then gets its exact sigma_max (set_exact_spectral_norms), i.e. each matrix
+    # is the recorded one divided by its recorded spectral norm; recomputed independently
     best_step = int(result.best_checkpoint.rsplit("-", 1)[1])
     last = norms[norms.step == best_step].set_index("matrix")
     assert len(last) == 6
     for m in qn.effective_matrices(model):
         w = m.weight.double()
-        assert last.loc[m.matrix, "frobenius_norm"] == pytest.approx(float(torch.linalg.matrix_norm(w, "fro")), rel=1e-9)
-        assert last.loc[m.matrix, "spectral_norm"] == pytest.approx(float(torch.linalg.matrix_norm(w, 2)), rel=1e-9)
+        recorded = last.loc[m.matrix]
+        assert float(torch.linalg.matrix_norm(w, "fro")) == pytest.approx(
+            recorded["frobenius_norm"] / recorded["spectral_norm"], rel=2e-6)
+        assert float(torch.linalg.matrix_norm(w, 2)) == pytest.approx(1.0, abs=1e-6)
         # one power-iteration step per training step lags behind fast-moving tiny random weights
         # (3 steps here), so only a loose bound; convergence itself is tested in test_normalization
-        assert abs(last.loc[m.matrix, "spectral_norm"] - 1) < 0.2, (m.matrix, last.loc[m.matrix, "spectral_norm"])
+        assert abs(recorded["spectral_norm"] - 1) < 0.2, (m.matrix, recorded["spectral_norm"])
 
 
 # ----------------------------------------------------------------------------- option checks
@@ -320,6 +326,7 @@ def test_stock_gpt2_with_fused_conv1d_normalised_trains_and_checkpoint_reloads(t
     again = fresh()
     missing, unexpected = again.load_state_dict(state, strict=False)
     assert not unexpected and not [k for k in missing if "parametrizations" in k or "spectral" in k], (missing, unexpected)
+    qn.set_exact_spectral_norms(again)  # what train_variant does after training
     ids = torch.randint(5, 200, (2, 9))
     model.eval(), again.eval()
     with torch.no_grad():
@@ -454,3 +461,4 @@ def test_finished_spectral_model_has_effective_norms_at_most_one(tmp_path):
         assert float(torch.linalg.matrix_norm(m.weight.double(), ord=2)) <= 1 + 1e-6
     recorded = recorder.frame("norms_during_training")
     assert recorded["spectral_norm"].max() > 1 + 1e-6  # what the lag gave during training
+
