@@ -462,3 +462,29 @@ def test_finished_spectral_model_has_effective_norms_at_most_one(tmp_path):
     recorded = recorder.frame("norms_during_training")
     assert recorded["spectral_norm"].max() > 1 + 1e-6  # what the lag gave during training
 
+
+def test_cpu_training_estimate_from_the_first_steps(tmp_path):
+    """On a CPU one TrainingEstimate comes after steps 2..4: the step count of the whole training
+    (max_steps or epochs x steps per epoch) and steps x mean step time; none for a shorter run."""
+    from qft_cli.cli.common import estimate_line
+    from qft_cli.train.training import ESTIMATE_STEPS, TrainingEstimate
+
+    seen = []
+    config = TrainingConfig(learning_rate=1e-2, num_epochs=3, early_stopping=0, batch_size=8, device="cpu")
+    train_variant(_model(), _datasets(), config, "vanilla", output_dir=tmp_path / "a", num_labels=2,
+                  data_collator=_collator(), on_estimate=seen.append)
+    (estimate,) = seen
+    assert isinstance(estimate, TrainingEstimate) and estimate.steps == 18  # 3 epochs x 48 / 8
+    assert estimate.timed_steps == ESTIMATE_STEPS and estimate.device == "cpu" and not estimate.max_steps_given
+    assert estimate.seconds_per_step > 0
+    assert estimate.estimated_seconds == pytest.approx(18 * estimate.seconds_per_step)
+    seen.clear()
+    short = TrainingConfig(learning_rate=1e-2, max_steps=ESTIMATE_STEPS, early_stopping=0, batch_size=8, device="cpu")
+    train_variant(_model(), _datasets(), short, "vanilla", output_dir=tmp_path / "b", num_labels=2,
+                  data_collator=_collator(), on_estimate=seen.append)
+    assert seen == []
+    days = TrainingEstimate("spectral", 42, 66_400, 14.75, 66_400 * 14.75, 3, "cpu", False)
+    assert estimate_line(days) == ("spectral (seed 42): 66,400 steps, about 11.3 days on the CPU (14.75 s/step over "
+                                   "3 steps; evaluation extra, early stopping may end it sooner); for a quick run "
+                                   "pass --max-steps 100 and/or --max-train-samples 2000")
+    assert "--max-steps" not in estimate_line(TrainingEstimate("vanilla", 0, 30, 0.1, 3.0, 3, "cpu", True))

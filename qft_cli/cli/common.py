@@ -303,3 +303,37 @@ def print_test_table(title: str, summary, run_dir, fmt: str = "table", epochs: O
                 err_console.print(f"warning: {r.variant} has test F1 {r.mean:.3f}: it (almost) always predicts "
                                   "one class; train longer or change the learning rate", markup=False)
     print_run_dir(run_dir, fmt)
+
+
+def format_duration(seconds: float) -> str:
+    """``42 s``, ``12 min``, ``3.4 h`` or ``11 days`` (for the training estimate)."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 48 * 3600:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1f} days"
+
+
+def estimate_line(estimate) -> str:
+    """The one line printed before a CPU training goes on (a
+    :class:`qft_cli.train.training.TrainingEstimate`): step count, estimated time, how to make a
+    quick run."""
+    line = (f"{estimate.variant} (seed {estimate.seed}): {estimate.steps:,} steps, about "
+            f"{format_duration(estimate.estimated_seconds)} on the CPU ({estimate.seconds_per_step:.2f} s/step over "
+            f"{estimate.timed_steps} steps; evaluation extra, early stopping may end it sooner)")
+    if estimate.estimated_seconds > 600:
+        line += "; for a quick run pass --max-steps 100 and/or --max-train-samples 2000"
+    return line
+
+
+def print_estimate(estimate) -> None:
+    """Print :func:`estimate_line` on stderr (above the progress bar)."""
+    err_console.print(estimate_line(estimate), markup=False, highlight=False, soft_wrap=True)
+
+
+def print_notes(notes) -> None:
+    """Print data notes (``note: ...``) on stderr before training."""
+    for note in notes:
+        err_console.print(f"note: {note}", markup=False, highlight=False, soft_wrap=True)

@@ -21,6 +21,8 @@ from qft_cli.cli.common import (
     check_format,
     cli_errors,
     err_console,
+    print_estimate,
+    print_notes,
     print_test_table,
     progress_bar,
     short_model_name,
@@ -126,7 +128,8 @@ def finetune_command(
             result = finetune(model, dataset=dataset, settings=settings, run=run, data_dir=data_dir, task=task,
                               tokenizer_name=tokenizer, device=torch_device.type, dtype=torch_dtype,
                               trust_remote_code=trust_remote_code, export_dir=export, resume=resume is not None,
-                              progress=progress)
+                              progress=progress, on_estimate=print_estimate if main else None,
+                              on_notes=print_notes if main else None)
         run.update(model_id=result.model_id, data_location=result.data_source, num_labels=result.num_labels,
                    task_kind=result.kind, max_length=result.max_length, sizes=result.sizes)
     if not main:

@@ -17,8 +17,8 @@ from qft_cli.cli.common import (
     argv,
     check_format,
     cli_errors,
-    console,
-    err_console,
+    print_estimate,
+    print_notes,
     print_test_table,
     progress_bar,
 )
@@ -113,11 +113,11 @@ def train_command(
     run = open_run(options, out=out, argv=argv(), resume_dir=resume)
     with progress_bar(quiet or not run.is_main_process) as progress, (ResumedRun(run) if resume is not None else run):
         run.update(threads=thread_choice.count, threads_source=thread_choice.source)
-        result = run_experiment(options, run, resume=resume is not None, progress=progress)
+        result = run_experiment(options, run, resume=resume is not None, progress=progress,
+                                on_estimate=print_estimate if run.is_main_process else None,
+                                on_notes=print_notes if run.is_main_process else None)
     if not run.is_main_process:
         return
     title = f"qft train: {options.dataset}{'/' + result.task if result.task else ''}, test split"
-    for note in result.notes:
-        (console if fmt == "table" else err_console).print(f"note: {note}")
     print_test_table(title, result.test_summary, run.path, fmt, result.epochs())
 

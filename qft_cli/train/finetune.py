@@ -27,7 +27,7 @@ import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import torch
 
@@ -387,7 +387,8 @@ class FinetuneResult:
 def finetune(model_name: str, *, dataset: str, settings: FinetuneSettings, run, data_dir: Optional[Path] = None,
              task: Optional[str] = None, tokenizer_name: Optional[str] = None, device: str = "auto",
              dtype: torch.dtype = torch.float32, trust_remote_code: bool = False, export_dir: Optional[Path] = None,
-             resume: bool = False, progress: Optional[ProgressFn] = None) -> FinetuneResult:
+             resume: bool = False, progress: Optional[ProgressFn] = None, on_estimate: Optional[Callable] = None,
+             on_notes: Optional[Callable[[list[str]], None]] = None) -> FinetuneResult:
     """Fine-tune every variant of ``settings`` once per seed, on the same data, into ``run``.
 
     Per seed every variant starts from the same weights (new heads seeded) and sees the same data
@@ -403,6 +404,9 @@ def finetune(model_name: str, *, dataset: str, settings: FinetuneSettings, run, 
             (``export_dir`` for one variant and seed, ``export_dir/<variant>[/seed-<s>]`` for several).
         resume: skip (variant, seed) pairs with a test row in ``metrics.parquet``; continue the
             interrupted one from its last checkpoint.
+        on_estimate: on a CPU, called with each variant's
+            :class:`qft_cli.train.training.TrainingEstimate` (from timing its first steps).
+        on_notes: called once before training with the data notes (e.g. which GUE task was read).
 
     Raises:
         QftInputError: bad model, data, tokenizer, layers, targets or gamma.
@@ -451,6 +455,8 @@ def finetune(model_name: str, *, dataset: str, settings: FinetuneSettings, run, 
     data_files = file_records(data.files)
     check_resumed_data(run.meta, data_files)
     run.update(data={**data.record(), "location": data.source}, data_files=data_files)
+    if on_notes is not None and data.notes:
+        on_notes(list(data.notes))
     model_files_recorded = False
     variants = settings.variants()
     seeds = settings.seed_list()
@@ -491,7 +497,8 @@ def finetune(model_name: str, *, dataset: str, settings: FinetuneSettings, run, 
                                 num_labels=data.num_labels, recorder=recorder, data_collator=collator,
                                 tokenizer=tokenizer, targets=settings.targets.split(","), resume=resume,
                                 best_model_dir=best_dir if run.is_main_process else None,
-                                progress=progress, progress_label=f"train {variant}" + (f" seed {seed}" if several else ""))
+                                progress=progress, progress_label=f"train {variant}" + (f" seed {seed}" if several else ""),
+                                on_estimate=on_estimate)
         exported = None
         if export_dir is not None and run.is_main_process:
             target = Path(export_dir) if len(variants) == 1 and not several else Path(export_dir) / variant

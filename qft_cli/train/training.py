@@ -369,6 +369,68 @@ def _recorder_callback_class():
     return RecorderCallback
 
 
+# ----------------------------------------------------------------------------- time estimate
+
+#: Optimiser steps timed for the estimate of :class:`TrainingEstimate` (after one warm-up step).
+ESTIMATE_STEPS = 3
+
+
+@dataclass(frozen=True)
+class TrainingEstimate:
+    """How long one variant's training will take, from timing its first steps.
+
+    Attributes:
+        variant, seed: what is being trained.
+        steps: optimiser steps of the whole training (``max_steps`` or epochs x steps per epoch;
+            early stopping may end it sooner).
+        seconds_per_step: mean wall time of steps 2..1+``timed_steps`` (step 1 warms up), seconds.
+        estimated_seconds: ``steps * seconds_per_step``: training steps only (evaluation excluded).
+        timed_steps: how many steps were timed.
+        device: ``cpu``, ``cuda``, ...
+        max_steps_given: whether ``--max-steps`` set ``steps``.
+    """
+
+    variant: str
+    seed: int
+    steps: int
+    seconds_per_step: float
+    estimated_seconds: float
+    timed_steps: int
+    device: str
+    max_steps_given: bool
+
+
+def _estimate_callback_class():
+    from transformers import TrainerCallback
+
+    class EstimateCallback(TrainerCallback):
+        """Times optimiser steps 2..1+``ESTIMATE_STEPS`` and passes one :class:`TrainingEstimate`
+        to ``on_estimate`` (main process only; not when the training is shorter than that)."""
+
+        def __init__(self, on_estimate, variant: str, seed: int, device: str, max_steps_given: bool):
+            self.on_estimate, self.variant, self.seed = on_estimate, variant, seed
+            self.device, self.max_steps_given = device, max_steps_given
+            self.start_step, self.start, self.done = None, 0.0, False
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if self.done or not state.is_world_process_zero:
+                return
+            if self.start_step is None:
+                self.start_step, self.start = state.global_step, time.perf_counter()
+                if state.max_steps <= self.start_step + ESTIMATE_STEPS:
+                    self.done = True
+                return
+            timed = state.global_step - self.start_step
+            if timed >= ESTIMATE_STEPS:
+                per_step = (time.perf_counter() - self.start) / timed
+                self.done = True
+                self.on_estimate(TrainingEstimate(self.variant, self.seed, int(state.max_steps), per_step,
+                                                  per_step * state.max_steps, timed, self.device,
+                                                  self.max_steps_given))
+
+    return EstimateCallback
+
+
 # ----------------------------------------------------------------------------- one variant
 
 @dataclass
@@ -455,7 +517,8 @@ def train_variant(model, datasets: Mapping[str, Any], config: TrainingConfig, va
                   targets: Sequence[str] = ("attention", "ffn"), resume: bool = False,
                   compute_metrics: Optional[Callable] = None, callbacks: Sequence[Any] = (),
                   best_model_dir: Optional[Path] = None, progress: Optional[ProgressFn] = None,
-                  progress_label: Optional[str] = None) -> VariantResult:
+                  progress_label: Optional[str] = None,
+                  on_estimate: Optional[Callable[[TrainingEstimate], None]] = None) -> VariantResult:
     """Train one model with the Hugging Face ``Trainer`` and evaluate the best model on test.
 
     Args:
@@ -476,6 +539,8 @@ def train_variant(model, datasets: Mapping[str, Any], config: TrainingConfig, va
         best_model_dir: where to ``save_pretrained`` the best model (main process only).
         progress: called as ``progress(progress_label, step, max_steps)``.
         progress_label: default ``train <variant>``.
+        on_estimate: on a CPU, called once with the :class:`TrainingEstimate` from timing the first
+            steps (so the caller can say how long the training will take).
 
     After training, every spectral normalisation is made exact
     (:func:`qft_cli.train.normalization.set_exact_spectral_norms`): the test scores, the saved best
@@ -511,6 +576,12 @@ def train_variant(model, datasets: Mapping[str, Any], config: TrainingConfig, va
     if progress_label:
         recorder_cb.progress_label = progress_label
     cbs = [recorder_cb, *callbacks]
+    from qft_cli.system.device import resolve_device
+
+    device_type = resolve_device(config.device).type
+    if on_estimate is not None and device_type == "cpu":
+        cbs.append(_estimate_callback_class()(on_estimate, variant, int(config.seed), device_type,
+                                              config.max_steps is not None))
     if evaluate and config.early_stopping > 0:
         cbs.append(EarlyStoppingCallback(early_stopping_patience=config.early_stopping))
     trainer = trainer_class()(
@@ -770,7 +841,9 @@ def summary_rows(test_summary: pd.DataFrame, epochs: Mapping[str, float]) -> lis
 
 
 def run_experiment(options: ExperimentOptions, run, *, resume: bool = False,
-                   progress: Optional[ProgressFn] = None) -> ExperimentResult:
+                   progress: Optional[ProgressFn] = None,
+                   on_estimate: Optional[Callable[[TrainingEstimate], None]] = None,
+                   on_notes: Optional[Callable[[list[str]], None]] = None) -> ExperimentResult:
     """Train every variant of ``options`` once per seed into ``run`` (a :class:`qft_cli.runs.rundir.Run` that is entered).
 
     For each seed (``options.seed_list()``, in order) every variant starts from the same initial
@@ -780,7 +853,9 @@ def run_experiment(options: ExperimentOptions, run, *, resume: bool = False,
     test samples. With several seeds, checkpoints and best models go to ``<variant>/seed-<s>/``.
     With ``resume``, finished (variant, seed) pairs (a test row in ``metrics.parquet``) are
     skipped and the interrupted one continues from its last checkpoint. Ends by writing
-    ``test_summary.parquet`` (:func:`write_test_summary`).
+    ``test_summary.parquet`` (:func:`write_test_summary`). ``on_notes`` receives the data notes
+    (which task was read, how validation was split) before training, ``on_estimate`` each
+    variant's :class:`TrainingEstimate` on a CPU (see :func:`train_variant`).
 
     Raises:
         QftInputError: bad options or data (see :meth:`ExperimentOptions.validate`,
@@ -833,6 +908,8 @@ def run_experiment(options: ExperimentOptions, run, *, resume: bool = False,
                data={**data.record(), "location": data.source}, data_files=data_files,
                model_files=model_files, tokenizer_size=len(tokenizer), vocab_size=vocab_size)
     recorder = ResultsRecorder(run, default_seed=cfg.seed)
+    if on_notes is not None and data.notes:
+        on_notes(list(data.notes))
     results = []
     seeds = options.seed_list()
     several = len(seeds) > 1
@@ -860,7 +937,8 @@ def run_experiment(options: ExperimentOptions, run, *, resume: bool = False,
                                num_labels=data.num_labels, recorder=recorder, data_collator=collator,
                                tokenizer=tokenizer, targets=options.targets.split(","), resume=resume,
                                best_model_dir=best_dir, progress=progress,
-                               progress_label=f"train {variant}" + (f" seed {seed}" if several else ""))
+                               progress_label=f"train {variant}" + (f" seed {seed}" if several else ""),
+                               on_estimate=on_estimate)
         results.append(result)
         if several:
             run.update(best_models={f"{r.variant}/seed-{r.seed}": r.best_model_dir for r in results})
