@@ -12,6 +12,7 @@ import typer
 from qft_cli.cli.common import (
     DEVICE_MAP_OPTION,
     DEVICE_OPTION,
+    EXAMPLES,
     EXIT_BAD_INPUT,
     FORMAT_OPTION,
     OUT_OPTION,
@@ -25,10 +26,12 @@ from qft_cli.cli.common import (
     print_frame,
     print_run_dir,
     progress_bar,
+    short_model_name,
 )
 
-app = typer.Typer(help="Block-encoding normalisation factors: norms of hidden states and of weights.",
-                  no_args_is_help=True)
+app = typer.Typer(help="Block-encoding normalisation factors: norms of hidden states (inputs), of attention's "
+                       "per-head Q, K, V and logits (attention) and of weight matrices (weights).",
+                  epilog=EXAMPLES["norms"], no_args_is_help=True)
 
 
 MODELS_ARGUMENT = typer.Argument(..., metavar="MODELS...",
@@ -73,7 +76,8 @@ def layer_ranges(layers) -> str:
 
 def measured_layers_line(frame: pd.DataFrame, what: str) -> str:
     """``<what> measured: minilm 0-6; gpt2 0-12`` from the ``model_alias`` and ``layer`` columns."""
-    per_model = [f"{alias} {layer_ranges(g['layer'])}" for alias, g in frame.groupby("model_alias", sort=False)]
+    per_model = [f"{short_model_name(str(alias))} {layer_ranges(g['layer'])}"
+                 for alias, g in frame.groupby("model_alias", sort=False)]
     return f"{what} measured: {'; '.join(per_model)}"
 
 
@@ -90,7 +94,7 @@ def _finish(result, fmt: str = "table") -> None:
         raise typer.Exit(EXIT_BAD_INPUT)
 
 
-@app.command("inputs")
+@app.command("inputs", epilog=EXAMPLES["norms inputs"])
 @cli_errors
 def inputs_command(
     models: List[str] = MODELS_ARGUMENT,
@@ -133,14 +137,14 @@ def inputs_command(
     _finish(result, fmt)
 
 
-@app.command("attention")
+@app.command("attention", epilog=EXAMPLES["norms attention"])
 @cli_errors
 def attention_command(
     models: List[str] = MODELS_ARGUMENT,
     dataset: str = DATASET_OPTION,
     data_file: Optional[Path] = DATA_FILE_OPTION,
     text_column: Optional[str] = TEXT_COLUMN_OPTION,
-    layers: str = typer.Option("all", "--layers", help="Transformer blocks 1..L (the attention of block l); e.g. 1,2 or 1-3 or all."),
+    layers: str = typer.Option("all", "--layers", help="Transformer blocks 1..L (the attention of block l; 0, the embedding, has none); all (default) or e.g. 1,2 or 1-3."),
     max_tokens: int = MAX_TOKENS_OPTION,
     num_samples: Optional[int] = NUM_SAMPLES_OPTION,
     batch_size: int = BATCH_SIZE_OPTION,
@@ -174,7 +178,7 @@ def attention_command(
     _finish(result, fmt)
 
 
-@app.command("weights")
+@app.command("weights", epilog=EXAMPLES["norms weights"])
 @cli_errors
 def weights_command(
     models: List[str] = MODELS_ARGUMENT,

@@ -75,13 +75,13 @@ class FinetuneSettings:
         mixed_precision: ``auto`` (bf16/fp16 on CUDA only), ``no``, ``fp16``, ``bf16``.
     """
 
-    norm: str = "none"
+    norm: str = "all"
     targets: str = "attention,ffn"
     layers: str = "all"
     max_gamma: Optional[float] = None
     subnormalised: bool = False
     learning_rate: float = 2e-4
-    num_epochs: int = 200
+    num_epochs: float = 200
     early_stopping: int = 25
     weight_decay: float = 0.01
     lr_scheduler_type: str = "cosine"
@@ -455,8 +455,7 @@ def finetune(model_name: str, *, dataset: str, settings: FinetuneSettings, run, 
     data_files = file_records(data.files)
     check_resumed_data(run.meta, data_files)
     run.update(data={**data.record(), "location": data.source}, data_files=data_files)
-    if on_notes is not None and data.notes:
-        on_notes(list(data.notes))
+    notes = list(data.notes) if on_notes is not None else []
     model_files_recorded = False
     variants = settings.variants()
     seeds = settings.seed_list()
@@ -492,6 +491,9 @@ def finetune(model_name: str, *, dataset: str, settings: FinetuneSettings, run, 
             specs = apply_normalization(model, method, targets=settings.targets, layers=settings.layers,
                                         max_gamma=max_gamma)
             normalised = [f"{s.parameter}:{s.matrix}" for s in specs]
+        if notes:  # after every check of model, layers and lengths: a bad input stays one line
+            on_notes(notes)
+            notes = []
         trained = train_variant(model, encoded, replace(cfg, seed=seed), variant,
                                 output_dir=seed_subdir(run_dir / "checkpoints", variant, seed, several),
                                 num_labels=data.num_labels, recorder=recorder, data_collator=collator,

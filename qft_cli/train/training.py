@@ -744,8 +744,11 @@ def parse_seeds(text: Optional[str], seed: Optional[int], default: int = 42) -> 
         return (default if seed is None else seed), None
     if seed is not None:
         raise QftInputError("--seed and --seeds are exclusive: pass --seed N for one seed or --seeds 0,1,2 for several")
+    words = text.split(",")
+    if len(words) > 1 and any(not w.strip() for w in words):
+        raise QftInputError(f"--seeds '{text}' has an empty entry: use e.g. 0,1,2")
     try:
-        values = [int(w) for w in text.split(",") if w.strip()]
+        values = [int(w) for w in words if w.strip()]
     except ValueError:
         raise QftInputError(f"--seeds '{text}' is not a list of integers: use e.g. 0,1,2") from None
     values = check_seeds(values)
@@ -908,8 +911,7 @@ def run_experiment(options: ExperimentOptions, run, *, resume: bool = False,
                data={**data.record(), "location": data.source}, data_files=data_files,
                model_files=model_files, tokenizer_size=len(tokenizer), vocab_size=vocab_size)
     recorder = ResultsRecorder(run, default_seed=cfg.seed)
-    if on_notes is not None and data.notes:
-        on_notes(list(data.notes))
+    notes = list(data.notes) if on_notes is not None else []
     results = []
     seeds = options.seed_list()
     several = len(seeds) > 1
@@ -932,6 +934,9 @@ def run_experiment(options: ExperimentOptions, run, *, resume: bool = False,
         model = build_model(config, embedding=embedding, freeze_embedding=options.freeze_embedding, seed=seed)
         if method is not None:
             apply_normalization(model, method, targets=options.targets, max_gamma=max_gamma)
+        if notes:  # once, before the first training
+            on_notes(notes)
+            notes = []
         result = train_variant(model, encoded, replace(cfg, seed=seed), variant,
                                output_dir=seed_subdir(run_dir / "checkpoints", variant, seed, several),
                                num_labels=data.num_labels, recorder=recorder, data_collator=collator,
