@@ -145,7 +145,7 @@ def test_minilm_cli_end_to_end(tmp_path, minilm_source):
     result = invoke("norms", "inputs", "minilm", "--dataset", "random", "--max-tokens", 32, "--out", tmp_path, "-q")
     assert result.exit_code == 0, result.output
     table = pd.read_parquet(_only_run(tmp_path) / "norms_inputs.parquet")
-    assert table["model"].iloc[0] == "sentence-transformers/all-MiniLM-L6-v2" and len(table) == 64
+    assert table["model"].iloc[0] == "sentence-transformers/all-MiniLM-L6-v2" and len(table) == 32 * 7  # layers 0..6 by default
 
 
 def test_max_tokens_beyond_the_position_table_is_one_line(tmp_path):
@@ -167,13 +167,13 @@ def test_nonfinite_hidden_states_are_one_warning_line(tmp_path):
                     "-q")
     assert result.exit_code == 2, result.output
     lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("warning: 8 non-finite hidden states"), result.stderr
+    assert len(lines) == 1 and lines[0].startswith("warning: 12 non-finite hidden states"), result.stderr  # 4 x layers 0-2
     assert "sample 0, layer 0" in lines[0]
     run = _only_run(tmp_path / "runs")
     meta = read_run_json(run)
-    assert meta["status"] == "completed" and len(meta["warnings"]) == 8
+    assert meta["status"] == "completed" and len(meta["warnings"]) == 12
     table = pd.read_parquet(run / "norms_inputs.parquet")
-    assert len(table) == 8 and not table["finite"].any()
+    assert len(table) == 12 and not table["finite"].any()
 
 
 def test_bad_data_file_is_found_before_any_model_is_loaded(tmp_path, monkeypatch):
@@ -308,3 +308,32 @@ def test_norms_attention_bad_layers_are_one_line(tmp_path):
                 "layer 0 is the embedding", out_dir=out)
     _assert_bad(invoke("norms", "attention", "tiny-bert", "--dataset", "random", "--layers", "3", "--out", out),
                 "does not exist", out_dir=out)
+
+
+def test_every_norms_command_measures_all_layers_by_default_and_says_which(tmp_path):
+    """One rule (issue 18): without --layers, norms inputs measures layers 0..L (it measured 0,1 only),
+    norms attention blocks 1..L; each summary names the layers measured."""
+    from qft_cli.measure.workflows import NormsAttentionArgs, NormsInputsArgs
+
+    assert NormsInputsArgs(models=["x"]).layers == NormsAttentionArgs(models=["x"]).layers == "all"
+    out = tmp_path / "inputs"
+    result = invoke("norms", "inputs", "tiny-gpt2", "--dataset", "random", "--max-tokens", 6, "--out", out, "--quiet")
+    assert result.exit_code == 0, result.output
+    table = pd.read_parquet(_only_run(out) / "norms_inputs.parquet")
+    assert sorted(table["layer"].unique()) == [0, 1, 2]  # tiny-gpt2 has 2 blocks
+    assert "layers (0 = embedding output, l = output of block l) measured: tiny-gpt2 0-2" in result.stdout
+    two = invoke("norms", "inputs", "tiny-gpt2", "--dataset", "random", "--max-tokens", 6, "--layers", "0,2",
+                 "--out", tmp_path / "two", "--quiet")
+    assert "measured: tiny-gpt2 0,2" in two.stdout
+    att = invoke("norms", "attention", "tiny-gpt2", "--dataset", "random", "--max-tokens", 6,
+                 "--out", tmp_path / "att", "--quiet")
+    assert att.exit_code == 0, att.output
+    assert "blocks measured: tiny-gpt2 1-2" in att.stdout
+    weights = invoke("norms", "weights", "tiny-gpt2", "--out", tmp_path / "w", "--quiet")
+    assert "layers (0 = embedding, l = block l) measured: tiny-gpt2 0-2" in weights.stdout
+
+
+def test_layer_ranges():
+    from qft_cli.cli.norms import layer_ranges
+
+    assert layer_ranges([3, 0, 1, 2, 5, 5, 7, 8]) == "0-3,5,7-8" and layer_ranges([4]) == "4"

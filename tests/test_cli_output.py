@@ -278,3 +278,81 @@ def test_ctrl_c_in_finetune_prints_the_command_as_typed_with_resume(tmp_path, mo
     run = _only_run(tmp_path)
     assert result.stderr.splitlines() == [f"interrupted: run directory {run}",
                                           f"resume with: {' '.join(argv)} --resume {run}"]
+
+
+def _help_pages():
+    import typer
+
+    def walk(command, path):
+        yield path
+        for name, sub in sorted(getattr(command, "commands", {}).items()):
+            yield from walk(sub, [*path, name])
+
+    return list(walk(typer.main.get_command(app), []))
+
+
+def test_every_help_page_has_an_example():
+    pages = _help_pages()
+    assert ["norms", "attention"] in pages and ["runs", "verify"] in pages and ["train"] in pages
+    for path in pages:
+        result = CliRunner().invoke(app, [*path, "--help"], env={"COLUMNS": "200"})
+        assert result.exit_code == 0, (path, result.output)
+        assert "Example" in result.output and "qft " in result.output.split("Example", 1)[1], path
+
+
+def test_help_texts_agree_between_commands():
+    """Issue 18: norms --help names attention; train is not 'single-layer' and lists synthetic-dna;
+    --device lists mps everywhere; --norm has one default and --num-epochs one type in train and finetune."""
+    import inspect
+
+    from qft_cli.cli.finetune import finetune_command
+    from qft_cli.cli.train import train_command
+    from qft_cli.train.finetune import FinetuneSettings
+    from qft_cli.train.training import ExperimentOptions
+
+    def text(*args):
+        result = CliRunner().invoke(app, [*args, "--help"], env={"COLUMNS": "200"})
+        return " ".join(result.output.split())
+
+    assert "attention" in text("norms").split("Commands")[0]
+    train = text("train")
+    assert "single-layer" not in train and "--num-layers" in train and "synthetic-dna" in train
+    assert "synthetic-dna" in text("finetune")
+    for page in (("train",), ("finetune",), ("norms", "inputs"), ("norms", "attention"), ("norms", "weights")):
+        assert "mps" in text(*page).split("--device", 1)[1][:120], page
+    assert "0 (embedding output) to" not in text("norms", "attention")
+    train_params, finetune_params = (inspect.signature(f).parameters for f in (train_command, finetune_command))
+    assert train_params["norm"].default.default == finetune_params["norm"].default.default == "all"
+    assert ExperimentOptions().norm == FinetuneSettings().norm == "all"
+    assert train_params["num_epochs"].annotation == finetune_params["num_epochs"].annotation == "float"
+
+
+def test_empty_seed_entries_are_refused():
+    from qft_cli.system.errors import QftInputError
+    from qft_cli.train.training import parse_seeds
+
+    for text in ("0,,1", "0,1,", ",0"):
+        with pytest.raises(QftInputError, match="empty entry"):
+            parse_seeds(text, None)
+    assert parse_seeds("0, 1,2", None) == (0, [0, 1, 2])
+
+
+def test_attention_layer_range_error_says_blocks(tmp_path):
+    result = invoke("norms", "attention", "tiny-bert", "--dataset", "random", "--layers", "3", "--out", tmp_path)
+    assert result.exit_code == 2
+    assert "blocks are 1 to 2 (layer 0, the embedding, has no attention)" in result.stderr
+    assert "0 (embedding output)" not in result.stderr
+
+
+def test_error_output_does_not_start_with_a_blank_line(tmp_path):
+    # with the progress bar on (no --quiet): an error before its first step printed an empty bar line
+    result = invoke("norms", "inputs", "tiny-bert", "--dataset", "random", "--layers", "9", "--out", tmp_path)
+    assert result.exit_code == 2 and result.stderr.startswith("error: "), repr(result.stderr[:80])
+
+
+def test_position_ids_buffer_is_not_unrecognised():
+    from qft_cli.measure.weights import unrecognised_parameters
+
+    shapes = {"embeddings.position_ids": (1, 512), "bert.embeddings.token_type_ids": (1, 512),
+              "encoder.layer.0.mystery.weight": (8, 8)}
+    assert unrecognised_parameters(shapes, []) == ["encoder.layer.0.mystery.weight"]

@@ -120,6 +120,8 @@ def test_tiny_run_end_to_end_then_resume(tmp_path):
     assert result.exit_code == 0, result.output + str(result.exception)
     for word in ("vanilla", "spectral", "frobenius", "Δ F1 (pp)"):
         assert word in result.stdout
+    for variant in ("vanilla", "spectral", "frobenius"):  # on a CPU: steps and time before training goes on
+        assert f"{variant} (seed 42): 8 steps, about " in result.stderr  # 2 epochs x 64 / 16
     (run_dir,) = list(out.iterdir())
     meta = json.loads((run_dir / "run.json").read_text())
     assert meta["status"] == "completed" and meta["options"]["norm"] == "all"

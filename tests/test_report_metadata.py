@@ -98,3 +98,17 @@ def test_runs_without_provenance_show_dashes(tmp_path):
     runs = load_runs([run_dir])
     assert provenance_table(runs).empty
     assert device_dtype_text(runs[0]) == "cpu / float32"
+
+
+def test_quantised_gguf_run_says_its_quant_type(tmp_path):
+    """Issue 18: a Q4_1 GGUF read as stored said 'as stored (float32)' (its dequantised dtype)."""
+    run_dir = make_weights_run(tmp_path, "m", num_layers=1)
+    _set_meta(run_dir, device="cpu", dtype="stored", options={"device": "auto", "dtype": None})
+    table = pd.read_parquet(run_dir / "norms_weights.parquet")
+    table["dtype"] = "float32"
+    table["quant_type"] = ["Q4_1"] * (len(table) - 1) + ["F32"]
+    table.to_parquet(run_dir / "norms_weights.parquet")
+    assert device_dtype_text(load_runs([run_dir])[0]) == "cpu / as stored (Q4_1 GGUF, dequantised to float32)"
+    table["quant_type"] = "F32"
+    table.to_parquet(run_dir / "norms_weights.parquet")
+    assert device_dtype_text(load_runs([run_dir])[0]) == "cpu / as stored (float32)"

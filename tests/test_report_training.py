@@ -121,3 +121,43 @@ def test_integer_epoch_ticks(tmp_path):
                 assert axis["dtick"] == 1 and axis["tickformat"] == "d" and axis["tick0"] == 0, (fig["id"], key)
                 checked += 1
     assert checked >= 2 + 2 * 2  # validation (2 panels), spectral and Frobenius small multiples (bottom row each)
+
+
+def test_integer_layer_ticks_on_the_layer_colour_bar(tmp_path):
+    """Issue 18: 2 layers gave colour-bar ticks 1, 1.5, 2; every layer colour bar ticks whole layers."""
+    from qft_cli.report.page import _layer_ticks
+
+    assert _layer_ticks([1, 2]) == {"tickmode": "linear", "tick0": 1, "dtick": 1, "tickformat": "d"}
+    assert _layer_ticks(range(0, 61))["dtick"] == 6 and _layer_ticks([3])["tick0"] == 3
+    run_dir = make_seeded_run(tmp_path, num_layers=2)
+    page, _ = build_report_html(load_runs([run_dir]))
+    bars = [t["marker"]["colorbar"] for fig in plotly_figures(page) for t in fig["data"]
+            if isinstance(t.get("marker"), dict) and "colorbar" in t["marker"]]
+    assert bars and all(b["tickformat"] == "d" and b["dtick"] == 1 and b["tick0"] == 1 for b in bars)
+
+
+def test_near_constant_trace_has_three_short_ticks():
+    from qft_cli.report.page import _flat_range
+
+    axis = _flat_range(np.array([1.0, 1.0 + 1e-7, 1.0 - 1e-7]))
+    assert axis["tickvals"] == pytest.approx([0.95, 1.0, 1.05]) and axis["ticktext"] == ["0.95", "1", "1.05"]
+    assert axis["range"][0] < 0.95 and axis["range"][1] > 1.05
+    assert _flat_range(np.array([1.0, 1.5])) == {}
+
+
+def test_one_epoch_validation_dots_side_by_side(tmp_path):
+    """With one evaluation two variants with the same score drew one dot over the other: the dots now
+    sit 0.1 epoch apart (the hover still says the true epoch)."""
+    run_dir = make_seeded_run(tmp_path, epochs=1)
+    metrics = pd.read_parquet(run_dir / "metrics.parquet")
+    metrics.loc[metrics["split"] == "validation", ["accuracy", "f1"]] = 0.5  # equal scores
+    write_parquet_atomic(metrics, run_dir / "metrics.parquet")
+    page, _ = build_report_html(load_runs([run_dir]))
+    fig = figure_titled(page, "Validation accuracy and F1 per epoch")
+    xs = {t["name"]: t["x"] for t in fig["data"] if t.get("xaxis", "x") == "x"}
+    assert len(xs) == 2 and xs["vanilla"] != xs["frobenius"]
+    assert abs(xs["vanilla"][0] - xs["frobenius"][0]) == pytest.approx(0.1)
+    assert all(t["customdata"] == [1.0] for t in fig["data"])
+    two = make_seeded_run(tmp_path / "two", epochs=2)  # with two epochs the lines tell them apart
+    fig = figure_titled(build_report_html(load_runs([two]))[0], "Validation accuracy and F1 per epoch")
+    assert all(t["x"] == [1.0, 2.0] for t in fig["data"])

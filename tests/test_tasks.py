@@ -283,3 +283,40 @@ def test_task_folder_name_as_given_and_relative(tmp_path, monkeypatch):
     _dna_dir(own)
     monkeypatch.chdir(own)
     assert tasks.load_task("gue", data_dir=".").task == "tf3"
+
+
+def test_gue_task_choice_is_noted_and_a_missing_train_file_named(tmp_path):
+    """Without --task the chosen task and the reason are one note; --task T with a T/ lacking its
+    training file names that file (not 'no T/'), on a copy of the shared layout."""
+    (tmp_path / "prom_300_notata").mkdir()
+    for name in ("dev.csv", "test.csv"):
+        (tmp_path / "prom_300_notata" / name).write_text("sequence,label\nACGT,0\nTTGA,1\n")
+    (tmp_path / "prom_core_notata").mkdir()
+    _dna_dir(tmp_path / "prom_core_notata")
+    data = tasks.load_task("gue", data_dir=tmp_path)
+    assert data.task == "prom_core_notata"
+    assert data.notes[0] == (f"no --task: read prom_core_notata, the only task folder of {tmp_path} with a training "
+                             f"file; {tmp_path / 'prom_300_notata'} has no train.csv or train.tsv "
+                             "(it holds dev.csv, test.csv)")
+    assert "no --task" in " ".join(data.record()["notes"])
+    assert not any("no --task" in n for n in tasks.load_task("gue", task="prom_core_notata", data_dir=tmp_path).notes)
+    with pytest.raises(QftInputError) as err:
+        tasks.load_task("gue", task="prom_300_notata", data_dir=tmp_path)
+    assert str(err.value) == (f"{tmp_path / 'prom_300_notata'} has no train.csv or train.tsv (it holds dev.csv, "
+                              f"test.csv): add the training file, or pass --task prom_core_notata (a task folder "
+                              f"of {tmp_path} with one)")
+    _dna_dir(tmp_path / "prom_300_notata")
+    assert tasks.load_task("gue", data_dir=tmp_path).notes[0] == (
+        f"no --task: read prom_300_notata (the default GUE task) from {tmp_path / 'prom_300_notata'}")
+    assert tasks.load_task("gue", data_dir=tmp_path / "prom_core_notata").notes[0] == (
+        f"no --task: read {tmp_path / 'prom_core_notata'} as GUE task prom_core_notata (the folder's name)")
+
+
+def test_shared_gue_task_choice_note_and_missing_train_file(shared_data):
+    gue = shared_data / "gue"
+    data = tasks.load_task("gue", data_dir=gue)
+    assert data.task == "prom_core_notata"
+    assert data.notes[0].startswith(f"no --task: read prom_core_notata, the only task folder of {gue} with a training "
+                                    f"file; {gue / 'prom_300_notata'} has no train.csv or train.tsv")
+    with pytest.raises(QftInputError, match=r"prom_300_notata has no train\.csv or train\.tsv .*--task prom_core_notata"):
+        tasks.load_task("gue", task="prom_300_notata", data_dir=gue)

@@ -74,9 +74,41 @@ def test_no_cgroup_files(tmp_path):
 def test_omp_num_threads_wins_and_torchrun_divides(tmp_path):
     where = _v2(tmp_path, "max 100000")
     assert default_threads({"OMP_NUM_THREADS": "3"}, **where, affinity=set(range(8))) .count == 3
-    choice = default_threads({"LOCAL_WORLD_SIZE": "2"}, **where, affinity=set(range(8)))
+    choice = default_threads({"LOCAL_WORLD_SIZE": "2"}, **where, affinity=set(range(8)), load=None)
     assert (choice.count, choice.source) == (4, "cpus")
     assert default_threads({"OMP_NUM_THREADS": "junk"}, **where, affinity={0}).count == 1
+
+
+@pytest.mark.parametrize("load, expected", [((0.0, 0.0, 0.0), (2, "cpus")), ((0.4, 3.0, 3.0), (2, "cpus")),
+                                            ((1.0, 1.0, 1.0), (1, "load")), ((0.6, 0.0, 0.0), (1, "load")),
+                                            ((7.5, 7.0, 6.0), (1, "load"))])
+def test_thread_choice_follows_the_load(tmp_path, monkeypatch, load, expected):
+    """A 2-core machine (affinity {0, 1}, no quota): one other busy process (1-minute load 1) leaves
+    one core free, so the default is 1 thread (2 threads wait for each other: issue 18)."""
+    import os
+
+    monkeypatch.setattr(os, "getloadavg", lambda: load)
+    where = _v2(tmp_path, "max 100000")
+    choice = default_threads({}, **where, affinity={0, 1})
+    assert (choice.count, choice.source) == expected
+    assert default_threads({"OMP_NUM_THREADS": "2"}, **where, affinity={0, 1}).count == 2  # the user's word wins
+    before = torch.get_num_threads()
+    try:
+        assert configure_threads(None, {}, **where, affinity={0, 1}).count == expected[0] == torch.get_num_threads()
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_thread_choice_without_load_average(tmp_path, monkeypatch):
+    import os
+
+    def unavailable():
+        raise OSError("no load average")
+
+    monkeypatch.setattr(os, "getloadavg", unavailable)
+    where = _v2(tmp_path, "max 100000")
+    choice = default_threads({}, **where, affinity={0, 1, 2})
+    assert (choice.count, choice.source) == (3, "cpus")
 
 
 def test_configure_threads_sets_torch_and_rejects_zero(tmp_path):

@@ -7,7 +7,7 @@ from typing import Optional
 import typer
 
 from qft_cli import __version__
-from qft_cli.cli.common import console, print_frame, quiet_libraries
+from qft_cli.cli.common import EXAMPLES, console, print_frame, quiet_libraries
 
 
 def _plain_help() -> None:
@@ -49,6 +49,7 @@ app = typer.Typer(
     name="qft",
     help="Numerical experiments on quantum-friendly transformers: block-encoding norms of real models "
          "and data, spectral/Frobenius-normalised training, and HTML reports.",
+    epilog=EXAMPLES["qft"],
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
 )
@@ -67,7 +68,7 @@ def root(version: Optional[bool] = typer.Option(None, "--version", callback=_ver
     quiet_libraries()
 
 
-@app.command("models")
+@app.command("models", epilog=EXAMPLES["models"])
 def models_command() -> None:
     """List the model aliases qft knows and what they resolve to."""
     import pandas as pd
@@ -80,7 +81,8 @@ def models_command() -> None:
     rows += [(name, "random model from a small config, seed 0", "nothing") for name in TINY_MODELS]
     rows += [(alias, hub_id, "Hugging Face Hub or its cache") for alias, hub_id in ALIASES.items()]
     print_frame(pd.DataFrame(rows, columns=["alias", "resolves to", "needs"]), "qft models")
-    console.print("Any other Hugging Face id (owner/name), local model directory or .gguf file works too.")
+    console.print("Any other Hugging Face id (owner/name), local model directory or .gguf file works too. "
+                  "tiny-llama (hyphen) is a random 2-block Llama; tinyllama is the real TinyLlama-1.1B.")
 
 
 def _register() -> None:
@@ -104,7 +106,7 @@ def _register() -> None:
             if err.name == module_name:
                 continue
             raise
-        app.command(name)(getattr(module, attr))
+        app.command(name, epilog=EXAMPLES[name])(getattr(module, attr))
 
 
 _register()

@@ -118,15 +118,21 @@ def progress_bar(quiet: bool) -> Iterator[Optional[ProgressFn]]:
         yield None
         return
     tasks: dict[str, int] = {}
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  TimeRemainingColumn(), console=err_console, transient=False) as bar:
+    bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                   TimeRemainingColumn(), console=err_console, transient=False)
 
-        def update(description: str, completed: int, total: int) -> None:
-            if description not in tasks:
-                tasks[description] = bar.add_task(description, total=total)
-            bar.update(tasks[description], completed=completed, total=total)
+    def update(description: str, completed: int, total: int) -> None:
+        if not tasks:
+            bar.start()  # only once there is a bar to draw: an empty one leaves a blank line before an error
+        if description not in tasks:
+            tasks[description] = bar.add_task(description, total=total)
+        bar.update(tasks[description], completed=completed, total=total)
 
+    try:
         yield update
+    finally:
+        if tasks:
+            bar.stop()
 
 
 def quiet_libraries() -> None:
@@ -151,6 +157,31 @@ def quiet_libraries() -> None:
         pass
     warnings.filterwarnings("ignore", category=FutureWarning)
 
+
+#: The example at the foot of every ``--help`` page (Typer's epilog; paragraphs are separated by a
+#: blank line, which the help keeps as line breaks). ``../shared/data`` is the project's shared data
+#: folder beside the checkout (see its PROVENANCE.md); any folder of the same layout works.
+EXAMPLES = {
+    "qft": "Examples: qft demo (the whole pipeline offline, about 20 s)\n\n"
+           "qft norms inputs gpt2 --max-tokens 512\n\nqft report runs/ -o report.html",
+    "models": "Example: qft models (then e.g. qft norms weights tiny-llama; tinyllama is the real TinyLlama-1.1B, "
+              "tiny-llama a random 2-block model)",
+    "norms": "Examples: qft norms inputs gpt2 --max-tokens 512\n\nqft norms attention minilm --dataset random "
+             "--max-tokens 256\n\nqft norms weights minilm tiny-llama",
+    "norms inputs": "Example: qft norms inputs minilm --dataset mmlu --data-file ../shared/data/mmlu/validation.csv "
+                    "--layers all",
+    "norms attention": "Example: qft norms attention minilm --dataset random --max-tokens 256 --layers 1-3",
+    "norms weights": "Example: qft norms weights minilm tiny-llama --exact",
+    "train": "Example (a quick CPU run): qft train --dataset gue --task prom_core_notata --data-dir "
+             "../shared/data/gue --tokenizer kmer:3 --d-model 64 --num-heads 4 --d-ff 128 --max-steps 100 "
+             "--max-train-samples 2000 --max-eval-samples 500",
+    "finetune": "Example (a quick CPU run): qft finetune minilm --dataset gue --task prom_core_notata --data-dir "
+                "../shared/data/gue --norm vanilla,frobenius --layers 6 --max-steps 100 --max-train-samples 2000",
+    "report": "Example: qft report runs/ -o report.html",
+    "demo": "Example: qft demo --out demo-runs",
+    "runs": "Example: qft runs verify runs/20260101-120000-train-qft-1layer-d64",
+    "runs verify": "Example: qft runs verify runs/*-finetune-*",
+}
 
 QUIET_OPTION = typer.Option(False, "--quiet", "-q", help="No progress bar.")
 OUT_OPTION = typer.Option("runs", "--out", "-o", help="Directory that receives the run directory.")
@@ -303,3 +334,37 @@ def print_test_table(title: str, summary, run_dir, fmt: str = "table", epochs: O
                 err_console.print(f"warning: {r.variant} has test F1 {r.mean_value:.3f}: it (almost) always predicts "
                                   "one class; train longer or change the learning rate", markup=False)
     print_run_dir(run_dir, fmt)
+
+
+def format_duration(seconds: float) -> str:
+    """``42 s``, ``12 min``, ``3.4 h`` or ``11 days`` (for the training estimate)."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 48 * 3600:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1f} days"
+
+
+def estimate_line(estimate) -> str:
+    """The one line printed before a CPU training goes on (a
+    :class:`qft_cli.train.training.TrainingEstimate`): step count, estimated time, how to make a
+    quick run."""
+    line = (f"{estimate.variant} (seed {estimate.seed}): {estimate.steps:,} steps, about "
+            f"{format_duration(estimate.estimated_seconds)} on the CPU ({estimate.seconds_per_step:.2f} s/step over "
+            f"{estimate.timed_steps} steps; evaluation extra, early stopping may end it sooner)")
+    if estimate.estimated_seconds > 600:
+        line += "; for a quick run pass --max-steps 100 and/or --max-train-samples 2000"
+    return line
+
+
+def print_estimate(estimate) -> None:
+    """Print :func:`estimate_line` on stderr (above the progress bar)."""
+    err_console.print(estimate_line(estimate), markup=False, highlight=False, soft_wrap=True)
+
+
+def print_notes(notes) -> None:
+    """Print data notes (``note: ...``) on stderr before training."""
+    for note in notes:
+        err_console.print(f"note: {note}", markup=False, highlight=False, soft_wrap=True)

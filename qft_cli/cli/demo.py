@@ -1,4 +1,4 @@
-"""``qft demo``: norms, training and the report, offline on embedded defaults, in a few minutes."""
+"""``qft demo``: norms, training and the report, offline on embedded defaults, in about 20 seconds."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ def demo_command(
     fmt: str = FORMAT_OPTION,
     quiet: bool = QUIET_OPTION,
 ) -> None:
-    """Run the whole pipeline offline on embedded defaults and write the HTML report (minutes on 2 CPU cores).
+    """Run the whole pipeline offline on embedded defaults and write the HTML report (about 20 s on 2 CPU cores).
 
     Weight norms of minilm and the tiny models, input norms of minilm on random tokens (N up to 256),
     vanilla/spectral/Frobenius training on a small synthetic DNA task generated from --seed, then the report.

@@ -21,6 +21,8 @@ from qft_cli.cli.common import (
     check_format,
     cli_errors,
     err_console,
+    print_estimate,
+    print_notes,
     print_test_table,
     progress_bar,
     short_model_name,
@@ -32,18 +34,18 @@ from qft_cli.system.errors import QftInputError
 def finetune_command(
     model: str = typer.Argument(..., help="Alias (dnabert, minilm, tiny-bert, tiny-dnabert, ...), Hugging Face id, "
                                           "local model directory, or a `qft train` run directory (its best checkpoint)."),
-    dataset: str = typer.Option("genomic-bench", "--dataset", help="genomic-bench | gue | conll2003 (POS tagging)."),
+    dataset: str = typer.Option("genomic-bench", "--dataset", help="genomic-bench | gue | conll2003 (POS tagging) | synthetic-dna (qft demo's files, --data-dir)."),
     task: Optional[str] = typer.Option(None, "--task", help="GUE task (default: the task folder --data-dir holds or is, else prom_300_notata)."),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Local files: train/dev/test CSV (sequence,label) or CoNLL text."),
     tokenizer: Optional[str] = typer.Option(None, "--tokenizer", help="Default: MODEL's own. A model name, a path "
                                                                       "(tokenizer.json or a directory), or a DNA tokenizer: dnabert2, bpe:V, kmer:K, char."),
-    norm: str = typer.Option("none", "--norm", help="none (vanilla) | spectral | frobenius | all (= vanilla,spectral,frobenius), or a list like vanilla,frobenius; every variant starts from the same weights and data order."),
+    norm: str = typer.Option("all", "--norm", help="all (= vanilla,spectral,frobenius, as in qft train) | vanilla (none) | spectral | frobenius, or a list like vanilla,frobenius; every variant starts from the same weights and data order."),
     subnormalised: bool = typer.Option(False, "--subnormalised", help="Also run each normalised variant with a learnable scale gamma <= --max-gamma (default 1): <method>_subnormalised."),
     targets: str = typer.Option("attention,ffn", "--targets", help="attention | ffn | attention,ffn (or matrix names q,k,v,o,ffn_up,...)."),
     layers: str = typer.Option("all", "--layers", help="all | 1,3 | 1-4 (1-indexed transformer blocks)."),
     max_gamma: Optional[float] = typer.Option(None, "--max-gamma", help="Learnable scale, effective norm <= G (1 = sub-normalised)."),
     learning_rate: float = typer.Option(2e-4, "--learning-rate"),
-    num_epochs: int = typer.Option(200, "--num-epochs"),
+    num_epochs: float = typer.Option(200, "--num-epochs", help="Epochs (upper bound with early stopping; fractions allowed)."),
     early_stopping: int = typer.Option(25, "--early-stopping", help="Patience in epochs on validation F1 (0 = off)."),
     weight_decay: float = typer.Option(0.01, "--weight-decay"),
     lr_scheduler_type: str = typer.Option("cosine", "--lr-scheduler-type"),
@@ -126,7 +128,8 @@ def finetune_command(
             result = finetune(model, dataset=dataset, settings=settings, run=run, data_dir=data_dir, task=task,
                               tokenizer_name=tokenizer, device=torch_device.type, dtype=torch_dtype,
                               trust_remote_code=trust_remote_code, export_dir=export, resume=resume is not None,
-                              progress=progress)
+                              progress=progress, on_estimate=print_estimate if main else None,
+                              on_notes=print_notes if main else None)
         run.update(model_id=result.model_id, data_location=result.data_source, num_labels=result.num_labels,
                    task_kind=result.kind, max_length=result.max_length, sizes=result.sizes)
     if not main:

@@ -13,6 +13,7 @@ import typer
 from qft_cli.cli.common import (
     DEVICE_MAP_OPTION,
     DEVICE_OPTION,
+    EXAMPLES,
     EXIT_BAD_INPUT,
     FORMAT_OPTION,
     OUT_OPTION,
@@ -21,14 +22,17 @@ from qft_cli.cli.common import (
     TRUST_OPTION,
     check_format,
     cli_errors,
+    console,
     err_console,
     print_frame,
     print_run_dir,
     progress_bar,
+    short_model_name,
 )
 
-app = typer.Typer(help="Block-encoding normalisation factors: norms of hidden states and of weights.",
-                  no_args_is_help=True)
+app = typer.Typer(help="Block-encoding normalisation factors: norms of hidden states (inputs), of attention's "
+                       "per-head Q, K, V and logits (attention) and of weight matrices (weights).",
+                  epilog=EXAMPLES["norms"], no_args_is_help=True)
 
 
 MODELS_ARGUMENT = typer.Argument(..., metavar="MODELS...",
@@ -70,6 +74,29 @@ def _command(args_class, workflow, options: dict, show) -> None:
     _finish(result, fmt)
 
 
+def layer_ranges(layers) -> str:
+    """``[0, 1, 2, 3, 5]`` -> ``0-3,5`` (sorted, distinct)."""
+    values, parts = sorted({int(x) for x in layers}), []
+    for v in values:
+        if parts and v == parts[-1][1] + 1:
+            parts[-1][1] = v
+        else:
+            parts.append([v, v])
+    return ",".join(str(a) if a == b else f"{a}-{b}" for a, b in parts)
+
+
+def measured_layers_line(frame: pd.DataFrame, what: str) -> str:
+    """``<what> measured: minilm 0-6; gpt2 0-12`` from the ``model_alias`` and ``layer`` columns."""
+    per_model = [f"{short_model_name(str(alias))} {layer_ranges(g['layer'])}"
+                 for alias, g in frame.groupby("model_alias", sort=False)]
+    return f"{what} measured: {'; '.join(per_model)}"
+
+
+def _print_layers(frame: pd.DataFrame, what: str, fmt: str) -> None:
+    (console if fmt == "table" else err_console).print(measured_layers_line(frame, what), markup=False,
+                                                       highlight=False, soft_wrap=True)
+
+
 def _finish(result, fmt: str = "table") -> None:
     print_run_dir(result.run_dir, fmt)
     for line in result.warnings + result.notices:
@@ -78,14 +105,14 @@ def _finish(result, fmt: str = "table") -> None:
         raise typer.Exit(EXIT_BAD_INPUT)
 
 
-@app.command("inputs")
+@app.command("inputs", epilog=EXAMPLES["norms inputs"])
 @cli_errors
 def inputs_command(
     models: List[str] = MODELS_ARGUMENT,
     dataset: str = DATASET_OPTION,
     data_file: Optional[Path] = DATA_FILE_OPTION,
     text_column: Optional[str] = TEXT_COLUMN_OPTION,
-    layers: str = typer.Option("0,1", "--layers", help="Layers: 0 = embedding output, l = output of block l; e.g. 0,1 or 0-3 or all."),
+    layers: str = typer.Option("all", "--layers", help="Layers: 0 = embedding output, l = output of block l; all (default: 0..L) or e.g. 0,1 or 0-3."),
     max_tokens: int = MAX_TOKENS_OPTION,
     num_samples: Optional[int] = NUM_SAMPLES_OPTION,
     batch_size: int = BATCH_SIZE_OPTION,
@@ -110,18 +137,19 @@ def inputs_command(
                       "num_samples": "samples", "norm_min": "min", "norm_median": "median", "norm_max": "max",
                       "exponent": "b", "exponent_ci_low": "b 95% low", "exponent_ci_high": "b 95% high",
                       "r_squared": "R²"}, fmt)
+        _print_layers(result.summary, "layers (0 = embedding output, l = output of block l)", fmt)
 
     _command(NormsInputsArgs, run_norms_inputs, locals(), show)
 
 
-@app.command("attention")
+@app.command("attention", epilog=EXAMPLES["norms attention"])
 @cli_errors
 def attention_command(
     models: List[str] = MODELS_ARGUMENT,
     dataset: str = DATASET_OPTION,
     data_file: Optional[Path] = DATA_FILE_OPTION,
     text_column: Optional[str] = TEXT_COLUMN_OPTION,
-    layers: str = typer.Option("all", "--layers", help="Transformer blocks 1..L (the attention of block l); e.g. 1,2 or 1-3 or all."),
+    layers: str = typer.Option("all", "--layers", help="Transformer blocks 1..L (the attention of block l; 0, the embedding, has none); all (default) or e.g. 1,2 or 1-3."),
     max_tokens: int = MAX_TOKENS_OPTION,
     num_samples: Optional[int] = NUM_SAMPLES_OPTION,
     batch_size: int = BATCH_SIZE_OPTION,
@@ -144,11 +172,12 @@ def attention_command(
                      {"model_alias": "model", "dataset": "dataset", "layer": "block", "num_samples": "samples",
                       "q_bound_ratio": "Q", "k_bound_ratio": "K", "v_bound_ratio": "V",
                       "logits_unmasked_qk_bound_ratio": "L:qk", "logits_unmasked_weight_bound_ratio": "L:weight"}, fmt)
+        _print_layers(result.summary, "blocks", fmt)
 
     _command(NormsAttentionArgs, run_norms_attention, locals(), show)
 
 
-@app.command("weights")
+@app.command("weights", epilog=EXAMPLES["norms weights"])
 @cli_errors
 def weights_command(
     models: List[str] = MODELS_ARGUMENT,
@@ -172,5 +201,6 @@ def weights_command(
                      {"model_alias": "model", "matrix": "matrix", "count": "n", "spectral_norm_mean": "||W||_2 mean",
                       "spectral_norm_max": "||W||_2 max", "frobenius_norm_mean": "||W||_F mean",
                       "frobenius_norm_max": "||W||_F max"}, fmt)
+        _print_layers(result.tables["norms_weights"], "layers (0 = embedding, l = block l)", fmt)
 
     _command(NormsWeightsArgs, run_norms_weights, locals(), show)

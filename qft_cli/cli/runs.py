@@ -9,13 +9,13 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from qft_cli.cli.common import EXIT_BAD_INPUT, cli_errors, console, err_console
+from qft_cli.cli.common import EXAMPLES, EXIT_BAD_INPUT, cli_errors, console, err_console
 
 app = typer.Typer(help="Inspect run directories: check the data and weight files they recorded.",
-                  no_args_is_help=True)
+                  epilog=EXAMPLES["runs"], no_args_is_help=True)
 
 
-@app.command("verify")
+@app.command("verify", epilog=EXAMPLES["runs verify"])
 @cli_errors
 def verify_command(
     run_dirs: List[Path] = typer.Argument(..., help="Run directories (with run.json) written by qft."),

@@ -8,6 +8,7 @@ from typing import Optional
 import typer
 
 from qft_cli.cli.common import (
+    DEVICE_OPTION,
     FORMAT_OPTION,
     OUT_OPTION,
     QUIET_OPTION,
@@ -17,8 +18,8 @@ from qft_cli.cli.common import (
     argv,
     check_format,
     cli_errors,
-    console,
-    err_console,
+    print_estimate,
+    print_notes,
     print_test_table,
     progress_bar,
 )
@@ -26,7 +27,7 @@ from qft_cli.cli.common import (
 
 @cli_errors
 def train_command(
-    dataset: str = typer.Option("genomic-bench", "--dataset", help="genomic-bench | gue | conll2003 (POS tagging)."),
+    dataset: str = typer.Option("genomic-bench", "--dataset", help="genomic-bench | gue | conll2003 (POS tagging) | synthetic-dna (qft demo's files, --data-dir)."),
     task: Optional[str] = typer.Option(None, "--task", help="GUE task (default: the task folder --data-dir holds or is, else prom_300_notata); gue only."),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Offline data: CSV/TSV train/dev/test (sequence|seq,label) or CoNLL train/valid/test.txt."),
     tokenizer: str = typer.Option("auto", "--tokenizer", help="DNA: dnabert2 | bpe:V | kmer:K | char | PATH (a tokenizer.json or a directory) (auto = the embedding model's, else dnabert2). Text: a model alias."),
@@ -45,7 +46,7 @@ def train_command(
     max_train_samples: Optional[int] = typer.Option(None, "--max-train-samples", help="Train on a seeded random subset of this size."),
     max_eval_samples: Optional[int] = typer.Option(None, "--max-eval-samples", help="Seeded subsets of validation and test (quick runs)."),
     learning_rate: float = typer.Option(8e-4, "--learning-rate", help="Peak AdamW learning rate."),
-    num_epochs: float = typer.Option(100, "--num-epochs", help="Epochs (upper bound with early stopping)."),
+    num_epochs: float = typer.Option(100, "--num-epochs", help="Epochs (upper bound with early stopping; fractions allowed)."),
     early_stopping: int = typer.Option(10, "--early-stopping", help="Patience in epochs without better validation F1 (0 = off)."),
     weight_decay: float = typer.Option(0.01, "--weight-decay", help="AdamW weight decay."),
     lr_scheduler_type: str = typer.Option("cosine", "--lr-scheduler-type", help="cosine | linear | constant | ... (transformers names)."),
@@ -57,7 +58,7 @@ def train_command(
     max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Stop after this many optimiser steps."),
     eval_strategy: str = typer.Option("epoch", "--eval-strategy", help="epoch | no (no validation: needs --early-stopping 0)."),
     mixed_precision: str = typer.Option("auto", "--mixed-precision", help="auto (bf16/fp16 on CUDA only) | no | fp16 | bf16."),
-    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda."),
+    device: str = DEVICE_OPTION,
     out: Path = OUT_OPTION,
     resume: Optional[Path] = typer.Option(None, "--resume", help="Continue an interrupted run directory with the options in its run.json (other options are ignored)."),
     trust_remote_code: bool = TRUST_OPTION,
@@ -65,7 +66,7 @@ def train_command(
     fmt: str = FORMAT_OPTION,
     quiet: bool = QUIET_OPTION,
 ) -> None:
-    """Train the single-layer transformer vanilla, spectral- and Frobenius-normalised; compare test accuracy and F1."""
+    """Train qft's transformer (--num-layers blocks, default 1) vanilla, spectral- and Frobenius-normalised; compare test accuracy and F1."""
     from qft_cli.runs.rundir import read_run_json
     from qft_cli.train.training import (
         ExperimentOptions,
@@ -113,11 +114,11 @@ def train_command(
     run = open_run(options, out=out, argv=argv(), resume_dir=resume)
     with progress_bar(quiet or not run.is_main_process) as progress, (ResumedRun(run) if resume is not None else run):
         run.update(threads=thread_choice.count, threads_source=thread_choice.source)
-        result = run_experiment(options, run, resume=resume is not None, progress=progress)
+        result = run_experiment(options, run, resume=resume is not None, progress=progress,
+                                on_estimate=print_estimate if run.is_main_process else None,
+                                on_notes=print_notes if run.is_main_process else None)
     if not run.is_main_process:
         return
     title = f"qft train: {options.dataset}{'/' + result.task if result.task else ''}, test split"
-    for note in result.notes:
-        (console if fmt == "table" else err_console).print(f"note: {note}")
     print_test_table(title, result.test_summary, run.path, fmt, result.epochs())
 

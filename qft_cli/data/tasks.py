@@ -262,8 +262,10 @@ def find_task_dir(dataset: str, task: Optional[str], data_dir: Path) -> tuple[Pa
 
     Raises:
         QftInputError: ``--task T`` while ``DIR`` is the folder of another GUE task or holds other
-            tasks' folders but not ``T/``; no ``--task`` while ``DIR`` holds several task folders
-            but not the default one.
+            tasks' folders but not ``T/``; ``DIR/T/`` exists without a training file (the error
+            names the missing file); no ``--task`` while ``DIR`` holds several task folders but not
+            the default one. Without ``--task`` :func:`load_task` adds :func:`task_choice_note` to
+            the notes.
     """
     data_dir = Path(data_dir)
     if dataset != "gue":
@@ -275,6 +277,9 @@ def find_task_dir(dataset: str, task: Optional[str], data_dir: Path) -> tuple[Pa
     if task is not None:
         if _has_split(data_dir / task):
             return data_dir / task, task
+        if (data_dir / task).is_dir() and not _has_split(data_dir):
+            raise QftInputError(f"{data_dir / task} has no train.csv or train.tsv{_holds(data_dir / task)}: add the "
+                                f"training file{_others_hint(data_dir, task)}")
         if _has_split(data_dir):
             if name in GUE_TASKS and name != task:
                 raise QftInputError(f"--data-dir {data_dir} holds the files of GUE task {name} but --task is {task}: "
@@ -299,6 +304,35 @@ def find_task_dir(dataset: str, task: Optional[str], data_dir: Path) -> tuple[Pa
     return None, None
 
 
+def _holds(directory: Path) -> str:
+    """`` (it holds dev.csv, test.csv)`` of a folder's files, or ``""``."""
+    try:
+        names = sorted(c.name for c in directory.iterdir() if c.is_file())
+    except OSError:
+        return ""
+    return f" (it holds {', '.join(names[:6])}{' ...' if len(names) > 6 else ''})" if names else " (it is empty)"
+
+
+def _others_hint(data_dir: Path, task: str) -> str:
+    folders = [f for f in _task_folders(data_dir) if f != task]
+    return f", or pass --task {folders[0]} (a task folder of {data_dir} with one)" if folders else ""
+
+
+def task_choice_note(data_dir: Path, directory: Path, task: Optional[str]) -> str:
+    """The note of a GUE task chosen without ``--task`` (:func:`find_task_dir`): which task was read
+    from which folder, and why (the default task; the folder's own name; the only task folder with
+    a training file, and what the default folder lacks)."""
+    data_dir = Path(data_dir)
+    if Path(directory) == data_dir:
+        return f"no --task: read {data_dir} as GUE task {task} (the folder's name)"
+    if task == DEFAULT_GUE_TASK:
+        return f"no --task: read {DEFAULT_GUE_TASK} (the default GUE task) from {directory}"
+    default = data_dir / DEFAULT_GUE_TASK
+    why = (f"; {default} has no train.csv or train.tsv{_holds(default)}" if default.is_dir()
+           else f"; there is no {DEFAULT_GUE_TASK}/ (the default)")
+    return f"no --task: read {task}, the only task folder of {data_dir} with a training file{why}"
+
+
 def _candidate_dirs(dataset: str, task: Optional[str], data_dir: Path) -> list[Path]:
     """The folders :func:`find_task_dir` tries first, in order: ``DIR/<task>`` (or, without
     ``--task``, the default folder of the dataset: ``prom_300_notata`` for GUE,
@@ -311,6 +345,7 @@ def _dna_from_dir(dataset: str, task: Optional[str], data_dir: Path, seed: int) 
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
         raise QftInputError(f"--data-dir {data_dir} is not a directory: pass the folder with train/dev/test files")
+    given = task
     directory, task = find_task_dir(dataset, task, data_dir)
     if directory is None:
         where = next((c for c in _candidate_dirs(dataset, task, data_dir) if _has_split(c, "test")), None)
@@ -330,7 +365,10 @@ def _dna_from_dir(dataset: str, task: Optional[str], data_dir: Path, seed: int) 
         files.append(path.resolve())
     if "test" not in splits:
         raise QftInputError(f"--data-dir {directory} has no test.csv or test.tsv: add the test split")
-    return _finish_dna(dataset, task, splits, str(directory), seed, files)
+    data = _finish_dna(dataset, task, splits, str(directory), seed, files)
+    if dataset == "gue" and given is None:
+        data.notes.insert(0, task_choice_note(data_dir, directory, task))
+    return data
 
 
 def read_conll(path: Path) -> tuple[list[list[str]], list[list[str]]]:

@@ -433,7 +433,7 @@ def parse_blocks(spec: str, depth: int) -> list[int]:
     """
     if spec.strip().lower() == "all":
         return list(range(1, depth + 1))
-    layers = parse_layers(spec, depth)
+    layers = parse_layers(spec, depth, valid=f"blocks are 1 to {depth} (layer 0, the embedding, has no attention)")
     if 0 in layers:
         raise QftInputError(f"--layers {spec}: layer 0 is the embedding and has no attention; "
                             f"blocks are 1 to {depth}")

@@ -48,12 +48,17 @@ def num_layers(config) -> int:
     raise QftInputError(f"cannot tell the depth of model type '{getattr(config, 'model_type', '?')}' from its config")
 
 
-def parse_layers(spec: str, depth: int) -> list[int]:
+def parse_layers(spec: str, depth: int, valid: Optional[str] = None) -> list[int]:
     """Parse ``--layers``: ``all`` or comma-separated indices and ranges (``0,1``, ``0-3``).
+
+    Args:
+        valid: how the error messages state the valid range (default ``layers are 0 (embedding
+            output) to <depth>``; ``norms attention`` says blocks 1 to depth).
 
     Raises:
         QftInputError: malformed, negative, or beyond ``depth`` (layers are 0..depth).
     """
+    valid = valid or f"layers are 0 (embedding output) to {depth}"
     spec = spec.strip().lower()
     if spec == "all":
         return list(range(depth + 1))
@@ -69,12 +74,11 @@ def parse_layers(spec: str, depth: int) -> list[int]:
     except ValueError:
         raise QftInputError(f"--layers '{spec}' is not a list of layer indices: use e.g. 0,1 or 0-3 or all") from None
     if not layers:
-        raise QftInputError(f"--layers {spec} selects no layer (a range is low-high, e.g. 1-3): "
-                            f"layers are 0 (embedding output) to {depth}")
+        raise QftInputError(f"--layers {spec} selects no layer (a range is low-high, e.g. 1-3): {valid}")
     bad = sorted(x for x in layers if x < 0 or x > depth)
     if bad:
         raise QftInputError(f"--layers {spec}: layer {bad[0]} does not exist; the model has "
-                            f"{depth} blocks, so layers are 0 (embedding output) to {depth}")
+                            f"{depth} blocks, so {valid}")
     return sorted(layers)
 
 

@@ -70,11 +70,12 @@ class WeightNormsResult:
     unrecognised: list[str] = field(default_factory=list)
 
 
-#: 2-D tensors qft knows and does not measure: position and token-type embeddings, tied or shared
+#: 2-D tensors qft knows and does not measure: the ``position_ids``/``token_type_ids`` buffers (integer
+#: indices some checkpoints store), position and token-type embeddings, tied or shared
 #: copies of the token embedding, poolers and the heads of a task (LM, masked-LM, classifier).
 #: Any other 2-D tensor outside :func:`qft_cli.models.layout.classify` is *unrecognised*: listed in
 #: ``run.json`` (``unrecognised_parameters``) and in one warning line.
-NOT_MEASURED_RE = re.compile(r"(?:^|\.)(?:position_embeddings|wpe|embed_positions|position_embedding|"
+NOT_MEASURED_RE = re.compile(r"(?:^|\.)(?:position_ids|token_type_ids|position_embeddings|wpe|embed_positions|position_embedding|"
                              r"token_type_embeddings|pooler|lm_head|cls|embed_out|classifier|score|qa_outputs)(?:\.|$)")
 
 

@@ -60,7 +60,7 @@ class NormsInputsArgs:
     dataset: str = "mmlu"
     data_file: Optional[Path] = None
     text_column: Optional[str] = None
-    layers: str = "0,1"
+    layers: str = "all"
     max_tokens: int = 512
     num_samples: Optional[int] = None
     batch_size: int = 8

@@ -20,6 +20,7 @@ from qft_cli.report.page import (
     _anchor,
     _e,
     _fmt,
+    _layer_ticks,
     _log_ticks,
     _Page,
     _Raw,
@@ -140,7 +141,8 @@ def _norms_against_n(page: _Page, label: str, dataset: str, d: pd.DataFrame) -> 
     fig.update_yaxes(title_text="max over heads (hidden-state units)", row=1, col=1)
     fig.add_trace(go.Scatter(x=[None], y=[None], mode="markers", showlegend=False, hoverinfo="skip",
                              marker=dict(colorscale="Viridis", cmin=lo, cmax=hi if hi > lo else lo + 1, color=[lo],
-                                         showscale=True, colorbar=dict(title="layer", thickness=14, len=0.8))),
+                                         showscale=True, colorbar=dict(title="layer", thickness=14, len=0.8,
+                                                                       **_layer_ticks(layers)))),
                   row=1, col=1)
     fig.update_annotations(font_size=12)
     fig.update_layout(title=f"{_e(label)}, {_e(dataset)}: ‖Q‖, ‖K‖, ‖V‖, ‖L‖ against N (max over heads)",
@@ -178,7 +180,7 @@ def _exponents_figure(page: _Page, label: str, dataset: str, f: pd.DataFrame) ->
                               "<br>R² %{customdata[2]:.3f}, %{customdata[3]:.0f} samples<extra>%{fullData.name}</extra>"),
                 row=1, col=col)
         fig.add_hline(y=0.5, line=dict(color="#444", dash="dash", width=1), row=1, col=col)
-        fig.update_xaxes(title_text="layer (block)", row=1, col=col)
+        fig.update_xaxes(title_text="layer (block)", row=1, col=col, **_layer_ticks(f["layer"]))
     fig.update_yaxes(title_text="exponent b", row=1, col=1)
     fig.update_annotations(font_size=12)
     fig.update_layout(title=f"{_e(label)}, {_e(dataset)}: exponents b of ‖·‖ ≈ c·N<sup>b</sup> per layer",

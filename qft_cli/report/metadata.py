@@ -96,12 +96,17 @@ def _metadata_section(page: _Page, runs: list[RunRecord]) -> None:
 SHORT_HASH = 10
 
 
+#: Storage types that are plain floats (ggml's and torch's names), not a quantisation.
+_FLOAT_STORAGE = ("F32", "F16", "BF16", "F64", "float32", "float16", "bfloat16", "float64")
+
+
 def device_dtype_text(run: RunRecord) -> str:
     """``device / dtype`` of a run for the Runs table.
 
     ``norms weights`` without ``--dtype`` reads every tensor as stored: shown as
     ``as stored (bfloat16)`` with the dtypes found in its ``norms_weights`` table (``dtype`` column;
-    plain ``as stored`` for runs older than that column). The device gains the GPU's name where
+    plain ``as stored`` for runs older than that column); a quantised GGUF says its types
+    (``as stored (Q4_1 GGUF, dequantised to float32)``, from ``quant_type``). The device gains the GPU's name where
     run.json records ``software.device_name``.
     """
     meta, opts = run.meta, run.meta.get("options") or {}
@@ -114,6 +119,10 @@ def device_dtype_text(run: RunRecord) -> str:
         table = run.tables.get("norms_weights")
         found = (sorted({str(d) for d in table["dtype"].dropna()}) if table is not None and "dtype" in table.columns
                  else [])
+        quant = (sorted({str(q) for q in table["quant_type"].dropna()} - set(_FLOAT_STORAGE))
+                 if table is not None and "quant_type" in table.columns else [])
+        if quant:  # a quantised GGUF: say its types, and what the norms were taken of
+            found = [f"{', '.join(quant)} GGUF, dequantised to {', '.join(found) or 'float32'}"]
         dtype = "as stored" + (f" ({', '.join(found)})" if found else "") if run.command == "norms weights" or found \
             else "–"
     return f"{device} / {dtype}"

@@ -118,9 +118,20 @@ def _epoch_axis(epochs: Any) -> dict[str, Any]:
     return {"tickmode": "linear", "tick0": 0, "dtick": max(1, math.ceil(top / 10)), "tickformat": "d"}
 
 
+def _layer_ticks(layers: Any) -> dict[str, Any]:
+    """Axis (or colour bar) settings with ticks at whole layers only (never 1.5): every layer up to
+    12 layers, else a whole step giving about 10 ticks, from the first layer."""
+    v = np.asarray(pd.to_numeric(pd.Series(list(layers)), errors="coerce"), dtype=float)
+    v = v[np.isfinite(v)]
+    lo, hi = (int(v.min()), int(v.max())) if v.size else (0, 1)
+    return {"tickmode": "linear", "tick0": lo, "dtick": max(1, math.ceil((hi - lo) / 10)) if hi - lo > 12 else 1,
+            "tickformat": "d"}
+
+
 def _flat_range(values: np.ndarray) -> dict[str, Any]:
     """A y range of +-5% around the values when they are constant up to rounding (relative spread
-    < 1e-4), so that float noise such as 1 +- 1e-7 is not blown up to fill the axis; else ``{}``."""
+    < 1e-4), so that float noise such as 1 +- 1e-7 is not blown up to fill the axis, with three
+    ticks (low, middle, high) labelled to 3 significant digits; else ``{}``."""
     v = np.asarray(values, dtype=float)
     v = v[np.isfinite(v)]
     if not v.size:
@@ -129,7 +140,9 @@ def _flat_range(values: np.ndarray) -> dict[str, Any]:
     if spread > 1e-4 * max(abs(mid), 1e-12):
         return {}
     half = 0.05 * abs(mid) if mid else 0.5
-    return {"range": [mid - half, mid + half]}
+    ticks = [mid - half, mid, mid + half]
+    return {"range": [mid - 1.2 * half, mid + 1.2 * half], "tickmode": "array", "tickvals": ticks,
+            "ticktext": [f"{t:.3g}" for t in ticks]}
 
 
 def _is_synthetic(meta: dict[str, Any]) -> bool:

@@ -14,6 +14,7 @@ from qft_cli.report.page import (
     _epoch_axis,
     _flat_range,
     _is_synthetic,
+    _layer_ticks,
     _matrix_rank,
     _Page,
     _variant_color,
@@ -118,13 +119,18 @@ def _training_section(page: _Page, runs: list[RunRecord]) -> None:
             val, num_seeds = _seed_mean(val, ["variant", "epoch"], ["accuracy", "f1"])
             fig = make_subplots(rows=1, cols=2, horizontal_spacing=0.1,
                                 subplot_titles=("validation accuracy", "validation F1"))
-            for variant, g in sorted(val.groupby("variant"), key=lambda vg: _variant_rank(vg[0])):
+            groups = sorted(val.groupby("variant"), key=lambda vg: _variant_rank(vg[0]))
+            dodge = _dodge(len(groups), int(val.groupby("variant")["epoch"].nunique().max()))
+            for v_i, (variant, g) in enumerate(groups):
                 g = g.sort_values("epoch")
+                epochs = g["epoch"].to_numpy(float)
                 for col, metric in ((1, "accuracy"), (2, "f1")):
-                    fig.add_trace(go.Scatter(x=g["epoch"].to_numpy(float), y=100 * g[metric].to_numpy(float),
-                                             mode="lines+markers", name=_e(variant), legendgroup=str(variant),
-                                             showlegend=col == 1, line=dict(color=_variant_color(variant)),
-                                             hovertemplate="epoch %{x:.2f}<br>%{y:.2f}%<extra>%{fullData.name}</extra>"),
+                    fig.add_trace(go.Scatter(x=epochs + dodge[v_i], y=100 * g[metric].to_numpy(float),
+                                             customdata=epochs, mode="lines+markers", name=_e(variant),
+                                             legendgroup=str(variant), showlegend=col == 1,
+                                             line=dict(color=_variant_color(variant)), marker=dict(size=8),
+                                             hovertemplate="epoch %{customdata:.2f}<br>%{y:.2f}%"
+                                                           "<extra>%{fullData.name}</extra>"),
                                   row=1, col=col)
             fig.update_xaxes(title_text="epoch", **_epoch_axis(val["epoch"]))
             fig.update_yaxes(title_text="accuracy (%)", row=1, col=1)
@@ -148,6 +154,16 @@ def _training_section(page: _Page, runs: list[RunRecord]) -> None:
                 "γ (dimensionless)",
                 "The learned scale γ = max_γ·sigmoid(g) (dimensionless, ≤ max γ) of each normalised matrix against epoch: one panel per variant "
                 "and matrix type, one line per layer, coloured by layer (colour bar)." + _seed_note(num_seeds))
+
+
+def _dodge(num_variants: int, num_epochs: int) -> list[float]:
+    """x offsets (epochs) of each variant's validation points: with one evaluation (a dot, no line)
+    the variants' dots sit side by side (spread over 0.1 epoch), so equal scores do not hide one
+    dot under another; otherwise 0 (the lines tell the variants apart)."""
+    if num_variants < 2 or num_epochs > 1:
+        return [0.0] * num_variants
+    step = 0.1 / (num_variants - 1)
+    return [(i - (num_variants - 1) / 2) * step for i in range(num_variants)]
 
 
 def _test_scores(page: _Page, t: pd.DataFrame, what: str) -> None:
@@ -303,7 +319,7 @@ def _layer_small_multiples(page: _Page, df: pd.DataFrame, value: str, title: str
         fig.add_trace(go.Scatter(x=[None], y=[None], mode="markers", showlegend=False, hoverinfo="skip",
                                  marker=dict(colorscale="Viridis", cmin=lo, cmax=hi, color=[lo], showscale=True,
                                              colorbar=dict(title="layer", thickness=14, len=min(0.6, 600 / (230 * rows)),
-                                                           y=1, yanchor="top", dtick=max(1, -(-(hi - lo) // 8))))),
+                                                           y=1, yanchor="top", **_layer_ticks(layers)))),
                       row=1, col=1)
     else:
         caption += f" One layer: layer {lo}."

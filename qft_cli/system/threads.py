@@ -10,7 +10,11 @@ instead the smallest of
   ``"max <period>"``), cgroup v1 ``cpu.cfs_quota_us / cpu.cfs_period_us`` (-1 = no quota), read for
   the process's own cgroup (``/proc/self/cgroup``) and every parent up to the root,
 
-divided by the number of processes on this node under torchrun (``LOCAL_WORLD_SIZE``). An
+divided by the number of processes on this node under torchrun (``LOCAL_WORLD_SIZE``), and
+lowered to the cores other processes leave free: ``usable - round(1-minute load average)``, at
+least 1 (``os.getloadavg``; source ``load``). On a shared 2-core machine with one other busy
+process, two OpenMP threads wait for each other: 36 MiniLM-sized float64 ``eigvalsh`` took 177.5 s
+with 2 threads and 0.76 s with 1 (issue 18; ``benchmarks/bench_threads_load.py``). An
 ``OMP_NUM_THREADS`` set in the environment wins over this default, and ``--threads`` over both.
 """
 
@@ -107,24 +111,50 @@ def available_cpus(root: Path | str = "/sys/fs/cgroup", proc_self_cgroup: Path |
 
 @dataclass(frozen=True)
 class ThreadChoice:
-    """``count`` threads chosen because of ``source``: ``--threads``, ``OMP_NUM_THREADS`` or
-    ``cpus`` (affinity and cgroup quota, see :func:`available_cpus`)."""
+    """``count`` threads chosen because of ``source``: ``--threads``, ``OMP_NUM_THREADS``, ``cpus``
+    (affinity and cgroup quota, see :func:`available_cpus`) or ``load`` (fewer than ``cpus``
+    because other processes keep cores busy, see :func:`free_cpus`)."""
 
     count: int
     source: str
 
 
-def default_threads(env: Optional[Mapping[str, str]] = None, **where) -> ThreadChoice:
+def load_average() -> Optional[float]:
+    """The 1-minute load average (runnable processes, ``os.getloadavg``), ``None`` where unknown."""
+    try:
+        return float(os.getloadavg()[0])
+    except (AttributeError, OSError):  # Windows
+        return None
+
+
+def free_cpus(cpus: int, load: Optional[float]) -> int:
+    """Of ``cpus`` usable cores, those the ``load`` (1-minute load average) leaves free:
+    ``cpus - round(load)``, clipped to 1..cpus; ``cpus`` when the load is unknown."""
+    if load is None or not math.isfinite(load):
+        return cpus
+    return max(1, min(cpus, cpus - int(math.floor(load + 0.5))))
+
+
+def default_threads(env: Optional[Mapping[str, str]] = None, *, load: Optional[float] = -1.0, **where) -> ThreadChoice:
     """``OMP_NUM_THREADS`` when set to a positive integer, else :func:`available_cpus` divided by
-    ``LOCAL_WORLD_SIZE`` (processes of this node under torchrun), at least 1. ``where``: the
-    keyword arguments of :func:`available_cpus` (tests pass fake cgroup files)."""
+    ``LOCAL_WORLD_SIZE`` (processes of this node under torchrun) and lowered to the cores the
+    machine's load leaves free (:func:`free_cpus`), at least 1.
+
+    Args:
+        env: the environment (default ``os.environ``).
+        load: the 1-minute load average; the default -1 reads :func:`load_average`, ``None``
+            ignores the load.
+        where: the keyword arguments of :func:`available_cpus` (tests pass fake cgroup files).
+    """
     env = os.environ if env is None else env
     omp = env.get("OMP_NUM_THREADS", "").strip()
     if omp.isdigit() and int(omp) > 0:
         return ThreadChoice(int(omp), "OMP_NUM_THREADS")
     local = env.get("LOCAL_WORLD_SIZE", "1")
     per_node = int(local) if local.isdigit() and int(local) > 0 else 1
-    return ThreadChoice(max(1, available_cpus(**where) // per_node), "cpus")
+    cpus = max(1, available_cpus(**where) // per_node)
+    free = free_cpus(cpus, load_average() if load == -1.0 else load)
+    return ThreadChoice(free, "cpus" if free == cpus else "load")
 
 
 def configure_threads(requested: Optional[int] = None, env: Optional[Mapping[str, str]] = None, **where) -> ThreadChoice:

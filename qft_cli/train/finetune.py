@@ -26,7 +26,7 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import torch
 
@@ -74,13 +74,13 @@ class FinetuneSettings:
         mixed_precision: ``auto`` (bf16/fp16 on CUDA only), ``no``, ``fp16``, ``bf16``.
     """
 
-    norm: str = "none"
+    norm: str = "all"
     targets: str = "attention,ffn"
     layers: str = "all"
     max_gamma: Optional[float] = None
     subnormalised: bool = False
     learning_rate: float = 2e-4
-    num_epochs: int = 200
+    num_epochs: float = 200
     early_stopping: int = 25
     weight_decay: float = 0.01
     lr_scheduler_type: str = "cosine"
@@ -385,7 +385,8 @@ class FinetuneResult:
 def finetune(model_name: str, *, dataset: str, settings: FinetuneSettings, run, data_dir: Optional[Path] = None,
              task: Optional[str] = None, tokenizer_name: Optional[str] = None, device: str = "auto",
              dtype: torch.dtype = torch.float32, trust_remote_code: bool = False, export_dir: Optional[Path] = None,
-             resume: bool = False, progress: Optional[ProgressFn] = None) -> FinetuneResult:
+             resume: bool = False, progress: Optional[ProgressFn] = None, on_estimate: Optional[Callable] = None,
+             on_notes: Optional[Callable[[list[str]], None]] = None) -> FinetuneResult:
     """Fine-tune every variant of ``settings`` once per seed, on the same data, into ``run``.
 
     Per seed every variant starts from the same weights (new heads seeded) and sees the same data
@@ -401,6 +402,9 @@ def finetune(model_name: str, *, dataset: str, settings: FinetuneSettings, run, 
             (``export_dir`` for one variant and seed, ``export_dir/<variant>[/seed-<s>]`` for several).
         resume: skip (variant, seed) pairs with a test row in ``metrics.parquet``; continue the
             interrupted one from its last checkpoint.
+        on_estimate: on a CPU, called with each variant's
+            :class:`qft_cli.train.training.TrainingEstimate` (from timing its first steps).
+        on_notes: called once before training with the data notes (e.g. which GUE task was read).
 
     Raises:
         QftInputError: bad model, data, tokenizer, layers, targets or gamma.
@@ -496,7 +500,8 @@ def finetune(model_name: str, *, dataset: str, settings: FinetuneSettings, run, 
 
     train_seeds_and_variants(run, recorder, seeds=settings.seed_list(), variants=variants, config=cfg, build=build,
                              record=record, datasets=encoded, num_labels=data.num_labels, data_collator=collator,
-                             tokenizer=tokenizer, targets=settings.targets, resume=resume, progress=progress)
+                             tokenizer=tokenizer, targets=settings.targets, resume=resume, progress=progress,
+                             on_estimate=on_estimate, notes=data.notes, on_notes=on_notes)
     recorder.write(METRICS_TABLE)
     result.test_summary = write_test_summary(run, recorder, dataset=data.dataset, task=data.task,
                                              num_labels=data.num_labels)

@@ -182,16 +182,32 @@ def metrics_function(num_labels: int) -> Callable:
 
 # ----------------------------------------------------------------------------- recording
 
-def matrix_norm_rows(model: torch.nn.Module, targets: Sequence[str] = ("attention", "ffn")) -> list[dict[str, Any]]:
+#: Matrices with at most this many entries are measured with one torch thread (see :func:`matrix_norm_rows`).
+ONE_THREAD_MAX_ENTRIES = 4096 * 4096
+
+
+def matrix_norm_rows(model: torch.nn.Module, targets: Sequence[str] = ("attention", "ffn"),
+                     progress: Optional[ProgressFn] = None,
+                     progress_label: str = "effective norms") -> list[dict[str, Any]]:
     """Spectral and Frobenius norm (float64, :mod:`qft_cli.measure.norms`) of every tracked matrix.
 
     A normalised model reports its effective (normalised) matrices; a vanilla model the plain
-    matrices of ``targets`` (roles or matrix names), so variants can be compared.
+    matrices of ``targets`` (roles or matrix names), so variants can be compared. When every
+    matrix has at most :data:`ONE_THREAD_MAX_ENTRIES` entries they are measured with one torch
+    thread (:func:`qft_cli.measure.weights.one_thread_each`): small ``eigvalsh`` calls gain nothing
+    from a second thread and stall when another process keeps a core busy (issue 18: the 36 MiniLM
+    matrices took 177.5 s on 2 threads, 0.76 s on 1; ``benchmarks/bench_threads_load.py``).
+
+    Args:
+        progress: called as ``progress(progress_label, matrices done, matrices)``.
 
     Returns:
         dicts with ``parameter``, ``layer``, ``matrix``, ``spectral_norm``, ``frobenius_norm``.
     """
+    from contextlib import nullcontext
+
     from qft_cli.measure.norms import frobenius_norm, spectral_norm
+    from qft_cli.measure.weights import one_thread_each
     from qft_cli.models.layout import classify_model
     from qft_cli.train.normalization import effective_matrices, parse_targets
 
@@ -203,8 +219,15 @@ def matrix_norm_rows(model: torch.nn.Module, targets: Sequence[str] = ("attentio
             if spec.role == "embedding" or not (spec.role in words or spec.matrix in words):
                 continue
             mats.append((spec.parameter, spec.layer, spec.matrix, spec.extract(params[spec.parameter].detach())))
-    return [{"parameter": p, "layer": int(layer), "matrix": m, "spectral_norm": float(spectral_norm(w)),
-             "frobenius_norm": float(frobenius_norm(w))} for p, layer, m, w in mats]
+    small = all(w.numel() <= ONE_THREAD_MAX_ENTRIES for *_, w in mats)
+    rows = []
+    with one_thread_each() if small else nullcontext():
+        for p, layer, m, w in mats:
+            report(progress, progress_label, len(rows), len(mats))
+            rows.append({"parameter": p, "layer": int(layer), "matrix": m, "spectral_norm": float(spectral_norm(w)),
+                         "frobenius_norm": float(frobenius_norm(w))})
+    report(progress, progress_label, len(rows), len(mats))
+    return rows
 
 
 class ResultsRecorder:
@@ -296,7 +319,8 @@ def _recorder_callback_class():
 
             base = {"variant": self.variant, "seed": self.seed, "epoch": float(state.epoch or 0.0),
                     "step": int(state.global_step)}
-            self.recorder.add(NORMS_TABLE, [{**base, **row} for row in matrix_norm_rows(model, self.targets)])
+            rows = matrix_norm_rows(model, self.targets, self.progress, f"{self.progress_label}: effective norms")
+            self.recorder.add(NORMS_TABLE, [{**base, **row} for row in rows])
             rows = gammas(model)
             if rows:
                 self.recorder.add(GAMMAS_TABLE, [{**base, **row} for row in rows])
@@ -343,6 +367,68 @@ def _recorder_callback_class():
                 self.recorder.add(METRICS_TABLE, rows)
 
     return RecorderCallback
+
+
+# ----------------------------------------------------------------------------- time estimate
+
+#: Optimiser steps timed for the estimate of :class:`TrainingEstimate` (after one warm-up step).
+ESTIMATE_STEPS = 3
+
+
+@dataclass(frozen=True)
+class TrainingEstimate:
+    """How long one variant's training will take, from timing its first steps.
+
+    Attributes:
+        variant, seed: what is being trained.
+        steps: optimiser steps of the whole training (``max_steps`` or epochs x steps per epoch;
+            early stopping may end it sooner).
+        seconds_per_step: mean wall time of steps 2..1+``timed_steps`` (step 1 warms up), seconds.
+        estimated_seconds: ``steps * seconds_per_step``: training steps only (evaluation excluded).
+        timed_steps: how many steps were timed.
+        device: ``cpu``, ``cuda``, ...
+        max_steps_given: whether ``--max-steps`` set ``steps``.
+    """
+
+    variant: str
+    seed: int
+    steps: int
+    seconds_per_step: float
+    estimated_seconds: float
+    timed_steps: int
+    device: str
+    max_steps_given: bool
+
+
+def _estimate_callback_class():
+    from transformers import TrainerCallback
+
+    class EstimateCallback(TrainerCallback):
+        """Times optimiser steps 2..1+``ESTIMATE_STEPS`` and passes one :class:`TrainingEstimate`
+        to ``on_estimate`` (main process only; not when the training is shorter than that)."""
+
+        def __init__(self, on_estimate, variant: str, seed: int, device: str, max_steps_given: bool):
+            self.on_estimate, self.variant, self.seed = on_estimate, variant, seed
+            self.device, self.max_steps_given = device, max_steps_given
+            self.start_step, self.start, self.done = None, 0.0, False
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if self.done or not state.is_world_process_zero:
+                return
+            if self.start_step is None:
+                self.start_step, self.start = state.global_step, time.perf_counter()
+                if state.max_steps <= self.start_step + ESTIMATE_STEPS:
+                    self.done = True
+                return
+            timed = state.global_step - self.start_step
+            if timed >= ESTIMATE_STEPS:
+                per_step = (time.perf_counter() - self.start) / timed
+                self.done = True
+                self.on_estimate(TrainingEstimate(self.variant, self.seed, int(state.max_steps), per_step,
+                                                  per_step * state.max_steps, timed, self.device,
+                                                  self.max_steps_given))
+
+    return EstimateCallback
 
 
 # ----------------------------------------------------------------------------- one variant
@@ -431,7 +517,8 @@ def train_variant(model, datasets: Mapping[str, Any], config: TrainingConfig, va
                   targets: Sequence[str] = ("attention", "ffn"), resume: bool = False,
                   compute_metrics: Optional[Callable] = None, callbacks: Sequence[Any] = (),
                   best_model_dir: Optional[Path] = None, progress: Optional[ProgressFn] = None,
-                  progress_label: Optional[str] = None) -> VariantResult:
+                  progress_label: Optional[str] = None,
+                  on_estimate: Optional[Callable[[TrainingEstimate], None]] = None) -> VariantResult:
     """Train one model with the Hugging Face ``Trainer`` and evaluate the best model on test.
 
     Args:
@@ -452,6 +539,14 @@ def train_variant(model, datasets: Mapping[str, Any], config: TrainingConfig, va
         best_model_dir: where to ``save_pretrained`` the best model (main process only).
         progress: called as ``progress(progress_label, step, max_steps)``.
         progress_label: default ``train <variant>``.
+        on_estimate: on a CPU, called once with the :class:`TrainingEstimate` from timing the first
+            steps (so the caller can say how long the training will take).
+
+    After training, every spectral normalisation is made exact
+    (:func:`qft_cli.train.normalization.set_exact_spectral_norms`): the test scores, the saved best
+    model and an export use effective matrices of spectral norm 1 (to float32 rounding), while the
+    rows of ``norms_during_training`` show the norms training used (one power-iteration step per
+    step lags the weights: up to about 1.05).
 
     The rows recorded carry ``seed`` = ``config.seed``. For sequence classification the test
     predictions of the best model go into the recorder's ``predictions`` table (``variant, seed,
@@ -481,6 +576,12 @@ def train_variant(model, datasets: Mapping[str, Any], config: TrainingConfig, va
     if progress_label:
         recorder_cb.progress_label = progress_label
     cbs = [recorder_cb, *callbacks]
+    from qft_cli.system.device import resolve_device
+
+    device_type = resolve_device(config.device).type
+    if on_estimate is not None and device_type == "cpu":
+        cbs.append(_estimate_callback_class()(on_estimate, variant, int(config.seed), device_type,
+                                              config.max_steps is not None))
     if evaluate and config.early_stopping > 0:
         cbs.append(EarlyStoppingCallback(early_stopping_patience=config.early_stopping))
     trainer = trainer_class()(
@@ -497,6 +598,9 @@ def train_variant(model, datasets: Mapping[str, Any], config: TrainingConfig, va
         # rows logged after the checkpoint are recorded again; without one the variant starts over
         recorder.forget_after(variant, int(Path(checkpoint).name.rsplit("-", 1)[1]) if checkpoint else -1, config.seed)
     trainer.train(resume_from_checkpoint=checkpoint)
+    from qft_cli.train.normalization import set_exact_spectral_norms
+
+    set_exact_spectral_norms(trainer.model)  # the power iteration lags: exact sigma_max for test and export
     test = {"loss": math.nan, "accuracy": math.nan, "f1": math.nan}
     trainer.remove_callback(EarlyStoppingCallback)  # the test evaluation is not a validation score
     if "test" in datasets:
@@ -661,8 +765,11 @@ def parse_seeds(text: Optional[str], seed: Optional[int], default: int = 42) -> 
         return (default if seed is None else seed), None
     if seed is not None:
         raise QftInputError("--seed and --seeds are exclusive: pass --seed N for one seed or --seeds 0,1,2 for several")
+    words = text.split(",")
+    if len(words) > 1 and any(not w.strip() for w in words):
+        raise QftInputError(f"--seeds '{text}' has an empty entry: use e.g. 0,1,2")
     try:
-        values = [int(w) for w in text.split(",") if w.strip()]
+        values = [int(w) for w in words if w.strip()]
     except ValueError:
         raise QftInputError(f"--seeds '{text}' is not a list of integers: use e.g. 0,1,2") from None
     values = check_seeds(values)
@@ -679,7 +786,10 @@ def train_seeds_and_variants(run, recorder: "ResultsRecorder", *, seeds: Sequenc
                              build: Callable[[int, str, Optional[str], Optional[float]], Any],
                              record: Callable[[list[VariantResult], Any], None], datasets: Mapping[str, Any],
                              num_labels: int, data_collator, tokenizer, targets: str, resume: bool = False,
-                             progress: Optional[ProgressFn] = None) -> list[VariantResult]:
+                             progress: Optional[ProgressFn] = None,
+                             on_estimate: Optional[Callable[["TrainingEstimate"], None]] = None,
+                             notes: Sequence[str] = (),
+                             on_notes: Optional[Callable[[list[str]], None]] = None) -> list[VariantResult]:
     """The seed x variant loop of ``qft train`` and ``qft finetune``: for each seed (in order), each
     variant (in order, vanilla first) is trained by :func:`train_variant` with ``config.seed`` = that
     seed, so that every variant of a seed starts from the same weights (``build`` seeds them) and sees
@@ -702,6 +812,9 @@ def train_seeds_and_variants(run, recorder: "ResultsRecorder", *, seeds: Sequenc
         datasets, num_labels, data_collator, tokenizer: as :func:`train_variant`.
         targets: ``--targets`` (comma-separated), the matrices tracked in ``norms_during_training``.
         resume: skip pairs with a test row; continue the interrupted one from its last checkpoint.
+        on_estimate: passed to :func:`train_variant` (a CPU time estimate per training).
+        notes, on_notes: ``on_notes(notes)`` once, after the first model is built (so that every check
+            of model, layers and lengths has passed: bad input stays one line) and before it trains.
 
     Returns:
         One :class:`VariantResult` per (seed, variant), seed-major.
@@ -722,12 +835,16 @@ def train_seeds_and_variants(run, recorder: "ResultsRecorder", *, seeds: Sequenc
             record(results, None)
             continue
         model = build(seed, variant, method, max_gamma)
+        if notes and on_notes is not None:
+            on_notes(list(notes))
+            notes = ()
         result = train_variant(model, datasets, replace(config, seed=seed), variant,
                                output_dir=seed_subdir(run_dir / "checkpoints", variant, seed, several),
                                num_labels=num_labels, recorder=recorder, data_collator=data_collator,
                                tokenizer=tokenizer, targets=targets.split(","), resume=resume,
-                               best_model_dir=best_dir, progress=progress,
-                               progress_label=f"train {variant}" + (f" seed {seed}" if several else ""))
+                               best_model_dir=best_dir if run.is_main_process else None, progress=progress,
+                               progress_label=f"train {variant}" + (f" seed {seed}" if several else ""),
+                               on_estimate=on_estimate)
         results.append(result)
         record(results, model)
         del model  # before the next one is built
@@ -818,7 +935,9 @@ def summary_rows(test_summary: pd.DataFrame, epochs: Mapping[str, float]) -> lis
 
 
 def run_experiment(options: ExperimentOptions, run, *, resume: bool = False,
-                   progress: Optional[ProgressFn] = None) -> ExperimentResult:
+                   progress: Optional[ProgressFn] = None,
+                   on_estimate: Optional[Callable[[TrainingEstimate], None]] = None,
+                   on_notes: Optional[Callable[[list[str]], None]] = None) -> ExperimentResult:
     """Train every variant of ``options`` once per seed into ``run`` (a :class:`qft_cli.runs.rundir.Run` that is entered).
 
     For each seed (``options.seed_list()``, in order) every variant starts from the same initial
@@ -828,7 +947,9 @@ def run_experiment(options: ExperimentOptions, run, *, resume: bool = False,
     test samples. With several seeds, checkpoints and best models go to ``<variant>/seed-<s>/``.
     With ``resume``, finished (variant, seed) pairs (a test row in ``metrics.parquet``) are
     skipped and the interrupted one continues from its last checkpoint. Ends by writing
-    ``test_summary.parquet`` (:func:`write_test_summary`).
+    ``test_summary.parquet`` (:func:`write_test_summary`). ``on_notes`` receives the data notes
+    (which task was read, how validation was split) before training, ``on_estimate`` each
+    variant's :class:`TrainingEstimate` on a CPU (see :func:`train_variant`).
 
     Raises:
         QftInputError: bad options or data (see :meth:`ExperimentOptions.validate`,
@@ -906,7 +1027,8 @@ def run_experiment(options: ExperimentOptions, run, *, resume: bool = False,
     results = train_seeds_and_variants(run, recorder, seeds=options.seed_list(), variants=options.variants(),
                                        config=cfg, build=build, record=record, datasets=encoded,
                                        num_labels=data.num_labels, data_collator=collator, tokenizer=tokenizer,
-                                       targets=options.targets, resume=resume, progress=progress)
+                                       targets=options.targets, resume=resume, progress=progress,
+                                       on_estimate=on_estimate, notes=data.notes, on_notes=on_notes)
     summary = write_test_summary(run, recorder, dataset=data.dataset, task=data.task, num_labels=data.num_labels)
     return ExperimentResult(results, data.sizes(), vocab_size, data.notes, summary, task=data.task)
 
