@@ -58,7 +58,7 @@ def test_norms_inputs_random_writes_run(tmp_path):
     assert result.exit_code == 0, result.output
     table = pd.read_parquet(_only_run(tmp_path) / "norms_inputs.parquet")
     assert len(table) == 20 * 3 and sorted(table["num_tokens"].unique()) == list(range(1, 21))
-    assert list(table.columns[:4]) == ["model", "model_alias", "dataset", "sample_index"]
+    assert list(table.columns[:4]) == ["model", "model_alias", "model_format", "dataset"]
     assert "b 95% low" in result.stdout and (_only_run(tmp_path) / "fits.parquet").is_file()
 
 

@@ -263,7 +263,7 @@ def test_all_weights_nonfinite_keeps_the_columns(tmp_path):
         for p in model.parameters():
             p.fill_(float("nan"))
     model.save_pretrained(tmp_path)
-    result = weight_norms(ModelSource("nan", "local", str(tmp_path)), labels={"model_alias": "nan", "model": "x"})
+    result = weight_norms(ModelSource("nan", "local", str(tmp_path)), labels={"model": "x", "model_alias": "nan", "model_format": "transformers"})
     assert list(result.table.columns) == WEIGHT_COLUMNS
     assert result.table["spectral_norm"].isna().all() and result.table["spectral_norm"].dtype == "float64"
     assert len(summarize_weights(result.table)) == 7

@@ -330,7 +330,7 @@ def hidden_state_norms(model: torch.nn.Module, token_ids: Sequence[Sequence[int]
         for h in handles:
             h.remove()
     table = pd.DataFrame(rows).sort_values(["sample_index", "layer"], kind="stable").reset_index(drop=True)
-    for key, value in (labels or {}).items():
+    for key, value in reversed(list((labels or {}).items())):  # label columns lead, in the given order
         table.insert(0, key, value)
     table = table.astype({"sample_index": "int64", "layer": "int64", "num_tokens": "int64"})
     return InputNormsResult(table, sorted(nonfinite), sorted(all_zero))

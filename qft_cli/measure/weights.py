@@ -249,7 +249,7 @@ def weight_norms(source: ModelSource, *, dtype: Optional[torch.dtype] = None, de
     finally:
         store.close()
     table = pd.DataFrame(rows)
-    for key, value in (labels or {}).items():
+    for key, value in reversed(list((labels or {}).items())):  # label columns lead, in the given order
         table.insert(0, key, value)
     # every norm column, also when no matrix was finite (NaN then)
     table = table.reindex(columns=[c for c in WEIGHT_COLUMNS if c in table.columns or c not in ("model", "model_alias", "model_format")])
@@ -257,12 +257,12 @@ def weight_norms(source: ModelSource, *, dtype: Optional[torch.dtype] = None, de
     table = table.astype({c: "float64" for c in norm_columns})
     vec = pd.concat(vectors, ignore_index=True) if vectors else pd.DataFrame(
         columns=["part", "layer", "matrix", "kind", "vector_index", "value"])
-    for key, value in (labels or {}).items():
+    for key, value in reversed(list((labels or {}).items())):
         vec.insert(0, key, value)
     vec = vec.astype({"layer": "int64", "vector_index": "int64", "value": "float64"})
     head_table = pd.concat(heads, ignore_index=True) if heads else pd.DataFrame(
         columns=["part", "layer", "matrix", "head_index", "spectral_norm", "frobenius_norm"])
-    for key, value in (labels or {}).items():
+    for key, value in reversed(list((labels or {}).items())):
         head_table.insert(0, key, value)
     return WeightNormsResult(table.astype({"layer": "int64", "d_out": "int64", "d_in": "int64"}), vec, nonfinite,
                              head_table.astype({"layer": "int64", "head_index": "int64"}), unrecognised)

@@ -168,7 +168,7 @@ def run_norms_inputs(args: NormsInputsArgs, progress: Optional[ProgressFn] = Non
         QftInputError: bad model names, layers beyond a model's depth, bad data, unwritable out.
     """
     return _per_sample_run("norms inputs", args, progress, parse_layers, hidden_state_norms, "hidden state",
-                           ("dataset", "model_alias", "model", "model_format"), "sample_index", ["layer"], "norms_inputs",
+                           ("model", "model_alias", "model_format", "dataset"), "sample_index", ["layer"], "norms_inputs",
                            lambda table: fit_table(table, FIT_GROUPS, quantity="hidden_states"),
                            lambda table, fits: fit_summary(table, fits, FIT_GROUPS))
 
@@ -379,7 +379,7 @@ def run_norms_weights(args: NormsWeightsArgs, progress: Optional[ProgressFn] = N
                    threads_source=threads.source, spectral_method="exact" if args.exact else "krylov",
                    world_size=world)
         for source in sources:
-            labels = {"model_alias": source.name, "model": source.model_id, "model_format": source.model_format}
+            labels = {"model": source.model_id, "model_alias": source.name, "model_format": source.model_format}
             if world == 1:
                 result = weight_norms(source, dtype=dtype, device=device, progress=progress, exact=args.exact,
                                       labels=labels, workers=threads.count)
