@@ -488,3 +488,24 @@ def test_cpu_training_estimate_from_the_first_steps(tmp_path):
                                    "3 steps; evaluation extra, early stopping may end it sooner); for a quick run "
                                    "pass --max-steps 100 and/or --max-train-samples 2000")
     assert "--max-steps" not in estimate_line(TrainingEstimate("vanilla", 0, 30, 0.1, 3.0, 3, "cpu", True))
+
+
+def test_experiment_options_are_checked_once_and_again_after_a_change(monkeypatch):
+    """The CLI checks the options before the run directory exists and run_experiment checks them
+    for every other caller: the second call on unchanged options runs no check; a change is checked."""
+    from qft_cli.data import tasks
+    from qft_cli.system.errors import QftInputError
+    from qft_cli.train.training import ExperimentOptions
+
+    calls = []
+    check = tasks.validate_dataset_name
+    monkeypatch.setattr(tasks, "validate_dataset_name", lambda *a: calls.append(a) or check(*a))
+    options = ExperimentOptions(dataset="gue", task="prom_core_tata", tokenizer="char", seeds=[3, 1])
+    assert options.validate() is options and options.validate() is options
+    assert len(calls) == 1 and options.training.seed == 3
+    options.dropout = 1.5
+    with pytest.raises(QftInputError, match="--dropout 1.5"):
+        options.validate()
+    options.dropout, options.seeds = 0.1, [2, 2]
+    with pytest.raises(QftInputError, match="repeats a seed"):
+        options.validate()

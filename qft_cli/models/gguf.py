@@ -153,7 +153,7 @@ def _one_reader(path: Path):
     wanted = _reader_key(path)[0]
 
     def reader(file, *args, **kwargs):
-        if not args and not kwargs and str(Path(file).resolve()) == wanted:
+        if not args and not kwargs and isinstance(file, (str, os.PathLike)) and str(Path(file).resolve()) == wanted:
             return gguf_reader(Path(wanted))
         return original(file, *args, **kwargs)
 

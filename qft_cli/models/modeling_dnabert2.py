@@ -322,21 +322,35 @@ def _classification_loss(config: PretrainedConfig, logits: torch.Tensor, labels:
     return F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
 
 
-class DnaBert2ForSequenceClassification(DnaBert2PreTrainedModel):
+class _DnaBert2Classifier(DnaBert2PreTrainedModel):
+    """What both heads share: the encoder ``bert`` (with the pooler where :attr:`pooled`), dropout
+    (``classifier_dropout``, else ``hidden_dropout_prob``) and a linear ``classifier``
+    (hidden_size -> num_labels), as HF BERT."""
+
+    pooled = True
+
+    def __init__(self, config: DnaBert2Config):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.bert = DnaBert2Model(config, add_pooling_layer=self.pooled)
+        dropout = config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+        self.post_init()
+
+    @staticmethod
+    def _as_tuple(loss, logits, out) -> tuple:
+        """The ``return_dict=False`` output: ``(loss?, logits, hidden_states?)``."""
+        rest = (logits,) + ((out.hidden_states,) if out.hidden_states is not None else ())
+        return ((loss,) + rest) if loss is not None else rest
+
+
+class DnaBert2ForSequenceClassification(_DnaBert2Classifier):
     """Encoder + pooler + dropout + linear classifier (``classifier``), as HF BERT.
 
     ``logits``: (batch, num_labels). Loss as HF: cross-entropy for integer labels, MSE for one
     label, BCE for float multi-labels.
     """
-
-    def __init__(self, config: DnaBert2Config):
-        super().__init__(config)
-        self.num_labels = config.num_labels
-        self.bert = DnaBert2Model(config, add_pooling_layer=True)
-        dropout = config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob
-        self.dropout = nn.Dropout(dropout)
-        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
-        self.post_init()
 
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, inputs_embeds=None, labels=None,
                 output_hidden_states=None, return_dict=None, **kwargs):
@@ -344,25 +358,16 @@ class DnaBert2ForSequenceClassification(DnaBert2PreTrainedModel):
                         inputs_embeds=inputs_embeds, output_hidden_states=output_hidden_states, return_dict=True)
         logits = self.classifier(self.dropout(out.pooler_output))
         loss = _classification_loss(self.config, logits, labels) if labels is not None else None
-        return_dict = return_dict if return_dict is not None else self.config.return_dict
-        if not return_dict:
-            rest = (logits,) + ((out.hidden_states,) if out.hidden_states is not None else ())
-            return ((loss,) + rest) if loss is not None else rest
+        if not (return_dict if return_dict is not None else self.config.return_dict):
+            return self._as_tuple(loss, logits, out)
         return SequenceClassifierOutput(loss=loss, logits=logits, hidden_states=out.hidden_states)
 
 
-class DnaBert2ForTokenClassification(DnaBert2PreTrainedModel):
+class DnaBert2ForTokenClassification(_DnaBert2Classifier):
     """Encoder (no pooler) + dropout + linear classifier on every token; ``logits``
     (batch, length, num_labels); cross-entropy loss ignoring label -100."""
 
-    def __init__(self, config: DnaBert2Config):
-        super().__init__(config)
-        self.num_labels = config.num_labels
-        self.bert = DnaBert2Model(config, add_pooling_layer=False)
-        dropout = config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob
-        self.dropout = nn.Dropout(dropout)
-        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
-        self.post_init()
+    pooled = False
 
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, inputs_embeds=None, labels=None,
                 output_hidden_states=None, return_dict=None, **kwargs):
@@ -372,8 +377,6 @@ class DnaBert2ForTokenClassification(DnaBert2PreTrainedModel):
         loss = None
         if labels is not None:
             loss = F.cross_entropy(logits.view(-1, self.num_labels), labels.view(-1), ignore_index=-100)
-        return_dict = return_dict if return_dict is not None else self.config.return_dict
-        if not return_dict:
-            rest = (logits,) + ((out.hidden_states,) if out.hidden_states is not None else ())
-            return ((loss,) + rest) if loss is not None else rest
+        if not (return_dict if return_dict is not None else self.config.return_dict):
+            return self._as_tuple(loss, logits, out)
         return TokenClassifierOutput(loss=loss, logits=logits, hidden_states=out.hidden_states)

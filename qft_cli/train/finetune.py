@@ -374,13 +374,6 @@ class FinetuneResult:
 
         return mean_epochs(self.variants)
 
-    def summary(self) -> list[dict[str, Any]]:
-        """Rows ``variant, accuracy, f1, accuracy_diff, f1_diff, epochs``: means over seeds, mean
-        paired differences to vanilla (NaN without it), mean epochs trained."""
-        from qft_cli.train.training import summary_rows
-
-        return summary_rows(self.test_summary, self.epochs())
-
 
 def finetune(model_name: str, *, dataset: str, settings: FinetuneSettings, run, data_dir: Optional[Path] = None,
              task: Optional[str] = None, tokenizer_name: Optional[str] = None, device: str = "auto",
