@@ -91,6 +91,9 @@ experiments:
     assert grid.cells[0].argv(SPECS["norms inputs"]) == ["norms", "inputs", "tiny-gpt2", "--dataset", "random",
                                                          "--max-tokens", "64", "--seed", "0"]
     assert grid.cells[-1].argv(SPECS["train"]) == ["train", "--norm", "spectral", "--trust-remote-code"]
+    # train's own --seeds (one run over several seeds, paired intervals) is a string, not an axis
+    (one,) = _grid(tmp_path, "experiments:\n  - name: t\n    command: train\n    seeds: \"0,1,2\"\n").cells
+    assert one.argv(SPECS["train"]) == ["train", "--seeds", "0,1,2"]
 
 
 @pytest.mark.parametrize("text, line, words", [
@@ -361,3 +364,35 @@ def test_ray_local_cluster_runs_the_grid(tmp_path):
     assert all(c["executor"] == "ray" and c["threads"] == 1 for c in cells.values())
     assert len(result.failed) == 1
 
+
+
+def test_interrupted_train_cell_resumes_from_its_run_dir(tmp_path, monkeypatch):
+    """A half-done train cell continues with ``--resume <its run dir>`` (a stand-in for python
+    records the command line and completes the run it was given)."""
+    grid = _grid(tmp_path, "experiments:\n  - name: t\n    command: train\n    norm: spectral\n    num-epochs: 2\n")
+    sweep = tmp_path / "sw"
+    plan = make_plan(grid, SPECS, sweep)
+    (cell,) = plan.cells
+    run_dir = sweep / cell.key / "20260101-000000-train-qft-1layer-d768"
+    run_dir.mkdir(parents=True)
+    (run_dir / "run.json").write_text(json.dumps({"command": "train", "status": "interrupted", "options": {}}))
+    plan = make_plan(grid, SPECS, sweep)
+    assert [c.action for c in plan.cells] == ["resume"]
+    record = tmp_path / "argv.json"
+    fake = tmp_path / "python"
+    fake.write_text(f"""#!{sys.executable}
+import json, sys
+from pathlib import Path
+json.dump(sys.argv[1:], open({str(record)!r}, "w"))
+d = Path(sys.argv[sys.argv.index("--resume") + 1])
+meta = json.loads((d / "run.json").read_text()); meta["status"] = "completed"
+(d / "run.json").write_text(json.dumps(meta))
+""")
+    fake.chmod(0o755)
+    monkeypatch.setattr(sys, "executable", str(fake))
+    result = run_sweep(grid, SPECS, sweep, jobs=1)
+    argv = json.loads(record.read_text())
+    assert argv[:5] == ["-m", "qft_cli", "train", "--norm", "spectral"]
+    assert argv[argv.index("--resume") + 1] == str(run_dir)
+    assert [r["status"] for r in result.results] == ["completed"]
+    assert run_dirs(sweep / cell.key) == [run_dir]  # continued in place, no second run dir

@@ -118,7 +118,8 @@ def run_command(
         plan = make_plan(parsed, specs, out, retry_failed=retry_failed, resolve=_resolver)
         threads = local_threads(jobs)[1] if executor == "local" else None
         for c in plan.cells:
-            words = qft_argv(CellTask(c.key, "", c.cell.command, tuple(c.args), str(plan.sweep_dir / c.key), threads))
+            words = qft_argv(CellTask(c.key, "", c.cell.command, tuple(c.args), str(plan.sweep_dir / c.key), threads,
+                                      own=c.own))
             words[:3] = ["qft"]
             what = {"run": "run", "resume": "resume", "skip": "skip (done)", "failed": "skip (failed; --retry-failed)",
                     "duplicate": "skip (same key as an earlier cell)"}[c.action]

@@ -51,7 +51,9 @@ class CellTask:
 
     ``args``: the qft arguments (after ``qft``) without ``--out``, ``--quiet``, ``--threads``;
     ``cell_dir``: absolute path of the cell's folder; ``threads``: torch threads of the cell
-    (``None``: qft's default); ``executor``: recorded in ``cell.json``.
+    (``None``: qft's default); ``executor``: recorded in ``cell.json``; ``own``: which of the
+    sweep's options (``out``, ``quiet``, ``threads``) the command has (a command without ``--out``
+    writes no run directory: it is completed when it exits with status 0).
     """
 
     key: str
@@ -61,6 +63,7 @@ class CellTask:
     cell_dir: str
     threads: Optional[int] = None
     executor: str = "local"
+    own: tuple[str, ...] = ("out", "quiet", "threads")
 
 
 def _now() -> str:
@@ -116,6 +119,8 @@ def cell_state(cell_dir: Path) -> dict[str, Any]:
         return {**info, "status": "completed", "run_dir": str(done)}
     runs = run_dirs(cell_dir)
     status = info.get("status", "pending")
+    if status == "completed" and "out" not in info.get("own", ["out"]) and info.get("exit_code") == 0:
+        return {**info, "status": "completed"}  # a command that writes no run directory
     if status in ("running", "completed"):  # a sweep killed mid-cell, or a completed run whose files changed
         status = "interrupted"
     if status == "pending" and runs:
@@ -199,8 +204,12 @@ def error_line(stderr_text: str) -> Optional[str]:
 def qft_argv(task: CellTask, resume: Optional[Path] = None) -> list[str]:
     """The full command line of a cell: ``python -m qft_cli ARGS --out CELL_DIR --quiet [--threads T]
     [--resume RUN_DIR]``."""
-    words = [sys.executable, "-m", "qft_cli", *task.args, "--out", task.cell_dir, "--quiet"]
-    if task.threads is not None:
+    words = [sys.executable, "-m", "qft_cli", *task.args]
+    if "out" in task.own:
+        words += ["--out", task.cell_dir]
+    if "quiet" in task.own:
+        words.append("--quiet")
+    if task.threads is not None and "threads" in task.own:
         words += ["--threads", str(task.threads)]
     if resume is not None:
         words += ["--resume", str(resume)]
@@ -222,7 +231,8 @@ def run_cell(task: CellTask | dict[str, Any]) -> dict[str, Any]:
         ``argv``, ``started``, ``ended``.
     """
     if isinstance(task, dict):
-        task = CellTask(**{**task, "args": tuple(task["args"])})
+        task = CellTask(**{**task, "args": tuple(task["args"]), "own": tuple(task.get("own", ("out", "quiet",
+                                                                                               "threads")))})
     cell_dir = Path(task.cell_dir)
     cell_dir.mkdir(parents=True, exist_ok=True)
     before = read_json(cell_dir / CELL_JSON) or {}
@@ -238,7 +248,7 @@ def run_cell(task: CellTask | dict[str, Any]) -> dict[str, Any]:
         "key": task.key, "label": task.label, "command": task.command, "argv": argv, "status": "running",
         "exit_code": None, "error": None, "seconds": None, "peak_memory_mb": None, "run_dir": None,
         "attempts": int(before.get("attempts") or 0) + 1, "threads": task.threads, "executor": task.executor,
-        "host": socket.gethostname(), "resumed_from": str(resume) if resume else None,
+        "own": list(task.own), "host": socket.gethostname(), "resumed_from": str(resume) if resume else None,
         "started": _now(), "ended": None}
     write_json_atomic(cell_dir / CELL_JSON, info)
     env = dict(os.environ)
@@ -270,7 +280,9 @@ def _finish(info: dict[str, Any], cell_dir: Path, code: int, usage, start: float
     runs = run_dirs(cell_dir)
     newest = runs[-1] if runs else None
     meta = read_json(newest / RUN_JSON) if newest is not None else None
-    if code == 0 and meta is not None and meta.get("status") == "completed":
+    if code == 0 and "out" not in info.get("own", ["out"]):
+        status = "completed"
+    elif code == 0 and meta is not None and meta.get("status") == "completed":
         status = "completed"
     elif code in (EXIT_INTERRUPTED, -signal.SIGTERM, -signal.SIGINT, -signal.SIGKILL) or \
             (meta is not None and meta.get("status") == "interrupted"):
@@ -295,5 +307,5 @@ def _finish(info: dict[str, Any], cell_dir: Path, code: int, usage, start: float
 
 def task_dict(task: CellTask) -> dict[str, Any]:
     """A :class:`CellTask` as plain data (JSON, pickling across Ray/SLURM)."""
-    return {**asdict(task), "args": list(task.args)}
+    return {**asdict(task), "args": list(task.args), "own": list(task.own)}
 

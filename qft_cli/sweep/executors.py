@@ -30,6 +30,8 @@ from qft_cli.sweep.grid import Cell, CommandSpec, Grid
 from qft_cli.sweep.keys import ModelResolver, cell_key
 
 EXECUTORS = ("local", "slurm", "ray")
+#: SLURM time limit (minutes) of a cell whose grid gives no ``time``.
+DEFAULT_TIME_MIN = 240
 LOCK = ".sweep.lock"
 
 
@@ -47,6 +49,7 @@ class PlannedCell:
     action: str
     run_dir: Optional[str] = None
     error: Optional[str] = None
+    own: tuple[str, ...] = ("out", "quiet", "threads")
 
 
 @dataclass
@@ -90,7 +93,8 @@ def make_plan(grid: Grid, specs: dict[str, CommandSpec], sweep_dir: Path | str, 
             action = "resume"
         else:
             action = "run"
-        plan.cells.append(PlannedCell(cell, key, args, status, action, state.get("run_dir"), state.get("error")))
+        own = tuple(o for o in ("out", "quiet", "threads") if o in spec.options)
+        plan.cells.append(PlannedCell(cell, key, args, status, action, state.get("run_dir"), state.get("error"), own))
     return plan
 
 
@@ -150,7 +154,7 @@ def local_threads(jobs: int, cores: Optional[int] = None) -> tuple[int, int]:
 def tasks_for(plan: Plan, threads: Optional[int], executor: str) -> list[CellTask]:
     """The :class:`CellTask` of every cell the plan runs."""
     return [CellTask(key=c.key, label=c.cell.label(), command=c.cell.command, args=tuple(c.args),
-                     cell_dir=str(plan.sweep_dir / c.key), threads=threads, executor=executor)
+                     cell_dir=str(plan.sweep_dir / c.key), threads=threads, executor=executor, own=c.own)
             for c in plan.to_run()]
 
 
@@ -196,8 +200,10 @@ def _minutes(value: Any) -> int:
 def slurm_parameters(resources: dict[str, Any], name: str) -> dict[str, Any]:
     """``submitit.AutoExecutor.update_parameters`` keywords of a grid's ``slurm`` resources:
     ``partition, account, qos, constraint, mem, array_parallelism`` -> ``slurm_<key>``; ``time``
-    -> ``timeout_min``; ``gpus_per_node``, ``cpus_per_task`` as they are; ``name`` the job name."""
-    params: dict[str, Any] = {"name": name}
+    -> ``timeout_min`` (default :data:`DEFAULT_TIME_MIN`: submitit's own default is 5 minutes on
+    SLURM, 2 in its LocalExecutor); ``gpus_per_node``, ``cpus_per_task`` as they are; ``name`` the
+    job name."""
+    params: dict[str, Any] = {"name": name, "timeout_min": DEFAULT_TIME_MIN}
     for key, value in resources.items():
         if key in ("partition", "account", "qos", "constraint", "mem", "array_parallelism"):
             params[f"slurm_{key}"] = value
@@ -387,7 +393,7 @@ def run_sweep(grid: Grid, specs: dict[str, CommandSpec], sweep_dir: Path | str, 
             tasks = []
             for t in tasks_for(plan, None, "slurm" if slurm_cluster == "slurm" else "slurm-local"):
                 cpus = dict(cells[t.key].slurm).get("cpus_per_task")
-                tasks.append(CellTask(**{**task_dict(t), "args": tuple(t.args), "threads": cpus}))
+                tasks.append(CellTask(**{**task_dict(t), "args": tuple(t.args), "own": t.own, "threads": cpus}))
             results = run_submitit(tasks, cells, sweep_dir / ".submitit", slurm_cluster, progress) if tasks else []
         else:
             tasks = tasks_for(plan, None, "ray")

@@ -346,6 +346,10 @@ def _expand(path: Path, node, specs, base, slurm_top, ray_top, names) -> list[Ce
                 raise QftInputError(f"{_where(path, key_node)}: `qft {command}` has no --seed: remove seeds:")
             if "seed" in by_key:
                 raise QftInputError(f"{_where(path, key_node)}: both seed: and seeds: given: keep one")
+            value = _construct(value_node)
+            if isinstance(value, str) and "seeds" in spec.options:  # the command's own --seeds 0,1,2: one run
+                axes.append(("seeds", [value]))
+                continue
             opt = spec.options["seed"]
             axes.append(("seed", [v for v, _ in _axis(path, value_node,
                                                       lambda n, v: _option_value(path, n, v, opt, base))]))
