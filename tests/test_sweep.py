@@ -396,3 +396,17 @@ meta = json.loads((d / "run.json").read_text()); meta["status"] = "completed"
     assert argv[argv.index("--resume") + 1] == str(run_dir)
     assert [r["status"] for r in result.results] == ["completed"]
     assert run_dirs(sweep / cell.key) == [run_dir]  # continued in place, no second run dir
+
+
+def test_unknown_model_and_missing_executor_write_nothing(tmp_path, monkeypatch):
+    path = tmp_path / "g.yaml"
+    path.write_text("experiments:\n  - name: a\n    command: norms weights\n    model:\n      - tiny-gpt2\n"
+                    "      - nosuchmodel\n")
+    result = runner.invoke(app, ["sweep", "run", str(path), "--out", str(tmp_path / "sw")])
+    assert result.exit_code == 2
+    assert result.output.strip().startswith(f"error: {path}:6: unknown model 'nosuchmodel'")
+    monkeypatch.setenv("PATH", str(tmp_path))  # no srun
+    path.write_text("experiments:\n  - name: a\n    command: norms weights\n    model: tiny-gpt2\n")
+    result = runner.invoke(app, ["sweep", "run", str(path), "--out", str(tmp_path / "sw"), "--executor", "slurm"])
+    assert result.exit_code == 2 and ("--slurm-local" in result.output or "qft-cli[slurm]" in result.output)
+    assert not (tmp_path / "sw").exists()

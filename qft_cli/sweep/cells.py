@@ -121,11 +121,29 @@ def cell_state(cell_dir: Path) -> dict[str, Any]:
     status = info.get("status", "pending")
     if status == "completed" and "out" not in info.get("own", ["out"]) and info.get("exit_code") == 0:
         return {**info, "status": "completed"}  # a command that writes no run directory
-    if status in ("running", "completed"):  # a sweep killed mid-cell, or a completed run whose files changed
+    if status == "running" and _running_elsewhere(info):
+        pass  # another process (this host, or a cluster node) is running it now
+    elif status in ("running", "completed"):  # a sweep killed mid-cell, or a completed run whose files changed
         status = "interrupted"
     if status == "pending" and runs:
         status = "interrupted"
     return {**info, "status": status, "run_dir": str(runs[-1]) if runs else info.get("run_dir")}
+
+
+def _pid_is_qft(pid: Any) -> bool:
+    try:
+        with open(f"/proc/{int(pid)}/cmdline", "rb") as f:
+            return b"qft_cli" in f.read()
+    except (OSError, TypeError, ValueError):
+        return False
+
+
+def _running_elsewhere(info: dict[str, Any]) -> bool:
+    """``cell.json`` says ``running`` and its qft process is alive (on this host: checked by pid;
+    on another host, a cluster node: taken as said)."""
+    if info.get("host") != socket.gethostname():
+        return True
+    return _pid_is_qft(info.get("pid"))
 
 
 def _resumable_run(task: CellTask) -> Optional[Path]:
@@ -185,13 +203,7 @@ def _wait_for_orphan(before: dict[str, Any], timeout_s: float = 120.0) -> None:
     if before.get("status") != "running" or not isinstance(pid, int) or before.get("host") != socket.gethostname():
         return
     deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                if b"qft_cli" not in f.read():
-                    return  # the pid was reused by another program
-        except OSError:
-            return
+    while time.monotonic() < deadline and _pid_is_qft(pid):
         time.sleep(0.2)
 
 

@@ -350,6 +350,25 @@ def run_ray(tasks: list[CellTask], cells: dict[str, Cell], address: Optional[str
 
 # ----------------------------------------------------------------------------- one sweep
 
+def check_executor(executor: str, slurm_cluster: str = "slurm") -> None:
+    """Refuse an executor whose extra is missing, or ``slurm`` where there is no SLURM.
+
+    Raises:
+        QftInputError: with the fix (the pip extra, or ``--slurm-local``).
+    """
+    import importlib.util
+    import shutil
+
+    if executor == "slurm":
+        if importlib.util.find_spec("submitit") is None:
+            raise QftInputError("--executor slurm needs submitit: pip install 'qft-cli[slurm]'")
+        if slurm_cluster == "slurm" and shutil.which("srun") is None:
+            raise QftInputError("--executor slurm: no SLURM here (srun not found): run qft sweep on a SLURM login "
+                                "node, or pass --slurm-local to run the jobs here through submitit's LocalExecutor")
+    if executor == "ray" and importlib.util.find_spec("ray") is None:
+        raise QftInputError("--executor ray needs Ray: pip install 'qft-cli[ray]'")
+
+
 @dataclass
 class SweepResult:
     """What :func:`run_sweep` did: the plan, each run cell's ``cell.json``, the failed cells
@@ -379,6 +398,9 @@ def run_sweep(grid: Grid, specs: dict[str, CommandSpec], sweep_dir: Path | str, 
     """
     if executor not in EXECUTORS:
         raise QftInputError(f"--executor {executor!r} is not one of {', '.join(EXECUTORS)}")
+    check_executor(executor, slurm_cluster)
+    for cell in grid.cells:  # grid errors (an unknown model, an unreadable file) before anything is written
+        cell_key(cell, specs[cell.command], resolve)
     sweep_dir = check_writable(Path(sweep_dir)).absolute()
     with sweep_lock(sweep_dir):
         plan = make_plan(grid, specs, sweep_dir, retry_failed=retry_failed, resolve=resolve)

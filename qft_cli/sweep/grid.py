@@ -83,6 +83,7 @@ class Cell:
     source: str  # FILE:LINE of the experiment
     slurm: tuple[tuple[str, Any], ...] = ()
     ray: tuple[tuple[str, Any], ...] = ()
+    model_source: str = ""  # FILE:LINE of the model value
 
     def option_dict(self) -> dict[str, Any]:
         return dict(self.options)
@@ -320,7 +321,7 @@ def _expand(path: Path, node, specs, base, slurm_top, ray_top, names) -> list[Ce
     spec = specs[command]
     axes: list[tuple[str, list[Any]]] = []
     slurm, ray = dict(slurm_top), dict(ray_top)
-    models_axis: list[Any] = [()]
+    models_axis: list[Any] = [((), where)]
     for key, key_node, value_node in entries:
         if key in ("name", "command"):
             continue
@@ -339,7 +340,7 @@ def _expand(path: Path, node, specs, base, slurm_top, ray_top, names) -> list[Ce
                     raise QftInputError(f"{_where(path, n)}: model must be a model name or path (got {v!r})")
                 return _local_path(str(v), base) or str(v)
 
-            models_axis = [(m,) for m, _ in _axis(path, value_node, check_model)]
+            models_axis = [((m,), _where(path, n)) for m, n in _axis(path, value_node, check_model)]
             continue
         if key == "seeds":
             if "seed" not in spec.options:
@@ -378,12 +379,13 @@ def _expand(path: Path, node, specs, base, slurm_top, ray_top, names) -> list[Ce
                 axes.append((key, [check(value_node, _construct(value_node))]))
             continue
         axes.append((key, [v for v, _ in _axis(path, value_node, check)]))
-    if spec.model is not None and models_axis == [()]:
+    if spec.model is not None and models_axis == [((), where)]:
         raise QftInputError(f"{where}: `qft {command}` needs a MODEL: add model: NAME (or a list of names)")
     cells = []
-    for models in models_axis:
+    for models, model_where in models_axis:
         for values in itertools.product(*[vals for _, vals in axes]):
             options = tuple((k, v) for (k, _), v in zip(axes, values))
             cells.append(Cell(experiment=name, command=command, models=tuple(models), options=options, source=where,
-                              slurm=tuple(sorted(slurm.items())), ray=tuple(sorted(ray.items()))))
+                              slurm=tuple(sorted(slurm.items())), ray=tuple(sorted(ray.items())),
+                              model_source=model_where))
     return cells

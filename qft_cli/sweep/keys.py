@@ -101,6 +101,9 @@ def key_material(cell: Cell, spec: CommandSpec, resolve: Optional[ModelResolver]
     """
     try:
         models = [model_fingerprint(m, resolve) for m in cell.models]
+    except QftInputError as err:
+        raise QftInputError(f"{cell.model_source or cell.source}: {err}") from None
+    try:
         files = [{"sha256": r["sha256"], "size_bytes": r["size_bytes"]}
                  for r in (file_record(p) for p in input_files(cell))]
     except QftInputError as err:
