@@ -127,9 +127,17 @@ def run_command(
         console.print(f"{len(plan.cells)} cells: {len(plan.to_run())} to run, {plan.count('skip')} done, "
                       f"{plan.count('failed')} failed before, {plan.count('duplicate')} duplicate", markup=False)
         return
-    with progress_bar(quiet) as progress:
-        result = run_sweep(parsed, specs, out, executor=executor, jobs=jobs, retry_failed=retry_failed,
-                           resolve=_resolver, slurm_cluster="local" if slurm_local else "slurm", progress=progress)
+    try:
+        with progress_bar(quiet) as progress:
+            result = run_sweep(parsed, specs, out, executor=executor, jobs=jobs, retry_failed=retry_failed,
+                               resolve=_resolver, slurm_cluster="local" if slurm_local else "slurm", progress=progress)
+    except KeyboardInterrupt:
+        from qft_cli.cli.common import argv
+
+        err_console.print(f"interrupted: the running cells of {out} are marked interrupted", markup=False,
+                          soft_wrap=True)
+        err_console.print(f"finish the sweep with: {shlex.join(argv())}", markup=False, soft_wrap=True)
+        raise typer.Exit(130) from None
     plan = result.plan
     done = sum(r.get("status") == "completed" for r in result.results)
     how = f", {result.workers} workers x {result.threads} threads" if result.workers else ""
