@@ -16,7 +16,8 @@ from typer.testing import CliRunner
 from qft_cli.cli.app import app
 from qft_cli.cli.sweep import command_specs
 from qft_cli.sweep.cells import CELL_JSON, run_dirs
-from qft_cli.sweep.executors import local_threads, make_plan, run_sweep, slurm_parameters, submitit_executor
+from qft_cli.sweep.executors import (local_threads, make_plan, run_sweep, slurm_parameters, submitit_executor,
+                                     sweep_status)
 from qft_cli.sweep.grid import load_grid
 from qft_cli.sweep.keys import cell_key, key_material
 from qft_cli.system.errors import QftInputError
@@ -230,9 +231,14 @@ def test_local_two_workers_failure_status_retry(tmp_path):
     assert [r["key"] for r in result.failed] == [bad["key"]]
 
     # status: the failed cell with its error line
-    status = runner.invoke(app, ["sweep", "status", str(sweep)])
+    rows = {r["key"]: r for r in sweep_status(sweep)}
+    assert rows[bad["key"]]["status"] == "failed" and rows[bad["key"]]["error"] == bad["error"]
+    assert all(r["error"] is None and r["run_dir"] and r["seconds"] > 0 for k, r in rows.items() if k != bad["key"])
+    status = runner.invoke(app, ["sweep", "status", str(sweep)], env={"COLUMNS": "400"})
     assert status.exit_code == 0, status.output
-    assert "failed" in status.output and "2 completed, 1 failed" in status.output.replace("\n", " ")
+    (line,) = [ln for ln in status.output.splitlines() if bad["key"] in ln]
+    assert "failed" in line and bad["error"] in line
+    assert "2 completed, 1 failed" in status.output
 
     # a rerun runs nothing and still names the failed cell (exit 1)
     again = runner.invoke(app, ["sweep", "run", str(tmp_path / "grid.yaml"), "--out", str(sweep), "--quiet"])

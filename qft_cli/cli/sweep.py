@@ -107,8 +107,10 @@ def run_command(
                                                                   "LocalExecutor (no SLURM; to try a grid)."),
     quiet: bool = QUIET_OPTION,
 ) -> None:
-    """Run every cell of GRID that is not done yet (skipped by content: command, options, qft's
-    version and input hashes); failed cells are named at the end (exit status 1)."""
+    """Run every cell of GRID that is not done yet; failed cells are named at the end (exit status 1).
+
+    A cell is done when a completed, verified run of the same command, options, qft version and
+    input hashes is in its folder (docs/sweep.md)."""
     from qft_cli.sweep.executors import local_threads, make_plan, run_sweep
     from qft_cli.sweep.cells import qft_argv, CellTask
 
