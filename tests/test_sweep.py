@@ -14,7 +14,7 @@ import pytest
 from typer.testing import CliRunner
 
 from qft_cli.cli.app import app
-from qft_cli.cli.sweep import command_specs
+from qft_cli.cli.sweep import _resolver, command_specs
 from qft_cli.sweep.cells import CELL_JSON, run_dirs
 from qft_cli.sweep.executors import (local_threads, make_plan, run_sweep, slurm_parameters, submitit_executor,
                                      sweep_status)
@@ -176,7 +176,7 @@ experiments:
 
     def key(t=text):
         (cell,) = _grid(tmp_path, t).cells
-        return cell_key(cell, SPECS["norms inputs"])
+        return cell_key(cell, SPECS["norms inputs"], _resolver)  # qft's own model resolver, as the CLI
 
     k0 = key()
     assert key() == k0  # stable across parses
