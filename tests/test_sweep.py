@@ -225,7 +225,7 @@ def test_local_two_workers_failure_status_retry(tmp_path):
     assert bad["error"].startswith("error: ")
     for c in cells.values():
         if c["status"] == "completed":
-            assert c["seconds"] > 0 and c["peak_memory_mb"] > 50 and c["threads"] >= 1
+            assert c["seconds"] > 0 and c["peak_memory_mib"] > 50 and c["threads"] >= 1
             meta = json.loads((Path(c["run_dir"]) / "run.json").read_text())
             assert meta["status"] == "completed" and "--out" in meta["argv"]
     assert [r["key"] for r in result.failed] == [bad["key"]]

@@ -170,7 +170,7 @@ def status_command(
     for r in rows:
         table.add_row(Text(f"{r['key']} {r['label']}"), Text(r["status"], style=styles.get(r["status"], "")),
                       "" if r["seconds"] is None else f"{r['seconds']:.1f}",
-                      "" if r["peak_memory_mb"] is None else f"{r['peak_memory_mb']:.0f}",
+                      "" if r["peak_memory_mib"] is None else f"{r['peak_memory_mib']:.0f}",
                       Text(r["run_dir"] or ""), Text(r["error"] or ""))
     console.print(table)
     counts = {}

@@ -4,7 +4,7 @@ Layout of a sweep directory (docs/sweep.md)::
 
     <sweep>/sweep.json               the grid: cells in order, their keys, labels and qft arguments
     <sweep>/<key>/cell.json          the cell's last attempt: status, exit_code, error, seconds,
-                                     peak_memory_mb, run_dir, attempts, threads, executor, host
+                                     peak_memory_mib, run_dir, attempts, threads, executor, host
     <sweep>/<key>/stdout.log, stderr.log   the last attempt's output
     <sweep>/<key>/<run dir>/run.json the qft run (qft_cli.runs.rundir), found by `qft report <sweep>`
     <sweep>/<key>/.attempts/         run dirs of interrupted norms cells (not resumable), kept aside
@@ -238,7 +238,7 @@ def run_cell(task: CellTask | dict[str, Any]) -> dict[str, Any]:
     Returns:
         ``cell.json``'s content: ``key, label, status`` (``completed``, ``failed``,
         ``interrupted``), ``exit_code``, ``error`` (last stderr line, ``None`` when completed),
-        ``seconds`` (wall clock), ``peak_memory_mb`` (the qft process's maximum resident set
+        ``seconds`` (wall clock), ``peak_memory_mib`` (the qft process's maximum resident set
         size, MiB, from ``wait4``), ``run_dir``, ``attempts``, ``threads``, ``executor``, ``host``,
         ``argv``, ``started``, ``ended``.
     """
@@ -258,7 +258,7 @@ def run_cell(task: CellTask | dict[str, Any]) -> dict[str, Any]:
     argv = qft_argv(task, resume)
     info: dict[str, Any] = {
         "key": task.key, "label": task.label, "command": task.command, "argv": argv, "status": "running",
-        "exit_code": None, "error": None, "seconds": None, "peak_memory_mb": None, "run_dir": None,
+        "exit_code": None, "error": None, "seconds": None, "peak_memory_mib": None, "run_dir": None,
         "attempts": int(before.get("attempts") or 0) + 1, "threads": task.threads, "executor": task.executor,
         "own": list(task.own), "host": socket.gethostname(), "resumed_from": str(resume) if resume else None,
         "started": _now(), "ended": None}
@@ -311,7 +311,7 @@ def _finish(info: dict[str, Any], cell_dir: Path, code: int, usage, start: float
         if code == 0 and status == "failed":
             error = f"exit status 0 but no completed run directory ({error})"
     info.update(status=status, exit_code=code, error=error, seconds=round(time.perf_counter() - start, 3),
-                peak_memory_mb=round(usage.ru_maxrss / 1024.0, 1), run_dir=str(newest) if newest else None,
+                peak_memory_mib=round(usage.ru_maxrss / 1024.0, 1), run_dir=str(newest) if newest else None,
                 ended=_now())
     write_json_atomic(cell_dir / CELL_JSON, info)
     return info

@@ -428,7 +428,7 @@ def run_sweep(grid: Grid, specs: dict[str, CommandSpec], sweep_dir: Path | str, 
 
 
 def sweep_status(sweep_dir: Path | str) -> list[dict[str, Any]]:
-    """One row per cell of a sweep folder: ``key, label, status, seconds, peak_memory_mb, run_dir,
+    """One row per cell of a sweep folder: ``key, label, status, seconds, peak_memory_mib, run_dir,
     error, attempts``, in grid order (cells of earlier grids after).
 
     Raises:
@@ -449,7 +449,7 @@ def sweep_status(sweep_dir: Path | str) -> list[dict[str, Any]]:
             except ValueError:
                 pass
         rows.append({"key": c["key"], "label": c.get("label"), "status": state["status"],
-                     "seconds": state.get("seconds"), "peak_memory_mb": state.get("peak_memory_mb"),
+                     "seconds": state.get("seconds"), "peak_memory_mib": state.get("peak_memory_mib"),
                      "run_dir": run_dir, "error": state.get("error") if state["status"] != "completed" else None,
                      "attempts": state.get("attempts", 0), "in_grid": c.get("in_grid", True)})
     return rows
