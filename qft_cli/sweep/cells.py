@@ -296,7 +296,7 @@ def _finish(info: dict[str, Any], cell_dir: Path, code: int, usage, start: float
         status = "completed"
     elif code == 0 and meta is not None and meta.get("status") == "completed":
         status = "completed"
-    elif code in (EXIT_INTERRUPTED, -signal.SIGTERM, -signal.SIGINT, -signal.SIGKILL) or \
+    elif code in (EXIT_INTERRUPTED, -signal.SIGTERM, -signal.SIGINT) or \
             (meta is not None and meta.get("status") == "interrupted"):
         status = "interrupted"
     else:
@@ -306,8 +306,13 @@ def _finish(info: dict[str, Any], cell_dir: Path, code: int, usage, start: float
     except OSError:
         stderr_text = ""
     error = None
-    if status != "completed":
+    if status == "interrupted":
+        said = [ln.strip() for ln in stderr_text.splitlines() if ln.strip().startswith("interrupted")]
+        error = said[0] if said else f"interrupted (exit status {code})"
+    elif status != "completed":
         error = error_line(stderr_text) or (f"exit status {code}" if code else "no run directory was written")
+        if code == -signal.SIGKILL:  # the kernel's OOM killer, or a kill -9 of the cell itself
+            error = f"killed by SIGKILL (out of memory? see dmesg); last stderr line: {error}"
         if code == 0 and status == "failed":
             error = f"exit status 0 but no completed run directory ({error})"
     info.update(status=status, exit_code=code, error=error, seconds=round(time.perf_counter() - start, 3),
