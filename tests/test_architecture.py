@@ -18,8 +18,9 @@ ALLOWED = {
     "measure": {"models", "data", "runs", "system"},
     "train": {"measure", "models", "data", "runs", "system"},
     "report": {"measure", "train", "runs", "system"},
+    "sweep": {"runs", "system"},
     "demo": {"measure", "train", "report", "data", "models", "runs", "system"},
-    "cli": {"demo", "measure", "train", "report", "data", "models", "runs", "system"},
+    "cli": {"sweep", "demo", "measure", "train", "report", "data", "models", "runs", "system"},
 }
 
 

@@ -91,6 +91,7 @@ def _register() -> None:
     for module_name, attr, name in (
         ("qft_cli.cli.norms", "app", "norms"),
         ("qft_cli.cli.runs", "app", "runs"),
+        ("qft_cli.cli.sweep", "app", "sweep"),
     ):
         module = importlib.import_module(module_name)
         app.add_typer(getattr(module, attr), name=name)
