@@ -1,0 +1,1 @@
+"""Run directories, atomic writers, file hashing and provenance, verification."""
