@@ -353,3 +353,28 @@ def test_missing_triton_for_remote_code_is_one_line(monkeypatch):
         load_model(models.resolve_model("dnabert"), trust_remote_code=True)
     message = str(err.value)
     assert "\n" not in message and "triton" in message and "drop --trust-remote-code" in message
+
+
+# ----------------------------------------------------------------------------- a sharded checkpoint with a shard missing (issue 21, item 12)
+
+def test_index_naming_a_missing_shard_is_one_line(tmp_path):
+    """An index whose weight_map names a shard that is not there: one line naming the shard, for
+    ``norms weights`` and ``norms inputs`` (not a model with that shard's tensors silently missing)."""
+    from qft_cli.runs.files import checkpoint_files
+
+    from transformers import AutoModel
+
+    directory = tmp_path / "sharded"
+    build_tiny_model("tiny-bert", AutoModel).save_pretrained(directory, max_shard_size="100KB")
+    tiny_tokenizer(with_bert_specials=True).save_pretrained(directory)
+    shards = sorted(directory.glob("model-*-of-*.safetensors"))
+    assert len(shards) >= 2 and (directory / "model.safetensors.index.json").is_file()
+    assert checkpoint_files(directory) == shards
+    shards[-1].unlink()
+    with pytest.raises(QftInputError, match=shards[-1].name):
+        checkpoint_files(directory)
+    result = invoke("norms", "weights", directory, "--out", tmp_path / "o", "--quiet")
+    _assert_one_line_nothing_written(result, tmp_path / "o", shards[-1].name, "missing")
+    result = invoke("norms", "inputs", directory, "--dataset", "random", "--max-tokens", 8, "--out", tmp_path / "o",
+                    "--quiet")
+    _assert_one_line_nothing_written(result, tmp_path / "o", shards[-1].name, "missing")
