@@ -15,10 +15,12 @@ import hashlib
 import json
 import os
 import re
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any, Optional
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -86,13 +88,56 @@ def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
         raise
 
 
+def _plain(value: Any) -> Any:
+    """A torch tensor or NumPy value as a plain Python value (0-d: a scalar, else a list)."""
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(value, torch.Tensor):
+        return value.item() if value.dim() == 0 else value.tolist()
+    if isinstance(value, (np.generic, np.ndarray)):
+        return value.item() if np.ndim(value) == 0 else value.tolist()
+    return value
+
+
+def arrow_table(df: pd.DataFrame, name: str = "table") -> pa.Table:
+    """``df`` as a pyarrow table; values of object columns that are torch tensors or NumPy
+    scalars/arrays are converted to plain Python values first (0-d: a scalar, else a list).
+
+    Raises:
+        TypeError: a column still holds values parquet cannot store in one column (numbers mixed with
+            strings, unknown objects), naming the column and the Python types found.
+    """
+    objects = [c for c in df.columns if df[c].dtype == object]
+    if objects:
+        df = df.copy()
+        for col in objects:
+            df[col] = df[col].map(_plain)
+    try:
+        return pa.Table.from_pandas(df, preserve_index=False)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as err:
+        for col in objects:
+            try:
+                pa.array(df[col], from_pandas=True)
+            except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+                kinds = sorted({type(v).__name__ for v in df[col] if v is not None})
+                raise TypeError(f"column {col!r} of {name} cannot be written to parquet: it mixes "
+                                f"{', '.join(kinds)} values (one type per column)") from err
+        raise
+
+
 def write_parquet_atomic(df: pd.DataFrame, path: Path) -> Path:
-    """Write ``df`` to ``path`` as parquet through a temporary file and a rename."""
+    """Write ``df`` to ``path`` as parquet through a temporary file and a rename (values converted
+    by :func:`arrow_table`; nothing is written when it raises).
+
+    Raises:
+        TypeError: a column parquet cannot store (see :func:`arrow_table`).
+        OSError: the directory cannot be written (a full disk: ``errno.ENOSPC``).
+    """
     path = Path(path)
+    table = arrow_table(df, path.name)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
-        pq.write_table(pa.Table.from_pandas(df, preserve_index=False), tmp)
+        pq.write_table(table, tmp)
         os.chmod(tmp, _file_mode())
         os.replace(tmp, path)
     except BaseException:
