@@ -78,7 +78,9 @@ class Run:
     is_main_process: bool = True
 
     def create(self) -> Path:
-        """Create the run directory (unique name) and return its path."""
+        """Create the run directory and return its path: ``<stamp>-<command>-<model>``, then ``-2``,
+        ``-3``, ... when taken; the name is claimed by ``mkdir`` itself, so runs created at once by
+        several processes (a sweep) each get their own directory."""
         self._created_root = _first_missing(Path(self.out)) if self.is_main_process else None
         out = check_writable(self.out) if self.is_main_process else Path(self.out)
         stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -86,13 +88,18 @@ class Run:
         if len(self.models) > 1:
             model_part += f"-and-{len(self.models) - 1}-more"
         base = f"{stamp}-{self.command.replace(' ', '-')}-{model_part}"
-        path = out / base
         i = 1
-        while path.exists():
+        while True:  # mkdir itself claims the name: two processes in the same second never share one
+            path = out / (base if i == 1 else f"{base}-{i}")
+            if self.is_main_process:
+                try:
+                    path.mkdir(parents=True)
+                    break
+                except FileExistsError:
+                    pass
+            elif not path.exists():
+                break
             i += 1
-            path = out / f"{base}-{i}"
-        if self.is_main_process:
-            path.mkdir(parents=True)
         self.path = path
         return path
 
