@@ -96,7 +96,7 @@ def test_bad_options_one_line_exit_2(tmp_path, case, match):
 @pytest.mark.parametrize("kind, match", [
     ("empty", "no train.csv"),
     ("letters", "invalid DNA letters 'U'"),
-    ("label", "outside the training labels"),
+    ("label", "labels outside [0, 1]"),
 ])
 def test_bad_data_one_line_exit_2_and_no_run_dir(tmp_path, kind, match):
     if kind == "empty":
@@ -332,3 +332,25 @@ def test_multi_seed_run_resumes_the_unfinished_seed(tmp_path):
     assert (run_dir / "best" / "vanilla" / "seed-1" / "config.json").is_file()
     summary = pd.read_parquet(run_dir / "test_summary.parquet")
     assert set(summary.num_seeds) == {2} and set(summary.interval) == {"t over seeds"}
+
+
+def test_num_labels_overrides_the_task_label_set(tmp_path):
+    """Issue 21, item 4: labels {0, 1, 2} in the binary prom_core_notata are refused naming the rows
+    (no 3-class model, no run directory); --num-labels 3 trains a 3-class model."""
+    data = _dna_dir(tmp_path)
+    train = data / "train.csv"
+    lines = train.read_text().splitlines()
+    lines[5] = lines[5].rsplit(",", 1)[0] + ",2"
+    train.write_text("\n".join(lines) + "\n")
+    out = tmp_path / "runs"
+    args = [*TINY, "--data-dir", str(data), "--out", str(out), "--norm", "vanilla", "--max-steps", "1",
+            "--num-epochs", "1", "--early-stopping", "0"]
+    refused = _invoke(args)
+    assert refused.exit_code == 2, refused.output
+    lines = refused.stderr.strip().splitlines()
+    assert len(lines) == 1 and "train.csv: 1 row(s) (row 5 label 2)" in lines[0] and "--num-labels" in lines[0]
+    assert not out.exists() or not any(out.iterdir())
+    result = _invoke([*args, "--num-labels", "3"])
+    assert result.exit_code == 0, result.output + str(result.exception)
+    (run_dir,) = list(out.iterdir())
+    assert len(json.loads((run_dir / "best" / "vanilla" / "config.json").read_text())["id2label"]) == 3

@@ -73,6 +73,7 @@ class FinetuneSettings:
         max_steps: stop after this many optimiser steps (overrides ``num_epochs``).
         max_train_samples, max_eval_samples: seeded subsets for quick runs.
         mixed_precision: ``auto`` (bf16/fp16 on CUDA only), ``no``, ``fp16``, ``bf16``.
+        num_labels: classes of a DNA task (default: the task's own, :func:`qft_cli.data.tasks.task_num_labels`).
     """
 
     norm: str = "none"
@@ -95,6 +96,7 @@ class FinetuneSettings:
     max_eval_samples: Optional[int] = None
     mixed_precision: str = "auto"
     seeds: Optional[list[int]] = None
+    num_labels: Optional[int] = None
 
     def __post_init__(self) -> None:
         from qft_cli.train.training import check_seeds
@@ -426,7 +428,7 @@ def finetune(model_name: str, *, dataset: str, settings: FinetuneSettings, run, 
     if export_dir is not None and Path(export_dir).exists() and not Path(export_dir).is_dir():
         raise QftInputError(f"--export {export_dir} is a file: pass a directory")  # before training, not after
     source = resolve_finetune_model(model_name)
-    data = load_task(dataset, task=task, data_dir=data_dir, seed=settings.seed)
+    data = load_task(dataset, task=task, data_dir=data_dir, seed=settings.seed, num_labels=settings.num_labels)
     subsample(data, "train", settings.max_train_samples, settings.seed)
     for split in ("validation", "test"):
         if split in data.splits:

@@ -565,6 +565,7 @@ class ExperimentOptions:
     trust_remote_code: bool = False
     subnormalised: bool = False
     seeds: Optional[list[int]] = None
+    num_labels: Optional[int] = None
     training: TrainingConfig = field(default_factory=TrainingConfig)
 
     def variants(self) -> list[tuple[str, Optional[str], Optional[float]]]:
@@ -762,7 +763,8 @@ def run_experiment(options: ExperimentOptions, run, *, resume: bool = False,
     options.validate()
     cfg = options.training
     run_dir = Path(run.path)
-    data = load_task(options.dataset, task=options.task, data_dir=options.data_dir, seed=cfg.seed)
+    data = load_task(options.dataset, task=options.task, data_dir=options.data_dir, seed=cfg.seed,
+                     num_labels=options.num_labels)
     subsample(data, "train", options.max_train_samples, cfg.seed)
     for split in ("validation", "test"):
         if split in data.splits:
