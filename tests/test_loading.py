@@ -378,3 +378,47 @@ def test_index_naming_a_missing_shard_is_one_line(tmp_path):
     result = invoke("norms", "inputs", directory, "--dataset", "random", "--max-tokens", 8, "--out", tmp_path / "o",
                     "--quiet")
     _assert_one_line_nothing_written(result, tmp_path / "o", shards[-1].name, "missing")
+
+
+# ----------------------------------------------------------------------------- damaged and hostile files (issue 21, item 2)
+
+class _Payload:
+    """A pickled object that would run code when unpickled without weights_only."""
+
+    def __reduce__(self):
+        return (Path("/tmp/qft-payload-ran").touch, ())
+
+
+def _damage(directory: Path, how: str) -> str:
+    """Damage a saved tiny BERT in place; returns the file name the error must name."""
+    if how == "truncated safetensors":
+        path = directory / "model.safetensors"
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+        return path.name
+    if how == "truncated config.json":
+        path = directory / "config.json"
+        path.write_text(path.read_text()[:150])
+        return path.name
+    (directory / "model.safetensors").unlink()
+    torch.save([_Payload(), {"not": "tensors"}], directory / "pytorch_model.bin")
+    return "pytorch_model.bin"
+
+
+@pytest.mark.parametrize("how", ["truncated safetensors", "truncated config.json", "bin payload not a state dict"])
+@pytest.mark.parametrize("command", ["norms inputs", "norms weights", "finetune"])
+def test_damaged_or_hostile_files_are_one_line_and_leave_no_run(how, command, tiny_csv, tmp_path):
+    directory = _save_tiny_bert(tmp_path / "model")
+    name = _damage(directory, how)
+    out = tmp_path / "o"
+    Path("/tmp/qft-payload-ran").unlink(missing_ok=True)
+    if command == "finetune":
+        result = runner.invoke(ft_app, ["finetune", str(directory), "--data-dir", str(tiny_csv), "--out", str(out),
+                                        *FT_FAST])
+    elif command == "norms inputs":
+        result = invoke("norms", "inputs", directory, "--dataset", "random", "--max-tokens", 8, "--out", out, "--quiet")
+    else:
+        result = invoke("norms", "weights", directory, "--out", out, "--quiet")
+    _assert_one_line_nothing_written(result, out, name)
+    assert not Path("/tmp/qft-payload-ran").exists()  # weights_only held: the payload never ran
+    if how == "bin payload not a state dict":
+        assert "not a state dict" in result.stderr and "nothing ran" in result.stderr

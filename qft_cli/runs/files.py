@@ -66,6 +66,23 @@ def _first_missing(path: Path) -> Path | None:
     return missing
 
 
+def read_json_file(path: Path) -> Any:
+    """The JSON value in ``path`` (a model's ``config.json``, a checkpoint index).
+
+    Raises:
+        QftInputError: the file is not valid JSON (truncated, damaged), naming the file and where
+            the parser stopped; or it cannot be read.
+    """
+    path = Path(path)
+    try:
+        return json.loads(path.read_bytes().decode("utf-8-sig"))
+    except json.JSONDecodeError as err:
+        raise QftInputError(f"{path} is not valid JSON ({err.msg}: line {err.lineno} column {err.colno}): "
+                            "the file is damaged or truncated; download or write it again") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise QftInputError(f"{path} could not be read ({type(err).__name__}: {err}): check the file") from None
+
+
 def _file_mode() -> int:
     """Permissions of a new file under the current umask (mkstemp would leave 0600)."""
     umask = os.umask(0)
