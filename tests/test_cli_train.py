@@ -354,3 +354,54 @@ def test_num_labels_overrides_the_task_label_set(tmp_path):
     assert result.exit_code == 0, result.output + str(result.exception)
     (run_dir,) = list(out.iterdir())
     assert len(json.loads((run_dir / "best" / "vanilla" / "config.json").read_text())["id2label"]) == 3
+
+
+@pytest.mark.parametrize("run_json_too", [False, True])
+def test_disk_full_during_train_is_one_line_and_resumable(tmp_path, monkeypatch, run_json_too):
+    """Issue 21, item 1: the disk fills inside a checkpoint (and, with run_json_too, the final write
+    of run.json fails as well): one line naming the run directory and the resume command, exit 2;
+    run.json keeps its last complete state; --resume finishes the run once space is back."""
+    import errno
+    from pathlib import Path
+
+    from transformers import Trainer
+
+    import qft_cli.runs.rundir as rundir
+
+    data = _dna_dir(tmp_path)
+    out = tmp_path / "runs"
+    real_save, real_write = Trainer._save_optimizer_and_scheduler, rundir.write_json_atomic
+    full = {"now": False}
+
+    def save(self, output_dir):
+        if self.state.global_step == 8:  # 4 steps per epoch: the checkpoint of epoch 2
+            full["now"] = True
+            (Path(output_dir) / "optimizer.pt").write_bytes(b"\0" * 10)
+            raise OSError(errno.ENOSPC, "No space left on device", str(Path(output_dir) / "optimizer.pt"))
+        return real_save(self, output_dir)
+
+    def write(path, meta):
+        if full["now"] and run_json_too:
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return real_write(path, meta)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(Trainer, "_save_optimizer_and_scheduler", save)
+        patch.setattr(rundir, "write_json_atomic", write)
+        result = _invoke([*TINY, "--data-dir", str(data), "--out", str(out), "--norm", "vanilla", "--num-epochs", "3",
+                          "--early-stopping", "0", "--learning-rate", "3e-3"])
+    assert result.exit_code == 2, result.output + repr(result.exception)
+    lines = result.stderr.strip().splitlines()
+    (run_dir,) = list(out.iterdir())
+    assert len(lines) == 1 and lines[0].startswith("error: no space left on the device writing "), result.stderr
+    assert f"--resume {run_dir}" in lines[0]
+    meta = json.loads((run_dir / "run.json").read_text())
+    assert meta["status"] == ("running" if run_json_too else "failed")
+    checkpoints = sorted(p.name for p in (run_dir / "checkpoints" / "vanilla").iterdir())
+    assert checkpoints == ["checkpoint-4"]  # the half-written checkpoint-8 is gone
+    again = _invoke(["--resume", str(run_dir), "--quiet"])
+    assert again.exit_code == 0, again.output + repr(again.exception)
+    meta = json.loads((run_dir / "run.json").read_text())
+    assert meta["status"] == "completed"
+    metrics = pd.read_parquet(run_dir / "metrics.parquet")
+    assert metrics[metrics.split == "validation"]["epoch"].tolist() == [1.0, 2.0, 3.0]

@@ -11,6 +11,7 @@ SHA-256 (FIPS 180-4, :mod:`hashlib`) of a file of at least :data:`CACHE_MIN_BYTE
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -81,6 +82,26 @@ def read_json_file(path: Path) -> Any:
                             "the file is damaged or truncated; download or write it again") from None
     except (OSError, UnicodeDecodeError) as err:
         raise QftInputError(f"{path} could not be read ({type(err).__name__}: {err}): check the file") from None
+
+
+#: errno values of a full filesystem: no space left (ENOSPC), disk quota exceeded (EDQUOT).
+DISK_FULL_ERRNOS = tuple(e for e in (getattr(errno, "ENOSPC", None), getattr(errno, "EDQUOT", None)) if e)
+_DISK_FULL_TEXT = ("No space left on device", "Disk quota exceeded", "os error 28", "os error 122")
+
+
+def disk_full_error(err: Optional[BaseException]) -> Optional[BaseException]:
+    """The exception in ``err``'s chain (itself, ``__cause__``, ``__context__``) that says the
+    filesystem is full: an ``OSError`` with errno ENOSPC/EDQUOT, or another library's wrapper of one
+    (safetensors' ``SafetensorError: ... No space left on device (os error 28)``); ``None`` if none."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, OSError) and err.errno in DISK_FULL_ERRNOS:
+            return err
+        if any(text in str(err) for text in _DISK_FULL_TEXT):
+            return err
+        err = err.__cause__ or err.__context__
+    return None
 
 
 def _file_mode() -> int:

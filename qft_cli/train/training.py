@@ -446,7 +446,8 @@ def train_variant(model, datasets: Mapping[str, Any], config: TrainingConfig, va
         data_collator: pads batches (default: ``DataCollatorWithPadding(tokenizer)``).
         tokenizer: saved with checkpoints and the best model.
         targets: matrices tracked for a vanilla model in ``norms_during_training``.
-        resume: continue from the last checkpoint in ``output_dir`` (starts fresh when none).
+        resume: continue from the last complete checkpoint in ``output_dir``
+            (:func:`last_complete_checkpoint`; starts fresh when none).
         compute_metrics: override of the metric function (tests script validation scores with it).
         callbacks: extra ``TrainerCallback``s.
         best_model_dir: where to ``save_pretrained`` the best model (main process only).
@@ -466,7 +467,6 @@ def train_variant(model, datasets: Mapping[str, Any], config: TrainingConfig, va
     """
     from transformers import DataCollatorWithPadding, EarlyStoppingCallback
     from transformers.trainer_callback import PrinterCallback
-    from transformers.trainer_utils import get_last_checkpoint
 
     evaluate = config.eval_strategy != "no"
     if evaluate and "validation" not in datasets:
@@ -493,7 +493,7 @@ def train_variant(model, datasets: Mapping[str, Any], config: TrainingConfig, va
     trainer.remove_callback(PrinterCallback)  # library code never prints; metrics go to the recorder
     checkpoint = None
     if resume:
-        checkpoint = get_last_checkpoint(str(output_dir)) if output_dir.is_dir() else None
+        checkpoint = last_complete_checkpoint(output_dir)
         # rows logged after the checkpoint are recorded again; without one the variant starts over
         recorder.forget_after(variant, int(Path(checkpoint).name.rsplit("-", 1)[1]) if checkpoint else -1, config.seed)
     trainer.train(resume_from_checkpoint=checkpoint)
@@ -531,7 +531,70 @@ def trainer_class():
         def get_decay_parameter_names(self, model) -> list[str]:
             return [n for n in super().get_decay_parameter_names(model) if not is_gamma_logit(n)]
 
+        def _save_checkpoint(self, model, trial):
+            # a checkpoint that fails half-way (a full disk) is removed, so that the last complete
+            # one stays the latest and --resume continues from it (see save_checkpoint_or_remove)
+            folder = Path(self._get_output_dir(trial=trial)) / f"checkpoint-{self.state.global_step}"
+            save_checkpoint_or_remove(folder, lambda: super(QftTrainer, self)._save_checkpoint(model, trial))
+
     return QftTrainer
+
+
+#: Below this many free bytes on the checkpoint's filesystem, a failed checkpoint write counts as a
+#: full disk (torch.save then raises a bare RuntimeError such as "unexpected pos ...").
+FULL_DISK_FREE_BYTES = 16 << 20
+
+#: The file the Trainer writes last into a checkpoint: a checkpoint without it is incomplete.
+TRAINER_STATE_FILE = "trainer_state.json"
+
+
+def save_checkpoint_or_remove(folder: Path, save: Callable[[], None]) -> None:
+    """Run ``save`` (the Trainer's checkpoint write into ``folder``); if it raises, remove the
+    half-written ``folder`` (when it did not exist before) and re-raise. A failure on a filesystem
+    with less than :data:`FULL_DISK_FREE_BYTES` free is raised as ``OSError(ENOSPC)`` chained to the
+    original error, so that the CLI reports a full disk in one line.
+
+    Raises:
+        OSError: ENOSPC (see above); anything else ``save`` raised, unchanged.
+    """
+    import errno
+    import shutil
+
+    from qft_cli.runs.files import disk_full_error
+
+    existed = folder.exists()
+    try:
+        save()
+    except BaseException as err:
+        full = disk_full_error(err) is not None
+        if not full and not isinstance(err, KeyboardInterrupt):
+            try:
+                full = shutil.disk_usage(folder.parent).free < FULL_DISK_FREE_BYTES
+            except OSError:
+                pass
+        if not existed:
+            shutil.rmtree(folder, ignore_errors=True)
+        if full and disk_full_error(err) is None:
+            raise OSError(errno.ENOSPC, f"No space left on device while writing checkpoint "
+                                        f"({type(err).__name__}: {err})", str(folder)) from err
+        raise
+
+
+def last_complete_checkpoint(output_dir: Path) -> Optional[str]:
+    """The highest-numbered ``checkpoint-N`` in ``output_dir`` that holds ``trainer_state.json``
+    (written last: a checkpoint cut by a kill or a full disk lacks it), or ``None``."""
+    from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+    output_dir = Path(output_dir)
+    if not output_dir.is_dir():
+        return None
+    steps = []
+    for child in output_dir.iterdir():
+        name = child.name
+        if name.startswith(f"{PREFIX_CHECKPOINT_DIR}-") and name.rsplit("-", 1)[1].isdigit():
+            if (child / TRAINER_STATE_FILE).is_file():
+                steps.append((int(name.rsplit("-", 1)[1]), str(child)))
+    return max(steps)[1] if steps else None
 
 
 def is_gamma_logit(parameter_name: str) -> bool:
