@@ -14,8 +14,9 @@ F1, best model restored, per-epoch ``metrics``/``norms_during_training``/``gamma
 rank-0 writes) -> optional export with the normalisation folded (:mod:`qft_cli.train.export`).
 
 Run-directory layout (as ``qft train``): ``checkpoints/<variant>/`` (Trainer checkpoints),
-``best/<variant>/`` (the best model, ``save_pretrained`` format with its parametrizations and
-``config.qft_normalization``, plus the tokenizer).
+``best/<variant>/`` (the best model with its normalisation folded into plain weights, as
+``--export`` writes it: stock ``transformers`` loads it as exactly the normalised model in eval
+mode; plus the tokenizer). The Trainer's checkpoints keep the parametrised state for ``--resume``.
 
 Library functions never print; long loops report through :data:`qft_cli.system.progress.ProgressFn`.
 """
@@ -493,7 +494,8 @@ def finetune(model_name: str, *, dataset: str, settings: FinetuneSettings, run, 
                                 num_labels=data.num_labels, recorder=recorder, data_collator=collator,
                                 tokenizer=tokenizer, targets=settings.targets.split(","), resume=resume,
                                 best_model_dir=best_dir if run.is_main_process else None,
-                                progress=progress, progress_label=f"train {variant}" + (f" seed {seed}" if several else ""))
+                                progress=progress, progress_label=f"train {variant}" + (f" seed {seed}" if several else ""),
+                                fold_best=True)
         exported = None
         if export_dir is not None and run.is_main_process:
             target = Path(export_dir) if len(variants) == 1 and not several else Path(export_dir) / variant

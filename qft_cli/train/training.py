@@ -431,7 +431,7 @@ def train_variant(model, datasets: Mapping[str, Any], config: TrainingConfig, va
                   targets: Sequence[str] = ("attention", "ffn"), resume: bool = False,
                   compute_metrics: Optional[Callable] = None, callbacks: Sequence[Any] = (),
                   best_model_dir: Optional[Path] = None, progress: Optional[ProgressFn] = None,
-                  progress_label: Optional[str] = None) -> VariantResult:
+                  progress_label: Optional[str] = None, fold_best: bool = False) -> VariantResult:
     """Train one model with the Hugging Face ``Trainer`` and evaluate the best model on test.
 
     Args:
@@ -451,6 +451,9 @@ def train_variant(model, datasets: Mapping[str, Any], config: TrainingConfig, va
         compute_metrics: override of the metric function (tests script validation scores with it).
         callbacks: extra ``TrainerCallback``s.
         best_model_dir: where to ``save_pretrained`` the best model (main process only).
+        fold_best: save the best model with its normalisation folded into plain weights
+            (:func:`qft_cli.train.export.export_model`), so that stock ``transformers`` loads it as
+            exactly that model; the Trainer's checkpoints keep the parametrised state (``resume``).
         progress: called as ``progress(progress_label, step, max_steps)``.
         progress_label: default ``train <variant>``.
 
@@ -512,7 +515,12 @@ def train_variant(model, datasets: Mapping[str, Any], config: TrainingConfig, va
                  "num_labels": int(num_labels)} for i, (y, p) in enumerate(zip(labels, predictions))])
     saved = None
     if best_model_dir is not None:
-        trainer.save_model(str(best_model_dir))
+        if fold_best:
+            from qft_cli.train.export import export_model
+
+            export_model(trainer.model, Path(best_model_dir), tokenizer=tokenizer)
+        else:
+            trainer.save_model(str(best_model_dir))
         saved = str(best_model_dir)
     return VariantResult(variant, test, trainer.state.best_model_checkpoint, saved, float(trainer.state.epoch or 0.0),
                          int(trainer.state.global_step), int(config.seed))
