@@ -456,3 +456,31 @@ def test_qk_normalised_attention_has_no_q_k_or_weight_bound():
     expected = torch.linalg.matrix_norm(q[0], ord=2)
     got = table[(table["sample_index"] == 0) & (table["layer"] == 1)].sort_values("head_index")["q_spectral_norm"]
     np.testing.assert_allclose(got.to_numpy(), expected.detach().numpy(), rtol=1e-9)
+
+
+def test_gemma_logits_use_query_pre_attn_scalar():
+    """Issue 21: Gemma 3 multiplies Q K^T by query_pre_attn_scalar^-1/2, not d_head^-1/2. The same
+    weights with query_pre_attn_scalar = d_head and = 4 d_head give block 1 the same Q, K, V and
+    logits norms in the ratio (4 d_head / d_head)^-1/2 = 1/2, worked by hand; the d_head case is
+    Q K^T / sqrt(d_head)."""
+    from transformers import Gemma3TextConfig, Gemma3TextModel
+
+    from qft_cli.measure.attention import logit_scale
+
+    tables = {}
+    for scalar in (16, 64):
+        torch.manual_seed(0)
+        config = Gemma3TextConfig(vocab_size=50, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                                  num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+                                  query_pre_attn_scalar=scalar, sliding_window=4)
+        model = Gemma3TextModel(config).double().eval()
+        assert logit_scale(model.layers[0].self_attn, 16) == pytest.approx(scalar ** -0.5)
+        tables[scalar] = attention_norms(model, [[2, 5, 9, 13, 7, 11], [2, 4, 6]], [1, 2], batch_size=-1).table
+    a, b = (t[t["layer"] == 1].reset_index(drop=True) for t in (tables[16], tables[64]))  # same input X
+    for col in ("q_spectral_norm", "k_spectral_norm", "v_spectral_norm"):
+        np.testing.assert_allclose(b[col], a[col], rtol=1e-12)
+    for col in ("logits_unmasked_spectral_norm", "logits_unmasked_frobenius_norm", "logits_unmasked_qk_bound"):
+        np.testing.assert_allclose(b[col], a[col] * 0.5, rtol=1e-12)
+    # d_head = query_pre_attn_scalar = 16: ||Q K^T||_2 / 4 <= ||Q||_2 ||K||_2 / 4
+    assert (a["logits_unmasked_spectral_norm"] <= a["q_spectral_norm"] * a["k_spectral_norm"] / 4 * (1 + 1e-9)).all()
+    assert (tables[64]["logits_unmasked_qk_bound_ratio"] <= 1 + 1e-9).all()

@@ -96,7 +96,7 @@ def test_bad_options_one_line_exit_2(tmp_path, case, match):
 @pytest.mark.parametrize("kind, match", [
     ("empty", "no train.csv"),
     ("letters", "invalid DNA letters 'U'"),
-    ("label", "outside the training labels"),
+    ("label", "labels outside [0, 1]"),
 ])
 def test_bad_data_one_line_exit_2_and_no_run_dir(tmp_path, kind, match):
     if kind == "empty":
@@ -334,3 +334,76 @@ def test_multi_seed_run_resumes_the_unfinished_seed(tmp_path):
     assert (run_dir / "best" / "vanilla" / "seed-1" / "config.json").is_file()
     summary = pd.read_parquet(run_dir / "test_summary.parquet")
     assert set(summary.num_seeds) == {2} and set(summary.interval) == {"t over seeds"}
+
+
+def test_num_labels_overrides_the_task_label_set(tmp_path):
+    """Issue 21, item 4: labels {0, 1, 2} in the binary prom_core_notata are refused naming the rows
+    (no 3-class model, no run directory); --num-labels 3 trains a 3-class model."""
+    data = _dna_dir(tmp_path)
+    train = data / "train.csv"
+    lines = train.read_text().splitlines()
+    lines[5] = lines[5].rsplit(",", 1)[0] + ",2"
+    train.write_text("\n".join(lines) + "\n")
+    out = tmp_path / "runs"
+    args = [*TINY, "--data-dir", str(data), "--out", str(out), "--norm", "vanilla", "--max-steps", "1",
+            "--num-epochs", "1", "--early-stopping", "0"]
+    refused = _invoke(args)
+    assert refused.exit_code == 2, refused.output
+    lines = refused.stderr.strip().splitlines()
+    assert len(lines) == 1 and "train.csv: 1 row(s) (row 5 label 2)" in lines[0] and "--num-labels" in lines[0]
+    assert not out.exists() or not any(out.iterdir())
+    result = _invoke([*args, "--num-labels", "3"])
+    assert result.exit_code == 0, result.output + str(result.exception)
+    (run_dir,) = list(out.iterdir())
+    assert len(json.loads((run_dir / "best" / "vanilla" / "config.json").read_text())["id2label"]) == 3
+
+
+@pytest.mark.parametrize("run_json_too", [False, True])
+def test_disk_full_during_train_is_one_line_and_resumable(tmp_path, monkeypatch, run_json_too):
+    """Issue 21, item 1: the disk fills inside a checkpoint (and, with run_json_too, the final write
+    of run.json fails as well): one line naming the run directory and the resume command, exit 2;
+    run.json keeps its last complete state; --resume finishes the run once space is back."""
+    import errno
+    from pathlib import Path
+
+    from transformers import Trainer
+
+    import qft_cli.runs.rundir as rundir
+
+    data = _dna_dir(tmp_path)
+    out = tmp_path / "runs"
+    real_save, real_write = Trainer._save_optimizer_and_scheduler, rundir.write_json_atomic
+    full = {"now": False}
+
+    def save(self, output_dir):
+        if self.state.global_step == 8:  # 4 steps per epoch: the checkpoint of epoch 2
+            full["now"] = True
+            (Path(output_dir) / "optimizer.pt").write_bytes(b"\0" * 10)
+            raise OSError(errno.ENOSPC, "No space left on device", str(Path(output_dir) / "optimizer.pt"))
+        return real_save(self, output_dir)
+
+    def write(path, meta):
+        if full["now"] and run_json_too:
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return real_write(path, meta)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(Trainer, "_save_optimizer_and_scheduler", save)
+        patch.setattr(rundir, "write_json_atomic", write)
+        result = _invoke([*TINY, "--data-dir", str(data), "--out", str(out), "--norm", "vanilla", "--num-epochs", "3",
+                          "--early-stopping", "0", "--learning-rate", "3e-3"])
+    assert result.exit_code == 2, result.output + repr(result.exception)
+    lines = result.stderr.strip().splitlines()
+    (run_dir,) = list(out.iterdir())
+    assert len(lines) == 1 and lines[0].startswith("error: no space left on the device writing "), result.stderr
+    assert f"--resume {run_dir}" in lines[0]
+    meta = json.loads((run_dir / "run.json").read_text())
+    assert meta["status"] == ("running" if run_json_too else "failed")
+    checkpoints = sorted(p.name for p in (run_dir / "checkpoints" / "vanilla").iterdir())
+    assert checkpoints == ["checkpoint-4"]  # the half-written checkpoint-8 is gone
+    again = _invoke(["--resume", str(run_dir), "--quiet"])
+    assert again.exit_code == 0, again.output + repr(again.exception)
+    meta = json.loads((run_dir / "run.json").read_text())
+    assert meta["status"] == "completed"
+    metrics = pd.read_parquet(run_dir / "metrics.parquet")
+    assert metrics[metrics.split == "validation"]["epoch"].tolist() == [1.0, 2.0, 3.0]

@@ -404,3 +404,31 @@ def test_dnabert2_tokenizer_offline_from_shared_data(monkeypatch, shared_data):
     monkeypatch.setenv("QFT_SHARED_DATA", str(shared_data / "nope"))
     with pytest.raises(QftInputError, match="--tokenizer PATH"):
         build_tokenizer("dnabert2", data)
+
+
+@pytest.mark.parametrize("overrides", [{}, {"hidden_size": 48, "num_attention_heads": 12},
+                                       {"alibi_starting_size": 8}])
+def test_left_padding_pools_the_first_real_token(overrides, tmp_path):
+    """Issue 21: under left padding the classifier pools the first real token ([CLS]), so a
+    left-padded sequence gets the logits it gets alone (4 and 12 heads, and sequences longer than
+    alibi_starting_size), for a checkpoint saved as pytorch_model.bin and read back."""
+    from qft_cli.models.dnabert2 import save_published_style_checkpoint
+    from qft_cli.models.loading import load_dnabert2
+
+    directory = save_published_style_checkpoint(tmp_path / "ckpt", seed=3, head="sequence", **overrides)
+    assert (directory / "pytorch_model.bin").is_file()
+    model = load_dnabert2(directory, num_labels=2, hidden_dropout_prob=0.0)
+    short = [2, 40, 41, 42, 43, 3]
+    long = [2] + list(range(50, 70)) + [3]
+    batch = torch.zeros(2, len(long), dtype=torch.long)
+    mask = torch.zeros_like(batch)
+    batch[0, -len(short):], mask[0, -len(short):] = torch.tensor(short), 1
+    batch[1], mask[1] = torch.tensor(long), 1
+    with torch.no_grad():
+        alone = model(torch.tensor([short])).logits[0]
+        left = model(batch, attention_mask=mask).logits
+        hidden = model.bert(batch, attention_mask=mask).last_hidden_state
+        hidden_alone = model.bert(torch.tensor([short])).last_hidden_state[0]
+    torch.testing.assert_close(hidden[0, -len(short):], hidden_alone, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(left[0], alone, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(left[1], model(torch.tensor([long])).logits[0].detach(), rtol=1e-5, atol=1e-6)

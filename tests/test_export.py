@@ -144,3 +144,33 @@ def test_export_of_qft_train_model_folds_and_reloads(tmp_path):
     assert not any(parametrize.is_parametrized(m) for m in again.modules())
     with torch.no_grad():
         torch.testing.assert_close(again(input_ids=x).logits, expected, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("how", ["fold", "export"])
+@pytest.mark.parametrize("method", ["spectral", "frobenius"])
+def test_fold_and_export_leave_the_input_model_working(how, method, tmp_path):
+    """fold_parametrizations / export_model work on a copy (issue 21, item 7): afterwards the input
+    model still has its parametrizations, its state dict and its forward pass, in train and eval."""
+    from transformers import AutoModelForSequenceClassification
+
+    from qft_cli.train.normalization import apply_normalization
+
+    model = build_tiny_model("tiny-bert", AutoModelForSequenceClassification, num_labels=2)
+    apply_normalization(model, method)
+    assert _normalise_every_linear(model.bert.pooler) == 1  # a torch parametrization beside qft's
+    x = torch.randint(5, 261, (2, 9))
+    model.eval()
+    with torch.no_grad():
+        before = model(input_ids=x).logits
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    if how == "fold":
+        folded = fold_parametrizations(model)
+        assert not any(parametrize.is_parametrized(m) for m in folded.modules())
+    else:
+        export_model(model, tmp_path / "export")
+    assert sum(parametrize.is_parametrized(m) for m in model.modules()) > 4
+    assert model.state_dict().keys() == state.keys()
+    with torch.no_grad():
+        torch.testing.assert_close(model(input_ids=x).logits, before, rtol=0, atol=0)
+    model.train()
+    model(input_ids=x).logits.sum().backward()  # still trainable

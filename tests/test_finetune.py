@@ -72,12 +72,23 @@ def test_layers_1_ffn_touches_exactly_those_matrices(tmp_path, small_csv):
     norms = pd.read_parquet(run / "norms_during_training.parquet")
     assert set(zip(norms.layer, norms.matrix)) == {(1, "ffn_gate"), (1, "ffn_up"), (1, "ffn_down")}
     np.testing.assert_allclose(norms.frobenius_norm, 1.0, rtol=1e-5)
-    # the saved best model carries parametrizations on exactly those two parameters
+    # the saved best model is folded: plain weights, those of layer 1's FFN normalised (||W||_F = 1
+    # for the gate and up halves of gated_layers and for wo), the checkpoints parametrised
     from safetensors import safe_open
 
     with safe_open(str(run / "best" / "frobenius" / "model.safetensors"), "pt") as f:
         keys = list(f.keys())
-    parametrized = sorted({k.split(".parametrizations.")[0] for k in keys if ".parametrizations." in k})
+        gated, wo = (f.get_tensor(f"bert.encoder.layer.{i}.mlp.{n}.weight").double()
+                     for i, n in ((0, "gated_layers"), (0, "wo")))
+        other = f.get_tensor("bert.encoder.layer.1.mlp.wo.weight").double()
+    assert not any(".parametrizations." in k for k in keys)
+    half = gated.shape[0] // 2
+    for w in (gated[:half], gated[half:], wo):
+        assert torch.linalg.matrix_norm(w, "fro").item() == pytest.approx(1.0, rel=1e-5)
+    assert torch.linalg.matrix_norm(other, "fro").item() != pytest.approx(1.0, rel=1e-3)
+    (checkpoint,) = (run / "checkpoints" / "frobenius").iterdir()
+    with safe_open(str(checkpoint / "model.safetensors"), "pt") as f:
+        parametrized = sorted({k.split(".parametrizations.")[0] for k in f.keys() if ".parametrizations." in k})
     assert parametrized == ["bert.encoder.layer.0.mlp.gated_layers", "bert.encoder.layer.0.mlp.wo"]
 
 
@@ -399,3 +410,36 @@ def test_seed_and_norm_options_one_line_exit_2(tmp_path, small_csv, args, match)
     _assert_one_line_exit_2(result)
     assert match in result.stderr
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+@pytest.mark.parametrize("norm", ["spectral", "frobenius"])
+def test_best_folder_loads_in_stock_transformers_as_that_model(norm, tmp_path, small_csv):
+    """Issue 21, item 8: best/<variant>/ of a normalised tiny BERT loads with the stock Auto class,
+    no weight re-initialised, and gives the normalised model's eval logits (the model rebuilt from
+    the Trainer's parametrised checkpoint); --resume of the finished run still works."""
+    import transformers
+
+    from qft_cli.models.names import ModelSource
+    from qft_cli.train.finetune import load_classifier
+
+    out = tmp_path / "runs"
+    args = ["tiny-bert", "--data-dir", str(small_csv), "--norm", norm, "--max-steps", "2",
+            "--early-stopping", "0", "--out", str(out), *FAST]
+    result = _run(args)
+    assert result.exit_code == 0, result.output
+    run = _run_dir(out)
+    best = run / "best" / norm
+    stock, info = transformers.AutoModelForSequenceClassification.from_pretrained(best, output_loading_info=True)
+    assert type(stock).__name__ == "BertForSequenceClassification"
+    assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"]
+    (checkpoint,) = (run / "checkpoints" / norm).iterdir()
+    normalised = load_classifier(ModelSource(str(checkpoint), "local", str(checkpoint)), 2)  # rebuilt, parametrised
+    ids = torch.randint(5, 261, (3, 12))
+    mask = torch.ones_like(ids)
+    mask[1, 7:] = 0
+    with torch.no_grad():
+        expected = normalised.eval()(input_ids=ids, attention_mask=mask).logits
+        got = stock.eval()(input_ids=ids, attention_mask=mask).logits
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+    again = _run([*args, "--resume", str(run)])
+    assert again.exit_code == 0, again.output

@@ -353,3 +353,72 @@ def test_missing_triton_for_remote_code_is_one_line(monkeypatch):
         load_model(models.resolve_model("dnabert"), trust_remote_code=True)
     message = str(err.value)
     assert "\n" not in message and "triton" in message and "drop --trust-remote-code" in message
+
+
+# ----------------------------------------------------------------------------- a sharded checkpoint with a shard missing (issue 21, item 12)
+
+def test_index_naming_a_missing_shard_is_one_line(tmp_path):
+    """An index whose weight_map names a shard that is not there: one line naming the shard, for
+    ``norms weights`` and ``norms inputs`` (not a model with that shard's tensors silently missing)."""
+    from qft_cli.runs.files import checkpoint_files
+
+    from transformers import AutoModel
+
+    directory = tmp_path / "sharded"
+    build_tiny_model("tiny-bert", AutoModel).save_pretrained(directory, max_shard_size="100KB")
+    tiny_tokenizer(with_bert_specials=True).save_pretrained(directory)
+    shards = sorted(directory.glob("model-*-of-*.safetensors"))
+    assert len(shards) >= 2 and (directory / "model.safetensors.index.json").is_file()
+    assert checkpoint_files(directory) == shards
+    shards[-1].unlink()
+    with pytest.raises(QftInputError, match=shards[-1].name):
+        checkpoint_files(directory)
+    result = invoke("norms", "weights", directory, "--out", tmp_path / "o", "--quiet")
+    _assert_one_line_nothing_written(result, tmp_path / "o", shards[-1].name, "missing")
+    result = invoke("norms", "inputs", directory, "--dataset", "random", "--max-tokens", 8, "--out", tmp_path / "o",
+                    "--quiet")
+    _assert_one_line_nothing_written(result, tmp_path / "o", shards[-1].name, "missing")
+
+
+# ----------------------------------------------------------------------------- damaged and hostile files (issue 21, item 2)
+
+class _Payload:
+    """A pickled object that would run code when unpickled without weights_only."""
+
+    def __reduce__(self):
+        return (Path("/tmp/qft-payload-ran").touch, ())
+
+
+def _damage(directory: Path, how: str) -> str:
+    """Damage a saved tiny BERT in place; returns the file name the error must name."""
+    if how == "truncated safetensors":
+        path = directory / "model.safetensors"
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+        return path.name
+    if how == "truncated config.json":
+        path = directory / "config.json"
+        path.write_text(path.read_text()[:150])
+        return path.name
+    (directory / "model.safetensors").unlink()
+    torch.save([_Payload(), {"not": "tensors"}], directory / "pytorch_model.bin")
+    return "pytorch_model.bin"
+
+
+@pytest.mark.parametrize("how", ["truncated safetensors", "truncated config.json", "bin payload not a state dict"])
+@pytest.mark.parametrize("command", ["norms inputs", "norms weights", "finetune"])
+def test_damaged_or_hostile_files_are_one_line_and_leave_no_run(how, command, tiny_csv, tmp_path):
+    directory = _save_tiny_bert(tmp_path / "model")
+    name = _damage(directory, how)
+    out = tmp_path / "o"
+    Path("/tmp/qft-payload-ran").unlink(missing_ok=True)
+    if command == "finetune":
+        result = runner.invoke(ft_app, ["finetune", str(directory), "--data-dir", str(tiny_csv), "--out", str(out),
+                                        *FT_FAST])
+    elif command == "norms inputs":
+        result = invoke("norms", "inputs", directory, "--dataset", "random", "--max-tokens", 8, "--out", out, "--quiet")
+    else:
+        result = invoke("norms", "weights", directory, "--out", out, "--quiet")
+    _assert_one_line_nothing_written(result, out, name)
+    assert not Path("/tmp/qft-payload-ran").exists()  # weights_only held: the payload never ran
+    if how == "bin payload not a state dict":
+        assert "not a state dict" in result.stderr and "nothing ran" in result.stderr

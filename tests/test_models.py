@@ -94,3 +94,30 @@ def test_hub_datasets_offline_are_one_line_naming_the_local_fix(monkeypatch):
     assert str(gue.value).startswith("could not load dataset leannmlindsey/GUE from the Hugging Face Hub (")
     assert str(gue.value).endswith("): check the network, or pass --data-dir with local files")
     assert first_line(ConnectionError("\n  a  b\t c \nsecond")) == "a b c" and first_line(ValueError()) == ""
+
+
+@pytest.mark.parametrize("name, near", [("gtp2", "gpt2"), ("tiny-brt", "tiny-bert"), ("openai/gtp2", "gpt2"),
+                                        ("openai-community/gtp2", "gpt2"), ("zhihan1996/DNABERT2-117M", "dnabert")])
+def test_a_missing_model_names_the_aliases_and_the_nearest(name, near, monkeypatch):
+    """Issue 21, item 10: an unknown alias and a hub id that is not cached (offline) both name the
+    alias list and the nearest alias, in one line."""
+    from qft_cli.models.names import TINY_MODELS, load_config, nearest_alias
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert nearest_alias(name) == near
+    with pytest.raises(QftInputError) as err:
+        load_config(resolve_model(name))
+    message = str(err.value)
+    assert "\n" not in message and f"did you mean '{near}'" in message
+    listed = message.split("aliases: ", 1)[1]
+    for alias in (*ALIASES, *TINY_MODELS):
+        assert alias in listed
+
+
+def test_no_nearest_alias_for_an_unrelated_name(monkeypatch):
+    from qft_cli.models.names import nearest_alias
+
+    assert nearest_alias("someone/xyzzy-qqq") is None
+    with pytest.raises(QftInputError, match="aliases: minilm") as err:
+        resolve_model("xyzzy-qqq")
+    assert "did you mean" not in str(err.value)

@@ -85,3 +85,51 @@ def test_written_files_follow_the_umask_not_mkstemp_0600(tmp_path):
         os.umask(old)
     for name in ("run.json", "norms_inputs.parquet"):
         assert stat.S_IMODE((run.path / name).stat().st_mode) == 0o644, name
+
+
+def _create_many(out, barrier, queue, count):
+    barrier.wait()  # every process starts within the same second
+    try:
+        queue.put([str(Run("train", ["m"], {}, out=out).create()) for _ in range(count)])
+    except BaseException as err:  # noqa: BLE001 - reported to the parent
+        queue.put(f"{type(err).__name__}: {err}")
+
+
+def test_run_create_is_unique_across_processes(tmp_path):
+    """Sweeps start many runs at once (issue 21, item 6): processes creating runs of the same command
+    and model in the same second each get their own directory, and none fails."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("fork")
+    procs, count = 8, 25
+    barrier, queue = ctx.Barrier(procs), ctx.Queue()
+    workers = [ctx.Process(target=_create_many, args=(tmp_path, barrier, queue, count)) for _ in range(procs)]
+    for w in workers:
+        w.start()
+    results = [queue.get(timeout=60) for _ in workers]
+    for w in workers:
+        w.join(timeout=60)
+    errors = [r for r in results if isinstance(r, str)]
+    assert not errors, errors
+    paths = [p for r in results for p in r]
+    assert len(paths) == len(set(paths)) == procs * count
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.rsplit("/", 1)[1] for p in paths)
+
+
+def test_run_create_loses_the_race_and_takes_the_next_name(tmp_path, monkeypatch):
+    """Deterministic form of the race: another process makes the chosen directory right before this
+    one does; create() takes the next free name instead of failing with FileExistsError."""
+    from pathlib import Path
+
+    real_mkdir = Path.mkdir
+    taken = []
+
+    def other_process_first(self, *args, **kwargs):
+        if self.parent == tmp_path and not taken:
+            real_mkdir(self)  # the other process wins
+            taken.append(self)
+        return real_mkdir(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "mkdir", other_process_first)
+    path = Run("train", ["m"], {}, out=tmp_path).create()
+    assert taken and path != taken[0] and path.is_dir() and path.name == taken[0].name + "-2"

@@ -89,7 +89,7 @@ def test_genomic_bench_validation_and_test_are_seeded_halves(tmp_path):
 
 @pytest.mark.parametrize("case, match", [
     ("letters", "invalid DNA letters 'X'"),
-    ("label_outside", "outside the training labels"),
+    ("label_outside", r"labels outside \[0, 1\] \(gue/prom_core_notata has 2 classes\) in .*dev.csv: 1 row\(s\) \(row 1 label 2\)"),
     ("label_text", "labels must be integers"),
     ("label_inf", "labels must be integers"),  # int(inf) is an OverflowError, not a ValueError
     ("columns", "needs a 'sequence'"),
@@ -320,3 +320,31 @@ def test_shared_gue_task_choice_note_and_missing_train_file(shared_data):
                                     f"file; {gue / 'prom_300_notata'} has no train.csv or train.tsv")
     with pytest.raises(QftInputError, match=r"prom_300_notata has no train\.csv or train\.tsv .*--task prom_core_notata"):
         tasks.load_task("gue", task="prom_300_notata", data_dir=gue)
+
+
+def test_labels_outside_the_task_label_set_are_refused_naming_the_rows(tmp_path, shared_data):
+    """Issue 21, item 4: {0, 1, 2} in a binary task (every split, also train) is refused with the
+    rows, instead of a 3-class model; --num-labels 3 (load_task(num_labels=3)) accepts it; the
+    real GUE and Genomic Benchmarks files pass with two classes."""
+    import shutil
+
+    real = tasks.load_task("gue", task="prom_core_notata", data_dir=shared_data / "gue")
+    assert real.label_names == ["0", "1"]
+    assert tasks.task_num_labels("genomic-bench", None) == 2 and tasks.task_num_labels("gue", "covid") == 9
+    assert tasks.task_num_labels("gue", "splice_reconstructed") == 3
+    folder = tmp_path / "prom_core_notata"
+    shutil.copytree(shared_data / "gue" / "prom_core_notata", folder)
+    train = folder / "train.csv"
+    lines = train.read_text().splitlines()
+    for row in (3, 7):
+        seq, _ = lines[row].rsplit(",", 1)
+        lines[row] = f"{seq},2"
+    train.write_text("\n".join(lines) + "\n")
+    with pytest.raises(QftInputError, match=r"labels outside \[0, 1\].*train.csv: 2 row\(s\) \(row 3 label 2, "
+                                            r"row 7 label 2\).*--num-labels") as err:
+        tasks.load_task("gue", data_dir=folder)
+    assert "\n" not in str(err.value)
+    data = tasks.load_task("gue", data_dir=folder, num_labels=3)
+    assert data.num_labels == 3 and data.label_names == ["0", "1", "2"]
+    with pytest.raises(QftInputError, match="--num-labels 2"):
+        tasks.load_task("gue", data_dir=folder, num_labels=2)

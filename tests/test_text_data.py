@@ -162,3 +162,40 @@ def test_max_tokens_below_the_special_tokens_still_truncates(tmp_path, bert_tok)
         samples = load_samples(str(path), bert_tok, vocab_size=261, max_tokens=max_tokens)
         assert [len(x) for x in samples.token_ids] == [max_tokens, max_tokens]
         assert samples.token_ids[0][0] == bert_tok.cls_token_id
+
+
+@pytest.mark.parametrize("edit, needle", [
+    (lambda f: f.__setitem__("answer", f["answer"].where(f.index != 2, "E")), "row 3 answer 'E'"),
+    (lambda f: f.__setitem__("C", f["C"].where(f.index != 4, " ")), "row 5 empty choice C"),
+    (lambda f: f.drop(columns=["D"], inplace=True), "not D"),
+])
+def test_mmlu_csv_with_a_bad_answer_or_an_empty_choice_is_refused(edit, needle, shared_data, tmp_path):
+    """Issue 21, item 5: the real MMLU validation CSV passes; with one answer outside A-D, one empty
+    choice or a choice column missing it is refused naming the row, by the CLI too (exit 2, no run)."""
+    from typer.testing import CliRunner
+
+    from qft_cli.cli.app import app
+    from qft_cli.data.text_data import check_mmlu_choices, mmlu_questions
+
+    real = shared_data / "mmlu" / "validation.csv"
+    assert len(mmlu_questions(real)) == 1531
+    frame = pd.read_csv(real, dtype=str, keep_default_na=False)
+    edit(frame)
+    bad = tmp_path / "bad.csv"
+    frame.to_csv(bad, index=False)
+    with pytest.raises(QftInputError, match=needle):
+        check_mmlu_choices(bad)
+    out = tmp_path / "runs"
+    result = CliRunner().invoke(app, ["norms", "inputs", "tiny-bert", "--dataset", "mmlu", "--data-file", str(bad),
+                                      "--num-samples", "4", "--out", str(out), "-q"])
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0] and str(bad) in lines[0]
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_a_question_only_csv_is_not_checked_for_choices(tmp_path):
+    from qft_cli.data.text_data import mmlu_questions
+
+    (tmp_path / "q.csv").write_text("question\nWhat is 2+2?\n")
+    assert list(mmlu_questions(tmp_path / "q.csv")) == ["What is 2+2?"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -509,3 +510,72 @@ def test_experiment_options_are_checked_once_and_again_after_a_change(monkeypatc
     options.dropout, options.seeds = 0.1, [2, 2]
     with pytest.raises(QftInputError, match="repeats a seed"):
         options.validate()
+
+
+# ----------------------------------------------------------------------------- a full disk (issue 21, item 1)
+
+def _fill_disk_at(monkeypatch, step: int, error=None):
+    """Make the Trainer's optimizer write of checkpoint ``step`` fail as a full disk would, after
+    the model file of that checkpoint was written (a half-written checkpoint)."""
+    import errno
+
+    from transformers import Trainer
+
+    real = Trainer._save_optimizer_and_scheduler
+
+    def save(self, output_dir):
+        if self.state.global_step == step:
+            (Path(output_dir) / "optimizer.pt").write_bytes(b"\0" * 100)  # cut off here
+            raise error or OSError(errno.ENOSPC, "No space left on device", str(Path(output_dir) / "optimizer.pt"))
+        return real(self, output_dir)
+
+    monkeypatch.setattr(Trainer, "_save_optimizer_and_scheduler", save)
+
+
+@pytest.mark.parametrize("error", [None, RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 576")])
+def test_disk_full_inside_a_checkpoint_keeps_the_last_complete_one(tmp_path, monkeypatch, error):
+    """A checkpoint cut off by a full disk is removed (it never becomes the latest), the error is an
+    OSError ENOSPC (torch's bare RuntimeError too, when the filesystem has no space left), and resume
+    from the last complete checkpoint, once space is back, reproduces the uninterrupted run."""
+    import errno
+    import shutil
+
+    from qft_cli.train import training
+
+    config = TrainingConfig(learning_rate=1e-2, num_epochs=4, early_stopping=0, batch_size=16, device="cpu",
+                            warmup_ratio=0.1, save_total_limit=0)
+    data = _datasets()
+    full_model = _model("frobenius")
+    full = train_variant(full_model, data, config, "frobenius", output_dir=tmp_path / "full", num_labels=2,
+                         data_collator=_collator())
+    with monkeypatch.context() as patch:
+        _fill_disk_at(patch, 6, error)
+        if error is not None:  # torch.save says nothing about the disk: the free space decides
+            patch.setattr(shutil, "disk_usage", lambda path: shutil._ntuple_diskusage(10 << 20, 10 << 20, 0))
+        recorder = ResultsRecorder()
+        with pytest.raises(OSError) as err:
+            train_variant(_model("frobenius"), data, config, "frobenius", output_dir=tmp_path / "cut", num_labels=2,
+                          data_collator=_collator(), recorder=recorder)
+    assert err.value.errno == errno.ENOSPC
+    assert sorted(p.name for p in (tmp_path / "cut").iterdir()) == ["checkpoint-3"]
+    assert training.last_complete_checkpoint(tmp_path / "cut").endswith("checkpoint-3")
+    resumed_model = _model("frobenius", seed=1)
+    resumed = train_variant(resumed_model, data, config, "frobenius", output_dir=tmp_path / "cut", num_labels=2,
+                            data_collator=_collator(), resume=True, recorder=recorder)
+    assert resumed.steps == full.steps == 12
+    for (k, a), b in zip(full_model.state_dict().items(), resumed_model.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=k)
+
+
+def test_resume_skips_a_checkpoint_without_trainer_state(tmp_path):
+    """A checkpoint cut by kill -9 (no trainer_state.json, which the Trainer writes last) is not the
+    one resume uses."""
+    from qft_cli.train import training
+
+    (tmp_path / "checkpoint-3").mkdir()
+    (tmp_path / "checkpoint-3" / "trainer_state.json").write_text("{}")
+    (tmp_path / "checkpoint-6").mkdir()
+    (tmp_path / "checkpoint-6" / "model.safetensors").write_bytes(b"")
+    (tmp_path / "checkpoint-x").mkdir()
+    assert training.last_complete_checkpoint(tmp_path) == str(tmp_path / "checkpoint-3")
+    assert training.last_complete_checkpoint(tmp_path / "none") is None

@@ -447,3 +447,32 @@ def test_one_thread_each_sets_one_thread_and_restores_also_on_error():
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("name, edit, needle", [
+    ("tiny-bert", {"hidden_size": 48}, "attention.self.query.weight is (64, 64), the config implies (48, 48)"),
+    ("tiny-bert", {"num_attention_heads": 3}, "do not divide"),
+    ("tiny-llama", {"num_attention_heads": 8}, "q_proj.weight is (64, 64), the config implies (128, 64)"),
+    ("tiny-llama", {"num_key_value_heads": 4}, "k_proj.weight is (32, 64), the config implies (64, 64)"),
+    ("tiny-gpt2", {"n_embd": 32}, "q block (q of h.0.attn.c_attn.weight) is (64, 64), the config implies (32, 32)"),
+])
+def test_config_that_does_not_match_its_weights_is_refused(name, edit, needle, tmp_path):
+    """Issue 21, item 3: a config.json whose hidden size or head counts were changed is an error
+    naming the tensor, its shape and the shape the config implies (exit 2, nothing written), not a
+    run with an empty or wrongly split norms_heads table; the unchanged checkpoint passes."""
+    from typer.testing import CliRunner
+
+    from qft_cli.cli.app import app
+
+    directory = tmp_path / name
+    build_tiny_model(name).save_pretrained(directory)
+    assert len(weight_norms(ModelSource(name, "local", str(directory))).heads) > 0
+    config = json.loads((directory / "config.json").read_text())
+    (directory / "config.json").write_text(json.dumps({**config, **edit}))
+    with pytest.raises(QftInputError, match="config.json") as err:
+        weight_norms(ModelSource(name, "local", str(directory)))
+    assert needle in str(err.value) and "\n" not in str(err.value)
+    out = tmp_path / "runs"
+    result = CliRunner().invoke(app, ["norms", "weights", str(directory), "--out", str(out), "-q"])
+    assert result.exit_code == 2 and needle in result.stderr, result.output
+    assert not out.exists() or not any(out.iterdir())

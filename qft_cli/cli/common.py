@@ -55,7 +55,9 @@ class ResumedRun:
 
 def cli_errors(fn):
     """Decorator for commands: :class:`QftInputError` -> one stderr line and exit status 2;
-    Ctrl-C -> exit 130 with one line. Other exceptions propagate (they are bugs)."""
+    Ctrl-C -> exit 130 with one line; a full disk (:func:`qft_cli.runs.files.disk_full_error`
+    anywhere in the exception's chain) -> one line naming the run directory and the command to
+    resume, exit status 2. Other exceptions propagate (they are bugs)."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -67,6 +69,13 @@ def cli_errors(fn):
             for line in interrupted_lines(getattr(exc, "qft_run_dir", None), argv(), resumable):
                 err_console.print(line, markup=False, highlight=False, soft_wrap=True)
             raise typer.Exit(130) from None
+        except Exception as exc:
+            from qft_cli.runs.files import disk_full_error
+
+            full = disk_full_error(exc)
+            if full is None:
+                raise
+            raise fail(disk_full_line(full, getattr(exc, "qft_run_dir", None), argv(), resumable)) from None
         finally:
             _close_process_group()
 
@@ -98,6 +107,19 @@ def interrupted_lines(run_dir: Optional[Path], command: Sequence[str], resumable
                 f"resume with: {shlex.join(kept + ['--resume', str(run_dir)])}"]
     return [f"interrupted: run directory {run_dir} (status interrupted; this command has no --resume)",
             f"re-run with: {shlex.join(words)}"]
+
+
+def disk_full_line(err: BaseException, run_dir: Optional[Path], command: Sequence[str], resumable: bool) -> str:
+    """The one line of a full disk: what could not be written, the run directory (its last complete
+    checkpoint and ``run.json`` are kept) and the command to continue once space is freed."""
+    target = getattr(err, "filename", None)
+    what = f" writing {target}" if target else ""
+    if run_dir is None:
+        return f"no space left on the device{what}: free space and run the command again"
+    again = interrupted_lines(Path(run_dir), command, resumable)[1].split(": ", 1)[1]
+    how = "resume" if resumable else "re-run"
+    return (f"no space left on the device{what}; run directory {run_dir} keeps its last complete "
+            f"{'checkpoint and ' if resumable else ''}run.json: free space, then {how} with: {again}")
 
 
 def _close_process_group() -> None:

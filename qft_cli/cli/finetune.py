@@ -37,6 +37,7 @@ def finetune_command(
     dataset: str = typer.Option("genomic-bench", "--dataset", help="genomic-bench | gue | conll2003 (POS tagging) | synthetic-dna (qft demo's files, --data-dir)."),
     task: Optional[str] = typer.Option(None, "--task", help="GUE task (default: the task folder --data-dir holds or is, else prom_300_notata)."),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Local files: train/dev/test CSV (sequence,label) or CoNLL text."),
+    num_labels: Optional[int] = typer.Option(None, "--num-labels", help="Classes of a DNA task (default: the task's own, e.g. 2 for promoters); labels outside 0..K-1 are refused."),
     tokenizer: Optional[str] = typer.Option(None, "--tokenizer", help="Default: MODEL's own. A model name, a path "
                                                                       "(tokenizer.json or a directory), or a DNA tokenizer: dnabert2, bpe:V, kmer:K, char."),
     norm: str = typer.Option("all", "--norm", help="all (= vanilla,spectral,frobenius, as in qft train) | vanilla (none) | spectral | frobenius, or a list like vanilla,frobenius; every variant starts from the same weights and data order."),
@@ -84,7 +85,7 @@ def finetune_command(
                                 warmup_ratio=warmup_ratio, batch_size=batch_size, eval_batch_size=eval_batch_size,
                                 seed=seed, max_length=max_length, max_steps=max_steps,
                                 max_train_samples=max_train_samples, max_eval_samples=max_eval_samples,
-                                mixed_precision=mixed_precision, seeds=seed_list)
+                                mixed_precision=mixed_precision, seeds=seed_list, num_labels=num_labels)
     torch_device, torch_dtype = resolve_device(device), resolve_dtype(dtype)
     from qft_cli.system.threads import configure_threads
 

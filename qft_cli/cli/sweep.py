@@ -5,7 +5,6 @@ and handed to the sweep library as :class:`qft_cli.sweep.grid.CommandSpec`."""
 from __future__ import annotations
 
 import shlex
-import sys
 import typing
 from pathlib import Path
 from typing import Optional

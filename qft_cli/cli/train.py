@@ -30,6 +30,7 @@ def train_command(
     dataset: str = typer.Option("genomic-bench", "--dataset", help="genomic-bench | gue | conll2003 (POS tagging) | synthetic-dna (qft demo's files, --data-dir)."),
     task: Optional[str] = typer.Option(None, "--task", help="GUE task (default: the task folder --data-dir holds or is, else prom_300_notata); gue only."),
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Offline data: CSV/TSV train/dev/test (sequence|seq,label) or CoNLL train/valid/test.txt."),
+    num_labels: Optional[int] = typer.Option(None, "--num-labels", help="Classes of a DNA task (default: the task's own, e.g. 2 for promoters); labels outside 0..K-1 are refused."),
     tokenizer: str = typer.Option("auto", "--tokenizer", help="DNA: dnabert2 | bpe:V | kmer:K | char | PATH (a tokenizer.json or a directory) (auto = the embedding model's, else dnabert2). Text: a model alias."),
     max_length: int = typer.Option(512, "--max-length", help="Truncate inputs to this many tokens."),
     norm: str = typer.Option("all", "--norm", help="all (= vanilla,spectral,frobenius) | vanilla (none) | spectral | frobenius, or a list like vanilla,frobenius; every variant sees the same data order and initial weights."),
@@ -106,7 +107,8 @@ def train_command(
             num_heads=num_heads, d_ff=d_ff, num_layers=num_layers, dropout=dropout, embedding_from=embedding_from,
             freeze_embedding=freeze_embedding, max_train_samples=max_train_samples,
             max_eval_samples=max_eval_samples,
-            trust_remote_code=trust_remote_code, subnormalised=subnormalised, seeds=seed_list, training=training)
+            trust_remote_code=trust_remote_code, subnormalised=subnormalised, seeds=seed_list, num_labels=num_labels,
+            training=training)
     options.validate()
     from qft_cli.system.threads import configure_threads
 

@@ -66,6 +66,25 @@ CONLL_POS_TAGS = (
     "JJS", "LS", "MD", "NN", "NNP", "NNPS", "NNS", "NN|SYM", "PDT", "POS", "PRP", "PRP$", "RB", "RBR",
     "RBS", "RP", "SYM", "TO", "UH", "VB", "VBD", "VBG", "VBN", "VBP", "VBZ", "WDT", "WP", "WP$", "WRB",
 )
+#: Number of classes of each DNA task by its own definition: Genomic Benchmarks
+#: human_nontata_promoters is binary (Gresova et al. 2023, table 1); in GUE (Zhou et al. 2024,
+#: table 1) splice-site prediction has 3 classes, COVID variant classification 9, every other task
+#: 2; qft demo's synthetic task is binary. ``--num-labels`` overrides.
+GUE_NUM_LABELS = {"splice_reconstructed": 3, "covid": 9}
+
+
+def task_num_labels(dataset: str, task: Optional[str]) -> Optional[int]:
+    """The number of classes ``dataset``/``task`` has by its own definition (see
+    :data:`GUE_NUM_LABELS`), ``None`` where qft does not know it (CoNLL: its tag list decides; a
+    GUE folder named after no GUE task)."""
+    if dataset == "gue":  # a folder named after no GUE task: unknown
+        task = task or DEFAULT_GUE_TASK
+        return GUE_NUM_LABELS.get(task, 2) if task in GUE_TASKS else None
+    if dataset in ("genomic-bench", "synthetic-dna"):
+        return 2
+    return None
+
+
 SPLITS = ("train", "validation", "test")
 _SPLIT_FILES = {"train": ("train",), "validation": ("dev", "valid", "validation"), "test": ("test",)}
 _DNA_RE = re.compile(r"^[ACGTN]+$")
@@ -169,8 +188,29 @@ def _check_labels(raw: list[Any], where: str) -> list[int]:
     return labels
 
 
+def _check_label_set(splits: dict[str, dict[str, list]], num_labels: int, where: dict[str, str], why: str) -> None:
+    """Refuse labels outside ``0..num_labels-1`` in any split, naming the rows (1-based, per file)."""
+    bad = []
+    for split in SPLITS:
+        if split not in splits:
+            continue
+        rows = [(i + 1, lab) for i, lab in enumerate(splits[split]["labels"]) if not 0 <= lab < num_labels]
+        if rows:
+            shown = ", ".join(f"row {i} label {lab}" for i, lab in rows[:3]) + (" ..." if len(rows) > 3 else "")
+            bad.append(f"{where.get(split, split)}: {len(rows)} row(s) ({shown})")
+    if bad:
+        raise QftInputError(f"labels outside {list(range(num_labels))} ({why}) in " + "; ".join(bad)
+                            + ": fix those rows, or pass --num-labels K if the task really has K classes")
+
+
 def _finish_dna(dataset: str, task: Optional[str], splits: dict[str, dict[str, list]], source: str,
-                seed: int, files: Optional[list[Path]] = None, origin: Optional[dict[str, Any]] = None) -> TaskData:
+                seed: int, files: Optional[list[Path]] = None, origin: Optional[dict[str, Any]] = None,
+                num_labels: Optional[int] = None, where: Optional[dict[str, str]] = None) -> TaskData:
+    expected = num_labels or task_num_labels(dataset, task)
+    if expected is not None:
+        why = (f"--num-labels {num_labels}" if num_labels else
+               f"{dataset}{'/' + (task or DEFAULT_GUE_TASK) if dataset == 'gue' else ''} has {expected} classes")
+        _check_label_set(splits, expected, where or {s: f"{source} {s}" for s in splits}, why)
     notes = []
     if "validation" not in splits:
         if "test" not in splits:
@@ -182,6 +222,8 @@ def _finish_dna(dataset: str, task: Optional[str], splits: dict[str, dict[str, l
         splits["test"] = {k: [test[k][i] for i in order[half:]] for k in test}
         notes.append(f"validation and test are the two halves of the test split permuted with seed {seed}")
     label_set = sorted(set(splits["train"]["labels"]))
+    if expected is not None and len(label_set) >= 2:
+        label_set = list(range(expected))  # the task's classes, also those the training subset lacks
     if len(label_set) < 2:
         raise QftInputError(f"the training split of {source} has only label {label_set}: it needs at least two classes")
     if label_set != list(range(len(label_set))):
@@ -341,7 +383,8 @@ def _candidate_dirs(dataset: str, task: Optional[str], data_dir: Path) -> list[P
     return [data_dir / (task or default), data_dir]
 
 
-def _dna_from_dir(dataset: str, task: Optional[str], data_dir: Path, seed: int) -> TaskData:
+def _dna_from_dir(dataset: str, task: Optional[str], data_dir: Path, seed: int,
+                  num_labels: Optional[int] = None) -> TaskData:
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
         raise QftInputError(f"--data-dir {data_dir} is not a directory: pass the folder with train/dev/test files")
@@ -354,6 +397,7 @@ def _dna_from_dir(dataset: str, task: Optional[str], data_dir: Path, seed: int) 
                             f"train, dev and test files" + (f" (or a folder holding {task}/)" if task else ""))
     splits: dict[str, dict[str, list]] = {}
     files: list[Path] = []
+    where: dict[str, str] = {}
     for split in SPLITS:
         path = _find_split_file(directory, split, (".csv", ".tsv"))
         if path is None:
@@ -363,9 +407,10 @@ def _dna_from_dir(dataset: str, task: Optional[str], data_dir: Path, seed: int) 
             raise QftInputError(f"{path} has no rows: pass a file with sequences")
         splits[split] = {"inputs": _check_dna(seqs, str(path)), "labels": _check_labels(labels, str(path))}
         files.append(path.resolve())
+        where[split] = str(path)
     if "test" not in splits:
         raise QftInputError(f"--data-dir {directory} has no test.csv or test.tsv: add the test split")
-    data = _finish_dna(dataset, task, splits, str(directory), seed, files)
+    data = _finish_dna(dataset, task, splits, str(directory), seed, files, num_labels=num_labels, where=where)
     if dataset == "gue" and given is None:
         data.notes.insert(0, task_choice_note(data_dir, directory, task))
     return data
@@ -468,7 +513,7 @@ def _hub_origin(ds, hub_id: str, config: Optional[str]) -> tuple[dict[str, Any],
              "revision": hub_dataset_revision(ds)}, hub_dataset_files(ds))
 
 
-def _dna_from_hub(dataset: str, task: Optional[str], seed: int) -> TaskData:
+def _dna_from_hub(dataset: str, task: Optional[str], seed: int, num_labels: Optional[int] = None) -> TaskData:
     if dataset == "genomic-bench":
         hub_id, config = GENOMIC_BENCH_HUB, None
         ds, source = _hub_load(GENOMIC_BENCH_HUB), GENOMIC_BENCH_HUB
@@ -490,7 +535,7 @@ def _dna_from_hub(dataset: str, task: Optional[str], seed: int) -> TaskData:
     if "train" not in splits:
         raise QftInputError(f"{source} has no train split")
     origin, files = _hub_origin(ds, hub_id, config)
-    return _finish_dna(dataset, task, splits, source, seed, files, origin)
+    return _finish_dna(dataset, task, splits, source, seed, files, origin, num_labels=num_labels)
 
 
 def _conll_from_hub() -> TaskData:
@@ -507,7 +552,8 @@ def _conll_from_hub() -> TaskData:
 
 # ----------------------------------------------------------------------------- public loading
 
-def load_task(dataset: str, *, task: Optional[str] = None, data_dir: Optional[Path] = None, seed: int = 42) -> TaskData:
+def load_task(dataset: str, *, task: Optional[str] = None, data_dir: Optional[Path] = None, seed: int = 42,
+              num_labels: Optional[int] = None) -> TaskData:
     """Load ``dataset`` from ``data_dir`` (offline) or the Hugging Face Hub.
 
     Args:
@@ -517,20 +563,26 @@ def load_task(dataset: str, *, task: Optional[str] = None, data_dir: Optional[Pa
             the task actually read.
         data_dir: local files (see module docstring); ``None`` loads from the hub.
         seed: seed of the validation/test split of ``genomic-bench``.
+        num_labels: the number of classes of a DNA task (default: the task's own,
+            :func:`task_num_labels`); every label of every split must lie in ``0..num_labels-1``.
 
     Raises:
         QftInputError: unknown dataset/task, missing files or columns, invalid DNA letters,
-            labels outside the training label set, hub unreachable.
+            labels outside the task's label set (the rows named) or the training label set, hub
+            unreachable.
     """
     dataset, task = validate_dataset_name(dataset, task)
+    if num_labels is not None and (dataset == "conll2003" or num_labels < 2):
+        raise QftInputError(f"--num-labels {num_labels}: " + ("conll2003's tag list sets its classes; drop --num-labels"
+                                                              if dataset == "conll2003" else "a classifier needs at least 2 classes"))
     if dataset == "conll2003":
         return _conll_from_dir(data_dir) if data_dir else _conll_from_hub()
     if data_dir:
-        return _dna_from_dir(dataset, task, Path(data_dir), seed)
+        return _dna_from_dir(dataset, task, Path(data_dir), seed, num_labels)
     if dataset in LOCAL_ONLY:
         raise QftInputError(f"--dataset {dataset} has no hub copy: pass --data-dir with its train/dev/test CSV files "
                             "(qft demo writes them)")
-    return _dna_from_hub(dataset, task, seed)
+    return _dna_from_hub(dataset, task, seed, num_labels)
 
 
 def subsample(data: TaskData, split: str, max_samples: Optional[int], seed: int) -> TaskData:

@@ -128,10 +128,13 @@ def mmlu_questions(data_file: Optional[Path] = None, text_column: Optional[str] 
     or the hub (``cais/mmlu``, ``all``, ``validation``; :class:`Texts` records the resolved revision).
 
     Raises:
-        QftInputError: the file lacks a ``question`` column, or the hub is unreachable.
+        QftInputError: the file lacks a ``question`` column, has bad MMLU choices
+            (:func:`check_mmlu_choices`), or the hub is unreachable.
     """
     if data_file is not None:
-        return read_text_file(Path(data_file), text_column or "question")
+        texts = read_text_file(Path(data_file), text_column or "question")
+        check_mmlu_choices(Path(data_file))
+        return texts
     from qft_cli.models.names import load_hub_dataset
 
     ds = load_hub_dataset(MMLU_HUB_ID, name="all", split="validation", what="MMLU",
@@ -141,6 +144,55 @@ def mmlu_questions(data_file: Optional[Path] = None, text_column: Optional[str] 
     return Texts(ds["question"], files=hub_dataset_files(ds),
                  origin={"source": "hub", "hub_id": MMLU_HUB_ID, "config": "all", "split": ["validation"],
                          "revision": hub_dataset_revision(ds)})
+
+
+MMLU_CHOICES = ("A", "B", "C", "D")
+
+
+def check_mmlu_choices(path: Path) -> None:
+    """Check the multiple-choice columns of an MMLU-style table (``subject,question,A,B,C,D,answer``).
+
+    A table with none of ``A, B, C, D, answer`` is a list of questions and passes. One with any of
+    them must have all five, every ``answer`` one of A-D (surrounding spaces ignored) and no empty
+    choice, so that a shifted or damaged file is not measured as MMLU.
+
+    Raises:
+        QftInputError: a missing column, or the rows (numbered from 1 after the header) with an
+            answer outside A-D or an empty choice.
+    """
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in (".csv", ".tsv", ".parquet"):
+        return
+    import pandas as pd
+
+    try:
+        frame = (pd.read_parquet(path) if suffix == ".parquet" else
+                 pd.read_csv(path, sep="\t" if suffix == ".tsv" else ",", dtype=str, keep_default_na=False))
+    except (ValueError, OSError) as err:
+        raise _unreadable(path, err) from None
+    wanted = (*MMLU_CHOICES, "answer")
+    present = [c for c in wanted if c in frame.columns]
+    if not present:
+        return
+    missing = [c for c in wanted if c not in frame.columns]
+    if missing:
+        raise QftInputError(f"{path} has MMLU columns but not {', '.join(missing)}: give all of "
+                            "subject,question,A,B,C,D,answer (or only a question column)")
+    text = frame[list(wanted)].astype(object).where(frame[list(wanted)].notna(), "").astype(str)
+    bad_answer = ~text["answer"].str.strip().isin(MMLU_CHOICES)
+    empty = text[list(MMLU_CHOICES)].apply(lambda c: c.str.strip() == "")
+    problems = []
+    for i in frame.index[bad_answer | empty.any(axis=1)]:
+        row = int(i) + 1
+        if bad_answer[i]:
+            problems.append(f"row {row} answer {text['answer'][i]!r}")
+        else:
+            problems.append(f"row {row} empty choice {','.join(c for c in MMLU_CHOICES if empty[c][i])}")
+    if problems:
+        shown = "; ".join(problems[:3]) + (f"; ... ({len(problems)} rows)" if len(problems) > 3 else "")
+        raise QftInputError(f"{path} is not a valid MMLU table ({shown}): every answer must be one of "
+                            "A, B, C, D and every choice non-empty; fix those rows")
 
 
 def random_token_ids(vocab_size: int, special_ids: set[int], max_tokens: int, seed: int) -> list[list[int]]:

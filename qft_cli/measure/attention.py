@@ -8,8 +8,10 @@ For one sample (N real tokens), block ``l`` and query head ``h`` (head width ``d
 * Q_h, K_h, V_h: ``N x d_head`` queries, keys and values *as they enter the dot product*: after
   rotary embeddings where the model has them; with grouped-query attention (GQA) key/value head
   ``h // (H / H_kv)`` is paired with query head ``h``, as ``repeat_kv`` does.
-* L_h = Q_h K_h^T / sqrt(d_head): the unmasked logits, without additive biases (ALiBi, relative
-  positions) and with the 1/sqrt(d_head) scaling whatever scaling the model applies.
+* L_h = s Q_h K_h^T: the unmasked logits, without additive biases (ALiBi, relative positions)
+  and with the model's own logit scale s (:func:`logit_scale`: 1/sqrt(d_head) as in Vaswani et
+  al. 2017, eq. 1, for most models; ``query_pre_attn_scalar^-1/2`` for Gemma 2 and 3). Below,
+  "/ sqrt(d_head)" stands for "* s".
 
 The N x N logits are never formed. With thin QR factorisations Q_h = U_q R_q and K_h = U_k R_k
 (U with orthonormal columns, R of size ``min(N, d_head) x d_head``), Q_h K_h^T = U_q (R_q R_k^T) U_k^T,
@@ -342,14 +344,29 @@ def _delegate(implementation: str, module: torch.nn.Module) -> Callable:
     return ALL_ATTENTION_FUNCTIONS[implementation]
 
 
+def logit_scale(module: torch.nn.Module, head_dim: int, scaling: Optional[float] = None) -> float:
+    """The factor the model multiplies Q_h K_h^T by before the softmax: ``scaling`` as the model
+    passed it to its attention function, else the module's own ``scaling`` attribute, else
+    1/sqrt(d_head) (Vaswani et al. 2017, eq. 1).
+
+    Gemma 2 and 3 scale by ``query_pre_attn_scalar^-1/2`` (their config; 256 where d_head = 256 in
+    Gemma 2 9B, but ``d_model / n_heads`` = 144 in Gemma 2 27B) instead of ``d_head^-1/2``; the
+    logits of ``norms attention`` use the model's own scale (docs/conventions.md)."""
+    for value in (scaling, getattr(module, "scaling", None)):
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0 and math.isfinite(value):
+            return float(value)
+    return 1.0 / math.sqrt(head_dim)
+
+
 def register_recording_attention(implementation: str) -> str:
     """Register (once) the recording attention function for ``implementation`` in transformers'
     ``AttentionInterface`` and the implementation's mask function in ``AttentionMaskInterface``
     under the name ``qft_record_<implementation>``; returns that name.
 
-    The function calls the active observer with ``(module, query, key, value)`` (query
-    (batch, H, N, d_head), key/value (batch, H_kv, N, d_head), after rotary embeddings), then
-    returns what ``implementation`` returns.
+    The function calls the active observer with ``(module, query, key, value, scaling=...)`` (query
+    (batch, H, N, d_head), key/value (batch, H_kv, N, d_head), after rotary embeddings; ``scaling``
+    the logit scale the model passes, ``None`` for the default), then returns what
+    ``implementation`` returns.
     """
     from transformers.masking_utils import (
         ALL_MASK_ATTENTION_FUNCTIONS,
@@ -361,7 +378,7 @@ def register_recording_attention(implementation: str) -> str:
 
     def recording_attention(module, query, key, value, attention_mask, **kwargs):
         if _ACTIVE:
-            _ACTIVE[-1](module, query, key, value)
+            _ACTIVE[-1](module, query, key, value, scaling=kwargs.get("scaling"))
         return _delegate(implementation, module)(module, query, key, value, attention_mask, **kwargs)
 
     AttentionInterface.register(name, recording_attention)
@@ -494,7 +511,7 @@ def attention_norms(model: torch.nn.Module, token_ids: Sequence[Sequence[int]], 
     all_zero: set[tuple[int, int]] = set()
     lengths = [len(x) for x in token_ids]
 
-    def observe(module, q, k, v):
+    def observe(module, q, k, v, scaling=None):
         layer = capture.layer_of.get(id(module))
         if layer is None or layer not in layers:
             return
@@ -506,9 +523,9 @@ def attention_norms(model: torch.nn.Module, token_ids: Sequence[Sequence[int]], 
         if x is None:
             raise QftInputError(f"the input of the attention of block {layer} of {name} was not seen: "
                                 "norms attention is not supported for this architecture")
-        parts.append(_measure(module, layer, x, q, k, v))
+        parts.append(_measure(module, layer, x, q, k, v, scaling))
 
-    def _measure(module, layer, x, q, k, v) -> dict[str, np.ndarray]:
+    def _measure(module, layer, x, q, k, v, scaling=None) -> dict[str, np.ndarray]:
         mask = state["mask"]
         batch = state["batch"]
         if q.dim() != 4 or k.dim() != 4 or v.dim() != 4 or q.shape[2] != mask.shape[1] or k.shape[2] != mask.shape[1]:
@@ -542,7 +559,7 @@ def attention_norms(model: torch.nn.Module, token_ids: Sequence[Sequence[int]], 
         k_spec, k_frob = spectral_norm(rk)[:, kvd], frobenius_norm(k)[:, kvd]
         v_spec, v_frob = spectral_norm(rv)[:, kvd], frobenius_norm(v)[:, kvd]
         l_spec, l_frob = product_norms(rq, rk[:, kvd], factored=True)
-        scale = math.sqrt(dh)
+        scale = 1.0 / logit_scale(module, dh, scaling)  # the logits are Q K^T * logit_scale
         l_spec, l_frob = l_spec / scale, l_frob / scale
         finite = xn["finite"].to(device) & fq & fk & fv
         xs = xn["spectral_norm"].to(device, ACCUMULATE)[:, None]

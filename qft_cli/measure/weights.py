@@ -113,6 +113,66 @@ def check_complete_blocks(specs: list[MatrixSpec], unrecognised: list[str], name
                             f"{hint}: the checkpoint is incomplete or a weight was renamed; fix or re-download it")
 
 
+def _config_value(config, *names):
+    from qft_cli.models.layout import _config_get
+
+    value = _config_get(config or {}, *names)
+    return int(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def check_config_shapes(shapes: dict[str, tuple[int, ...]], specs: list[MatrixSpec], config, name: str) -> None:
+    """The self-attention matrices must have the shapes their config implies, or the per-head
+    tables would be computed with the wrong head width (or silently left empty).
+
+    With ``d`` = ``hidden_size`` (``n_embd``, ``d_model``, ``dim``), ``H`` heads
+    (``num_attention_heads``, ...; ``decoder_attention_heads`` for a decoder part), ``H_kv`` =
+    ``num_key_value_heads`` (default ``H``; grouped-query attention, Ainslie et al. 2023) and
+    ``d_head`` = ``head_dim`` (default ``d / H``), the oriented ``(d_out, d_in)`` shapes are
+    q ``(H d_head, d)``, k and v ``(H_kv d_head, d)``, o ``(d, H d_head)`` (Vaswani et al. 2017,
+    section 3.2.2). Checked only where the config gives ``d`` and ``H`` and uses no other head
+    widths (multi-head latent attention's ``kv_lora_rank``/``v_head_dim``).
+
+    Raises:
+        QftInputError: the first mismatching tensors: name, shape found, shape the config implies.
+    """
+    config = config or {}
+    if _config_value(config, "kv_lora_rank", "v_head_dim", "qk_nope_head_dim") is not None:
+        return
+    d = _config_value(config, "hidden_size", "n_embd", "d_model", "dim")
+    wrong = []
+    for spec in specs:
+        if spec.matrix not in ("q", "k", "v", "o"):
+            continue
+        heads = (_config_value(config, "decoder_attention_heads") if spec.part == "decoder" else None) or \
+            _config_value(config, "num_attention_heads", "n_head", "encoder_attention_heads", "n_heads")
+        if not d or not heads:
+            return
+        kv_heads = _config_value(config, "num_key_value_heads") or heads
+        width = _config_value(config, "head_dim", "attention_head_size")
+        if width is None:
+            if d % heads:
+                raise QftInputError(f"{name}: config.json gives hidden size {d} and {heads} attention heads, "
+                                    f"which do not divide (head width {d}/{heads}): fix config.json or use the "
+                                    "one the checkpoint was saved with")
+            width = d // heads
+        expected = {"q": (heads * width, d), "k": (kv_heads * width, d), "v": (kv_heads * width, d),
+                    "o": (d, heads * width)}[spec.matrix]
+        try:
+            found = tuple(spec.extract(torch.empty(shapes[spec.parameter], device="meta")).shape)
+        except (RuntimeError, IndexError, KeyError):  # a split that needs the real tensor
+            continue
+        if found != expected:
+            where = f" ({spec.matrix} of {spec.parameter})" if spec.rows is not None else ""
+            wrong.append(f"{spec.parameter if not where else spec.matrix + ' block'}{where} is {found}, "
+                         f"the config implies {expected}")
+    if wrong:
+        facts = (f"hidden_size={d}, heads={heads}, key/value heads={kv_heads}, head_dim={width}"
+                 if d and heads and width else "")
+        raise QftInputError(f"{name}: config.json does not match the weights ({len(wrong)} tensor(s)): "
+                            f"{'; '.join(wrong[:3])}{f' ({facts})' if facts else ''}: fix config.json or "
+                            "use the one the checkpoint was saved with")
+
+
 def iter_matrices(store: TensorStore, specs: list[MatrixSpec], dtype: Optional[torch.dtype] = None,
                   device: Optional[torch.device] = None) -> Iterator[tuple[MatrixSpec, torch.Tensor]]:
     """Yield ``(spec, W)`` with W oriented ``(d_out, d_in)``; each stored tensor is read once
@@ -174,7 +234,8 @@ def weight_norms(source: ModelSource, *, dtype: Optional[torch.dtype] = None, de
 
     Raises:
         QftInputError: no attention matrices found (the message lists the parameter names seen); a
-            block lacking a matrix its sibling blocks have (:func:`check_complete_blocks`).
+            block lacking a matrix its sibling blocks have (:func:`check_complete_blocks`); attention
+            matrices of other shapes than the config implies (:func:`check_config_shapes`).
     """
     store = open_weights(source)
     try:
@@ -185,6 +246,7 @@ def weight_norms(source: ModelSource, *, dtype: Optional[torch.dtype] = None, de
                                 "this architecture's parameter names are not known to qft")
         unrecognised = unrecognised_parameters(store.shapes, specs)
         check_complete_blocks(specs, unrecognised, source.name)
+        check_config_shapes(store.shapes, specs, store.config, source.name)
         if parameters is not None:
             specs = [s for s in specs if s.parameter in parameters]
         rows, vectors, heads, nonfinite = [], [], [], []

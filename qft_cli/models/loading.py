@@ -25,7 +25,7 @@ safetensors' spelling (``F32``, ``F16``, ``BF16``, ...).
 
 from __future__ import annotations
 
-import json
+import re
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,7 +35,7 @@ import torch
 
 from qft_cli.models import names as _models
 from qft_cli.models.names import ModelSource, build_tiny_model
-from qft_cli.runs.files import checkpoint_files
+from qft_cli.runs.files import checkpoint_files, read_json_file
 from qft_cli.system.errors import QftInputError, first_line
 
 
@@ -88,7 +88,13 @@ def _store_from_gguf(path: Path) -> TensorStore:
 
 
 def _damaged(path: Path, err: BaseException) -> QftInputError:
-    first = first_line(err)
+    text = str(err)
+    refused = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+    if refused:  # torch.load(weights_only=True) stopped at an object that is not tensor data
+        return QftInputError(f"weights file {path} holds pickled Python objects, not only tensors (it would call "
+                             f"{refused.group(1)}; torch.load(weights_only=True) refused it, nothing ran): "
+                             "it is not a state dict; use a safetensors file or a checkpoint you trust")
+    first = first_line(re.sub(r"\x1b\[[0-9;]*m", "", text))  # without terminal colour codes
     return QftInputError(f"could not read weights file {path} ({type(err).__name__}: {first}): "
                          "the file is damaged or not a checkpoint; download it again")
 
@@ -97,7 +103,10 @@ def _store_from_dir(directory: Path) -> TensorStore:
     from safetensors import safe_open
 
     config_path = directory / "config.json"
-    config = json.loads(config_path.read_text()) if config_path.is_file() else {}
+    config = read_json_file(config_path) if config_path.is_file() else {}
+    if not isinstance(config, dict):
+        raise QftInputError(f"{config_path} holds a JSON {type(config).__name__}, not a config object: "
+                            "download or write it again")
     stack = ExitStack()
     files = checkpoint_files(directory)
     shapes: dict[str, tuple[int, ...]] = {}
@@ -129,6 +138,12 @@ def _store_from_dir(directory: Path) -> TensorStore:
                 state = torch.load(str(f), map_location="cpu", weights_only=True)
         except Exception as err:  # truncated, not a checkpoint, or pickled objects beyond tensors
             raise _damaged(f, err) from None
+        if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                                  for k, v in state.items()):
+            what = (f"a {type(state).__name__}" if not isinstance(state, dict) else
+                    "a dict with entries that are not (name, tensor) pairs")
+            raise QftInputError(f"weights file {f} holds {what}, not a state dict (parameter name -> tensor): "
+                                "the file is not a model checkpoint; download it again")
         for name, tensor in state.items():
             shapes[name] = tuple(tensor.shape)
             types[name] = dtype_name(tensor.dtype)
@@ -301,6 +316,18 @@ def read_state_dict(directory: Path) -> dict[str, torch.Tensor]:
         store.close()
 
 
+def check_checkpoint(directory: Path) -> None:
+    """Check the files of a local checkpoint before ``from_pretrained`` reads them: ``config.json``
+    is a JSON object, every weight file of :func:`checkpoint_files` opens (safetensors header and
+    size; ``.bin`` through ``torch.load(mmap=True, weights_only=True)``: its payload never runs) and a
+    ``.bin`` holds a state dict. No tensor data is read beyond the headers.
+
+    Raises:
+        QftInputError: one line naming the damaged file and what is wrong with it.
+    """
+    _store_from_dir(Path(directory)).close()
+
+
 def model_directory(source: ModelSource, allow_patterns: list[str]) -> Path:
     """The directory of a local/minilm model, or the hub files matching ``allow_patterns``."""
     if source.kind == "hub":
@@ -357,8 +384,8 @@ def load_dnabert2(path_or_hub_id, num_labels: Optional[int] = None, task: str = 
     config_path = directory / "config.json"
     if not config_path.is_file():
         raise QftInputError(f"{directory} has no config.json: pass a DNABERT-2 model directory")
-    raw = json.loads(config_path.read_text())
-    if not dnabert2.is_dnabert2_config(raw):
+    raw = read_json_file(config_path)
+    if not isinstance(raw, dict) or not dnabert2.is_dnabert2_config(raw):
         raise QftInputError(f"{directory} is not a DNABERT-2 model (config.json has neither model_type "
                             f"'{dnabert2.MODEL_TYPE}' nor DNABERT-2's auto_map/alibi_starting_size)")
     overrides = dict(config_overrides)
@@ -409,6 +436,8 @@ def load_model(source: ModelSource, *, dtype: torch.dtype = torch.float32, devic
     from qft_cli.models.dnabert2 import is_dnabert2_source, task_of_auto_class
 
     auto_class = auto_class or AutoModel
+    if source.kind in ("local", "minilm"):
+        check_checkpoint(Path(source.location))
     if source.kind == "tiny":
         model = build_tiny_model(source.location, auto_class, **kwargs).to(dtype=dtype)
     elif not trust_remote_code and is_dnabert2_source(source.location, source.kind):

@@ -10,7 +10,8 @@ Architecture (Zhou et al., "DNABERT-2", ICLR 2024, arXiv:2306.15006; a MosaicBER
 * FFN: gated linear unit: ``gated_layers`` (no bias) to ``2 x intermediate``, first half = gate,
   second half = up, ``GELU(gate) * up``, dropout, ``wo``, residual, LayerNorm (the dropout sits
   before ``wo`` as in the published code; eval mode does not see it);
-* pooler (dense + tanh on the first token) and classifier as in Hugging Face BERT.
+* pooler (dense + tanh on the first real token: position 0, or the first unmasked position under
+  left padding) and classifier as in Hugging Face BERT.
 
 Parameter names are those of the published checkpoint ``zhihan1996/DNABERT-2-117M``
 (``bert.embeddings.word_embeddings``, ``bert.encoder.layer.N.attention.self.Wqkv``,
@@ -228,15 +229,24 @@ class DnaBert2Encoder(nn.Module):
 
 
 class DnaBert2Pooler(nn.Module):
-    """Dense + tanh on the first token, as in Hugging Face BERT."""
+    """Dense + tanh on the first *real* token (``[CLS]``), as in Hugging Face BERT.
+
+    With right padding (or none) that is position 0; with left padding it is the first position
+    whose ``attention_mask`` is 1, so a left-padded sequence is classified as it is alone (position
+    0 would be a padding state: masked keys make it meaningless)."""
 
     def __init__(self, config: DnaBert2Config):
         super().__init__()
         self.dense = nn.Linear(config.hidden_size, config.hidden_size)
         self.activation = nn.Tanh()
 
-    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.activation(self.dense(hidden[:, 0]))
+    def forward(self, hidden: torch.Tensor, attention_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        if attention_mask is None:
+            first = hidden[:, 0]
+        else:  # argmax gives the first 1 of each row (0 for a row without padding in front)
+            start = (attention_mask != 0).to(torch.int8).argmax(dim=1)
+            first = hidden[torch.arange(hidden.shape[0], device=hidden.device), start]
+        return self.activation(self.dense(first))
 
 
 # ----------------------------------------------------------------------------- models
@@ -299,7 +309,7 @@ class DnaBert2Model(DnaBert2PreTrainedModel):
                                     else self.config.output_hidden_states)
         hidden = self.embeddings(input_ids, token_type_ids, inputs_embeds)
         hidden, states = self.encoder(hidden, attention_mask, output_hidden_states)
-        pooled = self.pooler(hidden) if self.pooler is not None else None
+        pooled = self.pooler(hidden, attention_mask) if self.pooler is not None else None
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         if not return_dict:
             return tuple(x for x in (hidden, pooled, states) if x is not None)

@@ -141,10 +141,31 @@ def resolve_model(name: str) -> ModelSource:
         return ModelSource(name, "local", str(path.resolve()))
     if "/" in name and not name.startswith((".", "/", "~")) and name.count("/") == 1:
         return ModelSource(name, "hub", name)
-    near = difflib.get_close_matches(name, all_model_names(), n=1, cutoff=0.5)
-    hint = f"did you mean '{near[0]}'? " if near else ""
-    raise QftInputError(f"unknown model '{name}': {hint}use an alias from `qft models`, "
-                        "a Hugging Face id (owner/name), an existing local directory or a .gguf file")
+    raise QftInputError(f"unknown model '{name}': {alias_hint(name)}; or pass a Hugging Face id (owner/name), "
+                        "an existing local directory or a .gguf file")
+
+
+def nearest_alias(name: str) -> Optional[str]:
+    """The alias (:data:`ALIASES`, the tiny models, ``minilm``, ``smollm2``) nearest to ``name`` by
+    :func:`difflib.get_close_matches` (ratio >= 0.5), comparing ``name``, its last path component and
+    the aliases' hub ids (``openai/gtp2`` -> ``gpt2``); ``None`` when nothing is close."""
+    names = all_model_names()
+    by_id = {hub_id.lower(): alias for alias, hub_id in ALIASES.items()}
+    tail = str(name).rstrip("/").rsplit("/", 1)[-1]
+    for query, pool in ((name, names), (tail, names), (str(name).lower(), list(by_id))):
+        near = difflib.get_close_matches(query, pool, n=1, cutoff=0.5)
+        if near:
+            return by_id.get(near[0], near[0])
+    return None
+
+
+def alias_hint(name: str) -> str:
+    """``did you mean 'gpt2' (openai-community/gpt2)? aliases: minilm, smollm2, ...`` for a model
+    name that was not found (:func:`nearest_alias`)."""
+    near = nearest_alias(name)
+    where = ALIASES.get(near) if near else None
+    guess = f"did you mean '{near}'{f' ({where})' if where else ''}? " if near else ""
+    return f"{guess}aliases: {', '.join(all_model_names())} (`qft models` describes them)"
 
 
 #: Seconds the connectivity probe of :func:`hub_offline_if_unreachable` waits for the hub.
@@ -250,19 +271,20 @@ def hub_error(source: ModelSource, err: BaseException) -> QftInputError:
     if "gated" in text.lower() or "GatedRepo" in text:
         return QftInputError(f"model {label} is gated on the Hugging Face Hub: accept its license on "
                              "the hub and log in (hf auth login), or pass a local directory")
+    hint = "" if source.name in ALIASES else f"; {alias_hint(source.name)}"
     if "RepositoryNotFound" in text or "is not a valid model identifier" in text:
         return QftInputError(f"model {label} was not found on the Hugging Face Hub: check the id, "
-                             f"or {HUB_HELP}")
+                             f"or {HUB_HELP}{hint}")
     if _HUB_STATE.get("unreachable"):
         return QftInputError(f"could not load model {label}: the Hugging Face Hub is not reachable "
                              f"(no connection within {HUB_PROBE_TIMEOUT_S:g} s) and the model is not cached; "
-                             f"{HUB_HELP}")
+                             f"{HUB_HELP}{hint}")
     if _offline_env():
         return QftInputError(f"model {label} is not in the local Hugging Face cache and HF_HUB_OFFLINE is set: "
                              "unset it to download, pass a local model directory, or use the offline "
-                             f"model '{MINILM}'")
+                             f"model '{MINILM}'{hint}")
     return QftInputError(f"could not load model {label}: the Hugging Face Hub was not reachable "
-                         f"and the model is not cached; {HUB_HELP}")
+                         f"and the model is not cached; {HUB_HELP}{hint}")
 
 
 def _hub_call(source: ModelSource, fn, *args, **kwargs):

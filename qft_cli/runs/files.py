@@ -11,14 +11,17 @@ SHA-256 (FIPS 180-4, :mod:`hashlib`) of a file of at least :data:`CACHE_MIN_BYTE
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
 import re
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any, Optional
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -64,6 +67,43 @@ def _first_missing(path: Path) -> Path | None:
     return missing
 
 
+def read_json_file(path: Path) -> Any:
+    """The JSON value in ``path`` (a model's ``config.json``, a checkpoint index).
+
+    Raises:
+        QftInputError: the file is not valid JSON (truncated, damaged), naming the file and where
+            the parser stopped; or it cannot be read.
+    """
+    path = Path(path)
+    try:
+        return json.loads(path.read_bytes().decode("utf-8-sig"))
+    except json.JSONDecodeError as err:
+        raise QftInputError(f"{path} is not valid JSON ({err.msg}: line {err.lineno} column {err.colno}): "
+                            "the file is damaged or truncated; download or write it again") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise QftInputError(f"{path} could not be read ({type(err).__name__}: {err}): check the file") from None
+
+
+#: errno values of a full filesystem: no space left (ENOSPC), disk quota exceeded (EDQUOT).
+DISK_FULL_ERRNOS = tuple(e for e in (getattr(errno, "ENOSPC", None), getattr(errno, "EDQUOT", None)) if e)
+_DISK_FULL_TEXT = ("No space left on device", "Disk quota exceeded", "os error 28", "os error 122")
+
+
+def disk_full_error(err: Optional[BaseException]) -> Optional[BaseException]:
+    """The exception in ``err``'s chain (itself, ``__cause__``, ``__context__``) that says the
+    filesystem is full: an ``OSError`` with errno ENOSPC/EDQUOT, or another library's wrapper of one
+    (safetensors' ``SafetensorError: ... No space left on device (os error 28)``); ``None`` if none."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, OSError) and err.errno in DISK_FULL_ERRNOS:
+            return err
+        if any(text in str(err) for text in _DISK_FULL_TEXT):
+            return err
+        err = err.__cause__ or err.__context__
+    return None
+
+
 def _file_mode() -> int:
     """Permissions of a new file under the current umask (mkstemp would leave 0600)."""
     umask = os.umask(0)
@@ -86,13 +126,56 @@ def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
         raise
 
 
+def _plain(value: Any) -> Any:
+    """A torch tensor or NumPy value as a plain Python value (0-d: a scalar, else a list)."""
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(value, torch.Tensor):
+        return value.item() if value.dim() == 0 else value.tolist()
+    if isinstance(value, (np.generic, np.ndarray)):
+        return value.item() if np.ndim(value) == 0 else value.tolist()
+    return value
+
+
+def arrow_table(df: pd.DataFrame, name: str = "table") -> pa.Table:
+    """``df`` as a pyarrow table; values of object columns that are torch tensors or NumPy
+    scalars/arrays are converted to plain Python values first (0-d: a scalar, else a list).
+
+    Raises:
+        TypeError: a column still holds values parquet cannot store in one column (numbers mixed with
+            strings, unknown objects), naming the column and the Python types found.
+    """
+    objects = [c for c in df.columns if df[c].dtype == object]
+    if objects:
+        df = df.copy()
+        for col in objects:
+            df[col] = df[col].map(_plain)
+    try:
+        return pa.Table.from_pandas(df, preserve_index=False)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as err:
+        for col in objects:
+            try:
+                pa.array(df[col], from_pandas=True)
+            except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+                kinds = sorted({type(v).__name__ for v in df[col] if v is not None})
+                raise TypeError(f"column {col!r} of {name} cannot be written to parquet: it mixes "
+                                f"{', '.join(kinds)} values (one type per column)") from err
+        raise
+
+
 def write_parquet_atomic(df: pd.DataFrame, path: Path) -> Path:
-    """Write ``df`` to ``path`` as parquet through a temporary file and a rename."""
+    """Write ``df`` to ``path`` as parquet through a temporary file and a rename (values converted
+    by :func:`arrow_table`; nothing is written when it raises).
+
+    Raises:
+        TypeError: a column parquet cannot store (see :func:`arrow_table`).
+        OSError: the directory cannot be written (a full disk: ``errno.ENOSPC``).
+    """
     path = Path(path)
+    table = arrow_table(df, path.name)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
-        pq.write_table(pa.Table.from_pandas(df, preserve_index=False), tmp)
+        pq.write_table(table, tmp)
         os.chmod(tmp, _file_mode())
         os.replace(tmp, path)
     except BaseException:

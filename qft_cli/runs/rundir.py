@@ -62,7 +62,9 @@ class Run:
     """One run directory and its metadata.
 
     Use as a context manager: ``run.json`` is written with status ``running`` on entry, and with
-    ``completed``/``failed``/``interrupted`` and the end time on exit. A :class:`QftInputError`
+    ``completed``/``failed``/``interrupted`` and the end time on exit (when that last write fails
+    too, e.g. on a full disk, ``run.json`` keeps its previous complete state and the run's own
+    error propagates). A :class:`QftInputError`
     raised inside removes the directory: bad input leaves nothing written. A ``KeyboardInterrupt``
     (Ctrl-C, or SIGTERM through ``qft``'s handler) leaves with the attribute ``qft_run_dir`` (this
     run's path, unless an inner run set it), which the CLI prints with the command to resume.
@@ -78,7 +80,9 @@ class Run:
     is_main_process: bool = True
 
     def create(self) -> Path:
-        """Create the run directory (unique name) and return its path."""
+        """Create the run directory and return its path: ``<stamp>-<command>-<model>``, then ``-2``,
+        ``-3``, ... when taken; the name is claimed by ``mkdir`` itself, so runs created at once by
+        several processes (a sweep) each get their own directory."""
         self._created_root = _first_missing(Path(self.out)) if self.is_main_process else None
         out = check_writable(self.out) if self.is_main_process else Path(self.out)
         stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -86,13 +90,18 @@ class Run:
         if len(self.models) > 1:
             model_part += f"-and-{len(self.models) - 1}-more"
         base = f"{stamp}-{self.command.replace(' ', '-')}-{model_part}"
-        path = out / base
         i = 1
-        while path.exists():
+        while True:  # mkdir itself claims the name: two processes in the same second never share one
+            path = out / (base if i == 1 else f"{base}-{i}")
+            if self.is_main_process:
+                try:
+                    path.mkdir(parents=True)
+                    break
+                except FileExistsError:
+                    pass
+            elif not path.exists():
+                break
             i += 1
-            path = out / f"{base}-{i}"
-        if self.is_main_process:
-            path.mkdir(parents=True)
         self.path = path
         return path
 
@@ -172,5 +181,16 @@ class Run:
 
             self.meta["software"].update(torch_threads=torch.get_num_threads(),
                                          deterministic_algorithms=bool(torch.are_deterministic_algorithms_enabled()))
-        self._write()
+        if exc is not None and self.is_main_process and getattr(exc, "qft_run_dir", None) is None:
+            try:
+                exc.qft_run_dir = self.path  # the CLI names it (a full disk: the command to resume)
+            except AttributeError:  # an exception type without a __dict__
+                pass
+        try:
+            self._write()
+        except OSError:
+            if exc_type is None:
+                raise
+            # the run already failed (a full disk fails this write too): run.json keeps its last
+            # complete state (written atomically) and the original error propagates
         return False

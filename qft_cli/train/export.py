@@ -61,6 +61,7 @@ def fold_parametrizations(model: nn.Module) -> nn.Module:
     finally:
         model.train(was_training)
     folded.eval()
+    _own_parametrized_classes(folded)
     from qft_cli.train.normalization import fold_normalization
 
     fold_normalization(folded)  # qft's normalisation, and its settings in config.qft_normalization
@@ -72,6 +73,19 @@ def fold_parametrizations(model: nn.Module) -> nn.Module:
     for module in folded.modules():
         assert not parametrize.is_parametrized(module)
     return folded
+
+
+def _own_parametrized_classes(copy_of_model: nn.Module) -> None:
+    """Give every parametrized module of a deep copy a class of its own.
+
+    ``torch.nn.utils.parametrize`` injects one ``Parametrized<Class>`` per module and puts the
+    parametrized tensor on that class as a property; ``copy.deepcopy`` shares the class, and
+    ``remove_parametrizations`` deletes the property from it, so folding the copy would take
+    ``weight`` away from the original (its forward then fails)."""
+    for module in copy_of_model.modules():
+        if parametrize.is_parametrized(module):
+            cls = type(module)
+            module.__class__ = type(cls.__name__, cls.__bases__, dict(cls.__dict__))
 
 
 def _is_dnabert2(model: nn.Module) -> bool:

@@ -14,8 +14,9 @@ F1, best model restored, per-epoch ``metrics``/``norms_during_training``/``gamma
 rank-0 writes) -> optional export with the normalisation folded (:mod:`qft_cli.train.export`).
 
 Run-directory layout (as ``qft train``): ``checkpoints/<variant>/`` (Trainer checkpoints),
-``best/<variant>/`` (the best model, ``save_pretrained`` format with its parametrizations and
-``config.qft_normalization``, plus the tokenizer).
+``best/<variant>/`` (the best model with its normalisation folded into plain weights, as
+``--export`` writes it: stock ``transformers`` loads it as exactly the normalised model in eval
+mode; plus the tokenizer). The Trainer's checkpoints keep the parametrised state for ``--resume``.
 
 Library functions never print; long loops report through :data:`qft_cli.system.progress.ProgressFn`.
 """
@@ -72,6 +73,7 @@ class FinetuneSettings:
         max_steps: stop after this many optimiser steps (overrides ``num_epochs``).
         max_train_samples, max_eval_samples: seeded subsets for quick runs.
         mixed_precision: ``auto`` (bf16/fp16 on CUDA only), ``no``, ``fp16``, ``bf16``.
+        num_labels: classes of a DNA task (default: the task's own, :func:`qft_cli.data.tasks.task_num_labels`).
     """
 
     norm: str = "all"
@@ -94,6 +96,7 @@ class FinetuneSettings:
     max_eval_samples: Optional[int] = None
     mixed_precision: str = "auto"
     seeds: Optional[list[int]] = None
+    num_labels: Optional[int] = None
 
     def __post_init__(self) -> None:
         from qft_cli.train.training import check_gamma_and_seeds
@@ -419,7 +422,7 @@ def finetune(model_name: str, *, dataset: str, settings: FinetuneSettings, run, 
     if export_dir is not None and Path(export_dir).exists() and not Path(export_dir).is_dir():
         raise QftInputError(f"--export {export_dir} is a file: pass a directory")  # before training, not after
     source = resolve_finetune_model(model_name)
-    data = load_task(dataset, task=task, data_dir=data_dir, seed=settings.seed)
+    data = load_task(dataset, task=task, data_dir=data_dir, seed=settings.seed, num_labels=settings.num_labels)
     subsample(data, "train", settings.max_train_samples, settings.seed)
     for split in ("validation", "test"):
         if split in data.splits:
@@ -494,7 +497,7 @@ def finetune(model_name: str, *, dataset: str, settings: FinetuneSettings, run, 
     train_seeds_and_variants(run, recorder, seeds=settings.seed_list(), variants=variants, config=cfg, build=build,
                              record=record, datasets=encoded, num_labels=data.num_labels, data_collator=collator,
                              tokenizer=tokenizer, targets=settings.targets, resume=resume, progress=progress,
-                             on_estimate=on_estimate, notes=data.notes, on_notes=on_notes)
+                             on_estimate=on_estimate, notes=data.notes, on_notes=on_notes, fold_best=True)
     recorder.write(METRICS_TABLE)
     result.test_summary = write_test_summary(run, recorder, dataset=data.dataset, task=data.task,
                                              num_labels=data.num_labels)

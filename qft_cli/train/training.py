@@ -518,7 +518,8 @@ def train_variant(model, datasets: Mapping[str, Any], config: TrainingConfig, va
                   compute_metrics: Optional[Callable] = None, callbacks: Sequence[Any] = (),
                   best_model_dir: Optional[Path] = None, progress: Optional[ProgressFn] = None,
                   progress_label: Optional[str] = None,
-                  on_estimate: Optional[Callable[[TrainingEstimate], None]] = None) -> VariantResult:
+                  on_estimate: Optional[Callable[[TrainingEstimate], None]] = None,
+                  fold_best: bool = False) -> VariantResult:
     """Train one model with the Hugging Face ``Trainer`` and evaluate the best model on test.
 
     Args:
@@ -533,10 +534,14 @@ def train_variant(model, datasets: Mapping[str, Any], config: TrainingConfig, va
         data_collator: pads batches (default: ``DataCollatorWithPadding(tokenizer)``).
         tokenizer: saved with checkpoints and the best model.
         targets: matrices tracked for a vanilla model in ``norms_during_training``.
-        resume: continue from the last checkpoint in ``output_dir`` (starts fresh when none).
+        resume: continue from the last complete checkpoint in ``output_dir``
+            (:func:`last_complete_checkpoint`; starts fresh when none).
         compute_metrics: override of the metric function (tests script validation scores with it).
         callbacks: extra ``TrainerCallback``s.
         best_model_dir: where to ``save_pretrained`` the best model (main process only).
+        fold_best: save the best model with its normalisation folded into plain weights
+            (:func:`qft_cli.train.export.export_model`), so that stock ``transformers`` loads it as
+            exactly that model; the Trainer's checkpoints keep the parametrised state (``resume``).
         progress: called as ``progress(progress_label, step, max_steps)``.
         progress_label: default ``train <variant>``.
         on_estimate: on a CPU, called once with the :class:`TrainingEstimate` from timing the first
@@ -561,7 +566,6 @@ def train_variant(model, datasets: Mapping[str, Any], config: TrainingConfig, va
     """
     from transformers import DataCollatorWithPadding, EarlyStoppingCallback
     from transformers.trainer_callback import PrinterCallback
-    from transformers.trainer_utils import get_last_checkpoint
 
     evaluate = config.eval_strategy != "no"
     if evaluate and "validation" not in datasets:
@@ -594,7 +598,7 @@ def train_variant(model, datasets: Mapping[str, Any], config: TrainingConfig, va
     trainer.remove_callback(PrinterCallback)  # library code never prints; metrics go to the recorder
     checkpoint = None
     if resume:
-        checkpoint = get_last_checkpoint(str(output_dir)) if output_dir.is_dir() else None
+        checkpoint = last_complete_checkpoint(output_dir)
         # rows logged after the checkpoint are recorded again; without one the variant starts over
         recorder.forget_after(variant, int(Path(checkpoint).name.rsplit("-", 1)[1]) if checkpoint else -1, config.seed)
     trainer.train(resume_from_checkpoint=checkpoint)
@@ -616,7 +620,12 @@ def train_variant(model, datasets: Mapping[str, Any], config: TrainingConfig, va
                  "num_labels": int(num_labels)} for i, (y, p) in enumerate(zip(labels, predictions))])
     saved = None
     if best_model_dir is not None:
-        trainer.save_model(str(best_model_dir))
+        if fold_best:
+            from qft_cli.train.export import export_model
+
+            export_model(trainer.model, Path(best_model_dir), tokenizer=tokenizer)
+        else:
+            trainer.save_model(str(best_model_dir))
         saved = str(best_model_dir)
     return VariantResult(variant, test, trainer.state.best_model_checkpoint, saved, float(trainer.state.epoch or 0.0),
                          int(trainer.state.global_step), int(config.seed))
@@ -635,7 +644,70 @@ def trainer_class():
         def get_decay_parameter_names(self, model) -> list[str]:
             return [n for n in super().get_decay_parameter_names(model) if not is_gamma_logit(n)]
 
+        def _save_checkpoint(self, model, trial):
+            # a checkpoint that fails half-way (a full disk) is removed, so that the last complete
+            # one stays the latest and --resume continues from it (see save_checkpoint_or_remove)
+            folder = Path(self._get_output_dir(trial=trial)) / f"checkpoint-{self.state.global_step}"
+            save_checkpoint_or_remove(folder, lambda: super(QftTrainer, self)._save_checkpoint(model, trial))
+
     return QftTrainer
+
+
+#: Below this many free bytes on the checkpoint's filesystem, a failed checkpoint write counts as a
+#: full disk (torch.save then raises a bare RuntimeError such as "unexpected pos ...").
+FULL_DISK_FREE_BYTES = 16 << 20
+
+#: The file the Trainer writes last into a checkpoint: a checkpoint without it is incomplete.
+TRAINER_STATE_FILE = "trainer_state.json"
+
+
+def save_checkpoint_or_remove(folder: Path, save: Callable[[], None]) -> None:
+    """Run ``save`` (the Trainer's checkpoint write into ``folder``); if it raises, remove the
+    half-written ``folder`` (when it did not exist before) and re-raise. A failure on a filesystem
+    with less than :data:`FULL_DISK_FREE_BYTES` free is raised as ``OSError(ENOSPC)`` chained to the
+    original error, so that the CLI reports a full disk in one line.
+
+    Raises:
+        OSError: ENOSPC (see above); anything else ``save`` raised, unchanged.
+    """
+    import errno
+    import shutil
+
+    from qft_cli.runs.files import disk_full_error
+
+    existed = folder.exists()
+    try:
+        save()
+    except BaseException as err:
+        full = disk_full_error(err) is not None
+        if not full and not isinstance(err, KeyboardInterrupt):
+            try:
+                full = shutil.disk_usage(folder.parent).free < FULL_DISK_FREE_BYTES
+            except OSError:
+                pass
+        if not existed:
+            shutil.rmtree(folder, ignore_errors=True)
+        if full and disk_full_error(err) is None:
+            raise OSError(errno.ENOSPC, f"No space left on device while writing checkpoint "
+                                        f"({type(err).__name__}: {err})", str(folder)) from err
+        raise
+
+
+def last_complete_checkpoint(output_dir: Path) -> Optional[str]:
+    """The highest-numbered ``checkpoint-N`` in ``output_dir`` that holds ``trainer_state.json``
+    (written last: a checkpoint cut by a kill or a full disk lacks it), or ``None``."""
+    from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+    output_dir = Path(output_dir)
+    if not output_dir.is_dir():
+        return None
+    steps = []
+    for child in output_dir.iterdir():
+        name = child.name
+        if name.startswith(f"{PREFIX_CHECKPOINT_DIR}-") and name.rsplit("-", 1)[1].isdigit():
+            if (child / TRAINER_STATE_FILE).is_file():
+                steps.append((int(name.rsplit("-", 1)[1]), str(child)))
+    return max(steps)[1] if steps else None
 
 
 def is_gamma_logit(parameter_name: str) -> bool:
@@ -669,6 +741,7 @@ class ExperimentOptions:
     trust_remote_code: bool = False
     subnormalised: bool = False
     seeds: Optional[list[int]] = None
+    num_labels: Optional[int] = None
     training: TrainingConfig = field(default_factory=TrainingConfig)
 
     def variants(self) -> list[tuple[str, Optional[str], Optional[float]]]:
@@ -789,7 +862,8 @@ def train_seeds_and_variants(run, recorder: "ResultsRecorder", *, seeds: Sequenc
                              progress: Optional[ProgressFn] = None,
                              on_estimate: Optional[Callable[["TrainingEstimate"], None]] = None,
                              notes: Sequence[str] = (),
-                             on_notes: Optional[Callable[[list[str]], None]] = None) -> list[VariantResult]:
+                             on_notes: Optional[Callable[[list[str]], None]] = None,
+                             fold_best: bool = False) -> list[VariantResult]:
     """The seed x variant loop of ``qft train`` and ``qft finetune``: for each seed (in order), each
     variant (in order, vanilla first) is trained by :func:`train_variant` with ``config.seed`` = that
     seed, so that every variant of a seed starts from the same weights (``build`` seeds them) and sees
@@ -815,6 +889,7 @@ def train_seeds_and_variants(run, recorder: "ResultsRecorder", *, seeds: Sequenc
         on_estimate: passed to :func:`train_variant` (a CPU time estimate per training).
         notes, on_notes: ``on_notes(notes)`` once, after the first model is built (so that every check
             of model, layers and lengths has passed: bad input stays one line) and before it trains.
+        fold_best: passed to :func:`train_variant` (``qft finetune``: ``best/`` loads in stock transformers).
 
     Returns:
         One :class:`VariantResult` per (seed, variant), seed-major.
@@ -844,7 +919,7 @@ def train_seeds_and_variants(run, recorder: "ResultsRecorder", *, seeds: Sequenc
                                tokenizer=tokenizer, targets=targets.split(","), resume=resume,
                                best_model_dir=best_dir if run.is_main_process else None, progress=progress,
                                progress_label=f"train {variant}" + (f" seed {seed}" if several else ""),
-                               on_estimate=on_estimate)
+                               on_estimate=on_estimate, fold_best=fold_best)
         results.append(result)
         record(results, model)
         del model  # before the next one is built
@@ -964,7 +1039,8 @@ def run_experiment(options: ExperimentOptions, run, *, resume: bool = False,
     options.validate()
     cfg = options.training
     run_dir = Path(run.path)
-    data = load_task(options.dataset, task=options.task, data_dir=options.data_dir, seed=cfg.seed)
+    data = load_task(options.dataset, task=options.task, data_dir=options.data_dir, seed=cfg.seed,
+                     num_labels=options.num_labels)
     subsample(data, "train", options.max_train_samples, cfg.seed)
     for split in ("validation", "test"):
         if split in data.splits:
