@@ -296,3 +296,22 @@ def test_norms_attention_runs(zoo, name):
     assert len(t) == 2 * 2 * 4 and t["finite"].all()
     for ratio in ("q_bound_ratio", "v_bound_ratio", "logits_unmasked_qk_bound_ratio"):
         assert (t[ratio] <= 1 + 1e-9).all(), (name, ratio)
+
+
+def test_norms_attention_refuses_shared_layers_in_one_line(zoo):
+    with pytest.raises(QftInputError, match="shares one layer among its blocks"):
+        attention_norms(zoo["albert"][0], _tokens(), [1], batch_size=1)
+
+
+def test_norms_inputs_shared_layer_stops_after_the_deepest_block(zoo):
+    # ALBERT runs its one layer twice: layer 1 is its first call, and the second call never runs
+    model = zoo["albert"][0]
+    calls = []
+    handle = model.encoder.albert_layer_groups[0].register_forward_hook(lambda *_: calls.append(1))
+    try:
+        result = hidden_state_norms(model, _tokens()[:1], [0, 1], batch_size=1)
+    finally:
+        handle.remove()
+    ref = _reference_hidden(model, _tokens()[0])
+    assert result.table.spectral_norm.iloc[1] == pytest.approx(_norms(ref[1])[0], rel=1e-6)
+    assert len(calls) == 1

@@ -481,6 +481,9 @@ def attention_norms(model: torch.nn.Module, token_ids: Sequence[Sequence[int]], 
     name = (labels or {}).get("model_alias", "the model")
     check_samples(model, token_ids, batch_size, name)
     blocks = find_blocks(model)
+    if len({id(b) for b in blocks}) < len(blocks):
+        raise QftInputError(f"{name} shares one layer among its blocks (ALBERT): norms attention is not supported "
+                            "for shared layers (norms inputs and norms weights are)")
     depth = num_layers(model.config) if getattr(model, "config", None) is not None else len(blocks)
     layers = sorted(set(layers))
     if not layers or layers[0] < 1 or layers[-1] > depth:
