@@ -315,3 +315,44 @@ def test_norms_inputs_shared_layer_stops_after_the_deepest_block(zoo):
     ref = _reference_hidden(model, _tokens()[0])
     assert result.table.spectral_norm.iloc[1] == pytest.approx(_norms(ref[1])[0], rel=1e-6)
     assert len(calls) == 1
+
+
+def test_cli_table_run_json_and_report_show_experts_and_shared_layers(zoo, tmp_path):
+    from typer.testing import CliRunner
+
+    from qft_cli.cli.app import app
+    from qft_cli.report.weights import expert_series
+    from qft_cli.runs.rundir import read_run_json
+
+    runner = CliRunner()
+    dirs = {n: zoo[n][1] for n in ("mixtral", "albert")}
+    result = runner.invoke(app, ["norms", "weights", str(dirs["mixtral"]), str(dirs["albert"]), "--out",
+                                 str(tmp_path / "o"), "--quiet", "--format", "csv"])
+    assert result.exit_code == 0, result.output
+    assert "ffn_down max/expert" in result.stdout and "ffn_down median/expert" in result.stdout
+    assert ",blocks," in result.stdout and "1-2" in result.stdout
+    run = next((tmp_path / "o").iterdir())
+    meta = read_run_json(run)
+    assert meta["shared_layers"] == {str(dirs["albert"]): {"encoder.albert_layer_groups.0": [1, 2]}}
+    import pandas as pd
+
+    table = pd.read_parquet(run / "norms_weights.parquet")
+    assert set(table.loc[table.model_alias == str(dirs["mixtral"]), "expert"]) == {"", "0", "1", "2", "3"}
+    series = expert_series(table[(table.model_alias == str(dirs["mixtral"])) & (table.layer >= 1)].assign(part=""))
+    up = table[(table.model_alias == str(dirs["mixtral"])) & (table.layer == 1) & (table.matrix == "ffn_up")]
+    row = series[(series.layer == 1) & (series.matrix == "ffn_up median/expert")]
+    assert row.spectral_norm.item() == pytest.approx(up.spectral_norm.median(), rel=1e-15)
+    report = runner.invoke(app, ["report", str(run), "--output", str(tmp_path / "r.html"), "--quiet"])
+    assert report.exit_code == 0, report.output
+    html = (tmp_path / "r.html").read_text().replace("\\u002f", "/")  # plotly's JSON escapes "/"
+    assert "ffn_up max/expert" in html and "ffn_up median/expert" in html
+
+
+def test_qft_models_lists_the_zoo():
+    from typer.testing import CliRunner
+
+    from qft_cli.cli.app import app
+
+    out = CliRunner().invoke(app, ["models"], terminal_width=400).stdout
+    for arch in ARCHITECTURES:
+        assert arch.name in out

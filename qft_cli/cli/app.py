@@ -81,6 +81,11 @@ def models_command() -> None:
     rows += [(alias, hub_id, "Hugging Face Hub or its cache") for alias, hub_id in ALIASES.items()]
     print_frame(pd.DataFrame(rows, columns=["alias", "resolves to", "needs"]), "qft models")
     console.print("Any other Hugging Face id (owner/name), local model directory or .gguf file works too.")
+    from qft_cli.models.architectures import ARCHITECTURES
+
+    print_frame(pd.DataFrame([(a.name, a.config_class, a.layout) for a in ARCHITECTURES],
+                             columns=["architecture", "transformers config", "measured (norms weights)"]),
+                "supported architectures (each checked by tests/test_architectures.py: norms weights, norms inputs)")
 
 
 def _register() -> None:
