@@ -395,3 +395,107 @@ def test_smollm2_finetune_on_gue_and_report(smollm2_source, smollm2_weights, sha
     result = runner.invoke(app, ["report", str(run), str(smollm2_weights), "-o", str(html), "-q"])
     assert result.exit_code == 0, result.output
     assert "smollm2" in html.read_text()
+
+
+# ----------------------------------------------------------------------------- a mixture of experts in GGUF
+
+#: Qwen2-MoE sizes transformers' GGUF loader assumes (it reads no expert widths from the metadata)
+MOE_EXPERTS, MOE_FFN, MOE_SHARED_FFN = 4, 1408, 5632
+
+
+def write_tiny_qwen2moe(path: Path, seed: int = 0) -> dict[str, np.ndarray]:
+    """A 2-block Qwen2-MoE GGUF (d = 64, 4 experts stored 3-D as ``ffn_*_exps``, a shared expert
+    with its gate, a router); returns GGUF name -> the dequantised float32 tensor."""
+    rng = np.random.default_rng(seed)
+    writer = gguf.GGUFWriter(str(path), "qwen2moe")
+    writer.add_block_count(LAYERS)
+    writer.add_context_length(128)
+    writer.add_embedding_length(HIDDEN)
+    writer.add_feed_forward_length(MOE_FFN)
+    writer.add_head_count(HEADS)
+    writer.add_head_count_kv(KV_HEADS)
+    writer.add_layer_norm_rms_eps(1e-6)
+    writer.add_rope_freq_base(10000.0)
+    writer.add_expert_count(MOE_EXPERTS)
+    writer.add_expert_used_count(2)
+    writer.add_vocab_size(VOCAB)
+    stored = {}
+
+    def add(name, shape, qtype=Q.F32):
+        w = (rng.standard_normal(shape) * 0.1).astype(np.float32)
+        data = _store(w, qtype)
+        writer.add_tensor(name, data, **({} if qtype in (Q.F32, Q.F16) else {"raw_dtype": qtype}))
+        stored[name] = np.asarray(dequantize(data, qtype) if qtype != Q.F32 else w, dtype=np.float32)
+
+    add("token_embd.weight", (VOCAB, HIDDEN), Q.F16)
+    for i in range(LAYERS):
+        for m, rows in (("q", HIDDEN), ("k", KV_HEADS * HEAD_DIM), ("v", KV_HEADS * HEAD_DIM)):
+            add(f"blk.{i}.attn_{m}.weight", (rows, HIDDEN), Q.Q8_0)
+            add(f"blk.{i}.attn_{m}.bias", (rows,))
+        add(f"blk.{i}.attn_output.weight", (HIDDEN, HIDDEN))
+        add(f"blk.{i}.ffn_gate_inp.weight", (MOE_EXPERTS, HIDDEN))
+        add(f"blk.{i}.ffn_gate_exps.weight", (MOE_EXPERTS, MOE_FFN, HIDDEN), Q.Q8_0)
+        add(f"blk.{i}.ffn_up_exps.weight", (MOE_EXPERTS, MOE_FFN, HIDDEN), Q.Q4_1)
+        add(f"blk.{i}.ffn_down_exps.weight", (MOE_EXPERTS, HIDDEN, MOE_FFN), Q.Q8_0)
+        add(f"blk.{i}.ffn_gate_shexp.weight", (MOE_SHARED_FFN, HIDDEN), Q.F16)
+        add(f"blk.{i}.ffn_up_shexp.weight", (MOE_SHARED_FFN, HIDDEN), Q.F16)
+        add(f"blk.{i}.ffn_down_shexp.weight", (HIDDEN, MOE_SHARED_FFN), Q.F16)
+        add(f"blk.{i}.ffn_gate_inp_shexp.weight", (HIDDEN,))
+        for norm in ("attn_norm", "ffn_norm"):
+            writer.add_tensor(f"blk.{i}.{norm}.weight", np.ones(HIDDEN, dtype=np.float32))
+    writer.add_tensor("output_norm.weight", np.ones(HIDDEN, dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return stored
+
+
+def test_moe_gguf_has_one_row_per_expert_equal_to_transformers_load(tmp_path, cache):
+    from transformers import AutoModelForCausalLM
+
+    from qft_cli.measure.weights import weight_norms
+
+    directory = tmp_path / "moe"
+    directory.mkdir()
+    path = directory / "tiny-qwen2moe.gguf"
+    stored = write_tiny_qwen2moe(path)
+    table = weight_norms(resolve_model(str(path)), exact=True).table
+    # per block: q, k, v, o, router, shared expert (3 + its gate), 4 experts x 3
+    assert len(table) == 1 + LAYERS * (4 + 1 + 4 + 3 * MOE_EXPERTS)
+    model = AutoModelForCausalLM.from_pretrained(str(directory), gguf_file=path.name).eval()
+    for i in range(LAYERS):
+        block = table[table.layer == i + 1]
+        experts = model.model.layers[i].mlp.experts
+        for row in block[block.expert.str.isdigit()].itertuples():
+            e = int(row.expert)
+            kind = row.matrix.removeprefix("ffn_")
+            w = stored[f"blk.{i}.ffn_{kind}_exps.weight"][e]
+            spectral, frobenius = _f64_norms(w)
+            assert row.spectral_norm == pytest.approx(spectral, rel=1e-12)
+            assert row.frobenius_norm == pytest.approx(frobenius, rel=1e-12)
+            loaded = {"gate": experts.gate_up_proj[e][:MOE_FFN], "up": experts.gate_up_proj[e][MOE_FFN:],
+                      "down": experts.down_proj[e]}[kind]
+            np.testing.assert_array_equal(loaded.detach().numpy(), w)  # the same matrix transformers builds
+        shared = block[block.expert == "shared"].set_index("matrix")
+        assert set(shared.index) == {"router", "ffn_gate", "ffn_up", "ffn_down"}
+        gate = model.model.layers[i].mlp.shared_expert_gate.weight.detach().double()
+        assert shared.loc["router", "spectral_norm"] == pytest.approx(torch.linalg.vector_norm(gate).item(), rel=1e-12)
+        router = block[(block.matrix == "router") & (block.expert == "")]
+        assert router.spectral_norm.item() == pytest.approx(_f64_norms(stored[f"blk.{i}.ffn_gate_inp.weight"])[0],
+                                                            rel=1e-12)
+
+
+def test_gguf_architecture_transformers_cannot_load_is_one_line(tmp_path, cache):
+    path = tmp_path / "x.gguf"
+    writer = gguf.GGUFWriter(str(path), "rwkv6")
+    writer.add_block_count(1)
+    writer.add_tensor("token_embd.weight", np.ones((4, 4), dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    result = runner.invoke(app, ["norms", "weights", str(path), "--out", str(tmp_path / "o"), "-q"])
+    assert result.exit_code == 2
+    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "rwkv6" in lines[0] and "qwen2_moe" in lines[0], lines
