@@ -83,9 +83,12 @@ def models_command() -> None:
     console.print("Any other Hugging Face id (owner/name), local model directory or .gguf file works too.")
     from qft_cli.models.architectures import ARCHITECTURES
 
-    print_frame(pd.DataFrame([(a.name, a.config_class, a.layout) for a in ARCHITECTURES],
-                             columns=["architecture", "transformers config", "measured (norms weights)"]),
-                "supported architectures (each checked by tests/test_architectures.py: norms weights, norms inputs)")
+    print_frame(pd.DataFrame([(a.name, a.config_class, a.layout, "yes" if a.attention else "refused")
+                              for a in ARCHITECTURES],
+                             columns=["architecture", "transformers config", "measured (norms weights)",
+                                      "norms attention"]),
+                "supported architectures (each checked by tests/test_architectures.py: norms weights, norms inputs, "
+                "norms attention)")
 
 
 def _register() -> None:

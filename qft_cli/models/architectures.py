@@ -23,12 +23,15 @@ class Architecture:
         config_class: name of the transformers config class (``LlamaConfig``).
         kwargs: the tiny configuration (d = 32, 2 blocks, 4 heads, few experts).
         layout: what qft measures there, in words (shown by ``qft models``).
+        attention: whether ``norms attention`` supports it (else it refuses it in one line: attention
+            code outside transformers' ``AttentionInterface``, shared layers, latent attention).
     """
 
     name: str
     config_class: str
     kwargs: dict[str, Any] = field(default_factory=dict)
     layout: str = ""
+    attention: bool = True
 
     def config(self):
         """The transformers config object of the tiny model."""
@@ -65,7 +68,7 @@ ARCHITECTURES: tuple[Architecture, ...] = (
     Architecture("llama", "LlamaConfig", _GQA, _GATED),
     Architecture("mistral", "MistralConfig", _GQA, _GATED),
     Architecture("olmo2", "Olmo2Config", _GQA, _GATED),
-    Architecture("openai-gpt", "OpenAIGPTConfig", _GPT, "fused Conv1D c_attn (q | k | v), o, FFN"),
+    Architecture("openai-gpt", "OpenAIGPTConfig", _GPT, "fused Conv1D c_attn (q | k | v), o, FFN", attention=False),
     Architecture("opt", "OPTConfig", dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, ffn_dim=64,
                                           vocab_size=128, max_position_embeddings=64, word_embed_proj_dim=32),
                  _DENSE),
@@ -83,24 +86,24 @@ ARCHITECTURES: tuple[Architecture, ...] = (
                       n_shared_experts=1, first_k_dense_replace=1, q_lora_rank=16, kv_lora_rank=16,
                       qk_rope_head_dim=4, qk_nope_head_dim=8, v_head_dim=8, n_group=1, topk_group=1),
                  "latent attention factors q_a, q_b, kv_a, kv_b and the effective q, k, v; o; dense FFN, "
-                 "then router, experts and the shared expert"),
+                 "then router, experts and the shared expert", attention=False),
     Architecture("falcon", "FalconConfig", dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
                                                 num_kv_heads=2, new_decoder_architecture=True, vocab_size=128),
                  "fused GQA query_key_value (per key/value group), o, FFN"),
-    Architecture("t5", "T5Config", _T5, "encoder, decoder, cross-attention q, k, v, o; FFN wi, wo"),
+    Architecture("t5", "T5Config", _T5, "encoder, decoder, cross-attention q, k, v, o; FFN wi, wo", attention=False),
     Architecture("t5_v1_1", "T5Config", dict(_T5, feed_forward_proj="gated-gelu"),
-                 "as t5 with the gated FFN wi_0, wi_1, wo (Flan-T5, mT5)"),
+                 "as t5 with the gated FFN wi_0, wi_1, wo (Flan-T5, mT5)", attention=False),
     Architecture("albert", "AlbertConfig", dict(_D, embedding_size=16),
-                 "one shared layer (q, k, v, o, FFN) measured once, run by every block; embedding projection"),
+                 "one shared layer (q, k, v, o, FFN) measured once, run by every block; embedding projection", attention=False),
     Architecture("mixtral", "MixtralConfig", dict(_GQA, num_local_experts=4, num_experts_per_tok=2),
                  "q, k, v, o (GQA), router, each expert's w1, w3, w2"),
     Architecture("deberta-v2", "DebertaV2Config", dict(_D, relative_attention=True, pos_att_type=["p2c", "c2p"],
                                                        position_buckets=16, share_att_key=True),
-                 "query_proj, key_proj, value_proj, o, FFN"),
+                 "query_proj, key_proj, value_proj, o, FFN", attention=False),
     Architecture("phi3", "Phi3Config", dict(_GQA, pad_token_id=0),
                  "fused GQA qkv_proj, o, fused gate_up_proj, down_proj"),
     Architecture("bloom", "BloomConfig", dict(hidden_size=32, n_layer=2, n_head=4, vocab_size=128),
-                 "fused query_key_value (per-head interleaved), dense (o), FFN"),
+                 "fused query_key_value (per-head interleaved), dense (o), FFN", attention=False),
 )
 
 
