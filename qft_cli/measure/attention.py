@@ -266,6 +266,11 @@ def _weight_modules(model: torch.nn.Module) -> dict[str, torch.nn.Module]:
     return out
 
 
+_LATENT_REFUSAL = ("multi-head latent attention (DeepSeek) puts an RMSNorm between X and Q, K, V, so the bounds "
+                   "||X|| ||W|| do not apply: norms attention is not supported for this architecture (norms weights "
+                   "measures its effective W_q, W_k, W_v)")
+
+
 @torch.no_grad()
 def layer_weights(model: torch.nn.Module, layers: Sequence[int], head_dim: int) -> dict[int, LayerWeights]:
     """Per-head norms of W_q, W_k, W_v and their biases, and ||W_q,h^T W_k,h||_2, of each block in
@@ -276,9 +281,13 @@ def layer_weights(model: torch.nn.Module, layers: Sequence[int], head_dim: int) 
     """
     modules = _weight_modules(model)
     specs = classify(((n, tuple(m.weight.shape)) for n, m in modules.items()), getattr(model, "config", None))
+    if any(spec.factors for spec in specs):
+        raise QftInputError(_LATENT_REFUSAL)
+    # the measured stack: the encoder of an encoder-decoder model, else the one stack (OPT names it "decoder")
+    stack = ("", "encoder") if getattr(getattr(model, "config", None), "is_encoder_decoder", False) else ("", "decoder")
     found: dict[tuple[int, str], tuple] = {}
     for spec in specs:
-        if spec.part in ("", "encoder") and spec.matrix in ("q", "k", "v"):
+        if spec.part in stack and spec.matrix in ("q", "k", "v"):
             found.setdefault((spec.layer, spec.matrix), (spec, modules[spec.parameter]))
     out = {}
     for layer in layers:
@@ -499,6 +508,11 @@ def attention_norms(model: torch.nn.Module, token_ids: Sequence[Sequence[int]], 
     name = (labels or {}).get("model_alias", "the model")
     check_samples(model, token_ids, batch_size, name)
     blocks = find_blocks(model)
+    if len({id(b) for b in blocks}) < len(blocks):
+        raise QftInputError(f"{name} shares one layer among its blocks (ALBERT): norms attention is not supported "
+                            "for shared layers (norms inputs and norms weights are)")
+    if any(n.endswith("kv_a_proj_with_mqa.weight") for n, _ in model.named_parameters()):
+        raise QftInputError(_LATENT_REFUSAL)
     depth = num_layers(model.config) if getattr(model, "config", None) is not None else len(blocks)
     layers = sorted(set(layers))
     if not layers or layers[0] < 1 or layers[-1] > depth:

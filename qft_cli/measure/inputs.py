@@ -82,8 +82,11 @@ def parse_layers(spec: str, depth: int, valid: Optional[str] = None) -> list[int
     return sorted(layers)
 
 
-def find_blocks(model: torch.nn.Module) -> torch.nn.ModuleList:
-    """The ModuleList of transformer blocks (of the encoder for encoder-decoder models).
+def find_blocks(model: torch.nn.Module) -> torch.nn.ModuleList | list[torch.nn.Module]:
+    """The ModuleList of transformer blocks (of the encoder for encoder-decoder models). ALBERT,
+    whose blocks share layers: the list of the depth's blocks in the order they run, each the
+    layer group it runs (``AlbertTransformer``: block i runs group ``int(i / (L / G))``), so one
+    module appears several times.
 
     Raises:
         QftInputError: no list of blocks with the config's depth was found (names the module types).
@@ -93,6 +96,11 @@ def find_blocks(model: torch.nn.Module) -> torch.nn.ModuleList:
     root = model
     if getattr(config, "is_encoder_decoder", False) and hasattr(model, "get_encoder"):
         root = model.get_encoder()
+    groups = getattr(getattr(root, "encoder", None), "albert_layer_groups", None)
+    if isinstance(groups, torch.nn.ModuleList) and depth:
+        if getattr(config, "inner_group_num", 1) != 1:
+            raise QftInputError("ALBERT with more than one layer per group (inner_group_num > 1) is not supported")
+        return [groups[int(i / (depth / len(groups)))] for i in range(depth)]
     candidates = []
     for name, module in root.named_modules():
         if isinstance(module, torch.nn.ModuleList) and len(module) > 0 and (depth is None or len(module) == depth):
@@ -279,24 +287,37 @@ def hidden_state_norms(model: torch.nn.Module, token_ids: Sequence[Sequence[int]
     deepest = layers[-1]
     captured: dict[int, torch.Tensor] = {}
 
-    def pre_hook(_module, args, kwargs):
-        captured[0] = args[0] if args else kwargs["hidden_states"]
-        if deepest == 0:
-            raise _StopForward
+    # one hook per distinct block module; its k-th call in a forward pass is block runs[id][k] (a
+    # module runs several blocks in ALBERT)
+    runs: dict[int, list[int]] = {}
+    for index, block in enumerate(blocks):
+        runs.setdefault(id(block), []).append(index + 1)
+    calls: dict[int, int] = {}
 
-    def make_hook(layer: int):
-        def hook(_module, _args, output):
+    def pre_hook(module, args, kwargs):
+        if calls.get(id(module), 0) == 0:
+            captured[0] = args[0] if args else kwargs["hidden_states"]
+            if deepest == 0:
+                raise _StopForward
+
+    def hook(module, _args, output):
+        k = calls.get(id(module), 0)
+        calls[id(module)] = k + 1
+        layer = runs[id(module)][k] if k < len(runs[id(module)]) else None
+        if layer in layers:
             captured[layer] = output[0] if isinstance(output, (tuple, list)) else output
-        return hook
+        if layer == deepest:
+            raise _StopForward
 
     handles = []
     if 0 in layers:
         handles.append(blocks[0].register_forward_pre_hook(pre_hook, with_kwargs=True))
-    for layer in layers:
-        if layer > 0:
-            handles.append(blocks[layer - 1].register_forward_hook(make_hook(layer)))
     if deepest > 0:
-        handles.append(stop_after(blocks[deepest - 1]))
+        seen = set()
+        for block in blocks[:deepest]:
+            if id(block) not in seen:
+                seen.add(id(block))
+                handles.append(block.register_forward_hook(hook))
     lengths = [len(x) for x in token_ids]
     rows: list[dict] = []
     nonfinite: list[tuple[int, int]] = []
@@ -305,6 +326,7 @@ def hidden_state_norms(model: torch.nn.Module, token_ids: Sequence[Sequence[int]
     try:
         for b, (batch, ids, mask) in enumerate(padded_batches(token_ids, batch_size, pad_token_id)):
             captured.clear()
+            calls.clear()
             forward_encoder(model, ids, mask)
             for layer in layers:
                 if layer not in captured:

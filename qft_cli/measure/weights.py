@@ -27,10 +27,14 @@ from qft_cli.measure.attention import composite_head_rows, gram_norms, head_gram
 from qft_cli.measure.norms import matrix_stats, stats_record
 from qft_cli.models.layout import (
     _EMBEDDING_RE,
+    BLOCK_EXCEPTIONS_RE,
     MATRIX_ORDER,
+    SHARED_EXPERT,
     MatrixSpec,
     classify,
-    head_dim,
+    in_block,
+    latent_effective,
+    matrix_head_dim,
     split_heads,
 )
 from qft_cli.models.loading import TensorStore, open_weights  # noqa: F401 (re-exported)
@@ -38,7 +42,7 @@ from qft_cli.models.names import ModelSource
 from qft_cli.system.errors import QftInputError
 from qft_cli.system.progress import ProgressFn, report
 
-WEIGHT_COLUMNS = ["model", "model_alias", "model_format", "part", "layer", "matrix", "parameter", "d_out", "d_in", "dtype",
+WEIGHT_COLUMNS = ["model", "model_alias", "model_format", "part", "layer", "matrix", "expert", "shared_by_blocks", "parameter", "d_out", "d_in", "dtype",
                   "quant_type",
                   "frobenius_norm", "spectral_norm", "column_norm_mean", "column_norm_var", "column_norm_max",
                   "row_norm_mean", "row_norm_var", "row_norm_max", "spectral_norm_error_bound", "finite"]
@@ -59,8 +63,10 @@ class WeightNormsResult:
             paired as the model pairs them) and ``ov`` (W_o,h W_v,h), computed through
             head_dim x head_dim matrices (:func:`qft_cli.measure.attention.weight_composites`).
         nonfinite: parameters that held NaN/inf.
-        unrecognised: 2-D tensors qft does not recognise (:func:`unrecognised_parameters`): not
-            measured, reported.
+        unrecognised: 2-D tensors outside the blocks that qft does not recognise
+            (:func:`unrecognised_parameters`): not measured, reported.
+        shared_layers: for ALBERT, each stored layer and the blocks that run it (e.g.
+            ``{"encoder.albert_layer_groups.0": [1, 2, ..., 12]}``); empty for other models.
     """
 
     table: pd.DataFrame
@@ -68,6 +74,7 @@ class WeightNormsResult:
     nonfinite: list[str]
     heads: pd.DataFrame = field(default_factory=pd.DataFrame)
     unrecognised: list[str] = field(default_factory=list)
+    shared_layers: dict[str, list[int]] = field(default_factory=dict)
 
 
 #: 2-D tensors qft knows and does not measure: the ``position_ids``/``token_type_ids`` buffers (integer
@@ -76,41 +83,108 @@ class WeightNormsResult:
 #: Any other 2-D tensor outside :func:`qft_cli.models.layout.classify` is *unrecognised*: listed in
 #: ``run.json`` (``unrecognised_parameters``) and in one warning line.
 NOT_MEASURED_RE = re.compile(r"(?:^|\.)(?:position_ids|token_type_ids|position_embeddings|wpe|embed_positions|position_embedding|"
-                             r"token_type_embeddings|pooler|lm_head|cls|embed_out|classifier|score|qa_outputs)(?:\.|$)")
+                             r"token_type_embeddings|positions_embed|rel_embeddings|pooler|lm_head|cls|embed_out|classifier|score|qa_outputs)(?:\.|$)")
 
 
 def unrecognised_parameters(shapes: dict[str, tuple[int, ...]], specs: list[MatrixSpec]) -> list[str]:
-    """2-D tensors that are neither measured (``specs``) nor known as not measured
-    (:data:`NOT_MEASURED_RE`, copies of the token embedding), in checkpoint order."""
-    measured = {s.parameter for s in specs}
+    """Tensors of two or more dimensions that are neither measured (``specs``, their ``factors``)
+    nor known as not measured (:data:`NOT_MEASURED_RE`, copies of the token embedding, the
+    in-block exceptions :data:`qft_cli.models.layout.BLOCK_EXCEPTIONS_RE`), in checkpoint order."""
+    measured = {s.parameter for s in specs} | {f for s in specs for f in s.factors}
     return [name for name, shape in shapes.items()
-            if len(shape) == 2 and name not in measured and not NOT_MEASURED_RE.search(name)
-            and not _EMBEDDING_RE.search(name)]
+            if len(shape) >= 2 and name not in measured and not NOT_MEASURED_RE.search(name)
+            and not _EMBEDDING_RE.search(name) and not BLOCK_EXCEPTIONS_RE.search(name)]
+
+
+def _block_label(part: str, layer: int, expert: str = "") -> str:
+    who = f" expert {expert}" if expert and expert != SHARED_EXPERT else (" shared expert" if expert else "")
+    return f"{part + ' ' if part else ''}block {layer}{who}"
 
 
 def check_complete_blocks(specs: list[MatrixSpec], unrecognised: list[str], name: str) -> None:
-    """Every block of a part must have every matrix its sibling blocks have.
+    """Completeness of every block (docs/conventions.md, "norms weights completeness").
+
+    Every block has q, k, v and o; the decoder blocks of an encoder-decoder model also the
+    cross-attention ``cross_q/k/v/o``; every block has an FFN, and every FFN (dense, each routed
+    expert, the shared expert) has ``ffn_up`` and ``ffn_down``, and ``ffn_gate`` where another FFN of
+    the block has one; routed experts come with a ``router``, and the MoE blocks of a part have the
+    same experts. Any other matrix type a sibling block of the same part has (GPT-2 cross-attention,
+    latent-attention factors) must be there too. No tensor of two or more dimensions inside a block
+    may be unrecognised (the known exceptions are :data:`qft_cli.models.layout.BLOCK_EXCEPTIONS_RE`).
 
     Raises:
         QftInputError: naming the first blocks that lack a matrix (and the unrecognised tensors of
-            those blocks, e.g. a renamed key).
+            those blocks, e.g. a renamed key), or the unrecognised tensors inside blocks.
     """
-    by_block: dict[tuple[str, int], set[str]] = defaultdict(set)
+    by_block: dict[tuple[str, int], dict[str, set[str]]] = defaultdict(lambda: defaultdict(set))
     for spec in specs:
         if spec.layer > 0:
-            by_block[(spec.part, spec.layer)].add(spec.matrix)
+            by_block[(spec.part, spec.layer)][spec.expert].add(spec.matrix)
     gaps = []
-    for (part, layer), matrices in sorted(by_block.items()):
-        union = set().union(*(m for (p, _), m in by_block.items() if p == part))
-        for matrix in sorted(union - matrices, key=MATRIX_ORDER.index):
-            gaps.append(f"{part + ' ' if part else ''}block {layer} has no {matrix}")
+    attention_like = set(MATRIX_ORDER[:MATRIX_ORDER.index("router")])
+    parts_with_decoder = {p for p, _ in by_block} >= {"encoder", "decoder"}  # OPT's "decoder." alone: decoder-only
+    for (part, layer), groups in sorted(by_block.items()):
+        dense = groups.get("", set())
+        required = {"q", "k", "v", "o"}
+        if parts_with_decoder and part == "decoder":
+            required |= {"cross_q", "cross_k", "cross_v", "cross_o"}
+        siblings = set().union(*(g.get("", set()) for (p, _), g in by_block.items() if p == part)) & attention_like
+        for matrix in sorted((required | siblings) - dense, key=MATRIX_ORDER.index):
+            gaps.append(f"{_block_label(part, layer)} has no {matrix}")
+        ffns = {e: m & {"ffn_gate", "ffn_up", "ffn_down"} for e, m in groups.items()}
+        ffns = {e: m for e, m in ffns.items() if m}
+        if not ffns:
+            gaps.append(f"{_block_label(part, layer)} has no FFN (ffn_up, ffn_down)")
+        gated = any("ffn_gate" in m for m in ffns.values())
+        for expert, matrices in ffns.items():
+            need = {"ffn_up", "ffn_down"} | ({"ffn_gate"} if gated else set())
+            for matrix in sorted(need - matrices, key=MATRIX_ORDER.index):
+                gaps.append(f"{_block_label(part, layer, expert)} has no {matrix}")
+        routed = {e for e in groups if e not in ("", SHARED_EXPERT)}
+        if routed and "router" not in dense:
+            gaps.append(f"{_block_label(part, layer)} has experts but no router")
+        others = [{e for e in g if e not in ("", SHARED_EXPERT)} for (p, _), g in by_block.items() if p == part]
+        widest = max(others, key=len)
+        if routed and routed != widest:
+            for expert in sorted(widest - routed, key=int)[:4]:
+                gaps.append(f"{_block_label(part, layer, expert)} is missing")
     if gaps:
-        blocks = {g.split(" has no ")[0] for g in gaps}
+        blocks = {g.split(" has no ")[0].split(" expert")[0].split(" shared")[0] for g in gaps}
         nearby = [u for u in unrecognised if any(f".{int(b.rsplit(' ', 1)[1]) - 1}." in u for b in blocks)]
         hint = f" (unrecognised tensors there: {', '.join(nearby[:4])})" if nearby else ""
-        raise QftInputError(f"{name}: missing weight matrices that the sibling blocks have ({len(gaps)}): "
+        raise QftInputError(f"{name}: missing weight matrices ({len(gaps)}): "
                             f"{'; '.join(gaps[:4])}"
-                            f"{hint}: the checkpoint is incomplete or a weight was renamed; fix or re-download it")
+                            f"{hint}: the checkpoint is incomplete, a weight was renamed, or qft does not know "
+                            "this layout; fix or re-download it")
+    inside = [u for u in unrecognised if in_block(u)]
+    if inside:
+        raise QftInputError(f"{name}: {len(inside)} tensors inside the blocks are not known to qft "
+                            f"({', '.join(inside[:4])}{', ...' if len(inside) > 4 else ''}): "
+                            "they would go unmeasured; this layout is not supported (docs/conventions.md)")
+
+
+def shared_layers(shapes: dict[str, tuple[int, ...]], config: dict) -> dict[str, list[int]]:
+    """ALBERT's parameter sharing: each stored layer group (``...albert_layer_groups.G``) and the
+    blocks 1..L that run it (block i+1 runs group ``int(i / (L / G))``, as ``AlbertTransformer``
+    does); ``{}`` for models without shared layers.
+
+    Raises:
+        QftInputError: an ALBERT with more than one layer per group (``inner_group_num`` > 1).
+    """
+    groups = sorted({m.group(1) for n in shapes for m in [re.search(r"^(.*albert_layer_groups\.\d+)\.", n)] if m},
+                    key=lambda g: int(g.rsplit(".", 1)[1]))
+    if not groups:
+        return {}
+    if any(re.search(r"albert_layers\.[1-9]", n) for n in shapes):
+        raise QftInputError("ALBERT with more than one layer per group (inner_group_num > 1) is not supported")
+    depth = int(config.get("num_hidden_layers", len(groups)))
+    per = depth / len(groups)
+    return {g: [i + 1 for i in range(depth) if int(i / per) == k] for k, g in enumerate(groups)}
+
+
+def _blocks_text(blocks: list[int]) -> str:
+    return f"{blocks[0]}-{blocks[-1]}" if len(blocks) > 1 and blocks == list(range(blocks[0], blocks[-1] + 1)) \
+        else ",".join(map(str, blocks))
 
 
 def _config_value(config, *names):
@@ -180,12 +254,27 @@ def iter_matrices(store: TensorStore, specs: list[MatrixSpec], dtype: Optional[t
     by_param: dict[str, list[MatrixSpec]] = defaultdict(list)
     for spec in specs:
         by_param[spec.parameter].append(spec)
+    cache: dict[str, torch.Tensor] = {}  # factors of the composites of the current block
     for parameter, group in by_param.items():
+        if group[0].factors:
+            tensors = {}
+            for f in group[0].factors:
+                if f not in cache:
+                    cache.clear() if len(cache) > 8 else None
+                    cache[f] = store.read(f)
+                tensors[f] = cache[f]
+            for spec in group:
+                w = latent_effective(spec, tensors, store.config)
+                w = w.to(dtype) if dtype is not None else w
+                yield spec, (w.to(device) if device is not None else w)
+            continue
         tensor = store.read(parameter)
         if dtype is not None:
             tensor = tensor.to(dtype)
         if device is not None:
             tensor = tensor.to(device)
+        if any(s.matrix in ("q_a", "q_b", "kv_a", "kv_b") for s in group):
+            cache[parameter] = tensor
         for spec in group:
             yield spec, spec.extract(tensor)
         del tensor
@@ -247,27 +336,31 @@ def weight_norms(source: ModelSource, *, dtype: Optional[torch.dtype] = None, de
         unrecognised = unrecognised_parameters(store.shapes, specs)
         check_complete_blocks(specs, unrecognised, source.name)
         check_config_shapes(store.shapes, specs, store.config, source.name)
+        sharing = shared_layers(store.shapes, store.config)
+        shared_text = {int(k.rsplit(".", 1)[1]) + 1: _blocks_text(v) for k, v in sharing.items()}
         if parameters is not None:
-            specs = [s for s in specs if s.parameter in parameters]
+            specs = [s for s in specs if s.parameter in parameters or (s.factors and s.factors[0] in parameters)]
         rows, vectors, heads, nonfinite = [], [], [], []
         pending: dict[tuple[str, int], dict[str, torch.Tensor]] = defaultdict(dict)  # q/k/v/o heads of a layer
-        dim = head_dim(store.config)
 
         def measure(spec: MatrixSpec, w: torch.Tensor):
             stats = matrix_stats(w, exact=exact)  # finite=False (NaN norms) for a NaN or infinite entry
-            blocks = split_heads(spec.matrix, w, dim) if stats.finite else None
+            dim = matrix_head_dim(store.config, spec.matrix)
+            blocks = split_heads(spec.matrix, w, dim) if stats.finite and not spec.expert else None
             grams = None if blocks is None else head_grams(blocks, "columns" if spec.matrix.endswith("o") else "rows")
             return stats, grams, (None if grams is None else gram_norms(grams))
 
         def record(spec: MatrixSpec, w: torch.Tensor, stats, grams, head_values) -> None:
             finite = stats.finite
-            rec = {"part": spec.part, "layer": spec.layer, "matrix": spec.matrix, "parameter": spec.parameter,
+            rec = {"part": spec.part, "layer": spec.layer, "matrix": spec.matrix, "expert": spec.expert,
+                   "shared_by_blocks": shared_text.get(spec.layer, "") if spec.layer else "",
+                   "parameter": spec.parameter,
                    "d_out": int(w.shape[0]), "d_in": int(w.shape[1]),
                    "dtype": str(w.dtype).removeprefix("torch."),
                    "quant_type": store.quant_types.get(spec.parameter), "finite": finite}
             if finite:
                 rec.update(stats_record(stats), spectral_norm_error_bound=stats.spectral_error_bound)
-                if spec.matrix in VECTOR_MATRICES:
+                if spec.matrix in VECTOR_MATRICES and not spec.expert:
                     kind = "token_norm" if spec.matrix == "embedding" else "column_norm"
                     values = stats.row_norms if spec.matrix == "embedding" else stats.column_norms
                     vectors.append(pd.DataFrame({"part": spec.part, "layer": spec.layer, "matrix": spec.matrix,
@@ -327,7 +420,8 @@ def weight_norms(source: ModelSource, *, dtype: Optional[torch.dtype] = None, de
     for key, value in reversed(list((labels or {}).items())):
         head_table.insert(0, key, value)
     return WeightNormsResult(table.astype({"layer": "int64", "d_out": "int64", "d_in": "int64"}), vec, nonfinite,
-                             head_table.astype({"layer": "int64", "head_index": "int64"}), unrecognised)
+                             head_table.astype({"layer": "int64", "head_index": "int64"}), unrecognised,
+                             {k: v for k, v in sharing.items()})
 
 
 def matrix_groups(source: ModelSource) -> list[tuple[tuple[str, int], list[str], int]]:
@@ -341,8 +435,9 @@ def matrix_groups(source: ModelSource) -> list[tuple[tuple[str, int], list[str],
         groups: dict[tuple[str, int], list[str]] = {}
         for spec in specs:
             names = groups.setdefault((spec.part, spec.layer), [])
-            if spec.parameter not in names:
-                names.append(spec.parameter)
+            for p in (spec.factors or (spec.parameter,)):
+                if p not in names:
+                    names.append(p)
         return [(key, names, sum(int(torch.Size(store.shapes[p]).numel()) for p in names))
                 for key, names in groups.items()]
     finally:
@@ -367,7 +462,7 @@ def merge_weight_results(parts: list[WeightNormsResult], groups: list[tuple[str,
     order = {p: i for i, p in enumerate(table["parameter"])}
     nonfinite = sorted({p for r in parts for p in r.nonfinite}, key=lambda p: order.get(p, len(order)))
     return WeightNormsResult(table, ordered([r.vectors for r in parts]), nonfinite,
-                             ordered([r.heads for r in parts]), parts[0].unrecognised)
+                             ordered([r.heads for r in parts]), parts[0].unrecognised, parts[0].shared_layers)
 
 
 def summarize_weights(table: pd.DataFrame) -> pd.DataFrame:
@@ -381,33 +476,52 @@ def summarize_weights(table: pd.DataFrame) -> pd.DataFrame:
 
 def weights_by_layer(table: pd.DataFrame) -> pd.DataFrame:
     """Per-layer view of ``norms_weights``: one row per (model, part, layer, norm), one column per
-    attention/FFN matrix type present (``q, k, v, o, cross_*, ffn_gate, ffn_up, ffn_down`` in
-    :data:`qft_cli.models.layout.MATRIX_ORDER`), values the spectral or Frobenius norm (float64, the
-    weights' units). Layers 1..L only (the embedding, layer 0, is in the summary); a matrix type
-    absent from a layer is NaN. ``part`` is dropped when every row has ``""`` (decoder-only and
-    encoder-only models).
+    attention/FFN matrix type present (``q, k, v, o, cross_*, router, ffn_gate, ffn_up, ffn_down``
+    in :data:`qft_cli.models.layout.MATRIX_ORDER`), values the spectral or Frobenius norm (float64,
+    the weights' units). Mixtures of experts: per matrix type the maximum and the median over the
+    routed experts of the layer (columns ``<matrix> max/expert`` and ``<matrix> median/expert``)
+    and the shared expert (``<matrix> shared``), beside the dense matrices. Layers 1..L only (the
+    embedding, layer 0, is in the summary); a matrix type absent from a layer is NaN. ``part`` is
+    dropped when every row has ``""`` (decoder-only and encoder-only models). ALBERT's shared
+    layer: a column ``blocks`` names the blocks that run it.
 
     Raises:
-        ValueError: two matrices of one type in the same model, part and layer (never silently
-            merged; :mod:`qft_cli.models.layout` names each matrix once per layer).
+        ValueError: two matrices of one type and expert in the same model, part and layer (never
+            silently merged; :mod:`qft_cli.models.layout` names each matrix once per layer and expert).
     """
-    from qft_cli.models.layout import MATRIX_ORDER
-
     keys = [k for k in ("model_alias", "part", "layer") if k in table.columns]
-    blocks = table[(table["layer"] >= 1) & (table["matrix"] != "embedding")]
-    if blocks.duplicated(keys + ["matrix"]).any():
+    blocks = table[(table["layer"] >= 1) & (table["matrix"] != "embedding")].copy()
+    if "expert" not in blocks.columns:
+        blocks["expert"] = ""
+    blocks["expert"] = blocks["expert"].fillna("").astype(str)
+    if blocks.duplicated(keys + ["matrix", "expert"]).any():
         raise ValueError("norms_weights has two matrices of one type in one layer: "
-                         + ", ".join(map(str, blocks[blocks.duplicated(keys + ["matrix"])]["parameter"].head(3))))
-    matrices = [m for m in MATRIX_ORDER if m in set(blocks["matrix"])]
-    matrices += sorted(set(blocks["matrix"]) - set(matrices))
+                         + ", ".join(map(str, blocks[blocks.duplicated(keys + ["matrix", "expert"])]["parameter"].head(3))))
+    order = {m: i for i, m in enumerate(MATRIX_ORDER)}
+    routed = (blocks["expert"] != "") & (blocks["expert"] != SHARED_EXPERT)
+    column_of = blocks["matrix"].where(~(blocks["expert"] == SHARED_EXPERT), blocks["matrix"] + " shared")
+    blocks = blocks.assign(column=column_of)
+    dense = blocks[~routed]
+    columns = sorted(set(dense["column"]), key=lambda c: (order.get(c.split(" ")[0], 99), c))
+    expert_matrices = sorted(set(blocks.loc[routed, "matrix"]), key=lambda m: order.get(m, 99))
     frames = []
     for column, label in (("spectral_norm", "spectral"), ("frobenius_norm", "frobenius")):
-        wide = blocks.pivot(index=keys, columns="matrix", values=column).reindex(columns=matrices)
+        wide = dense.pivot(index=keys, columns="column", values=column).reindex(columns=columns)
+        if expert_matrices:
+            agg = blocks[routed].groupby(keys + ["matrix"])[column].agg(["max", "median"]).unstack("matrix")
+            for m in expert_matrices:
+                wide[f"{m} max/expert"] = agg[("max", m)].reindex(wide.index) if len(wide) else agg[("max", m)]
+                wide[f"{m} median/expert"] = agg[("median", m)].reindex(wide.index) if len(wide) else agg[("median", m)]
         wide.columns.name = None
         frames.append(wide.reset_index().assign(norm=label))
+    matrices = [c for c in frames[0].columns if c not in keys and c != "norm"]
     out = pd.concat(frames, ignore_index=True)
-    order = {m: i for i, m in enumerate(dict.fromkeys(table["model_alias"]))} if "model_alias" in keys else {}
-    out = out.sort_values(keys + ["norm"], key=lambda s: s.map(order) if s.name == "model_alias"
+    if "shared_by_blocks" in table.columns and (blocks["shared_by_blocks"].fillna("") != "").any():
+        shared = blocks.groupby(keys)["shared_by_blocks"].first()
+        out["blocks"] = [shared.get(tuple(r) if len(keys) > 1 else r[0], "") for r in out[keys].itertuples(index=False)]
+        matrices = ["blocks"] + matrices
+    model_order = {m: i for i, m in enumerate(dict.fromkeys(table["model_alias"]))} if "model_alias" in keys else {}
+    out = out.sort_values(keys + ["norm"], key=lambda s: s.map(model_order) if s.name == "model_alias"
                           else (s.map({"spectral": 0, "frobenius": 1}) if s.name == "norm" else s),
                           kind="stable").reset_index(drop=True)
     if "part" in out.columns and (out["part"] == "").all():

@@ -371,6 +371,7 @@ def run_norms_weights(args: NormsWeightsArgs, progress: Optional[ProgressFn] = N
     from qft_cli.runs.provenance import model_files_for
 
     tables, vectors, heads, warnings, notices, unrecognised, model_files = [], [], [], [], [], {}, []
+    shared = {}
     rank, world = process_group(device.type)
     with Run("norms weights", args.models, _options(args), out=Path(args.out), is_main_process=rank == 0) as run:
         threads = configure_threads(args.threads)
@@ -401,6 +402,8 @@ def run_norms_weights(args: NormsWeightsArgs, progress: Optional[ProgressFn] = N
                 shown = ", ".join(result.unrecognised[:3]) + (", ..." if len(result.unrecognised) > 3 else "")
                 notices.append(f"unrecognised 2-D tensors (not measured, listed in run.json "
                                 f"unrecognised_parameters): model {source.name}, {len(result.unrecognised)}: {shown}")
+            if result.shared_layers:  # ALBERT: each stored layer group -> the blocks that run it
+                shared[source.name] = result.shared_layers
             tables.append(result.table)
             vectors.append(result.vectors)
             heads.append(result.heads)
@@ -410,6 +413,7 @@ def run_norms_weights(args: NormsWeightsArgs, progress: Optional[ProgressFn] = N
         run.write_table("norms_weights", table)
         run.write_table("norm_vectors", pd.concat(vectors, ignore_index=True))
         run.write_table("norms_heads", pd.concat(heads, ignore_index=True))
-        run.update(warnings=warnings + notices, num_rows=len(table), unrecognised_parameters=unrecognised)
+        run.update(warnings=warnings + notices, num_rows=len(table), unrecognised_parameters=unrecognised,
+                   shared_layers=shared)
     return NormsResult(run.path, {"norms_weights": table}, summarize_weights(table), one_line(warnings),
                        one_line(notices))

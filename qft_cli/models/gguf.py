@@ -164,6 +164,15 @@ def _one_reader(path: Path):
         gguf.GGUFReader = original
 
 
+def gguf_architectures() -> list[str]:
+    """The architectures whose GGUF layout the installed transformers loads
+    (``GGUF_SUPPORTED_ARCHITECTURES``: ``llama``, ``mistral``, ``qwen2``, ``qwen2_moe``, ``gemma3``, ...);
+    a GGUF of any other architecture is refused in one line."""
+    from transformers.modeling_gguf_pytorch_utils import GGUF_SUPPORTED_ARCHITECTURES
+
+    return [a for a in GGUF_SUPPORTED_ARCHITECTURES if a not in ("general", "tokenizer")]
+
+
 def gguf_config_dict(path: Path) -> dict:
     """The transformers config (as a dict, with ``model_type``) that transformers derives from the
     GGUF metadata (``llama.embedding_length`` -> ``hidden_size``, ``llama.attention.head_count_kv``
@@ -192,8 +201,9 @@ def gguf_config_dict(path: Path) -> dict:
             parsed = load_gguf_checkpoint(str(path), return_tensors=False)
     except ValueError as err:
         if "not supported" in str(err):
-            raise QftInputError(f"GGUF file {path}: {err} (transformers cannot load it): "
-                                "use a Llama-family GGUF or a Hugging Face model directory") from None
+            raise QftInputError(f"GGUF file {path}: {str(err).rstrip('.')} (transformers reads the GGUF layout of "
+                                f"{', '.join(gguf_architectures())} only): use a GGUF of one of those or a Hugging "
+                                "Face model directory") from None
         raise _damaged(path, err) from None
     except Exception as err:  # truncated header, not a GGUF file
         raise _damaged(path, err) from None
@@ -296,6 +306,8 @@ def open_gguf(path: Path) -> GGUFTensors:
     for tensor in reader.tensors:
         name = to_hf.get(tensor.name, tensor.name)
         shapes[name] = tuple(int(n) for n in reversed(tensor.shape.tolist()))
+        if "ffn_gate_inp_shexp" in tensor.name and len(shapes[name]) == 1:  # the processor reads it as (1, d)
+            shapes[name] = (1, *shapes[name])
         quant_types[name] = tensor.tensor_type.name
         names[name] = tensor.name
         tensors[tensor.name] = tensor

@@ -263,7 +263,7 @@ def hub_error(source: ModelSource, err: BaseException) -> QftInputError:
     if source.kind == "gguf":
         first = first_line(err)
         return QftInputError(f"could not load GGUF model {label} ({type(err).__name__}: {first}): "
-                             "pass a Llama-family GGUF file that transformers can load (gguf_file=)")
+                             "pass a GGUF file of an architecture transformers loads (gguf_file=; see docs/norms.md)")
     if source.kind != "hub":
         first = first_line(err)
         return QftInputError(f"could not load model {label} from its directory ({type(err).__name__}: {first}): "

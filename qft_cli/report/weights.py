@@ -46,11 +46,12 @@ def _weights_section(page: _Page, weights: pd.DataFrame, vectors: pd.DataFrame,
             if "part" not in blocks.columns:
                 blocks["part"] = ""
             blocks["part"] = blocks["part"].fillna("").astype(str)
+            blocks = expert_series(blocks)
             if len(blocks):
                 fig = make_subplots(rows=1, cols=2, horizontal_spacing=0.1,
                                     subplot_titles=("spectral norm ‖W‖<sub>2</sub>", "Frobenius norm ‖W‖<sub>F</sub>"))
                 keys = sorted({(s, m) for s, m in zip(blocks["part"], blocks["matrix"])},
-                              key=lambda sm: (sm[0], _matrix_rank(sm[1])))
+                              key=lambda sm: (sm[0], _series_rank(sm[1]), sm[1]))
                 for i, (part, matrix) in enumerate(keys):
                     g = blocks[(blocks["part"] == part) & (blocks["matrix"] == matrix)].sort_values("layer")
                     name = f"{part} {matrix}".strip()
@@ -58,7 +59,8 @@ def _weights_section(page: _Page, weights: pd.DataFrame, vectors: pd.DataFrame,
                         fig.add_trace(go.Scatter(
                             x=g["layer"].to_numpy(int), y=g[norm].to_numpy(float), mode="lines+markers",
                             name=_e(name), legendgroup=name, showlegend=col == 1,
-                            line=dict(color=_color(_matrix_rank(matrix)), dash="dot" if part == "decoder" else "solid"),
+                            line=dict(color=_color(_series_rank(matrix)),
+                                      dash="dot" if part == "decoder" else ("dash" if " " in matrix else "solid")),
                             marker=dict(symbol=_SYMBOLS[i % len(_SYMBOLS)], size=7),
                             hovertemplate="layer %{x}<br>%{y:.4g}<extra>%{fullData.name}</extra>"), row=1, col=col)
                 layers = sorted(blocks["layer"].unique())
@@ -94,6 +96,30 @@ def _weights_section(page: _Page, weights: pd.DataFrame, vectors: pd.DataFrame,
         if len(v):
             _qkv_histogram(page, label, v[(v["kind"] == "column_norm") & v["matrix"].isin(["q", "k", "v"])])
             _embedding_histogram(page, label, v[(v["kind"] == "token_norm")])
+
+
+def expert_series(blocks: pd.DataFrame) -> pd.DataFrame:
+    """``norms_weights`` block rows with one row per (part, layer, series): dense matrices as they
+    are, the shared expert's as ``<matrix> shared``, and the routed experts of a mixture of experts
+    as the maximum and the median over the layer's experts (``<matrix> max/expert``,
+    ``<matrix> median/expert``; spectral and Frobenius norms each aggregated on their own).
+    Tables without an ``expert`` column are returned unchanged."""
+    if "expert" not in blocks.columns or blocks.empty:
+        return blocks
+    expert = blocks["expert"].fillna("").astype(str)
+    routed = (expert != "") & (expert != "shared")
+    out = blocks.copy()
+    out.loc[expert == "shared", "matrix"] = out.loc[expert == "shared", "matrix"] + " shared"
+    if not routed.any():
+        return out
+    grouped = out[routed].groupby(["part", "layer", "matrix"])[["spectral_norm", "frobenius_norm"]]
+    summaries = [grouped.agg(how).reset_index().assign(matrix=lambda f, how=how: f["matrix"] + f" {how}/expert")
+                 for how in ("max", "median")]
+    return pd.concat([out[~routed], *summaries], ignore_index=True)
+
+
+def _series_rank(name: str) -> int:
+    return _matrix_rank(name.split(" ")[0])
 
 
 #: Per-head composites of ``norms_heads`` (issue 11): matrix -> panel title. ``qk`` is the bilinear
