@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import typer
 
 from qft_cli.cli.common import (
+    BASELINE_OPTION,
+    CLASS_FILE_OPTION,
+    SPLIT_SIZES_OPTION,
     DEVICE_OPTION,
     DTYPE_OPTION,
     FORMAT_OPTION,
@@ -60,6 +63,9 @@ def finetune_command(
     resume: Optional[Path] = typer.Option(None, "--resume", help="Continue an interrupted finetune run directory."),
     export: Optional[Path] = typer.Option(None, "--export", help="Write the fine-tuned model(s), normalisation folded, "
                                                                  "as safetensors for stock transformers."),
+    class_file: Optional[List[str]] = CLASS_FILE_OPTION,
+    split_sizes: Optional[str] = SPLIT_SIZES_OPTION,
+    baseline: str = BASELINE_OPTION,
     out: Path = OUT_OPTION,
     device: str = DEVICE_OPTION,
     dtype: str = DTYPE_OPTION,
@@ -82,7 +88,9 @@ def finetune_command(
                                 warmup_ratio=warmup_ratio, batch_size=batch_size, eval_batch_size=eval_batch_size,
                                 seed=seed, max_length=max_length, max_steps=max_steps,
                                 max_train_samples=max_train_samples, max_eval_samples=max_eval_samples,
-                                mixed_precision=mixed_precision, seeds=seed_list)
+                                mixed_precision=mixed_precision, seeds=seed_list,
+                                class_files=list(class_file) if class_file else None,
+                                split_sizes=split_sizes, baseline=baseline)
     torch_device, torch_dtype = resolve_device(device), resolve_dtype(dtype)
     from qft_cli.system.threads import configure_threads
 

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import typer
 
 from qft_cli.cli.common import (
+    BASELINE_OPTION,
+    CLASS_FILE_OPTION,
+    SPLIT_SIZES_OPTION,
     FORMAT_OPTION,
     OUT_OPTION,
     QUIET_OPTION,
@@ -58,6 +61,9 @@ def train_command(
     eval_strategy: str = typer.Option("epoch", "--eval-strategy", help="epoch | no (no validation: needs --early-stopping 0)."),
     mixed_precision: str = typer.Option("auto", "--mixed-precision", help="auto (bf16/fp16 on CUDA only) | no | fp16 | bf16."),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda."),
+    class_file: Optional[List[str]] = CLASS_FILE_OPTION,
+    split_sizes: Optional[str] = SPLIT_SIZES_OPTION,
+    baseline: str = BASELINE_OPTION,
     out: Path = OUT_OPTION,
     resume: Optional[Path] = typer.Option(None, "--resume", help="Continue an interrupted run directory with the options in its run.json (other options are ignored)."),
     trust_remote_code: bool = TRUST_OPTION,
@@ -105,7 +111,10 @@ def train_command(
             num_heads=num_heads, d_ff=d_ff, num_layers=num_layers, dropout=dropout, embedding_from=embedding_from,
             freeze_embedding=freeze_embedding, max_train_samples=max_train_samples,
             max_eval_samples=max_eval_samples,
-            trust_remote_code=trust_remote_code, subnormalised=subnormalised, seeds=seed_list, training=training)
+            trust_remote_code=trust_remote_code, subnormalised=subnormalised, seeds=seed_list,
+            class_files=list(class_file) if class_file else None,
+            split_sizes=split_sizes,
+            baseline=baseline, training=training)
     options.validate()
     from qft_cli.system.threads import configure_threads
 

@@ -565,6 +565,9 @@ class ExperimentOptions:
     trust_remote_code: bool = False
     subnormalised: bool = False
     seeds: Optional[list[int]] = None
+    class_files: Optional[list[str]] = None
+    split_sizes: Optional[list[float]] = None
+    baseline: str = "auto"
     training: TrainingConfig = field(default_factory=TrainingConfig)
 
     def variants(self) -> list[tuple[str, Optional[str], Optional[float]]]:
@@ -610,6 +613,14 @@ class ExperimentOptions:
                                     "the embedding rows are that model's token ids; drop --tokenizer")
         if not 0 <= self.dropout < 1:
             raise QftInputError(f"--dropout {self.dropout} must lie in [0, 1)")
+        from qft_cli.data.fasta import parse_class_files, parse_split_sizes
+        from qft_cli.train.baseline import check_baseline
+
+        if self.class_files:
+            parse_class_files(self.class_files, Path(self.data_dir) if self.data_dir else None)
+        if self.split_sizes is not None:
+            self.split_sizes = list(parse_split_sizes(self.split_sizes))
+        self.baseline = check_baseline(self.baseline)
         return self
 
 
@@ -653,10 +664,50 @@ def seed_subdir(root: Path, variant: str, seed: int, several: bool) -> Path:
     return Path(root) / variant / f"seed-{seed}" if several else Path(root) / variant
 
 
+def record_baseline(run, recorder: "ResultsRecorder", data, choice: str, split_seed: int) -> Optional[dict[str, Any]]:
+    """Fit the task's baseline (:func:`qft_cli.train.baseline.fit_baseline`) once per split seed on
+    the same train/validation/test splits the models use, and record it: ``metrics`` rows
+    (``split`` validation and test, ``epoch`` 0, ``step`` 0, ``loss`` NaN), ``predictions`` rows
+    (sequence classification only, the same test rows as the models') and ``run.json``
+    ``baseline`` (variant, k, validation and test scores, validation scores per k, split seed).
+    Call it once per run, outside the seed x variant loop; a resumed run that has it keeps it.
+
+    Args:
+        data: the :class:`qft_cli.data.tasks.TaskData` after subsampling.
+        choice: ``auto`` (fit) or ``none`` (skip).
+        split_seed: the seed the splits and subsets were drawn with (the ``seed`` of its rows).
+
+    Returns:
+        The ``run.json`` ``baseline`` record, or ``None`` when skipped.
+    """
+    from qft_cli.train.baseline import fit_baseline
+
+    if choice == "none":
+        return None
+    if isinstance(run.meta.get("baseline"), dict) and any(
+            r["split"] == "test" and r["variant"] == run.meta["baseline"].get("variant")
+            for r in recorder.tables[METRICS_TABLE]):
+        return run.meta["baseline"]
+    fitted = fit_baseline(data.kind, data.splits, data.num_labels)
+    base = {"variant": fitted.variant, "seed": int(split_seed), "epoch": 0.0, "step": 0, "loss": math.nan,
+            "learning_rate": math.nan, "samples_per_second": math.nan}
+    recorder.add(METRICS_TABLE, [{**base, "split": split, **scores}
+                                 for split, scores in (("validation", fitted.validation), ("test", fitted.test))])
+    if data.kind == "sequence_classification":
+        recorder.add(PREDICTIONS_TABLE, [
+            {"variant": fitted.variant, "seed": int(split_seed), "sample_index": i, "label": int(y),
+             "prediction": int(p), "num_labels": int(data.num_labels)}
+            for i, (y, p) in enumerate(zip(fitted.test_labels, fitted.test_predictions))])
+    record = {**fitted.record(), "split_seed": int(split_seed)}
+    run.update(baseline=record)
+    return record
+
+
 def write_test_summary(run, recorder: "ResultsRecorder", *, dataset: Optional[str], task: Optional[str],
                        num_labels: Optional[int] = None) -> pd.DataFrame:
     """Build ``test_summary.parquet`` from the recorder's metrics and predictions
-    (:func:`qft_cli.train.stats.test_summary`) and write it into ``run`` (main process only).
+    (:func:`qft_cli.train.stats.test_summary`; the k of a k-mer baseline from ``run.json``
+    ``baseline``) and write it into ``run`` (main process only).
 
     Returns:
         The summary (empty without test rows).
@@ -665,7 +716,10 @@ def write_test_summary(run, recorder: "ResultsRecorder", *, dataset: Optional[st
 
     metrics = recorder.frame(METRICS_TABLE) if recorder.tables[METRICS_TABLE] else pd.DataFrame()
     predictions = recorder.frame(PREDICTIONS_TABLE) if recorder.tables[PREDICTIONS_TABLE] else None
-    summary = stats.test_summary(metrics, predictions, dataset=dataset, task=task, num_labels=num_labels)
+    meta = getattr(run, "meta", None) or {}
+    baseline = meta.get("baseline") if isinstance(meta.get("baseline"), dict) else {}
+    summary = stats.test_summary(metrics, predictions, dataset=dataset, task=task, num_labels=num_labels,
+                                 baseline_k=baseline.get("k"))
     if run is not None and getattr(run, "path", None) is not None and not summary.empty:
         run.write_table(TEST_SUMMARY_TABLE, summary)
     return summary
@@ -762,7 +816,12 @@ def run_experiment(options: ExperimentOptions, run, *, resume: bool = False,
     options.validate()
     cfg = options.training
     run_dir = Path(run.path)
-    data = load_task(options.dataset, task=options.task, data_dir=options.data_dir, seed=cfg.seed)
+    from qft_cli.data.fasta import parse_class_files
+
+    class_files = parse_class_files(options.class_files, Path(options.data_dir) if options.data_dir else None) \
+        if options.class_files else None
+    data = load_task(options.dataset, task=options.task, data_dir=options.data_dir, seed=cfg.seed,
+                     class_files=class_files, split_sizes=tuple(options.split_sizes) if options.split_sizes else None)
     subsample(data, "train", options.max_train_samples, cfg.seed)
     for split in ("validation", "test"):
         if split in data.splits:
@@ -800,6 +859,7 @@ def run_experiment(options: ExperimentOptions, run, *, resume: bool = False,
                data={**data.record(), "location": data.source}, data_files=data_files,
                model_files=model_files, tokenizer_size=len(tokenizer), vocab_size=vocab_size)
     recorder = ResultsRecorder(run, default_seed=cfg.seed)
+    record_baseline(run, recorder, data, options.baseline, cfg.seed)
     results = []
     seeds = options.seed_list()
     several = len(seeds) > 1
