@@ -670,7 +670,8 @@ def record_baseline(run, recorder: "ResultsRecorder", data, choice: str, split_s
     (``split`` validation and test, ``epoch`` 0, ``step`` 0, ``loss`` NaN), ``predictions`` rows
     (sequence classification only, the same test rows as the models') and ``run.json``
     ``baseline`` (variant, k, validation and test scores, validation scores per k, split seed).
-    Call it once per run, outside the seed x variant loop; a resumed run that has it keeps it.
+    Call it once per run, outside the seed x variant loop. A resumed run refits it (deterministic:
+    lbfgs on the same data) for ``run.json`` and keeps the rows it already has.
 
     Args:
         data: the :class:`qft_cli.data.tasks.TaskData` after subsampling.
@@ -684,11 +685,11 @@ def record_baseline(run, recorder: "ResultsRecorder", data, choice: str, split_s
 
     if choice == "none":
         return None
-    if isinstance(run.meta.get("baseline"), dict) and any(
-            r["split"] == "test" and r["variant"] == run.meta["baseline"].get("variant")
-            for r in recorder.tables[METRICS_TABLE]):
-        return run.meta["baseline"]
     fitted = fit_baseline(data.kind, data.splits, data.num_labels)
+    record = {**fitted.record(), "split_seed": int(split_seed)}
+    run.update(baseline=record)
+    if recorder.test_row(fitted.variant, int(split_seed)) is not None:  # a resumed run recorded it
+        return record
     base = {"variant": fitted.variant, "seed": int(split_seed), "epoch": 0.0, "step": 0, "loss": math.nan,
             "learning_rate": math.nan, "samples_per_second": math.nan}
     recorder.add(METRICS_TABLE, [{**base, "split": split, **scores}
@@ -698,8 +699,6 @@ def record_baseline(run, recorder: "ResultsRecorder", data, choice: str, split_s
             {"variant": fitted.variant, "seed": int(split_seed), "sample_index": i, "label": int(y),
              "prediction": int(p), "num_labels": int(data.num_labels)}
             for i, (y, p) in enumerate(zip(fitted.test_labels, fitted.test_predictions))])
-    record = {**fitted.record(), "split_seed": int(split_seed)}
-    run.update(baseline=record)
     return record
 
 
