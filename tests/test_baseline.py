@@ -222,3 +222,50 @@ def test_baseline_none_skips_it(tmp_path):
     run_dir = next((tmp_path / "runs").iterdir())
     assert "baseline" not in json.loads((run_dir / "run.json").read_text())
     assert set(pd.read_parquet(run_dir / "metrics.parquet")["variant"]) == {"vanilla"}
+
+
+def test_finetune_on_fasta_class_files_fits_the_kmer_baseline(tmp_path):
+    from qft_cli.cli.app import app
+
+    data = tmp_path / "named"
+    data.mkdir()
+    seqs, labels = _task(60, True, 9, length=24)
+    for name, c in (("positives.fa", 1), ("negatives.fasta", 0)):
+        (data / name).write_text("".join(f">s{i}\n{s}\n" for i, (s, y) in enumerate(zip(seqs, labels)) if y == c))
+    out = tmp_path / "runs"
+    result = CliRunner().invoke(app, ["finetune", "tiny-dnabert", "--dataset", "gue", "--data-dir", str(data),
+                                      "--class-file", "1=positives.fa", "--class-file", "0=negatives.fasta",
+                                      "--split-sizes", "0.6,0.2,0.2", "--max-steps", "1", "--num-epochs", "1",
+                                      "--batch-size", "16", "--warmup-ratio", "0", "--device", "cpu", "-q",
+                                      "--out", str(out)])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    run_dir = next(out.iterdir())
+    meta = json.loads((run_dir / "run.json").read_text())
+    assert meta["data"]["fasta"]["split_sizes"] == [0.6, 0.2, 0.2] and meta["data"]["sizes"]["test"] == 12
+    assert meta["baseline"]["variant"] == "baseline_kmer"
+    summary = pd.read_parquet(run_dir / "test_summary.parquet")
+    assert list(dict.fromkeys(summary.variant)) == ["vanilla", "baseline_kmer"]
+
+
+def test_pos_tagging_gets_the_majority_tag_baseline(tmp_path, shared_data):
+    from qft_cli.cli.app import app
+    from qft_cli.data.tasks import load_task, subsample
+
+    out = tmp_path / "runs"
+    result = CliRunner().invoke(app, ["finetune", "tiny-bert", "--dataset", "conll2003", "--data-dir",
+                                      str(shared_data / "conll2003"), "--max-train-samples", "64",
+                                      "--max-eval-samples", "32", "--max-steps", "1", "--num-epochs", "1",
+                                      "--batch-size", "16", "--warmup-ratio", "0", "--device", "cpu", "-q",
+                                      "--out", str(out)])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    run_dir = next(out.iterdir())
+    metrics = pd.read_parquet(run_dir / "metrics.parquet")
+    base = metrics[(metrics.variant == "baseline_majority_tag") & (metrics.split == "test")]
+    data = load_task("conll2003", data_dir=shared_data / "conll2003")  # the same subsets, drawn by hand
+    subsample(data, "train", 64, 42)
+    for split in ("validation", "test"):
+        subsample(data, split, 32, 42)
+    by_hand = fit_majority_tag_baseline(*[(data.splits[s]["inputs"], data.splits[s]["labels"])
+                                          for s in ("train", "validation", "test")], num_labels=data.num_labels)
+    assert float(base.accuracy.iloc[0]) == pytest.approx(by_hand.test["accuracy"])
+    assert json.loads((run_dir / "run.json").read_text())["baseline"]["k"] is None

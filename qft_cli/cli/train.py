@@ -31,7 +31,7 @@ from qft_cli.cli.common import (
 def train_command(
     dataset: str = typer.Option("genomic-bench", "--dataset", help="genomic-bench | gue | conll2003 (POS tagging)."),
     task: Optional[str] = typer.Option(None, "--task", help="GUE task (default: the task folder --data-dir holds or is, else prom_300_notata); gue only."),
-    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Offline data: CSV/TSV train/dev/test (sequence|seq,label) or CoNLL train/valid/test.txt."),
+    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Offline data: CSV/TSV train/dev/test (sequence|seq,label) or CoNLL train/valid/test.txt; or FASTA (.fa/.fasta/.fna, .gz too): 0.fa, 1.fa per class, one file with label= headers, or train/dev/test FASTA."),
     tokenizer: str = typer.Option("auto", "--tokenizer", help="DNA: dnabert2 | bpe:V | kmer:K | char | PATH (a tokenizer.json or a directory) (auto = the embedding model's, else dnabert2). Text: a model alias."),
     max_length: int = typer.Option(512, "--max-length", help="Truncate inputs to this many tokens."),
     norm: str = typer.Option("all", "--norm", help="all (= vanilla,spectral,frobenius) | vanilla (none) | spectral | frobenius, or a list like vanilla,frobenius; every variant sees the same data order and initial weights."),
