@@ -126,7 +126,7 @@ def test_tiny_run_end_to_end_then_resume(tmp_path):
     meta = json.loads((run_dir / "run.json").read_text())
     assert meta["status"] == "completed" and meta["options"]["norm"] == "all"
     metrics = pd.read_parquet(run_dir / "metrics.parquet")
-    assert set(metrics["variant"]) == {"vanilla", "spectral", "frobenius"}
+    assert set(metrics["variant"]) == {"vanilla", "spectral", "frobenius", "baseline_kmer"}
     assert (metrics[metrics.split == "test"].groupby("variant").size() == 1).all()
     for variant in ("vanilla", "spectral", "frobenius"):
         assert (run_dir / "best" / variant / "model.safetensors").is_file()
@@ -281,7 +281,7 @@ def test_resume_keeps_the_finished_variant_and_trains_the_unfinished_one(tmp_pat
     assert result.exit_code == 0, result.output + str(result.exception)
     (run_dir,) = list(out.iterdir())
     before = pd.read_parquet(run_dir / "metrics.parquet")
-    assert sorted(before.variant.unique()) == ["frobenius", "vanilla"]
+    assert sorted(before.variant.unique()) == ["baseline_kmer", "frobenius", "vanilla"]
     for folder in ("checkpoints", "best"):
         shutil.rmtree(run_dir / folder / "frobenius")
     for table in ("metrics", "predictions", "norms_during_training"):
@@ -300,7 +300,7 @@ def test_resume_keeps_the_finished_variant_and_trains_the_unfinished_one(tmp_pat
     pd.testing.assert_frame_equal(resumed[keep].reset_index(drop=True),
                                   before[before.variant == "frobenius"][keep].reset_index(drop=True))
     summary = pd.read_parquet(run_dir / "test_summary.parquet")
-    assert set(summary.variant) == {"vanilla", "frobenius"}
+    assert set(summary.variant) == {"vanilla", "frobenius", "baseline_kmer"}  # the baseline refitted on resume
 
 
 def test_multi_seed_run_resumes_the_unfinished_seed(tmp_path):
@@ -333,7 +333,8 @@ def test_multi_seed_run_resumes_the_unfinished_seed(tmp_path):
                                   before[before.seed == 1].drop(columns="samples_per_second").reset_index(drop=True))
     assert (run_dir / "best" / "vanilla" / "seed-1" / "config.json").is_file()
     summary = pd.read_parquet(run_dir / "test_summary.parquet")
-    assert set(summary.num_seeds) == {2} and set(summary.interval) == {"t over seeds"}
+    trained = summary[summary.variant != "baseline_kmer"]  # the baseline: one fit per split seed
+    assert set(trained.num_seeds) == {2} and set(trained.interval) == {"t over seeds"}
 
 
 def test_num_labels_overrides_the_task_label_set(tmp_path):

@@ -67,11 +67,16 @@ def test_two_process_gloo_run_writes_once(tmp_path):
     meta = json.loads((runs[0] / "run.json").read_text())
     assert meta["status"] == "completed" and meta["world_size"] == 2
     metrics = pd.read_parquet(runs[0] / "metrics.parquet")
+    assert set(metrics.variant) == {"spectral", "baseline_kmer"}
+    metrics = metrics[metrics.variant == "spectral"]  # the baseline is fitted once, outside training
     assert (metrics.split == "test").sum() == 1  # written once, by rank 0
     assert metrics["step"].max() == 4  # 64 samples / (8 per device x 2 processes) = 4 steps per epoch
     assert proc.stdout.count("qft train:") == 1  # one table, from rank 0
     # test predictions gathered from both ranks: each test sample once, in order, matching the test row
     preds = pd.read_parquet(runs[0] / "predictions.parquet")
+    assert (preds[preds.variant == "baseline_kmer"].label.tolist()
+            == preds[preds.variant == "spectral"].label.tolist())  # the baseline: the same test rows
+    preds = preds[preds.variant == "spectral"]
     test = pd.read_csv(data / "test.csv")
     assert preds["sample_index"].tolist() == list(range(len(test)))
     assert preds["label"].tolist() == test["label"].tolist()

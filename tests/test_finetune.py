@@ -236,7 +236,8 @@ def test_resume_skips_finished_variants_and_continues_the_interrupted_one(tmp_pa
     assert _run(args).exit_code == 0
     run = _run_dir(out)
     before = pd.read_parquet(run / "metrics.parquet")
-    assert set(zip(before.variant, before.seed)) == {("vanilla", 0), ("frobenius", 0), ("vanilla", 1), ("frobenius", 1)}
+    assert set(zip(before.variant, before.seed)) == {("vanilla", 0), ("frobenius", 0), ("vanilla", 1), ("frobenius", 1),
+                                                     ("baseline_kmer", 0)}  # the baseline: once per split seed
     # simulate an interruption of the last (variant, seed) after its first epoch
     last, seed = "frobenius", 1
     checkpoints = sorted((run / "checkpoints" / last / f"seed-{seed}").glob("checkpoint-*"),
@@ -256,7 +257,7 @@ def test_resume_skips_finished_variants_and_continues_the_interrupted_one(tmp_pa
     result = _run([*args, "--resume", str(run)])
     assert result.exit_code == 0, result.output
     after = pd.read_parquet(run / "metrics.parquet")
-    for variant, s in (("vanilla", 0), ("frobenius", 0), ("vanilla", 1)):  # untouched
+    for variant, s in (("vanilla", 0), ("frobenius", 0), ("vanilla", 1), ("baseline_kmer", 0)):  # untouched
         pick = lambda df: df[(df.variant == variant) & (df.seed == s)].reset_index(drop=True)  # noqa: E731
         pd.testing.assert_frame_equal(pick(after), pick(before))
     resumed = after[(after.variant == last) & (after.seed == seed)]
@@ -268,7 +269,8 @@ def test_resume_skips_finished_variants_and_continues_the_interrupted_one(tmp_pa
     assert not predictions.duplicated(["variant", "seed", "sample_index"]).any()
     assert predictions.groupby(["variant", "seed"]).size().nunique() == 1  # every pair scored on the same test set
     summary = pd.read_parquet(run / "test_summary.parquet")
-    assert set(summary.num_seeds) == {2} and set(summary.interval) == {"t over seeds"}
+    trained = summary[summary.variant != "baseline_kmer"]
+    assert set(trained.num_seeds) == {2} and set(trained.interval) == {"t over seeds"}
     assert "vanilla" in result.stdout and "t over seeds" in result.stdout
     assert "epochs" in result.stdout and "2.0" in result.stdout  # the epochs column is filled
 

@@ -55,5 +55,6 @@ def test_two_cpu_processes_write_one_run(tmp_path, shared_data):
     meta = json.loads((runs[0] / "run.json").read_text())
     assert meta["status"] == "completed" and "frobenius" in meta["results"]
     metrics = pd.read_parquet(runs[0] / "metrics.parquet")
-    assert (metrics.split == "test").sum() == 1
+    assert set(metrics.variant) == {"frobenius", "baseline_kmer"}
+    assert (metrics[metrics.variant == "frobenius"].split == "test").sum() == 1
     assert proc.stdout.count("test split") == 1  # only rank 0 prints the table

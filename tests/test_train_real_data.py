@@ -56,7 +56,7 @@ def test_small_real_gue_run_learns_every_variant(tmp_path, shared_data, monkeypa
     finally:
         torch.set_num_threads(threads)
     summary = {r["variant"]: r for r in result.summary()}
-    assert list(summary) == ["vanilla", "spectral", "frobenius"]
+    assert list(summary) == ["vanilla", "spectral", "frobenius", "baseline_kmer"]
     for variant, row in summary.items():
         assert row["accuracy"] >= 0.70, (variant, row)
     metrics = pd.read_parquet(run.path / "metrics.parquet")
@@ -67,7 +67,7 @@ def test_small_real_gue_run_learns_every_variant(tmp_path, shared_data, monkeypa
     # every variant's best model reloads with identical outputs (normalisation re-applied from the config)
     from transformers import AutoModelForSequenceClassification
 
-    for variant in summary:
+    for variant in ("vanilla", "spectral", "frobenius"):  # the baseline has no model directory
         reloaded = AutoModelForSequenceClassification.from_pretrained(run.path / "best" / variant).eval()
         assert (qn.normalization_settings(reloaded) or {}).get("method") == (None if variant == "vanilla" else variant)
     assert math.isclose(summary["vanilla"]["accuracy_diff"], 0.0)
@@ -88,8 +88,9 @@ def test_conll_pos_tagging_pipeline(tmp_path, shared_data, monkeypatch):
     run = open_run(options, out=tmp_path, argv=["qft", "train"])
     with run:
         result = run_experiment(options, run)
-    (row,) = result.summary()
+    row, baseline = result.summary()
     assert row["variant"] == "spectral" and 0.0 < row["accuracy"] < 1.0 and 0.0 <= row["f1"] <= 1.0
+    assert baseline["variant"] == "baseline_majority_tag" and 0.0 < baseline["accuracy"] < 1.0
     metrics = pd.read_parquet(run.path / "metrics.parquet")
     assert set(metrics["split"]) == {"train", "validation", "test"}
     sizes = {k: len(tasks.read_conll(sliced / f"{f}.txt")[0]) for k, f in

@@ -381,13 +381,15 @@ def test_norm_all_variants_see_identical_data_order_and_initial_weights(tmp_path
     assert not all(torch.equal(a, b) for a, b in zip(seen[0], seen[3]))
     assert sum(len(b) for b in seen[0][:5]) == sum(len(b) for b in seen[3][:5]) == 40  # one epoch each
     metrics = pd.read_parquet(run.path / "metrics.parquet")
-    assert set(zip(metrics.variant, metrics.seed)) == {(v, s) for v in ("vanilla", "spectral", "frobenius") for s in (3, 4)}
+    assert set(zip(metrics.variant, metrics.seed)) == {(v, s) for v in ("vanilla", "spectral", "frobenius")
+                                                       for s in (3, 4)} | {("baseline_kmer", 3)}  # once per split seed
     for v in ("vanilla", "spectral", "frobenius"):
         for s in (3, 4):
             assert (run.path / "best" / v / f"seed-{s}" / "config.json").is_file()
     summary = pd.read_parquet(run.path / "test_summary.parquet")
-    assert list(summary.variant.unique()) == ["vanilla", "spectral", "frobenius"]
-    assert set(summary.num_seeds) == {2} and set(summary.interval) == {"t over seeds"}
+    assert list(summary.variant.unique()) == ["vanilla", "spectral", "frobenius", "baseline_kmer"]
+    trained = summary[summary.variant != "baseline_kmer"]
+    assert set(trained.num_seeds) == {2} and set(trained.interval) == {"t over seeds"}
 
 
 def test_resume_before_the_first_checkpoint_records_no_duplicate_rows(tmp_path):

@@ -206,6 +206,9 @@ EXAMPLES = {
 }
 
 QUIET_OPTION = typer.Option(False, "--quiet", "-q", help="No progress bar.")
+CLASS_FILE_OPTION = typer.Option(None, "--class-file", help="FASTA file of one class, LABEL=PATH (repeat per class, e.g. --class-file 1=positives.fa --class-file 0=negatives.fa.gz); PATH relative to --data-dir when not found as given.")
+SPLIT_SIZES_OPTION = typer.Option(None, "--split-sizes", help="Unsplit FASTA: train,validation,test fractions of the seeded stratified split (default 0.8,0.1,0.1).")
+BASELINE_OPTION = typer.Option("auto", "--baseline", help="auto: also fit a k-mer logistic regression (DNA, k 3..6 chosen on validation) or the most-frequent-tag baseline (POS), scored on the same test split | none.")
 OUT_OPTION = typer.Option("runs", "--out", "-o", help="Directory that receives the run directory.")
 DEVICE_OPTION = typer.Option("auto", "--device", help="auto|cpu|cuda|mps (auto = CUDA when present).")
 DTYPE_OPTION = typer.Option("float32", "--dtype", help="Model dtype: float32|bfloat16|float16 (norms are always accumulated in float64).")

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import typer
 
 from qft_cli.cli.common import (
+    BASELINE_OPTION,
+    CLASS_FILE_OPTION,
+    SPLIT_SIZES_OPTION,
     DEVICE_OPTION,
     DTYPE_OPTION,
     FORMAT_OPTION,
@@ -36,7 +39,7 @@ def finetune_command(
                                           "local model directory, or a `qft train` run directory (its best checkpoint)."),
     dataset: str = typer.Option("genomic-bench", "--dataset", help="genomic-bench | gue | conll2003 (POS tagging) | synthetic-dna (qft demo's files, --data-dir)."),
     task: Optional[str] = typer.Option(None, "--task", help="GUE task (default: the task folder --data-dir holds or is, else prom_300_notata)."),
-    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Local files: train/dev/test CSV (sequence,label) or CoNLL text."),
+    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Local files: train/dev/test CSV (sequence,label) or CoNLL text; or FASTA (.fa/.fasta/.fna, .gz too): 0.fa, 1.fa per class, one file with label= headers, or train/dev/test FASTA."),
     num_labels: Optional[int] = typer.Option(None, "--num-labels", help="Classes of a DNA task (default: the task's own, e.g. 2 for promoters); labels outside 0..K-1 are refused."),
     tokenizer: Optional[str] = typer.Option(None, "--tokenizer", help="Default: MODEL's own. A model name, a path "
                                                                       "(tokenizer.json or a directory), or a DNA tokenizer: dnabert2, bpe:V, kmer:K, char."),
@@ -63,6 +66,9 @@ def finetune_command(
     resume: Optional[Path] = typer.Option(None, "--resume", help="Continue an interrupted finetune run directory."),
     export: Optional[Path] = typer.Option(None, "--export", help="Write the fine-tuned model(s), normalisation folded, "
                                                                  "as safetensors for stock transformers."),
+    class_file: Optional[List[str]] = CLASS_FILE_OPTION,
+    split_sizes: Optional[str] = SPLIT_SIZES_OPTION,
+    baseline: str = BASELINE_OPTION,
     out: Path = OUT_OPTION,
     device: str = DEVICE_OPTION,
     dtype: str = DTYPE_OPTION,
@@ -85,7 +91,9 @@ def finetune_command(
                                 warmup_ratio=warmup_ratio, batch_size=batch_size, eval_batch_size=eval_batch_size,
                                 seed=seed, max_length=max_length, max_steps=max_steps,
                                 max_train_samples=max_train_samples, max_eval_samples=max_eval_samples,
-                                mixed_precision=mixed_precision, seeds=seed_list, num_labels=num_labels)
+                                mixed_precision=mixed_precision, seeds=seed_list, num_labels=num_labels,
+                               class_files=list(class_file) if class_file else None,
+                               split_sizes=split_sizes, baseline=baseline)
     torch_device, torch_dtype = resolve_device(device), resolve_dtype(dtype)
     from qft_cli.system.threads import configure_threads
 

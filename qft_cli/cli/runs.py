@@ -28,6 +28,9 @@ def verify_command(
     changed = 0
     for run_dir in run_dirs:
         rows = verify_run(run_dir)
+        split = _fasta_split_row(run_dir)
+        if split is not None:
+            rows.append(split)
         table = Table(title=f"qft runs verify {run_dir}")
         for col in ("status", "what", "file", "recorded sha256", "sha256 now"):
             table.add_column(col, overflow="fold")
@@ -49,3 +52,14 @@ def verify_command(
         changed += counts["changed"]
     if changed:
         raise typer.Exit(EXIT_BAD_INPUT)
+
+
+def _fasta_split_row(run_dir: Path):
+    """The ``fasta split`` verify row of a run that split FASTA itself (:func:`qft_cli.data.fasta.verify_split`)."""
+    from qft_cli.data.fasta import verify_split
+    from qft_cli.runs.rundir import read_run_json
+
+    try:
+        return verify_split(read_run_json(run_dir))
+    except (ValueError, OSError, AttributeError):
+        return None

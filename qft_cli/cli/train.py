@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import typer
 
 from qft_cli.cli.common import (
+    BASELINE_OPTION,
+    CLASS_FILE_OPTION,
+    SPLIT_SIZES_OPTION,
     DEVICE_OPTION,
     FORMAT_OPTION,
     OUT_OPTION,
@@ -29,7 +32,7 @@ from qft_cli.cli.common import (
 def train_command(
     dataset: str = typer.Option("genomic-bench", "--dataset", help="genomic-bench | gue | conll2003 (POS tagging) | synthetic-dna (qft demo's files, --data-dir)."),
     task: Optional[str] = typer.Option(None, "--task", help="GUE task (default: the task folder --data-dir holds or is, else prom_300_notata); gue only."),
-    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Offline data: CSV/TSV train/dev/test (sequence|seq,label) or CoNLL train/valid/test.txt."),
+    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Offline data: CSV/TSV train/dev/test (sequence|seq,label) or CoNLL train/valid/test.txt; or FASTA (.fa/.fasta/.fna, .gz too): 0.fa, 1.fa per class, one file with label= headers, or train/dev/test FASTA."),
     num_labels: Optional[int] = typer.Option(None, "--num-labels", help="Classes of a DNA task (default: the task's own, e.g. 2 for promoters); labels outside 0..K-1 are refused."),
     tokenizer: str = typer.Option("auto", "--tokenizer", help="DNA: dnabert2 | bpe:V | kmer:K | char | PATH (a tokenizer.json or a directory) (auto = the embedding model's, else dnabert2). Text: a model alias."),
     max_length: int = typer.Option(512, "--max-length", help="Truncate inputs to this many tokens."),
@@ -60,6 +63,9 @@ def train_command(
     eval_strategy: str = typer.Option("epoch", "--eval-strategy", help="epoch | no (no validation: needs --early-stopping 0)."),
     mixed_precision: str = typer.Option("auto", "--mixed-precision", help="auto (bf16/fp16 on CUDA only) | no | fp16 | bf16."),
     device: str = DEVICE_OPTION,
+    class_file: Optional[List[str]] = CLASS_FILE_OPTION,
+    split_sizes: Optional[str] = SPLIT_SIZES_OPTION,
+    baseline: str = BASELINE_OPTION,
     out: Path = OUT_OPTION,
     resume: Optional[Path] = typer.Option(None, "--resume", help="Continue an interrupted run directory with the options in its run.json (other options are ignored)."),
     trust_remote_code: bool = TRUST_OPTION,
@@ -108,7 +114,8 @@ def train_command(
             freeze_embedding=freeze_embedding, max_train_samples=max_train_samples,
             max_eval_samples=max_eval_samples,
             trust_remote_code=trust_remote_code, subnormalised=subnormalised, seeds=seed_list, num_labels=num_labels,
-            training=training)
+            class_files=list(class_file) if class_file else None, split_sizes=split_sizes,
+            baseline=baseline, training=training)
     options.validate()
     from qft_cli.system.threads import configure_threads
 

@@ -18,7 +18,9 @@ Offline (``--data-dir DIR``): for the DNA datasets CSV or TSV files with a ``seq
 column and a ``label`` column, named ``train``, ``dev``/``valid``/``validation`` and ``test``
 (``.csv``/``.tsv``), in ``DIR`` or in ``DIR/<task>``; for CoNLL, text files ``train.txt``,
 ``valid.txt``/``dev.txt``, ``test.txt`` (``word POS chunk NER`` per line, blank lines between
-sentences, ``-DOCSTART-`` lines ignored). A training file is always required: a directory with
+sentences, ``-DOCSTART-`` lines ignored). DNA may also come as FASTA (``.fa``/``.fasta``/``.fna``, gzipped
+or not: one file per class, one file with ``label=`` headers, or train/dev/test files; unsplit FASTA
+gets a seeded stratified split), read by :mod:`qft_cli.data.fasta`. A training file is always required: a directory with
 only a test split (like ``shared/data/genomic_benchmarks``) is refused, because training on part of
 the official test split would make the test numbers incomparable with the paper's.
 
@@ -383,11 +385,44 @@ def _candidate_dirs(dataset: str, task: Optional[str], data_dir: Path) -> list[P
     return [data_dir / (task or default), data_dir]
 
 
-def _dna_from_dir(dataset: str, task: Optional[str], data_dir: Path, seed: int,
-                  num_labels: Optional[int] = None) -> TaskData:
+def _dna_from_fasta(dataset: str, task: Optional[str], directory: Optional[Path], seed: int,
+                    class_files: Optional[dict[int, Path]], split_sizes: Optional[tuple[float, ...]],
+                    num_labels: Optional[int] = None) -> TaskData:
+    """FASTA data (:mod:`qft_cli.data.fasta`): ``task`` is ``--task``, else the folder's name."""
+    from qft_cli.data.fasta import load_fasta_dir
+
+    fasta = load_fasta_dir(directory, class_files=class_files, split_sizes=split_sizes, seed=seed)
+    splits = {k: {"inputs": v["inputs"], "labels": v["labels"]} for k, v in fasta.splits.items()}
+    if task is None and directory is not None:
+        task = Path(os.path.abspath(directory)).name
+    source = str(directory) if directory is not None else ", ".join(str(p) for p in fasta.files)
+    data = _finish_dna(dataset, task, splits, source, seed, fasta.files, {"source": "local", "fasta": fasta.record},
+                       num_labels=num_labels)
+    if fasta.record.get("iupac_to_n"):
+        data.notes.append(f"{fasta.record['iupac_to_n']} IUPAC ambiguity letters (RYSWKMBDHV) were read as N")
+    if "split_seed" in fasta.record:
+        data.notes.append("train/validation/test: a stratified split of the FASTA records with seed "
+                          f"{seed}, fractions {','.join(f'{x:g}' for x in fasta.record['split_sizes'])}")
+    return data
+
+
+def _dna_from_dir(dataset: str, task: Optional[str], data_dir: Optional[Path], seed: int,
+                  num_labels: Optional[int] = None, class_files: Optional[dict[int, Path]] = None,
+                  split_sizes: Optional[tuple[float, ...]] = None) -> TaskData:
+    from qft_cli.data.fasta import has_fasta
+
+    if class_files:
+        return _dna_from_fasta(dataset, task, Path(data_dir) if data_dir else None, seed, class_files, split_sizes,
+                               num_labels)
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
         raise QftInputError(f"--data-dir {data_dir} is not a directory: pass the folder with train/dev/test files")
+    for candidate in ([data_dir / task] if task else []) + [data_dir]:
+        if not _has_split(candidate) and not _has_split(candidate, "test") and has_fasta(candidate):
+            return _dna_from_fasta(dataset, task, candidate, seed, None, split_sizes, num_labels)
+    if split_sizes is not None:
+        raise QftInputError(f"--split-sizes applies to unsplit FASTA but --data-dir {data_dir} holds CSV/TSV split "
+                            "files: drop --split-sizes")
     given = task
     directory, task = find_task_dir(dataset, task, data_dir)
     if directory is None:
@@ -553,7 +588,8 @@ def _conll_from_hub() -> TaskData:
 # ----------------------------------------------------------------------------- public loading
 
 def load_task(dataset: str, *, task: Optional[str] = None, data_dir: Optional[Path] = None, seed: int = 42,
-              num_labels: Optional[int] = None) -> TaskData:
+              num_labels: Optional[int] = None, class_files: Optional[dict[int, Path]] = None,
+              split_sizes: Optional[tuple[float, ...]] = None) -> TaskData:
     """Load ``dataset`` from ``data_dir`` (offline) or the Hugging Face Hub.
 
     Args:
@@ -562,14 +598,16 @@ def load_task(dataset: str, *, task: Optional[str] = None, data_dir: Optional[Pa
             :func:`find_task_dir`), or ``prom_300_notata`` from the hub. ``TaskData.task`` is
             the task actually read.
         data_dir: local files (see module docstring); ``None`` loads from the hub.
-        seed: seed of the validation/test split of ``genomic-bench``.
+        seed: seed of the validation/test split of ``genomic-bench`` and of the split of unsplit FASTA.
         num_labels: the number of classes of a DNA task (default: the task's own,
             :func:`task_num_labels`); every label of every split must lie in ``0..num_labels-1``.
+        class_files: ``{label: path}`` of FASTA class files (``--class-file``; :mod:`qft_cli.data.fasta`).
+        split_sizes: ``(train, validation, test)`` fractions of the split of unsplit FASTA.
 
     Raises:
         QftInputError: unknown dataset/task, missing files or columns, invalid DNA letters,
             labels outside the task's label set (the rows named) or the training label set, hub
-            unreachable.
+            unreachable, bad FASTA (:func:`qft_cli.data.fasta.load_fasta_dir`).
     """
     dataset, task = validate_dataset_name(dataset, task)
     if num_labels is not None and (dataset == "conll2003" or num_labels < 2):
@@ -577,8 +615,11 @@ def load_task(dataset: str, *, task: Optional[str] = None, data_dir: Optional[Pa
                                                               if dataset == "conll2003" else "a classifier needs at least 2 classes"))
     if dataset == "conll2003":
         return _conll_from_dir(data_dir) if data_dir else _conll_from_hub()
-    if data_dir:
-        return _dna_from_dir(dataset, task, Path(data_dir), seed, num_labels)
+    if data_dir or class_files:
+        return _dna_from_dir(dataset, task, Path(data_dir) if data_dir else None, seed, num_labels, class_files,
+                             split_sizes)
+    if split_sizes is not None:
+        raise QftInputError("--split-sizes applies to FASTA files: pass --data-dir or --class-file")
     if dataset in LOCAL_ONLY:
         raise QftInputError(f"--dataset {dataset} has no hub copy: pass --data-dir with its train/dev/test CSV files "
                             "(qft demo writes them)")

@@ -74,6 +74,9 @@ class FinetuneSettings:
         max_train_samples, max_eval_samples: seeded subsets for quick runs.
         mixed_precision: ``auto`` (bf16/fp16 on CUDA only), ``no``, ``fp16``, ``bf16``.
         num_labels: classes of a DNA task (default: the task's own, :func:`qft_cli.data.tasks.task_num_labels`).
+        class_files: ``--class-file LABEL=PATH`` values (FASTA, :mod:`qft_cli.data.fasta`).
+        split_sizes: ``(train, validation, test)`` fractions of the split of unsplit FASTA.
+        baseline: ``auto`` (k-mer logistic regression / most frequent tag, :mod:`qft_cli.train.baseline`) or ``none``.
     """
 
     norm: str = "all"
@@ -97,8 +100,13 @@ class FinetuneSettings:
     mixed_precision: str = "auto"
     seeds: Optional[list[int]] = None
     num_labels: Optional[int] = None
+    class_files: Optional[list[str]] = None
+    split_sizes: Optional[list[float]] = None
+    baseline: str = "auto"
 
     def __post_init__(self) -> None:
+        from qft_cli.data.fasta import parse_split_sizes
+        from qft_cli.train.baseline import check_baseline
         from qft_cli.train.training import check_gamma_and_seeds
 
         parse_targets(self.targets)
@@ -112,6 +120,9 @@ class FinetuneSettings:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise QftInputError(f"--{name.replace('_', '-')} {value} must be at least 1")
+        if self.split_sizes is not None:
+            self.split_sizes = list(parse_split_sizes(self.split_sizes))
+        self.baseline = check_baseline(self.baseline)
         self.training_config().validate()
 
     def training_config(self, device: str = "cpu"):
@@ -414,6 +425,7 @@ def finetune(model_name: str, *, dataset: str, settings: FinetuneSettings, run, 
     from qft_cli.train.training import (
         METRICS_TABLE,
         ResultsRecorder,
+        record_baseline,
         train_seeds_and_variants,
         write_test_summary,
     )
@@ -422,7 +434,13 @@ def finetune(model_name: str, *, dataset: str, settings: FinetuneSettings, run, 
     if export_dir is not None and Path(export_dir).exists() and not Path(export_dir).is_dir():
         raise QftInputError(f"--export {export_dir} is a file: pass a directory")  # before training, not after
     source = resolve_finetune_model(model_name)
-    data = load_task(dataset, task=task, data_dir=data_dir, seed=settings.seed, num_labels=settings.num_labels)
+    from qft_cli.data.fasta import parse_class_files
+
+    class_files = parse_class_files(settings.class_files, Path(data_dir) if data_dir else None) \
+        if settings.class_files else None
+    data = load_task(dataset, task=task, data_dir=data_dir, seed=settings.seed, class_files=class_files,
+                     split_sizes=tuple(settings.split_sizes) if settings.split_sizes else None,
+                     num_labels=settings.num_labels)
     subsample(data, "train", settings.max_train_samples, settings.seed)
     for split in ("validation", "test"):
         if split in data.splits:
@@ -447,6 +465,7 @@ def finetune(model_name: str, *, dataset: str, settings: FinetuneSettings, run, 
     data_files = file_records(data.files)
     check_resumed_data(run.meta, data_files)
     run.update(data={**data.record(), "location": data.source}, data_files=data_files)
+    record_baseline(run, recorder, data, settings.baseline, settings.seed)
     model_files_recorded = False
     variants = settings.variants()
     several = len(settings.seed_list()) > 1

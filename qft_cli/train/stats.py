@@ -34,7 +34,12 @@ SUMMARY_METRICS = ("accuracy", "f1")
 #: Columns of ``test_summary.parquet`` (documented in docs/results.md); a ``run`` column leads
 #: them where the input metrics carry one.
 SUMMARY_COLUMNS = ["dataset", "task", "variant", "metric", "num_seeds", "mean_value", "ci_low", "ci_high",
-                   "diff_to_vanilla", "diff_ci_low", "diff_ci_high", "interval"]
+                   "diff_to_vanilla", "diff_ci_low", "diff_ci_high", "interval",
+                   "diff_to_baseline", "diff_to_baseline_ci_low", "diff_to_baseline_ci_high", "baseline_k"]
+
+#: Variants that are baselines fitted beside the trained models (:mod:`qft_cli.train.baseline`):
+#: listed last, never compared to vanilla; every other variant is compared to them.
+BASELINE_VARIANTS = ("baseline_kmer", "baseline_majority_tag")
 
 INTERVAL_T = "t over seeds"
 NO_INTERVAL = "none (one seed, no test predictions)"
@@ -149,6 +154,77 @@ def _weighted_metric(counts: np.ndarray, labels: np.ndarray, predictions: np.nda
     return (f1 * mask).sum(axis=0) / np.maximum(mask.sum(axis=0), 1)
 
 
+def point_metrics(labels: Sequence[int], predictions: Sequence[int], num_labels: int) -> dict[str, float]:
+    """Accuracy and F1 of one set of predictions, with the bootstrap's metric code (entries with
+    label -100 dropped); equal to :func:`qft_cli.train.training.classification_metrics`.
+
+    Returns:
+        ``{"accuracy": float, "f1": float}``; NaN without labels.
+    """
+    y = np.asarray(labels, dtype=np.int64).reshape(-1)
+    p = np.asarray(predictions, dtype=np.int64).reshape(-1)
+    keep = y != -100
+    y, p = y[keep], p[keep]
+    if y.size == 0:
+        return {m: math.nan for m in SUMMARY_METRICS}
+    ones = np.ones((1, y.size), dtype=np.int64)
+    return {m: float(_weighted_metric(ones, y, p, m, num_labels)[0]) for m in SUMMARY_METRICS}
+
+
+def _resample_counts(n: int, n_resamples: int, seed: int) -> np.ndarray:
+    """How often each of ``n`` rows is drawn in each resample (R x n), from
+    ``numpy.random.default_rng(seed).integers(0, n, size=(n_resamples, n))``."""
+    idx = np.random.default_rng(seed).integers(0, n, size=(n_resamples, n))
+    counts = np.zeros((n_resamples, n), dtype=np.int64)
+    np.add.at(counts, (np.repeat(np.arange(n_resamples), n), idx.reshape(-1)), 1)
+    return counts
+
+
+def baseline_difference(labels: Sequence[int], predictions: Sequence[Sequence[int]], baseline: Sequence[int],
+                        metric: str = "accuracy", *, num_labels: int = 2, confidence: float = 0.95,
+                        n_resamples: int = 1000, seed: int = 0) -> Interval:
+    """Paired percentile bootstrap of ``mean_s metric(predictions[s]) - metric(baseline)`` over test rows.
+
+    Every seed's predictions and the baseline's are scored on the *same* resampled rows (the
+    resampling of :func:`bootstrap_interval`), so the interval covers test-sample noise of both;
+    the mean over seeds is taken inside each resample.
+
+    Args:
+        labels: int class ids of the test rows.
+        predictions: one prediction array per seed of the variant (same rows, same order).
+        baseline: the baseline's predictions on the same rows.
+        metric, num_labels, confidence, n_resamples, seed: as in :func:`bootstrap_interval`.
+
+    Returns:
+        :class:`Interval` (estimate on the full test set; ``n`` = test rows).
+
+    Raises:
+        QftInputError: unknown metric, no predictions, or mismatched lengths.
+    """
+    if metric not in SUMMARY_METRICS:
+        raise QftInputError(f"unknown metric '{metric}': use accuracy or f1")
+    y = np.asarray(labels, dtype=np.int64).reshape(-1)
+    q = np.asarray(baseline, dtype=np.int64).reshape(-1)
+    ps = [np.asarray(p, dtype=np.int64).reshape(-1) for p in predictions]
+    if not ps or q.shape != y.shape or any(p.shape != y.shape for p in ps):
+        raise QftInputError(f"the baseline difference needs one prediction per label for every seed and the baseline "
+                            f"({y.size} labels)")
+    keep = y != -100
+    y, q, ps = y[keep], q[keep], [p[keep] for p in ps]
+    n = int(y.size)
+    if n == 0:
+        return Interval(math.nan, math.nan, math.nan, 0)
+
+    def stat(c: np.ndarray) -> np.ndarray:
+        own = np.mean([_weighted_metric(c, y, p, metric, num_labels) for p in ps], axis=0)
+        return own - _weighted_metric(c, y, q, metric, num_labels)
+
+    estimate = float(stat(np.ones((1, n), dtype=np.int64))[0])
+    alpha = (1 - confidence) / 2
+    low, high = np.percentile(stat(_resample_counts(n, n_resamples, seed)), [100 * alpha, 100 * (1 - alpha)])
+    return Interval(estimate, float(low), float(high), n)
+
+
 def bootstrap_interval(labels: Sequence[int], predictions: Sequence[int], metric: str = "accuracy", *,
                        num_labels: int = 2, baseline: Optional[Sequence[int]] = None,
                        confidence: float = 0.95, n_resamples: int = 1000, seed: int = 0) -> Interval:
@@ -193,10 +269,7 @@ def bootstrap_interval(labels: Sequence[int], predictions: Sequence[int], metric
     n = int(y.size)
     if n == 0:
         return Interval(math.nan, math.nan, math.nan, 0)
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, n, size=(n_resamples, n))
-    counts = np.zeros((n_resamples, n), dtype=np.int64)
-    np.add.at(counts, (np.repeat(np.arange(n_resamples), n), idx.reshape(-1)), 1)
+    counts = _resample_counts(n, n_resamples, seed)
     full = np.ones((1, n), dtype=np.int64)
 
     def stat(c: np.ndarray) -> np.ndarray:
@@ -215,7 +288,8 @@ def bootstrap_interval(labels: Sequence[int], predictions: Sequence[int], metric
 
 def _variant_order(variants: Sequence[str]) -> list[str]:
     seen = list(dict.fromkeys(variants))
-    return (["vanilla"] if "vanilla" in seen else []) + [v for v in seen if v != "vanilla"]
+    trained = [v for v in seen if v != "vanilla" and v not in BASELINE_VARIANTS]
+    return (["vanilla"] if "vanilla" in seen else []) + trained + [v for v in seen if v in BASELINE_VARIANTS]
 
 
 def final_test_rows(metrics: pd.DataFrame) -> pd.DataFrame:
@@ -261,7 +335,8 @@ def _predictions_of(predictions: Optional[pd.DataFrame], variant: str, seed: int
 
 def test_summary(metrics: pd.DataFrame, predictions: Optional[pd.DataFrame] = None, *,
                  dataset: Optional[str] = None, task: Optional[str] = None, num_labels: Optional[int] = None,
-                 confidence: float = 0.95, n_resamples: int = 1000, seed: int = 0) -> pd.DataFrame:
+                 confidence: float = 0.95, n_resamples: int = 1000, seed: int = 0,
+                 baseline_k: Optional[int] = None) -> pd.DataFrame:
     """``test_summary.parquet``: per variant and metric, the mean with its 95% interval and the paired
     difference to vanilla.
 
@@ -277,6 +352,7 @@ def test_summary(metrics: pd.DataFrame, predictions: Optional[pd.DataFrame] = No
             (``num_labels`` column, else 2 when every id is 0/1, else the largest id + 1).
         confidence: coverage of every interval.
         n_resamples, seed: bootstrap settings (:func:`bootstrap_interval`).
+        baseline_k: the k of the ``baseline_kmer`` variant (the ``baseline_k`` column; 0 without one).
 
     Returns:
         Long-format DataFrame with :data:`SUMMARY_COLUMNS` (``run`` first where ``metrics`` has it),
@@ -286,6 +362,10 @@ def test_summary(metrics: pd.DataFrame, predictions: Optional[pd.DataFrame] = No
         and predictions, percentile bootstrap over the test samples (difference on the same
         resamples); otherwise NaN bounds and ``interval`` = :data:`NO_INTERVAL`. The
         ``diff_*`` columns are NaN for vanilla itself and for runs without a vanilla variant.
+        A baseline variant (:data:`BASELINE_VARIANTS`, one fit per split seed) is listed last and
+        never compared to vanilla; every other variant gets ``diff_to_baseline``: its mean score
+        minus the baseline's, with the paired bootstrap interval of :func:`baseline_difference`
+        over the test rows (NaN bounds without predictions, e.g. POS tagging).
     """
     final = final_test_rows(metrics)
     lead = ["run"] if "run" in final.columns else []
@@ -306,17 +386,28 @@ def test_summary(metrics: pd.DataFrame, predictions: Optional[pd.DataFrame] = No
             labels_k = _infer_num_labels(predictions)
         per_variant = {v: g.set_index("seed") for v, g in group.groupby("variant", sort=False)}
         vanilla = per_variant.get("vanilla")
+        baseline_variant = next((v for v in BASELINE_VARIANTS if v in per_variant), None)
+        k_value = int(baseline_k) if baseline_k and baseline_variant == "baseline_kmer" else 0
         for variant in _variant_order(list(group["variant"])):
             g = per_variant[variant]
+            is_baseline = variant in BASELINE_VARIANTS
             for metric in SUMMARY_METRICS:
                 scores = g[metric].astype("float64")
                 scores = scores[np.isfinite(scores)]
                 row = {**base, "variant": variant, "metric": metric, "num_seeds": int(len(scores))}
                 nan_diff = Interval(math.nan, math.nan, math.nan, 0)
+                to_base = nan_diff
+                if baseline_variant is not None and not is_baseline and len(scores):
+                    to_base = _baseline_diff(scores, per_variant[baseline_variant], predictions, variant,
+                                             baseline_variant, metric, run, labels_k or 2, confidence,
+                                             n_resamples, seed)
+                row.update({"diff_to_baseline": to_base.estimate, "diff_to_baseline_ci_low": to_base.low,
+                            "diff_to_baseline_ci_high": to_base.high, "baseline_k": k_value})
+                compare = vanilla if not is_baseline else None
                 if len(scores) >= 2:
                     est = t_interval(scores.to_numpy(), confidence)
                     diff = nan_diff
-                    if vanilla is not None and variant != "vanilla":
+                    if compare is not None and variant != "vanilla":
                         diff = paired_difference(scores, vanilla[metric].astype("float64"), confidence)
                     label = INTERVAL_T
                 else:
@@ -328,7 +419,7 @@ def test_summary(metrics: pd.DataFrame, predictions: Optional[pd.DataFrame] = No
                                                  confidence=confidence, n_resamples=n_resamples, seed=seed)
                         est = Interval(float(scores.iloc[0]), est.low, est.high, est.n)
                         diff = nan_diff
-                        if vanilla is not None and variant != "vanilla" and base_pred is not None:
+                        if compare is not None and variant != "vanilla" and base_pred is not None:
                             both = own.merge(base_pred, on="sample_index", suffixes=("", "_vanilla"))
                             if len(both) != len(own) or not (both["label"] == both["label_vanilla"]).all():
                                 raise QftInputError(f"predictions of {variant} and vanilla cover different test "
@@ -344,7 +435,7 @@ def test_summary(metrics: pd.DataFrame, predictions: Optional[pd.DataFrame] = No
                         est = Interval(float(scores.iloc[0]) if len(scores) else math.nan, math.nan, math.nan,
                                        len(scores))
                         diff = nan_diff
-                        if vanilla is not None and variant != "vanilla" and len(scores):
+                        if compare is not None and variant != "vanilla" and len(scores):
                             diff = paired_difference(scores, vanilla[metric].astype("float64"), confidence)
                         label = NO_INTERVAL
                 row.update({"mean_value": est.estimate, "ci_low": est.low, "ci_high": est.high,
@@ -352,8 +443,35 @@ def test_summary(metrics: pd.DataFrame, predictions: Optional[pd.DataFrame] = No
                             "interval": label})
                 rows.append(row)
     out = pd.DataFrame(rows, columns=columns)
-    floats = ["mean_value", "ci_low", "ci_high", "diff_to_vanilla", "diff_ci_low", "diff_ci_high"]
-    return out.astype({**{c: "float64" for c in floats}, "num_seeds": "int64"})
+    floats = ["mean_value", "ci_low", "ci_high", "diff_to_vanilla", "diff_ci_low", "diff_ci_high",
+              "diff_to_baseline", "diff_to_baseline_ci_low", "diff_to_baseline_ci_high"]
+    return out.astype({**{c: "float64" for c in floats}, "num_seeds": "int64", "baseline_k": "int64"})
+
+
+def _baseline_diff(scores: pd.Series, base: pd.DataFrame, predictions: Optional[pd.DataFrame], variant: str,
+                   baseline_variant: str, metric: str, run: Any, num_labels: int, confidence: float,
+                   n_resamples: int, seed: int) -> Interval:
+    """``diff_to_baseline`` of one variant and metric: mean over its seeds minus the baseline's
+    score, with the :func:`baseline_difference` interval when every seed has test predictions."""
+    base_scores = base[metric].astype("float64")
+    base_scores = base_scores[np.isfinite(base_scores)]
+    if not len(base_scores):
+        return Interval(math.nan, math.nan, math.nan, 0)
+    estimate = float(scores.mean()) - float(base_scores.iloc[0])
+    base_pred = _predictions_of(predictions, baseline_variant, int(base_scores.index[0]), run)
+    own = [_predictions_of(predictions, variant, int(s), run) for s in scores.index]
+    if base_pred is None or any(o is None for o in own):
+        return Interval(estimate, math.nan, math.nan, len(scores))
+    columns = []
+    for o in own:
+        both = base_pred.merge(o, on="sample_index", suffixes=("_baseline", ""))
+        if len(both) != len(base_pred) or not (both["label"] == both["label_baseline"]).all():
+            raise QftInputError(f"predictions of {variant} and {baseline_variant} cover different test samples: "
+                                "rerun the experiment (predictions.parquet is inconsistent)")
+        columns.append(both["prediction"].to_numpy())
+    diff = baseline_difference(base_pred["label"].to_numpy(), columns, base_pred["prediction"].to_numpy(), metric,
+                               num_labels=num_labels, confidence=confidence, n_resamples=n_resamples, seed=seed)
+    return Interval(estimate, diff.low, diff.high, diff.n)
 
 
 def _pp(value: float, low: float, high: float, digits: int = 1, sign: bool = False) -> str:
@@ -382,15 +500,24 @@ def summary_display_table(summary: pd.DataFrame, epochs: Optional[Mapping[str, f
     rows = []
     if summary is None or summary.empty:
         return pd.DataFrame(rows)
+    with_baseline = "diff_to_baseline" in summary.columns and bool(summary["variant"].isin(BASELINE_VARIANTS).any())
     for variant, g in summary.groupby("variant", sort=False):
         by = {r["metric"]: r for _, r in g.iterrows()}
         acc, f1 = by.get("accuracy"), by.get("f1")
-        row = {"variant": variant, "seeds": str(int(acc["num_seeds"])) if acc is not None else ""}
+        ref = acc if acc is not None else f1
+        name_shown = variant
+        if variant == "baseline_kmer" and ref is not None and "baseline_k" in ref and int(ref["baseline_k"] or 0) > 0:
+            name_shown = f"{variant} (k={int(ref['baseline_k'])})"
+        row = {"variant": name_shown, "seeds": str(int(acc["num_seeds"])) if acc is not None else ""}
         for name, r in (("accuracy (%)", acc), ("F1 (%)", f1)):
             row[name] = _pp(r["mean_value"], r["ci_low"], r["ci_high"], 2) if r is not None else ""
         for name, r in (("Δ accuracy (pp)", acc), ("Δ F1 (pp)", f1)):
             row[name] = (_pp(r["diff_to_vanilla"], r["diff_ci_low"], r["diff_ci_high"], 2, sign=True)
                          if r is not None else "")
+        if with_baseline:
+            row["Δ acc. vs baseline (pp)"] = (_pp(acc["diff_to_baseline"], acc["diff_to_baseline_ci_low"],
+                                                  acc["diff_to_baseline_ci_high"], 2, sign=True)
+                                              if acc is not None else "")
         if epochs is not None:
             e = epochs.get(variant, math.nan)
             row["epochs"] = f"{e:.1f}" if e is not None and math.isfinite(e) else ""
@@ -404,4 +531,7 @@ def summary_interval_note(summary: pd.DataFrame) -> str:
     if summary is None or summary.empty:
         return ""
     kinds = ", ".join(dict.fromkeys(str(k) for k in summary["interval"]))
-    return f"[95% interval: {kinds}; Δ = paired difference to vanilla, percentage points]"
+    extra = ""
+    if "variant" in summary.columns and summary["variant"].isin(BASELINE_VARIANTS).any():
+        extra = "; Δ vs baseline: mean minus the baseline's, paired bootstrap over the same test rows"
+    return f"[95% interval: {kinds}; Δ = paired difference to vanilla, percentage points{extra}]"

@@ -742,6 +742,9 @@ class ExperimentOptions:
     subnormalised: bool = False
     seeds: Optional[list[int]] = None
     num_labels: Optional[int] = None
+    class_files: Optional[list[str]] = None
+    split_sizes: Optional[list[float]] = None
+    baseline: str = "auto"
     training: TrainingConfig = field(default_factory=TrainingConfig)
 
     def variants(self) -> list[tuple[str, Optional[str], Optional[float]]]:
@@ -791,6 +794,14 @@ class ExperimentOptions:
                                     "the embedding rows are that model's token ids; drop --tokenizer")
         if not 0 <= self.dropout < 1:
             raise QftInputError(f"--dropout {self.dropout} must lie in [0, 1)")
+        from qft_cli.data.fasta import parse_class_files, parse_split_sizes
+        from qft_cli.train.baseline import check_baseline
+
+        if self.class_files:
+            parse_class_files(self.class_files, Path(self.data_dir) if self.data_dir else None)
+        if self.split_sizes is not None:
+            self.split_sizes = list(parse_split_sizes(self.split_sizes))
+        self.baseline = check_baseline(self.baseline)
         self._checked = to_jsonable(self)
         return self
 
@@ -926,10 +937,49 @@ def train_seeds_and_variants(run, recorder: "ResultsRecorder", *, seeds: Sequenc
     return results
 
 
+def record_baseline(run, recorder: "ResultsRecorder", data, choice: str, split_seed: int) -> Optional[dict[str, Any]]:
+    """Fit the task's baseline (:func:`qft_cli.train.baseline.fit_baseline`) once per split seed on
+    the same train/validation/test splits the models use, and record it: ``metrics`` rows
+    (``split`` validation and test, ``epoch`` 0, ``step`` 0, ``loss`` NaN), ``predictions`` rows
+    (sequence classification only, the same test rows as the models') and ``run.json``
+    ``baseline`` (variant, k, validation and test scores, validation scores per k, split seed).
+    Call it once per run, outside the seed x variant loop. A resumed run refits it (deterministic:
+    lbfgs on the same data) for ``run.json`` and keeps the rows it already has.
+
+    Args:
+        data: the :class:`qft_cli.data.tasks.TaskData` after subsampling.
+        choice: ``auto`` (fit) or ``none`` (skip).
+        split_seed: the seed the splits and subsets were drawn with (the ``seed`` of its rows).
+
+    Returns:
+        The ``run.json`` ``baseline`` record, or ``None`` when skipped.
+    """
+    from qft_cli.train.baseline import fit_baseline
+
+    if choice == "none":
+        return None
+    fitted = fit_baseline(data.kind, data.splits, data.num_labels)
+    record = {**fitted.record(), "split_seed": int(split_seed)}
+    run.update(baseline=record)
+    if recorder.test_row(fitted.variant, int(split_seed)) is not None:  # a resumed run recorded it
+        return record
+    base = {"variant": fitted.variant, "seed": int(split_seed), "epoch": 0.0, "step": 0, "loss": math.nan,
+            "learning_rate": math.nan, "samples_per_second": math.nan}
+    recorder.add(METRICS_TABLE, [{**base, "split": split, **scores}
+                                 for split, scores in (("validation", fitted.validation), ("test", fitted.test))])
+    if data.kind == "sequence_classification":
+        recorder.add(PREDICTIONS_TABLE, [
+            {"variant": fitted.variant, "seed": int(split_seed), "sample_index": i, "label": int(y),
+             "prediction": int(p), "num_labels": int(data.num_labels)}
+            for i, (y, p) in enumerate(zip(fitted.test_labels, fitted.test_predictions))])
+    return record
+
+
 def write_test_summary(run, recorder: "ResultsRecorder", *, dataset: Optional[str], task: Optional[str],
                        num_labels: Optional[int] = None) -> pd.DataFrame:
     """Build ``test_summary.parquet`` from the recorder's metrics and predictions
-    (:func:`qft_cli.train.stats.test_summary`) and write it into ``run`` (main process only).
+    (:func:`qft_cli.train.stats.test_summary`; the k of a k-mer baseline from ``run.json``
+    ``baseline``) and write it into ``run`` (main process only).
 
     Returns:
         The summary (empty without test rows).
@@ -938,7 +988,10 @@ def write_test_summary(run, recorder: "ResultsRecorder", *, dataset: Optional[st
 
     metrics = recorder.frame(METRICS_TABLE) if recorder.tables[METRICS_TABLE] else pd.DataFrame()
     predictions = recorder.frame(PREDICTIONS_TABLE) if recorder.tables[PREDICTIONS_TABLE] else None
-    summary = stats.test_summary(metrics, predictions, dataset=dataset, task=task, num_labels=num_labels)
+    meta = getattr(run, "meta", None) or {}
+    baseline = meta.get("baseline") if isinstance(meta.get("baseline"), dict) else {}
+    summary = stats.test_summary(metrics, predictions, dataset=dataset, task=task, num_labels=num_labels,
+                                 baseline_k=baseline.get("k"))
     if run is not None and getattr(run, "path", None) is not None and not summary.empty:
         run.write_table(TEST_SUMMARY_TABLE, summary)
     return summary
@@ -1039,7 +1092,12 @@ def run_experiment(options: ExperimentOptions, run, *, resume: bool = False,
     options.validate()
     cfg = options.training
     run_dir = Path(run.path)
+    from qft_cli.data.fasta import parse_class_files
+
+    class_files = parse_class_files(options.class_files, Path(options.data_dir) if options.data_dir else None) \
+        if options.class_files else None
     data = load_task(options.dataset, task=options.task, data_dir=options.data_dir, seed=cfg.seed,
+                     class_files=class_files, split_sizes=tuple(options.split_sizes) if options.split_sizes else None,
                      num_labels=options.num_labels)
     subsample(data, "train", options.max_train_samples, cfg.seed)
     for split in ("validation", "test"):
@@ -1078,6 +1136,7 @@ def run_experiment(options: ExperimentOptions, run, *, resume: bool = False,
                data={**data.record(), "location": data.source}, data_files=data_files,
                model_files=model_files, tokenizer_size=len(tokenizer), vocab_size=vocab_size)
     recorder = ResultsRecorder(run, default_seed=cfg.seed)
+    record_baseline(run, recorder, data, options.baseline, cfg.seed)
     several = len(options.seed_list()) > 1
 
     def build(seed: int, variant: str, method: Optional[str], max_gamma: Optional[float]):
