@@ -323,3 +323,21 @@ def test_stable_rank_against_float64_singular_values():
     assert math.isnan(stable_rank(0.0, 0.0))
     s = stable_rank(pd.Series([2.0, 3.0]), pd.Series([1.0, 0.0]))
     assert s.iloc[0] == 4.0 and math.isnan(s.iloc[1])
+
+
+def test_report_quantum_cost_section(tmp_path):
+    from qft_cli.report import write_report
+
+    name = "m<script>"
+    w = _write_run(tmp_path / "w", "norms weights", {"norms_weights": _weights_table(name, scale=0.002)}, name, "aa" * 32)
+    i = _write_run(tmp_path / "i", "norms inputs", {"norms_inputs": _inputs_table(name)}, name, "aa" * 32)
+    result = run_cost([w, i], out=tmp_path / "out")
+    crossover = pd.read_parquet(result.run_dir / "crossover.parquet")
+    star = crossover[crossover["worst_layer"] & (crossover["norm"] == "spectral")]["crossover_length"].iloc[0]
+    assert pd.notna(star)
+    report = write_report([result.run_dir], tmp_path / "r.html")
+    html = (tmp_path / "r.html").read_text()
+    assert 'id="quantum-cost"' in html and "Theorem 5.1" in html
+    assert f"{int(star):,}" in html  # l* in the table
+    assert "m&lt;script&gt;" in html and "m<script>" not in html
+    assert report.num_figures >= 2  # one ratio chart per norm

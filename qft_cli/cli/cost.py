@@ -30,25 +30,31 @@ def cost_command(
                                                                    "'measured', 'pow2' (default: measured,pow2 = the measured "
                                                                    "lengths plus 1, 2, 4, ..., 2^20)."),
     constant: float = typer.Option(1.0, "--constant", help="Hidden constant of the O~ in the quantum count (default 1)."),
+    max_length: int = typer.Option(2 ** 20, "--max-length", help="Largest length of the default grid and of the l* search "
+                                                                  "(a power of two; default 2^20 = 1048576)."),
     out: Path = OUT_OPTION,
     fmt: str = FORMAT_OPTION,
     quiet: bool = QUIET_OPTION,
 ) -> None:
     """Quantum query count d N^2 alpha_s alpha_w log^2(1/eps) (Theorem 5.1, arXiv 2502.01146) against the
     classical l d + d^2 per model, block, norm and length; the crossover length l* (cost.parquet, crossover.parquet)."""
-    from qft_cli.measure.cost import MAX_LENGTH, format_crossover, run_cost
+    from qft_cli.measure.cost import format_crossover, run_cost
 
     check_format(fmt)
     with progress_bar(quiet) as progress:
-        result = run_cost(run_dirs, epsilon=epsilon, constant=constant, lengths=lengths, out=out, progress=progress)
+        result = run_cost(run_dirs, epsilon=epsilon, constant=constant, lengths=lengths, out=out, progress=progress,
+                          max_length=max_length)
     note = (f"constant of the O~ = {constant:g}, epsilon = {epsilon:g}; quantum = constant d N^2 alpha_s alpha_w "
             f"ln^2(1/eps), N = ceil(log2 l); classical = l d + d^2")
     cross = result.crossover
     if len(cross):
         worst = cross[cross["worst_layer"]].copy()
-        interval = worst.apply(lambda r: f"{format_crossover(r.crossover_length_low, MAX_LENGTH)} to "
-                                         f"{format_crossover(r.crossover_length_high, MAX_LENGTH)}", axis=1)
-        frame = worst.assign(l_star=worst["crossover_length"].map(format_crossover), l_star_95=interval)
+        def span(r) -> str:
+            low, high = (format_crossover(v, max_length) for v in (r.crossover_length_low, r.crossover_length_high))
+            return low if low == high else f"{low} to {high}"
+
+        frame = worst.assign(l_star=worst["crossover_length"].map(lambda v: format_crossover(v, max_length)),
+                             l_star_95=worst.apply(span, axis=1))
         frame = frame[["model_alias", "dataset", "norm", "hidden_size", "num_layers", "layer", "alpha_w",
                        "alpha_w_over_sqrt_d", "alpha_s_exponent", "alpha_s_exponent_ci_low", "alpha_s_exponent_ci_high",
                        "l_star", "l_star_95", "ratio_at_512", "ratio_at_4096", "ratio_at_32768"]]

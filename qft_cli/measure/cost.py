@@ -55,7 +55,7 @@ COST_COLUMNS = ["model", "model_alias", "model_format", "dataset", "layer", "nor
 CROSSOVER_COLUMNS = ["model", "model_alias", "model_format", "dataset", "norm", "layer", "hidden_size", "num_layers",
                      "alpha_w", "alpha_m", "alpha_w_over_sqrt_d", "alpha_s_exponent", "alpha_s_exponent_ci_low",
                      "alpha_s_exponent_ci_high", "crossover_length", "crossover_length_low", "crossover_length_high",
-                     "max_length", "worst_layer", "ratio_at_512", "ratio_at_4096", "ratio_at_32768",
+                     "max_length", "worst_layer", "ratio_at_512", "ratio_at_4096", "ratio_at_32768", "ratio_at_max_length",
                      "epsilon", "constant"]
 
 
@@ -387,6 +387,8 @@ def cost_table(inputs: pd.DataFrame, weights: pd.DataFrame, *, epsilon: float = 
                     star[key] = crossover_length(d, f.alpha_w, *afit.law(pick), epsilon, constant, max_length)
                 at = {f"ratio_at_{n}": float(quantum_queries(d, n, afit.at(n)[0], f.alpha_w, epsilon, constant)
                                              / classical_operations(d, n)) for n in SUMMARY_LENGTHS}
+                at["ratio_at_max_length"] = float(quantum_queries(d, max_length, afit.at(max_length)[0], f.alpha_w,
+                                                                  epsilon, constant) / classical_operations(d, max_length))
                 block_rows.append({**labels, "dataset": dataset, "norm": norm, "layer": f.layer, "hidden_size": d,
                                    "num_layers": num_layers, "alpha_w": f.alpha_w, "alpha_m": f.alpha_m,
                                    "alpha_w_over_sqrt_d": f.alpha_w / math.sqrt(d),
@@ -397,7 +399,9 @@ def cost_table(inputs: pd.DataFrame, weights: pd.DataFrame, *, epsilon: float = 
                                    "max_length": max_length, "worst_layer": False, **at,
                                    "epsilon": epsilon, "constant": constant})
             if block_rows:
-                worst = max(range(len(block_rows)), key=lambda i: _order(block_rows[i]["crossover_length"]))
+                # the largest l*; among blocks without one, the largest ratio at max_length
+                worst = max(range(len(block_rows)), key=lambda i: (_order(block_rows[i]["crossover_length"]),
+                                                                   block_rows[i]["ratio_at_max_length"]))
                 block_rows[worst]["worst_layer"] = True
                 cross_rows.extend(block_rows)
     if not cost_rows:
@@ -658,7 +662,7 @@ class CostResult:
 
 
 def run_cost(run_dirs: Sequence[Path], *, epsilon: float = 1e-2, constant: float = 1.0, lengths: Optional[str] = None,
-             out: Path = Path("runs"), progress=None) -> CostResult:
+             out: Path = Path("runs"), progress=None, max_length: int = MAX_LENGTH) -> CostResult:
     """``qft cost``: read and pair the runs, evaluate Theorem 5.1 per model, block, norm and length,
     write ``cost.parquet``, ``crossover.parquet`` (and ``trained_cost.parquet`` for train/finetune
     runs) into a new run directory whose run.json names every input run by id and by the SHA-256 of
@@ -672,8 +676,10 @@ def run_cost(run_dirs: Sequence[Path], *, epsilon: float = 1e-2, constant: float
     from qft_cli.system.progress import report
 
     check_parameters(epsilon, constant)
+    if max_length < 2 or max_length & (max_length - 1) or max_length > 2 ** 60:
+        raise QftInputError(f"--max-length must be a power of two in 2..2^60, got {max_length}")
     if lengths is not None:
-        parse_lengths(lengths, [])
+        parse_lengths(lengths, [], max_length)
     if not run_dirs:
         raise QftInputError("give at least one run directory")
     runs = [read_cost_run(p) for p in run_dirs]
@@ -687,7 +693,7 @@ def run_cost(run_dirs: Sequence[Path], *, epsilon: float = 1e-2, constant: float
                        "encodings of S and W only")
     costs, crosses, trained = [], [], []
     for i, entry in enumerate(models):
-        cost, cross = model_cost(entry, epsilon=epsilon, constant=constant, lengths=lengths)
+        cost, cross = model_cost(entry, epsilon=epsilon, constant=constant, lengths=lengths, max_length=max_length)
         costs.append(cost)
         crosses.append(cross)
         report(progress, "cost", i + 1, len(models))
@@ -700,7 +706,7 @@ def run_cost(run_dirs: Sequence[Path], *, epsilon: float = 1e-2, constant: float
                    "run_json_sha256": sha256_file(r.path / RUN_JSON)} for r in runs]
     names = [m.name for m in models] or [r.run_id for r in trained_runs]
     options = {"run_dirs": [str(p) for p in run_dirs], "epsilon": epsilon, "constant": constant, "lengths": lengths,
-               "out": str(out)}
+               "max_length": max_length, "out": str(out)}
     with Run("cost", names, options, out=Path(out)) as run:
         run.update(input_runs=input_runs,
                    formula="Theorem 5.1, arXiv 2502.01146 ch. 5.2: constant * d * N^2 * alpha_s * alpha_w * "
