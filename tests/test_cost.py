@@ -341,3 +341,27 @@ def test_report_quantum_cost_section(tmp_path):
     assert f"{int(star):,}" in html  # l* in the table
     assert "m&lt;script&gt;" in html and "m<script>" not in html
     assert report.num_figures >= 2  # one ratio chart per norm
+
+
+def test_written_cost_tables_are_documented_and_shadow_nothing(runs, tmp_path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("_schemas", Path(__file__).with_name("test_schemas.py"))
+    schemas = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(schemas)
+    _, w, i = runs
+    t = tmp_path / "t"
+    t.mkdir()
+    (t / "run.json").write_text(json.dumps({"command": "train", "status": "completed"}))
+    pd.DataFrame([{"variant": v, "seed": 0, "epoch": 1.0, "step": 1, "parameter": m, "layer": 1, "matrix": m,
+                   "spectral_norm": 1.0, "frobenius_norm": 2.0} for v in ("vanilla", "spectral") for m in "qkv"]
+                 ).to_parquet(t / "norms_during_training.parquet")
+    pd.DataFrame([{"variant": v, "metric": "accuracy", "mean_value": 0.5, "ci_low": 0.4, "ci_high": 0.6}
+                  for v in ("vanilla", "spectral")]).to_parquet(t / "test_summary.parquet")
+    result = run_cost([w, i, t], lengths="64", out=tmp_path / "out")
+    docs = (Path(__file__).resolve().parents[1] / "docs" / "results.md").read_text()
+    names = schemas._documented_names(docs)
+    for table in ("cost", "crossover", "trained_cost"):
+        df = pd.read_parquet(result.run_dir / f"{table}.parquet")
+        assert not schemas._shadowing(df.columns), table
+        assert not [c for c in df.columns if c not in names], table
