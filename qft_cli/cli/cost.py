@@ -38,9 +38,10 @@ def cost_command(
 ) -> None:
     """Quantum query count d N^2 alpha_s alpha_w log^2(1/eps) (Theorem 5.1, arXiv 2502.01146) against the
     classical l d + d^2 per model, block, norm and length; the crossover length l* (cost.parquet, crossover.parquet)."""
-    from qft_cli.measure.cost import format_crossover, run_cost
+    from qft_cli.measure.cost import check_cost_inputs, format_crossover, run_cost
 
     check_format(fmt)
+    check_cost_inputs(run_dirs, epsilon=epsilon, constant=constant, lengths=lengths, max_length=max_length)
     with progress_bar(quiet) as progress:
         result = run_cost(run_dirs, epsilon=epsilon, constant=constant, lengths=lengths, out=out, progress=progress,
                           max_length=max_length)

@@ -661,6 +661,32 @@ class CostResult:
     notices: list[str] = field(default_factory=list)
 
 
+def check_cost_inputs(run_dirs: Sequence[Path], *, epsilon: float = 1e-2, constant: float = 1.0,
+                      lengths: Optional[str] = None, max_length: int = MAX_LENGTH
+                      ) -> tuple[list[RunInput], list[ModelRuns], list[RunInput]]:
+    """Validate the options of ``qft cost``, read and pair its run directories.
+
+    Returns:
+        (every run read, the paired models, the train/finetune runs).
+
+    Raises:
+        QftInputError: a bad option, no run, an unreadable run, a missing pair (:func:`pair_runs`).
+    """
+    check_parameters(epsilon, constant)
+    if max_length < 2 or max_length & (max_length - 1) or max_length > 2 ** 60:
+        raise QftInputError(f"--max-length must be a power of two in 2..2^60, got {max_length}")
+    if lengths is not None:
+        parse_lengths(lengths, [], max_length)
+    if not run_dirs:
+        raise QftInputError("give at least one run directory")
+    runs = [read_cost_run(p) for p in run_dirs]
+    models = pair_runs(runs)
+    trained_runs = [r for r in runs if r.command in ("train", "finetune")]
+    if not models and not trained_runs:
+        raise QftInputError("no norms inputs + norms weights pair and no train/finetune run among the run directories")
+    return runs, models, trained_runs
+
+
 def run_cost(run_dirs: Sequence[Path], *, epsilon: float = 1e-2, constant: float = 1.0, lengths: Optional[str] = None,
              out: Path = Path("runs"), progress=None, max_length: int = MAX_LENGTH) -> CostResult:
     """``qft cost``: read and pair the runs, evaluate Theorem 5.1 per model, block, norm and length,
@@ -675,18 +701,8 @@ def run_cost(run_dirs: Sequence[Path], *, epsilon: float = 1e-2, constant: float
     from qft_cli.runs.rundir import Run
     from qft_cli.system.progress import report
 
-    check_parameters(epsilon, constant)
-    if max_length < 2 or max_length & (max_length - 1) or max_length > 2 ** 60:
-        raise QftInputError(f"--max-length must be a power of two in 2..2^60, got {max_length}")
-    if lengths is not None:
-        parse_lengths(lengths, [], max_length)
-    if not run_dirs:
-        raise QftInputError("give at least one run directory")
-    runs = [read_cost_run(p) for p in run_dirs]
-    models = pair_runs(runs)
-    trained_runs = [r for r in runs if r.command in ("train", "finetune")]
-    if not models and not trained_runs:
-        raise QftInputError("no norms inputs + norms weights pair and no train/finetune run among the run directories")
+    runs, models, trained_runs = check_cost_inputs(run_dirs, epsilon=epsilon, constant=constant, lengths=lengths,
+                                                   max_length=max_length)
     notices = []
     if any(r.command == "norms attention" for r in runs):
         notices.append("norms attention runs are paired but not used: Theorem 5.1 counts queries to the block "
