@@ -365,3 +365,15 @@ def test_written_cost_tables_are_documented_and_shadow_nothing(runs, tmp_path):
         df = pd.read_parquet(result.run_dir / f"{table}.parquet")
         assert not schemas._shadowing(df.columns), table
         assert not [c for c in df.columns if c not in names], table
+
+
+def test_attention_runs_are_paired_and_said_unused(runs):
+    tmp, w, i = runs
+    a = _write_run(tmp / "a", "norms attention", {"norms_attention": pd.DataFrame({"model_alias": ["m"], "layer": [1]})},
+                   "m", "aa" * 32)
+    result = run_cost([w, i, a], lengths="64", out=tmp / "out")
+    assert any("norms attention" in line for line in result.notices)
+    other = _write_run(tmp / "a2", "norms attention", {"norms_attention": pd.DataFrame({"model_alias": ["m"]})},
+                       "m", "dd" * 32)
+    with pytest.raises(QftInputError, match="different weights"):
+        run_cost([w, i, other], out=tmp / "out2")
