@@ -27,19 +27,22 @@ def _reference(model, token_ids, layers):
             hs = model(input_ids=torch.tensor([ids]), output_hidden_states=True).hidden_states
             for layer in layers:
                 s = hs[layer][0].double()
+                sv = torch.linalg.svdvals(s)
                 out[(i, layer)] = (torch.linalg.matrix_norm(s, ord=2).item(), torch.linalg.matrix_norm(s).item(),
-                                   torch.linalg.vector_norm(s, dim=1).max().item(), len(ids))
+                                   torch.linalg.vector_norm(s, dim=1).max().item(), len(ids),
+                                   ((sv ** 2).sum() / sv[0] ** 2).item())
     return out
 
 
 def _compare(table, ref, rel):
     assert len(table) == len(ref)
     for _, row in table.iterrows():
-        spec, frob, row_max, n = ref[(row.sample_index, row.layer)]
+        spec, frob, row_max, n, srank = ref[(row.sample_index, row.layer)]
         assert row.num_tokens == n
         assert row.spectral_norm == pytest.approx(spec, rel=rel)
         assert row.frobenius_norm == pytest.approx(frob, rel=rel)
         assert row.max_row_norm == pytest.approx(row_max, rel=rel)
+        assert row.stable_rank == pytest.approx(srank, rel=10 * rel)
 
 
 @pytest.mark.parametrize("name", ["tiny-gpt2", "tiny-bert", "tiny-llama"])

@@ -51,6 +51,8 @@ def _check(table, ref):
         assert (row.d_out, row.d_in) == tuple(w.shape)
         assert row.spectral_norm == pytest.approx(torch.linalg.matrix_norm(w, ord=2).item(), rel=1e-10)
         assert row.frobenius_norm == pytest.approx(torch.linalg.matrix_norm(w, ord="fro").item(), rel=1e-10)
+        sv = torch.linalg.svdvals(w)
+        assert row.stable_rank == pytest.approx(((sv ** 2).sum() / sv[0] ** 2).item(), rel=1e-9)
         cols = torch.linalg.vector_norm(w, dim=0)
         rows = torch.linalg.vector_norm(w, dim=1)
         assert row.column_norm_max == pytest.approx(cols.max().item(), rel=1e-10)

@@ -107,6 +107,7 @@ def _register() -> None:
         ("qft_cli.cli.train", "train_command", "train"),
         ("qft_cli.cli.finetune", "finetune_command", "finetune"),
         ("qft_cli.cli.report", "report_command", "report"),
+        ("qft_cli.cli.cost", "cost_command", "cost"),
         ("qft_cli.cli.demo", "demo_command", "demo"),
     ):
         try:

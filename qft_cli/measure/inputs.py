@@ -26,13 +26,13 @@ from typing import Iterator, Optional, Sequence
 import pandas as pd
 import torch
 
-from qft_cli.measure.norms import ACCUMULATE, fit_power_law
+from qft_cli.measure.norms import ACCUMULATE, fit_power_law, stable_rank
 from qft_cli.models.names import max_positions
 from qft_cli.system.errors import QftInputError
 from qft_cli.system.progress import ProgressFn, report
 
 INPUT_COLUMNS = ["model", "model_alias", "model_format", "dataset", "sample_index", "layer", "num_tokens",
-                 "frobenius_norm", "spectral_norm", "max_row_norm", "finite", "all_zero"]
+                 "frobenius_norm", "spectral_norm", "stable_rank", "max_row_norm", "finite", "all_zero"]
 
 
 class _StopForward(Exception):
@@ -355,6 +355,8 @@ def hidden_state_norms(model: torch.nn.Module, token_ids: Sequence[Sequence[int]
     for key, value in reversed(list((labels or {}).items())):  # label columns lead, in the given order
         table.insert(0, key, value)
     table = table.astype({"sample_index": "int64", "layer": "int64", "num_tokens": "int64"})
+    table.insert(table.columns.get_loc("spectral_norm") + 1, "stable_rank",
+                 stable_rank(table["frobenius_norm"], table["spectral_norm"]))
     return InputNormsResult(table, sorted(nonfinite), sorted(all_zero))
 
 

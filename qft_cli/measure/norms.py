@@ -640,3 +640,30 @@ def stats_record(stats: MatrixStats) -> dict[str, float]:
     """The per-matrix numbers of ``norms weights`` from :class:`MatrixStats` (as :func:`matrix_norm_record`)."""
     return {"frobenius_norm": stats.frobenius_norm, "spectral_norm": stats.spectral_norm,
             **vector_stats(stats.column_norms, "column_norm"), **vector_stats(stats.row_norms, "row_norm")}
+
+
+def stable_rank(frobenius_norm, spectral_norm):
+    """Stable rank ||A||_F^2 / ||A||_2^2 of matrices from their already measured norms.
+
+    The factor by which the QRAM block encoding (alpha = ||A||_F) exceeds the optimal one
+    (alpha = ||A||_2) is its square root (Guo et al., arXiv 2502.01146, ch. 5.3). Dimensionless,
+    in [1, rank(A)].
+
+    Args:
+        frobenius_norm, spectral_norm: floats, numpy arrays or pandas Series of the same shape
+            (float64, the matrix's units).
+
+    Returns:
+        The same type and shape, float64; NaN where the spectral norm is 0 or not finite.
+    """
+    import numpy as np
+
+    f = np.asarray(frobenius_norm, dtype=np.float64)
+    s = np.asarray(spectral_norm, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out = np.where(np.isfinite(s) & (s > 0), (f / np.where(s > 0, s, 1.0)) ** 2, np.nan)
+    if hasattr(spectral_norm, "index"):
+        import pandas as pd
+
+        return pd.Series(out, index=spectral_norm.index, dtype="float64")
+    return out if out.ndim else float(out)

@@ -24,7 +24,7 @@ import pandas as pd
 import torch
 
 from qft_cli.measure.attention import composite_head_rows, gram_norms, head_grams
-from qft_cli.measure.norms import matrix_stats, stats_record
+from qft_cli.measure.norms import matrix_stats, stable_rank, stats_record
 from qft_cli.models.layout import (
     _EMBEDDING_RE,
     BLOCK_EXCEPTIONS_RE,
@@ -44,7 +44,7 @@ from qft_cli.system.progress import ProgressFn, report
 
 WEIGHT_COLUMNS = ["model", "model_alias", "model_format", "part", "layer", "matrix", "expert", "shared_by_blocks", "parameter", "d_out", "d_in", "dtype",
                   "quant_type",
-                  "frobenius_norm", "spectral_norm", "column_norm_mean", "column_norm_var", "column_norm_max",
+                  "frobenius_norm", "spectral_norm", "stable_rank", "column_norm_mean", "column_norm_var", "column_norm_max",
                   "row_norm_mean", "row_norm_var", "row_norm_max", "spectral_norm_error_bound", "finite"]
 VECTOR_MATRICES = ("q", "k", "v", "embedding")
 
@@ -410,6 +410,7 @@ def weight_norms(source: ModelSource, *, dtype: Optional[torch.dtype] = None, de
     table = table.reindex(columns=[c for c in WEIGHT_COLUMNS if c in table.columns or c not in ("model", "model_alias", "model_format")])
     norm_columns = [c for c in WEIGHT_COLUMNS[WEIGHT_COLUMNS.index("frobenius_norm"):] if c != "finite"]
     table = table.astype({c: "float64" for c in norm_columns})
+    table["stable_rank"] = stable_rank(table["frobenius_norm"], table["spectral_norm"])
     vec = pd.concat(vectors, ignore_index=True) if vectors else pd.DataFrame(
         columns=["part", "layer", "matrix", "kind", "vector_index", "value"])
     for key, value in reversed(list((labels or {}).items())):

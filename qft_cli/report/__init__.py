@@ -14,7 +14,7 @@ Sections, one module each (a chart is found by its section's name): :mod:`~qft_c
 ``norm_vectors``), :mod:`~qft_cli.report.attention` (``norms_attention``, ``fits``),
 :mod:`~qft_cli.report.training` (``metrics``, ``test_summary``, ``predictions``,
 ``norms_during_training``, ``gammas``), :mod:`~qft_cli.report.factors` (the normalisation-factor summary) and
-:mod:`~qft_cli.report.metadata` (the run list: failed and interrupted runs are listed, never
+:mod:`~qft_cli.report.cost` (``cost``, ``crossover``, ``trained_cost`` of ``qft cost``), :mod:`~qft_cli.report.metadata` (the run list: failed and interrupted runs are listed, never
 silently skipped). :mod:`~qft_cli.report.reading` finds and reads run directories;
 :mod:`~qft_cli.report.page` holds the shared page and figure helpers.
 
@@ -34,6 +34,7 @@ from typing import Sequence
 
 from qft_cli import __version__
 from qft_cli.report.attention import _attention_section, attention_fits, median_ratios
+from qft_cli.report.cost import _cost_section
 from qft_cli.report.factors import (
     SUMMARY_TOKEN_COUNTS,
     _factors_section,
@@ -127,6 +128,9 @@ def build_report_html(runs: list[RunRecord], title: str = "qft report") -> tuple
         _training_section(page, runs)
     if not inputs.empty or not weights.empty:
         _factors_section(page, inputs, weights, input_fits)
+    cost, crossover, trained = (combined_table(runs, n) for n in ("cost", "crossover", "trained_cost"))
+    if not cost.empty or not trained.empty:
+        _cost_section(page, cost, crossover, trained)
     if page.num_figures == 0:
         page.para("None of these runs has a result table to draw (see the run list below).", "warn")
     _metadata_section(page, runs)

@@ -38,6 +38,9 @@ TABLE_COLUMNS: dict[str, tuple[str, ...]] = {
     "test_summary": ("variant", "metric", "mean_value", "ci_low", "ci_high", "diff_to_vanilla", "diff_ci_low",
                      "diff_ci_high"),
     "predictions": ("variant", "sample_index", "label", "prediction"),
+    "cost": ("model_alias", "dataset", "layer", "norm", "num_tokens", "ratio", "ratio_low", "ratio_high", "extrapolated"),
+    "crossover": ("model_alias", "dataset", "norm", "layer", "crossover_length", "worst_layer"),
+    "trained_cost": ("run_id", "variant", "cost_reduction_spectral", "cost_reduction_frobenius", "mean_value"),
 }
 
 
