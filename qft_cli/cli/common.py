@@ -203,6 +203,13 @@ EXAMPLES = {
     "demo": "Example: qft demo --out demo-runs",
     "runs": "Example: qft runs verify runs/20260101-120000-train-qft-1layer-d64",
     "runs verify": "Example: qft runs verify runs/*-finetune-*",
+    "cost": "Example: qft norms inputs minilm --dataset random --max-tokens 256 --out runs; qft norms weights minilm "
+            "--out runs; qft cost runs/*-norms-inputs-minilm runs/*-norms-weights-minilm",
+    "sweep": "Examples: qft sweep run --preset smoke --out sweeps/smoke --jobs 2\n\nqft sweep status sweeps/smoke"
+             "\n\nqft report sweeps/smoke -o report.html",
+    "sweep run": "Example: qft sweep run grid.yaml --out sweeps/grid --jobs 2 --dry-run",
+    "sweep status": "Example: qft sweep status sweeps/smoke",
+    "sweep presets": "Example: qft sweep presets (then qft sweep run --preset smoke)",
 }
 
 QUIET_OPTION = typer.Option(False, "--quiet", "-q", help="No progress bar.")

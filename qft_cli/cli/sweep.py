@@ -13,10 +13,10 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from qft_cli.cli.common import QUIET_OPTION, cli_errors, console, err_console, progress_bar
+from qft_cli.cli.common import EXAMPLES, QUIET_OPTION, cli_errors, console, err_console, progress_bar
 
 app = typer.Typer(help="Experiment grids from one YAML file: run them here, on SLURM or on Ray; "
-                       "done cells are skipped by content.", no_args_is_help=True)
+                       "done cells are skipped by content.", no_args_is_help=True, epilog=EXAMPLES["sweep"])
 
 _KINDS = {bool: "flag", int: "int", float: "float", str: "str", Path: "path"}
 
@@ -88,7 +88,7 @@ def _load(grid: Optional[Path], preset: Optional[str]):
     return load_grid(path, command_specs())
 
 
-@app.command("run")
+@app.command("run", epilog=EXAMPLES["sweep run"])
 @cli_errors
 def run_command(
     grid: Optional[Path] = typer.Argument(None, help="The grid file (YAML; docs/sweep.md)."),
@@ -153,7 +153,7 @@ def run_command(
     console.print(f"report: qft report {plan.sweep_dir}", markup=False, highlight=False, soft_wrap=True)
 
 
-@app.command("status")
+@app.command("status", epilog=EXAMPLES["sweep status"])
 @cli_errors
 def status_command(
     sweep_dir: Path = typer.Argument(..., help="A sweep folder (the --out of qft sweep run)."),
@@ -178,7 +178,7 @@ def status_command(
     console.print(", ".join(f"{n} {s}" for s, n in counts.items()), markup=False)
 
 
-@app.command("presets")
+@app.command("presets", epilog=EXAMPLES["sweep presets"])
 @cli_errors
 def presets_command() -> None:
     """List the shipped grids (qft sweep run --preset NAME)."""
