@@ -236,7 +236,7 @@ def test_finetune_on_fasta_class_files_fits_the_kmer_baseline(tmp_path):
     result = CliRunner().invoke(app, ["finetune", "tiny-dnabert", "--dataset", "gue", "--data-dir", str(data),
                                       "--class-file", "1=positives.fa", "--class-file", "0=negatives.fasta",
                                       "--split-sizes", "0.6,0.2,0.2", "--max-steps", "1", "--num-epochs", "1",
-                                      "--batch-size", "16", "--warmup-ratio", "0", "--device", "cpu", "-q",
+                                      "--batch-size", "16", "--warmup-ratio", "0", "--device", "cpu", "-q", "--norm", "vanilla",
                                       "--out", str(out)])
     assert result.exit_code == 0, result.output + repr(result.exception)
     run_dir = next(out.iterdir())
