@@ -163,11 +163,12 @@ def status_command(
 
     rows = sweep_status(sweep_dir)
     table = Table(title=f"qft sweep status {sweep_dir}")
+    table.add_column("key", no_wrap=True, min_width=16)  # an identifier: never folded
     for col in ("cell", "status", "seconds", "peak memory (MiB)", "run dir", "error"):
         table.add_column(col, overflow="fold")
     styles = {"completed": "green", "failed": "red", "interrupted": "yellow", "running": "cyan"}
     for r in rows:
-        table.add_row(Text(f"{r['key']} {r['label']}"), Text(r["status"], style=styles.get(r["status"], "")),
+        table.add_row(r["key"], Text(r["label"]), Text(r["status"], style=styles.get(r["status"], "")),
                       "" if r["seconds"] is None else f"{r['seconds']:.1f}",
                       "" if r["peak_memory_mib"] is None else f"{r['peak_memory_mib']:.0f}",
                       Text(r["run_dir"] or ""), Text(r["error"] or ""))
