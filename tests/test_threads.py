@@ -80,7 +80,8 @@ def test_omp_num_threads_wins_and_torchrun_divides(tmp_path):
 
 
 @pytest.mark.parametrize("load, expected", [((0.0, 0.0, 0.0), (2, "cpus")), ((0.4, 3.0, 3.0), (2, "cpus")),
-                                            ((1.0, 1.0, 1.0), (1, "load")), ((0.6, 0.0, 0.0), (1, "load")),
+                                            ((1.0, 1.0, 1.0), (1, "load")), ((0.6, 0.0, 0.0), (2, "cpus")),
+                                            ((1.4, 0.0, 0.0), (1, "load")),
                                             ((7.5, 7.0, 6.0), (1, "load"))])
 def test_thread_choice_follows_the_load(tmp_path, monkeypatch, load, expected):
     """A 2-core machine (affinity {0, 1}, no quota): one other busy process (1-minute load 1) leaves

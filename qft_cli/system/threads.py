@@ -11,7 +11,7 @@ instead the smallest of
   the process's own cgroup (``/proc/self/cgroup``) and every parent up to the root,
 
 divided by the number of processes on this node under torchrun (``LOCAL_WORLD_SIZE``), and
-lowered to the cores other processes leave free: ``usable - round(1-minute load average)``, at
+lowered to the cores other processes leave free: ``usable - floor(1-minute load average)``, at
 least 1 (``os.getloadavg``; source ``load``). On a shared 2-core machine with one other busy
 process, two OpenMP threads wait for each other: 36 MiniLM-sized float64 ``eigvalsh`` took 177.5 s
 with 2 threads and 0.76 s with 1 (issue 18; ``benchmarks/bench_threads_load.py``). An
@@ -129,10 +129,12 @@ def load_average() -> Optional[float]:
 
 def free_cpus(cpus: int, load: Optional[float]) -> int:
     """Of ``cpus`` usable cores, those the ``load`` (1-minute load average) leaves free:
-    ``cpus - round(load)``, clipped to 1..cpus; ``cpus`` when the load is unknown."""
+    ``cpus - floor(load)`` (a core counts as taken once a whole process keeps it busy: a load of 0.6
+    left over from a finished run does not halve the threads), clipped to 1..cpus; ``cpus`` when the
+    load is unknown."""
     if load is None or not math.isfinite(load):
         return cpus
-    return max(1, min(cpus, cpus - int(math.floor(load + 0.5))))
+    return max(1, min(cpus, cpus - int(math.floor(load))))
 
 
 def default_threads(env: Optional[Mapping[str, str]] = None, *, load: Optional[float] = -1.0, **where) -> ThreadChoice:
