@@ -395,14 +395,18 @@ def test_index_naming_a_missing_shard_is_one_line(tmp_path):
 # ----------------------------------------------------------------------------- damaged and hostile files (issue 21, item 2)
 
 class _Payload:
-    """A pickled object that would run code when unpickled without weights_only."""
+    """A pickled object that would run code (touch ``marker``) when unpickled without weights_only."""
+
+    def __init__(self, marker: Path):
+        self.marker = Path(marker)
 
     def __reduce__(self):
-        return (Path("/tmp/qft-payload-ran").touch, ())
+        return (self.marker.touch, ())
 
 
-def _damage(directory: Path, how: str) -> str:
-    """Damage a saved tiny BERT in place; returns the file name the error must name."""
+def _damage(directory: Path, how: str, marker: Path) -> str:
+    """Damage a saved tiny BERT in place; returns the file name the error must name (``marker``: the
+    file the hostile payload would create)."""
     if how == "truncated safetensors":
         path = directory / "model.safetensors"
         path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
@@ -412,7 +416,7 @@ def _damage(directory: Path, how: str) -> str:
         path.write_text(path.read_text()[:150])
         return path.name
     (directory / "model.safetensors").unlink()
-    torch.save([_Payload(), {"not": "tensors"}], directory / "pytorch_model.bin")
+    torch.save([_Payload(marker), {"not": "tensors"}], directory / "pytorch_model.bin")
     return "pytorch_model.bin"
 
 
@@ -420,9 +424,9 @@ def _damage(directory: Path, how: str) -> str:
 @pytest.mark.parametrize("command", ["norms inputs", "norms weights", "finetune"])
 def test_damaged_or_hostile_files_are_one_line_and_leave_no_run(how, command, tiny_csv, tmp_path):
     directory = _save_tiny_bert(tmp_path / "model")
-    name = _damage(directory, how)
+    marker = tmp_path / "payload-ran"
+    name = _damage(directory, how, marker)
     out = tmp_path / "o"
-    Path("/tmp/qft-payload-ran").unlink(missing_ok=True)
     if command == "finetune":
         result = runner.invoke(ft_app, ["finetune", str(directory), "--data-dir", str(tiny_csv), "--out", str(out),
                                         *FT_FAST])
@@ -431,6 +435,6 @@ def test_damaged_or_hostile_files_are_one_line_and_leave_no_run(how, command, ti
     else:
         result = invoke("norms", "weights", directory, "--out", out, "--quiet")
     _assert_one_line_nothing_written(result, out, name)
-    assert not Path("/tmp/qft-payload-ran").exists()  # weights_only held: the payload never ran
+    assert not marker.exists()  # weights_only held: the payload never ran
     if how == "bin payload not a state dict":
         assert "not a state dict" in result.stderr and "nothing ran" in result.stderr
