@@ -19,7 +19,6 @@ in the same run on the same machine; the values of all three must agree.
 from __future__ import annotations
 
 import argparse
-import os
 import subprocess
 import sys
 import time

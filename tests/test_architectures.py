@@ -100,7 +100,7 @@ def _latent(stored, prefix, config):
     """DeepSeek latent attention: effective W_q, W_k, W_v of one block composed by hand."""
     g = {n: stored[f"{prefix}.{n}"].double() for n in ("q_a_proj.weight", "q_b_proj.weight", "kv_a_proj_with_mqa.weight",
                                                      "kv_b_proj.weight", "q_a_layernorm.weight", "kv_a_layernorm.weight")}
-    nope, rope, dv, r = config.qk_nope_head_dim, config.qk_rope_head_dim, config.v_head_dim, config.kv_lora_rank
+    nope, dv, r = config.qk_nope_head_dim, config.v_head_dim, config.kv_lora_rank
     heads = config.num_attention_heads
     wq = g["q_b_proj.weight"] @ torch.diag(g["q_a_layernorm.weight"]) @ g["q_a_proj.weight"]
     kv = g["kv_b_proj.weight"] @ torch.diag(g["kv_a_layernorm.weight"]) @ g["kv_a_proj_with_mqa.weight"][:r]

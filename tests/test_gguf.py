@@ -100,11 +100,16 @@ def write_tiny_llama(path: Path, seed: int = 0) -> dict[str, tuple[np.ndarray, s
         for norm in ("attn_norm", "ffn_norm"):
             writer.add_tensor(f"blk.{i}.{norm}.weight", (1 + 0.1 * rng.standard_normal(HIDDEN)).astype(np.float32))
     writer.add_tensor("output_norm.weight", np.ones(HIDDEN, dtype=np.float32))
+    _write_out(writer)
+    return expected
+
+
+def _write_out(writer) -> None:
+    """Header, metadata and tensors of a ``gguf.GGUFWriter`` to its file, then close it."""
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
-    return expected
 
 
 def _f64_norms(w) -> tuple[float, float]:
@@ -482,10 +487,7 @@ def write_tiny_qwen2moe(path: Path, seed: int = 0) -> dict[str, np.ndarray]:
         for norm in ("attn_norm", "ffn_norm"):
             writer.add_tensor(f"blk.{i}.{norm}.weight", np.ones(HIDDEN, dtype=np.float32))
     writer.add_tensor("output_norm.weight", np.ones(HIDDEN, dtype=np.float32))
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
+    _write_out(writer)
     return stored
 
 
@@ -529,10 +531,7 @@ def test_gguf_architecture_transformers_cannot_load_is_one_line(tmp_path, cache)
     writer = gguf.GGUFWriter(str(path), "rwkv6")
     writer.add_block_count(1)
     writer.add_tensor("token_embd.weight", np.ones((4, 4), dtype=np.float32))
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
+    _write_out(writer)
     result = runner.invoke(app, ["norms", "weights", str(path), "--out", str(tmp_path / "o"), "-q"])
     assert result.exit_code == 2
     lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
